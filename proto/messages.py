@@ -1,0 +1,306 @@
+"""Every message and record INCL puts on the wire: frozen msgspec structs, MessagePack encoded.
+
+Messages are a closed, tagged union (the `type` field holds the class name); unknown fields are refused.
+Records (jobs, agents) are stored in JetStream KV buckets with the same codec.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+
+import msgspec
+
+from incl.proto import PROTOCOL_VERSION
+from incl.proto.spec import JobSpec
+
+
+class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Message(_Struct, tag=True):
+    """Base of every tagged message."""
+
+
+# --- shared envelope --------------------------------------------------------------------------------------
+
+
+class Envelope(_Struct):
+    request_id: str
+    sender: str
+    version: int = PROTOCOL_VERSION
+    idempotency_key: str | None = None
+
+    @classmethod
+    def new(cls, sender: str, idempotency_key: str | None = None) -> Envelope:
+        return cls(request_id=uuid.uuid4().hex, sender=sender, idempotency_key=idempotency_key)
+
+
+class Request(Message):
+    meta: Envelope
+
+
+class Reply(Message):
+    pass
+
+
+class ErrorReply(Reply):
+    code: str
+    message: str
+    field: str | None = None
+
+
+# --- records ----------------------------------------------------------------------------------------------
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    ASSIGNED = "ASSIGNED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"
+    LOST = "LOST"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ON_AGENT = frozenset({JobState.ASSIGNED, JobState.STARTING, JobState.RUNNING})
+
+
+class JobRef(_Struct, array_like=True):
+    job_id: str
+    attempt: int
+
+
+class Attempt(_Struct):
+    number: int
+    agent_id: str
+    state: JobState
+    assigned_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    tail: list[str] = []
+
+
+class Job(_Struct):
+    id: str
+    spec: JobSpec
+    user: str
+    state: JobState
+    submitted_at: float
+    updated_at: float
+    attempts: list[Attempt] = []
+    cancel_requested: bool = False
+    reason: str | None = None
+    exit_code: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.id
+
+    @property
+    def current(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+class Resources(_Struct):
+    cpus: float
+    memory: int
+    gpus: int = 0
+    gpu_model: str | None = None
+
+
+class AgentInfo(_Struct):
+    agent_id: str
+    hostname: str
+    capacity: Resources
+    provider: str = "local"
+    instance_id: str | None = None
+    labels: dict[str, str] = {}
+    runtimes: list[str] = msgspec.field(default_factory=lambda: ["process"])
+    version: str = ""
+
+
+class AgentState(enum.StrEnum):
+    ALIVE = "alive"
+    LOST = "lost"
+
+
+class AgentRecord(_Struct):
+    info: AgentInfo
+    state: AgentState
+    registered_at: float
+    last_seen: float
+
+
+# --- CLI <-> controller -----------------------------------------------------------------------------------
+
+
+class SubmitRequest(Request):
+    spec: JobSpec
+    user: str
+
+
+class SubmitReply(Reply):
+    job: Job
+
+
+class ListJobsRequest(Request):
+    states: list[JobState] | None = None
+    user: str | None = None
+
+
+class ListJobsReply(Reply):
+    jobs: list[Job]
+
+
+class GetJobRequest(Request):
+    job_id: str
+
+
+class GetJobReply(Reply):
+    job: Job
+
+
+class CancelRequest(Request):
+    job_id: str
+
+
+class CancelReply(Reply):
+    job: Job
+
+
+class ListAgentsRequest(Request):
+    pass
+
+
+class AgentView(_Struct):
+    record: AgentRecord
+    running: list[JobRef] = []
+    allocated: Resources | None = None
+
+
+class ListAgentsReply(Reply):
+    agents: list[AgentView]
+
+
+class PingRequest(Request):
+    pass
+
+
+class PingReply(Reply):
+    controller_id: str
+    version: int = PROTOCOL_VERSION
+
+
+# --- agent <-> controller ---------------------------------------------------------------------------------
+
+
+class RegisterRequest(Request):
+    info: AgentInfo
+    running: list[JobRef] = []
+
+
+class RegisterReply(Reply):
+    heartbeat_interval: float
+    stop: list[JobRef] = []
+
+
+class HeartbeatRequest(Request):
+    agent_id: str
+    running: list[JobRef] = []
+
+
+class HeartbeatReply(Reply):
+    heartbeat_interval: float
+    registered: bool = True  # False: the controller does not know this agent (or declared it lost)
+    stop: list[JobRef] = []  # attempts this agent must stop: they are no longer its to run
+
+
+# --- controller -> agent (work queue) ---------------------------------------------------------------------
+
+
+class Assign(Message):
+    job_id: str
+    attempt: int
+    spec: JobSpec
+    env: dict[str, str] = {}
+
+
+class CancelJob(Message):
+    job_id: str
+    attempt: int
+    grace: float
+
+
+AgentCommand = Assign | CancelJob
+
+
+# --- agent -> controller (durable events) -----------------------------------------------------------------
+
+
+class JobEvent(Message):
+    job_id: str
+    attempt: int
+    agent_id: str
+    ts: float = msgspec.field(default_factory=time.time)
+
+
+class JobStarting(JobEvent):
+    pass
+
+
+class JobRunning(JobEvent):
+    pid: int | None = None
+
+
+class JobExited(JobEvent):
+    exit_code: int | None = None  # None when the process never started
+    signal: int | None = None
+    reason: str | None = None
+    cancelled: bool = False
+    tail: list[str] = []
+
+
+AgentEvent = JobStarting | JobRunning | JobExited
+
+
+# --- logs and metrics -------------------------------------------------------------------------------------
+
+
+class Stream(enum.IntEnum):
+    STDOUT = 1
+    STDERR = 2
+    SYSTEM = 3  # lines INCL itself writes into the job's log (setup, failures to start)
+
+
+class LogLine(_Struct, array_like=True):
+    ts: float
+    stream: Stream
+    data: bytes
+
+
+class LogBatch(Message):
+    job_id: str
+    attempt: int
+    seq: int
+    lines: list[LogLine]
+
+
+class MetricPoint(_Struct, array_like=True):
+    ts: float
+    step: int | None
+    values: dict[str, float]
+
+
+class MetricBatch(Message):
+    job_id: str
+    attempt: int
+    seq: int
+    points: list[MetricPoint]

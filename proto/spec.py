@@ -1,0 +1,204 @@
+"""The job spec (`incl.yaml`): the user's contract, validated before anything is queued.
+
+Every error is a `SpecInvalid` whose `field` is the path of the offending key (`resources.gpus`) and whose
+message says why. Unknown keys are errors with a "did you mean". Keys whose feature is not built yet are
+refused with "not supported yet" rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from incl.proto.errors import SpecInvalid
+
+
+class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class Resources(_Spec):
+    cpus: float = 1.0
+    memory: int | None = None  # bytes; "16GB" style strings are accepted at load
+    gpus: int = 0
+    gpu_model: str | None = None
+    nodes: int = 1
+    instance_types: list[str] | None = None
+    spot: bool | Literal["auto"] | None = None
+
+
+class Retry(_Spec):
+    max_attempts: int = 3  # attempts in all, counting the first; LOST attempts use them up
+    on_failure: bool = False  # also retry a non-zero exit
+
+
+class JobSpec(_Spec):
+    run: str
+    name: str | None = None
+    setup: str | None = None
+    workdir: str | None = None
+    env: dict[str, str] = {}
+    resources: Resources = Resources()
+    retry: Retry = Retry()
+    priority: int = 0
+    user: str | None = None
+    # Accepted by the schema, refused until their feature exists.
+    image: str | None = None
+    secrets: dict[str, str] | None = None
+    data: list[Any] | None = None
+    outputs: Any = None
+    checkpoint: Any = None
+    gpu_idle: Any = None
+    notify: Any = None
+    team: str | None = None
+    hpo: Any = None
+
+
+NOT_SUPPORTED_YET = {
+    "image": "Docker images",
+    "secrets": "secrets",
+    "data": "data mounts",
+    "outputs": "output upload",
+    "checkpoint": "checkpoint sync",
+    "gpu_idle": "GPU idle policies",
+    "notify": "notifications",
+    "team": "team quotas",
+    "hpo": "hyperparameter search",
+    "resources.nodes": "multi-node jobs",
+    "resources.instance_types": "instance types",
+    "resources.spot": "spot instances",
+}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_size(value: int | float | str) -> int:
+    """Bytes from 1024, "512MB", "16GiB", "2g"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 16GB")
+    if isinstance(value, (int, float)):
+        return int(value)
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size such as 16GB")
+    number, unit = float(m.group(1)), (m.group(2) or "b").lower()
+    if unit == "b":
+        return int(number)
+    base = 1024 if "i" in unit else 1000
+    return int(number * base ** ("kmgt".index(unit[0]) + 1))
+
+
+def _fields(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(struct)}
+
+
+def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp
+    return None
+
+
+def _check_keys(data: Any, struct: type[msgspec.Struct], path: str) -> None:
+    if not isinstance(data, dict):
+        return
+    known = _fields(struct)
+    for key, value in data.items():
+        here = f"{path}.{key}" if path else str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise SpecInvalid(f"unknown key{hint}", field=here)
+        sub = _struct_type(known[key])
+        if sub is not None:
+            _check_keys(value, sub, here)
+
+
+def _normalize(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    res = data.get("resources")
+    if isinstance(res, dict):
+        res = dict(res)
+        if "memory" in res and res["memory"] is not None:
+            try:
+                res["memory"] = parse_size(res["memory"])
+            except ValueError as exc:
+                raise SpecInvalid(str(exc), field="resources.memory") from None
+        gpus = res.get("gpus")
+        if isinstance(gpus, str):  # SkyPilot style "A100:8"
+            model, _, count = gpus.rpartition(":")
+            if not count.isdigit():
+                model, count = gpus, "1"
+            res["gpus"], res["gpu_model"] = int(count), model or None
+        data["resources"] = res
+    if isinstance(data.get("env"), dict):
+        data["env"] = {k: _env_value(k, v) for k, v in data["env"].items()}
+    return data
+
+
+def _env_value(key: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if value is None:
+        raise SpecInvalid("an env value cannot be empty (null)", field=f"env.{key}")
+    return value
+
+
+def _convert(data: dict[str, Any]) -> JobSpec:
+    try:
+        return msgspec.convert(data, JobSpec)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        reason, _, where = text.partition(" - at `")
+        field = where.rstrip("`").removeprefix("$").lstrip(".") or None
+        if reason.startswith("Object missing required field"):
+            name = reason.split("`")[1]
+            field, reason = (f"{field}.{name}" if field else name), "is required"
+        raise SpecInvalid(reason.lower() if reason[:1].isupper() else reason, field=field) from None
+
+
+def _semantic_checks(spec: JobSpec) -> None:
+    if not spec.run.strip():
+        raise SpecInvalid("must be a non-empty command", field="run")
+    r = spec.resources
+    if r.cpus <= 0:
+        raise SpecInvalid("must be greater than 0", field="resources.cpus")
+    if r.gpus < 0:
+        raise SpecInvalid("cannot be negative", field="resources.gpus")
+    if r.memory is not None and r.memory <= 0:
+        raise SpecInvalid("must be greater than 0", field="resources.memory")
+    if r.nodes < 1:
+        raise SpecInvalid("must be at least 1", field="resources.nodes")
+    if spec.retry.max_attempts < 1:
+        raise SpecInvalid("must be at least 1", field="retry.max_attempts")
+    for key in spec.env:
+        if not _ENV_NAME.match(key):
+            raise SpecInvalid("is not a valid environment variable name", field=f"env.{key}")
+        if key.startswith("INCL_"):
+            raise SpecInvalid("INCL_ variables are set by INCL and cannot be overridden", field=f"env.{key}")
+
+
+def _not_supported(spec: JobSpec) -> None:
+    defaults = {"resources.nodes": 1}
+    for path, feature in NOT_SUPPORTED_YET.items():
+        obj: Any = spec
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        if obj is not None and obj != defaults.get(path):
+            raise SpecInvalid(f"not supported yet ({feature} are not built)", field=path)
+
+
+def load_spec(data: Any) -> JobSpec:
+    """Validate a parsed `incl.yaml` (a mapping) into a JobSpec, or raise SpecInvalid naming the field."""
+    if not isinstance(data, dict):
+        raise SpecInvalid(f"the spec must be a mapping of keys to values, not {type(data).__name__}")
+    _check_keys(data, JobSpec, "")
+    spec = _convert(_normalize(data))
+    _semantic_checks(spec)
+    _not_supported(spec)
+    return spec

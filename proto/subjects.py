@@ -1,0 +1,51 @@
+"""NATS subject, stream, consumer and bucket names: the only place they are spelled."""
+
+# Request-reply, served by the controller.
+API_PREFIX = "incl.api"
+SUBMIT = f"{API_PREFIX}.submit"
+LIST_JOBS = f"{API_PREFIX}.jobs.list"
+GET_JOB = f"{API_PREFIX}.jobs.get"
+CANCEL = f"{API_PREFIX}.jobs.cancel"
+LIST_AGENTS = f"{API_PREFIX}.agents.list"
+REGISTER = f"{API_PREFIX}.agents.register"
+HEARTBEAT = f"{API_PREFIX}.agents.heartbeat"
+PING = f"{API_PREFIX}.ping"
+
+# Controller -> agent: a JetStream work queue, one durable consumer per agent.
+ASSIGN_STREAM = "INCL_ASSIGN"
+ASSIGN_PREFIX = "incl.assign"
+
+# Agent -> controller: job lifecycle events, durable until the controller has applied them.
+EVENTS_STREAM = "INCL_EVENTS"
+EVENTS_PREFIX = "incl.events"
+EVENTS_CONSUMER = "controller"
+
+# Agent -> readers: log lines and metric points, one subject per job.
+LOGS_STREAM = "INCL_LOGS"
+LOGS_PREFIX = "incl.logs"
+METRICS_STREAM = "INCL_METRICS"
+METRICS_PREFIX = "incl.metrics"
+
+# KV buckets.
+JOBS_BUCKET = "incl_jobs"
+AGENTS_BUCKET = "incl_agents"
+
+
+def assign(agent_id: str) -> str:
+    return f"{ASSIGN_PREFIX}.{agent_id}"
+
+
+def assign_consumer(agent_id: str) -> str:
+    return f"agent-{agent_id}"
+
+
+def events(agent_id: str) -> str:
+    return f"{EVENTS_PREFIX}.{agent_id}"
+
+
+def logs(job_id: str) -> str:
+    return f"{LOGS_PREFIX}.{job_id}"
+
+
+def metrics(job_id: str) -> str:
+    return f"{METRICS_PREFIX}.{job_id}"
