@@ -8,6 +8,7 @@ refused with "not supported yet" rather than silently ignored.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any, Literal
 
@@ -80,6 +81,8 @@ def parse_size(value: int | float | str) -> int:
     """Bytes from 1024, "512MB", "16GiB", "2g"."""
     if isinstance(value, bool):
         raise ValueError("expected a size such as 16GB")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a size such as 16GB")
     if isinstance(value, (int, float)):
         return int(value)
     m = _SIZE.match(str(value))
@@ -125,13 +128,15 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
         if "memory" in res and res["memory"] is not None:
             try:
                 res["memory"] = parse_size(res["memory"])
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:  # OverflowError: a size past float range
                 raise SpecInvalid(str(exc), field="resources.memory") from None
         gpus = res.get("gpus")
-        if isinstance(gpus, str):  # SkyPilot style "A100:8"
-            model, _, count = gpus.rpartition(":")
-            if not count.isdigit():
-                model, count = gpus, "1"
+        if isinstance(gpus, str):  # SkyPilot style "A100:8"; "A100" alone means one
+            model, colon, count = gpus.strip().rpartition(":")
+            if not colon and not count.isdigit():
+                model, count = count, "1"
+            if not (count.isascii() and count.isdigit()) or not gpus.strip():
+                raise SpecInvalid(f"{gpus!r} is not a GPU count such as 8 or 'A100:8'", field="resources.gpus")
             res["gpus"], res["gpu_model"] = int(count), model or None
         data["resources"] = res
     if isinstance(data.get("env"), dict):
@@ -146,6 +151,8 @@ def _env_value(key: str, value: Any) -> Any:
         return str(value)
     if value is None:
         raise SpecInvalid("an env value cannot be empty (null)", field=f"env.{key}")
+    if not isinstance(value, str):
+        raise SpecInvalid(f"expected a string, number or bool, got {type(value).__name__}", field=f"env.{key}")
     return value
 
 
@@ -155,7 +162,8 @@ def _convert(data: dict[str, Any]) -> JobSpec:
     except msgspec.ValidationError as exc:
         text = str(exc)
         reason, _, where = text.partition(" - at `")
-        field = where.rstrip("`").removeprefix("$").lstrip(".") or None
+        # msgspec says "$.a.b", "$.env[...]" (a mapping's value) or "key` in `$.env" (a mapping's key)
+        field = where.rstrip("`").rpartition("`")[2].replace("[...]", "").removeprefix("$").lstrip(".") or None
         if reason.startswith("Object missing required field"):
             name = reason.split("`")[1]
             field, reason = (f"{field}.{name}" if field else name), "is required"
@@ -166,7 +174,7 @@ def _semantic_checks(spec: JobSpec) -> None:
     if not spec.run.strip():
         raise SpecInvalid("must be a non-empty command", field="run")
     r = spec.resources
-    if r.cpus <= 0:
+    if not r.cpus > 0:  # also NaN
         raise SpecInvalid("must be greater than 0", field="resources.cpus")
     if r.gpus < 0:
         raise SpecInvalid("cannot be negative", field="resources.gpus")

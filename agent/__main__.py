@@ -1,0 +1,40 @@
+"""`python -m incl.agent [--config FILE] [--id ID] [--nats URL] [--work-dir DIR]`: run an agent."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import click
+
+from incl._logging import configure
+from incl.agent.app import Agent
+from incl.agent.config import load_config
+
+
+async def _main(agent: Agent) -> None:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+    try:
+        await agent.serve()
+    except asyncio.CancelledError:
+        pass
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--id", "agent_id")
+@click.option("--nats", "nats_url")
+@click.option("--work-dir", "work_dir")
+@click.option("--cpus", type=float)
+def main(config_path: str | None, agent_id: str | None, nats_url: str | None, work_dir: str | None,
+         cpus: float | None) -> None:
+    cfg = load_config(config_path, agent_id=agent_id, nats_url=nats_url, work_dir=work_dir, cpus=cpus)
+    configure(cfg.log_level)
+    asyncio.run(_main(Agent(cfg)))
+
+
+if __name__ == "__main__":
+    main()

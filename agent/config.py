@@ -1,0 +1,69 @@
+"""The agent's configuration: every interval, timeout and limit, with its default here and only here."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import msgspec
+import yaml
+
+from incl.proto.streams import StreamLimits
+
+
+def _default_id() -> str:
+    return socket.gethostname()
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent_id: str = msgspec.field(default_factory=_default_id)
+    nats_url: str = "nats://127.0.0.1:4222"
+    work_dir: str = str(Path.home() / ".incl" / "agent")
+    provider: str = "local"
+    labels: dict[str, str] = {}
+    log_level: str = "info"
+
+    # Capacity advertised to the scheduler; None means "what this host has".
+    cpus: float | None = None
+    memory: int | None = None
+
+    # Talking to the controller.
+    heartbeat_interval: float = 5.0  # until the controller's first reply says otherwise
+    request_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    reconnect_wait: float = 0.5
+    retry_initial: float = 0.05
+    retry_max: float = 2.0
+    assign_fetch_timeout: float = 5.0  # long-poll on the assignment queue
+    assign_ack_wait: float = 60.0
+
+    # Running jobs.
+    cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL (a CancelJob can say otherwise)
+    shell: str = "/bin/bash"
+
+    # Shipping logs and metrics.
+    flush_interval: float = 0.05
+    batch_max_lines: int = 4096
+    batch_max_bytes: int = 512 * 1024
+    buffer_max_bytes: int = 32 * 2**20  # past this the job's output waits (backpressure), nothing is dropped
+    max_line_bytes: int = 64 * 1024  # longer lines are split into pieces of this size
+    tail_lines: int = 20  # last lines sent with the exit event, for `incl show`
+
+    streams: StreamLimits = StreamLimits()
+
+    def host_cpus(self) -> float:
+        return self.cpus if self.cpus is not None else float(os.cpu_count() or 1)
+
+    def host_memory(self) -> int:
+        if self.memory is not None:
+            return self.memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def load_config(path: str | Path | None = None, **overrides: object) -> AgentConfig:
+    data: dict[str, object] = {}
+    if path:
+        data.update(yaml.safe_load(Path(path).read_text()) or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return msgspec.convert(data, AgentConfig)

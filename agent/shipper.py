@@ -1,0 +1,132 @@
+"""Ordered, batched, loss-free shipping of a job's log lines and metric points into JetStream.
+
+Items are buffered and published in batches, in order, one publish in flight at a time, each batch with a
+`Nats-Msg-Id` so that a retry after an uncertain failure is stored once. While NATS is away the buffer
+grows to `buffer_max_bytes`, then `add` waits (the job's output blocks): nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from incl.proto.codec import encode
+from incl.proto.messages import LogLine, Stream
+from incl._retry import forever
+
+
+class Shipper:
+    def __init__(self, js: JetStreamContext, subject: str, msg_id: str,
+                 make_batch: Callable[[int, list[Any]], Any], *, max_items: int, max_bytes: int,
+                 buffer_max_bytes: int, flush_interval: float, timeout: float,
+                 retry_initial: float, retry_max: float) -> None:
+        self._js = js
+        self._subject = subject
+        self._msg_id = msg_id
+        self._make_batch = make_batch
+        self._max_items, self._max_bytes = max_items, max_bytes
+        self._buffer_max = buffer_max_bytes
+        self._flush_interval = flush_interval
+        self._timeout = timeout
+        self._retry = (retry_initial, retry_max)
+        self._items: list[tuple[Any, int]] = []
+        self._bytes = 0
+        self._seq = 0
+        self._full = asyncio.Event()
+        self._room = asyncio.Condition()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.shipped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def add(self, items: list[Any], nbytes: int) -> None:
+        if self._bytes > self._buffer_max:
+            async with self._room:
+                await self._room.wait_for(lambda: self._bytes <= self._buffer_max)
+        per = nbytes // max(len(items), 1)
+        self._items.extend((item, per) for item in items)
+        self._bytes += nbytes
+        if len(self._items) >= self._max_items or self._bytes >= self._max_bytes:
+            self._full.set()
+
+    async def close(self) -> None:
+        """Ship everything buffered, then stop."""
+        self._closing = True
+        self._full.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._closing:
+                try:
+                    await asyncio.wait_for(self._full.wait(), timeout=self._flush_interval)
+                except asyncio.TimeoutError:
+                    pass
+            self._full.clear()
+            while self._items:
+                await self._ship_one()
+            if self._closing:
+                return
+
+    async def _ship_one(self) -> None:
+        take, size = 0, 0
+        for _, n in self._items:
+            if take and (take >= self._max_items or size + n > self._max_bytes):
+                break
+            take, size = take + 1, size + n
+        batch = [item for item, _ in self._items[:take]]
+        data = encode(self._make_batch(self._seq, batch))
+        headers = {"Nats-Msg-Id": f"{self._msg_id}.{self._seq}"}
+        await forever(
+            "ship_" + self._subject.split(".")[1],
+            lambda: self._js.publish(self._subject, data, headers=headers, timeout=self._timeout),
+            initial=self._retry[0], maximum=self._retry[1],
+        )
+        del self._items[:take]
+        self._bytes -= size
+        self._seq += 1
+        self.shipped += take
+        async with self._room:
+            self._room.notify_all()
+
+
+class LineSplitter:
+    """Turns raw output chunks into LogLines: split on newlines, carry partial lines, cap very long ones."""
+
+    def __init__(self, max_line: int) -> None:
+        self._max = max_line
+        self._partial: dict[Stream, bytes] = {}
+
+    def feed(self, stream: Stream, chunk: bytes, now: float | None = None) -> list[LogLine]:
+        ts = time.time() if now is None else now
+        data = self._partial.pop(stream, b"") + chunk
+        parts = data.split(b"\n")
+        rest = parts.pop()
+        lines = [LogLine(ts=ts, stream=stream, data=p) for p in self._cap(parts)]
+        while len(rest) > self._max:  # an endless line is shipped in pieces, not held for ever
+            lines.append(LogLine(ts=ts, stream=stream, data=rest[: self._max]))
+            rest = rest[self._max:]
+        if rest:
+            self._partial[stream] = rest
+        return lines
+
+    def flush(self, now: float | None = None) -> list[LogLine]:
+        ts = time.time() if now is None else now
+        out = [LogLine(ts=ts, stream=s, data=d) for s, d in self._partial.items()]
+        self._partial.clear()
+        return out
+
+    def _cap(self, parts: list[bytes]) -> list[bytes]:
+        if all(len(p) <= self._max for p in parts):
+            return parts
+        out = []
+        for p in parts:
+            out.extend(p[i:i + self._max] for i in range(0, max(len(p), 1), self._max))
+        return out

@@ -1,0 +1,1 @@
+"""The `incl` command line."""

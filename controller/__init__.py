@@ -1,0 +1,1 @@
+"""The INCL controller: job store and state machine, scheduler, liveness, API."""

@@ -1,0 +1,119 @@
+"""The agent registry: registration, heartbeats and the liveness deadlines the controller owns."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from msgspec import structs
+
+from incl.controller.config import ControllerConfig
+from incl.controller.jobs import Jobs
+from incl.controller.liveness import Deadlines
+from incl.controller.scheduler import Slot, subtract
+from incl.controller.store import Records
+from incl.proto.messages import (
+    AgentRecord,
+    JobState,
+    AgentState,
+    AgentView,
+    HeartbeatReply,
+    HeartbeatRequest,
+    JobRef,
+    RegisterReply,
+    RegisterRequest,
+    Resources,
+)
+
+log = structlog.get_logger()
+
+
+class Agents:
+    def __init__(self, cfg: ControllerConfig, records: Records[AgentRecord], jobs: Jobs) -> None:
+        self._cfg = cfg
+        self.records = records
+        self._jobs = jobs
+        self.deadlines = Deadlines()
+        self._running: dict[str, list[JobRef]] = {}
+
+    def restore(self, now: float) -> None:
+        """After a controller restart, every agent that was alive gets a fresh deadline to report in."""
+        for rec in self.records:
+            if rec.state is AgentState.ALIVE:
+                self.deadlines.beat(rec.info.agent_id, now, self._cfg.agent_lost_after)
+
+    def alive(self) -> list[AgentRecord]:
+        return [r for r in self.records if r.state is AgentState.ALIVE]
+
+    def shapes(self) -> list[Resources]:
+        return [r.info.capacity for r in self.records] + list(self._cfg.provider_shapes)
+
+    def slots(self) -> list[Slot]:
+        slots = {r.info.agent_id: Slot(agent_id=r.info.agent_id, free=r.info.capacity,
+                                       runtimes=frozenset(r.info.runtimes)) for r in self.alive()}
+        for job in self._jobs.on_agent():
+            slot = slots.get(job.current.agent_id) if job.current else None
+            if slot is not None:
+                slot.free = subtract(slot.free, job.spec.resources)
+        return list(slots.values())
+
+    def views(self) -> list[AgentView]:
+        allocated = {s.agent_id: s.free for s in self.slots()}
+        out = []
+        for rec in sorted(self.records, key=lambda r: r.info.agent_id):
+            free = allocated.get(rec.info.agent_id)
+            used = None
+            if free is not None:
+                cap = rec.info.capacity
+                used = structs.replace(cap, cpus=cap.cpus - free.cpus, memory=cap.memory - free.memory,
+                                       gpus=cap.gpus - free.gpus)
+            out.append(AgentView(record=rec, running=self._running.get(rec.info.agent_id, []), allocated=used))
+        return out
+
+    def _stop_list(self, agent_id: str, running: list[JobRef]) -> list[JobRef]:
+        """Attempts the agent runs that are no longer its own (requeued elsewhere, or finished)."""
+        mine = {(j.id, j.current.number) for j in self._jobs.on_agent(agent_id) if j.current}
+        return [r for r in running if (r.job_id, r.attempt) not in mine]
+
+    async def register(self, req: RegisterRequest) -> RegisterReply:
+        info, now = req.info, time.time()
+        agent_id = info.agent_id
+        running = {(r.job_id, r.attempt) for r in req.running}
+        # Whatever the controller believed was running there but the agent no longer has, is gone. ASSIGNED
+        # attempts are kept: their assignment is waiting in the agent's durable queue.
+        gone = {
+            (j.id, j.current.number) for j in self._jobs.on_agent(agent_id)
+            if j.current and j.state is not JobState.ASSIGNED and (j.id, j.current.number) not in running
+        }
+        if gone:
+            keep = {(j.id, j.current.number) for j in self._jobs.on_agent(agent_id) if j.current} - gone
+            await self._jobs.agent_lost(agent_id, "agent restarted", keep=keep)
+        previous = self.records.get(agent_id)
+        record = AgentRecord(info=info, state=AgentState.ALIVE, last_seen=now,
+                             registered_at=previous.registered_at if previous else now)
+        await self.records.put(record)
+        self.deadlines.beat(agent_id, now, self._cfg.agent_lost_after)
+        self._running[agent_id] = list(req.running)
+        log.info("agent_registered", agent_id=agent_id, hostname=info.hostname, cpus=info.capacity.cpus,
+                 gpus=info.capacity.gpus, running=len(req.running))
+        self._jobs.kick()
+        return RegisterReply(heartbeat_interval=self._cfg.heartbeat_interval,
+                             stop=self._stop_list(agent_id, req.running))
+
+    def heartbeat(self, req: HeartbeatRequest) -> HeartbeatReply:
+        rec = self.records.get(req.agent_id)
+        interval = self._cfg.heartbeat_interval
+        if rec is None or rec.state is not AgentState.ALIVE or req.agent_id not in self.deadlines:
+            return HeartbeatReply(heartbeat_interval=interval, registered=False)
+        self.deadlines.beat(req.agent_id, time.time(), self._cfg.agent_lost_after)
+        self._running[req.agent_id] = list(req.running)
+        return HeartbeatReply(heartbeat_interval=interval, stop=self._stop_list(req.agent_id, req.running))
+
+    async def expire(self, now: float) -> None:
+        for agent_id in self.deadlines.expired(now):
+            rec = self.records.get(agent_id)
+            log.warning("agent_lost", agent_id=agent_id, silent_for=self._cfg.agent_lost_after)
+            if rec is not None:
+                await self.records.put(structs.replace(rec, state=AgentState.LOST, last_seen=now))
+            self._running.pop(agent_id, None)
+            await self._jobs.agent_lost(agent_id, f"agent {agent_id} stopped heartbeating")

@@ -1,0 +1,101 @@
+"""The controller's request-reply API: one handler per subject, typed in and out, errors as codes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from incl.controller.agents import Agents
+from incl.controller.jobs import Jobs
+from incl.proto import subjects
+from incl.proto.codec import Decoder, encode
+from incl.proto.errors import InclError
+from incl.proto.messages import (
+    CancelReply,
+    CancelRequest,
+    GetJobReply,
+    GetJobRequest,
+    HeartbeatRequest,
+    ListAgentsReply,
+    ListAgentsRequest,
+    ListJobsReply,
+    ListJobsRequest,
+    PingReply,
+    PingRequest,
+    RegisterRequest,
+    Reply,
+    SubmitReply,
+    SubmitRequest,
+)
+from incl.proto.transport import error_reply
+
+log = structlog.get_logger()
+
+Handler = Callable[[Any], Awaitable[Reply]]
+
+
+class Api:
+    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents) -> None:
+        self._id = controller_id
+        self._jobs = jobs
+        self._agents = agents
+        self.routes: dict[str, tuple[Decoder[Any], Handler]] = {
+            subjects.SUBMIT: (Decoder(SubmitRequest), self.submit),
+            subjects.LIST_JOBS: (Decoder(ListJobsRequest), self.list_jobs),
+            subjects.GET_JOB: (Decoder(GetJobRequest), self.get_job),
+            subjects.CANCEL: (Decoder(CancelRequest), self.cancel),
+            subjects.LIST_AGENTS: (Decoder(ListAgentsRequest), self.list_agents),
+            subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
+            subjects.HEARTBEAT: (Decoder(HeartbeatRequest), self.heartbeat),
+            subjects.PING: (Decoder(PingRequest), self.ping),
+        }
+
+    async def handle(self, msg: Msg) -> None:
+        """Decode, serve, reply. A bad message is answered with its error and logged; nothing stops."""
+        route = self.routes.get(msg.subject)
+        if route is None:
+            log.warning("api_unknown_subject", subject=msg.subject)
+            return
+        decoder, handler = route
+        try:
+            reply = encode(await handler(decoder.decode(msg.data)))
+        except InclError as exc:
+            if exc.code in ("decode_error", "version_mismatch"):
+                log.warning("message_dropped", subject=msg.subject, error=str(exc))
+            reply = error_reply(exc)
+        except Exception as exc:  # a bug in one handler must not stop the API
+            log.exception("api_handler_failed", subject=msg.subject)
+            reply = error_reply(InclError(f"internal error: {type(exc).__name__}"))
+        if msg.reply:
+            try:
+                await msg.respond(reply)
+            except Exception as exc:  # the requester went away, or the connection is down
+                log.debug("api_reply_failed", subject=msg.subject, error=repr(exc))
+
+    async def submit(self, req: SubmitRequest) -> SubmitReply:
+        return SubmitReply(job=await self._jobs.submit(req.spec, req.user))
+
+    async def list_jobs(self, req: ListJobsRequest) -> ListJobsReply:
+        jobs = [
+            self._jobs.view(j) for j in self._jobs.records
+            if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)
+        ]
+        return ListJobsReply(jobs=sorted(jobs, key=lambda j: j.submitted_at))
+
+    async def get_job(self, req: GetJobRequest) -> GetJobReply:
+        return GetJobReply(job=self._jobs.view(self._jobs.records.require(req.job_id, "job")))
+
+    async def cancel(self, req: CancelRequest) -> CancelReply:
+        return CancelReply(job=await self._jobs.cancel(req.job_id))
+
+    async def list_agents(self, req: ListAgentsRequest) -> ListAgentsReply:
+        return ListAgentsReply(agents=self._agents.views())
+
+    async def heartbeat(self, req: HeartbeatRequest) -> Reply:
+        return self._agents.heartbeat(req)
+
+    async def ping(self, req: PingRequest) -> PingReply:
+        return PingReply(controller_id=self._id)

@@ -1,0 +1,152 @@
+"""The controller daemon: one lifespan around one TaskGroup (API, event applier, scheduler, liveness)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import FetchTimeoutError
+
+from incl.controller import scheduler, state
+from incl.controller.agents import Agents
+from incl.controller.api import Api
+from incl.controller.config import ControllerConfig
+from incl.controller.jobs import Jobs
+from incl.controller.store import Records
+from incl.proto import subjects
+from incl.proto.codec import Decoder
+from incl.proto.errors import DecodeError
+from incl.proto.messages import AgentEvent, AgentRecord, Job
+from incl.proto.streams import ensure_buckets, ensure_streams
+from incl.proto.transport import connect
+from incl._retry import TRANSIENT, forever
+
+log = structlog.get_logger()
+
+
+class Controller:
+    def __init__(self, cfg: ControllerConfig) -> None:
+        self.cfg = cfg
+        self._kick = asyncio.Event()
+        self._connected = asyncio.Event()
+        self.jobs: Jobs
+        self.agents: Agents
+
+    def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
+        return forever(what, fn, initial=self.cfg.retry_initial, maximum=self.cfg.retry_max)
+
+    async def serve(self) -> None:
+        cfg = self.cfg
+        nc = await self._retry("connect", lambda: connect(
+            cfg.nats_url, f"incl-controller-{cfg.controller_id}", connect_timeout=cfg.connect_timeout,
+            reconnect_wait=cfg.reconnect_wait, disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect))
+        self._connected.set()
+        try:
+            js = nc.jetstream(timeout=cfg.request_timeout)
+            await self._retry("ensure_streams", lambda: ensure_streams(js, cfg.streams))
+            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(js))
+            job_records: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id)
+            agent_records: Records[AgentRecord] = Records(
+                buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id)
+            await self._retry("load_jobs", job_records.load)
+            await self._retry("load_agents", agent_records.load)
+            self.jobs = Jobs(cfg, job_records, js, shapes=lambda: self.agents.shapes(), kick=self._kick.set)
+            self.agents = Agents(cfg, agent_records, self.jobs)
+            self.agents.restore(time.time())
+            log.info("controller_started", controller_id=cfg.controller_id, jobs=len(job_records),
+                     agents=len(agent_records), nats=cfg.nats_url)
+            api_ = Api(cfg.controller_id, self.jobs, self.agents)
+            await nc.subscribe(f"{subjects.API_PREFIX}.>", queue="incl-controller", cb=api_.handle)
+            await self.jobs.resend_stale_assignments(older_than=time.time())
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._apply_events(js))
+                tg.create_task(self._schedule())
+                tg.create_task(self._watch_liveness())
+        finally:
+            await nc.close()
+
+    async def _on_disconnect(self) -> None:
+        self._connected.clear()
+        log.warning("nats_disconnected")
+
+    async def _on_reconnect(self) -> None:
+        # While we could not hear agents, their silence proves nothing: every deadline starts afresh.
+        if hasattr(self, "agents"):
+            self.agents.restore(time.time())
+        self._connected.set()
+        self._kick.set()
+        log.info("nats_reconnected")
+
+    # --- agent events -------------------------------------------------------------------------------------
+
+    async def _apply_events(self, js: JetStreamContext) -> None:
+        cfg = self.cfg
+        decoder: Decoder[AgentEvent] = Decoder(AgentEvent)
+        sub = await self._retry("subscribe_events", lambda: js.pull_subscribe(
+            f"{subjects.EVENTS_PREFIX}.*", durable=subjects.EVENTS_CONSUMER, stream=subjects.EVENTS_STREAM,
+            config=api.ConsumerConfig(ack_wait=cfg.events_ack_wait, max_deliver=-1)))
+        while True:
+            try:
+                msgs = await sub.fetch(cfg.events_fetch_batch, timeout=cfg.events_fetch_timeout)
+            except (FetchTimeoutError, asyncio.TimeoutError):
+                continue
+            except TRANSIENT as exc:
+                log.debug("events_fetch_failed", error=repr(exc))
+                await asyncio.sleep(cfg.retry_max)
+                continue
+            for msg in msgs:
+                try:
+                    event = decoder.decode(msg.data)
+                except DecodeError as exc:
+                    log.warning("message_dropped", subject=msg.subject, error=str(exc))
+                else:
+                    await self._retry("apply_event", lambda: self.jobs.apply(event))
+                try:
+                    await msg.ack()
+                except TRANSIENT as exc:  # redelivered after reconnect; applying is idempotent
+                    log.debug("event_ack_failed", error=repr(exc))
+
+    # --- scheduling ---------------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout=self.cfg.schedule_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            await self._connected.wait()
+            try:
+                await self._schedule_once()
+            except TRANSIENT as exc:
+                log.warning("schedule_pass_failed", error=repr(exc))
+                await asyncio.sleep(self.cfg.retry_initial)
+                self._kick.set()
+
+    async def _schedule_once(self) -> None:
+        plan = scheduler.plan(self.jobs.queued(), self.agents.slots())
+        self.jobs.waiting = plan.waiting
+        for job_id, agent_id in plan.placements:
+            try:
+                await self.jobs.dispatch(job_id, agent_id)
+            except state.IllegalTransition as exc:  # cancelled meanwhile
+                log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
+        await self.jobs.resend_stale_assignments(time.time() - self.cfg.assign_resend_after)
+
+    # --- liveness -----------------------------------------------------------------------------------------
+
+    async def _watch_liveness(self) -> None:
+        while True:
+            due = self.agents.deadlines.next_due()
+            delay = 1.0 if due is None else min(max(due - time.time(), 0.01), 1.0)
+            await asyncio.sleep(delay)
+            if not self._connected.is_set():
+                continue
+            try:
+                await self.agents.expire(time.time())
+            except TRANSIENT as exc:
+                log.warning("liveness_pass_failed", error=repr(exc))

@@ -1,0 +1,51 @@
+"""The controller's configuration: every interval, timeout and limit, with its default here and only here."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import msgspec
+import yaml
+
+from incl.proto.messages import Resources
+from incl.proto.streams import StreamLimits
+
+
+class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    controller_id: str = msgspec.field(default_factory=socket.gethostname)
+    log_level: str = "info"
+
+    # Liveness: the controller tells agents when to report next and owns the deadline.
+    heartbeat_interval: float = 5.0
+    agent_lost_after: float = 20.0  # no heartbeat for this long: the agent and its jobs are LOST
+
+    # Scheduling and dispatch.
+    schedule_interval: float = 2.0  # periodic pass, besides the pass every submit and event triggers
+    assign_resend_after: float = 15.0  # an ASSIGNED attempt that has not started is re-sent (deduplicated)
+    cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
+
+    # NATS.
+    connect_timeout: float = 5.0
+    reconnect_wait: float = 0.5
+    request_timeout: float = 5.0
+    events_fetch_batch: int = 256
+    events_fetch_timeout: float = 1.0
+    events_ack_wait: float = 30.0
+    retry_initial: float = 0.05  # backoff on a failing dependency (NATS, the KV store)
+    retry_max: float = 2.0
+
+    # What a provider could ever launch: a job that fits neither this nor a known agent is refused at submit.
+    provider_shapes: list[Resources] = []
+
+    streams: StreamLimits = StreamLimits()
+
+
+def load_config(path: str | Path | None = None, **overrides: object) -> ControllerConfig:
+    """Defaults, then the YAML file (if any), then keyword overrides (flags)."""
+    data: dict[str, object] = {}
+    if path:
+        data.update(yaml.safe_load(Path(path).read_text()) or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return msgspec.convert(data, ControllerConfig)

@@ -1,0 +1,214 @@
+"""The GPU idle monitor, as pure logic: time is passed in, events come out, nothing is sent from here.
+
+A job is idle when every utilization sample reported for it in the last `window` seconds was below
+`threshold` percent, and those samples cover the whole window. Samples taken during the `grace` period after
+the job started do not count. An idle episode gives one `IdleStarted`; the first sample at or above the
+threshold ends it with one `IdleEnded`, and a new episode needs a whole new window below the threshold.
+
+Spec (`incl.yaml`): `gpu_idle: {threshold: 10, window: 15m, action: notify | stop, grace: 5m}`, every key
+optional over the cluster default; `gpu_idle: false` turns the monitor off for the job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from typing import Any
+
+import msgspec
+
+from incl.proto.errors import SpecInvalid
+
+STOP_REASON = "gpu_idle"  # the reason a job stopped by the monitor is cancelled with
+
+
+class Action(enum.StrEnum):
+    NOTIFY = "notify"
+    STOP = "stop"
+
+
+class IdlePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    threshold: float = 10.0  # percent
+    window: float = 900.0  # seconds
+    action: Action = Action.NOTIFY
+    grace: float = 300.0  # seconds after the job started during which samples are ignored
+
+
+DEFAULT_POLICY = IdlePolicy()
+
+
+class IdleStarted(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    ts: float  # when the window was full
+    since: float  # the first sample of the episode
+    util: float  # mean utilization over the episode so far
+    policy: IdlePolicy
+
+    @property
+    def action(self) -> Action:
+        return self.policy.action
+
+    def describe(self) -> str:
+        return (
+            f"GPU utilization below {self.policy.threshold:g}% for {format_duration(self.ts - self.since)}"
+            f" (mean {self.util:.1f}%)"
+        )
+
+
+class IdleEnded(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    ts: float
+    since: float  # when the episode began
+    util: float  # the sample that ended it
+
+    def describe(self) -> str:
+        return f"GPUs busy again ({self.util:.0f}%) after {format_duration(self.ts - self.since)} idle"
+
+
+IdleEvent = IdleStarted | IdleEnded
+
+
+class _Track:
+    __slots__ = ("policy", "started_at", "last_ts", "low_since", "low_sum", "low_count", "alerted")
+
+    def __init__(self, policy: IdlePolicy, started_at: float) -> None:
+        self.policy, self.started_at = policy, started_at
+        self.last_ts = float("-inf")
+        self.low_since: float | None = None  # the first sample of the current run below the threshold
+        self.low_sum, self.low_count = 0.0, 0
+        self.alerted = False
+
+
+class IdleMonitor:
+    """One rolling window per running job. Not thread-safe: the controller's loop owns it."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, _Track] = {}
+
+    def track(self, job_id: str, started_at: float, policy: IdlePolicy | None) -> None:
+        """Watch a job that started running at `started_at`; `policy` None (gpu_idle: false) watches nothing."""
+        if policy is None:
+            self._jobs.pop(job_id, None)
+        elif job_id not in self._jobs or self._jobs[job_id].started_at != started_at:
+            self._jobs[job_id] = _Track(policy, started_at)
+
+    def forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    def idle_since(self, job_id: str) -> float | None:
+        """When the job's current alerted episode began, or None while it is not idle."""
+        t = self._jobs.get(job_id)
+        return t.low_since if t is not None and t.alerted else None
+
+    def observe(self, job_id: str, ts: float, util: float) -> list[IdleEvent]:
+        """Feed one sample (the job's mean GPU utilization, percent). Untracked jobs and stale samples: []."""
+        t = self._jobs.get(job_id)
+        if t is None or ts <= t.last_ts or ts < t.started_at + t.policy.grace:
+            return []
+        t.last_ts = ts
+        if util >= t.policy.threshold:
+            events: list[IdleEvent] = []
+            if t.alerted and t.low_since is not None:
+                events.append(IdleEnded(job_id=job_id, ts=ts, since=t.low_since, util=util))
+            t.low_since, t.low_sum, t.low_count, t.alerted = None, 0.0, 0, False
+            return events
+        if t.low_since is None:
+            t.low_since = ts
+        t.low_sum, t.low_count = t.low_sum + util, t.low_count + 1
+        if t.alerted or ts - t.low_since < t.policy.window:
+            return []
+        t.alerted = True
+        return [IdleStarted(job_id=job_id, ts=ts, since=t.low_since, util=t.low_sum / t.low_count, policy=t.policy)]
+
+
+# --- parsing -----------------------------------------------------------------------------------------------
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
+_WHOLE = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$", re.IGNORECASE)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, 1.5, "90", "30s", "15m", "1h", "1h30m", "2d". Raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a duration such as 30s, 15m or 1h")
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            value = float(text)
+        elif _WHOLE.match(text):
+            value = sum(float(n) * _UNITS[u.lower()] for n, u in _PART.findall(text))
+        else:
+            raise ValueError(f"{value!r} is not a duration such as 30s, 15m or 1h")
+    if value < 0:
+        raise ValueError("a duration cannot be negative")
+    return float(value)
+
+
+def format_duration(seconds: float) -> str:
+    """45s, 12m 03s, 1h 02m, 2d 03h."""
+    s = int(round(max(seconds, 0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def parse_policy(raw: Any, default: IdlePolicy = DEFAULT_POLICY, field: str = "gpu_idle") -> IdlePolicy | None:
+    """The job's policy from its spec's `gpu_idle` over `default`; None when the job turns it off.
+
+    Raises SpecInvalid naming the key (`gpu_idle.window`) and why.
+    """
+    if raw is None or raw is True:
+        return default
+    if raw is False:
+        return None
+    if not isinstance(raw, dict):
+        raise SpecInvalid("expected a mapping such as {threshold: 10, window: 15m} or false", field=field)
+    known = [f.name for f in msgspec.structs.fields(IdlePolicy)]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{field}.{key}"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            raise SpecInvalid(f"unknown key{hint}", field=where)
+        try:
+            values[key] = _PARSERS[key](value)
+        except ValueError as exc:
+            raise SpecInvalid(str(exc), field=where) from None
+    return msgspec.structs.replace(default, **values)
+
+
+def _threshold(value: Any) -> float:
+    text = value.strip().removesuffix("%") if isinstance(value, str) else value
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        number = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a percentage such as 10") from None
+    if not 0 < number <= 100:
+        raise ValueError("must be a percentage above 0 and at most 100")
+    return number
+
+
+def _window(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be longer than 0s")
+    return seconds
+
+
+def _action(value: Any) -> Action:
+    try:
+        return Action(value)
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(a.value for a in Action)}, not {value!r}") from None
+
+
+_PARSERS = {"threshold": _threshold, "window": _window, "action": _action, "grace": parse_duration}

@@ -1,0 +1,189 @@
+"""The job service: submit, cancel, dispatch, and the application of agent events and agent loss."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+
+import structlog
+from msgspec import structs
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
+
+from incl.controller import state
+from incl.controller.config import ControllerConfig
+from incl.controller.scheduler import could_ever_fit
+from incl.controller.store import Records
+from incl.proto import subjects
+from incl.proto.codec import encode
+from incl.proto.errors import Unschedulable
+from incl.proto.messages import (
+    ON_AGENT,
+    AgentEvent,
+    Assign,
+    CancelJob,
+    Job,
+    JobExited,
+    JobRunning,
+    JobStarting,
+    JobState,
+    Resources,
+)
+from incl.proto.spec import JobSpec
+from incl._retry import forever
+
+log = structlog.get_logger()
+
+
+def new_job_id() -> str:
+    return "j-" + secrets.token_hex(4)
+
+
+def job_env(job: Job) -> dict[str, str]:
+    """What the controller tells the job about itself; the agent adds its local paths."""
+    attempt = job.current.number if job.current else 1
+    return {
+        "INCL_JOB_ID": job.id,
+        "INCL_ATTEMPT": str(attempt),
+        "INCL_RESUMED": "1" if attempt > 1 else "0",
+    }
+
+
+class Jobs:
+    def __init__(self, cfg: ControllerConfig, records: Records[Job], js: JetStreamContext,
+                 shapes: Callable[[], list[Resources]], kick: Callable[[], None]) -> None:
+        self._cfg = cfg
+        self.records = records
+        self._js = js
+        self._shapes = shapes
+        self.kick = kick
+        self.waiting: dict[str, str] = {}  # queued job id -> why it waits (from the last scheduling pass)
+        self._resent: dict[tuple[str, int], float] = {}
+
+    # --- queries ------------------------------------------------------------------------------------------
+
+    def queued(self) -> list[Job]:
+        return [j for j in self.records if j.state is JobState.QUEUED]
+
+    def on_agent(self, agent_id: str | None = None) -> list[Job]:
+        return [
+            j for j in self.records
+            if j.state in ON_AGENT and (agent_id is None or (j.current and j.current.agent_id == agent_id))
+        ]
+
+    def view(self, job: Job) -> Job:
+        """The job as the CLI sees it: a queued job carries the scheduler's reason for waiting."""
+        if job.state is JobState.QUEUED and job.id in self.waiting:
+            return structs.replace(job, reason=self.waiting[job.id])
+        return job
+
+    # --- commands from users ------------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, user: str) -> Job:
+        shapes = self._shapes()
+        if shapes and not could_ever_fit(spec.resources, shapes):
+            biggest = max(shapes, key=lambda s: (s.gpus, s.cpus, s.memory))
+            raise Unschedulable(
+                f"no agent or provider can ever fit this job (largest: {biggest.cpus:g} CPU, "
+                f"{biggest.memory / 1e9:.1f} GB memory, {biggest.gpus} GPU)",
+                field="resources",
+            )
+        now = time.time()
+        while True:
+            job = Job(id=new_job_id(), spec=spec, user=user, state=JobState.QUEUED, submitted_at=now, updated_at=now)
+            try:
+                await self.records.create(job)
+                break
+            except KeyWrongLastSequenceError:  # the id exists already (vanishingly rare): draw another
+                continue
+        log.info("job_submitted", job_id=job.id, user=user)
+        self.kick()
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        self.records.require(job_id, "job")
+        job = await self.records.update(job_id, lambda j: state.cancel(j, time.time()))
+        log.info("job_cancel_requested", job_id=job_id, state=job.state)
+        if job.state in ON_AGENT and job.current:
+            await self._send(job.current.agent_id, CancelJob(job_id=job.id, attempt=job.current.number,
+                                                             grace=self._cfg.cancel_grace),
+                             msg_id=f"{job.id}.{job.current.number}.cancel")
+        return job
+
+    # --- dispatch -----------------------------------------------------------------------------------------
+
+    async def dispatch(self, job_id: str, agent_id: str) -> None:
+        job = await self.records.update(job_id, lambda j: state.assign(j, agent_id, time.time()))
+        log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
+        await self.send_assign(job)
+
+    async def send_assign(self, job: Job) -> None:
+        assert job.current is not None
+        cmd = Assign(job_id=job.id, attempt=job.current.number, spec=job.spec, env=job_env(job))
+        await self._send(job.current.agent_id, cmd, msg_id=f"{job.id}.{job.current.number}")
+
+    async def resend_stale_assignments(self, older_than: float) -> None:
+        """Re-send ASSIGNED attempts not started since `older_than` (the controller may have died between
+        writing the assignment and publishing it). The agent drops a copy it has already seen."""
+        for job in [j for j in self.records if j.state is JobState.ASSIGNED]:
+            key = (job.id, job.current.number) if job.current else None
+            if key and job.current.assigned_at <= older_than and self._resent.get(key, 0.0) <= older_than:
+                self._resent[key] = time.time()
+                log.info("assignment_resent", job_id=job.id, attempt=key[1])
+                await self.send_assign(job)
+
+    async def _send(self, agent_id: str, cmd: Assign | CancelJob, msg_id: str) -> None:
+        await forever(
+            "publish_assignment",
+            lambda: self._js.publish(subjects.assign(agent_id), encode(cmd), headers={"Nats-Msg-Id": msg_id},
+                                     timeout=self._cfg.request_timeout),
+            initial=self._cfg.retry_initial,
+            maximum=self._cfg.retry_max,
+        )
+
+    # --- what agents report -------------------------------------------------------------------------------
+
+    async def apply(self, event: AgentEvent) -> None:
+        job = self.records.get(event.job_id)
+        if job is None:
+            log.warning("event_for_unknown_job", job_id=event.job_id, event=type(event).__name__)
+            return
+        cur = job.current
+        if cur is None or cur.number != event.attempt or cur.agent_id != event.agent_id:
+            log.warning("event_stale", job_id=job.id, attempt=event.attempt, agent_id=event.agent_id,
+                        event=type(event).__name__)
+            return
+        now = time.time()
+        match event:
+            case JobStarting():
+                change = lambda j: state.starting(j, event.attempt, now)  # noqa: E731
+            case JobRunning():
+                change = lambda j: state.running(j, event.attempt, now, event.ts)  # noqa: E731
+            case JobExited():
+                change = lambda j: state.exited(  # noqa: E731
+                    j, event.attempt, now, exit_code=event.exit_code, reason=event.reason,
+                    cancelled=event.cancelled, tail=event.tail, ended_at=event.ts)
+        try:
+            job = await self.records.update(job.id, change)
+        except state.IllegalTransition as exc:
+            log.warning("event_refused", job_id=job.id, attempt=event.attempt, reason=str(exc))
+            return
+        log.info("job_state", job_id=job.id, attempt=event.attempt, state=job.state, exit_code=job.exit_code)
+        if isinstance(event, JobExited):
+            self.kick()
+
+    async def agent_lost(self, agent_id: str, reason: str, keep: set[tuple[str, int]] = frozenset()) -> None:
+        """Every attempt on the agent (but those in `keep`) is LOST; their jobs are requeued while retry allows."""
+        for job in self.on_agent(agent_id):
+            assert job.current is not None
+            if (job.id, job.current.number) in keep:
+                continue
+            attempt = job.current.number
+            try:
+                job = await self.records.update(job.id, lambda j: state.lost(j, attempt, time.time(), reason))
+            except state.IllegalTransition as exc:
+                log.warning("lost_refused", job_id=job.id, reason=str(exc))
+                continue
+            log.warning("job_attempt_lost", job_id=job.id, attempt=attempt, agent_id=agent_id, state=job.state)
+        self.kick()

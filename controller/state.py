@@ -1,0 +1,107 @@
+"""The job state machine: every transition of a job is computed here, and only here.
+
+Each function takes a Job and returns the next Job; none does I/O. An illegal or stale transition raises
+`IllegalTransition`; the caller logs it and applies nothing.
+"""
+
+from __future__ import annotations
+
+from msgspec import structs
+
+from incl.proto.errors import Conflict
+from incl.proto.messages import ON_AGENT, TERMINAL, Attempt, Job, JobState
+
+S = JobState
+
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    S.QUEUED: frozenset({S.ASSIGNED, S.CANCELLED}),
+    S.ASSIGNED: frozenset({S.STARTING, S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
+    S.STARTING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
+    S.LOST: frozenset({S.QUEUED, S.FAILED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def _check(job: Job, to: JobState) -> None:
+    if to not in ALLOWED.get(job.state, frozenset()):
+        raise IllegalTransition(f"{job.id}: {job.state} -> {to} is not allowed")
+
+
+def _current(job: Job, attempt: int) -> Attempt:
+    cur = job.current
+    if cur is None or cur.number != attempt:
+        raise IllegalTransition(f"{job.id}: event for attempt {attempt}, current is {cur.number if cur else None}")
+    return cur
+
+
+def _with_attempt(job: Job, attempt: Attempt, **job_fields: object) -> Job:
+    return structs.replace(job, attempts=[*job.attempts[:-1], attempt], **job_fields)
+
+
+def assign(job: Job, agent_id: str, now: float) -> Job:
+    _check(job, S.ASSIGNED)
+    attempt = Attempt(number=len(job.attempts) + 1, agent_id=agent_id, state=S.ASSIGNED, assigned_at=now)
+    return structs.replace(job, state=S.ASSIGNED, attempts=[*job.attempts, attempt], updated_at=now, reason=None)
+
+
+def starting(job: Job, attempt: int, now: float) -> Job:
+    cur = _current(job, attempt)
+    _check(job, S.STARTING)
+    return _with_attempt(job, structs.replace(cur, state=S.STARTING), state=S.STARTING, updated_at=now)
+
+
+def running(job: Job, attempt: int, now: float, started_at: float) -> Job:
+    cur = _current(job, attempt)
+    _check(job, S.RUNNING)
+    att = structs.replace(cur, state=S.RUNNING, started_at=started_at)
+    return _with_attempt(job, att, state=S.RUNNING, updated_at=now)
+
+
+def exited(job: Job, attempt: int, now: float, *, exit_code: int | None, reason: str | None,
+           cancelled: bool, tail: list[str], ended_at: float) -> Job:
+    """The attempt's process ended: SUCCEEDED, CANCELLED, FAILED, or back to QUEUED if retry allows."""
+    cur = _current(job, attempt)
+    if cancelled or job.cancel_requested:
+        to, reason = S.CANCELLED, reason or "cancelled"
+    elif exit_code == 0:
+        to = S.SUCCEEDED
+    else:
+        to = S.FAILED
+        reason = reason or f"exit code {exit_code}"
+    _check(job, to)
+    att = structs.replace(cur, state=to, ended_at=ended_at, exit_code=exit_code, reason=reason, tail=tail)
+    job = _with_attempt(job, att, state=to, updated_at=now, exit_code=exit_code, reason=reason)
+    if to is S.FAILED and job.spec.retry.on_failure and len(job.attempts) < job.spec.retry.max_attempts:
+        return structs.replace(job, state=S.QUEUED, reason=f"retrying after: {reason}")
+    return job
+
+
+def lost(job: Job, attempt: int, now: float, reason: str) -> Job:
+    """The attempt's agent is gone: the attempt is LOST; the job is queued again while retry allows."""
+    cur = _current(job, attempt)
+    _check(job, S.LOST)
+    att = structs.replace(cur, state=S.LOST, ended_at=now, reason=reason)
+    job = _with_attempt(job, att, state=S.LOST, updated_at=now, reason=reason)
+    if job.cancel_requested:
+        return structs.replace(job, state=S.CANCELLED, reason="cancelled (agent lost)")
+    if len(job.attempts) < job.spec.retry.max_attempts:
+        return structs.replace(job, state=S.QUEUED, reason=f"requeued: {reason}")
+    return structs.replace(job, state=S.FAILED, reason=f"{reason}; no attempts left ({len(job.attempts)})")
+
+
+def cancel(job: Job, now: float) -> Job:
+    """A queued job is cancelled at once; a job on an agent is marked, and ends when the agent stops it."""
+    if job.state in TERMINAL:
+        raise Conflict(f"job {job.id} has already finished ({job.state})")
+    if job.state is S.QUEUED:
+        return structs.replace(job, state=S.CANCELLED, updated_at=now, reason="cancelled before it started")
+    if job.state in ON_AGENT:
+        return structs.replace(job, cancel_requested=True, updated_at=now)
+    raise IllegalTransition(f"{job.id}: cannot cancel in state {job.state}")

@@ -1,0 +1,104 @@
+"""Job and agent records in JetStream KV, cached in memory, every write a revision compare-and-set.
+
+The controller rebuilds the cache from the buckets at start; it never holds the only copy of anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+import msgspec
+import structlog
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from incl.proto.codec import Decoder, encode
+from incl.proto.errors import DecodeError, NotFound
+
+log = structlog.get_logger()
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class Conflicted(Exception):
+    """The record changed under us (another writer); re-read and retry."""
+
+
+class Records(Generic[T]):
+    def __init__(self, kv: KeyValue, type_: type[T], key: Callable[[T], str]) -> None:
+        self._kv = kv
+        self._decoder: Decoder[T] = Decoder(type_)
+        self._key = key
+        self._items: dict[str, tuple[T, int]] = {}
+
+    async def load(self) -> None:
+        self._items.clear()
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            await self._refresh(key)
+
+    async def _refresh(self, key: str) -> T | None:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            self._items.pop(key, None)
+            return None
+        try:
+            value = self._decoder.decode(entry.value or b"")
+        except DecodeError as exc:
+            log.error("record_undecodable", key=key, error=str(exc))
+            return None
+        self._items[key] = (value, entry.revision or 0)
+        return value
+
+    def get(self, key: str) -> T | None:
+        item = self._items.get(key)
+        return item[0] if item else None
+
+    def require(self, key: str, what: str = "record") -> T:
+        value = self.get(key)
+        if value is None:
+            raise NotFound(f"no {what} with id {key!r}")
+        return value
+
+    def __iter__(self) -> Iterator[T]:
+        return iter([v for v, _ in self._items.values()])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def create(self, value: T) -> T:
+        key = self._key(value)
+        revision = await self._kv.create(key, encode(value))
+        self._items[key] = (value, revision)
+        return value
+
+    async def put(self, value: T) -> T:
+        key = self._key(value)
+        revision = await self._kv.put(key, encode(value))
+        self._items[key] = (value, revision)
+        return value
+
+    async def update(self, key: str, change: Callable[[T], T], attempts: int = 5) -> T:
+        """Apply `change` to the current record with compare-and-set; re-read and retry on a conflict."""
+        for _ in range(attempts):
+            item = self._items.get(key)
+            if item is None:
+                raise NotFound(f"no record {key!r}")
+            current, revision = item
+            new = change(current)
+            if new is current:
+                return current
+            try:
+                new_revision = await self._kv.update(key, encode(new), last=revision)
+            except KeyWrongLastSequenceError:
+                log.warning("record_conflict", key=key, revision=revision)
+                await self._refresh(key)
+                continue
+            self._items[key] = (new, new_revision)
+            return new
+        raise Conflicted(f"record {key!r} kept changing under us")

@@ -1,0 +1,461 @@
+"""The wire contract: what every message looks like to plain msgpack, and that decoders only ever raise ours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from incl.proto import PROTOCOL_VERSION, errors
+from incl.proto import messages as m
+from incl.proto.codec import Decoder, encode
+from incl.proto.errors import BY_CODE, DecodeError, InclError, VersionMismatch, from_code
+from incl.proto.spec import JobSpec
+from incl.proto.spec import Resources as SpecResources
+
+# --- samples: one per message class, with the plain structure msgpack sees ---------------------------------
+
+ENV = m.Envelope(request_id="r1", sender="cli@laptop", idempotency_key="k1")
+ENV_PLAIN = {"request_id": "r1", "sender": "cli@laptop", "version": PROTOCOL_VERSION, "idempotency_key": "k1"}
+
+SPEC = JobSpec(
+    run="python train.py",
+    name="bert",
+    env={"LR": "0.1"},
+    resources=SpecResources(cpus=4.0, memory=16 * 2**30, gpus=2, gpu_model="A100"),
+)
+# JobSpec omits defaults on the wire: only what the user set travels.
+SPEC_PLAIN = {
+    "run": "python train.py",
+    "name": "bert",
+    "env": {"LR": "0.1"},
+    "resources": {"cpus": 4.0, "memory": 16 * 2**30, "gpus": 2, "gpu_model": "A100"},
+}
+
+ATTEMPT = m.Attempt(number=1, agent_id="a1", state=m.JobState.RUNNING, assigned_at=10.0, started_at=11.0, tail=["hi"])
+ATTEMPT_PLAIN = {
+    "number": 1,
+    "agent_id": "a1",
+    "state": "RUNNING",
+    "assigned_at": 10.0,
+    "started_at": 11.0,
+    "ended_at": None,
+    "exit_code": None,
+    "reason": None,
+    "tail": ["hi"],
+}
+
+JOB = m.Job(
+    id="j1", spec=SPEC, user="ann", state=m.JobState.RUNNING, submitted_at=1.0, updated_at=2.0, attempts=[ATTEMPT]
+)
+JOB_PLAIN = {
+    "id": "j1",
+    "spec": SPEC_PLAIN,
+    "user": "ann",
+    "state": "RUNNING",
+    "submitted_at": 1.0,
+    "updated_at": 2.0,
+    "attempts": [ATTEMPT_PLAIN],
+    "cancel_requested": False,
+    "reason": None,
+    "exit_code": None,
+}
+
+RES = m.Resources(cpus=8.0, memory=64 * 2**30, gpus=8, gpu_model="H100")
+RES_PLAIN = {"cpus": 8.0, "memory": 64 * 2**30, "gpus": 8, "gpu_model": "H100"}
+
+INFO = m.AgentInfo(agent_id="a1", hostname="gpu-1", capacity=RES, labels={"zone": "eu"}, version="0.1.0")
+INFO_PLAIN = {
+    "agent_id": "a1",
+    "hostname": "gpu-1",
+    "capacity": RES_PLAIN,
+    "provider": "local",
+    "instance_id": None,
+    "labels": {"zone": "eu"},
+    "runtimes": ["process"],
+    "version": "0.1.0",
+}
+
+REF = m.JobRef(job_id="j1", attempt=2)
+REF_PLAIN = ["j1", 2]  # array_like
+
+RECORD = m.AgentRecord(info=INFO, state=m.AgentState.ALIVE, registered_at=1.0, last_seen=2.0)
+RECORD_PLAIN = {"info": INFO_PLAIN, "state": "alive", "registered_at": 1.0, "last_seen": 2.0}
+
+
+def _msg(cls: type[m.Message], **fields: Any) -> dict[str, Any]:
+    return {"type": cls.__name__, **fields}
+
+
+SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
+    (m.ErrorReply(code="not_found", message="no job j9", field="job_id"),
+     _msg(m.ErrorReply, code="not_found", message="no job j9", field="job_id")),
+    (m.SubmitRequest(meta=ENV, spec=SPEC, user="ann"),
+     _msg(m.SubmitRequest, meta=ENV_PLAIN, spec=SPEC_PLAIN, user="ann")),
+    (m.SubmitReply(job=JOB), _msg(m.SubmitReply, job=JOB_PLAIN)),
+    (m.ListJobsRequest(meta=ENV, states=[m.JobState.QUEUED, m.JobState.LOST], user="ann"),
+     _msg(m.ListJobsRequest, meta=ENV_PLAIN, states=["QUEUED", "LOST"], user="ann")),
+    (m.ListJobsReply(jobs=[JOB]), _msg(m.ListJobsReply, jobs=[JOB_PLAIN])),
+    (m.GetJobRequest(meta=ENV, job_id="j1"), _msg(m.GetJobRequest, meta=ENV_PLAIN, job_id="j1")),
+    (m.GetJobReply(job=JOB), _msg(m.GetJobReply, job=JOB_PLAIN)),
+    (m.CancelRequest(meta=ENV, job_id="j1"), _msg(m.CancelRequest, meta=ENV_PLAIN, job_id="j1")),
+    (m.CancelReply(job=JOB), _msg(m.CancelReply, job=JOB_PLAIN)),
+    (m.ListAgentsRequest(meta=ENV), _msg(m.ListAgentsRequest, meta=ENV_PLAIN)),
+    (m.ListAgentsReply(agents=[m.AgentView(record=RECORD, running=[REF], allocated=RES)]),
+     _msg(m.ListAgentsReply, agents=[{"record": RECORD_PLAIN, "running": [REF_PLAIN], "allocated": RES_PLAIN}])),
+    (m.PingRequest(meta=ENV), _msg(m.PingRequest, meta=ENV_PLAIN)),
+    (m.PingReply(controller_id="c1"), _msg(m.PingReply, controller_id="c1", version=PROTOCOL_VERSION)),
+    (m.RegisterRequest(meta=ENV, info=INFO, running=[REF]),
+     _msg(m.RegisterRequest, meta=ENV_PLAIN, info=INFO_PLAIN, running=[REF_PLAIN])),
+    (m.RegisterReply(heartbeat_interval=5.0, stop=[REF]),
+     _msg(m.RegisterReply, heartbeat_interval=5.0, stop=[REF_PLAIN])),
+    (m.HeartbeatRequest(meta=ENV, agent_id="a1", running=[REF]),
+     _msg(m.HeartbeatRequest, meta=ENV_PLAIN, agent_id="a1", running=[REF_PLAIN])),
+    (m.HeartbeatReply(heartbeat_interval=5.0, registered=False, stop=[REF]),
+     _msg(m.HeartbeatReply, heartbeat_interval=5.0, registered=False, stop=[REF_PLAIN])),
+    (m.Assign(job_id="j1", attempt=2, spec=SPEC, env={"INCL_JOB_ID": "j1"}),
+     _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"})),
+    (m.CancelJob(job_id="j1", attempt=2, grace=10.0), _msg(m.CancelJob, job_id="j1", attempt=2, grace=10.0)),
+    (m.JobStarting(job_id="j1", attempt=2, agent_id="a1", ts=3.5),
+     _msg(m.JobStarting, job_id="j1", attempt=2, agent_id="a1", ts=3.5)),
+    (m.JobRunning(job_id="j1", attempt=2, agent_id="a1", ts=3.5, pid=4242),
+     _msg(m.JobRunning, job_id="j1", attempt=2, agent_id="a1", ts=3.5, pid=4242)),
+    (m.JobExited(job_id="j1", attempt=2, agent_id="a1", ts=3.5, exit_code=None, signal=9, reason="oom",
+                 cancelled=True, tail=["Killed"]),
+     _msg(m.JobExited, job_id="j1", attempt=2, agent_id="a1", ts=3.5, exit_code=None, signal=9, reason="oom",
+          cancelled=True, tail=["Killed"])),
+    (m.LogBatch(job_id="j1", attempt=2, seq=7, lines=[
+        m.LogLine(ts=1.0, stream=m.Stream.STDOUT, data=b"epoch 1\n"),
+        m.LogLine(ts=1.5, stream=m.Stream.STDERR, data=b"\xff\xfenot utf-8"),
+     ]),
+     _msg(m.LogBatch, job_id="j1", attempt=2, seq=7, lines=[[1.0, 1, b"epoch 1\n"], [1.5, 2, b"\xff\xfenot utf-8"]])),
+    (m.MetricBatch(job_id="j1", attempt=2, seq=8, points=[
+        m.MetricPoint(ts=1.0, step=10, values={"loss": 0.25}),
+        m.MetricPoint(ts=2.0, step=None, values={"acc": 0.5, "lr": 1e-4}),
+     ]),
+     _msg(m.MetricBatch, job_id="j1", attempt=2, seq=8,
+          points=[[1.0, 10, {"loss": 0.25}], [2.0, None, {"acc": 0.5, "lr": 1e-4}]])),
+]  # fmt: skip
+
+
+def _leaves(cls: type) -> list[type]:
+    subs = cls.__subclasses__()
+    return [cls] if not subs else [leaf for sub in subs for leaf in _leaves(sub)]
+
+
+MESSAGE_CLASSES = _leaves(m.Message)
+REQUEST_CLASSES = _leaves(m.Request)
+REPLY_CLASSES = [cls for cls in _leaves(m.Reply) if cls is not m.ErrorReply]
+ENCODED = [encode(msg) for msg, _ in SAMPLES]
+PLAINS = [plain for _, plain in SAMPLES]
+
+# Every decoder a subject uses, with the types it may return.
+DECODERS: list[tuple[str, Decoder[Any], tuple[type, ...]]] = [
+    ("AgentCommand", Decoder(m.AgentCommand), (m.Assign, m.CancelJob)),
+    ("AgentEvent", Decoder(m.AgentEvent), (m.JobStarting, m.JobRunning, m.JobExited)),
+    ("LogBatch", Decoder(m.LogBatch), (m.LogBatch,)),
+    ("MetricBatch", Decoder(m.MetricBatch), (m.MetricBatch,)),
+    ("Job", Decoder(m.Job), (m.Job,)),  # KV records share the codec
+    ("AgentRecord", Decoder(m.AgentRecord), (m.AgentRecord,)),
+    *[(cls.__name__, Decoder(cls), (cls,)) for cls in REQUEST_CLASSES],
+    *[(f"{cls.__name__}|ErrorReply", Decoder(cls | m.ErrorReply), (cls, m.ErrorReply)) for cls in REPLY_CLASSES],
+]
+
+
+def test_samples_cover_every_message_class() -> None:
+    """A new message class without a sample here fails, so the interop tests below always see all of them."""
+    assert sorted(type(msg).__name__ for msg, _ in SAMPLES) == sorted(cls.__name__ for cls in MESSAGE_CLASSES)
+
+
+def test_decoders_cover_every_request_and_reply() -> None:
+    names = {name for name, _, _ in DECODERS}
+    assert {cls.__name__ for cls in REQUEST_CLASSES} <= names
+    assert {f"{cls.__name__}|ErrorReply" for cls in REPLY_CLASSES} <= names
+
+
+# --- msgpack interop ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("msg", "plain"), SAMPLES, ids=[type(s).__name__ for s, _ in SAMPLES])
+def test_plain_msgpack_reads_every_message(msg: m.Message, plain: dict[str, Any]) -> None:
+    """The tag is under "type", fields go by name, array_like structs are lists."""
+    assert msgpack.unpackb(encode(msg)) == plain
+
+
+@pytest.mark.parametrize(("msg", "plain"), SAMPLES, ids=[type(s).__name__ for s, _ in SAMPLES])
+def test_hand_packed_message_decodes_to_the_struct(msg: m.Message, plain: dict[str, Any]) -> None:
+    assert Decoder(type(msg)).decode(msgpack.packb(plain)) == msg
+
+
+@pytest.mark.parametrize(("name", "decoder", "types"), DECODERS, ids=[d[0] for d in DECODERS])
+def test_each_subject_decoder_takes_its_own_and_refuses_the_rest(
+    name: str, decoder: Decoder[Any], types: tuple[type, ...]
+) -> None:
+    mine = [(msg, data) for (msg, _), data in zip(SAMPLES, ENCODED, strict=True) if isinstance(msg, types)]
+    assert mine or name in {"Job", "AgentRecord"}
+    for msg, data in mine:
+        assert decoder.decode(data) == msg
+    for msg, data in zip([s for s, _ in SAMPLES], ENCODED, strict=True):
+        if not isinstance(msg, types):
+            with pytest.raises(DecodeError):
+                decoder.decode(data)
+
+
+def test_records_round_trip() -> None:
+    assert Decoder(m.Job).decode(encode(JOB)) == JOB
+    assert msgpack.unpackb(encode(JOB)) == JOB_PLAIN
+    assert Decoder(m.AgentRecord).decode(encode(RECORD)) == RECORD
+    assert msgpack.unpackb(encode(RECORD)) == RECORD_PLAIN
+
+
+# --- refusals ----------------------------------------------------------------------------------------------
+
+
+def _decode_error(decoder: Decoder[Any], data: bytes) -> DecodeError:
+    with pytest.raises(DecodeError) as info:
+        decoder.decode(data)
+    assert type(info.value) is DecodeError
+    return info.value
+
+
+@pytest.mark.parametrize(("msg", "plain"), SAMPLES, ids=[type(s).__name__ for s, _ in SAMPLES])
+def test_unknown_top_level_field_is_refused(msg: m.Message, plain: dict[str, Any]) -> None:
+    _decode_error(Decoder(type(msg)), msgpack.packb({**plain, "surprise": 1}))
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        _msg(m.PingRequest, meta={**ENV_PLAIN, "surprise": 1}),
+        _msg(m.SubmitRequest, meta=ENV_PLAIN, spec={**SPEC_PLAIN, "surprise": 1}, user="ann"),
+        _msg(m.SubmitRequest, meta=ENV_PLAIN, user="ann",
+             spec={**SPEC_PLAIN, "resources": {**SPEC_PLAIN["resources"], "surprise": 1}}),
+        _msg(m.RegisterRequest, meta=ENV_PLAIN, info={**INFO_PLAIN, "surprise": 1}, running=[]),
+        _msg(m.HeartbeatRequest, meta=ENV_PLAIN, agent_id="a1", running=[[*REF_PLAIN, "surprise"]]),
+        _msg(m.LogBatch, job_id="j1", attempt=1, seq=1, lines=[[1.0, 1, b"x", "surprise"]]),
+    ],
+    ids=["envelope", "spec", "spec.resources", "agent-info", "array-like-extra-item", "log-line-extra-item"],
+)  # fmt: skip
+def test_unknown_nested_field_is_refused(plain: dict[str, Any]) -> None:
+    cls = getattr(m, plain["type"])
+    _decode_error(Decoder(cls), msgpack.packb(plain))
+
+
+@pytest.mark.parametrize(
+    ("decoder", "plain"),
+    [
+        (Decoder(m.AgentCommand), _msg(m.JobStarting, job_id="j", attempt=1, agent_id="a", ts=1.0)),
+        (Decoder(m.AgentEvent), {**_msg(m.JobStarting, job_id="j", attempt=1, agent_id="a"), "type": "JobDone"}),
+        (Decoder(m.AgentEvent), {"job_id": "j", "attempt": 1, "agent_id": "a", "ts": 1.0}),  # no tag at all
+        (Decoder(m.LogBatch), {"type": "MetricBatch", "job_id": "j", "attempt": 1, "seq": 1, "lines": []}),
+        (Decoder(m.PingRequest), _msg(m.GetJobRequest, meta=ENV_PLAIN, job_id="j1")),
+        (Decoder(m.PingReply | m.ErrorReply), _msg(m.GetJobReply, job=JOB_PLAIN)),
+        (Decoder(m.PingReply | m.ErrorReply), {"type": 1, "controller_id": "c"}),
+        (Decoder(m.AgentCommand), {"type": None}),
+    ],
+    ids=["other-union-member", "unknown-tag", "missing-tag", "single-type", "request", "reply", "int-tag", "null-tag"],
+)
+def test_wrong_tag_is_refused(decoder: Decoder[Any], plain: dict[str, Any]) -> None:
+    _decode_error(decoder, msgpack.packb(plain))
+
+
+@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION + 1, -1, 2**40])
+@pytest.mark.parametrize(
+    ("msg", "plain"),
+    [(s, p) for s, p in SAMPLES if isinstance(s, m.Request)],
+    ids=[type(s).__name__ for s, _ in SAMPLES if isinstance(s, m.Request)],
+)
+def test_other_protocol_version_is_a_version_mismatch(msg: m.Request, plain: dict[str, Any], version: int) -> None:
+    data = msgpack.packb({**plain, "meta": {**ENV_PLAIN, "version": version}})
+    with pytest.raises(VersionMismatch) as info:
+        Decoder(type(msg)).decode(data)
+    assert type(info.value) is VersionMismatch
+    assert info.value.code == "version_mismatch"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",  # never used in msgpack
+        b"\x91" * 100_000,  # deep nesting
+        encode(m.PingRequest(meta=ENV))[:-1],  # truncated
+        encode(m.PingRequest(meta=ENV)) + b"\x00",  # trailing bytes
+        msgpack.packb(_msg(m.SubmitRequest, meta=ENV_PLAIN, user="u", spec={"run": "x", "outputs": None}))[:-1]
+        + b"\x91" * 100_000,  # deep nesting under a field typed Any
+        msgpack.packb(_msg(m.SubmitRequest, meta=ENV_PLAIN, user="u", spec={"run": "x", "outputs": None}))[:-1]
+        + b"\xd5\xff\x00\x00",  # a msgpack timestamp of an impossible length
+        msgpack.packb(_msg(m.LogBatch, job_id="j", attempt=1, seq=1, lines=[[1.0, 4, b"x"]])),  # no such stream
+        msgpack.packb(_msg(m.ListJobsRequest, meta=ENV_PLAIN, states=["DONE"])),  # no such state
+        msgpack.packb(_msg(m.CancelJob, job_id="j", attempt=2**64 - 1, grace=1.0)),
+    ],
+    ids=["empty", "reserved-byte", "deep", "truncated", "trailing", "deep-any", "bad-timestamp", "bad-enum-int",
+         "bad-enum-str", "uint64"],
+)  # fmt: skip
+def test_malformed_input_is_a_decode_error(data: bytes) -> None:
+    for _, decoder, types in DECODERS:
+        try:
+            assert isinstance(decoder.decode(data), types)
+        except DecodeError as exc:
+            assert type(exc) is DecodeError
+
+
+# --- fuzzing: every decoder returns one of its types or raises one of ours ---------------------------------
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _decode_everywhere(data: bytes) -> None:
+    for _, decoder, types in DECODERS:
+        try:
+            msg = decoder.decode(data)
+        except (DecodeError, VersionMismatch) as exc:
+            assert type(exc) in (DecodeError, VersionMismatch)
+            event(type(exc).__name__)
+        else:
+            assert isinstance(msg, types)
+            event("decoded")
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    _decode_everywhere(data)
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(ENCODED)))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "splice"]))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if op == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set" and data:
+            data[pos] = draw(st.sampled_from([0x00, 0x7F, 0x80, 0x90, 0xA0, 0xC0, 0xC1, 0xC2, 0xC4, 0xCF, 0xD3,
+                                              0xD6, 0xDC, 0xDD, 0xDE, 0xDF, 0xFF, draw(st.integers(0, 255))]))
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del data[pos : pos + draw(st.integers(1, 8))]
+        elif op == "truncate":
+            del data[pos:]
+        elif op == "splice":  # a piece of another message
+            other = draw(st.sampled_from(ENCODED))
+            start = draw(st.integers(0, len(other) - 1))
+            data[pos:pos] = other[start : start + draw(st.integers(1, 32))]
+    return bytes(data)
+
+
+@FUZZ
+@given(_mutated())
+def test_fuzz_mutated_messages(data: bytes) -> None:
+    _decode_everywhere(data)
+
+
+FIELD_NAMES = sorted({name for plain in PLAINS for name in plain} | set(ENV_PLAIN) | set(SPEC_PLAIN) | {"type"})
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=16)
+    | st.binary(max_size=16)
+    | st.sampled_from(["RUNNING", "alive", "Assign", "PingRequest", "", "r1"])
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=12))
+    | st.builds(msgpack.Timestamp, st.integers(-(2**34), 2**34 - 1), st.integers(0, 999_999_999))
+)
+_keys = st.sampled_from(FIELD_NAMES) | st.text(max_size=8) | st.integers(-5, 5)
+VALUES = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=4),
+    max_leaves=16,
+)
+
+
+@st.composite
+def _tagged_wrong_types(draw: st.DrawFn) -> Any:
+    """A real tag with some of the class's real field names, each given a random value."""
+    cls = draw(st.sampled_from(MESSAGE_CLASSES))
+    names = [f for f in cls.__struct_fields__]
+    chosen = draw(st.lists(st.sampled_from(names), unique=True)) if names else []
+    return {"type": cls.__name__, **{name: draw(VALUES) for name in chosen}}
+
+
+@st.composite
+def _sample_with_one_value_replaced(draw: st.DrawFn) -> Any:
+    """A valid message whose value at one random path (however deep) is replaced by a random value."""
+
+    def replace(node: Any) -> Any:
+        children = list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+        if not children or draw(st.integers(0, 3)) == 0:
+            return draw(VALUES)
+        key = draw(st.sampled_from(children))
+        copy = dict(node) if isinstance(node, dict) else list(node)
+        copy[key] = replace(node[key])
+        return copy
+
+    return replace(draw(st.sampled_from(PLAINS)))
+
+
+@FUZZ
+@given(_tagged_wrong_types() | _sample_with_one_value_replaced())
+def test_fuzz_well_formed_msgpack_with_wrong_types(value: Any) -> None:
+    _decode_everywhere(msgpack.packb(value))
+
+
+# --- errors ------------------------------------------------------------------------------------------------
+
+DOCUMENTED_PARENTS = {
+    errors.DecodeError: errors.InclError,
+    errors.VersionMismatch: errors.InclError,
+    errors.Unavailable: errors.InclError,
+    errors.BadRequest: errors.InclError,
+    errors.SpecInvalid: errors.BadRequest,
+    errors.Unschedulable: errors.BadRequest,
+    errors.NotFound: errors.InclError,
+    errors.Conflict: errors.InclError,
+}
+
+
+def test_every_code_maps_to_its_own_class() -> None:
+    assert len(set(BY_CODE.values())) == len(BY_CODE)
+    assert all(cls.code == code for code, cls in BY_CODE.items())
+    assert set(BY_CODE.values()) == {InclError, *DOCUMENTED_PARENTS}
+
+
+def test_hierarchy_is_the_one_in_the_docstring() -> None:
+    """A VersionMismatch is not a DecodeError: receivers tell "upgrade" apart from "garbage"."""
+    for cls, parent in DOCUMENTED_PARENTS.items():
+        assert cls.__bases__ == (parent,)
+        assert cls.code in (errors.__doc__ or "")
+    assert not issubclass(VersionMismatch, DecodeError)
+
+
+@pytest.mark.parametrize("code", sorted(BY_CODE))
+def test_from_code_round_trips_class_and_field(code: str) -> None:
+    exc = from_code(code, "it broke", field="resources.gpus")
+    assert type(exc) is BY_CODE[code]
+    assert (exc.code, exc.message, exc.field) == (code, "it broke", "resources.gpus")
+    assert str(exc) == "resources.gpus: it broke"
+    assert str(from_code(code, "it broke")) == "it broke"
+
+
+@pytest.mark.parametrize("code", sorted(BY_CODE))
+def test_error_crosses_the_wire_as_error_reply(code: str) -> None:
+    sent = BY_CODE[code]("nope", field="job_id")
+    reply = m.ErrorReply(code=sent.code, message=sent.message, field=sent.field)
+    got = Decoder(m.PingReply | m.ErrorReply).decode(encode(reply))
+    assert isinstance(got, m.ErrorReply)
+    received = from_code(got.code, got.message, got.field)
+    assert (type(received), received.message, received.field) == (type(sent), "nope", "job_id")
+
+
+def test_unknown_code_is_a_plain_incl_error() -> None:
+    exc = from_code("from_the_future", "new kind of failure", field="x")
+    assert type(exc) is InclError
+    assert (exc.code, exc.message, exc.field) == ("internal", "new kind of failure", "x")

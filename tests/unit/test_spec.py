@@ -1,0 +1,402 @@
+"""The job spec a user writes, and the job-side SDK a user's code calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import incl
+from incl import _sdk
+from incl.proto.errors import SpecInvalid
+from incl.proto.spec import NOT_SUPPORTED_YET, JobSpec, Resources, Retry, load_spec
+
+
+def _refused(data: Any) -> SpecInvalid:
+    with pytest.raises(SpecInvalid) as info:
+        load_spec(data)
+    return info.value
+
+
+def _refused_at(data: Any, field: str, *reason_parts: str) -> SpecInvalid:
+    """The spec is refused, the error names `field`, and its message says why."""
+    exc = _refused(data)
+    assert exc.field == field, str(exc)
+    assert exc.message.strip()
+    assert str(exc) == f"{field}: {exc.message}"
+    for part in reason_parts:
+        assert part in exc.message
+    return exc
+
+
+def _nest(path: str, value: Any) -> dict[str, Any]:
+    """{"run": ...} with `value` placed at a dotted path: "resources.nodes" -> {"resources": {"nodes": value}}."""
+    head, _, rest = path.partition(".")
+    return {"run": "python train.py", head: _nest(rest, value)[rest.partition(".")[0]] if rest else value}
+
+
+# --- valid specs -------------------------------------------------------------------------------------------
+
+
+def test_minimal_spec_gets_the_defaults() -> None:
+    spec = load_spec({"run": "python train.py"})
+    assert spec == JobSpec(run="python train.py")
+    assert spec.resources == Resources(cpus=1.0, memory=None, gpus=0, gpu_model=None)
+    assert spec.retry == Retry(max_attempts=3, on_failure=False)
+    assert (spec.env, spec.priority, spec.name) == ({}, 0, None)
+
+
+def test_full_spec_keeps_every_supported_field() -> None:
+    spec = load_spec(
+        {
+            "run": "torchrun train.py",
+            "name": "bert-large",
+            "setup": "pip install -r requirements.txt",
+            "workdir": "./src",
+            "env": {"LR": "0.001", "WANDB_MODE": "offline"},
+            "resources": {"cpus": 8, "memory": "64GiB", "gpus": 4, "gpu_model": "A100", "nodes": 1},
+            "retry": {"max_attempts": 5, "on_failure": True},
+            "priority": 10,
+            "user": "ann",
+        }
+    )
+    assert spec == JobSpec(
+        run="torchrun train.py",
+        name="bert-large",
+        setup="pip install -r requirements.txt",
+        workdir="./src",
+        env={"LR": "0.001", "WANDB_MODE": "offline"},
+        resources=Resources(cpus=8.0, memory=64 * 2**30, gpus=4, gpu_model="A100"),
+        retry=Retry(max_attempts=5, on_failure=True),
+        priority=10,
+        user="ann",
+    )
+
+
+def test_unsupported_keys_set_to_null_are_the_same_as_absent() -> None:
+    data = {"run": "x", "image": None, "secrets": None, "data": None, "resources": {"spot": None}}
+    assert load_spec(data) == JobSpec(run="x")
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        ("16GB", 16 * 10**9),
+        ("16GiB", 16 * 2**30),
+        ("512m", 512 * 10**6),
+        ("512Mi", 512 * 2**20),
+        ("2g", 2 * 10**9),
+        ("1.5GB", 1_500_000_000),
+        ("10 KiB", 10 * 1024),
+        ("1TiB", 2**40),
+        ("7b", 7),
+        ("100", 100),
+        (1024, 1024),
+        (2.0**33, 2**33),
+    ],
+)
+def test_memory_sizes_are_parsed_to_bytes(memory: Any, expected: int) -> None:
+    assert load_spec({"run": "x", "resources": {"memory": memory}}).resources.memory == expected
+
+
+@pytest.mark.parametrize(
+    ("gpus", "count", "model"),
+    [
+        ("A100:8", 8, "A100"),
+        ("A100-80GB:2", 2, "A100-80GB"),
+        ("H100", 1, "H100"),  # a model alone means one
+        ("4", 4, None),
+        (2, 2, None),
+        (0, 0, None),
+    ],
+)
+def test_gpus_take_the_skypilot_form(gpus: Any, count: int, model: str | None) -> None:
+    resources = load_spec({"run": "x", "resources": {"gpus": gpus}}).resources
+    assert (resources.gpus, resources.gpu_model) == (count, model)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(1, "1"), (0.001, "0.001"), (True, "true"), (False, "false"), ("text", "text")]
+)
+def test_env_values_become_strings(value: Any, expected: str) -> None:
+    assert load_spec({"run": "x", "env": {"SOME_VAR": value}}).env == {"SOME_VAR": expected}
+
+
+# --- refusals: each names the field path and the reason ----------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [None, "run: python train.py", ["run"], 5, b"run"], ids=repr)
+def test_a_spec_that_is_not_a_mapping_is_refused(data: Any) -> None:
+    exc = _refused(data)
+    assert exc.field is None
+    assert "mapping" in exc.message
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "suggestion"),
+    [
+        ({"run": "x", "resorces": {"gpus": 1}}, "resorces", "'resources'"),
+        ({"run": "x", "resources": {"gpu": 1}}, "resources.gpu", "'gpus'"),
+        ({"run": "x", "retry": {"max_attempt": 2}}, "retry.max_attempt", "'max_attempts'"),
+        ({"run": "x", "enviroment": {}}, "enviroment", "'env'"),
+        ({"rnu": "x"}, "rnu", "'run'"),
+    ],
+)
+def test_unknown_keys_suggest_the_close_one(data: dict[str, Any], field: str, suggestion: str) -> None:
+    _refused_at(data, field, "unknown key", f"did you mean {suggestion}?")
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "known"),
+    [({"run": "x", "zzzqqq": 1}, "zzzqqq", "resources"), ({"run": "x", "resources": {"qqq": 1}}, "resources.qqq", "cpus")],
+)
+def test_unknown_keys_with_no_close_one_list_the_known_keys(data: dict[str, Any], field: str, known: str) -> None:
+    _refused_at(data, field, "unknown key", "known keys:", known)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"run": 5}, "run"),
+        ({"run": ["python", "train.py"]}, "run"),
+        ({"run": "x", "name": 3}, "name"),
+        ({"run": "x", "resources": "big"}, "resources"),
+        ({"run": "x", "resources": None}, "resources"),
+        ({"run": "x", "resources": {"cpus": "many"}}, "resources.cpus"),
+        ({"run": "x", "resources": {"gpus": 1.5}}, "resources.gpus"),
+        ({"run": "x", "resources": {"gpus": True}}, "resources.gpus"),
+        ({"run": "x", "retry": {"on_failure": "sometimes"}}, "retry.on_failure"),
+        ({"run": "x", "retry": 3}, "retry"),
+        ({"run": "x", "priority": "high"}, "priority"),
+        ({"run": "x", "env": ["A=1"]}, "env"),
+        ({"run": "x", "env": {1: "x"}}, "env"),
+        ({"run": "x", "env": {"A": ["1"]}}, "env.A"),
+        ({"run": "x", "env": {"A": {"b": 1}}}, "env.A"),
+        ({"run": "x", "env": {"A": None}}, "env.A"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_wrong_types_are_refused_at_their_path(data: dict[str, Any], field: str) -> None:
+    exc = _refused_at(data, field)
+    assert "`" not in exc.field, "the path is clean, with no msgspec syntax"  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("data", [{}, {"name": "x"}, {"run": None}], ids=repr)
+def test_run_is_required(data: dict[str, Any]) -> None:
+    _refused_at(data, "run")
+
+
+@pytest.mark.parametrize("run", ["", "   ", "\n\t"], ids=repr)
+def test_run_cannot_be_empty(run: str) -> None:
+    _refused_at({"run": run}, "run", "non-empty")
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "reason"),
+    [
+        ({"gpus": -1}, "resources.gpus", "negative"),
+        ({"gpus": "A100:-1"}, "resources.gpus", "GPU count"),
+        ({"gpus": "A100:x"}, "resources.gpus", "GPU count"),
+        ({"gpus": "A100:²"}, "resources.gpus", "GPU count"),  # a digit to str.isdigit, not to int()
+        ({"gpus": ""}, "resources.gpus", "GPU count"),
+        ({"gpus": ":"}, "resources.gpus", "GPU count"),
+        ({"cpus": 0}, "resources.cpus", "greater than 0"),
+        ({"cpus": -2}, "resources.cpus", "greater than 0"),
+        ({"cpus": float("nan")}, "resources.cpus", "greater than 0"),
+        ({"memory": 0}, "resources.memory", "greater than 0"),
+        ({"memory": -5}, "resources.memory", "greater than 0"),
+        ({"memory": "lots"}, "resources.memory", "size such as 16GB"),
+        ({"memory": "16XB"}, "resources.memory", "size such as 16GB"),
+        ({"memory": "16 G B"}, "resources.memory", "size such as 16GB"),
+        ({"memory": "-16GB"}, "resources.memory", "size such as 16GB"),
+        ({"memory": "1e3GB"}, "resources.memory", "size such as 16GB"),
+        ({"memory": True}, "resources.memory", "size such as 16GB"),
+        ({"memory": [16]}, "resources.memory", "size such as 16GB"),
+        ({"memory": float("inf")}, "resources.memory", "size such as 16GB"),
+        ({"memory": float("nan")}, "resources.memory", "size such as 16GB"),
+        ({"memory": "9" * 400 + "TB"}, "resources.memory", ""),  # past float range
+        ({"nodes": 0}, "resources.nodes", "at least 1"),
+    ],
+    ids=repr,
+)
+def test_bad_resources_are_refused(resources: dict[str, Any], field: str, reason: str) -> None:
+    _refused_at({"run": "x", "resources": resources}, field, reason)
+
+
+def test_retry_needs_at_least_one_attempt() -> None:
+    _refused_at({"run": "x", "retry": {"max_attempts": 0}}, "retry.max_attempts", "at least 1")
+
+
+@pytest.mark.parametrize("name", ["1ABC", "MY-VAR", "A B", "", "Ä", "A=B"], ids=repr)
+def test_invalid_env_names_are_refused(name: str) -> None:
+    _refused_at({"run": "x", "env": {name: "1"}}, f"env.{name}", "not a valid environment variable name")
+
+
+@pytest.mark.parametrize("name", ["INCL_JOB_ID", "INCL_METRICS_SOCKET", "INCL_ANYTHING"])
+def test_env_cannot_override_incl_variables(name: str) -> None:
+    _refused_at({"run": "x", "env": {name: "mine"}}, f"env.{name}", "INCL_", "cannot be overridden")
+
+
+CANDIDATES = ["x", "", 2, 0.5, True, False, ["x"], {"K": "v"}, "auto", [{"source": "s3://b"}]]
+
+
+@pytest.mark.parametrize("path", sorted(NOT_SUPPORTED_YET))
+def test_features_not_built_yet_are_refused_not_ignored(path: str) -> None:
+    """Every value at the path is refused there; the ones of the right type say "not supported yet"."""
+    said_not_supported = 0
+    for value in CANDIDATES:
+        exc = _refused(_nest(path, value))
+        assert exc.field == path, f"{value!r}: {exc}"
+        said_not_supported += exc.message.startswith("not supported yet")
+    assert said_not_supported, f"no candidate value type-checks at {path}; add one to CANDIDATES"
+
+
+def test_nest_builds_the_path() -> None:
+    assert _nest("resources.nodes", 2) == {"run": "python train.py", "resources": {"nodes": 2}}
+    assert _nest("image", "x") == {"run": "python train.py", "image": "x"}
+
+
+# --- the SDK -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def channel(monkeypatch: pytest.MonkeyPatch) -> Iterator[_sdk._Channel]:
+    """A fresh metrics channel per test, closed afterwards (the real one lives as long as the job)."""
+    fresh = _sdk._Channel()
+    monkeypatch.setattr(_sdk, "_channel", fresh)
+    monkeypatch.delenv("INCL_METRICS_SOCKET", raising=False)
+    monkeypatch.delenv("INCL_PARAMS", raising=False)
+    yield fresh
+    if fresh._sock is not None:
+        fresh._sock.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    """A directory whose paths fit a unix socket address (about 100 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="incl-", dir="/tmp" if os.path.isdir("/tmp") else None) as path:
+        yield path
+
+
+class _MetricsServer:
+    """What the agent runs: a unix stream socket that collects JSON lines."""
+
+    def __init__(self, path: str, max_lines: int | None = None) -> None:
+        self.path = path
+        self._max_lines = max_lines
+        self.lines: list[bytes] = []
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(path)
+        self._server.listen(1)
+        self._server.settimeout(10)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._server.accept()
+        with conn:
+            conn.settimeout(10)
+            buffer = b""
+            while chunk := conn.recv(65536):
+                buffer += chunk
+                if self._max_lines is not None and buffer.count(b"\n") >= self._max_lines:
+                    break  # the agent goes away
+            self.lines = buffer.splitlines()
+
+    def join(self) -> list[bytes]:
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive()
+        self._server.close()
+        return self.lines
+
+
+def test_sdk_is_a_no_op_outside_incl(channel: _sdk._Channel, capsys: pytest.CaptureFixture[str]) -> None:
+    incl.log({"loss": 0.5}, step=1)
+    incl.log({"loss": 0.4})
+    assert incl.params() == {}
+    assert channel._sock is None
+    assert capsys.readouterr() == ("", "")
+
+
+def test_params_come_from_the_environment(channel: _sdk._Channel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INCL_PARAMS", json.dumps({"lr": 0.01, "layers": 4}))
+    assert incl.params() == {"lr": 0.01, "layers": 4}
+
+
+@pytest.mark.parametrize(
+    ("values", "step"),
+    [
+        ({"loss": "high"}, None),
+        ({"loss": None}, None),
+        ({"loss": [0.5]}, None),
+        ({"loss": object()}, None),
+        ({"loss": {"a": 1}}, None),
+        ([("loss", 0.5)], None),
+        ({"loss": 0.5}, 1.5),
+        ({"loss": 0.5}, "1"),
+        ({"loss": 0.5}, True),
+    ],
+    ids=repr,
+)
+def test_log_refuses_what_is_not_a_number(channel: _sdk._Channel, values: Any, step: Any) -> None:
+    """Even outside INCL, so a mistake shows on the laptop, not on the cluster."""
+    with pytest.raises(TypeError):
+        incl.log(values, step=step)
+
+
+def test_log_sends_json_lines_in_order(
+    channel: _sdk._Channel, short_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = _MetricsServer(os.path.join(short_dir, "m.sock"))
+    monkeypatch.setenv("INCL_METRICS_SOCKET", server.path)
+    before = time.time()
+    for step in range(50):
+        incl.log({"loss": 1 / (step + 1), "acc": step, "done": step == 49}, step=step)
+    incl.log({"final": 0.25})
+    after = time.time()
+    assert channel._sock is not None
+    channel._sock.close()  # the job ends: the agent sees EOF
+    records = [json.loads(line) for line in server.join()]
+
+    assert [r["step"] for r in records] == [*range(50), None]
+    assert records[0]["values"] == {"loss": 1.0, "acc": 0.0, "done": 0.0}
+    assert records[49]["values"] == {"loss": 1 / 50, "acc": 49.0, "done": 1.0}
+    assert records[50]["values"] == {"final": 0.25}
+    assert all(set(r) == {"ts", "step", "values"} for r in records)
+    stamps = [r["ts"] for r in records]
+    assert stamps == sorted(stamps) and before <= stamps[0] and stamps[-1] <= after
+
+
+def test_log_to_a_dead_socket_warns_once_and_goes_quiet(
+    channel: _sdk._Channel, short_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INCL_METRICS_SOCKET", os.path.join(short_dir, "nobody-listens.sock"))
+    for step in range(5):
+        incl.log({"loss": 0.5}, step=step)
+    err = capsys.readouterr().err
+    assert err.count("incl:") == 1
+    assert "incl.log() is now a no-op" in err
+    incl.log({"loss": 0.1})
+    assert capsys.readouterr() == ("", "")
+
+
+def test_log_survives_the_agent_going_away(
+    channel: _sdk._Channel, short_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The listener closes mid-job: the job keeps running, log() warns once and stops sending."""
+    server = _MetricsServer(os.path.join(short_dir, "m.sock"), max_lines=1)
+    monkeypatch.setenv("INCL_METRICS_SOCKET", server.path)
+    incl.log({"loss": 1.0}, step=0)
+    assert [json.loads(line)["step"] for line in server.join()] == [0]
+    for step in range(1, 200):
+        incl.log({"loss": 1.0}, step=step)
+    err = capsys.readouterr().err
+    assert err.count("incl:") == 1
+    assert "incl.log() is now a no-op" in err
