@@ -157,7 +157,7 @@ class PynvmlSource:
         return {index: self._read_one(handle) for index, handle in self._handles.items()}
 
     def events(self, timeout: float) -> list[GpuEvent]:
-        lib, out = self._lib, []
+        lib, out = self._lib, list[GpuEvent]()
         if self._event_set is None:
             return out
         for _ in range(64):  # drain what is pending; only the first wait may block
@@ -248,7 +248,8 @@ class _Series:
     __slots__ = ("total", "count", "max")
 
     def __init__(self) -> None:
-        self.total, self.count, self.max = 0.0, 0, None
+        self.total, self.count = 0.0, 0
+        self.max: float | None = None
 
     def add(self, value: float | None) -> None:
         if value is not None:

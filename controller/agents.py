@@ -35,6 +35,7 @@ class Agents:
         self._jobs = jobs
         self.deadlines = Deadlines()
         self._running: dict[str, list[JobRef]] = {}
+        self._last_seen: dict[str, float] = {}  # heartbeats stay in memory; the bucket holds registrations
 
     def restore(self, now: float) -> None:
         """After a controller restart, every agent that was alive gets a fresh deadline to report in."""
@@ -67,7 +68,9 @@ class Agents:
                 cap = rec.info.capacity
                 used = structs.replace(cap, cpus=cap.cpus - free.cpus, memory=cap.memory - free.memory,
                                        gpus=cap.gpus - free.gpus)
-            out.append(AgentView(record=rec, running=self._running.get(rec.info.agent_id, []), allocated=used))
+            seen = self._last_seen.get(rec.info.agent_id, rec.last_seen)
+            out.append(AgentView(record=structs.replace(rec, last_seen=seen),
+                                 running=self._running.get(rec.info.agent_id, []), allocated=used))
         return out
 
     def _stop_list(self, agent_id: str, running: list[JobRef]) -> list[JobRef]:
@@ -105,7 +108,9 @@ class Agents:
         interval = self._cfg.heartbeat_interval
         if rec is None or rec.state is not AgentState.ALIVE or req.agent_id not in self.deadlines:
             return HeartbeatReply(heartbeat_interval=interval, registered=False)
-        self.deadlines.beat(req.agent_id, time.time(), self._cfg.agent_lost_after)
+        now = time.time()
+        self.deadlines.beat(req.agent_id, now, self._cfg.agent_lost_after)
+        self._last_seen[req.agent_id] = now
         self._running[req.agent_id] = list(req.running)
         return HeartbeatReply(heartbeat_interval=interval, stop=self._stop_list(req.agent_id, req.running))
 

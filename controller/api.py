@@ -30,6 +30,7 @@ from incl.proto.messages import (
     SubmitReply,
     SubmitRequest,
 )
+from incl.proto.spec import check_spec
 from incl.proto.transport import error_reply
 
 log = structlog.get_logger()
@@ -76,7 +77,7 @@ class Api:
                 log.debug("api_reply_failed", subject=msg.subject, error=repr(exc))
 
     async def submit(self, req: SubmitRequest) -> SubmitReply:
-        return SubmitReply(job=await self._jobs.submit(req.spec, req.user))
+        return SubmitReply(job=await self._jobs.submit(check_spec(req.spec), req.user))
 
     async def list_jobs(self, req: ListJobsRequest) -> ListJobsReply:
         jobs = [

@@ -201,12 +201,16 @@ def _not_supported(spec: JobSpec) -> None:
             raise SpecInvalid(f"not supported yet ({feature} are not built)", field=path)
 
 
+def check_spec(spec: JobSpec) -> JobSpec:
+    """The checks beyond types, for a JobSpec that arrived already decoded (e.g. on the wire)."""
+    _semantic_checks(spec)
+    _not_supported(spec)
+    return spec
+
+
 def load_spec(data: Any) -> JobSpec:
     """Validate a parsed `incl.yaml` (a mapping) into a JobSpec, or raise SpecInvalid naming the field."""
     if not isinstance(data, dict):
         raise SpecInvalid(f"the spec must be a mapping of keys to values, not {type(data).__name__}")
     _check_keys(data, JobSpec, "")
-    spec = _convert(_normalize(data))
-    _semantic_checks(spec)
-    _not_supported(spec)
-    return spec
+    return check_spec(_convert(_normalize(data)))

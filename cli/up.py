@@ -1,0 +1,70 @@
+"""`incl up` and `incl down`: the embedded stack on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import click
+
+from incl.cli import stack as stack_mod
+from incl.cli.client import Client, incl_home
+from incl.cli.output import console, fail, handles_errors
+from incl.proto.errors import Unavailable
+
+
+async def _wait_ready(url: str, agents: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            async with Client(url, timeout=2.0) as client:
+                await client.ping()
+                alive = [a for a in await client.agents() if a.record.state == "alive"]
+                if len(alive) >= agents:
+                    return len(alive)
+        except Unavailable as exc:
+            last = exc
+        await asyncio.sleep(0.2)
+    raise Unavailable(f"the stack did not become ready within {timeout:g}s ({last}); see the logs in "
+                      f"{incl_home() / 'logs'}")
+
+
+@click.command()
+@click.option("--agents", "n_agents", default=2, show_default=True, help="Local agents to start.")
+@click.option("--port", default=4222, show_default=True, help="Port for the embedded NATS server.")
+@click.option("--nats", "nats_url", help="Use this NATS instead of starting an embedded one.")
+@click.option("--cpus", type=float, help="CPUs each local agent offers (default: this machine's).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the stack to be ready.")
+@handles_errors
+def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeout: float) -> None:
+    """Start NATS (embedded, with JetStream), the controller and local agents."""
+    home = incl_home()
+    existing = stack_mod.load(home)
+    if existing is not None and any(stack_mod.alive(p) for p in existing.procs):
+        running = ", ".join(f"{p.name} (pid {p.pid})" for p in existing.procs if stack_mod.alive(p))
+        console.print(f"INCL is already running at {existing.nats_url}: {running}. Stop it with `incl down`.")
+        return
+    started = stack_mod.start(home, nats_url=nats_url, port=port, agents=n_agents, agent_cpus=cpus)
+    try:
+        ready = asyncio.run(_wait_ready(started.nats_url, n_agents, timeout))
+    except Unavailable:
+        stack_mod.stop(started)
+        stack_mod.state_file(home).unlink(missing_ok=True)
+        raise
+    console.print(f"INCL is up at [bold]{started.nats_url}[/] with {ready} local agent(s); "
+                  f"logs in {home / 'logs'}. Stop it with `incl down`.")
+
+
+@click.command()
+@handles_errors
+def down() -> None:
+    """Stop exactly what `incl up` started."""
+    home = incl_home()
+    existing = stack_mod.load(home)
+    if existing is None:
+        fail("INCL is not running (no stack started by `incl up`)")
+        return
+    stopped = stack_mod.stop(existing)
+    stack_mod.state_file(home).unlink(missing_ok=True)
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was still running'}")

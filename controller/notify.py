@@ -1,0 +1,402 @@
+"""Slack notifications through incoming webhooks: job started, succeeded, failed, cancelled, preempted,
+resumed, and GPU idle alerts.
+
+`Notifier.notify()` never blocks and never raises: it queues the notice (or drops it, with a warning, when
+the queue is full). `Notifier.run()`, a task in the controller's TaskGroup, hands each notice to a worker
+per webhook, so a slow or dead webhook delays nobody else. A worker paces its posts (`rate_per_s`), retries
+5xx answers and connection errors with exponential backoff and honours a 429's Retry-After.
+
+Webhook URLs are secrets (the path is the token): no log line and no repr shows one; logs name a webhook by
+its label ("default", "channel:ml-alerts", "webhook:3fa2c19b").
+
+Spec (`incl.yaml`), over the cluster default:
+    notify: {webhook: https://hooks.slack.com/services/..., events: [failed, idle]}
+    notify: {channel: ml-alerts}          # a channel the admin mapped to a webhook
+    notify: false                         # nothing for this job
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import email.utils
+import enum
+import hashlib
+import logging
+import random
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+import structlog
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from incl.proto.errors import SpecInvalid
+from incl.proto.messages import Job, JobState
+
+log = structlog.get_logger()
+
+# slack_sdk logs the URL at DEBUG and on retries; its client gets a logger that says nothing.
+_SDK_LOGGER = logging.getLogger("incl.controller.notify.slack_sdk")
+_SDK_LOGGER.setLevel(logging.CRITICAL)
+_SDK_LOGGER.disabled = True
+_SDK_LOGGER.propagate = False
+
+
+class Kind(enum.StrEnum):
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PREEMPTED = "preempted"
+    RESUMED = "resumed"
+    IDLE = "idle"  # an idle-GPU alert
+    IDLE_ENDED = "idle_ended"  # the job uses its GPUs again; sent where `idle` is
+
+
+EVENTS = frozenset(Kind) - {Kind.IDLE_ENDED}  # the names a spec's `events:` may use
+
+
+def _mask(url: str | None) -> str | None:
+    return None if url is None else f"<webhook {urlsplit(url).hostname or '?'}/***>"
+
+
+class NotifySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A job's `notify:`. `events` None: the cluster's."""
+
+    webhook: str | None = None
+    channel: str | None = None
+    events: frozenset[Kind] | None = None
+
+    def __repr__(self) -> str:
+        events = None if self.events is None else sorted(self.events)
+        return f"NotifySpec(webhook={_mask(self.webhook)}, channel={self.channel!r}, events={events})"
+
+
+class ClusterNotify(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The admin's defaults: the webhook for jobs that name none, named channels, and the events sent."""
+
+    webhook: str | None = None
+    channels: dict[str, str] = {}  # channel name -> webhook URL
+    events: frozenset[Kind] = EVENTS
+
+    def __repr__(self) -> str:
+        return f"ClusterNotify(webhook={_mask(self.webhook)}, channels={sorted(self.channels)}, events=...)"
+
+
+class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    queue_size: int = 1000  # notices waiting for dispatch; past that, new ones are dropped
+    route_queue_size: int = 200  # notices waiting on one webhook
+    rate_per_s: float = 1.0  # posts per second to one webhook
+    max_attempts: int = 5
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    jitter: float = 0.1  # each backoff delay is scaled by a random factor in [1 - jitter, 1 + jitter]
+    max_retry_after: float = 300.0  # a longer Retry-After is cut to this
+    timeout: float = 10.0  # one HTTP post
+    route_idle_after: float = 300.0  # a webhook's worker ends after this long without notices
+    log_lines: int = 20  # last log lines in a failure message
+
+
+class Notice(msgspec.Struct, frozen=True, kw_only=True):
+    """What happened to a job, with what the message shows. `notify` is the job's own `notify:`."""
+
+    kind: Kind
+    job_id: str
+    job_name: str
+    user: str
+    state: str
+    attempt: int | None = None
+    duration: float | None = None  # seconds, of the current attempt
+    gpu_hours: float | None = None  # all attempts so far
+    reason: str | None = None
+    detail: str | None = None  # e.g. the idle monitor's description
+    log_tail: list[str] = []
+    notify: NotifySpec | None = None
+
+    @classmethod
+    def from_job(cls, kind: Kind, job: Job, now: float | None = None, detail: str | None = None) -> Notice:
+        now = time.time() if now is None else now
+        res = job.spec.resources
+        gpus = res.gpus * res.nodes
+        cur = job.current
+        duration = None
+        if cur is not None and cur.started_at is not None:
+            duration = (cur.ended_at or now) - cur.started_at
+        held = sum((a.ended_at or now) - a.started_at for a in job.attempts if a.started_at is not None)
+        try:
+            spec = parse_notify(job.spec.notify)
+        except SpecInvalid:  # refused at submit; a record that predates the check gets the cluster default
+            spec = None
+        return cls(
+            kind=kind,
+            job_id=job.id,
+            job_name=job.name,
+            user=job.user,
+            state=str(job.state),
+            attempt=cur.number if cur is not None else None,
+            duration=duration,
+            gpu_hours=held * gpus / 3600 if gpus else None,
+            reason=job.reason or (cur.reason if cur is not None else None),
+            detail=detail,
+            log_tail=list(cur.tail) if cur is not None and kind == Kind.FAILED else [],
+            notify=spec,
+        )
+
+
+# Which notice a job's new state gives (RUNNING after a preemption is a resume: see `Notice` callers).
+KIND_OF_STATE = {
+    JobState.RUNNING: Kind.STARTED,
+    JobState.SUCCEEDED: Kind.SUCCEEDED,
+    JobState.FAILED: Kind.FAILED,
+    JobState.CANCELLED: Kind.CANCELLED,
+    JobState.PREEMPTED: Kind.PREEMPTED,
+}
+
+
+# --- spec and routing (pure) -------------------------------------------------------------------------------
+
+
+def parse_notify(raw: Any, cluster: ClusterNotify | None = None, field: str = "notify") -> NotifySpec | None:
+    """A job's `notify:` (None: the cluster default). With `cluster`, a channel must be one it names.
+
+    Raises SpecInvalid naming the key. A message never holds the webhook URL.
+    """
+    if raw is None or raw is True:
+        return None
+    if raw is False:
+        return NotifySpec(events=frozenset())
+    if isinstance(raw, str):
+        raw = {"webhook": raw} if raw.startswith(("http://", "https://")) else {"channel": raw}
+    if not isinstance(raw, dict):
+        raise SpecInvalid("expected a mapping such as {channel: ml-alerts, events: [failed]}", field=field)
+    for key in raw:
+        if key not in ("webhook", "channel", "events"):
+            close = difflib.get_close_matches(str(key), ["webhook", "channel", "events"], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; known keys: channel, events, webhook"
+            raise SpecInvalid(f"unknown key{hint}", field=f"{field}.{key}")
+    webhook, channel = raw.get("webhook"), raw.get("channel")
+    if webhook is not None and channel is not None:
+        raise SpecInvalid("give either webhook or channel, not both", field=field)
+    if webhook is not None:
+        parts = urlsplit(webhook) if isinstance(webhook, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SpecInvalid("must be an http(s) URL of a Slack incoming webhook", field=f"{field}.webhook")
+    if channel is not None:
+        if not isinstance(channel, str) or not channel.strip("#"):
+            raise SpecInvalid("must be a channel name", field=f"{field}.channel")
+        channel = channel.lstrip("#")
+        if cluster is not None and channel not in cluster.channels:
+            known = ", ".join(sorted(cluster.channels)) or "none configured"
+            raise SpecInvalid(f"unknown channel {channel!r}; channels: {known}", field=f"{field}.channel")
+    return NotifySpec(webhook=webhook, channel=channel, events=_events(raw.get("events"), f"{field}.events"))
+
+
+def _events(raw: Any, field: str) -> frozenset[Kind] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise SpecInvalid(f"expected a list of events from {', '.join(sorted(EVENTS))}", field=field)
+    names = {"all": EVENTS}
+    out: set[Kind] = set()
+    for name in raw:
+        if name in names:
+            out |= names[name]
+        elif name in EVENTS:
+            out.add(Kind(name))
+        else:
+            close = difflib.get_close_matches(str(name), sorted(EVENTS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; events: {', '.join(sorted(EVENTS))}, all"
+            raise SpecInvalid(f"unknown event {name!r}{hint}", field=field)
+    return frozenset(out)
+
+
+class Route(msgspec.Struct, frozen=True):
+    label: str  # what logs call the webhook
+    url: str
+
+    def __repr__(self) -> str:
+        return f"Route({self.label!r})"
+
+
+def route(notice: Notice, cluster: ClusterNotify) -> Route | None:
+    """Where this notice goes, or None when its job or the cluster does not want it."""
+    spec = notice.notify or NotifySpec()
+    events = spec.events if spec.events is not None else cluster.events
+    wanted = Kind.IDLE if notice.kind == Kind.IDLE_ENDED else notice.kind
+    if wanted not in events:
+        return None
+    if spec.webhook is not None:
+        return Route(f"webhook:{hashlib.sha256(spec.webhook.encode()).hexdigest()[:8]}", spec.webhook)
+    if spec.channel is not None:
+        url = cluster.channels.get(spec.channel)
+        return Route(f"channel:{spec.channel}", url) if url else None
+    return Route("default", cluster.webhook) if cluster.webhook else None
+
+
+# --- the message (pure) ------------------------------------------------------------------------------------
+
+_HEADLINE = {
+    Kind.STARTED: (":rocket:", "started"),
+    Kind.SUCCEEDED: (":white_check_mark:", "succeeded"),
+    Kind.FAILED: (":x:", "failed"),
+    Kind.CANCELLED: (":no_entry_sign:", "was cancelled"),
+    Kind.PREEMPTED: (":warning:", "was preempted"),
+    Kind.RESUMED: (":arrows_counterclockwise:", "resumed"),
+    Kind.IDLE: (":zzz:", "has idle GPUs"),
+    Kind.IDLE_ENDED: (":muscle:", "is using its GPUs again"),
+}
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(max(seconds, 0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def format_message(notice: Notice, log_lines: int = 20) -> dict[str, Any]:
+    """The Slack payload: a plain `text` fallback and Block Kit blocks."""
+    emoji, verb = _HEADLINE[notice.kind]
+    name = _esc(notice.job_name)
+    headline = f"{emoji} *{name}* {verb}"
+    if notice.detail:
+        headline += f"\n{_esc(notice.detail)}"
+    facts = [("Job", f"`{_esc(notice.job_id)}`" + (f" (attempt {notice.attempt})" if notice.attempt else ""))]
+    facts += [("User", _esc(notice.user)), ("State", notice.state)]
+    if notice.duration is not None:
+        facts.append(("Duration", _duration(notice.duration)))
+    if notice.gpu_hours is not None:
+        facts.append(("GPU-hours", f"{notice.gpu_hours:.2f}"))
+    if notice.reason:
+        facts.append(("Reason", _esc(notice.reason)[:1900]))
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in facts]},
+    ]
+    tail = notice.log_tail[-log_lines:] if log_lines > 0 else []
+    if tail:
+        body = "\n".join(_esc(line).replace("```", "'''") for line in tail)[-2800:]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Last log lines*\n```{body}```"}})
+    text = f"{notice.job_name} ({notice.user}) {verb}" + (f": {notice.reason}" if notice.reason else "")
+    return {"text": _esc(text), "blocks": blocks}
+
+
+# --- delivery ----------------------------------------------------------------------------------------------
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+_SLACK_ERROR = re.compile(r"^[a-z_]{1,64}$")  # Slack answers errors as short codes: "invalid_payload"
+
+
+class Notifier:
+    def __init__(self, cluster: ClusterNotify, config: NotifierConfig | None = None) -> None:
+        self._cluster, self._config = cluster, config or NotifierConfig()
+        self._queue: asyncio.Queue[tuple[Route, Notice]] = asyncio.Queue(self._config.queue_size)
+        self._routes: dict[str, asyncio.Queue[Notice]] = {}  # by URL, which is never logged
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"Notifier(routes={len(self._routes)}, queued={self._queue.qsize()})"
+
+    def notify(self, notice: Notice) -> bool:
+        """Queue a notice; True when it will be sent. Never blocks, never raises."""
+        where = route(notice, self._cluster)
+        if where is None:
+            return False
+        try:
+            self._queue.put_nowait((where, notice))
+        except asyncio.QueueFull:
+            log.warning("notify_dropped", job_id=notice.job_id, kind=str(notice.kind), webhook=where.label)
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Deliver notices until cancelled: one worker per webhook, started on its first notice."""
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as tg:
+            self._session = session
+            while True:
+                where, notice = await self._queue.get()
+                lane = self._routes.get(where.url)
+                if lane is None:
+                    lane = self._routes[where.url] = asyncio.Queue(self._config.route_queue_size)
+                    tg.create_task(self._worker(where, lane))
+                try:
+                    lane.put_nowait(notice)
+                except asyncio.QueueFull:
+                    log.warning("notify_dropped", job_id=notice.job_id, kind=str(notice.kind), webhook=where.label)
+
+    async def _worker(self, where: Route, lane: asyncio.Queue[Notice]) -> None:
+        client = AsyncWebhookClient(
+            where.url, timeout=int(self._config.timeout), session=self._session, logger=_SDK_LOGGER, retry_handlers=[]
+        )
+        next_post = 0.0
+        while True:
+            try:
+                async with asyncio.timeout(self._config.route_idle_after):
+                    notice = await lane.get()
+            except TimeoutError:
+                if lane.empty():  # no await between this check and leaving: nothing can slip in
+                    del self._routes[where.url]
+                    return
+                continue
+            next_post = await self._deliver(client, where, notice, next_post)
+
+    async def _deliver(self, client: AsyncWebhookClient, where: Route, notice: Notice, next_post: float) -> float:
+        """Post one notice with retries; returns the earliest time the next post to this webhook may start."""
+        cfg = self._config
+        payload = format_message(notice, cfg.log_lines)
+        fields = {"job_id": notice.job_id, "kind": str(notice.kind), "webhook": where.label}
+        for attempt in range(1, cfg.max_attempts + 1):
+            await asyncio.sleep(max(0.0, next_post - time.monotonic()))
+            next_post = time.monotonic() + 1.0 / cfg.rate_per_s
+            delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (attempt - 1))
+            delay *= random.uniform(1 - cfg.jitter, 1 + cfg.jitter)
+            try:
+                async with asyncio.timeout(cfg.timeout):
+                    resp = await client.send_dict(payload)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                problem: dict[str, Any] = {"error": type(exc).__name__}
+            else:
+                if 200 <= resp.status_code < 300:
+                    log.info("notify_sent", attempt=attempt, **fields)
+                    return next_post
+                problem = {"status": resp.status_code}
+                if resp.status_code == 429:
+                    wait = _retry_after(resp.headers.get("Retry-After"), time.time())
+                    delay = min(cfg.max_retry_after, wait) if wait is not None else delay
+                elif resp.status_code < 500:
+                    if _SLACK_ERROR.match(resp.body or ""):
+                        problem["slack_error"] = resp.body
+                    log.error("notify_failed", attempt=attempt, **problem, **fields)
+                    return next_post
+            if attempt == cfg.max_attempts:
+                log.error("notify_failed", attempt=attempt, **problem, **fields)
+                return next_post
+            log.warning("notify_retry", attempt=attempt, delay=round(delay, 3), **problem, **fields)
+            next_post = max(next_post, time.monotonic() + delay)
+        return next_post
