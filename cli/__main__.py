@@ -1,0 +1,3 @@
+from incl.cli.main import main
+
+main()

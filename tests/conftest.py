@@ -1,0 +1,257 @@
+"""Real parts for every test: a nats-server per test (random port, temp store), real daemon processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from incl.cli.client import Client
+from incl.proto.messages import TERMINAL, Job
+from incl.proto.spec import load_spec
+
+T = TypeVar("T")
+
+NATS_SERVER = Path(sys.executable).parent / "nats-server"
+
+# Small numbers so that tests wait on events for fractions of a second, never on sleeps.
+CONTROLLER_CFG = {
+    "heartbeat_interval": 0.2,
+    "agent_lost_after": 1.5,
+    "schedule_interval": 0.2,
+    "assign_resend_after": 1.0,
+    "cancel_grace": 2.0,
+    "events_fetch_timeout": 0.3,
+    "retry_initial": 0.02,
+    "retry_max": 0.3,
+    "request_timeout": 2.0,
+    "connect_timeout": 1.0,
+    "reconnect_wait": 0.1,
+    "log_level": "debug",
+}
+AGENT_CFG = {
+    "heartbeat_interval": 0.2,
+    "assign_fetch_timeout": 0.5,
+    "retry_initial": 0.02,
+    "retry_max": 0.3,
+    "request_timeout": 2.0,
+    "connect_timeout": 1.0,
+    "reconnect_wait": 0.1,
+    "cancel_grace": 2.0,
+    "cpus": 4,
+    "log_level": "debug",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for(check: Callable[[], Awaitable[T | None]] | Callable[[], T | None], timeout: float = 20.0,
+                   what: str = "condition", interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result  # type: ignore[return-value]
+        except Exception as exc:  # the thing may be restarting
+            last = exc
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Daemon:
+    """A real process with its output in a file; kill() is kill -9."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.name, self.argv, self.log_path, self.env = name, argv, log, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=self.env)
+        out.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class NatsServer(Daemon):
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        store = tmp / "nats-store"
+        super().__init__("nats", [str(NATS_SERVER), "-js", "-sd", str(store), "-a", "127.0.0.1",
+                                  "-p", str(self.port)], tmp / "nats.log")
+
+    def start(self) -> NatsServer:
+        super().start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.02)
+        raise RuntimeError(f"nats-server did not start:\n{self.output()}")
+
+
+class Cluster:
+    """A controller and agents as real processes around one NATS server, plus a CLI client."""
+
+    def __init__(self, tmp: Path, nats: NatsServer) -> None:
+        self.tmp, self.nats = tmp, nats
+        self.controller: Daemon | None = None
+        self.agents: dict[str, Daemon] = {}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def _config(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def start_controller(self, **overrides: Any) -> Daemon:
+        cfg = self._config("controller", {**CONTROLLER_CFG, "nats_url": self.nats.url, **overrides})
+        self.controller = Daemon("controller", [sys.executable, "-m", "incl.controller", "--config", str(cfg)],
+                                 self.tmp / "controller.log", self.env).start()
+        return self.controller
+
+    def start_agent(self, agent_id: str, **overrides: Any) -> Daemon:
+        cfg = self._config(agent_id, {**AGENT_CFG, "agent_id": agent_id, "nats_url": self.nats.url,
+                                      "work_dir": str(self.tmp / "agents" / agent_id), **overrides})
+        daemon = Daemon(agent_id, [sys.executable, "-m", "incl.agent", "--config", str(cfg)],
+                        self.tmp / f"{agent_id}.log", self.env).start()
+        self.agents[agent_id] = daemon
+        return daemon
+
+    def client(self) -> Client:
+        return Client(self.nats.url, timeout=5.0)
+
+    async def submit(self, run: str, user: str = "tester", **spec: Any) -> Job:
+        """Submit once the controller answers (it may still be starting)."""
+        parsed = load_spec({"run": run, **spec})
+        await self.wait_controller()
+        async with self.client() as c:
+            return await c.submit(parsed, user=user)
+
+    async def wait_controller(self, timeout: float = 20.0) -> None:
+        async def check() -> bool:
+            async with self.client() as c:
+                return bool(await c.ping())
+
+        await wait_for(check, timeout, "the controller to answer")
+
+    async def job(self, job_id: str) -> Job:
+        async with self.client() as c:
+            return await c.job(job_id)
+
+    async def wait_state(self, job_id: str, states: set[str] | frozenset[Any], timeout: float = 30.0) -> Job:
+        async def check() -> Job | None:
+            job = await self.job(job_id)
+            return job if job.state in states else None
+
+        return await wait_for(check, timeout, f"job {job_id} to reach {sorted(states)}")
+
+    async def wait_done(self, job_id: str, timeout: float = 30.0) -> Job:
+        return await self.wait_state(job_id, TERMINAL, timeout)
+
+    async def wait_agents(self, n: int, timeout: float = 20.0) -> None:
+        async def check() -> bool:
+            async with self.client() as c:
+                return len([a for a in await c.agents() if a.record.state == "alive"]) >= n
+
+        await wait_for(check, timeout, f"{n} agents alive")
+
+    async def logs(self, job_id: str) -> list[Any]:
+        async with self.client() as c:
+            return [b async for b in c.log_batches(job_id, follow=False)]
+
+    async def log_lines(self, job_id: str, attempt: int | None = None) -> list[bytes]:
+        return [line.data for b in await self.logs(job_id) if attempt is None or b.attempt == attempt
+                for line in b.lines if line.stream != 3]
+
+    async def metric_points(self, job_id: str) -> list[Any]:
+        async with self.client() as c:
+            return [p for b in [b async for b in c.metric_batches(job_id)] for p in b.points]
+
+    def close(self) -> None:
+        for d in [*self.agents.values(), self.controller]:
+            if d is not None:
+                d.stop()
+
+    def dump(self) -> str:
+        parts = []
+        for d in [self.controller, *self.agents.values(), self.nats]:
+            if d is not None:
+                parts.append(f"===== {d.name}\n{d.output()[-6000:]}")
+        return "\n".join(parts)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Any:
+    server = NatsServer(tmp_path).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, nats_server: NatsServer, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, nats_server)
+    yield c
+    c.close()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(c.dump())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
