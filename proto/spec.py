@@ -74,6 +74,7 @@ NOT_SUPPORTED_YET = {
 }
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_MAX_INT = 2**53
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -174,6 +175,10 @@ def _semantic_checks(spec: JobSpec) -> None:
     if not spec.run.strip():
         raise SpecInvalid("must be a non-empty command", field="run")
     r = spec.resources
+    for path, value in (("resources.memory", r.memory), ("resources.gpus", r.gpus), ("resources.nodes", r.nodes),
+                        ("priority", spec.priority), ("retry.max_attempts", spec.retry.max_attempts)):
+        if value is not None and abs(value) > _MAX_INT:  # MessagePack carries 64-bit integers at most
+            raise SpecInvalid(f"is too large (at most {_MAX_INT})", field=path)
     if not r.cpus > 0:  # also NaN
         raise SpecInvalid("must be greater than 0", field="resources.cpus")
     if r.gpus < 0:

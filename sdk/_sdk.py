@@ -35,6 +35,9 @@ class _Channel:
                 self._sock.sendall(line)
             except OSError as exc:
                 self._broken = True
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
                 print(f"incl: metrics channel unavailable ({exc}); incl.log() is now a no-op", file=sys.stderr)
 
 
@@ -44,6 +47,8 @@ _channel = _Channel()
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool):
         return float(value)
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"incl.log: value of {name!r} must be a number, got {type(value).__name__}")
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -1,0 +1,109 @@
+"""Bad input gets a clear error and loses nothing: garbage on the bus, invalid specs at submit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import nats
+
+from conftest import Cluster
+
+from incl.proto import subjects
+from incl.proto.messages import JobState
+
+PY = sys.executable
+
+GARBAGE = [
+    b"",
+    b"\x00\xff\xfe garbage",
+    b"\xc1",  # never-used msgpack byte
+    msgpack.packb({"type": "SubmitRequest"}),  # right tag, missing fields
+    msgpack.packb({"type": "NoSuchMessage", "x": 1}),
+    msgpack.packb([1, 2, 3]),
+    msgpack.packb({"type": "PingRequest", "meta": {"request_id": "r", "sender": "s", "version": 999}}),
+    b"\x92" * 10_000,  # deeply nested arrays
+]
+
+API = [subjects.SUBMIT, subjects.LIST_JOBS, subjects.GET_JOB, subjects.CANCEL, subjects.LIST_AGENTS,
+       subjects.REGISTER, subjects.HEARTBEAT, subjects.PING]
+
+
+async def test_garbage_on_every_subject_is_dropped_and_both_daemons_keep_serving(cluster: Cluster) -> None:
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    nc = await nats.connect(cluster.nats.url)
+    js = nc.jetstream()
+    try:
+        for subject in API:
+            for payload in GARBAGE:
+                reply = await nc.request(subject, payload, timeout=5)
+                decoded = msgpack.unpackb(reply.data)
+                assert decoded["type"] == "ErrorReply"
+                assert decoded["code"] in ("decode_error", "version_mismatch"), decoded
+        for payload in GARBAGE:
+            await js.publish(subjects.assign("a1"), payload)
+            await js.publish(subjects.events("a1"), payload)
+            await js.publish(subjects.logs("j-nosuchjob"), payload)
+            await js.publish(subjects.metrics("j-nosuchjob"), payload)
+            await nc.publish(subjects.HEARTBEAT, payload)  # no reply subject at all
+    finally:
+        await nc.close()
+    job = await cluster.submit("echo still alive")
+    done = await cluster.wait_done(job.id)
+    assert done.state is JobState.SUCCEEDED
+    assert await cluster.log_lines(job.id) == [b"still alive"]
+    assert cluster.controller.running and cluster.agents["a1"].running
+    assert "message_dropped" in cluster.controller.output()
+    assert "message_dropped" in cluster.agents["a1"].output()
+
+
+def run_cli(cluster: Cluster, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "incl.cli", "--nats", cluster.nats.url, *args], capture_output=True,
+                          text=True, timeout=30, cwd=cwd)
+
+
+async def test_invalid_specs_are_refused_with_the_field_and_nothing_is_queued(cluster: Cluster,
+                                                                              tmp_path: Path) -> None:
+    cluster.start_controller()
+    cluster.start_agent("a1", cpus=2)
+    await cluster.wait_agents(1)
+    cases = {
+        "resorces:\n  gpus: 1\nrun: x\n": ("resorces", "did you mean 'resources'"),
+        "run: x\nresources:\n  gpu: 1\n": ("resources.gpu", "did you mean 'gpus'"),
+        "run: x\nresources:\n  cpus: lots\n": ("resources.cpus", "expected `float`"),
+        "run: x\nresources:\n  memory: 12 parsecs\n": ("resources.memory", "is not a size"),
+        "name: no-run\n": ("run", "is required"),
+        "run: x\nimage: pytorch:latest\n": ("image", "not supported yet"),
+        "run: [1, 2\n": ("", "not valid YAML"),
+        "- just\n- a list\n": ("", "mapping"),
+    }
+    for i, (text, (field, reason)) in enumerate(cases.items()):
+        spec = tmp_path / f"bad{i}.yaml"
+        spec.write_text(text)
+        out = run_cli(cluster, "submit", "-f", str(spec))
+        assert out.returncode == 2, (text, out.stdout, out.stderr)
+        assert f"{field}:" in out.stderr and reason in out.stderr, (text, out.stderr)
+    # Refused by the controller: no agent or provider could ever fit it.
+    out = run_cli(cluster, "submit", "--cpus", "512", "--", "true")
+    assert out.returncode == 1 and "can ever fit" in out.stderr, out.stderr
+    listed = json.loads(run_cli(cluster, "ls", "--json").stdout)
+    assert listed == []
+
+
+async def test_cli_without_a_controller_says_how_to_start_one(cluster: Cluster) -> None:
+    out = run_cli(cluster, "ls")  # NATS is up, no controller
+    assert out.returncode == 3 and "incl up" in out.stderr
+    out = subprocess.run([PY, "-m", "incl.cli", "--nats", "nats://127.0.0.1:1", "ls"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 3 and "cannot reach NATS" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli(cluster, "show", "j-nosuch")
+    assert out.returncode == 3  # still no controller
+    cluster.start_controller()
+    await cluster.wait_controller()
+    out = run_cli(cluster, "show", "j-nosuch")
+    assert out.returncode == 1 and "no job with id 'j-nosuch'" in out.stderr
