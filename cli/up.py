@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import click
 
 from incl.cli import stack as stack_mod
 from incl.cli.client import Client, incl_home
 from incl.cli.output import console, fail, handles_errors
-from incl.proto.errors import Unavailable
+from incl.proto.errors import InclError, Unavailable
 
 
-async def _wait_ready(url: str, agents: int, timeout: float) -> int:
+def _died(started: stack_mod.Stack) -> None:
+    """Fail at once, with its last words, if a daemon exited instead of waiting out the timeout."""
+    for proc in started.procs:
+        if not stack_mod.alive(proc):
+            lines = Path(proc.log).read_text(errors="replace").strip().splitlines()[-5:]
+            raise InclError(f"{proc.name} exited during start-up; last lines of {proc.log}:\n  "
+                            + "\n  ".join(lines))
+
+
+async def _wait_ready(started: stack_mod.Stack, agents: int, timeout: float) -> int:
+    url = started.nats_url
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        _died(started)
         try:
             async with Client(url, timeout=2.0) as client:
                 await client.ping()
@@ -47,8 +59,8 @@ def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeo
         return
     started = stack_mod.start(home, nats_url=nats_url, port=port, agents=n_agents, agent_cpus=cpus)
     try:
-        ready = asyncio.run(_wait_ready(started.nats_url, n_agents, timeout))
-    except Unavailable:
+        ready = asyncio.run(_wait_ready(started, n_agents, timeout))
+    except InclError:
         stack_mod.stop(started)
         stack_mod.state_file(home).unlink(missing_ok=True)
         raise
