@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import structlog
+import yaml
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import FetchTimeoutError, KeyNotFoundError
 
 from incl.agent.config import AgentConfig
 from incl.agent.runner import Runner
+from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import DecodeError, Unavailable
@@ -43,22 +46,47 @@ log = structlog.get_logger()
 _JOB: Decoder[Job] = Decoder(Job)
 
 
+def _gpu_source(cfg: AgentConfig) -> RecordedSource | None:
+    """Recorded NVML readings when the config names a recording (tests); None means real NVML."""
+    if cfg.gpu_recording is None:
+        return None
+    return RecordedSource.from_dict(yaml.safe_load(Path(cfg.gpu_recording).read_text()))
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.runners: dict[tuple[str, int], Runner] = {}
         self._seen: set[tuple[str, int]] = set()  # attempts this process has taken: a re-sent copy is dropped
         self._interval = cfg.heartbeat_interval
+        self.job_pids = ProcessTreeJobs()
+        self.sampler = GpuSampler(_gpu_source(cfg), interval=cfg.gpu_sample_interval, job_of_pid=self.job_pids)
+        self.gpu_alloc: dict[int, str] = {}  # GPU index -> the job holding it
         self._nc: Client
         self._js: JetStreamContext
         self._tg: asyncio.TaskGroup
 
     def info(self) -> AgentInfo:
         cfg = self.cfg
+        gpus = self.sampler.gpus
         return AgentInfo(
             agent_id=cfg.agent_id, hostname=socket.gethostname(), provider=cfg.provider, labels=cfg.labels,
-            capacity=Resources(cpus=cfg.host_cpus(), memory=cfg.host_memory(), gpus=0),
+            capacity=Resources(cpus=cfg.host_cpus(), memory=cfg.host_memory(), gpus=len(gpus),
+                               gpu_model=gpus[0].model if gpus else None),
+            gpus=gpus,
         )
+
+    def _allocate_gpus(self, job_id: str, count: int) -> list[int]:
+        """The first `count` healthy, free GPUs (the controller only places a job where they exist)."""
+        sick = set(self.sampler.unhealthy())
+        free = [g.index for g in self.sampler.gpus if g.index not in self.gpu_alloc and g.index not in sick]
+        chosen = free[:count]
+        for index in chosen:
+            self.gpu_alloc[index] = job_id
+        return chosen
+
+    def _release_gpus(self, job_id: str) -> None:
+        self.gpu_alloc = {i: j for i, j in self.gpu_alloc.items() if j != job_id}
 
     def running(self) -> list[JobRef]:
         return [r.ref for r in self.runners.values()]
@@ -77,8 +105,10 @@ class Agent:
             await self._retry("ensure_streams", lambda: ensure_streams(self._js, cfg.streams))
             buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(self._js))
             self._jobs_kv = buckets[subjects.JOBS_BUCKET]
+            await self.sampler.open()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                tg.create_task(self.sampler.run())
                 await self._register()
                 tg.create_task(self._heartbeat())
                 tg.create_task(self._consume())
@@ -109,9 +139,11 @@ class Agent:
         while True:
             await asyncio.sleep(self._interval)
             try:
+                telemetry = self.sampler.snapshot(self.gpu_alloc) if self.sampler.gpus else None
                 reply = await request(self._nc, subjects.HEARTBEAT,
                                       HeartbeatRequest(meta=Envelope.new(self.cfg.agent_id),
-                                                       agent_id=self.cfg.agent_id, running=self.running()),
+                                                       agent_id=self.cfg.agent_id, running=self.running(),
+                                                       telemetry=telemetry),
                                       HeartbeatReply, self.cfg.request_timeout)
             except (Unavailable, *TRANSIENT) as exc:
                 log.debug("heartbeat_failed", error=str(exc))
@@ -186,7 +218,8 @@ class Agent:
                     await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
                                                  cancelled=True, reason="cancelled before it started"))
                     return
-                runner = Runner(self.cfg, self._js, self.publish, cmd)
+                gpus = self._allocate_gpus(cmd.job_id, cmd.spec.resources.gpus) if self.sampler.gpus else None
+                runner = Runner(self.cfg, self._js, self.publish, cmd, gpus=gpus, job_pids=self.job_pids)
                 self.runners[key] = runner
                 self._tg.create_task(self._run(runner))
 
@@ -195,6 +228,7 @@ class Agent:
             await runner.run()
         finally:
             self.runners.pop((runner.ref.job_id, runner.ref.attempt), None)
+            self._release_gpus(runner.ref.job_id)
 
     async def _current(self, job_id: str) -> Job | None:
         """The job as the controller last wrote it: the guard against running a stale assignment."""

@@ -42,6 +42,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL (a CancelJob can say otherwise)
     shell: str = "/bin/bash"
 
+    # GPU telemetry (NVML; no GPU or no driver means no GPUs, never a crash).
+    gpu_sample_interval: float = 1.0
+    gpu_recording: str | None = None  # play back recorded NVML readings (YAML/JSON) instead of NVML: tests
+
     # Shipping logs and metrics.
     flush_interval: float = 0.05
     batch_max_lines: int = 4096

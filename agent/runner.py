@@ -19,6 +19,7 @@ from incl.agent import runtime
 from incl.agent.channel import MetricChannel
 from incl.agent.config import AgentConfig
 from incl.agent.shipper import LineSplitter, Shipper
+from incl.agent.telemetry import ProcessTreeJobs
 from incl.proto import subjects
 from incl.proto.messages import (
     AgentEvent,
@@ -52,8 +53,11 @@ def sdk_dir(work_dir: Path) -> Path:
 
 
 class Runner:
-    def __init__(self, cfg: AgentConfig, js: JetStreamContext, publish: Publish, assign: Assign) -> None:
+    def __init__(self, cfg: AgentConfig, js: JetStreamContext, publish: Publish, assign: Assign, *,
+                 gpus: list[int] | None = None, job_pids: ProcessTreeJobs | None = None) -> None:
         self.cfg = cfg
+        self._gpus = gpus  # None: this host has no GPUs to hand out
+        self._job_pids = job_pids
         self._js = js
         self._publish = publish
         self.assign = assign
@@ -125,6 +129,9 @@ class Runner:
             "PYTHONPATH": sdk + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
             "PYTHONUNBUFFERED": "1",
         })
+        if self._gpus is not None:  # a job sees exactly the GPUs it was given (none for a CPU job)
+            env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(map(str, self._gpus))
+            env["INCL_GPUS"] = env["CUDA_VISIBLE_DEVICES"]
         return env
 
     async def _prepare_code(self, code: Path) -> str | None:
@@ -139,6 +146,8 @@ class Runner:
 
     async def _start(self, script: str, cwd: Path, env: dict[str, str]) -> runtime.ProcessHandle:
         self._handle = await runtime.start([self.cfg.shell, "-c", script], str(cwd), env, self._on_output)
+        if self._job_pids is not None:
+            self._job_pids.add(self.ref.job_id, self._handle.pid)
         if self._stop_reason is not None:  # stopped while it was starting
             self._stopping = asyncio.create_task(self._handle.stop(self._grace))
         return self._handle
@@ -169,6 +178,8 @@ class Runner:
             log.exception("attempt_failed")
             reason = reason or f"agent error: {type(exc).__name__}: {exc}"
         finally:
+            if self._job_pids is not None:
+                self._job_pids.remove(self.ref.job_id)
             if rest := self._splitter.flush():
                 await self._ship_lines(rest)
             if reason:

@@ -336,6 +336,11 @@ class GpuSampler:
         """What registration reports; [] before `open()` and on a machine without GPUs."""
         return list(self._gpus or [])
 
+    def unhealthy(self) -> list[int]:
+        """GPUs that had a critical XID or ECC event: no new work goes to them."""
+        with self._lock:
+            return sorted(self._unhealthy)
+
     async def open(self) -> list[GpuInfo]:
         """Find the GPUs (in a thread: nvmlInit can take a while). Idempotent."""
         if self._gpus is None:

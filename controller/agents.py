@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 from msgspec import structs
@@ -24,15 +25,19 @@ from incl.proto.messages import (
     RegisterRequest,
     Resources,
 )
+from incl.proto.telemetry import GpuTelemetry
 
 log = structlog.get_logger()
 
 
 class Agents:
-    def __init__(self, cfg: ControllerConfig, records: Records[AgentRecord], jobs: Jobs) -> None:
+    def __init__(self, cfg: ControllerConfig, records: Records[AgentRecord], jobs: Jobs,
+                 on_telemetry: Callable[[GpuTelemetry], None] = lambda t: None) -> None:
         self._cfg = cfg
         self.records = records
         self._jobs = jobs
+        self._on_telemetry = on_telemetry
+        self.telemetry: dict[str, GpuTelemetry] = {}  # agent id -> its last heartbeat's GPU readings
         self.deadlines = Deadlines()
         self._running: dict[str, list[JobRef]] = {}
         self._last_seen: dict[str, float] = {}  # heartbeats stay in memory; the bucket holds registrations
@@ -50,13 +55,19 @@ class Agents:
         return [r.info.capacity for r in self.records] + list(self._cfg.provider_shapes)
 
     def slots(self) -> list[Slot]:
-        slots = {r.info.agent_id: Slot(agent_id=r.info.agent_id, free=r.info.capacity,
+        slots = {r.info.agent_id: Slot(agent_id=r.info.agent_id, free=self._usable(r),
                                        runtimes=frozenset(r.info.runtimes)) for r in self.alive()}
         for job in self._jobs.on_agent():
             slot = slots.get(job.current.agent_id) if job.current else None
             if slot is not None:
                 slot.free = subtract(slot.free, job.spec.resources)
         return list(slots.values())
+
+    def _usable(self, rec: AgentRecord) -> Resources:
+        """Capacity less the GPUs that had a critical XID: the scheduler places no new work on them."""
+        sick = self.telemetry.get(rec.info.agent_id)
+        bad = len(sick.unhealthy()) if sick else 0
+        return structs.replace(rec.info.capacity, gpus=max(0, rec.info.capacity.gpus - bad))
 
     def views(self) -> list[AgentView]:
         allocated = {s.agent_id: s.free for s in self.slots()}
@@ -70,7 +81,8 @@ class Agents:
                                        gpus=cap.gpus - free.gpus)
             seen = self._last_seen.get(rec.info.agent_id, rec.last_seen)
             out.append(AgentView(record=structs.replace(rec, last_seen=seen),
-                                 running=self._running.get(rec.info.agent_id, []), allocated=used))
+                                 running=self._running.get(rec.info.agent_id, []), allocated=used,
+                                 telemetry=self.telemetry.get(rec.info.agent_id)))
         return out
 
     def _stop_list(self, agent_id: str, running: list[JobRef]) -> list[JobRef]:
@@ -112,6 +124,9 @@ class Agents:
         self.deadlines.beat(req.agent_id, now, self._cfg.agent_lost_after)
         self._last_seen[req.agent_id] = now
         self._running[req.agent_id] = list(req.running)
+        if req.telemetry is not None:
+            self.telemetry[req.agent_id] = req.telemetry
+            self._on_telemetry(req.telemetry)
         return HeartbeatReply(heartbeat_interval=interval, stop=self._stop_list(req.agent_id, req.running))
 
     async def expire(self, now: float) -> None:

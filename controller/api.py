@@ -8,7 +8,9 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
+from incl.controller import quota
 from incl.controller.agents import Agents
+from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
@@ -25,6 +27,8 @@ from incl.proto.messages import (
     ListJobsRequest,
     PingReply,
     PingRequest,
+    QuotaReply,
+    QuotaRequest,
     RegisterRequest,
     Reply,
     SubmitReply,
@@ -39,10 +43,11 @@ Handler = Callable[[Any], Awaitable[Reply]]
 
 
 class Api:
-    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents) -> None:
+    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch) -> None:
         self._id = controller_id
         self._jobs = jobs
         self._agents = agents
+        self._watch = watch
         self.routes: dict[str, tuple[Decoder[Any], Handler]] = {
             subjects.SUBMIT: (Decoder(SubmitRequest), self.submit),
             subjects.LIST_JOBS: (Decoder(ListJobsRequest), self.list_jobs),
@@ -52,6 +57,7 @@ class Api:
             subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
             subjects.HEARTBEAT: (Decoder(HeartbeatRequest), self.heartbeat),
             subjects.PING: (Decoder(PingRequest), self.ping),
+            subjects.QUOTA: (Decoder(QuotaRequest), self.quota),
         }
 
     async def handle(self, msg: Msg) -> None:
@@ -84,10 +90,17 @@ class Api:
             self._jobs.view(j) for j in self._jobs.records
             if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)
         ]
-        return ListJobsReply(jobs=sorted(jobs, key=lambda j: j.submitted_at))
+        util = {j.id: self._watch.util[j.id] for j in jobs if j.id in self._watch.util}
+        return ListJobsReply(jobs=sorted(jobs, key=lambda j: j.submitted_at), gpu_util=util)
 
     async def get_job(self, req: GetJobRequest) -> GetJobReply:
-        return GetJobReply(job=self._jobs.view(self._jobs.records.require(req.job_id, "job")))
+        job = self._jobs.view(self._jobs.records.require(req.job_id, "job"))
+        return GetJobReply(job=job, gpu_util=self._watch.util.get(job.id),
+                           gpu_idle_since=self._watch.monitor.idle_since(job.id))
+
+    async def quota(self, req: QuotaRequest) -> QuotaReply:
+        held = quota.usage(quota.claim_of(self._jobs.quotas, j) for j in self._jobs.on_agent())
+        return QuotaReply(lines=quota.report(self._jobs.quotas, held))
 
     async def cancel(self, req: CancelRequest) -> CancelReply:
         return CancelReply(job=await self._jobs.cancel(req.job_id))

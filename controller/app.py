@@ -14,12 +14,15 @@ from incl.controller import scheduler, state
 from incl.controller.agents import Agents
 from incl.controller.api import Api
 from incl.controller.config import ControllerConfig
+from incl.controller.gpuwatch import GpuWatch
+from incl.controller.notify import Notice, Notifier, kinds_for
+from incl.controller.quota import load_quota_config
 from incl.controller.jobs import Jobs
 from incl.controller.store import Records
 from incl.proto import subjects
 from incl.proto.codec import Decoder
 from incl.proto.errors import DecodeError
-from incl.proto.messages import AgentEvent, AgentRecord, Job
+from incl.proto.messages import AgentEvent, AgentRecord, Job, JobState
 from incl.proto.streams import ensure_buckets, ensure_streams
 from incl.proto.transport import connect
 from incl._retry import TRANSIENT, forever
@@ -54,20 +57,33 @@ class Controller:
                 buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id)
             await self._retry("load_jobs", job_records.load)
             await self._retry("load_agents", agent_records.load)
-            self.jobs = Jobs(cfg, job_records, js, shapes=lambda: self.agents.shapes(), kick=self._kick.set)
-            self.agents = Agents(cfg, agent_records, self.jobs)
+            quotas = load_quota_config(cfg.quota_file)
+            self.jobs = Jobs(cfg, job_records, js, shapes=lambda: self.agents.shapes(), kick=self._kick.set,
+                             quotas=quotas)
+            notifier = Notifier(cfg.notify, cfg.notifier)
+            self.watch = GpuWatch(self.jobs, notifier, cfg.gpu_idle)
+            self.jobs.on_change.append(lambda before, after: self._on_change(notifier, before, after))
+            self.agents = Agents(cfg, agent_records, self.jobs, on_telemetry=self.watch.observe)
             self.agents.restore(time.time())
             log.info("controller_started", controller_id=cfg.controller_id, jobs=len(job_records),
                      agents=len(agent_records), nats=cfg.nats_url)
-            api_ = Api(cfg.controller_id, self.jobs, self.agents)
+            api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch)
             await nc.subscribe(f"{subjects.API_PREFIX}.>", queue="incl-controller", cb=api_.handle)
             await self.jobs.resend_stale_assignments(older_than=time.time())
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._apply_events(js))
                 tg.create_task(self._schedule())
                 tg.create_task(self._watch_liveness())
+                tg.create_task(notifier.run())
+                tg.create_task(self.watch.run())
         finally:
             await nc.close()
+
+    def _on_change(self, notifier: Notifier, before: Job | None, after: Job) -> None:
+        for kind in kinds_for(before, after):
+            notifier.notify(Notice.from_job(kind, after))
+        if after.state is not JobState.RUNNING:
+            self.watch.forget(after.id)
 
     async def _on_disconnect(self) -> None:
         self._connected.clear()
@@ -128,7 +144,8 @@ class Controller:
                 self._kick.set()
 
     async def _schedule_once(self) -> None:
-        plan = scheduler.plan(self.jobs.queued(), self.agents.slots())
+        plan = scheduler.plan(self.jobs.queued(), self.agents.slots(), quotas=self.jobs.quotas,
+                              running=self.jobs.on_agent())
         self.jobs.waiting = plan.waiting
         for job_id, agent_id in plan.placements:
             try:

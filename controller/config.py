@@ -8,6 +8,8 @@ from pathlib import Path
 import msgspec
 import yaml
 
+from incl.controller.idle import IdlePolicy
+from incl.controller.notify import ClusterNotify, NotifierConfig
 from incl.proto.messages import Resources
 from incl.proto.streams import StreamLimits
 
@@ -38,6 +40,16 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     # What a provider could ever launch: a job that fits neither this nor a known agent is refused at submit.
     provider_shapes: list[Resources] = []
+
+    # GPU idle monitor: the cluster default, over which a job's `gpu_idle:` applies.
+    gpu_idle: IdlePolicy = IdlePolicy()
+
+    # Quotas and priority classes: the admin's file (see incl.controller.quota); None: no limits.
+    quota_file: str | None = None
+
+    # Slack notifications: the cluster's webhook, named channels, and the events sent.
+    notify: ClusterNotify = ClusterNotify()
+    notifier: NotifierConfig = NotifierConfig()
 
     streams: StreamLimits = StreamLimits()
 

@@ -11,8 +11,10 @@ from msgspec import structs
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 
-from incl.controller import state
+from incl.controller import quota, state
 from incl.controller.config import ControllerConfig
+from incl.controller.idle import parse_policy
+from incl.controller.notify import parse_notify
 from incl.controller.scheduler import could_ever_fit
 from incl.controller.store import Records
 from incl.proto import subjects
@@ -52,9 +54,12 @@ def job_env(job: Job) -> dict[str, str]:
 
 class Jobs:
     def __init__(self, cfg: ControllerConfig, records: Records[Job], js: JetStreamContext,
-                 shapes: Callable[[], list[Resources]], kick: Callable[[], None]) -> None:
+                 shapes: Callable[[], list[Resources]], kick: Callable[[], None],
+                 quotas: quota.QuotaConfig | None = None) -> None:
         self._cfg = cfg
         self.records = records
+        self.quotas = quotas or quota.QuotaConfig()
+        self.on_change: list[Callable[[Job | None, Job], None]] = []  # notifications, the GPU watch
         self._js = js
         self._shapes = shapes
         self.kick = kick
@@ -80,7 +85,26 @@ class Jobs:
 
     # --- commands from users ------------------------------------------------------------------------------
 
+    async def _update(self, job_id: str, change: Callable[[Job], Job]) -> Job:
+        """The one way a job changes: compare-and-set in the store, then tell whoever listens."""
+        before = self.records.get(job_id)
+        after = await self.records.update(job_id, change)
+        if after is not before:
+            for hook in self.on_change:
+                hook(before, after)
+        return after
+
+    def _admit(self, spec: JobSpec, user: str) -> None:
+        """Checks that need the cluster's settings: quotas, priority classes, idle policy, notify routes."""
+        claim = quota.resolve(self.quotas, user=user, gpus=spec.resources.gpus * spec.resources.nodes,
+                              team=spec.team, priority=spec.priority)
+        if (why := quota.refuse_at_submit(self.quotas, claim)) is not None:
+            raise Unschedulable(why, field="resources.gpus")
+        parse_policy(spec.gpu_idle, self._cfg.gpu_idle)
+        parse_notify(spec.notify, self._cfg.notify)
+
     async def submit(self, spec: JobSpec, user: str) -> Job:
+        self._admit(spec, user)
         shapes = self._shapes()
         if shapes and not could_ever_fit(spec.resources, shapes):
             biggest = max(shapes, key=lambda s: (s.gpus, s.cpus, s.memory))
@@ -98,12 +122,14 @@ class Jobs:
             except KeyWrongLastSequenceError:  # the id exists already (vanishingly rare): draw another
                 continue
         log.info("job_submitted", job_id=job.id, user=user)
+        for hook in self.on_change:
+            hook(None, job)
         self.kick()
         return job
 
-    async def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str, reason: str | None = None) -> Job:
         self.records.require(job_id, "job")
-        job = await self.records.update(job_id, lambda j: state.cancel(j, time.time()))
+        job = await self._update(job_id, lambda j: state.cancel(j, time.time(), reason))
         log.info("job_cancel_requested", job_id=job_id, state=job.state)
         if job.state in ON_AGENT and job.current:
             await self._send(job.current.agent_id, CancelJob(job_id=job.id, attempt=job.current.number,
@@ -114,7 +140,7 @@ class Jobs:
     # --- dispatch -----------------------------------------------------------------------------------------
 
     async def dispatch(self, job_id: str, agent_id: str) -> None:
-        job = await self.records.update(job_id, lambda j: state.assign(j, agent_id, time.time()))
+        job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time()))
         log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
         await self.send_assign(job)
 
@@ -165,7 +191,7 @@ class Jobs:
                     j, event.attempt, now, exit_code=event.exit_code, reason=event.reason,
                     cancelled=event.cancelled, tail=event.tail, ended_at=event.ts)
         try:
-            job = await self.records.update(job.id, change)
+            job = await self._update(job.id, change)
         except state.IllegalTransition as exc:
             log.warning("event_refused", job_id=job.id, attempt=event.attempt, reason=str(exc))
             return
@@ -181,7 +207,7 @@ class Jobs:
                 continue
             attempt = job.current.number
             try:
-                job = await self.records.update(job.id, lambda j: state.lost(j, attempt, time.time(), reason))
+                job = await self._update(job.id, lambda j: state.lost(j, attempt, time.time(), reason))
             except state.IllegalTransition as exc:
                 log.warning("lost_refused", job_id=job.id, reason=str(exc))
                 continue

@@ -160,6 +160,22 @@ KIND_OF_STATE = {
 # --- spec and routing (pure) -------------------------------------------------------------------------------
 
 
+def kinds_for(before: Job | None, after: Job) -> list[Kind]:
+    """The notices a job's change of state calls for (pure)."""
+    was = before.state if before is not None else None
+    if after.state == was:
+        return []
+    if after.state is JobState.RUNNING:
+        return [Kind.STARTED if (after.current and after.current.number == 1) else Kind.RESUMED]
+    terminal = {JobState.SUCCEEDED: Kind.SUCCEEDED, JobState.FAILED: Kind.FAILED,
+                JobState.CANCELLED: Kind.CANCELLED}
+    if after.state in terminal:
+        return [terminal[after.state]]
+    if after.state is JobState.QUEUED and after.current and after.current.state is JobState.PREEMPTED:
+        return [Kind.PREEMPTED]
+    return []
+
+
 def parse_notify(raw: Any, cluster: ClusterNotify | None = None, field: str = "notify") -> NotifySpec | None:
     """A job's `notify:` (None: the cluster default). With `cluster`, a channel must be one it names.
 

@@ -23,13 +23,13 @@ import difflib
 import heapq
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import yaml
 
 from incl.proto.errors import SpecInvalid
-from incl.proto.messages import Job
+from incl.proto.messages import Job, QuotaLine
 
 
 class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -99,15 +99,6 @@ class Usage(msgspec.Struct, kw_only=True):
         self.users[claim.user] = self.users.get(claim.user, 0) + claim.gpus
         if claim.team is not None:
             self.teams[claim.team] = self.teams.get(claim.team, 0) + claim.gpus
-
-
-class QuotaLine(msgspec.Struct, frozen=True, kw_only=True):
-    """One row of `incl quota`."""
-
-    kind: Literal["user", "team"]
-    name: str
-    used: int
-    limit: int | None  # None: no limit
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -231,10 +222,7 @@ def _rank(config: QuotaConfig, priority: int | str | None) -> int:
         if priority not in classes:
             raise SpecInvalid(f"unknown priority class {priority!r}{_hint(priority, classes)}", field="priority")
         return classes[priority].rank
-    if any(c.rank == priority for c in classes.values()):
-        return priority
-    names = ", ".join(f"{n} ({c.rank})" for n, c in sorted(classes.items(), key=lambda kv: -kv[1].rank))
-    raise SpecInvalid(f"{priority} is not the rank of a priority class; classes: {names}", field="priority")
+    return priority  # a plain rank: higher runs first
 
 
 # --- checks ------------------------------------------------------------------------------------------------

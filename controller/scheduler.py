@@ -1,8 +1,9 @@
 """Placement, as a pure function: which queued job goes to which agent. No I/O here.
 
-The queue is ordered by priority (higher first), then submit time. Each job goes to the agent with the most
-free CPU among those whose free resources fit it (spreading load); a job that fits nowhere waits, with the
-reason recorded, and smaller jobs behind it may still be placed.
+The queue is ordered by priority class (higher first), then fairly between users (`quota.fair_order`), then
+by submit time. A job whose user or team is at its GPU quota waits with that reason. Each other job goes to
+the agent with the most free CPU among those whose free resources fit it (spreading load); a job that fits
+nowhere waits, with the reason recorded, and smaller jobs behind it may still be placed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from incl.controller import quota
 from incl.proto.messages import Job, Resources
 from incl.proto.spec import Resources as Wanted
 
@@ -47,10 +49,6 @@ def add(have: Resources, want: Wanted) -> Resources:
     )
 
 
-def order(queue: Iterable[Job]) -> list[Job]:
-    return sorted(queue, key=lambda j: (-j.spec.priority, j.submitted_at, j.id))
-
-
 def _describe(want: Wanted) -> str:
     parts = [f"{want.cpus:g} CPU"]
     if want.memory:
@@ -60,10 +58,21 @@ def _describe(want: Wanted) -> str:
     return ", ".join(parts)
 
 
-def plan(queue: Iterable[Job], slots: list[Slot]) -> Plan:
+def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig | None = None,
+         running: Iterable[Job] = ()) -> Plan:
+    """`running`: the jobs holding resources now (they count against quotas)."""
+    cfg = quotas or quota.QuotaConfig()
+    held = quota.usage(quota.claim_of(cfg, j) for j in running)
+    jobs = {j.id: j for j in queue}
+    queued = [quota.Queued(job_id=j.id, claim=quota.claim_of(cfg, j), submitted_at=j.submitted_at)
+              for j in jobs.values()]
     placements: list[tuple[str, str]] = []
     waiting: dict[str, str] = {}
-    for job in order(queue):
+    for q in quota.fair_order(queued, held):
+        job = jobs[q.job_id]
+        if (why := quota.check(cfg, q.claim, held)) is not None:
+            waiting[job.id] = f"waiting for quota: {why}"
+            continue
         want = job.spec.resources
         candidates = [s for s in slots if fits(want, s.free)]
         if not candidates:
@@ -73,6 +82,7 @@ def plan(queue: Iterable[Job], slots: list[Slot]) -> Plan:
             continue
         best = max(candidates, key=lambda s: (s.free.gpus - want.gpus == 0, s.free.cpus, s.agent_id))
         best.free = subtract(best.free, want)
+        held.add(q.claim)
         placements.append((job.id, best.agent_id))
     return Plan(placements=placements, waiting=waiting)
 

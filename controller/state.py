@@ -69,7 +69,7 @@ def exited(job: Job, attempt: int, now: float, *, exit_code: int | None, reason:
     """The attempt's process ended: SUCCEEDED, CANCELLED, FAILED, or back to QUEUED if retry allows."""
     cur = _current(job, attempt)
     if cancelled or job.cancel_requested:
-        to, reason = S.CANCELLED, reason or "cancelled"
+        to, reason = S.CANCELLED, job.reason or reason or "cancelled"
     elif exit_code == 0:
         to = S.SUCCEEDED
     else:
@@ -96,12 +96,13 @@ def lost(job: Job, attempt: int, now: float, reason: str) -> Job:
     return structs.replace(job, state=S.FAILED, reason=f"{reason}; no attempts left ({len(job.attempts)})")
 
 
-def cancel(job: Job, now: float) -> Job:
-    """A queued job is cancelled at once; a job on an agent is marked, and ends when the agent stops it."""
+def cancel(job: Job, now: float, reason: str | None = None) -> Job:
+    """A queued job is cancelled at once; a job on an agent is marked, and ends when the agent stops it.
+    `reason` (e.g. "gpu_idle") becomes the job's reason; by default, "cancelled"."""
     if job.state in TERMINAL:
         raise Conflict(f"job {job.id} has already finished ({job.state})")
     if job.state is S.QUEUED:
-        return structs.replace(job, state=S.CANCELLED, updated_at=now, reason="cancelled before it started")
+        return structs.replace(job, state=S.CANCELLED, updated_at=now, reason=reason or "cancelled before it started")
     if job.state in ON_AGENT:
-        return structs.replace(job, cancel_requested=True, updated_at=now)
+        return structs.replace(job, cancel_requested=True, updated_at=now, reason=reason)
     raise IllegalTransition(f"{job.id}: cannot cancel in state {job.state}")

@@ -14,6 +14,7 @@ import msgspec
 
 from incl.proto import PROTOCOL_VERSION
 from incl.proto.spec import JobSpec
+from incl.proto.telemetry import GpuInfo, GpuTelemetry
 
 
 class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -124,6 +125,7 @@ class AgentInfo(_Struct):
     instance_id: str | None = None
     labels: dict[str, str] = {}
     runtimes: list[str] = msgspec.field(default_factory=lambda: ["process"])
+    gpus: list[GpuInfo] = []
     version: str = ""
 
 
@@ -158,6 +160,7 @@ class ListJobsRequest(Request):
 
 class ListJobsReply(Reply):
     jobs: list[Job]
+    gpu_util: dict[str, float] = {}  # job id -> its GPUs' utilization in the last heartbeat, percent
 
 
 class GetJobRequest(Request):
@@ -166,6 +169,8 @@ class GetJobRequest(Request):
 
 class GetJobReply(Reply):
     job: Job
+    gpu_util: float | None = None
+    gpu_idle_since: float | None = None  # set while the idle monitor considers the job idle
 
 
 class CancelRequest(Request):
@@ -184,10 +189,26 @@ class AgentView(_Struct):
     record: AgentRecord
     running: list[JobRef] = []
     allocated: Resources | None = None
+    telemetry: GpuTelemetry | None = None  # the last heartbeat's GPU readings
 
 
 class ListAgentsReply(Reply):
     agents: list[AgentView]
+
+
+class QuotaLine(_Struct):
+    kind: str  # "user" | "team"
+    name: str
+    used: int
+    limit: int | None = None  # None: no limit
+
+
+class QuotaRequest(Request):
+    pass
+
+
+class QuotaReply(Reply):
+    lines: list[QuotaLine]
 
 
 class PingRequest(Request):
@@ -215,6 +236,7 @@ class RegisterReply(Reply):
 class HeartbeatRequest(Request):
     agent_id: str
     running: list[JobRef] = []
+    telemetry: GpuTelemetry | None = None  # GPU readings aggregated since the previous heartbeat
 
 
 class HeartbeatReply(Reply):

@@ -44,7 +44,7 @@ class JobSpec(_Spec):
     env: dict[str, str] = {}
     resources: Resources = Resources()
     retry: Retry = Retry()
-    priority: int = 0
+    priority: int | str = 0  # a rank, or the name of a priority class (`high`, `normal`, `low`)
     user: str | None = None
     # Accepted by the schema, refused until their feature exists.
     image: str | None = None
@@ -64,9 +64,6 @@ NOT_SUPPORTED_YET = {
     "data": "data mounts",
     "outputs": "output upload",
     "checkpoint": "checkpoint sync",
-    "gpu_idle": "GPU idle policies",
-    "notify": "notifications",
-    "team": "team quotas",
     "hpo": "hyperparameter search",
     "resources.nodes": "multi-node jobs",
     "resources.instance_types": "instance types",
@@ -175,8 +172,9 @@ def _semantic_checks(spec: JobSpec) -> None:
     if not spec.run.strip():
         raise SpecInvalid("must be a non-empty command", field="run")
     r = spec.resources
+    priority = spec.priority if isinstance(spec.priority, int) else None
     for path, value in (("resources.memory", r.memory), ("resources.gpus", r.gpus), ("resources.nodes", r.nodes),
-                        ("priority", spec.priority), ("retry.max_attempts", spec.retry.max_attempts)):
+                        ("priority", priority), ("retry.max_attempts", spec.retry.max_attempts)):
         if value is not None and abs(value) > _MAX_INT:  # MessagePack carries 64-bit integers at most
             raise SpecInvalid(f"is too large (at most {_MAX_INT})", field=path)
     if not r.cpus > 0:  # also NaN

@@ -10,6 +10,7 @@ LIST_AGENTS = f"{API_PREFIX}.agents.list"
 REGISTER = f"{API_PREFIX}.agents.register"
 HEARTBEAT = f"{API_PREFIX}.agents.heartbeat"
 PING = f"{API_PREFIX}.ping"
+QUOTA = f"{API_PREFIX}.quota"
 
 # Controller -> agent: a JetStream work queue, one durable consumer per agent.
 ASSIGN_STREAM = "INCL_ASSIGN"

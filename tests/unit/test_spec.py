@@ -178,7 +178,7 @@ def test_unknown_keys_with_no_close_one_list_the_known_keys(data: dict[str, Any]
         ({"run": "x", "resources": {"gpus": True}}, "resources.gpus"),
         ({"run": "x", "retry": {"on_failure": "sometimes"}}, "retry.on_failure"),
         ({"run": "x", "retry": 3}, "retry"),
-        ({"run": "x", "priority": "high"}, "priority"),
+        ({"run": "x", "priority": 1.5}, "priority"),
         ({"run": "x", "env": ["A=1"]}, "env"),
         ({"run": "x", "env": {1: "x"}}, "env"),
         ({"run": "x", "env": {"A": ["1"]}}, "env.A"),
