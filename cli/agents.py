@@ -39,3 +39,17 @@ def agents(ctx: click.Context, as_json: bool) -> None:
             ago(rec.last_seen),
         )
     console.print(table)
+    gpus = [(v.record.info.agent_id, g) for v in views if v.telemetry for g in v.telemetry.gpus]
+    if gpus:
+        table = Table(box=None, header_style="bold", title="GPUs (last heartbeat)")
+        for col in ("AGENT", "GPU", "UTIL", "MEM UTIL", "MEMORY", "POWER", "TEMP", "HEALTH", "JOBS"):
+            table.add_column(col)
+        for agent_id, g in gpus:
+            pct = lambda v: "-" if v is None else f"{v:.0f}%"  # noqa: E731
+            table.add_row(agent_id, str(g.index), pct(g.util_gpu_mean), pct(g.util_mem_mean),
+                          f"{size(g.memory_used)}/{size(g.memory_total)}",
+                          "-" if g.power_w is None else f"{g.power_w:.0f}W",
+                          "-" if g.temperature_c is None else f"{g.temperature_c:.0f}C",
+                          "ok" if g.healthy else f"[red]{g.unhealthy_reason or 'unhealthy'}[/]",
+                          ", ".join(g.job_ids) or "-")
+        console.print(table)

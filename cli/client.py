@@ -36,6 +36,9 @@ from incl.proto.messages import (
     MetricBatch,
     PingReply,
     PingRequest,
+    QuotaLine,
+    QuotaReply,
+    QuotaRequest,
     Reply,
     Request,
     SubmitReply,
@@ -117,12 +120,20 @@ class Client:
                                  SubmitReply)).job
 
     async def jobs(self, states: list[JobState] | None = None, user: str | None = None) -> list[Job]:
+        return (await self.jobs_reply(states, user)).jobs
+
+    async def jobs_reply(self, states: list[JobState] | None = None, user: str | None = None) -> ListJobsReply:
         req = ListJobsRequest(meta=self._meta(), states=states, user=user)
-        return (await self._call(subjects.LIST_JOBS, req, ListJobsReply)).jobs
+        return await self._call(subjects.LIST_JOBS, req, ListJobsReply)
 
     async def job(self, job_id: str) -> Job:
-        return (await self._call(subjects.GET_JOB, GetJobRequest(meta=self._meta(), job_id=job_id),
-                                 GetJobReply)).job
+        return (await self.job_reply(job_id)).job
+
+    async def job_reply(self, job_id: str) -> GetJobReply:
+        return await self._call(subjects.GET_JOB, GetJobRequest(meta=self._meta(), job_id=job_id), GetJobReply)
+
+    async def quota(self) -> list[QuotaLine]:
+        return (await self._call(subjects.QUOTA, QuotaRequest(meta=self._meta()), QuotaReply)).lines
 
     async def cancel(self, job_id: str) -> Job:
         return (await self._call(subjects.CANCEL, CancelRequest(meta=self._meta(), job_id=job_id),

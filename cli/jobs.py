@@ -6,11 +6,18 @@ import asyncio
 import time
 
 import click
+import msgspec
 from rich.table import Table
 
 from incl.cli.client import Client, resolve_url
 from incl.cli.output import ago, console, duration, handles_errors, print_json, state
-from incl.proto.messages import Job, JobState
+from incl.proto.messages import GetJobReply, Job, JobState, ListJobsReply, QuotaLine
+
+
+def gpu_cell(job: Job, util: float | None) -> str:
+    if not job.spec.resources.gpus:
+        return "-"
+    return f"{job.spec.resources.gpus}×" + ("" if util is None else f" {util:.0f}%")
 
 
 def _runtime(job: Job) -> float | None:
@@ -31,23 +38,24 @@ def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, as_json:
     """List jobs, oldest first."""
     wanted = [JobState(s.upper()) for s in statuses] or None
 
-    async def go() -> list[Job]:
+    async def go() -> ListJobsReply:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
-            return await client.jobs(wanted, user)
+            return await client.jobs_reply(wanted, user)
 
-    jobs = asyncio.run(go())
+    reply = asyncio.run(go())
+    jobs = reply.jobs
     if as_json:
-        print_json(jobs)
+        print_json([{**msgspec.to_builtins(j), "gpu_util": reply.gpu_util.get(j.id)} for j in jobs])
         return
     table = Table(box=None, header_style="bold")
-    for col in ("ID", "NAME", "USER", "STATE", "ATTEMPT", "AGENT", "SUBMITTED", "RUNTIME", "REASON"):
+    for col in ("ID", "NAME", "USER", "STATE", "ATTEMPT", "AGENT", "SUBMITTED", "RUNTIME", "GPU", "REASON"):
         table.add_column(col, overflow="fold" if col == "REASON" else "ellipsis", no_wrap=col != "REASON",
                          min_width=10 if col == "ID" else None)
     for job in jobs:
         cur = job.current
         table.add_row(job.id, job.spec.name or "-", job.user, state(job.state),
                       str(cur.number) if cur else "-", cur.agent_id if cur else "-", ago(job.submitted_at),
-                      duration(_runtime(job)), job.reason or "")
+                      duration(_runtime(job)), gpu_cell(job, reply.gpu_util.get(job.id)), job.reason or "")
     console.print(table)
 
 
@@ -59,13 +67,14 @@ def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, as_json:
 def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show one job: its spec, state, every attempt, and the last lines of a failure."""
 
-    async def go() -> Job:
+    async def go() -> GetJobReply:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
-            return await client.job(job_id)
+            return await client.job_reply(job_id)
 
-    job = asyncio.run(go())
+    reply = asyncio.run(go())
+    job = reply.job
     if as_json:
-        print_json(job)
+        print_json({**msgspec.to_builtins(job), "gpu_util": reply.gpu_util, "gpu_idle_since": reply.gpu_idle_since})
         return
     spec = job.spec
     console.print(f"[bold]{job.id}[/] {spec.name or ''}  {state(job.state)}", highlight=False)
@@ -74,7 +83,9 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
                           + (f", {spec.resources.memory / 1e9:.1f} GB" if spec.resources.memory else "")),
             ("priority", str(spec.priority)), ("submitted", ago(job.submitted_at)),
             ("exit code", None if job.exit_code is None else str(job.exit_code)), ("reason", job.reason),
-            ("cancel requested", "yes" if job.cancel_requested else None)]
+            ("cancel requested", "yes" if job.cancel_requested else None),
+            ("gpu utilization", None if reply.gpu_util is None else f"{reply.gpu_util:.0f}%"),
+            ("gpus idle since", None if reply.gpu_idle_since is None else ago(reply.gpu_idle_since))]
     for key, value in rows:
         if value:
             console.print(f"  {key:<17}{value}", highlight=False)
@@ -110,3 +121,31 @@ def cancel(ctx: click.Context, job_id: str) -> None:
         console.print(f"{job.id} cancelled")
     else:
         console.print(f"{job.id} is being cancelled (it was {job.state})")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handles_errors
+def quota(ctx: click.Context, as_json: bool) -> None:
+    """GPUs each user and team holds now, against their quota."""
+
+    async def go() -> list[QuotaLine]:
+        async with Client(resolve_url(ctx.obj["nats_url"])) as client:
+            return await client.quota()
+
+    lines = asyncio.run(go())
+    if as_json:
+        print_json(lines)
+        return
+    if not lines:
+        console.print("no quotas configured and no GPUs in use")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("KIND", "NAME", "GPUS IN USE", "LIMIT"):
+        table.add_column(col)
+    for line in lines:
+        full = line.limit is not None and line.used >= line.limit
+        used = f"[red]{line.used}[/]" if full else str(line.used)
+        table.add_row(line.kind, line.name, used, "-" if line.limit is None else str(line.limit))
+    console.print(table)

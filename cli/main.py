@@ -16,8 +16,8 @@ def cli(ctx: click.Context, nats_url: str | None) -> None:
     ctx.obj = {"nats_url": nats_url}
 
 
-for command in (up.up, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, logs.logs, logs.metrics,
-                agents.agents):
+for command in (up.up, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
+                logs.metrics, agents.agents):
     cli.add_command(command)
 
 
