@@ -57,12 +57,13 @@ def texts(server: Any) -> list[str]:
     return [body["text"] for _, body in server.posts]
 
 
-def recording(tmp: Path, gpus: int, busy_ticks: int, idle_ticks: int) -> Path:
-    """Every GPU at 95 % for `busy_ticks` samples, then at 0 %."""
+def recording(tmp: Path, gpus: int, busy_ticks: int, idle_ticks: int, busy_again: int = 0) -> Path:
+    """Every GPU at 95 % for `busy_ticks` samples, then at 0 % for `idle_ticks`, then at 95 % again."""
     info = [{"index": i, "uuid": f"GPU-{i}", "model": "Fake A100", "memory_total": 80 * 2**30} for i in range(gpus)]
     tick = lambda u: {str(i): {"util_gpu": u, "util_mem": u / 2, "memory_used": 2**30} for i in range(gpus)}  # noqa: E731
     path = tmp / "nvml.yaml"
-    path.write_text(yaml.safe_dump({"gpus": info, "readings": [tick(95)] * busy_ticks + [tick(0)] * idle_ticks}))
+    ticks = [tick(95)] * busy_ticks + [tick(0)] * idle_ticks + [tick(95)] * busy_again
+    path.write_text(yaml.safe_dump({"gpus": info, "readings": ticks}))
     return path
 
 
@@ -98,6 +99,35 @@ async def test_idle_job_alerts_once_after_the_window_and_stop_cancels(cluster: C
                                    gpu_idle={"threshold": 10, "window": "1s", "grace": "0s", "action": "stop"})
     done = await cluster.wait_done(stopper.id, timeout=30)
     assert (done.state, done.reason) == (JobState.CANCELLED, "gpu_idle")
+
+
+async def test_recovery_message_follows_when_the_job_works_again(cluster: Cluster, tmp_path: Path,
+                                                                 webhook: Any) -> None:
+    cluster.start_controller(notify={"webhook": webhook.url, "events": ["idle"]}, notifier={"rate_per_s": 50.0})
+    # 1 s busy, 3 s idle, then busy again.
+    cluster.start_agent("gpu1", gpu_sample_interval=0.05,
+                        gpu_recording=str(recording(tmp_path, 1, 20, 60, busy_again=4000)))
+    await cluster.wait_agents(1)
+    job = await cluster.submit("sleep 7", name="napper", resources={"gpus": 1},
+                               gpu_idle={"threshold": 10, "window": "1s", "grace": "0s"})
+    assert (await cluster.wait_done(job.id)).state is JobState.SUCCEEDED
+    await wait_for(lambda: len(webhook.posts) >= 2, what="idle alert and recovery message")
+    assert ["has idle GPUs" in t for t in texts(webhook)] == [True, False]
+    assert "is using its GPUs again" in texts(webhook)[1]
+
+
+async def test_an_unreachable_webhook_never_slows_scheduling(cluster: Cluster) -> None:
+    # Nothing listens on port 9: every post fails and is retried with backoff, off the scheduling path.
+    cluster.start_controller(notify={"webhook": "http://127.0.0.1:9/hook"},
+                             notifier={"backoff_initial": 5.0, "max_attempts": 5})
+    cluster.start_agent("a1", cpus=64)
+    await cluster.wait_agents(1)
+    started = time.monotonic()
+    jobs = [await cluster.submit("true") for _ in range(20)]
+    for job in jobs:
+        assert (await cluster.wait_done(job.id)).state is JobState.SUCCEEDED
+    assert time.monotonic() - started < 15  # 40 failing notices with 5 s backoffs would take minutes inline
+    assert "notify_failed" in cluster.controller.output() or "notify_retry" in cluster.controller.output()
 
 
 async def test_busy_job_never_alerts(cluster: Cluster, tmp_path: Path, webhook: Any) -> None:
