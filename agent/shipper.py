@@ -109,9 +109,9 @@ class LineSplitter:
         data = self._partial.pop(stream, b"") + chunk
         parts = data.split(b"\n")
         rest = parts.pop()
-        lines = [LogLine(ts=ts, stream=stream, data=p) for p in self._cap(parts)]
+        lines = [LogLine(ts=ts, stream=stream, data=p, partial=partial) for p, partial in self._cap(parts)]
         while len(rest) > self._max:  # an endless line is shipped in pieces, not held for ever
-            lines.append(LogLine(ts=ts, stream=stream, data=rest[: self._max]))
+            lines.append(LogLine(ts=ts, stream=stream, data=rest[: self._max], partial=True))
             rest = rest[self._max:]
         if rest:
             self._partial[stream] = rest
@@ -123,10 +123,12 @@ class LineSplitter:
         self._partial.clear()
         return out
 
-    def _cap(self, parts: list[bytes]) -> list[bytes]:
+    def _cap(self, parts: list[bytes]) -> list[tuple[bytes, bool]]:
+        """Lines with their `partial` flag: a line over the limit becomes pieces, all but the last partial."""
         if all(len(p) <= self._max for p in parts):
-            return parts
+            return [(p, False) for p in parts]
         out = []
         for p in parts:
-            out.extend(p[i:i + self._max] for i in range(0, max(len(p), 1), self._max))
+            pieces = [p[i:i + self._max] for i in range(0, max(len(p), 1), self._max)]
+            out.extend((piece, i < len(pieces) - 1) for i, piece in enumerate(pieces))
         return out

@@ -25,7 +25,8 @@ def _write_batch(batch: LogBatch, out: object, timestamps: bool, streams: set[St
         if timestamps:
             buf += dt.datetime.fromtimestamp(line.ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ").encode()
         buf += line.data
-        buf += b"\n"
+        if not line.partial:  # a long line arrives in pieces; only its last piece ends it
+            buf += b"\n"
     out.write(bytes(buf))  # type: ignore[attr-defined]
 
 

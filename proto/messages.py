@@ -306,6 +306,7 @@ class LogLine(_Struct, array_like=True):
     ts: float
     stream: Stream
     data: bytes
+    partial: bool = False  # a piece of a longer line: the next piece continues it (no newline after this)
 
 
 class LogBatch(Message):

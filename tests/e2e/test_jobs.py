@@ -115,3 +115,26 @@ async def test_cli_end_to_end_submit_follow_ls_logs_metrics(cluster: Cluster, tm
     failed = subprocess.run([*base, "submit", "--follow", "--", "sh", "-c", "echo bye; exit 4"],
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 4 and "bye" in failed.stdout
+
+
+async def test_long_lines_binary_and_invalid_utf8_pass_through(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    script = tmp_path / "emit.py"
+    script.write_text(
+        "import sys\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(b'x' * 1_000_000 + b'\\n')\n"  # one 1 MB line
+        "out.write(bytes(range(256)).replace(b'\\n', b'') + b'\\n')\n"  # every byte value
+        "out.write(b'\\xff\\xfe not utf-8 \\xc3\\x28\\n')\n"
+        "out.write(b'no newline at the end')\n"
+    )
+    job = await cluster.submit(f"{PY} {script}")
+    assert (await cluster.wait_done(job.id)).state is JobState.SUCCEEDED
+    expected = (b"x" * 1_000_000 + b"\n" + bytes(range(256)).replace(b"\n", b"") + b"\n"
+                + b"\xff\xfe not utf-8 \xc3\x28\n" + b"no newline at the end\n")
+    out = subprocess.run([PY, "-m", "incl.cli", "--nats", cluster.nats.url, "logs", job.id], capture_output=True,
+                         timeout=60)
+    assert out.returncode == 0
+    assert out.stdout == expected

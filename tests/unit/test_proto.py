@@ -136,7 +136,7 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
         m.LogLine(ts=1.0, stream=m.Stream.STDOUT, data=b"epoch 1\n"),
         m.LogLine(ts=1.5, stream=m.Stream.STDERR, data=b"\xff\xfenot utf-8"),
      ]),
-     _msg(m.LogBatch, job_id="j1", attempt=2, seq=7, lines=[[1.0, 1, b"epoch 1\n"], [1.5, 2, b"\xff\xfenot utf-8"]])),
+     _msg(m.LogBatch, job_id="j1", attempt=2, seq=7, lines=[[1.0, 1, b"epoch 1\n", False], [1.5, 2, b"\xff\xfenot utf-8", False]])),
     (m.MetricBatch(job_id="j1", attempt=2, seq=8, points=[
         m.MetricPoint(ts=1.0, step=10, values={"loss": 0.25}),
         m.MetricPoint(ts=2.0, step=None, values={"acc": 0.5, "lr": 1e-4}),
@@ -240,7 +240,7 @@ def test_unknown_top_level_field_is_refused(msg: m.Message, plain: dict[str, Any
              spec={**SPEC_PLAIN, "resources": {**SPEC_PLAIN["resources"], "surprise": 1}}),
         _msg(m.RegisterRequest, meta=ENV_PLAIN, info={**INFO_PLAIN, "surprise": 1}, running=[]),
         _msg(m.HeartbeatRequest, meta=ENV_PLAIN, agent_id="a1", running=[[*REF_PLAIN, "surprise"]]),
-        _msg(m.LogBatch, job_id="j1", attempt=1, seq=1, lines=[[1.0, 1, b"x", "surprise"]]),
+        _msg(m.LogBatch, job_id="j1", attempt=1, seq=1, lines=[[1.0, 1, b"x", False, "surprise"]]),
     ],
     ids=["envelope", "spec", "spec.resources", "agent-info", "array-like-extra-item", "log-line-extra-item"],
 )  # fmt: skip

@@ -21,11 +21,14 @@ def test_partial_lines_are_carried_per_stream() -> None:
     assert [(x.stream, x.data) for x in s.flush()] == [(ERR, b"half")]
 
 
-def test_very_long_lines_are_split_not_held() -> None:
+def test_very_long_lines_are_split_not_held_and_marked_partial() -> None:
     s = LineSplitter(10)
-    assert data(s.feed(OUT, b"a" * 25)) == [b"a" * 10, b"a" * 10]
-    assert data(s.feed(OUT, b"b" * 3 + b"\n")) == [b"aaaaabbb"]
-    assert data(s.feed(OUT, b"c" * 23 + b"\n")) == [b"c" * 10, b"c" * 10, b"ccc"]
+    first = s.feed(OUT, b"a" * 25)
+    assert data(first) == [b"a" * 10, b"a" * 10] and all(x.partial for x in first)
+    last = s.feed(OUT, b"b" * 3 + b"\n")
+    assert data(last) == [b"aaaaabbb"] and not last[0].partial
+    pieces = s.feed(OUT, b"c" * 23 + b"\n")
+    assert [(x.data, x.partial) for x in pieces] == [(b"c" * 10, True), (b"c" * 10, True), (b"ccc", False)]
 
 
 def test_binary_and_invalid_utf8_pass_through_untouched() -> None:
