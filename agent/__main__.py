@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 import click
 
+from incl._daemon import run_until_signalled
 from incl._logging import configure
 from incl.agent.app import Agent
 from incl.agent.config import load_config
-
-
-async def _main(agent: Agent) -> None:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-    try:
-        await agent.serve()
-    except asyncio.CancelledError:
-        pass
 
 
 @click.command()
@@ -33,7 +20,7 @@ def main(config_path: str | None, agent_id: str | None, nats_url: str | None, wo
          cpus: float | None) -> None:
     cfg = load_config(config_path, agent_id=agent_id, nats_url=nats_url, work_dir=work_dir, cpus=cpus)
     configure(cfg.log_level)
-    asyncio.run(_main(Agent(cfg)))
+    run_until_signalled(Agent(cfg).serve)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import structlog
 import yaml
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
-from nats.js.errors import FetchTimeoutError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from incl.agent.config import AgentConfig
 from incl.agent.runner import Runner
@@ -40,6 +40,7 @@ from incl.proto.messages import (
 )
 from incl.proto.streams import ensure_buckets, ensure_streams
 from incl.proto.transport import connect, request
+from incl._daemon import consume
 from incl._retry import TRANSIENT, forever
 
 log = structlog.get_logger()
@@ -173,26 +174,8 @@ class Agent:
             subjects.assign(cfg.agent_id), durable=subjects.assign_consumer(cfg.agent_id),
             stream=subjects.ASSIGN_STREAM,
             config=api.ConsumerConfig(ack_wait=cfg.assign_ack_wait, max_deliver=-1)))
-        while True:
-            try:
-                msgs = await sub.fetch(16, timeout=cfg.assign_fetch_timeout)
-            except (FetchTimeoutError, asyncio.TimeoutError):
-                continue
-            except TRANSIENT as exc:
-                log.debug("assign_fetch_failed", error=repr(exc))
-                await asyncio.sleep(cfg.retry_max)
-                continue
-            for msg in msgs:
-                try:
-                    cmd = decoder.decode(msg.data)
-                except DecodeError as exc:
-                    log.warning("message_dropped", subject=msg.subject, error=str(exc))
-                else:
-                    await self._command(cmd)
-                try:
-                    await msg.ack()
-                except TRANSIENT as exc:
-                    log.debug("assign_ack_failed", error=repr(exc))
+        await consume(sub, decoder, self._command, batch=16, timeout=cfg.assign_fetch_timeout,
+                      backoff=cfg.retry_max)
 
     async def _command(self, cmd: AgentCommand) -> None:
         key = (cmd.job_id, cmd.attempt)

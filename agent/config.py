@@ -7,8 +7,8 @@ import socket
 from pathlib import Path
 
 import msgspec
-import yaml
 
+from incl import _daemon
 from incl.proto.streams import StreamLimits
 
 
@@ -66,8 +66,4 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 def load_config(path: str | Path | None = None, **overrides: object) -> AgentConfig:
-    data: dict[str, object] = {}
-    if path:
-        data.update(yaml.safe_load(Path(path).read_text()) or {})
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return msgspec.convert(data, AgentConfig)
+    return _daemon.load_config(AgentConfig, path, overrides)

@@ -57,7 +57,17 @@ def cmdline(pid: int) -> str:
 
 
 def alive(proc: Proc) -> bool:
+    """Still running, and still the process we started (not a later one that reuses its pid)."""
     return proc.marker in cmdline(proc.pid)
+
+
+def exited(proc: Proc) -> bool:
+    """Gone or a zombie. Unlike `alive`, right after the spawn (before exec) this is already False."""
+    try:
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def nats_server_binary() -> Path:

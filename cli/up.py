@@ -17,7 +17,7 @@ from incl.proto.errors import InclError, Unavailable
 def _died(started: stack_mod.Stack) -> None:
     """Fail at once, with its last words, if a daemon exited instead of waiting out the timeout."""
     for proc in started.procs:
-        if not stack_mod.alive(proc):
+        if stack_mod.exited(proc):
             lines = Path(proc.log).read_text(errors="replace").strip().splitlines()[-5:]
             raise InclError(f"{proc.name} exited during start-up; last lines of {proc.log}:\n  "
                             + "\n  ".join(lines))

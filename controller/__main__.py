@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 import click
 
+from incl._daemon import run_until_signalled
 from incl._logging import configure
 from incl.controller.app import Controller
 from incl.controller.config import load_config
-
-
-async def _main(controller: Controller) -> None:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-    try:
-        await controller.serve()
-    except asyncio.CancelledError:
-        pass
 
 
 @click.command()
@@ -29,7 +16,7 @@ async def _main(controller: Controller) -> None:
 def main(config_path: str | None, nats_url: str | None) -> None:
     cfg = load_config(config_path, nats_url=nats_url)
     configure(cfg.log_level)
-    asyncio.run(_main(Controller(cfg)))
+    run_until_signalled(Controller(cfg).serve)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import time
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
-from nats.js.errors import FetchTimeoutError
 
 from incl.controller import scheduler, state
 from incl.controller.agents import Agents
@@ -21,10 +20,10 @@ from incl.controller.jobs import Jobs
 from incl.controller.store import Records
 from incl.proto import subjects
 from incl.proto.codec import Decoder
-from incl.proto.errors import DecodeError
 from incl.proto.messages import AgentEvent, AgentRecord, Job, JobState
 from incl.proto.streams import ensure_buckets, ensure_streams
 from incl.proto.transport import connect
+from incl._daemon import consume
 from incl._retry import TRANSIENT, forever
 
 log = structlog.get_logger()
@@ -105,26 +104,8 @@ class Controller:
         sub = await self._retry("subscribe_events", lambda: js.pull_subscribe(
             f"{subjects.EVENTS_PREFIX}.*", durable=subjects.EVENTS_CONSUMER, stream=subjects.EVENTS_STREAM,
             config=api.ConsumerConfig(ack_wait=cfg.events_ack_wait, max_deliver=-1)))
-        while True:
-            try:
-                msgs = await sub.fetch(cfg.events_fetch_batch, timeout=cfg.events_fetch_timeout)
-            except (FetchTimeoutError, asyncio.TimeoutError):
-                continue
-            except TRANSIENT as exc:
-                log.debug("events_fetch_failed", error=repr(exc))
-                await asyncio.sleep(cfg.retry_max)
-                continue
-            for msg in msgs:
-                try:
-                    event = decoder.decode(msg.data)
-                except DecodeError as exc:
-                    log.warning("message_dropped", subject=msg.subject, error=str(exc))
-                else:
-                    await self._retry("apply_event", lambda: self.jobs.apply(event))
-                try:
-                    await msg.ack()
-                except TRANSIENT as exc:  # redelivered after reconnect; applying is idempotent
-                    log.debug("event_ack_failed", error=repr(exc))
+        await consume(sub, decoder, lambda event: self._retry("apply_event", lambda: self.jobs.apply(event)),
+                      batch=cfg.events_fetch_batch, timeout=cfg.events_fetch_timeout, backoff=cfg.retry_max)
 
     # --- scheduling ---------------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import socket
 from pathlib import Path
 
 import msgspec
-import yaml
 
+from incl import _daemon
 from incl.controller.idle import IdlePolicy
 from incl.controller.notify import ClusterNotify, NotifierConfig
 from incl.proto.messages import Resources
@@ -55,9 +55,4 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 
 def load_config(path: str | Path | None = None, **overrides: object) -> ControllerConfig:
-    """Defaults, then the YAML file (if any), then keyword overrides (flags)."""
-    data: dict[str, object] = {}
-    if path:
-        data.update(yaml.safe_load(Path(path).read_text()) or {})
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return msgspec.convert(data, ControllerConfig)
+    return _daemon.load_config(ControllerConfig, path, overrides)

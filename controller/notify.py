@@ -34,6 +34,7 @@ import msgspec
 import structlog
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from incl.controller.idle import format_duration
 from incl.proto.errors import SpecInvalid
 from incl.proto.messages import Job, JobState
 
@@ -273,15 +274,6 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _duration(seconds: float) -> str:
-    s = int(round(max(seconds, 0)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
-
-
 def format_message(notice: Notice, log_lines: int = 20) -> dict[str, Any]:
     """The Slack payload: a plain `text` fallback and Block Kit blocks."""
     emoji, verb = _HEADLINE[notice.kind]
@@ -292,7 +284,7 @@ def format_message(notice: Notice, log_lines: int = 20) -> dict[str, Any]:
     facts = [("Job", f"`{_esc(notice.job_id)}`" + (f" (attempt {notice.attempt})" if notice.attempt else ""))]
     facts += [("User", _esc(notice.user)), ("State", notice.state)]
     if notice.duration is not None:
-        facts.append(("Duration", _duration(notice.duration)))
+        facts.append(("Duration", format_duration(notice.duration)))
     if notice.gpu_hours is not None:
         facts.append(("GPU-hours", f"{notice.gpu_hours:.2f}"))
     if notice.reason:

@@ -18,41 +18,20 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: float = 120.0  # publish retries within it are stored once (Nats-Msg-Id)
 
 
+def _stream(name: str, prefix: str, limits: StreamLimits, **kwargs: object) -> api.StreamConfig:
+    return api.StreamConfig(name=name, subjects=[f"{prefix}.*"], storage=api.StorageType.FILE,
+                            duplicate_window=limits.duplicate_window, **kwargs)
+
+
 def stream_configs(limits: StreamLimits) -> list[api.StreamConfig]:
-    file = api.StorageType.FILE
+    work_queue, keep = api.RetentionPolicy.WORK_QUEUE, api.RetentionPolicy.LIMITS
     return [
-        api.StreamConfig(
-            name=subjects.ASSIGN_STREAM,
-            subjects=[f"{subjects.ASSIGN_PREFIX}.*"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=file,
-            duplicate_window=limits.duplicate_window,
-        ),
-        api.StreamConfig(
-            name=subjects.EVENTS_STREAM,
-            subjects=[f"{subjects.EVENTS_PREFIX}.*"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=file,
-            duplicate_window=limits.duplicate_window,
-        ),
-        api.StreamConfig(
-            name=subjects.LOGS_STREAM,
-            subjects=[f"{subjects.LOGS_PREFIX}.*"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=file,
-            max_bytes=limits.logs_max_bytes,
-            max_age=limits.logs_max_age,
-            duplicate_window=limits.duplicate_window,
-        ),
-        api.StreamConfig(
-            name=subjects.METRICS_STREAM,
-            subjects=[f"{subjects.METRICS_PREFIX}.*"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=file,
-            max_bytes=limits.metrics_max_bytes,
-            max_age=limits.metrics_max_age,
-            duplicate_window=limits.duplicate_window,
-        ),
+        _stream(subjects.ASSIGN_STREAM, subjects.ASSIGN_PREFIX, limits, retention=work_queue),
+        _stream(subjects.EVENTS_STREAM, subjects.EVENTS_PREFIX, limits, retention=work_queue),
+        _stream(subjects.LOGS_STREAM, subjects.LOGS_PREFIX, limits, retention=keep,
+                max_bytes=limits.logs_max_bytes, max_age=limits.logs_max_age),
+        _stream(subjects.METRICS_STREAM, subjects.METRICS_PREFIX, limits, retention=keep,
+                max_bytes=limits.metrics_max_bytes, max_age=limits.metrics_max_age),
     ]
 
 
