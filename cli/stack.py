@@ -103,7 +103,13 @@ def _spawn(name: str, argv: list[str], marker: str, logs: Path) -> Proc:
     with open(log_path, "ab") as out:
         p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True, close_fds=True)
-    return Proc(name=name, pid=p.pid, marker=marker, log=str(log_path))
+    proc = Proc(name=name, pid=p.pid, marker=marker, log=str(log_path))
+    # Until it has exec'd, the child still shows our own command line: wait, so that `alive` (and so
+    # `incl down`, or the clean-up of a failed `incl up`) recognises it from now on.
+    deadline = time.monotonic() + 5.0
+    while not alive(proc) and not exited(proc) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return proc
 
 
 def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpus: float | None) -> Stack:
