@@ -40,7 +40,6 @@ class Shipper:
         self._room = asyncio.Condition()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self.shipped = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -92,7 +91,6 @@ class Shipper:
         del self._items[:take]
         self._bytes -= size
         self._seq += 1
-        self.shipped += take
         async with self._room:
             self._room.notify_all()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 import os
@@ -197,7 +196,3 @@ class Client:
             return
         async for batch in self._read(subjects.metrics(job_id), MetricBatch, None):
             yield batch
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)

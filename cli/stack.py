@@ -6,7 +6,6 @@ that `incl down` stops exactly those processes and nothing that merely reuses a 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -169,7 +168,3 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-
-
-def dump(stack: Stack) -> str:
-    return json.dumps(msgspec.to_builtins(stack), indent=2)

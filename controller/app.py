@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import structlog
-from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
 from incl.controller import scheduler, state

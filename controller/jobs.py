@@ -207,7 +207,7 @@ class Jobs:
                 continue
             attempt = job.current.number
             try:
-                job = await self._update(job.id, lambda j: state.lost(j, attempt, time.time(), reason))
+                job = await self._update(job.id, lambda j, a=attempt: state.lost(j, a, time.time(), reason))
             except state.IllegalTransition as exc:
                 log.warning("lost_refused", job_id=job.id, reason=str(exc))
                 continue

@@ -149,15 +149,6 @@ class Notice(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # Which notice a job's new state gives (RUNNING after a preemption is a resume: see `Notice` callers).
-KIND_OF_STATE = {
-    JobState.RUNNING: Kind.STARTED,
-    JobState.SUCCEEDED: Kind.SUCCEEDED,
-    JobState.FAILED: Kind.FAILED,
-    JobState.CANCELLED: Kind.CANCELLED,
-    JobState.PREEMPTED: Kind.PREEMPTED,
-}
-
-
 # --- spec and routing (pure) -------------------------------------------------------------------------------
 
 
