@@ -38,6 +38,9 @@ from incl._retry import forever
 log = structlog.get_logger()
 
 
+WEBHOOK_HIDDEN = "<webhook hidden>"
+
+
 def new_job_id() -> str:
     return "j-" + secrets.token_hex(4)
 
@@ -78,9 +81,17 @@ class Jobs:
         ]
 
     def view(self, job: Job) -> Job:
-        """The job as the CLI sees it: a queued job carries the scheduler's reason for waiting."""
+        """The job as the CLI sees it: a queued job carries the scheduler's reason for waiting, and a
+        webhook URL in its `notify:` (a secret: whoever has it can post) is masked."""
         if job.state is JobState.QUEUED and job.id in self.waiting:
-            return structs.replace(job, reason=self.waiting[job.id])
+            job = structs.replace(job, reason=self.waiting[job.id])
+        notify = job.spec.notify
+        if isinstance(notify, str) and notify.startswith(("http://", "https://")):
+            notify = WEBHOOK_HIDDEN
+        elif isinstance(notify, dict) and "webhook" in notify:
+            notify = {**notify, "webhook": WEBHOOK_HIDDEN}
+        if notify is not job.spec.notify:
+            job = structs.replace(job, spec=structs.replace(job.spec, notify=notify))
         return job
 
     # --- commands from users ------------------------------------------------------------------------------

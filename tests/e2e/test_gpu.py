@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -93,6 +94,10 @@ async def test_idle_job_alerts_once_after_the_window_and_stop_cancels(cluster: C
     assert "below 10%" in json.dumps(idle[0][1])
     assert any("started" in t for t in texts(webhook))
     assert webhook.url not in cluster.controller.output()  # the webhook URL never reaches a log
+    mine = await cluster.submit("true", notify={"webhook": webhook.url, "events": ["failed"]})
+    shown = subprocess.run([PY, "-m", "incl.cli", "--nats", cluster.nats.url, "show", mine.id, "--json"],
+                           capture_output=True, text=True, timeout=30).stdout
+    assert webhook.url not in shown and "<webhook hidden>" in shown  # nor any other user's screen
 
     # action: stop cancels the job with reason gpu_idle (the readings are idle from now on).
     stopper = await cluster.submit("sleep 60", name="stopper", resources={"gpus": 1},
