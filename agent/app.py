@@ -17,6 +17,7 @@ from nats.js.errors import KeyNotFoundError
 
 from incl.agent.config import AgentConfig
 from incl.agent.runner import Runner
+from incl.agent.runtime import Launcher
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
@@ -107,7 +108,7 @@ class Agent:
             buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(self._js))
             self._jobs_kv = buckets[subjects.JOBS_BUCKET]
             await self.sampler.open()
-            async with asyncio.TaskGroup() as tg:
+            async with Launcher() as self.launcher, asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self.sampler.run())
                 await self._register()
@@ -202,7 +203,8 @@ class Agent:
                                                  cancelled=True, reason="cancelled before it started"))
                     return
                 gpus = self._allocate_gpus(cmd.job_id, cmd.spec.resources.gpus) if self.sampler.gpus else None
-                runner = Runner(self.cfg, self._js, self.publish, cmd, gpus=gpus, job_pids=self.job_pids)
+                runner = Runner(self.cfg, self._js, self.publish, cmd, launcher=self.launcher, gpus=gpus,
+                                job_pids=self.job_pids)
                 self.runners[key] = runner
                 self._tg.create_task(self._run(runner))
 

@@ -54,8 +54,10 @@ def sdk_dir(work_dir: Path) -> Path:
 
 class Runner:
     def __init__(self, cfg: AgentConfig, js: JetStreamContext, publish: Publish, assign: Assign, *,
-                 gpus: list[int] | None = None, job_pids: ProcessTreeJobs | None = None) -> None:
+                 launcher: runtime.Launcher, gpus: list[int] | None = None,
+                 job_pids: ProcessTreeJobs | None = None) -> None:
         self.cfg = cfg
+        self._launcher = launcher
         self._gpus = gpus  # None: this host has no GPUs to hand out
         self._job_pids = job_pids
         self._js = js
@@ -145,7 +147,7 @@ class Runner:
         return None
 
     async def _start(self, script: str, cwd: Path, env: dict[str, str]) -> runtime.ProcessHandle:
-        self._handle = await runtime.start([self.cfg.shell, "-c", script], str(cwd), env, self._on_output)
+        self._handle = await self._launcher.start([self.cfg.shell, "-c", script], str(cwd), env, self._on_output)
         if self._job_pids is not None:
             self._job_pids.add(self.ref.job_id, self._handle.pid)
         if self._stop_reason is not None:  # stopped while it was starting

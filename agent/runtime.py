@@ -1,36 +1,46 @@
-"""The `process` runtime: a job's command in its own process group, guarded by the shim.
+"""The `process` runtime: a job's command in its own process group, started by the agent's fork server.
 
-Output arrives as raw chunks through `on_output(stream, chunk)`; splitting into lines is the log shipper's
-business. Stopping sends SIGTERM to the whole group, waits the grace period, then sends SIGKILL.
+`Launcher` owns the fork server (see launcher.py for why it exists and what it guarantees). Output arrives
+as raw chunks through `sink(stream, chunk)`; splitting into lines is the log shipper's business. Stopping
+sends SIGTERM to the whole group, waits the grace period, then sends SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 from incl.proto.messages import Stream
 
-SHIM = str(Path(__file__).with_name("shim.py"))
+LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 READ_CHUNK = 256 * 1024
+MAX_PACKET = 1 << 20
 
 OutputSink = Callable[[Stream, bytes], Awaitable[None]]
 
+log = structlog.get_logger()
+
 
 class ProcessHandle:
-    def __init__(self, proc: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
-        self._proc = proc
+    def __init__(self, pid: int, exit_status: asyncio.Future[int], readers: list[asyncio.Task[None]]) -> None:
+        self.pid = pid  # also the process group id: the guard leads its own group
+        self._exit = exit_status
         self._readers = readers
-        self.pid = proc.pid
 
     async def wait(self) -> int:
         """The command's exit status (negative: killed by that signal), once its output has been read."""
-        code = await self._proc.wait()
+        code = await asyncio.shield(self._exit)
         self._kill_group(signal.SIGKILL)  # stragglers the job left behind hold our pipes open
         await asyncio.gather(*self._readers)
         return code
@@ -38,7 +48,7 @@ class ProcessHandle:
     async def stop(self, grace: float) -> None:
         self._kill_group(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout=grace)
+            await asyncio.wait_for(asyncio.shield(self._exit), timeout=grace)
         except asyncio.TimeoutError:
             self._kill_group(signal.SIGKILL)
 
@@ -47,22 +57,109 @@ class ProcessHandle:
             os.killpg(self.pid, sig)
 
 
-async def _pump(reader: asyncio.StreamReader, stream: Stream, sink: OutputSink) -> None:
-    while chunk := await reader.read(READ_CHUNK):
-        await sink(stream, chunk)
+async def _pump(fd: int, stream: Stream, sink: OutputSink) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_CHUNK)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(fd, "rb", buffering=0))
+    try:
+        while chunk := await reader.read(READ_CHUNK):
+            await sink(stream, chunk)
+    finally:
+        transport.close()
 
 
-async def start(argv: list[str], cwd: str, env: dict[str, str], sink: OutputSink) -> ProcessHandle:
-    """Start `argv` in a new process group under the shim; its output goes to `sink`."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", SHIM, "--", *argv,
-        cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True, limit=READ_CHUNK,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = [
-        asyncio.create_task(_pump(proc.stdout, Stream.STDOUT, sink)),
-        asyncio.create_task(_pump(proc.stderr, Stream.STDERR, sink)),
-    ]
-    return ProcessHandle(proc, readers)
+class Launcher:
+    """The fork server's lifespan: `async with Launcher() as launcher: await launcher.start(...)`."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
+
+    async def __aenter__(self) -> Launcher:
+        await self._spawn()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._sock is not None:
+            self._sock.close()
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+
+    async def _spawn(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", LAUNCHER, str(theirs.fileno()), str(os.getpid()),
+            pass_fds=[theirs.fileno()], stdin=asyncio.subprocess.DEVNULL)
+        theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._reader = asyncio.create_task(self._read(ours))
+
+    async def _read(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await loop.sock_recv(sock, MAX_PACKET):
+            msg = json.loads(data)
+            if "exited" in msg:
+                exit_status = self._exits.get(msg["exited"])
+                if exit_status is not None and not exit_status.done():
+                    exit_status.set_result(msg["status"])
+                continue
+            if "pid" in msg:  # the exit may follow in the same breath: its future must exist first
+                self._exits[msg["pid"]] = loop.create_future()
+            future = self._replies.pop(msg["id"], None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+        # The launcher died: its guards die with it (and their jobs), so every job here has ended.
+        log.error("launcher_died", jobs=len(self._exits))
+        for future in self._exits.values():
+            if not future.done():
+                future.set_result(-signal.SIGKILL)
+        for future in self._replies.values():
+            if not future.done():
+                future.set_exception(OSError("the agent's launcher died"))
+        self._exits.clear()
+        self._replies.clear()
+        sock.close()
+        self._sock = None
+
+    async def start(self, argv: list[str], cwd: str, env: dict[str, str], sink: OutputSink) -> ProcessHandle:
+        """Start `argv` in a new process group; its output goes to `sink`."""
+        if self._sock is None:
+            await self._spawn()
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        request_id = next(self._ids)
+        reply = self._replies[request_id] = loop.create_future()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        packet = json.dumps({"id": request_id, "argv": argv, "cwd": cwd, "env": env}).encode()
+        try:
+            while True:
+                try:
+                    socket.send_fds(self._sock, [packet], [out_w, err_w])
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        answer = await reply
+        if "error" in answer:
+            os.close(out_r)
+            os.close(err_r)
+            raise OSError(answer["error"])
+        pid = answer["pid"]
+        exit_status = self._exits[pid]
+        exit_status.add_done_callback(lambda _: self._exits.pop(pid, None))
+        readers = [asyncio.create_task(_pump(out_r, Stream.STDOUT, sink)),
+                   asyncio.create_task(_pump(err_r, Stream.STDERR, sink))]
+        return ProcessHandle(pid, exit_status, readers)
