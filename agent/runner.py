@@ -161,13 +161,14 @@ class Runner:
         exit_code: int | None = None
         reason: str | None = None
         try:
-            await self._publish(self._event(JobStarting))
+            spec = self.assign.spec
+            if spec.workdir or spec.setup:  # something to prepare first: say so (nothing: straight to RUNNING)
+                await self._publish(self._event(JobStarting))
             code, outputs, checkpoints = self._dirs()
             reason = await self._prepare_code(code)
             sock = os.path.join(tempfile.gettempdir(), f"incl-{os.getuid()}", f"{self.ref.job_id}-{self.ref.attempt}.sock")
             env = self._env(outputs, checkpoints, sock)
             async with MetricChannel(sock, self._on_metric):
-                spec = self.assign.spec
                 if reason is None and spec.setup and self._stop_reason is None:
                     status = await (await self._start(spec.setup, code, env)).wait()
                     if status != 0 and self._stop_reason is None:

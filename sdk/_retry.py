@@ -42,6 +42,10 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
 
 async def forever(what: str, fn: Callable[[], Awaitable[T]], *, initial: float, maximum: float) -> T:
     """Call `fn` until it succeeds, backing off on transient NATS failures; other errors propagate."""
+    try:  # the common case, without building tenacity's machinery on a hot path
+        return await fn()
+    except TRANSIENT as exc:
+        log.debug("retrying", what=what, attempt=0, error=repr(exc))
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
         wait=wait_exponential_jitter(initial=initial, max=maximum),
