@@ -181,16 +181,44 @@ class Stack:
             shutil.rmtree(self.home, ignore_errors=True)
         return dt
 
+    @staticmethod
+    def _stat(pid: int) -> tuple[int, int]:
+        """(own utime+stime, reaped children's cutime+cstime) of one process, in clock ticks."""
+        f = [int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
+        return f[0] + f[1], f[2] + f[3]
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        out: list[int] = []
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+        return out
+
     def cpu_times(self) -> dict[str, tuple[float, float]]:
-        """(own utime+stime, reaped children's cutime+cstime) of each stack process, seconds."""
+        """Per stack process: (its own CPU, the CPU of everything it started), seconds. "Everything it
+        started" = its reaped children's totals plus the CPU of its live descendants (an agent's job
+        processes may hang below a long-lived launcher, whose children's time only reaches the agent
+        when the launcher itself exits)."""
         tck = os.sysconf("SC_CLK_TCK")
         out = {}
         for name, pid in self.pids.items():
             try:
-                f = [int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
-                out[name] = ((f[0] + f[1]) / tck, (f[2] + f[3]) / tck)
+                own, kids = self._stat(pid)
             except (OSError, IndexError, ValueError):
-                pass
+                continue
+            todo = self._children(pid)
+            while todo:
+                child = todo.pop()
+                try:
+                    a, b = self._stat(child)
+                except (OSError, IndexError, ValueError):
+                    continue
+                kids += a + b
+                todo += self._children(child)
+            out[name] = (own / tck, kids / tck)
         return out
 
 
@@ -200,10 +228,18 @@ class CpuMeter:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
 
+    @staticmethod
+    def host_jiffies() -> tuple[int, int]:
+        """(busy, total) jiffies of the whole host since boot, from /proc/stat."""
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = f[3] + (f[4] if len(f) > 4 else 0)
+        return sum(f) - idle, sum(f)
+
     def start(self) -> None:
         self.t = time.time()
         self.a = self.stack.cpu_times()
         self.me = time.process_time()
+        self.h = self.host_jiffies()
 
     def stop(self) -> dict:
         wall = time.time() - self.t
@@ -211,7 +247,11 @@ class CpuMeter:
         own = {k: round(b[k][0] - self.a.get(k, (0.0, 0.0))[0], 2) for k in b}
         kids = {k: round(b[k][1] - self.a.get(k, (0.0, 0.0))[1], 2) for k in b}
         agents = [k for k in own if k.startswith("local-")]
-        return {"wall_s": round(wall, 2), "client": round(time.process_time() - self.me, 2),
+        hb, ht = self.host_jiffies()
+        busy = (hb - self.h[0]) / max(ht - self.h[1], 1)
+        return {"wall_s": round(wall, 2), "host_busy": round(busy, 3),
+                "host_busy_cores": round(busy * (os.cpu_count() or 1), 2),
+                "client": round(time.process_time() - self.me, 2),
                 "nats": own.get("nats"), "controller": own.get("controller"),
                 "agents": round(sum(own[k] for k in agents), 2),
                 "jobs_via_agents": round(sum(kids[k] for k in agents), 2),
@@ -361,14 +401,19 @@ async def throughput_once(client: Client, n: int, conc: int, poll: float, user: 
 
 async def mode_logs(client: Client, args, work: Path, meter: CpuMeter | None) -> dict:
     n = args.lines
+    # The agent gives jobs PYTHONUNBUFFERED=1 (live logs), so by default every line is one write(2). With
+    # --producer-buffer B the script writes through a B-byte buffer instead, as Ray's entrypoint does (its
+    # stdout is a file, so Python buffers 8 KiB); the timestamp is then taken when the line is formatted.
+    out = ("sys.stdout.write" if not args.producer_buffer else
+           f"__import__('os').fdopen(1, 'w', buffering={args.producer_buffer}).write")
     code = (
         "import sys, time\n"
-        "w = sys.stdout.write\n"
+        f"w = {out}\n"
         "t = time.time\n"
         "pad = 'x' * 71\n"
         f"for i in range({n}):\n"
         "    w('%09d %.6f %s\\n' % (i, t(), pad))\n"
-        "sys.stdout.flush()\n"
+        "w.__self__.flush()\n"
     )
     script = work / "emit_lines.py"
     script.write_text(code)
@@ -453,12 +498,41 @@ async def mode_logs(client: Client, args, work: Path, meter: CpuMeter | None) ->
                         (t_last - lag[-1]) - t_first_written),
         "batches": batches, "job_state": str(final.state),
         "follower": "Client.log_batches(job_id, follow=True)",
+        "producer_buffer": args.producer_buffer or "unbuffered (PYTHONUNBUFFERED=1 from the agent)",
         "follower_done_s": r(t_stream_end - t0),
         "cpu_s": cpu,
     }
 
 
 # --------------------------------------------------------------------------
+
+def start_profilers(args, stack: Stack) -> list[subprocess.Popen]:
+    """py-spy (sampling, --nonblocking) on the controller and local-0, raw collapsed stacks to --profile."""
+    if not args.profile:
+        return []
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name in ("controller", "local-0", "nats"):
+        if name == "nats" or name not in stack.pids:
+            continue
+        f = out / f"{args.mode}-c{args.concurrency}-{name}.txt"
+        procs.append(subprocess.Popen([args.py_spy, "record", "--nonblocking", "-r", "200", "-f", "raw",
+                                       "-p", str(stack.pids[name]), "-o", str(f)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)
+    return procs
+
+
+def stop_profilers(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
 
 async def run_mode(args, stack: Stack, work: Path) -> dict:
     meter = CpuMeter(stack)
@@ -494,7 +568,11 @@ def bench_main(args) -> int:
             try:
                 stack.up()
                 args.concurrency = c
-                res = asyncio.run(run_mode(args, stack, work))
+                profilers = start_profilers(args, stack)
+                try:
+                    res = asyncio.run(run_mode(args, stack, work))
+                finally:
+                    stop_profilers(profilers)
                 res["incl_up_s"] = r(stack.up_s)
                 res["incl_up_retries"] = stack.up_retries
                 if args.keep_home:
@@ -551,6 +629,10 @@ def parse_args(argv: list[str]):
     p.add_argument("--job-python", default=default_job_python(),
                    help="interpreter of the dispatch/logs job (default: the Ray side's, for equal start-up)")
     p.add_argument("--budget-s", type=float, default=540.0, help="throughput: stop waiting after this long")
+    p.add_argument("--producer-buffer", type=int, default=0,
+                   help="logs: producer writes through a buffer of this many bytes (0: one write per line)")
+    p.add_argument("--profile", metavar="DIR", help="py-spy the controller and agent local-0 into DIR")
+    p.add_argument("--py-spy", default=os.environ.get("PY_SPY", shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy"))
     p.add_argument("--keep-home", action="store_true", help="keep INCL_HOME (logs) for inspection")
     return p.parse_args(argv)
 

@@ -4,8 +4,12 @@
 Run with the isolated benchmark venv (see bench/setup_peers.sh):
 
     .bench-venv/bin/python bench/ray_peer.py --mode dispatch   --n 200
-    .bench-venv/bin/python bench/ray_peer.py --mode throughput --n 1000
+    .bench-venv/bin/python bench/ray_peer.py --mode throughput --n 200
     .bench-venv/bin/python bench/ray_peer.py --mode logs       --lines 1000000
+
+(throughput --n 1000 takes ~20-30 min at Ray's <1 job/s here; the default
+--budget-s 540 stops measuring after 9 min and reports what completed with
+"complete": false.)
 
 Prints exactly ONE JSON object on stdout; everything else (Ray CLI chatter,
 progress) goes to stderr.
@@ -13,8 +17,9 @@ progress) goes to stderr.
 Isolation
 ---------
 Ray binds several internal ports on every interface even when told to use
-127.0.0.1, so the whole Ray side runs inside a private network + PID (+ mount,
-for /proc) namespace::
+127.0.0.1 (with ray 2.60 and the flags below, every listener seen was on
+127.0.0.1; the result's "listeners" field records them), so the whole Ray
+side runs inside a private network + PID (+ mount, for /proc) namespace::
 
     unshare --net --pid --fork --mount-proc --kill-child  <this script>
 
@@ -23,7 +28,9 @@ talk to, a non-loopback address of the host. Our process is PID 1 of the new
 PID namespace: when it exits the kernel kills every remaining Ray process, so
 a crash never leaks a Ray cluster. PID 1 only reaps zombies; the measurement
 runs in a forked child. Needs root, or unprivileged user namespaces (then
-``--user --map-root-user`` is added automatically).
+``--user --map-root-user`` is added automatically). The outer process stays
+as unshare's parent and forwards SIGTERM/SIGINT/SIGHUP to the namespace's
+PID 1 (unshare itself ignores them), so ``kill``/``timeout`` stop Ray cleanly.
 
 Measurements (all wall-clock, ``time.time()``; same host so one clock):
 
@@ -39,7 +46,7 @@ Measurements (all wall-clock, ``time.time()``; same host so one clock):
   - first submit). Submission uses the Ray Jobs Python SDK
   (``ray.job_submission.JobSubmissionClient.submit_job``), which is the normal
   programmatic path and exactly what ``ray job submit --no-wait`` does over
-  HTTP, minus a ~1 s Python/CLI start-up per job that would penalise Ray
+  HTTP, minus a 1.5-2 s `ray` CLI start-up per job (measured here) that would penalise Ray
   unfairly. Last completion is taken from Ray's own ``end_time`` of each job
   (ms resolution); the time our poller noticed it is reported as well.
 * logs       -- one job printing N lines of 100 bytes (incl. newline); a
@@ -116,8 +123,40 @@ def reexec_in_namespace(argv: list[str]) -> int:
     env[NS_ENV] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(unshare, cmd, env)  # never returns
-    return 127
+    # Not exec: unshare ignores SIGTERM/SIGINT while it waits, so `kill` or
+    # `timeout` on this script would do nothing. We stay as the parent and
+    # forward the signal to the namespace's PID 1 (our inner copy), which
+    # stops Ray cleanly; if that takes too long, SIGKILL unshare and
+    # --kill-child takes the whole namespace down with it.
+    proc = subprocess.Popen(cmd, env=env)
+    state = {"deadline": None}
+
+    def ns_init_pid() -> int | None:
+        try:
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            return int(kids[0]) if kids else None
+        except (OSError, ValueError):
+            return None
+
+    def forward(sig, _frm):
+        target = ns_init_pid()
+        if target is not None:
+            try:
+                os.kill(target, sig)
+            except ProcessLookupError:
+                pass
+        if state["deadline"] is None:
+            state["deadline"] = time.time() + 30.0
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if state["deadline"] is not None and time.time() > state["deadline"]:
+                log("namespace did not stop within 30 s of the signal; killing it")
+                proc.kill()
 
 
 def namespace_init(args) -> int:
@@ -132,6 +171,14 @@ def namespace_init(args) -> int:
         return 3
     pid = os.fork()
     if pid == 0:
+        def _interrupt(sig, _frm):
+            # first SIGTERM/SIGINT/SIGHUP: unwind (the finally blocks stop Ray)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(s, signal.SIG_IGN)
+            raise KeyboardInterrupt(f"signal {sig}")
+
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, _interrupt)
         rc = 1
         try:
             rc = bench_main(args)
@@ -282,6 +329,35 @@ def stop_ray() -> float:
     except Exception as e:  # noqa: BLE001
         log("ray stop failed:", e)
     return round(time.time() - t0, 3)
+
+
+def kill_namespace_stragglers(grace: float = 2.0) -> int:
+    """SIGKILL every process of our private PID namespace except PID 1 and
+    ourselves (only ever called inside the namespace), then wait for them."""
+    me = os.getpid()
+    assert me != 1 and os.environ.get(NS_ENV) == "1"
+
+    def others() -> list[int]:
+        pids = []
+        for d in os.listdir("/proc"):
+            if d.isdigit() and int(d) not in (1, me):
+                try:
+                    if Path(f"/proc/{d}/stat").read_text().split(") ")[-1][:1] != "Z":
+                        pids.append(int(d))
+                except OSError:
+                    pass
+        return pids
+
+    victims = others()
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    while others() and time.time() < deadline:
+        time.sleep(0.05)
+    return len(victims)
 
 
 def check_listeners() -> list[str]:
@@ -561,6 +637,7 @@ def bench_main(args) -> int:
     from ray.job_submission import JobSubmissionClient
 
     t_begin = time.time()
+    load_start = os.getloadavg()
     deadline = t_begin + args.budget_s
     temp_dir = tempfile.mkdtemp(prefix="rp", dir="/tmp")  # short: Ray uses unix sockets
     work = Path(tempfile.mkdtemp(prefix="rpw", dir="/tmp"))
@@ -585,11 +662,17 @@ def bench_main(args) -> int:
             result.update(mode_logs(client, args, work, deadline))
         result["measure_wall_s"] = round(time.time() - t_m, 3)
     finally:
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)  # let the cleanup finish
         if sampler is not None:
             sampler.stop()
             result["pss_peak_mb"] = round(sampler.peak_kb / 1024, 1)
             result["procs_at_peak"] = sampler.peak_procs
         result["ray_stop_s"] = stop_ray()
+        # Anything still alive in this private PID namespace was started by
+        # us (Ray stragglers can rewrite files in temp_dir after `ray stop`);
+        # end them before removing the temp dir.
+        result["stragglers_killed"] = kill_namespace_stragglers()
         if not args.keep_temp:
             shutil.rmtree(temp_dir, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
@@ -598,10 +681,11 @@ def bench_main(args) -> int:
     result.update({
         "ray_version": ray.__version__,
         "config": {"num_cpus": args.num_cpus, "object_store_mb": args.object_store_mb,
-                   "poll_s": args.poll, "warmup": args.warmup if args.mode == "dispatch" else None},
+                   "poll_s": args.poll, "tput_poll_s": args.tput_poll,
+                   "submit_concurrency": args.concurrency, "warmup": args.warmup if args.mode == "dispatch" else None},
         "total_wall_s": round(time.time() - t_begin, 3),
         "host": {"nproc": os.cpu_count(), "python": platform.python_version(),
-                 "loadavg_end": os.getloadavg()},
+                 "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "namespace": "unshare --net --pid --fork --mount-proc (lo only)",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_begin)),
     })

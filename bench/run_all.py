@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/run_all.py                          # dispatch 200, throughput 1000, logs 1M
     .venv/bin/python bench/run_all.py --modes dispatch --skip-ray
-    .venv/bin/python bench/run_all.py --ray-json logs=bench/results/raw/logs_r1.json   # reuse a Ray run
+    .venv/bin/python bench/run_all.py --repeat 3 --ray-json logs=bench/results/raw/logs_1M_r1.json
+                                                    # INCL 3x (medians), reuse a saved Ray run for logs
 
 Each side runs in its own process, one after the other (never both at once: they would share the cores):
 INCL with ``bench/incl_side.py`` under this interpreter, Ray with ``bench/ray_peer.py`` under
@@ -70,6 +71,17 @@ def dig(d: dict | None, key: str | None):
     return d
 
 
+def med(runs: list[dict] | None, key: str | None):
+    """The median over runs of one figure (the figure itself for one run); None if no run has it."""
+    vals = sorted(v for v in (dig(x, key) for x in runs or []) if isinstance(v, (int, float))
+                  and not isinstance(v, bool))
+    if not vals:
+        return None
+    m = len(vals) // 2
+    v = vals[m] if len(vals) % 2 else (vals[m - 1] + vals[m]) / 2
+    return int(v) if all(isinstance(x, int) for x in vals) and float(v).is_integer() else v
+
+
 def run_side(argv: list[str], timeout: float) -> dict:
     t = time.time()
     log("running:", " ".join(argv))
@@ -113,16 +125,18 @@ def fmt(v) -> str:
     return str(v)
 
 
-def table(mode: str, incl: dict | None, ray: dict | None) -> tuple[list[dict], str]:
+def table(mode: str, incl_runs: list[dict], ray_runs: list[dict]) -> tuple[list[dict], str]:
     rows, out = [], []
     head = f"{'':42} {'INCL':>14} {'Ray Jobs':>14} {'INCL x better':>14}  target"
-    out.append(f"== {mode} ==")
+    out.append(f"== {mode} == (median of {len(incl_runs)} INCL run(s), {len(ray_runs)} Ray run(s))")
     out.append(head)
+    incl = incl_runs[-1] if incl_runs else None
+    ray = ray_runs[-1] if ray_runs else None
     for label, ik, rk, lower, target, ratio_target in ROWS[mode]:
-        iv, rv = dig(incl, ik), dig(ray, rk)
+        iv, rv = med(incl_runs, ik), med(ray_runs, rk)
         ratio = None
         if isinstance(iv, (int, float)) and isinstance(rv, (int, float)) and iv and rv \
-                and label not in ("jobs completed", "lines received"):
+                and label not in ("jobs completed", "lines received", "entrypoint alone, p50 (ms)"):
             ratio = rv / iv if lower else iv / rv
         verdicts = [v for v in (check(iv, target), check(ratio, (">=", ratio_target) if ratio_target else None)) if v]
         tdesc = " and ".join(x for x in (
@@ -136,19 +150,31 @@ def table(mode: str, incl: dict | None, ray: dict | None) -> tuple[list[dict], s
         out.append(f"{label:42} {fmt(iv):>14} {fmt(rv):>14} {(fmt(ratio) + 'x') if ratio else '-':>14}  "
                    f"{tdesc} {verdict}".rstrip())
     notes = []
-    if incl and incl.get("error"):
-        notes.append(f"INCL error: {incl['error']}")
-    if ray and ray.get("error"):
-        notes.append(f"Ray error: {ray['error']}")
+    for x in incl_runs:
+        if x.get("error"):
+            notes.append(f"INCL error: {x['error']}")
+    for x in ray_runs:
+        if x.get("error"):
+            notes.append(f"Ray error: {x['error']}")
+    if len(incl_runs) > 1:
+        k = ROWS[mode][0][1]
+        notes.append(f"INCL runs, {ROWS[mode][0][0]}: {[dig(x, k) for x in incl_runs]}")
+    if len(ray_runs) > 1:
+        k = ROWS[mode][0][2] or ROWS[mode][1][2]
+        notes.append(f"Ray runs, {k}: {[dig(x, k) for x in ray_runs]}")
     if mode == "throughput":
-        if incl and incl.get("submit_concurrency") is not None:
-            notes.append(f"INCL best of submit concurrency {[x.get('submit_concurrency') for x in incl.get('runs', [])]}"
-                         f" -> {incl.get('submit_concurrency')}; all SUCCEEDED: {incl.get('all_succeeded')}")
+        for x in incl_runs:
+            per_c = {y.get("submit_concurrency"): y.get("jobs_per_s") for y in x.get("runs", [])}
+            notes.append(f"INCL jobs/s by submit concurrency {per_c} (best kept); all SUCCEEDED: "
+                         f"{all(y.get('all_succeeded') for y in x.get('runs', [x]))}")
         if ray and ray.get("complete") is False:
             notes.append(f"Ray did not finish all {ray.get('n_requested')} jobs within its time budget: its rate is"
                          f" over the {ray.get('n')} it completed")
     if mode == "logs" and ray and ray.get("all_received") is False:
         notes.append(f"Ray follower received {ray.get('received')} of {ray.get('lines')} lines")
+    if mode == "logs" and incl:
+        notes.append("INCL producer: " + str(incl.get("producer_buffer")) + "; Ray's lines/s starts at its first chunk "
+                     "received, which comes after its job start (see submit->last received for both)")
     if ray is None:
         notes.append("Ray side not run (skipped or not available)")
     out.extend(f"  note: {n}" for n in notes)
@@ -165,11 +191,13 @@ def parse_args(argv):
     p.add_argument("--skip-incl", action="store_true", help="run the Ray side only")
     p.add_argument("--ray-budget-s", type=float, default=540.0, help="Ray side: stop measuring after this long")
     p.add_argument("--ray-concurrency", type=int, default=1, help="Ray side: throughput submit threads")
+    p.add_argument("--repeat", type=int, default=1, help="INCL runs per mode; the table shows medians")
+    p.add_argument("--ray-repeat", type=int, default=1, help="Ray runs per mode")
     p.add_argument("--incl-args", default="", help="extra arguments for incl_side.py (one string)")
     p.add_argument("--ray-json", action="append", default=[], metavar="MODE=FILE",
-                   help="use this saved Ray result for MODE instead of running it")
+                   help="use this saved Ray result for MODE instead of running it (repeatable: median)")
     p.add_argument("--incl-json", action="append", default=[], metavar="MODE=FILE",
-                   help="use this saved INCL result for MODE instead of running it")
+                   help="use this saved INCL result for MODE instead of running it (repeatable: median)")
     p.add_argument("--out", default=str(HERE / "results"), help="folder for the results JSON")
     return p.parse_args(argv)
 
@@ -180,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         if m not in MODES:
             sys.exit(f"unknown mode {m!r}")
-    saved = {"ray": dict(x.split("=", 1) for x in args.ray_json),
-             "incl": dict(x.split("=", 1) for x in args.incl_json)}
+    saved: dict[str, dict[str, list[str]]] = {"ray": {}, "incl": {}}
+    for side, items in (("ray", args.ray_json), ("incl", args.incl_json)):
+        for item in items:
+            mode, _, path = item.partition("=")
+            saved[side].setdefault(mode, []).append(path)
     ray_ok = RAY_PY.exists() and RAY_PEER.exists()
     if not ray_ok and not args.skip_ray:
         log(f"Ray side unavailable ({RAY_PY} or {RAY_PEER} missing): INCL only")
@@ -190,20 +221,23 @@ def main(argv: list[str] | None = None) -> int:
                     "results": {}}
     texts = []
     for mode in modes:
-        incl = ray = None
-        if mode in saved["incl"]:
-            incl = json.loads(Path(saved["incl"][mode]).read_text())
+        incl: list[dict] = []
+        ray: list[dict] = []
+        if saved["incl"].get(mode):
+            incl = [json.loads(Path(f).read_text()) for f in saved["incl"][mode]]
         elif not args.skip_incl:
-            incl = run_side([sys.executable, str(INCL_SIDE), *side_args(mode, args), *args.incl_args.split()],
-                            timeout=1800)
-        if mode in saved["ray"]:
-            ray = json.loads(Path(saved["ray"][mode]).read_text())
+            for _ in range(args.repeat):
+                incl.append(run_side([sys.executable, str(INCL_SIDE), *side_args(mode, args),
+                                      *args.incl_args.split()], timeout=1800))
+        if saved["ray"].get(mode):
+            ray = [json.loads(Path(f).read_text()) for f in saved["ray"][mode]]
         elif ray_ok and not args.skip_ray:
             extra = ["--budget-s", f"{args.ray_budget_s:g}"]
             if mode == "throughput":
                 extra += ["--concurrency", str(args.ray_concurrency)]
-            ray = run_side([str(RAY_PY), str(RAY_PEER), *side_args(mode, args), *extra],
-                           timeout=args.ray_budget_s + 300)
+            for _ in range(args.ray_repeat):
+                ray.append(run_side([str(RAY_PY), str(RAY_PEER), *side_args(mode, args), *extra],
+                                    timeout=args.ray_budget_s + 300))
         rows, text = table(mode, incl, ray)
         texts.append(text)
         print(text + "\n", flush=True)
