@@ -87,6 +87,8 @@ class Agents:
 
     def _stop_list(self, agent_id: str, running: list[JobRef]) -> list[JobRef]:
         """Attempts the agent runs that are no longer its own (requeued elsewhere, or finished)."""
+        if not running:  # the common heartbeat: nothing to check, and no scan of the job records
+            return []
         mine = {(j.id, j.current.number) for j in self._jobs.on_agent(agent_id) if j.current}
         return [r for r in running if (r.job_id, r.attempt) not in mine]
 

@@ -124,7 +124,15 @@ class Controller:
                 self._kick.set()
 
     async def _schedule_once(self) -> None:
-        plan = scheduler.plan(self.jobs.queued(), self.agents.slots(), quotas=self.jobs.quotas,
+        queued = self.jobs.queued()
+        if queued:  # nothing queued (e.g. a burst of registrations): no placement pass at all
+            await self._place(queued)
+        else:
+            self.jobs.waiting = {}
+        await self.jobs.resend_stale_assignments(time.time() - self.cfg.assign_resend_after)
+
+    async def _place(self, queued: list[Job]) -> None:
+        plan = scheduler.plan(queued, self.agents.slots(), quotas=self.jobs.quotas,
                               running=self.jobs.on_agent())
         self.jobs.waiting = plan.waiting
         for job_id, agent_id in plan.placements:
@@ -132,7 +140,6 @@ class Controller:
                 await self.jobs.dispatch(job_id, agent_id)
             except state.IllegalTransition as exc:  # cancelled meanwhile
                 log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
-        await self.jobs.resend_stale_assignments(time.time() - self.cfg.assign_resend_after)
 
     # --- liveness -----------------------------------------------------------------------------------------
 
