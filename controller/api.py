@@ -76,6 +76,11 @@ class Api:
         except Exception as exc:  # a bug in one handler must not stop the API
             log.exception("api_handler_failed", subject=msg.subject)
             reply = error_reply(InclError(f"internal error: {type(exc).__name__}"))
+        limit = msg._client.max_payload  # noqa: SLF001 - nats-py exposes the server's limit only here
+        if len(reply) > limit:  # e.g. `incl agents` over thousands of agents: say so, never leave it hanging
+            log.warning("api_reply_too_large", subject=msg.subject, size=len(reply), limit=limit)
+            reply = error_reply(InclError(f"the reply ({len(reply)} bytes) exceeds the NATS payload limit "
+                                          f"({limit} bytes); narrow the query"))
         if msg.reply:
             try:
                 await msg.respond(reply)
