@@ -4,11 +4,8 @@
 # metrics. The stack stays up afterwards; stop it with `.venv/bin/incl down`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "INCL needs Python >= 3.11" >&2; exit 1; }
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[all]'
+. scripts/venv.sh
+install_incl all
 incl=.venv/bin/incl
 
 "$incl" up
@@ -18,5 +15,5 @@ echo "submitted $job; following its logs"
 "$incl" show "$job"
 "$incl" metrics "$job"
 echo
-echo "Outputs of $job: $("$PY" -c 'import os; print(os.path.expanduser(os.environ.get("INCL_HOME", "~/.incl")))')/agents/*/jobs/$job/outputs"
+echo "Outputs of $job: $(.venv/bin/python -c 'import os; print(os.path.expanduser(os.environ.get("INCL_HOME", "~/.incl")))')/agents/*/jobs/$job/outputs"
 echo "The stack is still up: try '$incl ls' and '$incl agents'; stop it with '$incl down'."
