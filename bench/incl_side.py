@@ -70,13 +70,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from stamp import STAMP_CODE, direct_entrypoint_baseline, read_stamp, stamp_entrypoint  # noqa: E402
 from stats import rate, summary  # noqa: E402  (bench/stats.py, shared with the Ray side)
 
 from incl.cli.client import Client  # noqa: E402
 from incl.proto.messages import TERMINAL, JobState, Stream  # noqa: E402
 from incl.proto.spec import load_spec  # noqa: E402
 
-STAMP_CODE = 'import time,sys;open(sys.argv[1],"w").write(repr(time.time()))'  # = ray_peer.STAMP_CODE
 NOT_TERMINAL = [s for s in JobState if s not in TERMINAL]
 USER = "bench"
 _real_stdout_fd: int | None = None
@@ -94,23 +94,6 @@ def emit(obj: dict) -> None:
 def default_job_python() -> str:
     peer = ROOT / ".bench-venv" / "bin" / "python"
     return str(peer) if peer.exists() else sys.executable
-
-
-def stamp_entrypoint(py: str, path: str) -> str:
-    return f"{shlex.quote(py)} -c {shlex.quote(STAMP_CODE)} {shlex.quote(path)}"
-
-
-def read_stamp(path: Path, timeout: float = 5.0) -> float | None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            txt = path.read_text()
-            if txt:
-                return float(txt)
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.005)
-    return None
 
 
 def free_port() -> int:
@@ -269,19 +252,6 @@ async def wait_terminal(client: Client, job_id: str, poll: float, timeout: float
         if job.state in TERMINAL or time.time() > deadline:
             return job
         await asyncio.sleep(poll)
-
-
-def direct_entrypoint_baseline(py: str, work: Path, reps: int = 10) -> dict:
-    """The same stamp command spawned directly through a shell: the interpreter start-up alone."""
-    vals = []
-    for i in range(reps):
-        f = work / f"direct{i}"
-        t0 = time.time()
-        subprocess.run(stamp_entrypoint(py, str(f)), shell=True, check=True)
-        ts = read_stamp(f)
-        if ts is not None:
-            vals.append((ts - t0) * 1000)
-    return summary(vals)
 
 
 async def mode_dispatch(client: Client, args, work: Path, meter: CpuMeter | None) -> dict:

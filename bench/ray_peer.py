@@ -78,10 +78,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-try:
-    from bench.stats import summary, rate  # noqa: E402
-except Exception:  # pragma: no cover - running from an odd cwd
-    from stats import summary, rate  # type: ignore  # noqa: E402
+from stamp import STAMP_CODE, direct_entrypoint_baseline, read_stamp, stamp_entrypoint  # noqa: E402
+from stats import rate, summary  # noqa: E402
 
 NS_ENV = "INCL_RAY_PEER_IN_NS"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -388,43 +386,11 @@ def check_listeners() -> list[str]:
 # measurements
 # --------------------------------------------------------------------------
 
-STAMP_CODE = 'import time,sys;open(sys.argv[1],"w").write(repr(time.time()))'
-
-
-def stamp_entrypoint(py: str, path: str) -> str:
-    return f"{shlex.quote(py)} -c {shlex.quote(STAMP_CODE)} {shlex.quote(path)}"
 
 
 def job_status(client, sid: str) -> str:
     st = client.get_job_status(sid)
     return str(getattr(st, "value", st))
-
-
-def read_stamp(path: Path, timeout: float = 5.0) -> float | None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            txt = path.read_text()
-            if txt:
-                return float(txt)
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.01)
-    return None
-
-
-def direct_entrypoint_baseline(work: Path, reps: int = 10) -> dict:
-    """Same stamp command, spawned directly through a shell (as Ray does):
-    how much of the dispatch latency is just interpreter start-up."""
-    vals = []
-    for i in range(reps):
-        f = work / f"direct{i}"
-        t0 = time.time()
-        subprocess.run(stamp_entrypoint(sys.executable, str(f)), shell=True, check=True)
-        ts = read_stamp(f)
-        if ts is not None:
-            vals.append((ts - t0) * 1000)
-    return summary(vals)
 
 
 def mode_dispatch(client, args, work: Path, deadline: float) -> dict:
@@ -645,7 +611,7 @@ def bench_main(args) -> int:
     sampler = None
     try:
         if args.mode == "dispatch":
-            result["direct_entrypoint_ms"] = direct_entrypoint_baseline(work)
+            result["direct_entrypoint_ms"] = direct_entrypoint_baseline(sys.executable, work)
         result.update(start_ray(args, temp_dir))
         log(f"ray up: {result}")
         sampler = RssSampler(exclude={1, os.getpid()})

@@ -163,9 +163,11 @@ class Jobs:
     async def resend_stale_assignments(self, older_than: float) -> None:
         """Re-send ASSIGNED attempts not started since `older_than` (the controller may have died between
         writing the assignment and publishing it). The agent drops a copy it has already seen."""
-        for job in [j for j in self.records if j.state is JobState.ASSIGNED]:
-            key = (job.id, job.current.number) if job.current else None
-            if key and job.current.assigned_at <= older_than and self._resent.get(key, 0.0) <= older_than:
+        assigned = {(j.id, j.current.number): j for j in self.records
+                    if j.state is JobState.ASSIGNED and j.current is not None}
+        self._resent = {k: t for k, t in self._resent.items() if k in assigned}  # forget started attempts
+        for key, job in assigned.items():
+            if job.current.assigned_at <= older_than and self._resent.get(key, 0.0) <= older_than:
                 self._resent[key] = time.time()
                 log.info("assignment_resent", job_id=job.id, attempt=key[1])
                 await self.send_assign(job)
