@@ -115,7 +115,7 @@ class Agents:
                  gpus=info.capacity.gpus, running=len(req.running))
         self._jobs.kick()
         return RegisterReply(heartbeat_interval=self._cfg.heartbeat_interval,
-                             stop=self._stop_list(agent_id, req.running))
+                             stop=self._stop_list(agent_id, req.running), store_url=self._cfg.store_url)
 
     def heartbeat(self, req: HeartbeatRequest) -> HeartbeatReply:
         rec = self.records.get(req.agent_id)

@@ -43,8 +43,10 @@ Handler = Callable[[Any], Awaitable[Reply]]
 
 
 class Api:
-    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch) -> None:
+    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch,
+                 store_url: str | None = None) -> None:
         self._id = controller_id
+        self._store_url = store_url
         self._jobs = jobs
         self._agents = agents
         self._watch = watch
@@ -88,7 +90,7 @@ class Api:
                 log.debug("api_reply_failed", subject=msg.subject, error=repr(exc))
 
     async def submit(self, req: SubmitRequest) -> SubmitReply:
-        return SubmitReply(job=await self._jobs.submit(check_spec(req.spec), req.user))
+        return SubmitReply(job=await self._jobs.submit(check_spec(req.spec), req.user, req.code))
 
     async def list_jobs(self, req: ListJobsRequest) -> ListJobsReply:
         jobs = [
@@ -117,4 +119,4 @@ class Api:
         return self._agents.heartbeat(req)
 
     async def ping(self, req: PingRequest) -> PingReply:
-        return PingReply(controller_id=self._id)
+        return PingReply(controller_id=self._id, store_url=self._store_url)

@@ -38,6 +38,10 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     retry_initial: float = 0.05  # backoff on a failing dependency (NATS, the KV store)
     retry_max: float = 2.0
 
+    # The artifact store (code snapshots, outputs, checkpoints): file://DIR or s3://bucket/prefix. The CLI and
+    # the agents learn it from the controller.
+    store_url: str = "file://" + str(Path.home() / ".incl" / "store")
+
     # What a provider could ever launch: a job that fits neither this nor a known agent is refused at submit.
     provider_shapes: list[Resources] = []
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import difflib
 import enum
-import re
 from typing import Any
 
 import msgspec
 
 from incl.proto.errors import SpecInvalid
+from incl.proto.spec import parse_duration
 
 STOP_REASON = "gpu_idle"  # the reason a job stopped by the monitor is cancelled with
 
@@ -123,28 +123,6 @@ class IdleMonitor:
 
 
 # --- parsing -----------------------------------------------------------------------------------------------
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
-_WHOLE = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$", re.IGNORECASE)
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from 90, 1.5, "90", "30s", "15m", "1h", "1h30m", "2d". Raises ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a duration such as 30s, 15m or 1h")
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            value = float(text)
-        elif _WHOLE.match(text):
-            value = sum(float(n) * _UNITS[u.lower()] for n, u in _PART.findall(text))
-        else:
-            raise ValueError(f"{value!r} is not a duration such as 30s, 15m or 1h")
-    if value < 0:
-        raise ValueError("a duration cannot be negative")
-    return float(value)
-
 
 def format_duration(seconds: float) -> str:
     """45s, 12m 03s, 1h 02m, 2d 03h."""

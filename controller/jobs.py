@@ -31,6 +31,7 @@ from incl.proto.messages import (
     JobStarting,
     JobState,
     Resources,
+    TreeRef,
 )
 from incl.proto.spec import JobSpec
 from incl._retry import forever
@@ -39,6 +40,7 @@ log = structlog.get_logger()
 
 
 WEBHOOK_HIDDEN = "<webhook hidden>"
+SECRET_HIDDEN = "<secret>"
 
 
 def new_job_id() -> str:
@@ -92,6 +94,9 @@ class Jobs:
             notify = {**notify, "webhook": WEBHOOK_HIDDEN}
         if notify is not job.spec.notify:
             job = structs.replace(job, spec=structs.replace(job.spec, notify=notify))
+        if job.spec.secrets:
+            hidden = dict.fromkeys(job.spec.secrets, SECRET_HIDDEN)
+            job = structs.replace(job, spec=structs.replace(job.spec, secrets=hidden))
         return job
 
     # --- commands from users ------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ class Jobs:
         parse_policy(spec.gpu_idle, self._cfg.gpu_idle)
         parse_notify(spec.notify, self._cfg.notify)
 
-    async def submit(self, spec: JobSpec, user: str) -> Job:
+    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None) -> Job:
         self._admit(spec, user)
         shapes = self._shapes()
         if shapes and not could_ever_fit(spec.resources, shapes):
@@ -126,7 +131,8 @@ class Jobs:
             )
         now = time.time()
         while True:
-            job = Job(id=new_job_id(), spec=spec, user=user, state=JobState.QUEUED, submitted_at=now, updated_at=now)
+            job = Job(id=new_job_id(), spec=spec, user=user, state=JobState.QUEUED, submitted_at=now, updated_at=now,
+                      code=code)
             try:
                 await self.records.create(job)
                 break
@@ -157,7 +163,7 @@ class Jobs:
 
     async def send_assign(self, job: Job) -> None:
         assert job.current is not None
-        cmd = Assign(job_id=job.id, attempt=job.current.number, spec=job.spec, env=job_env(job))
+        cmd = Assign(job_id=job.id, attempt=job.current.number, spec=job.spec, env=job_env(job), code=job.code)
         await self._send(job.current.agent_id, cmd, msg_id=f"{job.id}.{job.current.number}")
 
     async def resend_stale_assignments(self, older_than: float) -> None:
@@ -202,7 +208,7 @@ class Jobs:
             case JobExited():
                 change = lambda j: state.exited(  # noqa: E731
                     j, event.attempt, now, exit_code=event.exit_code, reason=event.reason,
-                    cancelled=event.cancelled, tail=event.tail, ended_at=event.ts)
+                    cancelled=event.cancelled, tail=event.tail, ended_at=event.ts, outputs=event.outputs)
         try:
             job = await self._update(job.id, change)
         except state.IllegalTransition as exc:

@@ -58,6 +58,14 @@ def _describe(want: Wanted) -> str:
     return ", ".join(parts)
 
 
+def _why_waiting(want: Wanted, runtime: str, slots: list[Slot]) -> str:
+    if not slots:
+        return "waiting for an agent to register"
+    if not any(runtime in s.runtimes for s in slots):
+        return "waiting for an agent with Docker (the job names an image)"
+    return f"waiting for an agent with {_describe(want)} free"
+
+
 def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig | None = None,
          running: Iterable[Job] = ()) -> Plan:
     """`running`: the jobs holding resources now (they count against quotas)."""
@@ -74,11 +82,10 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
             waiting[job.id] = f"waiting for quota: {why}"
             continue
         want = job.spec.resources
-        candidates = [s for s in slots if fits(want, s.free)]
+        runtime = "docker" if job.spec.image else "process"
+        candidates = [s for s in slots if runtime in s.runtimes and fits(want, s.free)]
         if not candidates:
-            waiting[job.id] = (
-                f"waiting for an agent with {_describe(want)} free" if slots else "waiting for an agent to register"
-            )
+            waiting[job.id] = _why_waiting(want, runtime, slots)
             continue
         best = max(candidates, key=lambda s: (s.free.gpus - want.gpus == 0, s.free.cpus, s.agent_id))
         best.free = subtract(best.free, want)

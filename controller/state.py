@@ -9,7 +9,7 @@ from __future__ import annotations
 from msgspec import structs
 
 from incl.proto.errors import Conflict
-from incl.proto.messages import ON_AGENT, TERMINAL, Attempt, Job, JobState
+from incl.proto.messages import ON_AGENT, TERMINAL, Attempt, Job, JobState, TreeRef
 
 S = JobState
 
@@ -65,7 +65,7 @@ def running(job: Job, attempt: int, now: float, started_at: float) -> Job:
 
 
 def exited(job: Job, attempt: int, now: float, *, exit_code: int | None, reason: str | None,
-           cancelled: bool, tail: list[str], ended_at: float) -> Job:
+           cancelled: bool, tail: list[str], ended_at: float, outputs: TreeRef | None = None) -> Job:
     """The attempt's process ended: SUCCEEDED, CANCELLED, FAILED, or back to QUEUED if retry allows."""
     cur = _current(job, attempt)
     if cancelled or job.cancel_requested:
@@ -76,7 +76,8 @@ def exited(job: Job, attempt: int, now: float, *, exit_code: int | None, reason:
         to = S.FAILED
         reason = reason or f"exit code {exit_code}"
     _check(job, to)
-    att = structs.replace(cur, state=to, ended_at=ended_at, exit_code=exit_code, reason=reason, tail=tail)
+    att = structs.replace(cur, state=to, ended_at=ended_at, exit_code=exit_code, reason=reason, tail=tail,
+                          outputs=outputs)
     job = _with_attempt(job, att, state=to, updated_at=now, exit_code=exit_code, reason=reason)
     if to is S.FAILED and job.spec.retry.on_failure and len(job.attempts) < job.spec.retry.max_attempts:
         return structs.replace(job, state=S.QUEUED, reason=f"retrying after: {reason}")

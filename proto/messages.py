@@ -77,6 +77,13 @@ class JobRef(_Struct, array_like=True):
     attempt: int
 
 
+class TreeRef(_Struct):
+    """A directory tree in the artifact store (code snapshot, outputs): its manifest digest and size."""
+    digest: str
+    files: int = 0
+    bytes: int = 0
+
+
 class Attempt(_Struct):
     number: int
     agent_id: str
@@ -87,6 +94,7 @@ class Attempt(_Struct):
     exit_code: int | None = None
     reason: str | None = None
     tail: list[str] = []
+    outputs: TreeRef | None = None  # what the attempt left in $INCL_OUTPUT_DIR, uploaded when it ended
 
 
 class Job(_Struct):
@@ -100,6 +108,7 @@ class Job(_Struct):
     cancel_requested: bool = False
     reason: str | None = None
     exit_code: int | None = None
+    code: TreeRef | None = None  # the workdir snapshot the CLI uploaded at submit
 
     @property
     def name(self) -> str:
@@ -147,6 +156,7 @@ class AgentRecord(_Struct):
 class SubmitRequest(Request):
     spec: JobSpec
     user: str
+    code: TreeRef | None = None
 
 
 class SubmitReply(Reply):
@@ -218,6 +228,7 @@ class PingRequest(Request):
 class PingReply(Reply):
     controller_id: str
     version: int = PROTOCOL_VERSION
+    store_url: str | None = None  # the artifact store: where code goes at submit and outputs come from
 
 
 # --- agent <-> controller ---------------------------------------------------------------------------------
@@ -231,6 +242,7 @@ class RegisterRequest(Request):
 class RegisterReply(Reply):
     heartbeat_interval: float
     stop: list[JobRef] = []
+    store_url: str | None = None  # the cluster's artifact store, unless the agent's config names one
 
 
 class HeartbeatRequest(Request):
@@ -253,6 +265,7 @@ class Assign(Message):
     attempt: int
     spec: JobSpec
     env: dict[str, str] = {}
+    code: TreeRef | None = None
 
 
 class CancelJob(Message):
@@ -288,6 +301,7 @@ class JobExited(JobEvent):
     reason: str | None = None
     cancelled: bool = False
     tail: list[str] = []
+    outputs: TreeRef | None = None
 
 
 AgentEvent = JobStarting | JobRunning | JobExited
@@ -314,6 +328,10 @@ class LogBatch(Message):
     attempt: int
     seq: int
     lines: list[LogLine]
+    # Lines of the job's stdout and stderr shipped for this attempt up to and including this batch: an agent
+    # that re-adopts a running container replays its output and skips this many of each.
+    stdout_total: int = 0
+    stderr_total: int = 0
 
 
 class MetricPoint(_Struct, array_like=True):

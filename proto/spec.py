@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import msgspec
@@ -29,6 +30,20 @@ class Resources(_Spec):
     nodes: int = 1
     instance_types: list[str] | None = None
     spot: bool | Literal["auto"] | None = None
+    shm_size: int | None = None  # bytes of /dev/shm in the container; None: the agent's default
+
+
+class DataMount(_Spec):
+    source: str  # s3://bucket/prefix (copied once into the instance's cache) or a host path (FSx, EFS)
+    target: str  # where the job sees it, read-only: absolute (in the container) or relative to the code dir
+
+
+class Outputs(_Spec):
+    exclude: list[str] = []  # gitignore-style patterns under $INCL_OUTPUT_DIR that are not uploaded
+
+
+class Checkpoint(_Spec):
+    sync_every: float = 300.0  # seconds ("5m" is accepted at load); 0: only when the job ends
 
 
 class Retry(_Spec):
@@ -46,12 +61,11 @@ class JobSpec(_Spec):
     retry: Retry = Retry()
     priority: int | str = 0  # a rank, or the name of a priority class (`high`, `normal`, `low`)
     user: str | None = None
-    # Accepted by the schema, refused until their feature exists.
-    image: str | None = None
-    secrets: dict[str, str] | None = None
-    data: list[Any] | None = None
-    outputs: Any = None
-    checkpoint: Any = None
+    image: str | None = None  # run in this Docker image (None: the `process` runtime)
+    secrets: dict[str, str] = {}  # env vars never shown back; REGISTRY_USERNAME/PASSWORD log in to pull `image`
+    data: list[DataMount] = []
+    outputs: Outputs = Outputs()
+    checkpoint: Checkpoint = Checkpoint()
     gpu_idle: Any = None
     notify: Any = None
     team: str | None = None
@@ -59,17 +73,15 @@ class JobSpec(_Spec):
 
 
 NOT_SUPPORTED_YET = {
-    "image": "Docker images",
-    "secrets": "secrets",
-    "data": "data mounts",
-    "outputs": "output upload",
-    "checkpoint": "checkpoint sync",
     "hpo": "hyperparameter search",
     "resources.nodes": "multi-node jobs",
     "resources.instance_types": "instance types",
     "resources.spot": "spot instances",
 }
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
+_WHOLE = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$", re.IGNORECASE)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _MAX_INT = 2**53
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -91,6 +103,23 @@ def parse_size(value: int | float | str) -> int:
         return int(number)
     base = 1024 if "i" in unit else 1000
     return int(number * base ** ("kmgt".index(unit[0]) + 1))
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, 1.5, "90", "30s", "15m", "1h", "1h30m", "2d". Raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a duration such as 30s, 15m or 1h")
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            value = float(text)
+        elif _WHOLE.match(text):
+            value = sum(float(n) * _UNITS[u.lower()] for n, u in _PART.findall(text))
+        else:
+            raise ValueError(f"{value!r} is not a duration such as 30s, 15m or 1h")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("a duration must be a finite number of seconds, not negative")
+    return float(value)
 
 
 def _fields(struct: type[msgspec.Struct]) -> dict[str, Any]:
@@ -118,16 +147,19 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str) -> None:
             _check_keys(value, sub, here)
 
 
+def _drop_nulls(data: dict[str, Any], struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """`key:` with nothing after it (null in YAML) means the default, for keys whose default is not null."""
+    defaults = {f.name: f.default for f in msgspec.structs.fields(struct)}
+    return {k: v for k, v in data.items() if v is not None or defaults.get(k, msgspec.NODEFAULT) is None}
+
+
 def _normalize(data: dict[str, Any]) -> dict[str, Any]:
-    data = dict(data)
+    data = _drop_nulls(data, JobSpec)
     res = data.get("resources")
     if isinstance(res, dict):
-        res = dict(res)
+        res = _drop_nulls(res, Resources)
         if "memory" in res and res["memory"] is not None:
-            try:
-                res["memory"] = parse_size(res["memory"])
-            except (ValueError, OverflowError) as exc:  # OverflowError: a size past float range
-                raise SpecInvalid(str(exc), field="resources.memory") from None
+            res["memory"] = _size(res["memory"], "resources.memory")
         gpus = res.get("gpus")
         if isinstance(gpus, str):  # SkyPilot style "A100:8"; "A100" alone means one
             model, colon, count = gpus.strip().rpartition(":")
@@ -136,10 +168,25 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
             if not (count.isascii() and count.isdigit()) or not gpus.strip():
                 raise SpecInvalid(f"{gpus!r} is not a GPU count such as 8 or 'A100:8'", field="resources.gpus")
             res["gpus"], res["gpu_model"] = int(count), model or None
+        if res.get("shm_size") is not None:
+            res["shm_size"] = _size(res["shm_size"], "resources.shm_size")
         data["resources"] = res
+    ckpt = data.get("checkpoint")
+    if isinstance(ckpt, dict) and ckpt.get("sync_every") is not None:
+        try:
+            data["checkpoint"] = {**ckpt, "sync_every": parse_duration(ckpt["sync_every"])}
+        except ValueError as exc:
+            raise SpecInvalid(str(exc), field="checkpoint.sync_every") from None
     if isinstance(data.get("env"), dict):
         data["env"] = {k: _env_value(k, v) for k, v in data["env"].items()}
     return data
+
+
+def _size(value: Any, field: str) -> int:
+    try:
+        return parse_size(value)
+    except (ValueError, OverflowError) as exc:  # OverflowError: a size past float range
+        raise SpecInvalid(str(exc), field=field) from None
 
 
 def _env_value(key: str, value: Any) -> Any:
@@ -187,11 +234,37 @@ def _semantic_checks(spec: JobSpec) -> None:
         raise SpecInvalid("must be at least 1", field="resources.nodes")
     if spec.retry.max_attempts < 1:
         raise SpecInvalid("must be at least 1", field="retry.max_attempts")
-    for key in spec.env:
-        if not _ENV_NAME.match(key):
-            raise SpecInvalid("is not a valid environment variable name", field=f"env.{key}")
-        if key.startswith("INCL_"):
-            raise SpecInvalid("INCL_ variables are set by INCL and cannot be overridden", field=f"env.{key}")
+    for section, names in (("env", spec.env), ("secrets", spec.secrets)):
+        for key in names:
+            if not _ENV_NAME.match(key):
+                raise SpecInvalid("is not a valid environment variable name", field=f"{section}.{key}")
+            if key.startswith("INCL_"):
+                raise SpecInvalid("INCL_ variables are set by INCL and cannot be overridden", field=f"{section}.{key}")
+    if r.shm_size is not None and not 0 < r.shm_size <= _MAX_INT:
+        raise SpecInvalid("must be greater than 0", field="resources.shm_size")
+    if spec.image is not None and not spec.image.strip():
+        raise SpecInvalid("must name a Docker image such as pytorch/pytorch:2.3.0-cuda12.1-cudnn8-runtime",
+                          field="image")
+    if not math.isfinite(spec.checkpoint.sync_every) or spec.checkpoint.sync_every < 0:
+        raise SpecInvalid("must be a duration such as 5m (0: only when the job ends)", field="checkpoint.sync_every")
+    _check_data(spec)
+
+
+def _check_data(spec: JobSpec) -> None:
+    targets: set[str] = set()
+    for i, mount in enumerate(spec.data):
+        here = f"data[{i}]"
+        if not (mount.source.startswith("s3://") and len(mount.source) > 5) and not mount.source.startswith("/"):
+            raise SpecInvalid("must be an s3://bucket/prefix or an absolute host path", field=f"{here}.source")
+        target = PurePosixPath(mount.target)
+        if not mount.target.strip() or ".." in target.parts:
+            raise SpecInvalid("must be a path without '..'", field=f"{here}.target")
+        if target.is_absolute() and spec.image is None:
+            raise SpecInvalid("an absolute target needs a Docker `image:` (without one, give a path relative "
+                              "to the code directory)", field=f"{here}.target")
+        if str(target) in targets:
+            raise SpecInvalid(f"{mount.target} is the target of another data entry", field=f"{here}.target")
+        targets.add(str(target))
 
 
 def _not_supported(spec: JobSpec) -> None:

@@ -46,10 +46,12 @@ ATTEMPT_PLAIN = {
     "exit_code": None,
     "reason": None,
     "tail": ["hi"],
+    "outputs": None,
 }
 
 JOB = m.Job(
-    id="j1", spec=SPEC, user="ann", state=m.JobState.RUNNING, submitted_at=1.0, updated_at=2.0, attempts=[ATTEMPT]
+    id="j1", spec=SPEC, user="ann", state=m.JobState.RUNNING, submitted_at=1.0, updated_at=2.0, attempts=[ATTEMPT],
+    code=m.TreeRef(digest="cd" * 32, files=2, bytes=5),
 )
 JOB_PLAIN = {
     "id": "j1",
@@ -62,6 +64,7 @@ JOB_PLAIN = {
     "cancel_requested": False,
     "reason": None,
     "exit_code": None,
+    "code": {"digest": "cd" * 32, "files": 2, "bytes": 5},
 }
 
 RES = m.Resources(cpus=8.0, memory=64 * 2**30, gpus=8, gpu_model="H100")
@@ -94,8 +97,9 @@ def _msg(cls: type[m.Message], **fields: Any) -> dict[str, Any]:
 SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
     (m.ErrorReply(code="not_found", message="no job j9", field="job_id"),
      _msg(m.ErrorReply, code="not_found", message="no job j9", field="job_id")),
-    (m.SubmitRequest(meta=ENV, spec=SPEC, user="ann"),
-     _msg(m.SubmitRequest, meta=ENV_PLAIN, spec=SPEC_PLAIN, user="ann")),
+    (m.SubmitRequest(meta=ENV, spec=SPEC, user="ann", code=m.TreeRef(digest="ab" * 32, files=3, bytes=10)),
+     _msg(m.SubmitRequest, meta=ENV_PLAIN, spec=SPEC_PLAIN, user="ann",
+          code={"digest": "ab" * 32, "files": 3, "bytes": 10})),
     (m.SubmitReply(job=JOB), _msg(m.SubmitReply, job=JOB_PLAIN)),
     (m.ListJobsRequest(meta=ENV, states=[m.JobState.QUEUED, m.JobState.LOST], user="ann"),
      _msg(m.ListJobsRequest, meta=ENV_PLAIN, states=["QUEUED", "LOST"], user="ann")),
@@ -112,17 +116,18 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
     (m.QuotaReply(lines=[m.QuotaLine(kind="team", name="vision", used=16, limit=16)]),
      _msg(m.QuotaReply, lines=[{"kind": "team", "name": "vision", "used": 16, "limit": 16}])),
     (m.PingRequest(meta=ENV), _msg(m.PingRequest, meta=ENV_PLAIN)),
-    (m.PingReply(controller_id="c1"), _msg(m.PingReply, controller_id="c1", version=PROTOCOL_VERSION)),
+    (m.PingReply(controller_id="c1", store_url="s3://b/p"),
+     _msg(m.PingReply, controller_id="c1", version=PROTOCOL_VERSION, store_url="s3://b/p")),
     (m.RegisterRequest(meta=ENV, info=INFO, running=[REF]),
      _msg(m.RegisterRequest, meta=ENV_PLAIN, info=INFO_PLAIN, running=[REF_PLAIN])),
     (m.RegisterReply(heartbeat_interval=5.0, stop=[REF]),
-     _msg(m.RegisterReply, heartbeat_interval=5.0, stop=[REF_PLAIN])),
+     _msg(m.RegisterReply, heartbeat_interval=5.0, stop=[REF_PLAIN], store_url=None)),
     (m.HeartbeatRequest(meta=ENV, agent_id="a1", running=[REF]),
      _msg(m.HeartbeatRequest, meta=ENV_PLAIN, agent_id="a1", running=[REF_PLAIN], telemetry=None)),
     (m.HeartbeatReply(heartbeat_interval=5.0, registered=False, stop=[REF]),
      _msg(m.HeartbeatReply, heartbeat_interval=5.0, registered=False, stop=[REF_PLAIN])),
     (m.Assign(job_id="j1", attempt=2, spec=SPEC, env={"INCL_JOB_ID": "j1"}),
-     _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"})),
+     _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None)),
     (m.CancelJob(job_id="j1", attempt=2, grace=10.0), _msg(m.CancelJob, job_id="j1", attempt=2, grace=10.0)),
     (m.JobStarting(job_id="j1", attempt=2, agent_id="a1", ts=3.5),
      _msg(m.JobStarting, job_id="j1", attempt=2, agent_id="a1", ts=3.5)),
@@ -131,12 +136,13 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
     (m.JobExited(job_id="j1", attempt=2, agent_id="a1", ts=3.5, exit_code=None, signal=9, reason="oom",
                  cancelled=True, tail=["Killed"]),
      _msg(m.JobExited, job_id="j1", attempt=2, agent_id="a1", ts=3.5, exit_code=None, signal=9, reason="oom",
-          cancelled=True, tail=["Killed"])),
+          cancelled=True, tail=["Killed"], outputs=None)),
     (m.LogBatch(job_id="j1", attempt=2, seq=7, lines=[
         m.LogLine(ts=1.0, stream=m.Stream.STDOUT, data=b"epoch 1\n"),
         m.LogLine(ts=1.5, stream=m.Stream.STDERR, data=b"\xff\xfenot utf-8"),
      ]),
-     _msg(m.LogBatch, job_id="j1", attempt=2, seq=7, lines=[[1.0, 1, b"epoch 1\n", False], [1.5, 2, b"\xff\xfenot utf-8", False]])),
+     _msg(m.LogBatch, job_id="j1", attempt=2, seq=7, lines=[[1.0, 1, b"epoch 1\n", False], [1.5, 2, b"\xff\xfenot utf-8", False]],
+          stdout_total=0, stderr_total=0)),
     (m.MetricBatch(job_id="j1", attempt=2, seq=8, points=[
         m.MetricPoint(ts=1.0, step=10, values={"loss": 0.25}),
         m.MetricPoint(ts=2.0, step=None, values={"acc": 0.5, "lr": 1e-4}),

@@ -81,9 +81,12 @@ def test_full_spec_keeps_every_supported_field() -> None:
     )
 
 
-def test_unsupported_keys_set_to_null_are_the_same_as_absent() -> None:
-    data = {"run": "x", "image": None, "secrets": None, "data": None, "resources": {"spot": None}}
+def test_keys_set_to_null_are_the_same_as_absent() -> None:
+    """`key:` with nothing after it in YAML means the default."""
+    data = {"run": "x", "image": None, "secrets": None, "data": None, "outputs": None, "checkpoint": None,
+            "resources": {"spot": None, "cpus": None}}
     assert load_spec(data) == JobSpec(run="x")
+    assert load_spec({"run": "x", "resources": None}) == JobSpec(run="x")
 
 
 @pytest.mark.parametrize(
@@ -172,7 +175,6 @@ def test_unknown_keys_with_no_close_one_list_the_known_keys(data: dict[str, Any]
         ({"run": ["python", "train.py"]}, "run"),
         ({"run": "x", "name": 3}, "name"),
         ({"run": "x", "resources": "big"}, "resources"),
-        ({"run": "x", "resources": None}, "resources"),
         ({"run": "x", "resources": {"cpus": "many"}}, "resources.cpus"),
         ({"run": "x", "resources": {"gpus": 1.5}}, "resources.gpus"),
         ({"run": "x", "resources": {"gpus": True}}, "resources.gpus"),
