@@ -16,29 +16,45 @@ _PARAMS_ENV = "INCL_PARAMS"
 
 
 class _Channel:
+    """Lines go to the agent's socket. If the agent is away (it restarts, the job's container outlives it),
+    lines wait in a bounded buffer and the channel reconnects on a later call; it never blocks training."""
+
+    RETRY_AFTER = 1.0  # seconds between reconnect tries
+    BUFFER_LINES = 10_000  # lines kept while the agent is away; the oldest go first past this
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._path: str | None = None
-        self._broken = False
+        self._pending: list[bytes] = []
+        self._retry_at = 0.0
+        self._warned = False
 
     def send(self, line: bytes) -> None:
         path = os.environ.get(_SOCKET_ENV)
-        if not path or self._broken:
+        if not path:
             return
         with self._lock:
+            self._pending.append(line)
+            del self._pending[: -self.BUFFER_LINES]
+            if self._sock is None and time.monotonic() < self._retry_at:
+                return
             try:
                 if self._sock is None or self._path != path:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     self._sock.connect(path)
                     self._path = path
-                self._sock.sendall(line)
+                self._sock.sendall(b"".join(self._pending))
+                self._pending.clear()
             except OSError as exc:
-                self._broken = True
                 if self._sock is not None:
                     self._sock.close()
                     self._sock = None
-                print(f"incl: metrics channel unavailable ({exc}); incl.log() is now a no-op", file=sys.stderr)
+                self._retry_at = time.monotonic() + self.RETRY_AFTER
+                if not self._warned:
+                    self._warned = True
+                    print(f"incl: metrics channel unavailable ({exc}); points are kept and sent when it is back",
+                          file=sys.stderr)
 
 
 _channel = _Channel()

@@ -388,16 +388,19 @@ def test_log_to_a_dead_socket_warns_once_and_goes_quiet(
         incl.log({"loss": 0.5}, step=step)
     err = capsys.readouterr().err
     assert err.count("incl:") == 1
-    assert "incl.log() is now a no-op" in err
+    assert "points are kept and sent when it is back" in err
     incl.log({"loss": 0.1})
     assert capsys.readouterr() == ("", "")
 
 
-def test_log_survives_the_agent_going_away(
+def test_log_survives_the_agent_going_away_and_delivers_when_it_is_back(
     channel: _sdk._Channel, short_dir: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The listener closes mid-job: the job keeps running, log() warns once and stops sending."""
-    server = _MetricsServer(os.path.join(short_dir, "m.sock"), max_lines=1)
+    """The listener closes mid-job (the agent restarts): the job keeps running, log() warns once, and the
+    points logged meanwhile reach the new listener at the same path, in order."""
+    monkeypatch.setattr(_sdk._Channel, "RETRY_AFTER", 0.0)
+    path = os.path.join(short_dir, "m.sock")
+    server = _MetricsServer(path, max_lines=1)
     monkeypatch.setenv("INCL_METRICS_SOCKET", server.path)
     incl.log({"loss": 1.0}, step=0)
     assert [json.loads(line)["step"] for line in server.join()] == [0]
@@ -405,4 +408,9 @@ def test_log_survives_the_agent_going_away(
         incl.log({"loss": 1.0}, step=step)
     err = capsys.readouterr().err
     assert err.count("incl:") == 1
-    assert "incl.log() is now a no-op" in err
+    os.unlink(path)
+    again = _MetricsServer(path)
+    incl.log({"loss": 0.0}, step=200)
+    assert channel._sock is not None
+    channel._sock.close()
+    assert [json.loads(line)["step"] for line in again.join()] == list(range(1, 201))
