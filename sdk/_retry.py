@@ -9,7 +9,7 @@ from typing import TypeVar
 import structlog
 from nats import errors as nats_errors
 from nats.js import errors as js_errors
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ async def forever(what: str, fn: Callable[[], Awaitable[T]], *, initial: float, 
         log.debug("retrying", what=what, attempt=0, error=repr(exc))
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
-        wait=wait_exponential_jitter(initial=initial, max=maximum),
+        wait=wait_random_exponential(multiplier=initial, max=maximum),
         before_sleep=_log_retry(what),
         reraise=True,
     ):
