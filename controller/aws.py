@@ -1,0 +1,275 @@
+"""The `aws` provider: launch, describe and terminate the cluster's EC2 instances (aiobotocore).
+
+    launch            spot (one-time, terminated on interruption) unless on-demand is asked for. Candidates
+                      are the catalog's instance types x the configured subnets, tried in order; a capacity
+                      error (CAPACITY_ERRORS) moves on to the next, a round with none left backs off and starts
+                      again, and after `launch_rounds` rounds `NoCapacity` names every try. An instance
+                      already tagged for the job and attempt is returned instead of a new one, and each
+                      RunInstances carries a ClientToken derived from cluster, job, attempt and candidate,
+                      so a call retried after a lost reply is answered with the instance it made.
+    describe          every instance tagged with the cluster, paginated
+    terminate         only instances that carry the cluster's tag
+    spot_interrupted  whether EC2 ended an instance for a spot interruption (its state reason)
+
+Every instance carries the tags `incl:cluster`, `incl:job`, `incl:attempt`, `incl:role=agent` (and the
+config's `extra_tags`), and boots with user-data rendered from `deploy/user-data.sh.tmpl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import ClientError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from incl.controller.catalog import AwsConfig, candidates
+from incl.controller.reconcile import (
+    EXISTING,
+    ROLE_AGENT,
+    TAG_ATTEMPT,
+    TAG_CLUSTER,
+    TAG_JOB,
+    TAG_ROLE,
+    Launch,
+    Market,
+    ObservedInstance,
+)
+
+log = structlog.get_logger()
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "user-data.sh.tmpl"
+USER_DATA_LIMIT = 16 * 1024  # bytes, before base64: EC2's limit
+
+# RunInstances errors that mean "not this type here, now": try the next candidate.
+CAPACITY_ERRORS = frozenset({
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "InstanceLimitExceeded",
+    "VcpuLimitExceeded",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "Unsupported",  # e.g. the type is not offered in this availability zone
+})
+SPOT_INTERRUPTED = frozenset({"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"})
+_FILTER_VALUES = 200  # values per filter in one Describe call
+
+
+class LaunchFailed(Exception):
+    """No instance was launched; the message says why."""
+
+
+class NoInstanceType(LaunchFailed):
+    """Nothing in the catalog fits the job."""
+
+
+class NoCapacity(LaunchFailed):
+    """Every candidate failed with a capacity error, `launch_rounds` times over."""
+
+    def __init__(self, launch: Launch, tried: list[tuple[str, str | None, str]]) -> None:
+        last = {(t, s): code for t, s, code in tried}  # the last answer for each candidate
+        names = "; ".join(f"{t} in {s or 'the default subnet'}: {code}" for (t, s), code in last.items())
+        super().__init__(f"no {launch.market} capacity for job {launch.job_id} attempt {launch.attempt} "
+                         f"after {len(tried)} tries: {names}")
+        self.tried = tried
+
+
+class LaunchedInstance(msgspec.Struct, frozen=True, kw_only=True):
+    instance_id: str
+    instance_type: str
+    market: Market
+    subnet_id: str | None = None
+    availability_zone: str | None = None
+    existing: bool = False  # True: an instance launched earlier for this job and attempt
+
+
+class _UserData(string.Template):
+    delimiter = "@@"  # `$` belongs to the shell script
+
+
+def render_user_data(template: str, *, nats_url: str, store_url: str) -> str:
+    """The boot script. Values go in as JSON strings, which YAML reads as quoted scalars."""
+    text = _UserData(template).substitute(nats_url=json.dumps(nats_url), store_url=json.dumps(store_url))
+    if len(text.encode()) > USER_DATA_LIMIT:
+        raise LaunchFailed(f"user-data is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")
+    return text
+
+
+def client_token(launch: Launch, instance_type: str, subnet: str | None) -> str:
+    key = "\0".join((launch.cluster, launch.job_id, str(launch.attempt), launch.market, instance_type, subnet or ""))
+    return hashlib.sha256(key.encode()).hexdigest()  # 64 characters: EC2's maximum
+
+
+def _observed(i: dict[str, Any]) -> ObservedInstance:
+    return ObservedInstance(
+        instance_id=i["InstanceId"], state=i["State"]["Name"], instance_type=i["InstanceType"],
+        market=Market.SPOT if i.get("InstanceLifecycle") == "spot" else Market.ON_DEMAND,
+        launched_at=i["LaunchTime"].timestamp(), tags={t["Key"]: t["Value"] for t in i.get("Tags") or []},
+        availability_zone=(i.get("Placement") or {}).get("AvailabilityZone"),
+        state_reason=(i.get("StateReason") or {}).get("Code"))
+
+
+def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[n:n + size]) for n in range(0, len(items), size)]
+
+
+def _log_round(launch: Launch) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        log.warning("launch_round_failed", job_id=launch.job_id, attempt=launch.attempt,
+                    round=state.attempt_number, retry_in=round(state.upcoming_sleep, 2))
+    return before_sleep
+
+
+class AwsProvider:
+    """`async with AwsProvider(cfg, nats_url=..., store_url=...) as aws:` — one EC2 client for its life."""
+
+    def __init__(self, cfg: AwsConfig, *, nats_url: str, store_url: str, session: AioSession | None = None) -> None:
+        self.cfg = cfg
+        template = Path(cfg.user_data_template) if cfg.user_data_template else DEFAULT_TEMPLATE
+        self.user_data = render_user_data(template.read_text(), nats_url=nats_url, store_url=store_url)
+        self._session = session or get_session()
+        self._stack = AsyncExitStack()
+        self._ec2: Any = None
+
+    async def __aenter__(self) -> AwsProvider:
+        cfg = self.cfg
+        config = AioConfig(connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
+                           retries={"mode": "standard", "total_max_attempts": cfg.api_max_attempts})
+        self._ec2 = await self._stack.enter_async_context(self._session.create_client(
+            "ec2", region_name=cfg.region, endpoint_url=cfg.endpoint_url, config=config))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    # --- launch ---------------------------------------------------------------------------------------------
+
+    async def launch(self, launch: Launch) -> LaunchedInstance:
+        existing = await self._find(launch)
+        if existing is not None:
+            log.info("launch_exists", job_id=launch.job_id, attempt=launch.attempt, instance_id=existing.instance_id)
+            return existing
+        types = candidates(self.cfg.catalog, launch.resources)
+        if not types:
+            raise NoInstanceType(f"no instance type in the catalog fits job {launch.job_id}: {launch.resources}")
+        cfg = self.cfg
+        tries = [(t, s) for t in types for s in (cfg.subnets or [None])]
+        tried: list[tuple[str, str | None, str]] = []
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(cfg.launch_rounds), retry=retry_if_exception_type(NoCapacity), reraise=True,
+            wait=wait_exponential(multiplier=cfg.launch_backoff_initial, max=cfg.launch_backoff_max),
+            before_sleep=_log_round(launch),
+        ):
+            with attempt:
+                return await self._round(launch, tries, tried)
+        raise AssertionError("unreachable")
+
+    async def _round(self, launch: Launch, tries: list[tuple[str, str | None]],
+                     tried: list[tuple[str, str | None, str]]) -> LaunchedInstance:
+        for instance_type, subnet in tries:
+            try:
+                reply = await self._ec2.run_instances(**self._run_params(launch, instance_type, subnet))
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in CAPACITY_ERRORS:
+                    raise LaunchFailed(f"RunInstances {instance_type} for job {launch.job_id}: {exc}") from exc
+                log.info("launch_no_capacity", job_id=launch.job_id, attempt=launch.attempt,
+                         instance_type=instance_type, subnet=subnet, code=code)
+                tried.append((instance_type, subnet, code))
+                continue
+            i = reply["Instances"][0]
+            log.info("instance_launched", job_id=launch.job_id, attempt=launch.attempt, instance_id=i["InstanceId"],
+                     instance_type=instance_type, subnet=subnet, market=launch.market)
+            return LaunchedInstance(instance_id=i["InstanceId"], instance_type=instance_type, market=launch.market,
+                                    subnet_id=i.get("SubnetId"),
+                                    availability_zone=(i.get("Placement") or {}).get("AvailabilityZone"))
+        raise NoCapacity(launch, tried)
+
+    def tags(self, launch: Launch) -> list[dict[str, str]]:
+        ours = {TAG_CLUSTER: launch.cluster, TAG_JOB: launch.job_id, TAG_ATTEMPT: str(launch.attempt),
+                TAG_ROLE: ROLE_AGENT, "Name": f"incl-{launch.cluster}-{launch.job_id}-{launch.attempt}"}
+        return [{"Key": k, "Value": v} for k, v in {**self.cfg.extra_tags, **ours}.items()]
+
+    def _run_params(self, launch: Launch, instance_type: str, subnet: str | None) -> dict[str, Any]:
+        cfg, tags = self.cfg, self.tags(launch)
+        kinds = ["instance", "volume"] + (["spot-instances-request"] if launch.market is Market.SPOT else [])
+        params: dict[str, Any] = {
+            "ImageId": cfg.ami, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1,
+            "ClientToken": client_token(launch, instance_type, subnet), "UserData": self.user_data,
+            "TagSpecifications": [{"ResourceType": kind, "Tags": tags} for kind in kinds],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                                "HttpPutResponseHopLimit": cfg.imds_hop_limit},
+            "InstanceInitiatedShutdownBehavior": "terminate",
+        }
+        if subnet:
+            params["SubnetId"] = subnet
+        if cfg.security_group_ids:
+            params["SecurityGroupIds"] = list(cfg.security_group_ids)
+        if cfg.instance_profile:
+            key = "Arn" if cfg.instance_profile.startswith("arn:") else "Name"
+            params["IamInstanceProfile"] = {key: cfg.instance_profile}
+        if cfg.key_name:
+            params["KeyName"] = cfg.key_name
+        if launch.market is Market.SPOT:
+            spot = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+            if cfg.spot_max_price:
+                spot["MaxPrice"] = cfg.spot_max_price
+            params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
+        return params
+
+    async def _find(self, launch: Launch) -> LaunchedInstance | None:
+        found = await self._describe([
+            {"Name": f"tag:{TAG_CLUSTER}", "Values": [launch.cluster]},
+            {"Name": f"tag:{TAG_JOB}", "Values": [launch.job_id]},
+            {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(launch.attempt)]},
+            {"Name": "instance-state-name", "Values": sorted(EXISTING)},
+        ])
+        if not found:
+            return None
+        i = min(found, key=lambda i: i.instance_id)
+        return LaunchedInstance(instance_id=i.instance_id, instance_type=i.instance_type, market=i.market,
+                                availability_zone=i.availability_zone, existing=True)
+
+    # --- describe, terminate ------------------------------------------------------------------------------
+
+    async def _describe(self, filters: list[dict[str, Any]]) -> list[ObservedInstance]:
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=filters, PaginationConfig={"PageSize": self.cfg.describe_page_size})
+        return [_observed(i) async for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    async def describe(self, cluster: str) -> list[ObservedInstance]:
+        """Every instance tagged with the cluster, in any state (terminated ones for about an hour)."""
+        return await self._describe([{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]}])
+
+    async def _by_id(self, instance_ids: Sequence[str], *filters: dict[str, Any]) -> list[ObservedInstance]:
+        found: list[ObservedInstance] = []
+        for chunk in _chunks(list(dict.fromkeys(instance_ids)), _FILTER_VALUES):
+            found += await self._describe([{"Name": "instance-id", "Values": chunk}, *filters])
+        return found
+
+    async def terminate(self, cluster: str, instance_ids: Sequence[str]) -> list[str]:
+        """Terminate those of `instance_ids` that carry the cluster's tag and still exist; returns their ids."""
+        ours = await self._by_id(instance_ids, {"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]})
+        ids = sorted(i.instance_id for i in ours if i.state in EXISTING)
+        skipped = sorted(set(instance_ids) - {i.instance_id for i in ours})
+        if skipped:
+            log.warning("terminate_skipped", cluster=cluster, instance_ids=skipped, why="not tagged for the cluster")
+        for chunk in _chunks(ids, _FILTER_VALUES):
+            await self._ec2.terminate_instances(InstanceIds=chunk)
+        if ids:
+            log.info("instances_terminated", cluster=cluster, instance_ids=ids)
+        return ids
+
+    async def spot_interrupted(self, instance_ids: Sequence[str]) -> dict[str, bool]:
+        """For each id: True if EC2 stopped or terminated it for a spot interruption (False if not, or unknown)."""
+        reasons = {i.instance_id: i.state_reason for i in await self._by_id(instance_ids)}
+        return {iid: reasons.get(iid) in SPOT_INTERRUPTED for iid in instance_ids}

@@ -1,0 +1,308 @@
+"""The aws provider against moto's EC2 (a real server process), with a real HTTP proxy in front of it for the
+capacity errors and spot interruptions moto never produces; the catalog, user-data and IAM files it relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from asyncio.subprocess import PIPE
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+from aiobotocore.session import get_session
+from ec2proxy import Ec2Proxy
+from imds import FakeImds, Instance
+from motoserver import AWS_ENV, MotoServer
+
+from incl.controller.aws import AwsProvider, LaunchFailed, NoCapacity, NoInstanceType, client_token
+from incl.controller.catalog import AwsConfig, CatalogEntry, candidates, shapes
+from incl.controller.reconcile import EXISTING, TAG_ATTEMPT, TAG_CLUSTER, TAG_JOB, TAG_ROLE, Launch, Market
+from incl.proto.messages import Resources as Shape
+from incl.proto.spec import Resources
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+NATS_URL = "nats://user:pa$$word@10.0.0.5:4222"  # a `$` the shell must leave alone
+STORE_URL = "s3://incl-artifacts/prod"
+CATALOG = [
+    CatalogEntry(gpus=1, gpu_model="A10G", cpus=4, memory_gib=16, instance_types=["g5.xlarge", "g5.2xlarge"]),
+    CatalogEntry(gpus=8, gpu_model="H100", cpus=192, memory_gib=2048, instance_types=["p5.48xlarge"]),
+    CatalogEntry(cpus=8, memory_gib=32, instance_types=["m7i.2xlarge"]),
+]
+
+
+def launch(job: str = "j1", attempt: int = 1, market: Market = Market.SPOT, cluster: str = "c1",
+           gpus: str = "A10G:1") -> Launch:
+    model, _, count = gpus.partition(":")
+    return Launch(cluster=cluster, job_id=job, attempt=attempt, market=market,
+                  resources=Resources(gpus=int(count), gpu_model=model, cpus=2))
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    with MotoServer(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+class Aws:
+    """moto, reset, with what a launch needs (AMI, two subnets, a security group, an instance profile)."""
+
+    def __init__(self, moto: MotoServer, ec2: Any) -> None:
+        self.moto, self.ec2 = moto, ec2
+        self.subnets: list[str] = []
+        self.cfg = AwsConfig()
+
+    def config(self, endpoint: str | None = None, **over: Any) -> AwsConfig:
+        return msgspec.structs.replace(self.cfg, endpoint_url=endpoint or self.moto.url, **over)
+
+    def provider(self, endpoint: str | None = None, **over: Any) -> AwsProvider:
+        return AwsProvider(self.config(endpoint, **over), nats_url=NATS_URL, store_url=STORE_URL)
+
+    async def instance(self, instance_id: str) -> dict[str, Any]:
+        reply = await self.ec2.describe_instances(InstanceIds=[instance_id])
+        return reply["Reservations"][0]["Instances"][0]
+
+    async def user_data(self, instance_id: str) -> str:
+        reply = await self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        return base64.b64decode(reply["UserData"]["Value"]).decode()
+
+
+@pytest.fixture
+async def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Aws]:
+    moto.reset()
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    session = get_session()
+    async with session.create_client("ec2", region_name="us-east-1", endpoint_url=moto.url) as ec2, \
+            session.create_client("iam", region_name="us-east-1", endpoint_url=moto.url) as iam:
+        await iam.create_instance_profile(InstanceProfileName="incl-agent")
+        env = Aws(moto, ec2)
+        subnets = sorted((await ec2.describe_subnets())["Subnets"], key=lambda s: s["AvailabilityZone"])
+        env.subnets = [s["SubnetId"] for s in subnets[:2]]
+        sg = (await ec2.describe_security_groups())["SecurityGroups"][0]["GroupId"]
+        ami = (await ec2.register_image(Name="incl-gpu", RootDeviceName="/dev/sda1"))["ImageId"]  # our own AMI
+        env.cfg = AwsConfig(ami=ami, subnets=env.subnets, security_group_ids=[sg], instance_profile="incl-agent",
+                            extra_tags={"team": "ml", TAG_CLUSTER: "not-this"}, catalog=CATALOG,
+                            api_max_attempts=1, launch_rounds=2, launch_backoff_initial=0.01,
+                            launch_backoff_max=0.02, describe_page_size=5)
+        yield env
+
+
+# --- launch -------------------------------------------------------------------------------------------------
+
+
+async def test_spot_launch_has_the_type_market_tags_and_user_data(aws: Aws) -> None:
+    """A spot launch: first candidate type in the first subnet, one-time spot, our tags, the rendered boot script."""
+    async with aws.provider() as provider:
+        got = await provider.launch(launch())
+    i = await aws.instance(got.instance_id)
+    tags = {t["Key"]: t["Value"] for t in i["Tags"]}
+    assert (i["InstanceType"], i["SubnetId"], i.get("InstanceLifecycle")) == ("g5.xlarge", aws.subnets[0], "spot")
+    assert tags == {TAG_CLUSTER: "c1", TAG_JOB: "j1", TAG_ATTEMPT: "1", TAG_ROLE: "agent", "team": "ml",
+                    "Name": "incl-c1-j1-1"}
+    assert i["IamInstanceProfile"]["Arn"].endswith("/incl-agent")
+    assert i["MetadataOptions"]["HttpTokens"] == "required"
+    assert i["ClientToken"] == client_token(launch(), "g5.xlarge", aws.subnets[0])
+    assert (got.instance_type, got.market, got.subnet_id, got.existing) == \
+        ("g5.xlarge", Market.SPOT, aws.subnets[0], False)
+    script = await aws.user_data(got.instance_id)
+    assert f"nats_url: {json.dumps(NATS_URL)}\n" in script and f"store_url: {json.dumps(STORE_URL)}\n" in script
+    assert "@@" not in script and script.startswith("#!/bin/bash\n")
+    subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+
+
+async def test_on_demand_launch_and_describe_reads_market_and_tags_back(aws: Aws) -> None:
+    """On-demand has no spot lifecycle; describe() reports both instances as the reconciler sees them."""
+    async with aws.provider() as provider:
+        spot = await provider.launch(launch("j1"))
+        od = await provider.launch(launch("j2", market=Market.ON_DEMAND))
+        seen = {i.instance_id: i for i in await provider.describe("c1")}
+    assert "InstanceLifecycle" not in await aws.instance(od.instance_id)
+    assert {k: (v.market, v.job_id, v.attempt, v.state in EXISTING) for k, v in seen.items()} == {
+        spot.instance_id: (Market.SPOT, "j1", 1, True), od.instance_id: (Market.ON_DEMAND, "j2", 1, True)}
+
+
+async def test_launching_one_attempt_twice_gives_one_instance(aws: Aws) -> None:
+    """A controller that retries a launch (crash, lost reply) gets the instance it made, never a second one."""
+    async with aws.provider() as provider:
+        first = await provider.launch(launch())
+    async with aws.provider() as provider:  # as after a restart
+        again = await provider.launch(launch())
+        other = await provider.launch(launch(attempt=2))
+        ours = await provider.describe("c1")
+    assert again.instance_id == first.instance_id and again.existing
+    assert other.instance_id != first.instance_id
+    assert sorted((i.job_id, i.attempt) for i in ours) == [("j1", 1), ("j1", 2)]
+
+
+async def test_capacity_errors_fail_over_to_the_next_subnet_then_type(aws: Aws) -> None:
+    """g5.xlarge has no capacity anywhere: both subnets are tried, then g5.2xlarge launches."""
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        proxy.fail = {"g5.xlarge": "InsufficientInstanceCapacity"}
+        got = await provider.launch(launch())
+    s1, s2 = aws.subnets
+    assert proxy.runs == [("g5.xlarge", s1, "InsufficientInstanceCapacity"),
+                          ("g5.xlarge", s2, "InsufficientInstanceCapacity"), ("g5.2xlarge", s1, "ok")]
+    assert (await aws.instance(got.instance_id))["InstanceType"] == "g5.2xlarge"
+
+
+async def test_a_subnet_without_the_type_is_skipped(aws: Aws) -> None:
+    """Unsupported in the first subnet's zone (and spot limits there): the same type launches in the second."""
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        proxy.fail = {aws.subnets[0]: "Unsupported"}
+        got = await provider.launch(launch())
+    assert (got.instance_type, got.subnet_id) == ("g5.xlarge", aws.subnets[1])
+
+
+async def test_no_capacity_anywhere_names_every_try_and_launches_nothing(aws: Aws) -> None:
+    """Every candidate fails, for every round: a clear error naming types, subnets and codes; no instance."""
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        proxy.fail = {"g5.xlarge": "InsufficientInstanceCapacity", "g5.2xlarge": "MaxSpotInstanceCountExceeded"}
+        with pytest.raises(NoCapacity) as caught:
+            await provider.launch(launch())
+        assert await provider.describe("c1") == []
+    assert len(proxy.runs) == 2 * 4  # launch_rounds x (2 types x 2 subnets)
+    s1, s2 = aws.subnets
+    message = str(caught.value)
+    assert message.startswith("no spot capacity for job j1 attempt 1 after 8 tries: ")
+    assert f"g5.xlarge in {s1}: InsufficientInstanceCapacity" in message
+    assert f"g5.2xlarge in {s2}: MaxSpotInstanceCountExceeded" in message
+
+
+async def test_other_errors_stop_the_launch_at_once(aws: Aws) -> None:
+    """An error that is not about capacity (a bad parameter) is not failed over: one try, a clear error."""
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        proxy.fail = {"g5.xlarge": "InvalidParameterValue"}
+        with pytest.raises(LaunchFailed, match="InvalidParameterValue"):
+            await provider.launch(launch())
+    assert len(proxy.runs) == 1
+
+
+async def test_no_instance_type_fits(aws: Aws) -> None:
+    """A job no catalog entry fits is refused with an error naming it, and nothing is launched."""
+    async with aws.provider() as provider:
+        with pytest.raises(NoInstanceType, match="job j1"):
+            await provider.launch(launch(gpus="A100:1"))
+
+
+# --- describe, terminate, interruptions -----------------------------------------------------------------------
+
+
+async def test_describe_pages_through_the_cluster_only(aws: Aws) -> None:
+    """Seven instances over two pages of five, and another cluster's instance left out."""
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        ids = {(await provider.launch(launch(f"j{n}"))).instance_id for n in range(7)}
+        await provider.launch(launch("x", cluster="c2"))
+        del proxy.actions[:]
+        assert {i.instance_id for i in await provider.describe("c1")} == ids
+    assert proxy.actions == ["DescribeInstances", "DescribeInstances"]
+
+
+async def test_terminate_touches_only_the_clusters_instances(aws: Aws) -> None:
+    """An instance without our tag, or another cluster's, survives a terminate that names it."""
+    async with aws.provider() as provider:
+        ours = (await provider.launch(launch())).instance_id
+        theirs = (await provider.launch(launch(cluster="c2"))).instance_id
+        bare = (await aws.ec2.run_instances(ImageId=aws.cfg.ami, MinCount=1, MaxCount=1,
+                                            InstanceType="t3.micro"))["Instances"][0]["InstanceId"]
+        assert await provider.terminate("c1", [ours, theirs, bare]) == [ours]
+        assert await provider.terminate("c1", [ours]) == []  # already on its way out
+    states = {i: (await aws.instance(i))["State"]["Name"] for i in (ours, theirs, bare)}
+    assert states[ours] == "terminated" and states[theirs] in EXISTING and states[bare] in EXISTING
+
+
+async def test_spot_interrupted_reads_the_state_reason(aws: Aws) -> None:
+    """Server.SpotInstanceTermination is an interruption; a user's terminate or an unknown id is not."""
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        a = (await provider.launch(launch("a"))).instance_id
+        b = (await provider.launch(launch("b"))).instance_id
+        await provider.terminate("c1", [a, b])
+        proxy.interrupted = {a}
+        assert await provider.spot_interrupted([a, b, "i-0123456789abcdef0"]) == {
+            a: True, b: False, "i-0123456789abcdef0": False}
+        seen = {i.instance_id: i.state_reason for i in await provider.describe("c1")}
+    assert seen == {a: "Server.SpotInstanceTermination", b: "Client.UserInitiatedShutdown"}
+
+
+# --- the boot script --------------------------------------------------------------------------------------------
+
+
+async def test_user_data_configures_the_agent_from_imdsv2(aws: Aws, tmp_path: Path) -> None:
+    """The launched instance's user-data, run by bash against the IMDSv2 fake: the agent's config names the
+    instance as the agent, the controller's NATS and the store, and the agent unit is restarted."""
+    async with aws.provider() as provider:
+        script = await aws.user_data((await provider.launch(launch())).instance_id)
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/systemctl.calls\n')
+    systemctl.chmod(0o755)
+    async with FakeImds() as imds:
+        endpoint = await imds.add(Instance(instance_id="i-0abc123", instance_type="g5.xlarge"))
+        env = {"PATH": os.environ["PATH"], "INCL_IMDS_ENDPOINT": endpoint, "INCL_CONFIG_DIR": str(tmp_path / "etc"),
+               "INCL_SYSTEMCTL": str(systemctl)}
+        proc = await asyncio.create_subprocess_exec("bash", "-c", script, env=env, stdout=PIPE, stderr=PIPE)
+        out, err = await proc.communicate()  # the loop keeps serving the fake meanwhile
+        assert proc.returncode == 0, err.decode()
+        assert out.decode() == "incl: agent i-0abc123 configured and started\n"
+        assert [(r.method, r.path, r.status) for r in imds.requests] == [
+            ("PUT", "/latest/api/token", 200), ("GET", "/latest/meta-data/instance-id", 200)]
+    config = yaml.safe_load((tmp_path / "etc" / "agent.yaml").read_text())
+    assert config == {"agent_id": "i-0abc123", "provider": "aws", "nats_url": NATS_URL, "store_url": STORE_URL,
+                      "work_dir": "/var/lib/incl/agent"}
+    assert (tmp_path / "etc" / "agent.yaml").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "systemctl.calls").read_text() == "restart incl-agent.service\n"
+
+
+# --- catalog, deploy files ------------------------------------------------------------------------------------
+
+
+def test_candidates_smallest_fitting_shape_first_or_the_jobs_own_list() -> None:
+    """GPU count, model (any case), CPUs and memory must fit; CPU jobs get CPU machines; instance_types wins."""
+    assert candidates(CATALOG, Resources(gpus=1, gpu_model="a10g")) == ["g5.xlarge", "g5.2xlarge"]
+    assert candidates(CATALOG, Resources(gpus=1)) == ["g5.xlarge", "g5.2xlarge", "p5.48xlarge"]
+    assert candidates(CATALOG, Resources(gpus=2, cpus=8)) == ["p5.48xlarge"]
+    assert candidates(CATALOG, Resources(gpus=1, memory=17 * 2**30)) == ["p5.48xlarge"]
+    assert candidates(CATALOG, Resources(cpus=2)) == ["m7i.2xlarge"]
+    assert candidates(CATALOG, Resources(cpus=64)) == []
+    assert candidates(CATALOG, Resources(gpus=1, instance_types=["g6.xlarge", "g6.xlarge", "g5.xlarge"])) == \
+        ["g6.xlarge", "g5.xlarge"]
+    assert shapes(CATALOG)[1] == Shape(cpus=192, memory=2048 * 2**30, gpus=8, gpu_model="H100")
+
+
+def test_example_config_loads() -> None:
+    """deploy/aws.example.yaml is a valid `aws:` config section."""
+    data = yaml.safe_load((DEPLOY / "aws.example.yaml").read_text())
+    cfg = msgspec.convert(data["aws"], AwsConfig)
+    assert cfg.catalog and all(e.instance_types for e in cfg.catalog)
+
+
+def _statements(name: str) -> list[dict[str, Any]]:
+    doc = json.loads((DEPLOY / "iam" / name).read_text())
+    assert doc["Version"] == "2012-10-17"
+    return doc["Statement"]
+
+
+def test_iam_policies_are_least_privilege_and_match_the_tags_the_provider_writes() -> None:
+    """Launch needs our cluster and role tags, terminate only our cluster's instances, the instance no EC2."""
+    by_sid = {s["Sid"]: s for s in _statements("controller-policy.json")}
+    run = by_sid["LaunchTaggedInstances"]
+    assert run["Action"] == "ec2:RunInstances" and run["Condition"]["StringEquals"] == {
+        f"aws:RequestTag/{TAG_CLUSTER}": "CLUSTER", f"aws:RequestTag/{TAG_ROLE}": "agent"}
+    assert by_sid["TagOnLaunchOnly"]["Condition"]["StringEquals"] == {"ec2:CreateAction": "RunInstances"}
+    term = by_sid["TerminateClusterInstances"]
+    assert term["Action"] == "ec2:TerminateInstances"
+    assert term["Condition"]["StringEquals"] == {f"aws:ResourceTag/{TAG_CLUSTER}": "CLUSTER"}
+    assert by_sid["PassInstanceRole"]["Condition"]["StringEquals"] == {"iam:PassedToService": "ec2.amazonaws.com"}
+    unconditioned = [s for s in by_sid.values() if "Condition" not in s]
+    assert all(a.startswith("ec2:Describe") for s in unconditioned if s["Resource"] == "*"
+               for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
+    actions = {a for s in _statements("instance-policy.json")
+               for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert actions and all(a.startswith("s3:") for a in actions)
+    trust = _statements("instance-trust-policy.json")
+    assert trust == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]

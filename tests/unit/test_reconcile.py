@@ -1,0 +1,240 @@
+"""Provisioning is a pure diff: launches, terminations with their reasons, lost attempts, and its invariants."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from incl.controller.reconcile import (
+    EXISTING,
+    TAG_ATTEMPT,
+    TAG_CLUSTER,
+    TAG_JOB,
+    Demand,
+    Launch,
+    Market,
+    ObservedInstance,
+    Plan,
+    Reason,
+    ReconcileConfig,
+    RegisteredAgent,
+    demand_of,
+    market_of,
+    plan,
+)
+from incl.proto.messages import Attempt, Job, JobState
+from incl.proto.spec import Resources, load_spec
+
+CFG = ReconcileConfig(cluster="c1", boot_timeout=600, idle_timeout=300, max_preemptions=2)
+NOW = 10_000.0
+
+
+def inst(iid: str, job: str | None = "j1", attempt: int | None = 1, state: str = "running",
+         launched: float = NOW - 60, cluster: str | None = "c1", reason: str | None = None) -> ObservedInstance:
+    tags = {TAG_CLUSTER: cluster} if cluster else {}
+    if job is not None:
+        tags[TAG_JOB] = job
+    if attempt is not None:
+        tags[TAG_ATTEMPT] = str(attempt)
+    return ObservedInstance(instance_id=iid, state=state, instance_type="g5.xlarge", market=Market.SPOT,
+                            launched_at=launched, tags=tags, state_reason=reason)
+
+
+def agent(iid: str, running: int = 0, idle_since: float | None = None, alive: bool = True) -> RegisteredAgent:
+    return RegisteredAgent(agent_id=iid, instance_id=iid, alive=alive, running=running, idle_since=idle_since)
+
+
+def want(job: str = "j1", attempt: int = 1, market: Market = Market.AUTO, preemptions: int = 0) -> Demand:
+    return Demand(job_id=job, attempt=attempt, resources=Resources(gpus=1), market=market, preemptions=preemptions)
+
+
+def reasons(p: Plan) -> dict[str, Reason]:
+    return {t.instance_id: t.reason for t in p.terminations}
+
+
+# --- launches -----------------------------------------------------------------------------------------------
+
+
+def test_a_queued_job_with_no_instance_gets_one_spot_launch_tagged_for_its_attempt() -> None:
+    """One launch per job: the cluster, job, attempt and resources it needs, spot by default."""
+    p = plan([want("j1"), want("j2", attempt=3)], [], [], CFG, NOW)
+    assert p.launches == [
+        Launch(cluster="c1", job_id="j1", attempt=1, market=Market.SPOT, resources=Resources(gpus=1)),
+        Launch(cluster="c1", job_id="j2", attempt=3, market=Market.SPOT, resources=Resources(gpus=1)),
+    ]
+    assert p.terminations == [] and p.lost == []
+
+
+def test_market_on_demand_when_asked_and_auto_after_max_preemptions() -> None:
+    """on_demand stays on-demand; auto turns on-demand at max_preemptions; spot=true stays spot."""
+    p = plan([want("od", market=Market.ON_DEMAND), want("a1", market=Market.AUTO, preemptions=1),
+              want("a2", market=Market.AUTO, preemptions=2), want("s", market=Market.SPOT, preemptions=9)],
+             [], [], CFG, NOW)
+    assert {x.job_id: x.market for x in p.launches} == {
+        "od": Market.ON_DEMAND, "a1": Market.SPOT, "a2": Market.ON_DEMAND, "s": Market.SPOT}
+
+
+def test_no_second_launch_while_the_attempts_instance_boots_or_serves() -> None:
+    """An existing instance tagged with the job and attempt (pending, running, stopped) means no new launch."""
+    for state in ("pending", "running", "stopped"):
+        assert plan([want()], [inst("i-1", state=state)], [], CFG, NOW).launches == []
+    assert plan([want(), want()], [], [], CFG, NOW).launches == [  # listed twice, launched once
+        Launch(cluster="c1", job_id="j1", attempt=1, market=Market.SPOT, resources=Resources(gpus=1))]
+
+
+def test_a_new_attempt_gets_its_own_instance() -> None:
+    """Attempt 2 launches although attempt 1's instance still exists (its agent may be lost)."""
+    p = plan([want(attempt=2)], [inst("i-1", attempt=1)], [agent("i-1", running=1)], CFG, NOW)
+    assert [(x.job_id, x.attempt) for x in p.launches] == [("j1", 2)]
+
+
+def test_an_attempt_whose_instance_is_gone_is_lost_not_launched_again() -> None:
+    """A spot instance terminated before the job ran: the attempt is reported lost, with the reason."""
+    gone = inst("i-1", state="terminated", reason="Server.SpotInstanceTermination")
+    p = plan([want()], [gone], [], CFG, NOW)
+    assert p.launches == [] and p.terminations == []
+    assert [(x.job_id, x.attempt, x.instance_id) for x in p.lost] == [("j1", 1, "i-1")]
+    assert "Server.SpotInstanceTermination" in p.lost[0].detail
+
+
+def test_an_instance_terminated_by_this_plan_makes_its_attempt_lost() -> None:
+    """Never registered and terminated now: the queued attempt it was for is lost, and not relaunched."""
+    p = plan([want()], [inst("i-1", launched=NOW - 601)], [], CFG, NOW)
+    assert reasons(p) == {"i-1": Reason.NEVER_REGISTERED}
+    assert p.launches == [] and "terminated now" in p.lost[0].detail
+
+
+# --- terminations ---------------------------------------------------------------------------------------------
+
+
+def test_never_registered_only_after_boot_timeout() -> None:
+    """No agent from the instance: kept while it boots, terminated once boot_timeout has passed."""
+    assert plan([], [inst("i-1", launched=NOW - 599)], [], CFG, NOW).terminations == []
+    p = plan([], [inst("i-1", launched=NOW - 600)], [], CFG, NOW)
+    assert reasons(p) == {"i-1": Reason.NEVER_REGISTERED} and "600s after launch" in p.terminations[0].detail
+
+
+def test_idle_after_idle_timeout_and_never_while_running_a_job() -> None:
+    """An empty agent goes after idle_timeout; a busy one never, however old."""
+    old = NOW - 10_000
+    observed = [inst("i-idle", launched=old), inst("i-fresh", launched=old), inst("i-busy", launched=old)]
+    agents = [agent("i-idle", idle_since=NOW - 300), agent("i-fresh", idle_since=NOW - 299),
+              agent("i-busy", running=1)]
+    p = plan([], observed, agents, CFG, NOW)
+    assert reasons(p) == {"i-idle": Reason.IDLE} and "idle for 300s" in p.terminations[0].detail
+
+
+def test_orphan_when_its_agent_is_lost_and_its_job_is_over() -> None:
+    """Lost agent and finished job: orphan. Lost agent but the job still live, or still booting: kept."""
+    old = NOW - 10_000
+    observed = [inst("i-orphan", job="done", launched=old), inst("i-live", job="running", launched=old),
+                inst("i-young", job="done", launched=NOW - 10)]
+    agents = [agent("i-orphan", alive=False), agent("i-live", alive=False), agent("i-young", alive=False)]
+    p = plan([], observed, agents, CFG, NOW, live_jobs={"running"})
+    assert reasons(p) == {"i-orphan": Reason.ORPHAN}
+
+
+def test_an_agent_that_registered_again_counts_as_alive() -> None:
+    """Two records for one instance (lost, then registered again): the alive one decides."""
+    agents = [agent("i-1", alive=False), RegisteredAgent(agent_id="i-1b", instance_id="i-1", running=1)]
+    assert plan([], [inst("i-1", launched=NOW - 10_000)], agents, CFG, NOW).terminations == []
+
+
+def test_never_touches_an_instance_without_our_cluster_tag() -> None:
+    """Untagged, or tagged for another cluster: never terminated, never counted for a job."""
+    old = NOW - 10_000
+    observed = [inst("i-none", cluster=None, launched=old), inst("i-other", cluster="c2", launched=old)]
+    p = plan([want()], observed, [], CFG, NOW)
+    assert p.terminations == [] and [x.job_id for x in p.launches] == ["j1"]
+
+
+def test_instances_on_their_way_out_are_not_terminated_again() -> None:
+    """shutting-down and terminated instances are never in the plan's terminations."""
+    old = NOW - 10_000
+    observed = [inst("i-1", state="shutting-down", launched=old), inst("i-2", state="terminated", launched=old)]
+    assert plan([], observed, [], CFG, NOW).terminations == []
+
+
+# --- from jobs ------------------------------------------------------------------------------------------------
+
+
+def test_demand_of_a_job_counts_attempts_and_preemptions() -> None:
+    """The next attempt number, preemptions so far, and the market from resources.spot."""
+    spec = load_spec({"run": "x", "resources": {"gpus": "H100:8"}})
+    attempts = [Attempt(number=n, agent_id="a", state=s, assigned_at=0.0)
+                for n, s in ((1, JobState.PREEMPTED), (2, JobState.LOST), (3, JobState.PREEMPTED))]
+    job = Job(id="j", spec=spec, user="u", state=JobState.QUEUED, submitted_at=0, updated_at=0, attempts=attempts)
+    d = demand_of(job, CFG)
+    assert (d.attempt, d.preemptions, d.market, d.resources.gpus, d.resources.gpu_model) == \
+        (4, 2, Market.AUTO, 8, "H100")
+    assert [market_of(v) for v in (True, False, "auto", None)] == \
+        [Market.SPOT, Market.ON_DEMAND, Market.AUTO, Market.AUTO]
+    assert market_of(None, Market.ON_DEMAND) is Market.ON_DEMAND
+
+
+# --- invariants -----------------------------------------------------------------------------------------------
+
+JOBS = st.sampled_from(["j1", "j2", "j3", "j4"])
+STATES = st.sampled_from(["pending", "running", "stopping", "stopped", "shutting-down", "terminated"])
+
+
+AGES = st.sampled_from([0.0, 599.0, 600.0, 5000.0])  # around boot_timeout (600) and idle_timeout (300)
+IDLE = st.none() | st.sampled_from([0.0, 299.0, 300.0, 5000.0])
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[list[Demand], list[ObservedInstance], list[RegisteredAgent], set[str]]:
+    desired = draw(st.lists(st.builds(Demand, job_id=JOBS, attempt=st.integers(1, 3),
+                                      market=st.sampled_from(list(Market)), preemptions=st.integers(0, 4)),
+                            max_size=6, unique_by=lambda d: (d.job_id, d.attempt)))
+    ids = [f"i-{n}" for n in range(draw(st.integers(0, 8)))]
+    observed = [inst(i, job=draw(st.none() | JOBS), attempt=draw(st.none() | st.integers(1, 3)),
+                     state=draw(STATES), launched=NOW - draw(AGES),
+                     cluster=draw(st.sampled_from(["c1", "c1", "c1", "c2", None]))) for i in ids]
+    agents = [RegisteredAgent(agent_id=f"a-{i}", instance_id=i, alive=draw(st.booleans()),
+                              running=draw(st.integers(0, 2)), idle_since=(None if (idle := draw(IDLE)) is None
+                                                                           else NOW - idle))
+              for i in ids if draw(st.integers(0, 3))]
+    live = set(draw(st.lists(JOBS, max_size=3)))
+    return desired, observed, agents, live
+
+
+@settings(max_examples=200, deadline=None)
+@given(worlds())
+def test_invariants(world: tuple[list[Demand], list[ObservedInstance], list[RegisteredAgent], set[str]]) -> None:
+    """For any world: only our existing instances go, never one running a job or booting; one launch at most
+    per job and attempt, none for an attempt any instance was tagged with; every demand is launched, covered
+    or lost; the plan does not depend on the order of its inputs."""
+    desired, observed, agents, live = world
+    p = plan(desired, observed, agents, CFG, NOW, live_jobs=live)
+    by_id = {i.instance_id: i for i in observed}
+    alive = {a.instance_id: a for a in agents if a.alive}
+    for t in p.terminations:
+        i = by_id[t.instance_id]
+        assert i.tags.get(TAG_CLUSTER) == "c1" and i.state in EXISTING
+        assert not (t.instance_id in alive and alive[t.instance_id].running > 0)
+        if t.reason is not Reason.IDLE:
+            assert NOW - i.launched_at >= CFG.boot_timeout and t.instance_id not in alive
+        if t.reason is Reason.ORPHAN:
+            assert i.job_id not in live and i.job_id not in {d.job_id for d in desired}
+    assert len({t.instance_id for t in p.terminations}) == len(p.terminations)
+    keys = [(x.job_id, x.attempt) for x in p.launches]
+    ours = {(i.job_id, i.attempt) for i in observed if i.tags.get(TAG_CLUSTER) == "c1"}
+    assert len(keys) == len(set(keys)) and not set(keys) & ours
+    lost = {(x.job_id, x.attempt) for x in p.lost}
+    assert set(keys) | lost <= {(d.job_id, d.attempt) for d in desired} and not set(keys) & lost
+    going = {t.instance_id for t in p.terminations}
+    for d in desired:  # covered (not launched, not lost) exactly when an instance of ours still serves it
+        serving = [i for i in observed if i.tags.get(TAG_CLUSTER) == "c1" and (i.job_id, i.attempt) ==
+                   (d.job_id, d.attempt) and i.state in EXISTING and i.instance_id not in going]
+        assert bool(serving) == ((d.job_id, d.attempt) not in set(keys) | lost)
+    for x in p.launches:
+        d = next(d for d in desired if (d.job_id, d.attempt) == (x.job_id, x.attempt))
+        on_demand = d.market is Market.ON_DEMAND or (d.market is Market.AUTO and d.preemptions >= 2)
+        assert x.market is (Market.ON_DEMAND if on_demand else Market.SPOT) and x.cluster == "c1"
+    shuffled = [list(x) for x in (desired, observed, agents)]
+    for xs in shuffled:
+        random.Random(0).shuffle(xs)
+    assert plan(*shuffled, CFG, NOW, live_jobs=live) == p
