@@ -1,0 +1,220 @@
+"""push_tree: a local folder into the store as content-addressed blobs plus a manifest, sending only what the
+store lacks.
+
+    walk (snapshot.py) → hash what the hash cache does not know → manifest → if the store is known or found to
+    hold the manifest, stop → find the blobs it lacks → upload them (each checked against its hash, each file's
+    stat compared again afterwards) → upload the manifest → move the ref
+
+Which blobs does the store lack? Measured against moto (bench/results/code_sync_strategies.*): listing
+5,000 blob keys took 1.6 s where 5,000 HEADs took 16 s; into an empty store, PUTting unasked took 20 s where
+HEAD-then-PUT took 37 s; into a store that held the blobs, PUTting them again took 23 s. So: list the store's
+first pages of blobs (enough to settle everything in a small store, a sample in a big one), then HEAD the
+rest if the sample says they are mostly there, else PUT the small ones unasked (content addressing makes a
+second PUT harmless) and HEAD only the big ones (see _missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from incl.artifacts import manifest as mf
+from incl.artifacts.batches import in_threads, run_all
+from incl.artifacts.config import TreeLimits
+from incl.artifacts.errors import FileChanged, UnreadableFile
+from incl.artifacts.hashcache import HashCache
+from incl.artifacts.refs import blob_key, manifest_key, write_ref
+from incl.artifacts.snapshot import Found, StatKey, walk_tree
+from incl.artifacts.store import ArtifactStore
+
+log = structlog.get_logger()
+
+Progress = Callable[[int, int], None]  # (bytes uploaded so far, bytes to upload)
+LIST_PAGE = 1000  # S3's largest LIST page
+_PAST_ALL = "g"  # sorts after every hex digest
+
+
+class PushResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    digest: str  # the manifest's SHA-256: the tree's id
+    files: int
+    bytes: int
+    hashed_files: int  # files read to hash them (the rest came from the hash cache)
+    uploaded_blobs: int
+    uploaded_bytes: int
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.blobs = self.bytes = 0
+        self.seen: set[str] = set()  # digests the store was seen to hold during this push
+
+
+async def push_tree(store: ArtifactStore, root: Path, *, gitignore: bool = False, exclude: Sequence[str] = (),
+                    ref: str | None = None, hash_cache: HashCache | None = None, progress: Progress | None = None,
+                    limits: TreeLimits = TreeLimits()) -> PushResult:
+    """Snapshot `root` into `store`; with `ref`, point that ref at it. See the module docstring."""
+    real_root = os.path.realpath(root)
+    walked_at = time.time_ns()
+    found, (cached, known) = await asyncio.gather(  # two threads: the walk, and the local records
+        asyncio.to_thread(walk_tree, Path(root), gitignore=gitignore, exclude=exclude, max_bytes=limits.max_bytes,
+                          biggest_shown=limits.biggest_shown),
+        asyncio.to_thread(_recall, hash_cache, real_root, store.identity, limits))
+    digests, hashed = await _hash(real_root, found, cached, limits)
+    data, digest = mf.encode(mf.build(_entries(found, digests)))
+    sent = _Sent()
+    try:
+        if digest not in known and await _send(store, real_root, found, digests, digest, known, sent, progress,
+                                               limits):
+            await store.put_bytes(manifest_key(digest), data)  # last: a stored manifest implies its blobs
+        sent.seen.add(digest)
+        if ref is not None:
+            await write_ref(store, ref, digest)
+    finally:
+        if hash_cache is not None:
+            await asyncio.to_thread(_remember, hash_cache, real_root, found, cached, hashed, store.identity,
+                                    sent.seen, walked_at - int(limits.racy_window * 1e9))
+    files = [f for f in found if f.kind == "file"]
+    result = PushResult(digest=digest, files=len(files), bytes=sum(f.stat.size for f in files),
+                        hashed_files=len(hashed), uploaded_blobs=sent.blobs, uploaded_bytes=sent.bytes)
+    log.info("tree_pushed", root=str(root), store=store.url, ref=ref, **msgspec.structs.asdict(result))
+    return result
+
+
+def _recall(cache: HashCache | None, real_root: str, store: str,
+            limits: TreeLimits) -> tuple[dict[str, tuple[StatKey, str]], set[str]]:
+    if cache is None:
+        return {}, set()
+    return cache.digests(real_root), cache.known(store, limits.known_ttl)
+
+
+def _remember(cache: HashCache, real_root: str, found: list[Found], cached: dict[str, tuple[StatKey, str]],
+              hashed: dict[str, str], store: str, seen: set[str], recent: int) -> None:
+    """Store new digests, except of files modified after `recent` (ns): so close to the walk that a change
+    right after it could leave the same mtime; forget files that are gone or changed."""
+    by_rel = {f.rel: f for f in found}
+    put = [(f"{real_root}/{rel}", by_rel[rel].stat, d) for rel, d in hashed.items()
+           if by_rel[rel].stat.mtime_ns < recent]
+    kept = {f"{real_root}/{f.rel}" for f in found if f.kind == "file" and f.rel not in hashed}
+    cache.update(put=put, drop=[p for p in cached if p not in kept], store=store, seen=seen)
+
+
+async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[StatKey, str]],
+                limits: TreeLimits) -> tuple[dict[str, str], dict[str, str]]:
+    """Every file's digest, and those of the files that had to be read for it."""
+    digests: dict[str, str] = {}
+    todo: list[Found] = []
+    for f in found:
+        if f.kind == "file":
+            hit = cached.get(f"{real_root}/{f.rel}")
+            if hit is not None and hit[0] == f.stat:
+                digests[f.rel] = hit[1]
+            else:
+                todo.append(f)
+    computed = await in_threads(todo, lambda f: f.stat.size,
+                                lambda batch: [hash_file(os.path.join(real_root, f.rel), f.stat) for f in batch],
+                                limits)
+    hashed = {f.rel: d for f, d in zip(todo, computed, strict=True)}
+    return digests | hashed, hashed
+
+
+def hash_file(path: str, expected: StatKey) -> str:
+    """The file's SHA-256; FileChanged if its stat differs from the walk's, before or after reading it."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise FileChanged(f"{path} was deleted while the tree was read", path=path) from None
+    except OSError as exc:
+        raise UnreadableFile(f"{path}: cannot read it ({exc.strerror})", path=path) from None
+    with f:
+        before = StatKey.of(os.fstat(f.fileno()))
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        after = StatKey.of(os.fstat(f.fileno()))
+    if not before == after == expected:
+        raise FileChanged(f"{path} changed while it was hashed; snapshot again once nothing writes to it",
+                          path=path)
+    return digest
+
+
+def _entries(found: list[Found], digests: dict[str, str]) -> list[mf.Entry]:
+    out = []
+    for f in found:
+        if f.kind == "file":
+            out.append(mf.Entry(path=f.rel, kind="file", mode=f.mode, size=f.stat.size, digest=digests[f.rel]))
+        elif f.kind == "dir":
+            out.append(mf.Entry(path=f.rel, kind="dir", mode=f.mode))
+        else:
+            out.append(mf.Entry(path=f.rel, kind="symlink", target=f.target))
+    return out
+
+
+async def _send(store: ArtifactStore, real_root: str, found: list[Found], digests: dict[str, str], digest: str,
+                known: set[str], sent: _Sent, progress: Progress | None, limits: TreeLimits) -> bool:
+    """Upload the blobs the store lacks; False when it turns out to hold the whole tree already."""
+    blobs: dict[str, Found] = {}
+    for f in found:
+        if f.kind == "file":
+            blobs.setdefault(digests[f.rel], f)
+    unknown = {d: f for d, f in blobs.items() if d not in known}
+    if not unknown:
+        return True
+    # Pushed before, from here or elsewhere? Then its blobs are there. Worth a request only when it could
+    # save more than a few small PUTs.
+    worth_asking = len(unknown) >= limits.blobs_per_list_page or any(
+        f.stat.size > limits.blind_put_max for f in unknown.values())
+    if worth_asking and await store.exists(manifest_key(digest)):
+        sent.seen |= blobs.keys()
+        return False
+    missing = await _missing(store, unknown, sent, limits)
+    total = sum(f.stat.size for f in missing.values())
+    if progress is not None:
+        progress(0, total)
+    await run_all(_put_blob(store, Path(real_root, f.rel), d, f.stat, sent, progress, total)
+                  for d, f in missing.items())
+    return True
+
+
+async def _missing(store: ArtifactStore, unknown: dict[str, Found], sent: _Sent,
+                   limits: TreeLimits) -> dict[str, Found]:
+    """The unknown blobs the store lacks. Blob keys sort by digest, so listing the first pages of blobs/
+    settles every unknown digest up to the last key listed: all of them when the store is small, else a
+    uniform sample that says whether the rest are mostly there (HEAD them) or mostly not (PUT them unasked)."""
+    held: set[str] = set()
+    settled_up_to = ""
+    if pages := len(unknown) // limits.blobs_per_list_page:
+        listing = await store.list("blobs/", limit=pages * LIST_PAGE)
+        held = {info.key.rsplit("/", 1)[-1] for info in listing} & unknown.keys()
+        settled_up_to = _PAST_ALL if len(listing) < pages * LIST_PAGE else listing[-1].key.rsplit("/", 1)[-1]
+    settled = sum(1 for d in unknown if d <= settled_up_to)
+    mostly_there = settled > 0 and len(held) * 2 >= settled
+    ask = [d for d, f in unknown.items()
+           if d > settled_up_to and (mostly_there or f.stat.size > limits.blind_put_max)]
+    answers = await run_all(store.exists(blob_key(d)) for d in ask)
+    held |= {d for d, there in zip(ask, answers, strict=True) if there}
+    sent.seen |= held
+    return {d: f for d, f in unknown.items() if d not in held}
+
+
+async def _put_blob(store: ArtifactStore, path: Path, digest: str, walked: StatKey, sent: _Sent,
+                    progress: Progress | None, total: int) -> None:
+    try:
+        await store.put_file(blob_key(digest), path, sha256=digest)
+        after = StatKey.of(os.stat(path))
+    except FileNotFoundError:
+        raise FileChanged(f"{path} was deleted while it was uploaded", path=str(path)) from None
+    except PermissionError as exc:
+        raise UnreadableFile(f"{path}: cannot read it ({exc.strerror})", path=str(path)) from None
+    sent.seen.add(digest)
+    if after != walked:
+        raise FileChanged(f"{path} changed while it was uploaded; snapshot again once nothing writes to it",
+                          path=str(path))
+    sent.blobs += 1
+    sent.bytes += walked.size
+    if progress is not None:
+        progress(sent.bytes, total)
