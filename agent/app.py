@@ -6,17 +6,23 @@ One lifespan around one TaskGroup: the heartbeat loop, the assignment consumer, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
 import yaml
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from incl.agent.config import AgentConfig
-from incl.agent.runner import Runner
+from incl.agent.docker import ContainerHandle, DockerRuntime
+from incl.agent.metadata import InstanceIdentity, open_metadata
+from incl.agent.runner import Resume, Runner
+from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.runtime import Launcher
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
 from incl.proto import subjects
@@ -26,6 +32,7 @@ from incl.proto.messages import (
     AgentCommand,
     AgentEvent,
     AgentInfo,
+    AgentInterrupted,
     Assign,
     CancelJob,
     Envelope,
@@ -35,10 +42,13 @@ from incl.proto.messages import (
     JobExited,
     JobRef,
     JobState,
+    LogBatch,
+    MetricBatch,
     RegisterReply,
     RegisterRequest,
     Resources,
 )
+from incl.artifacts.store import ArtifactStore, open_store
 from incl.proto.streams import ensure_buckets, ensure_streams
 from incl.proto.transport import connect, request
 from incl._daemon import consume
@@ -46,6 +56,7 @@ from incl._retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 _JOB: Decoder[Job] = Decoder(Job)
+_ASSIGN: Decoder[Assign] = Decoder(Assign)
 
 
 def _gpu_source(cfg: AgentConfig) -> RecordedSource | None:
@@ -64,6 +75,12 @@ class Agent:
         self.job_pids = ProcessTreeJobs()
         self.sampler = GpuSampler(_gpu_source(cfg), interval=cfg.gpu_sample_interval, job_of_pid=self.job_pids)
         self.gpu_alloc: dict[int, str] = {}  # GPU index -> the job holding it
+        self.docker: DockerRuntime | None = None
+        self.store: ArtifactStore | None = None
+        self._store_url = cfg.store_url
+        self._adopting: list[tuple[Assign, ContainerHandle]] = []
+        self.identity: InstanceIdentity | None = None  # on EC2: this instance, from IMDSv2
+        self.interruption: Interruption | None = None  # the spot notice, once it came
         self._nc: Client
         self._js: JetStreamContext
         self._tg: asyncio.TaskGroup
@@ -75,8 +92,16 @@ class Agent:
             agent_id=cfg.agent_id, hostname=socket.gethostname(), provider=cfg.provider, labels=cfg.labels,
             capacity=Resources(cpus=cfg.host_cpus(), memory=cfg.host_memory(), gpus=len(gpus),
                                gpu_model=gpus[0].model if gpus else None),
-            gpus=gpus,
+            gpus=gpus, runtimes=["process", "docker"] if self.docker is not None else ["process"],
+            **self._instance_fields(),
         )
+
+    def _instance_fields(self) -> dict[str, str | None]:
+        me = self.identity
+        if me is None:
+            return {}
+        return {"instance_id": me.instance_id, "instance_type": me.instance_type, "market": me.lifecycle,
+                "zone": me.availability_zone}
 
     def _allocate_gpus(self, job_id: str, count: int) -> list[int]:
         """The first `count` healthy, free GPUs (the controller only places a job where they exist)."""
@@ -91,7 +116,8 @@ class Agent:
         self.gpu_alloc = {i: j for i, j in self.gpu_alloc.items() if j != job_id}
 
     def running(self) -> list[JobRef]:
-        return [r.ref for r in self.runners.values()]
+        adopting = [JobRef(job_id=a.job_id, attempt=a.attempt) for a, _ in self._adopting]
+        return [r.ref for r in self.runners.values()] + adopting
 
     def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
         return forever(what, fn, initial=self.cfg.retry_initial, maximum=self.cfg.retry_max)
@@ -108,10 +134,21 @@ class Agent:
             buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(self._js))
             self._jobs_kv = buckets[subjects.JOBS_BUCKET]
             await self.sampler.open()
-            async with Launcher() as self.launcher, asyncio.TaskGroup() as tg:
+            async with open_metadata(cfg.provider, cfg.metadata) as metadata, Launcher() as self.launcher, \
+                    self._docker_engine() as self.docker, contextlib.AsyncExitStack() as stores, \
+                    asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self.sampler.run())
+                if cfg.provider == "aws":
+                    self.identity = await self._retry("instance_identity", metadata.identity)
+                    tg.create_task(SpotWatcher(metadata, self._on_spot_notice, cfg.spot).run())
+                self._adopting = await self._adoptable()
                 await self._register()
+                if self._store_url:
+                    self.store = await stores.enter_async_context(open_store(self._store_url, config=self.cfg.store))
+                for assign, handle in self._adopting:
+                    await self._adopt(assign, handle)
+                self._adopting = []
                 tg.create_task(self._heartbeat())
                 tg.create_task(self._consume())
         finally:
@@ -134,8 +171,9 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.cfg.retry_max)
         self._interval = reply.heartbeat_interval
+        self._store_url = self._store_url or reply.store_url
         self._stop(reply.stop, "the controller gave this attempt to another agent")
-        log.info("agent_registered", heartbeat_interval=self._interval)
+        log.info("agent_registered", heartbeat_interval=self._interval, store=self._store_url)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -198,22 +236,112 @@ class Agent:
                              state=job.state if job else None)
                     return
                 self._seen.add(key)
+                if self.interruption is not None:  # assigned before the controller heard of the notice
+                    await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
+                                                 preempted=True, reason="its spot instance is being reclaimed"))
+                    return
                 if job.cancel_requested:
                     await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
                                                  cancelled=True, reason="cancelled before it started"))
                     return
                 gpus = self._allocate_gpus(cmd.job_id, cmd.spec.resources.gpus) if self.sampler.gpus else None
-                runner = Runner(self.cfg, self._js, self.publish, cmd, launcher=self.launcher, gpus=gpus,
-                                job_pids=self.job_pids)
-                self.runners[key] = runner
-                self._tg.create_task(self._run(runner))
+                self._start(cmd, gpus)
 
-    async def _run(self, runner: Runner) -> None:
+    def _start(self, assign: Assign, gpus: list[int] | None, adopt: ContainerHandle | None = None,
+               resume: Resume | None = None) -> None:
+        runner = Runner(self.cfg, self._js, self.publish, assign, launcher=self.launcher, docker=self.docker,
+                        store=self.store, gpus=gpus, job_pids=self.job_pids, resume=resume)
+        self.runners[(assign.job_id, assign.attempt)] = runner
+        self._tg.create_task(self._run(runner, adopt))
+
+    async def _run(self, runner: Runner, adopt: ContainerHandle | None = None) -> None:
         try:
-            await runner.run()
+            await runner.run(adopt)
         finally:
             self.runners.pop((runner.ref.job_id, runner.ref.attempt), None)
             self._release_gpus(runner.ref.job_id)
+
+    # --- spot interruption ----------------------------------------------------------------------------------
+
+    async def _on_spot_notice(self, notice: SpotNotice) -> None:
+        """EC2 takes the instance at the deadline: every job gets SIGTERM (checkpoint now) and the time left,
+        less the upload reserve; each then saves its checkpoint and ends PREEMPTED, to resume elsewhere."""
+        if isinstance(notice, Rebalance):
+            log.warning("spot_rebalance_recommended", noticed_at=notice.noticed_at.isoformat())
+            return
+        self.interruption = notice
+        deadline = notice.deadline.timestamp()
+        grace = max(1.0, deadline - time.time() - self.cfg.spot_upload_reserve)
+        log.warning("spot_interruption", action=notice.action, deadline=notice.deadline.isoformat(),
+                    jobs=len(self.runners), grace=round(grace, 1))
+        await self._retry("publish_interruption", lambda: self._js.publish(
+            subjects.events(self.cfg.agent_id),
+            encode(AgentInterrupted(agent_id=self.cfg.agent_id, action=notice.action, deadline=deadline,
+                                    instance_id=self.identity.instance_id if self.identity else None)),
+            headers={"Nats-Msg-Id": f"{self.cfg.agent_id}.interrupted"}, timeout=self.cfg.request_timeout))
+        for runner in self.runners.values():
+            runner.stop(f"spot interruption: EC2 will {notice.action} the instance at "
+                        f"{notice.deadline.strftime('%H:%M:%S')} UTC", grace=grace, preempted=True)
+
+    # --- containers that outlived the previous agent process ---------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _docker_engine(self) -> AsyncIterator[DockerRuntime | None]:
+        """The Docker runtime when enabled and the engine answers; None: this agent runs processes only."""
+        if not self.cfg.docker.enabled:
+            yield None
+            return
+        async with DockerRuntime(self.cfg.docker) as docker:
+            if await docker.available():
+                yield docker
+                return
+            log.warning("docker_unavailable", url=self.cfg.docker.url)
+        yield None
+
+    async def _adoptable(self) -> list[tuple[Assign, ContainerHandle]]:
+        """This agent's containers still on the engine, with the assignment each was started for."""
+        if self.docker is None:
+            return []
+        found = []
+        for handle in await self.docker.find({"incl.agent": self.cfg.agent_id}):
+            job_id, attempt = handle.labels.get("incl.job", ""), handle.labels.get("incl.attempt", "")
+            path = Path(self.cfg.work_dir) / "jobs" / job_id / f"attempt-{attempt}" / "assign.msgpack"
+            try:
+                found.append((_ASSIGN.decode(path.read_bytes()), handle))
+            except (OSError, DecodeError) as exc:
+                log.warning("container_unknown_removed", container=handle.id, error=repr(exc))
+                await handle.stop(0)
+                await handle.remove()
+        return found
+
+    async def _adopt(self, assign: Assign, handle: ContainerHandle) -> None:
+        key = (assign.job_id, assign.attempt)
+        self._seen.add(key)
+        gpus = [int(g) for g in handle.labels.get("incl.gpus", "").split(",") if g]
+        for index in gpus:
+            self.gpu_alloc[index] = assign.job_id
+        resume = await self._resume_point(assign.job_id, assign.attempt)
+        log.info("container_adopted", job_id=assign.job_id, attempt=assign.attempt, container=handle.id,
+                 shipped_lines=resume.stdout + resume.stderr)
+        self._start(assign, gpus if self.sampler.gpus else None, adopt=handle, resume=resume)
+
+    async def _resume_point(self, job_id: str, attempt: int) -> Resume:
+        """How far the previous agent process got shipping this attempt's output (the streams are the truth)."""
+        resume = Resume()
+        for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(job_id), LogBatch),
+                                     (subjects.METRICS_STREAM, subjects.metrics(job_id), MetricBatch)):
+            try:
+                msg = await self._retry("last_batch", lambda: self._js.get_last_msg(stream, subject))
+                batch = Decoder(cls).decode(msg.data or b"")
+            except (NotFoundError, DecodeError):
+                continue
+            if batch.attempt != attempt:
+                continue
+            if isinstance(batch, LogBatch):
+                resume.stdout, resume.stderr, resume.log_seq = batch.stdout_total, batch.stderr_total, batch.seq + 1
+            else:
+                resume.metric_seq = batch.seq + 1
+        return resume
 
     async def _current(self, job_id: str) -> Job | None:
         """The job as the controller last wrote it: the guard against running a stale assignment."""

@@ -9,6 +9,10 @@ from pathlib import Path
 import msgspec
 
 from incl import _daemon
+from incl.agent.docker import DockerSettings
+from incl.agent.metadata import MetadataConfig
+from incl.agent.spotwatch import SpotWatchConfig
+from incl.artifacts.store import StoreConfig
 from incl.proto.streams import StreamLimits
 
 
@@ -55,6 +59,19 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tail_lines: int = 20  # last lines sent with the exit event, for `incl show`
 
     streams: StreamLimits = StreamLimits()
+
+    # Files: the artifact store (None: the one the controller names at registration) and the Docker runtime.
+    store_url: str | None = None
+    store: StoreConfig = StoreConfig()
+    checkpoint_sync_attempts: int = 5  # a file the job writes while it is read: snapshot again, this many times
+    checkpoint_retry_delay: float = 0.2
+    docker: DockerSettings = DockerSettings()
+
+    # On EC2 (provider "aws"): instance metadata through IMDSv2, and the spot-interruption watcher. After a notice
+    # the jobs get SIGTERM and the time left to the deadline, less this reserve for uploading their checkpoints.
+    metadata: MetadataConfig = MetadataConfig()
+    spot: SpotWatchConfig = SpotWatchConfig()
+    spot_upload_reserve: float = 30.0
 
     def host_cpus(self) -> float:
         return self.cpus if self.cpus is not None else float(os.cpu_count() or 1)

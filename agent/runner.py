@@ -1,26 +1,35 @@
-"""One attempt of one job on this agent: prepare, run setup and the command, ship output, report the end."""
+"""One attempt of one job on this agent: prepare its files, run it, ship its output, save its results.
+
+prepare (code from the snapshot, checkpoint restore, data) → run (processes or a container, see execution.py)
+→ finish (checkpoint sync, outputs upload, the exit event). A container outlives a crashed agent: the
+restarted agent builds a Runner for it with `adopt`, which skips preparing and resumes shipping its output.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import structlog
 from nats.js import JetStreamContext
 
-import incl
 from incl.agent import runtime
 from incl.agent.channel import MetricChannel
 from incl.agent.config import AgentConfig
+from incl.agent.docker import ContainerHandle, ContainerSpec, DockerRuntime, Mount
+from incl.agent.execution import ContainerExecution, Execution, Outcome, ProcessExecution
 from incl.agent.shipper import LineSplitter, Shipper
 from incl.agent.telemetry import ProcessTreeJobs
+from incl.agent.workspace import JobFiles, Workspace, link_data
+from incl.artifacts.store import ArtifactStore
 from incl.proto import subjects
+from incl.proto.codec import encode
 from incl.proto.messages import (
     AgentEvent,
     Assign,
@@ -33,69 +42,83 @@ from incl.proto.messages import (
     MetricBatch,
     MetricPoint,
     Stream,
+    TreeRef,
 )
 
 log = structlog.get_logger()
 
 Publish = Callable[[AgentEvent], Awaitable[None]]
-COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".venv", "*.pyc")
+
+# Where a container sees the job's folders.
+IN_CONTAINER = {"code": "/incl/code", "outputs": "/incl/outputs", "checkpoints": "/incl/checkpoints",
+                "sdk": "/incl/sdk", "run": "/incl/run", "metrics": "/incl/metrics"}
 
 
-def sdk_dir(work_dir: Path) -> Path:
-    """A folder holding only the standard-library `incl` SDK, put first on the job's PYTHONPATH."""
-    target = work_dir / "sdk" / "incl"
-    if not (target / "_sdk.py").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        src = Path(incl.__file__).parent
-        for name in ("__init__.py", "_sdk.py"):
-            shutil.copyfile(src / name, target / name)
-    return target.parent
+class Resume:
+    """Where a re-adopted container's output shipping resumes: lines already shipped and the next batch seqs."""
+
+    def __init__(self, stdout: int = 0, stderr: int = 0, log_seq: int = 0, metric_seq: int = 0) -> None:
+        self.stdout, self.stderr, self.log_seq, self.metric_seq = stdout, stderr, log_seq, metric_seq
 
 
 class Runner:
     def __init__(self, cfg: AgentConfig, js: JetStreamContext, publish: Publish, assign: Assign, *,
-                 launcher: runtime.Launcher, gpus: list[int] | None = None,
-                 job_pids: ProcessTreeJobs | None = None) -> None:
+                 launcher: runtime.Launcher, docker: DockerRuntime | None = None,
+                 store: ArtifactStore | None = None, gpus: list[int] | None = None,
+                 job_pids: ProcessTreeJobs | None = None, resume: Resume | None = None) -> None:
         self.cfg = cfg
-        self._launcher = launcher
+        self._launcher, self._docker, self._store = launcher, docker, store
         self._gpus = gpus  # None: this host has no GPUs to hand out
         self._job_pids = job_pids
-        self._js = js
         self._publish = publish
         self.assign = assign
         self.ref = JobRef(job_id=assign.job_id, attempt=assign.attempt)
-        self._handle: runtime.ProcessHandle | None = None
-        self._stopping: asyncio.Task[None] | None = None
+        self.ws = Workspace(Path(cfg.work_dir), assign.job_id, assign.attempt)
+        self._exec: Execution | None = None
         self._stop_reason: str | None = None
-        self._cancelled = False
+        self._cancelled = self._preempted = False
         self._grace = cfg.cancel_grace
         self._tail: collections.deque[bytes] = collections.deque(maxlen=cfg.tail_lines)
         self._splitter = LineSplitter(cfg.max_line_bytes)
+        resume = resume or Resume()
+        self._skip = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}  # replayed lines to drop
+        self._totals = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}
         a = assign
         common = dict(max_items=cfg.batch_max_lines, max_bytes=cfg.batch_max_bytes,
                       buffer_max_bytes=cfg.buffer_max_bytes, flush_interval=cfg.flush_interval,
                       timeout=cfg.request_timeout, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max)
-        self._logs = Shipper(js, subjects.logs(a.job_id), f"{a.job_id}.{a.attempt}.log",
-                             lambda seq, lines: LogBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, lines=lines),
-                             **common)
+        self._logs = Shipper(js, subjects.logs(a.job_id), f"{a.job_id}.{a.attempt}.log", self._log_batch,
+                             first_seq=resume.log_seq, **common)
         self._metrics = Shipper(js, subjects.metrics(a.job_id), f"{a.job_id}.{a.attempt}.metric",
                                 lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, points=pts),
-                                **common)
+                                first_seq=resume.metric_seq, **common)
 
-    def stop(self, reason: str, grace: float | None = None, cancelled: bool = False) -> None:
-        """Ask the attempt to stop: SIGTERM to its process group, SIGKILL after the grace period."""
+    def stop(self, reason: str, grace: float | None = None, cancelled: bool = False, preempted: bool = False) -> None:
+        """Ask the attempt to stop: SIGTERM to all its processes, SIGKILL after the grace period. Its checkpoint
+        and outputs are saved once it has ended, however it ends."""
         if self._stop_reason is not None:
             return
-        self._stop_reason, self._cancelled = reason, cancelled
+        self._stop_reason, self._cancelled, self._preempted = reason, cancelled, preempted
         if grace is not None:
             self._grace = grace
-        if self._handle is not None:
-            self._stopping = asyncio.create_task(self._handle.stop(self._grace))
+        if self._exec is not None:
+            self._exec.stop(self._grace)
 
     # --- output -------------------------------------------------------------------------------------------
 
+    def _log_batch(self, seq: int, lines: list[LogLine]) -> LogBatch:
+        for line in lines:
+            if line.stream in self._totals:
+                self._totals[line.stream] += 1
+        return LogBatch(job_id=self.ref.job_id, attempt=self.ref.attempt, seq=seq, lines=lines,
+                        stdout_total=self._totals[Stream.STDOUT], stderr_total=self._totals[Stream.STDERR])
+
     async def _on_output(self, stream: Stream, chunk: bytes) -> None:
         lines = self._splitter.feed(stream, chunk)
+        if self._skip.get(stream):
+            drop = min(self._skip[stream], len(lines))
+            self._skip[stream] -= drop
+            lines = lines[drop:]
         if lines:
             await self._ship_lines(lines)
 
@@ -109,98 +132,235 @@ class Runner:
     async def _on_metric(self, point: MetricPoint) -> None:
         await self._metrics.add([point], 32 + 24 * len(point.values))
 
-    # --- the attempt --------------------------------------------------------------------------------------
+    # --- preparing ----------------------------------------------------------------------------------------
 
-    def _dirs(self) -> tuple[Path, Path, Path]:
-        job_root = Path(self.cfg.work_dir) / "jobs" / self.ref.job_id
-        code = job_root / f"attempt-{self.ref.attempt}" / "code"
-        outputs, checkpoints = job_root / "outputs", job_root / "checkpoints"
-        for d in (code, outputs, checkpoints):
-            d.mkdir(parents=True, exist_ok=True)
-        return code, outputs, checkpoints
+    def _has_preparation(self) -> bool:
+        spec = self.assign.spec
+        return bool(self.assign.code or spec.workdir or spec.setup or spec.image or spec.data or self.ref.attempt > 1)
 
-    def _env(self, outputs: Path, checkpoints: Path, socket_path: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INCL_")}
-        env.update(self.assign.spec.env)
+    async def _prepare(self, files: JobFiles | None) -> list[Mount]:
+        """Code, checkpoints and data in place; the data mounts a container needs. Raises PrepareFailed."""
+        spec, code = self.assign.spec, self.assign.code
+        if code is not None:
+            if files is None:
+                raise PrepareFailed("the job has a code snapshot but this agent has no artifact store")
+            got = await _step("fetching the job's code", files.fetch_code(code))
+            await self._system(f"incl: code {code.digest[:12]}: {got.files} files, "
+                               f"{got.downloaded_bytes} bytes downloaded ({got.downloaded_blobs} blobs)")
+        if files is not None and (restored := await _step("restoring checkpoints", files.restore_checkpoints())):
+            await self._system(f"incl: checkpoint restored: {restored.files} files")
+        mounts = []
+        for mount in spec.data:
+            source = await _step(f"fetching data {mount.source}", _fetch_data(files, mount))
+            if spec.image:
+                target = mount.target if mount.target.startswith("/") else f"{IN_CONTAINER['code']}/{mount.target}"
+                mounts.append(Mount(source=str(source), target=target, read_only=True))
+            else:
+                link_data(self.ws.code, mount.target, source)
+        return mounts
+
+    # --- running ------------------------------------------------------------------------------------------
+
+    def _socket_dir(self) -> Path:
+        # Short (a unix socket path has ~100 bytes) and a folder of its own, so that a container that mounts it
+        # sees the socket a restarted agent re-creates.
+        return Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" / f"{self.ref.job_id}-{self.ref.attempt}"
+
+    def _env(self, paths: dict[str, str], inherit: bool) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INCL_")} if inherit else {}
+        spec = self.assign.spec
+        env.update(spec.env)
+        env.update(spec.secrets)
         env.update(self.assign.env)
-        sdk = str(sdk_dir(Path(self.cfg.work_dir)))
         env.update({
-            "INCL_OUTPUT_DIR": str(outputs),
-            "INCL_CHECKPOINT_DIR": str(checkpoints),
-            "INCL_METRICS_SOCKET": socket_path,
-            "PYTHONPATH": sdk + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+            "INCL_OUTPUT_DIR": paths["outputs"],
+            "INCL_CHECKPOINT_DIR": paths["checkpoints"],
+            "INCL_CODE_DIR": paths["code"],
+            "INCL_METRICS_SOCKET": f"{paths['metrics']}/m.sock",
+            "PYTHONPATH": paths["sdk"] + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
             "PYTHONUNBUFFERED": "1",
         })
-        if self._gpus is not None:  # a job sees exactly the GPUs it was given (none for a CPU job)
-            env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(map(str, self._gpus))
-            env["INCL_GPUS"] = env["CUDA_VISIBLE_DEVICES"]
+        if self._gpus is not None:  # the host's indices of the GPUs this job was given (none for a CPU job)
+            env["INCL_GPUS"] = ",".join(map(str, self._gpus))
+            if inherit:  # processes see exactly their GPUs; a container gets them as a device request and
+                # sees them renumbered from 0, so host indices there would hide them
+                env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = env["INCL_GPUS"]
         return env
 
-    async def _prepare_code(self, code: Path) -> str | None:
-        workdir = self.assign.spec.workdir
-        if not workdir:
-            return None
-        if not Path(workdir).is_dir():
-            return f"workdir {workdir} does not exist on agent {self.cfg.agent_id}"
-        await asyncio.to_thread(shutil.copytree, workdir, code, ignore=COPY_IGNORE, symlinks=True,
-                                dirs_exist_ok=True)
-        return None
+    def _host_paths(self) -> dict[str, str]:
+        ws = self.ws
+        return {"code": str(ws.code), "outputs": str(ws.outputs), "checkpoints": str(ws.checkpoints),
+                "sdk": str(ws.sdk), "run": str(ws.run), "metrics": str(self._socket_dir())}
 
-    async def _start(self, script: str, cwd: Path, env: dict[str, str]) -> runtime.ProcessHandle:
-        self._handle = await self._launcher.start([self.cfg.shell, "-c", script], str(cwd), env, self._on_output)
-        if self._job_pids is not None:
-            self._job_pids.add(self.ref.job_id, self._handle.pid)
-        if self._stop_reason is not None:  # stopped while it was starting
-            self._stopping = asyncio.create_task(self._handle.stop(self._grace))
-        return self._handle
+    def _execution(self, data_mounts: list[Mount]) -> Execution:
+        spec = self.assign.spec
+        if not spec.image:
+            def on_pid(pid: int) -> None:
+                if self._job_pids is not None:
+                    self._job_pids.add(self.ref.job_id, pid)
 
-    async def run(self) -> None:
+            return ProcessExecution(self._launcher, self.cfg.shell, spec.setup, spec.run, self.ws.code,
+                                    self._env(self._host_paths(), inherit=True), self._on_output, on_pid)
+        if self._docker is None:
+            raise PrepareFailed(f"the job needs Docker for image {spec.image}, and agent {self.cfg.agent_id} "
+                                "has no Docker engine")
+        return ContainerExecution(self._docker, self._container_spec(data_mounts), self.ws.run, self._on_output,
+                                  auth=_registry_auth(spec.secrets), progress=self._system,
+                                  poll_interval=self.cfg.docker.poll_interval)
+
+    def _container_spec(self, data_mounts: list[Mount]) -> ContainerSpec:
+        spec, host = self.assign.spec, self._host_paths()
+        argv = ContainerExecution.write_scripts(self.ws.run, IN_CONTAINER["run"], spec.setup, spec.run)
+        mounts = [Mount(source=host[k], target=IN_CONTAINER[k], read_only=(k == "sdk")) for k in IN_CONTAINER]
+        return ContainerSpec(
+            name=f"incl-{self.ref.job_id}-{self.ref.attempt}", image=spec.image or "", argv=argv,
+            env=self._env(IN_CONTAINER, inherit=False), working_dir=IN_CONTAINER["code"],
+            mounts=mounts + data_mounts, gpus=self._gpus or None, shm_size=spec.resources.shm_size,
+            memory=spec.resources.memory, cpus=spec.resources.cpus, labels=self.labels())
+
+    def labels(self) -> dict[str, str]:
+        """How a restarted agent knows its containers (and the GPUs each holds)."""
+        return {"incl.agent": self.cfg.agent_id, "incl.job": self.ref.job_id, "incl.attempt": str(self.ref.attempt),
+                "incl.gpus": ",".join(map(str, self._gpus or []))}
+
+    async def _running(self, pid: int | None) -> None:
+        await self._publish(self._event(JobRunning, pid=pid))
+
+    @contextlib.asynccontextmanager
+    async def _checkpointing(self, files: JobFiles | None) -> AsyncIterator[None]:
+        """Sync the checkpoint dir every `checkpoint.sync_every` while the job runs."""
+        every = self.assign.spec.checkpoint.sync_every
+        if files is None or every <= 0:
+            yield
+            return
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await self._sync_checkpoints(files)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sync_checkpoints(self, files: JobFiles) -> None:
+        try:
+            pushed = await files.sync_checkpoints(self.cfg.checkpoint_sync_attempts, self.cfg.checkpoint_retry_delay)
+        except Exception as exc:
+            log.warning("checkpoint_sync_failed", error=repr(exc))
+            await self._system(f"incl: checkpoint sync failed: {exc}")
+            return
+        if pushed.uploaded_blobs:
+            log.info("checkpoint_synced", files=pushed.files, uploaded=pushed.uploaded_bytes)
+
+    async def run(self, adopt: ContainerHandle | None = None) -> None:
         structlog.contextvars.bind_contextvars(job_id=self.ref.job_id, attempt=self.ref.attempt)
         self._logs.start()
         self._metrics.start()
-        exit_code: int | None = None
-        reason: str | None = None
+        outcome, outputs = Outcome(None), None
+        files = JobFiles(self._store, self.ws.create(), self.cfg.store) if self._store is not None else None
         try:
-            spec = self.assign.spec
-            if spec.workdir or spec.setup:  # something to prepare first: say so (nothing: straight to RUNNING)
-                await self._publish(self._event(JobStarting))
-            code, outputs, checkpoints = self._dirs()
-            reason = await self._prepare_code(code)
-            sock = os.path.join(tempfile.gettempdir(), f"incl-{os.getuid()}", f"{self.ref.job_id}-{self.ref.attempt}.sock")
-            env = self._env(outputs, checkpoints, sock)
-            async with MetricChannel(sock, self._on_metric):
-                if reason is None and spec.setup and self._stop_reason is None:
-                    status = await (await self._start(spec.setup, code, env)).wait()
-                    if status != 0 and self._stop_reason is None:
-                        exit_code, reason = status, f"setup failed with exit code {status}"
-                if reason is None and self._stop_reason is None:
-                    handle = await self._start(spec.run, code, env)
-                    await self._publish(self._event(JobRunning, pid=handle.pid))
-                    exit_code = await handle.wait()
+            data_mounts: list[Mount] = []
+            if adopt is None:
+                (self.ws.dir / "assign.msgpack").write_bytes(encode(self.assign))
+                if self._has_preparation():
+                    await self._publish(self._event(JobStarting))
+                data_mounts = await self._prepare(files)
+            if self._stop_reason is None or adopt is not None:
+                self._exec = self._execution(data_mounts)
+                if self._stop_reason is not None:
+                    self._exec.stop(self._grace)
+                async with MetricChannel(str(self._socket_dir() / "m.sock"), self._on_metric), \
+                        self._checkpointing(files):
+                    if isinstance(self._exec, ContainerExecution):
+                        outcome = await self._exec.run(_noop if adopt else self._running, adopt=adopt)
+                    else:
+                        outcome = await self._exec.run(self._running)
+        except PrepareFailed as exc:
+            outcome = Outcome(None, str(exc))
         except Exception as exc:
             log.exception("attempt_failed")
-            reason = reason or f"agent error: {type(exc).__name__}: {exc}"
+            outcome = Outcome(outcome.exit_code, f"agent error: {type(exc).__name__}: {exc}")
         finally:
             if self._job_pids is not None:
                 self._job_pids.remove(self.ref.job_id)
+            if files is not None:
+                outputs = await self._save(files)
             if rest := self._splitter.flush():
                 await self._ship_lines(rest)
-            if reason:
+            if reason := self._reason(outcome):
                 await self._system(f"incl: {reason}")
             await self._logs.close()
             await self._metrics.close()
-        signal_ = -exit_code if exit_code is not None and exit_code < 0 else None
-        if exit_code == 127 and reason is None:
-            reason = "command not found (exit code 127)"
+        await self._exited(outcome, outputs)
+        if self._store is not None:
+            self.ws.remove()
+
+    async def _save(self, files: JobFiles) -> TreeRef | None:
+        """However the attempt ended: its last checkpoint and its outputs go to the store."""
+        await self._sync_checkpoints(files)
+        try:
+            outputs = await files.upload_outputs(self.assign.spec.outputs.exclude)
+        except Exception as exc:
+            log.warning("outputs_upload_failed", error=repr(exc))
+            await self._system(f"incl: uploading outputs failed: {exc}")
+            return None
+        if outputs.files:
+            await self._system(f"incl: outputs saved: {outputs.files} files, {outputs.bytes} bytes")
+        return outputs
+
+    def _reason(self, outcome: Outcome) -> str | None:
+        code, reason = outcome.exit_code, outcome.reason
         if self._stop_reason is not None:
-            reason = self._stop_reason
-        elif signal_ is not None and reason is None:
-            reason = f"killed by signal {signal_}"
+            return self._stop_reason
+        if reason is None and code == 127:
+            return "command not found (exit code 127)"
+        if reason is None and code is not None and code < 0:
+            return f"killed by signal {-code}"
+        return reason
+
+    async def _exited(self, outcome: Outcome, outputs: TreeRef | None) -> None:
+        code = outcome.exit_code
+        signal_ = -code if code is not None and code < 0 else None
+        reason = self._reason(outcome)
         await self._publish(self._event(
-            JobExited, exit_code=exit_code if signal_ is None else 128 + signal_, signal=signal_,
-            reason=reason, cancelled=self._cancelled,
-            tail=[b.decode("utf-8", "replace") for b in self._tail]))
-        log.info("attempt_ended", exit_code=exit_code, reason=reason)
+            JobExited, exit_code=code if signal_ is None else 128 + signal_, signal=signal_, reason=reason,
+            cancelled=self._cancelled, preempted=self._preempted,
+            tail=[b.decode("utf-8", "replace") for b in self._tail], outputs=outputs))
+        log.info("attempt_ended", exit_code=code, reason=reason)
 
     def _event(self, cls: type[AgentEvent], **fields: object) -> AgentEvent:
         return cls(job_id=self.ref.job_id, attempt=self.ref.attempt, agent_id=self.cfg.agent_id, **fields)
+
+
+class PrepareFailed(Exception):
+    """The attempt could not be prepared; the message is the reason the user sees."""
+
+
+async def _step(what: str, work: Awaitable[object]) -> object:
+    try:
+        return await work
+    except PrepareFailed:
+        raise
+    except Exception as exc:
+        raise PrepareFailed(f"{what} failed: {exc}") from exc
+
+
+async def _fetch_data(files: JobFiles | None, mount: object) -> Path:
+    if files is None:
+        raise PrepareFailed("data mounts need an artifact store on the agent")
+    return await files.fetch_data(mount)  # type: ignore[arg-type]
+
+
+async def _noop(pid: int | None) -> None:
+    return None
+
+
+def _registry_auth(secrets: dict[str, str]) -> dict[str, str] | None:
+    if "REGISTRY_USERNAME" in secrets and "REGISTRY_PASSWORD" in secrets:
+        return {"username": secrets["REGISTRY_USERNAME"], "password": secrets["REGISTRY_PASSWORD"]}
+    return None

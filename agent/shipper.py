@@ -23,7 +23,7 @@ class Shipper:
     def __init__(self, js: JetStreamContext, subject: str, msg_id: str,
                  make_batch: Callable[[int, list[Any]], Any], *, max_items: int, max_bytes: int,
                  buffer_max_bytes: int, flush_interval: float, timeout: float,
-                 retry_initial: float, retry_max: float) -> None:
+                 retry_initial: float, retry_max: float, first_seq: int = 0) -> None:
         self._js = js
         self._subject = subject
         self._msg_id = msg_id
@@ -35,7 +35,7 @@ class Shipper:
         self._retry = (retry_initial, retry_max)
         self._items: list[tuple[Any, int]] = []
         self._bytes = 0
-        self._seq = 0
+        self._seq = first_seq  # a re-adopted job's shipping continues where the crashed agent's ended
         self._full = asyncio.Event()
         self._room = asyncio.Condition()
         self._closing = False

@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 
 from incl.proto import subjects
 from incl.proto.codec import Decoder
-from incl.proto.errors import DecodeError, Unavailable
+from incl.proto.errors import DecodeError, InclError, Unavailable
 from incl.proto.messages import (
     TERMINAL,
     AgentView,
@@ -42,6 +42,7 @@ from incl.proto.messages import (
     Request,
     SubmitReply,
     SubmitRequest,
+    TreeRef,
 )
 from incl.proto.spec import JobSpec
 from incl.proto.transport import request
@@ -114,9 +115,15 @@ class Client:
     async def ping(self) -> PingReply:
         return await self._call(subjects.PING, PingRequest(meta=self._meta()), PingReply)
 
-    async def submit(self, spec: JobSpec, user: str) -> Job:
-        return (await self._call(subjects.SUBMIT, SubmitRequest(meta=self._meta(), spec=spec, user=user),
+    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None) -> Job:
+        return (await self._call(subjects.SUBMIT, SubmitRequest(meta=self._meta(), spec=spec, user=user, code=code),
                                  SubmitReply)).job
+
+    async def store_url(self) -> str:
+        url = (await self.ping()).store_url
+        if not url:
+            raise InclError("the controller names no artifact store (its `store_url` is empty)")
+        return url
 
     async def jobs(self, states: list[JobState] | None = None, user: str | None = None) -> list[Job]:
         return (await self.jobs_reply(states, user)).jobs

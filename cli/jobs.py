@@ -20,6 +20,15 @@ def gpu_cell(job: Job, util: float | None) -> str:
     return f"{job.spec.resources.gpus}×" + ("" if util is None else f" {util:.0f}%")
 
 
+def attempt_cell(job: Job) -> str:
+    """The attempt number, and how many times a spot preemption sent the job to another instance."""
+    cur = job.current
+    if cur is None:
+        return "-"
+    recoveries = sum(a.state is JobState.PREEMPTED for a in job.attempts)
+    return f"{cur.number}" + (f" ({recoveries} recovered)" if recoveries else "")
+
+
 def _runtime(job: Job) -> float | None:
     cur = job.current
     if cur is None or cur.started_at is None:
@@ -54,7 +63,7 @@ def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, as_json:
     for job in jobs:
         cur = job.current
         table.add_row(job.id, job.spec.name or "-", job.user, state(job.state),
-                      str(cur.number) if cur else "-", cur.agent_id if cur else "-", ago(job.submitted_at),
+                      attempt_cell(job), cur.agent_id if cur else "-", ago(job.submitted_at),
                       duration(_runtime(job)), gpu_cell(job, reply.gpu_util.get(job.id)), job.reason or "")
     console.print(table)
 
@@ -91,12 +100,15 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
             console.print(f"  {key:<17}{value}", highlight=False)
     if job.attempts:
         table = Table(title="attempts", box=None, header_style="bold")
-        for col in ("#", "AGENT", "STATE", "ASSIGNED", "STARTED", "RUNTIME", "EXIT", "REASON"):
+        for col in ("#", "AGENT", "INSTANCE", "MARKET", "STATE", "ASSIGNED", "STARTED", "ENDED", "RUNTIME", "EXIT",
+                    "REASON"):
             table.add_column(col)
         for a in job.attempts:
             runtime = (a.ended_at or time.time()) - a.started_at if a.started_at else None
-            table.add_row(str(a.number), a.agent_id, state(a.state), ago(a.assigned_at), ago(a.started_at),
-                          duration(runtime), "-" if a.exit_code is None else str(a.exit_code), a.reason or "")
+            instance = f"{a.instance_id} ({a.instance_type})" if a.instance_id and a.instance_type else a.instance_id
+            table.add_row(str(a.number), a.agent_id, instance or "-", a.market or "-", state(a.state),
+                          ago(a.assigned_at), ago(a.started_at), ago(a.ended_at), duration(runtime),
+                          "-" if a.exit_code is None else str(a.exit_code), a.reason or "")
         console.print(table)
     last = job.current
     if last and last.tail and job.state is JobState.FAILED:

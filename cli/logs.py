@@ -18,8 +18,17 @@ SPARKS = "▁▂▃▄▅▆▇█"
 
 
 def _write_batch(batch: LogBatch, out: object, timestamps: bool, streams: set[Stream] | None) -> None:
+    """The job's own lines to `out`, byte for byte; INCL's notes about the attempt (code fetched, outputs saved,
+    why it failed) to stderr, so that stdout stays exactly what the job printed."""
     buf = bytearray()
     for line in batch.lines:
+        if line.stream is Stream.SYSTEM:
+            if streams is None:
+                out.write(bytes(buf))  # type: ignore[attr-defined]
+                out.flush()  # type: ignore[attr-defined]
+                buf.clear()
+                print(line.data.decode("utf-8", "replace"), file=sys.stderr, flush=True)
+            continue
         if streams is not None and line.stream not in streams:
             continue
         if timestamps:

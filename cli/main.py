@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from incl.cli import agents, jobs, logs, submit, up
+from incl._logging import configure
+
+from incl.cli import agents, files, jobs, logs, submit, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,11 +17,12 @@ from incl.cli import agents, jobs, logs, submit, up
 @click.pass_context
 def cli(ctx: click.Context, nats_url: str | None) -> None:
     """INCL runs your training jobs on cloud GPUs with no hand work."""
+    configure(os.environ.get("INCL_LOG_LEVEL", "warning"))  # the library's own log lines: only trouble, to stderr
     ctx.obj = {"nats_url": nats_url}
 
 
 for command in (up.up, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
-                logs.metrics, agents.agents):
+                logs.metrics, agents.agents, files.outputs, files.download):
     cli.add_command(command)
 
 

@@ -12,6 +12,7 @@ import click
 import msgspec
 from rich.console import Console
 
+from incl.artifacts.errors import ArtifactError
 from incl.proto.errors import InclError, SpecInvalid, Unavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,7 +48,7 @@ def handles_errors(fn: F) -> F:
             fail(f"invalid spec: {exc}", EXIT_USAGE)
         except Unavailable as exc:
             fail(str(exc), EXIT_UNAVAILABLE)
-        except InclError as exc:
+        except (InclError, ArtifactError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             sys.exit(130)

@@ -132,7 +132,8 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     controller_cfg = home / "controller.yaml"
     if not controller_cfg.exists():
-        controller_cfg.write_text(yaml.safe_dump({"provider_shapes": [{"cpus": cpus, "memory": memory}]}))
+        controller_cfg.write_text(yaml.safe_dump({"provider_shapes": [{"cpus": cpus, "memory": memory}],
+                                                  "store_url": f"file://{home / 'store'}"}))
     py = sys.executable
     procs.append(_spawn("controller", [py, "-m", "incl.controller", "--config", str(controller_cfg),
                                        "--nats", url], "incl.controller", logs))

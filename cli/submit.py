@@ -12,11 +12,12 @@ import click
 import yaml
 
 from incl.cli.client import Client, current_user, resolve_url
+from incl.cli.files import upload_workdir
 from incl.cli.logs import follow_logs
 from incl.cli.output import console, handles_errors, print_json
 from incl.proto.errors import SpecInvalid
 from incl.proto.messages import JobState
-from incl.proto.spec import JobSpec, load_spec
+from incl.proto.spec import JobSpec, load_spec, parse_size
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def build_spec(file: str | None, command: tuple[str, ...], flags: dict[str, Any]
         base = path.resolve().parent
     if command:
         data["run"] = shlex.join(command) if len(command) > 1 else command[0]
-    for key in ("name", "setup", "priority", "workdir"):
+    for key in ("name", "setup", "priority", "workdir", "image"):
         if flags.get(key) is not None:
             data[key] = flags[key]
     resources = dict(data.get("resources") or {}) if isinstance(data.get("resources"), dict) else None
@@ -76,6 +77,7 @@ def build_spec(file: str | None, command: tuple[str, ...], flags: dict[str, Any]
 @click.option("--name")
 @click.option("--workdir", help="Folder whose contents the job starts in.")
 @click.option("--setup", help="Command run before the job's command.")
+@click.option("--image", help="Docker image to run the job in (default: processes on the agent's host).")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
 @click.option("--cpus", type=float)
 @click.option("--memory", help="e.g. 16GB")
@@ -83,24 +85,31 @@ def build_spec(file: str | None, command: tuple[str, ...], flags: dict[str, Any]
 @click.option("--priority", type=int)
 @click.option("--retry", type=int, help="Attempts in all if the agent is lost (retry.max_attempts).")
 @click.option("--user", help="Submit as this user (default: $INCL_USER or your login).")
+@click.option("--max-workdir-size", "max_workdir_size", envvar="INCL_MAX_WORKDIR_SIZE", default="2GB",
+              show_default=True, help="Refuse a workdir snapshot bigger than this (list big files in .inclignore).")
 @click.option("--follow", is_flag=True, help="Stream the job's logs until it ends; exit with its status.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @handles_errors
 def submit(ctx: click.Context, file: str | None, command: tuple[str, ...], user: str | None, follow: bool,
-           as_json: bool, **flags: Any) -> None:
+           as_json: bool, max_workdir_size: str, **flags: Any) -> None:
     """Submit a job: `incl submit -f incl.yaml` or `incl submit [OPTIONS] -- CMD...`."""
     if file is None and not command and Path("incl.yaml").exists():
         file = "incl.yaml"
     if flags.get("gpus") is not None and str(flags["gpus"]).isdigit():
         flags["gpus"] = int(flags["gpus"])
     spec = build_spec(file, command, flags)
+    try:
+        max_workdir = parse_size(max_workdir_size)
+    except ValueError as exc:
+        raise SpecInvalid(str(exc), field="--max-workdir-size") from None
     url = resolve_url(ctx.obj["nats_url"])
 
     async def go() -> int:
         async with Client(url) as client:
-            job = await client.submit(spec, user or current_user())
+            code = await upload_workdir(client, spec.workdir, max_workdir) if spec.workdir else None
+            job = await client.submit(spec, user or current_user(), code=code)
             if as_json:
                 print_json(job)
             else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from msgspec import structs
@@ -14,6 +14,7 @@ from incl.controller.liveness import Deadlines
 from incl.controller.scheduler import Slot, subtract
 from incl.controller.store import Records
 from incl.proto.messages import (
+    AgentInterrupted,
     AgentRecord,
     JobState,
     AgentState,
@@ -38,6 +39,9 @@ class Agents:
         self._jobs = jobs
         self._on_telemetry = on_telemetry
         self.telemetry: dict[str, GpuTelemetry] = {}  # agent id -> its last heartbeat's GPU readings
+        self.interrupted: dict[str, float] = {}  # agent id -> when its spot instance goes (it had the notice)
+        # Set by the provisioner: whether a silent agent's spot instance was reclaimed (no notice seen).
+        self.spot_reclaimed: Callable[[AgentRecord], Awaitable[bool]] | None = None
         self.deadlines = Deadlines()
         self._running: dict[str, list[JobRef]] = {}
         self._last_seen: dict[str, float] = {}  # heartbeats stay in memory; the bucket holds registrations
@@ -52,11 +56,12 @@ class Agents:
         return [r for r in self.records if r.state is AgentState.ALIVE]
 
     def shapes(self) -> list[Resources]:
-        return [r.info.capacity for r in self.records] + list(self._cfg.provider_shapes)
+        return [r.info.capacity for r in self.records] + self._cfg.shapes()
 
     def slots(self) -> list[Slot]:
         slots = {r.info.agent_id: Slot(agent_id=r.info.agent_id, free=self._usable(r),
-                                       runtimes=frozenset(r.info.runtimes)) for r in self.alive()}
+                                       runtimes=frozenset(r.info.runtimes))
+                 for r in self.alive() if r.info.agent_id not in self.interrupted}
         for job in self._jobs.on_agent():
             slot = slots.get(job.current.agent_id) if job.current else None
             if slot is not None:
@@ -138,4 +143,26 @@ class Agents:
             if rec is not None:
                 await self.records.put(structs.replace(rec, state=AgentState.LOST, last_seen=now))
             self._running.pop(agent_id, None)
-            await self._jobs.agent_lost(agent_id, f"agent {agent_id} stopped heartbeating")
+            reclaimed = await self._reclaimed(agent_id, rec)
+            why = (f"spot instance {rec.info.instance_id if rec else '?'} reclaimed" if reclaimed
+                   else f"agent {agent_id} stopped heartbeating")
+            await self._jobs.agent_lost(agent_id, why, preempted=reclaimed)
+            self.interrupted.pop(agent_id, None)
+
+    async def _reclaimed(self, agent_id: str, rec: AgentRecord | None) -> bool:
+        """A silent agent on a spot instance that had its notice, or that the provider says was reclaimed."""
+        if agent_id in self.interrupted:
+            return True
+        if rec is None or rec.info.market != "spot" or self.spot_reclaimed is None:
+            return False
+        try:
+            return await self.spot_reclaimed(rec)
+        except Exception as exc:  # the provider is down: an ordinary loss, which is still requeued
+            log.warning("reclaim_check_failed", agent_id=agent_id, error=repr(exc))
+            return False
+
+    def interrupted_notice(self, event: AgentInterrupted) -> None:
+        """The agent's spot instance goes at `event.deadline`: place nothing new there."""
+        self.interrupted[event.agent_id] = event.deadline
+        log.warning("agent_interrupted", agent_id=event.agent_id, instance_id=event.instance_id,
+                    action=event.action, in_s=round(event.deadline - time.time(), 1))

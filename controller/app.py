@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import structlog
 from nats.js import JetStreamContext, api
 
 from incl.controller import scheduler, state
 from incl.controller.agents import Agents
+from incl.controller.aws import AwsProvider
 from incl.controller.api import Api
 from incl.controller.config import ControllerConfig
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.notify import Notice, Notifier, kinds_for
+from incl.controller.provision import Provisioner
 from incl.controller.quota import load_quota_config
 from incl.controller.jobs import Jobs
 from incl.controller.store import Records
 from incl.proto import subjects
 from incl.proto.codec import Decoder
-from incl.proto.messages import AgentEvent, AgentRecord, Job, JobState
+from incl.proto.messages import AgentEvent, AgentInterrupted, AgentRecord, Job, JobState
 from incl.proto.streams import ensure_buckets, ensure_streams
 from incl.proto.transport import connect
 from incl._daemon import consume
@@ -34,6 +38,7 @@ class Controller:
         self._kick = asyncio.Event()
         self._connected = asyncio.Event()
         self.jobs: Jobs
+        self.provisioner: Provisioner | None = None
         self.agents: Agents
 
     def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
@@ -68,7 +73,10 @@ class Controller:
             api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch, cfg.store_url)
             await nc.subscribe(f"{subjects.API_PREFIX}.>", queue="incl-controller", cb=api_.handle)
             await self.jobs.resend_stale_assignments(older_than=time.time())
-            async with asyncio.TaskGroup() as tg:
+            async with self._provisioning() as self.provisioner, asyncio.TaskGroup() as tg:
+                if self.provisioner is not None:
+                    self.agents.spot_reclaimed = self.provisioner.spot_reclaimed
+                    tg.create_task(self.provisioner.run())
                 tg.create_task(self._apply_events(js))
                 tg.create_task(self._schedule())
                 tg.create_task(self._watch_liveness())
@@ -76,6 +84,17 @@ class Controller:
                 tg.create_task(self.watch.run())
         finally:
             await nc.close()
+
+    @contextlib.asynccontextmanager
+    async def _provisioning(self) -> AsyncIterator[Provisioner | None]:
+        """With a cloud provider, the reconcile loop that launches and terminates its instances."""
+        cfg = self.cfg
+        if cfg.provider != "aws":
+            yield None
+            return
+        async with AwsProvider(cfg.aws, nats_url=cfg.agent_nats_url or cfg.nats_url,
+                               store_url=cfg.store_url) as provider:
+            yield Provisioner(cfg.reconcile, provider, self.jobs, self.agents)
 
     def _on_change(self, notifier: Notifier, before: Job | None, after: Job) -> None:
         for kind in kinds_for(before, after):
@@ -103,8 +122,15 @@ class Controller:
         sub = await self._retry("subscribe_events", lambda: js.pull_subscribe(
             f"{subjects.EVENTS_PREFIX}.*", durable=subjects.EVENTS_CONSUMER, stream=subjects.EVENTS_STREAM,
             config=api.ConsumerConfig(ack_wait=cfg.events_ack_wait, max_deliver=-1)))
-        await consume(sub, decoder, lambda event: self._retry("apply_event", lambda: self.jobs.apply(event)),
+        await consume(sub, decoder, lambda event: self._retry("apply_event", lambda: self._apply(event)),
                       batch=cfg.events_fetch_batch, timeout=cfg.events_fetch_timeout, backoff=cfg.retry_max)
+
+    async def _apply(self, event: AgentEvent) -> None:
+        if isinstance(event, AgentInterrupted):
+            self.agents.interrupted_notice(event)
+            self._kick.set()
+        else:
+            await self.jobs.apply(event)
 
     # --- scheduling ---------------------------------------------------------------------------------------
 
@@ -135,9 +161,12 @@ class Controller:
         plan = scheduler.plan(queued, self.agents.slots(), quotas=self.jobs.quotas,
                               running=self.jobs.on_agent())
         self.jobs.waiting = plan.waiting
+        if self.provisioner is not None:
+            self.jobs.waiting = self.provisioner.waiting(plan.waiting)
         for job_id, agent_id in plan.placements:
+            record = self.agents.records.get(agent_id)
             try:
-                await self.jobs.dispatch(job_id, agent_id)
+                await self.jobs.dispatch(job_id, agent_id, record.info if record else None)
             except state.IllegalTransition as exc:  # cancelled meanwhile
                 log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
 

@@ -4,15 +4,17 @@
                       are the catalog's instance types x the configured subnets, tried in order; a capacity
                       error (CAPACITY_ERRORS) moves on to the next, a round with none left backs off and starts
                       again, and after `launch_rounds` rounds `NoCapacity` names every try. An instance
-                      already tagged for the job and attempt is returned instead of a new one, and each
-                      RunInstances carries a ClientToken derived from cluster, job, attempt and candidate,
-                      so a call retried after a lost reply is answered with the instance it made.
-    describe          every instance tagged with the cluster, paginated
+                      that still exists, tagged for the job, attempt and generation, is returned instead of a
+                      new one, and each RunInstances carries a ClientToken derived from cluster, job, attempt,
+                      generation and candidate, so a call retried after a lost reply is answered with the
+                      instance it made, while a relaunch (the next generation) gets a new instance.
+    describe          every instance tagged with the cluster, paginated, in every state: shutting-down and
+                      terminated ones too (EC2 shows them for about an hour), with their state reason
     terminate         only instances that carry the cluster's tag
     spot_interrupted  whether EC2 ended an instance for a spot interruption (its state reason)
 
-Every instance carries the tags `incl:cluster`, `incl:job`, `incl:attempt`, `incl:role=agent` (and the
-config's `extra_tags`), and boots with user-data rendered from `deploy/user-data.sh.tmpl`.
+Every instance carries the tags `incl:cluster`, `incl:job`, `incl:attempt`, `incl:generation`, `incl:role=agent`
+(and the config's `extra_tags`), and boots with user-data rendered from `deploy/user-data.sh.tmpl`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from incl.controller.reconcile import (
     ROLE_AGENT,
     TAG_ATTEMPT,
     TAG_CLUSTER,
+    TAG_GENERATION,
     TAG_JOB,
     TAG_ROLE,
     Launch,
@@ -105,7 +108,8 @@ def render_user_data(template: str, *, nats_url: str, store_url: str) -> str:
 
 
 def client_token(launch: Launch, instance_type: str, subnet: str | None) -> str:
-    key = "\0".join((launch.cluster, launch.job_id, str(launch.attempt), launch.market, instance_type, subnet or ""))
+    key = "\0".join((launch.cluster, launch.job_id, str(launch.attempt), str(launch.generation), launch.market,
+                     instance_type, subnet or ""))
     return hashlib.sha256(key.encode()).hexdigest()  # 64 characters: EC2's maximum
 
 
@@ -156,7 +160,8 @@ class AwsProvider:
     async def launch(self, launch: Launch) -> LaunchedInstance:
         existing = await self._find(launch)
         if existing is not None:
-            log.info("launch_exists", job_id=launch.job_id, attempt=launch.attempt, instance_id=existing.instance_id)
+            log.info("launch_exists", job_id=launch.job_id, attempt=launch.attempt, generation=launch.generation,
+                     instance_id=existing.instance_id)
             return existing
         types = candidates(self.cfg.catalog, launch.resources)
         if not types:
@@ -187,8 +192,8 @@ class AwsProvider:
                 tried.append((instance_type, subnet, code))
                 continue
             i = reply["Instances"][0]
-            log.info("instance_launched", job_id=launch.job_id, attempt=launch.attempt, instance_id=i["InstanceId"],
-                     instance_type=instance_type, subnet=subnet, market=launch.market)
+            log.info("instance_launched", job_id=launch.job_id, attempt=launch.attempt, generation=launch.generation,
+                     instance_id=i["InstanceId"], instance_type=instance_type, subnet=subnet, market=launch.market)
             return LaunchedInstance(instance_id=i["InstanceId"], instance_type=instance_type, market=launch.market,
                                     subnet_id=i.get("SubnetId"),
                                     availability_zone=(i.get("Placement") or {}).get("AvailabilityZone"))
@@ -196,7 +201,8 @@ class AwsProvider:
 
     def tags(self, launch: Launch) -> list[dict[str, str]]:
         ours = {TAG_CLUSTER: launch.cluster, TAG_JOB: launch.job_id, TAG_ATTEMPT: str(launch.attempt),
-                TAG_ROLE: ROLE_AGENT, "Name": f"incl-{launch.cluster}-{launch.job_id}-{launch.attempt}"}
+                TAG_GENERATION: str(launch.generation), TAG_ROLE: ROLE_AGENT,
+                "Name": f"incl-{launch.cluster}-{launch.job_id}-{launch.attempt}"}
         return [{"Key": k, "Value": v} for k, v in {**self.cfg.extra_tags, **ours}.items()]
 
     def _run_params(self, launch: Launch, instance_type: str, subnet: str | None) -> dict[str, Any]:
@@ -231,6 +237,7 @@ class AwsProvider:
             {"Name": f"tag:{TAG_CLUSTER}", "Values": [launch.cluster]},
             {"Name": f"tag:{TAG_JOB}", "Values": [launch.job_id]},
             {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(launch.attempt)]},
+            {"Name": f"tag:{TAG_GENERATION}", "Values": [str(launch.generation)]},
             {"Name": "instance-state-name", "Values": sorted(EXISTING)},
         ])
         if not found:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
 from incl import _daemon
+from incl.controller import catalog
+from incl.controller.catalog import AwsConfig
 from incl.controller.idle import IdlePolicy
+from incl.controller.reconcile import ReconcileConfig
 from incl.controller.notify import ClusterNotify, NotifierConfig
 from incl.proto.messages import Resources
 from incl.proto.streams import StreamLimits
@@ -44,6 +48,17 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     # What a provider could ever launch: a job that fits neither this nor a known agent is refused at submit.
     provider_shapes: list[Resources] = []
+
+    # Cloud provisioning: "local" (agents are started by hand or by `incl up`) or "aws" (instances for queued
+    # jobs, from `aws.catalog`; the reconcile loop launches and terminates them).
+    provider: Literal["local", "aws"] = "local"
+    aws: AwsConfig = AwsConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
+    agent_nats_url: str | None = None  # the NATS URL instances' agents dial (None: `nats_url`)
+
+    def shapes(self) -> list[Resources]:
+        """What the provider could launch, for the submit-time "can this ever fit" check."""
+        return self.provider_shapes + (catalog.shapes(self.aws.catalog) if self.provider == "aws" else [])
 
     # GPU idle monitor: the cluster default, over which a job's `gpu_idle:` applies.
     gpu_idle: IdlePolicy = IdlePolicy()

@@ -19,10 +19,10 @@ from incl.controller.scheduler import could_ever_fit
 from incl.controller.store import Records
 from incl.proto import subjects
 from incl.proto.codec import encode
-from incl.proto.errors import Unschedulable
+from incl.proto.errors import SpecInvalid, Unschedulable
 from incl.proto.messages import (
     ON_AGENT,
-    AgentEvent,
+    AgentInfo,
     Assign,
     CancelJob,
     Job,
@@ -120,6 +120,9 @@ class Jobs:
         parse_notify(spec.notify, self._cfg.notify)
 
     async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None) -> Job:
+        if spec.workdir and code is None:
+            raise SpecInvalid("the client uploads the workdir at submit, and this request carries no snapshot of it "
+                              "(an old client?)", field="workdir")
         self._admit(spec, user)
         shapes = self._shapes()
         if shapes and not could_ever_fit(spec.resources, shapes):
@@ -156,8 +159,8 @@ class Jobs:
 
     # --- dispatch -----------------------------------------------------------------------------------------
 
-    async def dispatch(self, job_id: str, agent_id: str) -> None:
-        job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time()))
+    async def dispatch(self, job_id: str, agent_id: str, instance: AgentInfo | None = None) -> None:
+        job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time(), instance))
         log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
         await self.send_assign(job)
 
@@ -189,7 +192,7 @@ class Jobs:
 
     # --- what agents report -------------------------------------------------------------------------------
 
-    async def apply(self, event: AgentEvent) -> None:
+    async def apply(self, event: JobStarting | JobRunning | JobExited) -> None:
         job = self.records.get(event.job_id)
         if job is None:
             log.warning("event_for_unknown_job", job_id=event.job_id, event=type(event).__name__)
@@ -208,7 +211,8 @@ class Jobs:
             case JobExited():
                 change = lambda j: state.exited(  # noqa: E731
                     j, event.attempt, now, exit_code=event.exit_code, reason=event.reason,
-                    cancelled=event.cancelled, tail=event.tail, ended_at=event.ts, outputs=event.outputs)
+                    cancelled=event.cancelled, tail=event.tail, ended_at=event.ts, outputs=event.outputs,
+                    preempted=event.preempted)
         try:
             job = await self._update(job.id, change)
         except state.IllegalTransition as exc:
@@ -218,15 +222,18 @@ class Jobs:
         if isinstance(event, JobExited):
             self.kick()
 
-    async def agent_lost(self, agent_id: str, reason: str, keep: set[tuple[str, int]] = frozenset()) -> None:
-        """Every attempt on the agent (but those in `keep`) is LOST; their jobs are requeued while retry allows."""
+    async def agent_lost(self, agent_id: str, reason: str, keep: set[tuple[str, int]] = frozenset(),
+                         preempted: bool = False) -> None:
+        """Every attempt on the agent (but those in `keep`) is LOST, their jobs requeued while retry allows; or,
+        when its spot instance was reclaimed, PREEMPTED, and their jobs resume."""
+        change = state.preempt if preempted else state.lost
         for job in self.on_agent(agent_id):
             assert job.current is not None
             if (job.id, job.current.number) in keep:
                 continue
             attempt = job.current.number
             try:
-                job = await self._update(job.id, lambda j, a=attempt: state.lost(j, a, time.time(), reason))
+                job = await self._update(job.id, lambda j, a=attempt: change(j, a, time.time(), reason))
             except state.IllegalTransition as exc:
                 log.warning("lost_refused", job_id=job.id, reason=str(exc))
                 continue

@@ -4,14 +4,16 @@
 the provider reports for the cluster and the agents that registered from them. No I/O, no clock: `now` is an
 argument. The applier carries the plan out (`AwsProvider.launch`, `.terminate`).
 
-    launch       one per (job, attempt) that no instance was ever tagged with; spot unless the job asks for
-                 on-demand, or asks for `auto` and has been preempted `max_preemptions` times already
+    launch       one per (job, attempt) that no existing instance serves; spot unless the job asks for
+                 on-demand, or asks for `auto` and has been preempted `max_preemptions` times already.
+                 An attempt whose instance died before it ran the job (a spot reclamation while booting, or
+                 terminated here as never registered) is launched again: `generation` numbers the launches of
+                 one attempt (the count of instances tagged with it, terminated ones included, and past the
+                 highest `incl:generation` seen), so the provider's idempotency token protects a retried call
+                 of one launch but never a deliberate relaunch.
     terminate    never_registered  no agent ever registered from it within `boot_timeout` of its launch
                  idle              its agent is alive, runs nothing, and has for `idle_timeout`
                  orphan            no live agent, past `boot_timeout`, and the job it was launched for is over
-    lost         a (job, attempt) whose instance is gone, or goes now, before it ran the job: the controller
-                 starts a new attempt (a launch is never repeated for one attempt: its idempotency token is
-                 spent)
 
 Never terminated: an instance without our cluster tag, one whose alive agent runs a job, one still booting.
 """
@@ -29,6 +31,7 @@ from incl.proto.spec import Resources as Wanted
 TAG_CLUSTER = "incl:cluster"
 TAG_JOB = "incl:job"
 TAG_ATTEMPT = "incl:attempt"
+TAG_GENERATION = "incl:generation"
 TAG_ROLE = "incl:role"
 ROLE_AGENT = "agent"
 
@@ -62,6 +65,11 @@ class Demand(_Struct):
     resources: Wanted = Wanted()
     market: Market = Market.AUTO
     preemptions: int = 0
+    max_preemptions: int | None = None  # the job's own `retry.max_preemptions` (None: the cluster's)
+
+
+def _number(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 class ObservedInstance(_Struct):
@@ -81,8 +89,12 @@ class ObservedInstance(_Struct):
 
     @property
     def attempt(self) -> int | None:
-        value = self.tags.get(TAG_ATTEMPT, "")
-        return int(value) if value.isascii() and value.isdigit() else None
+        return _number(self.tags.get(TAG_ATTEMPT))
+
+    @property
+    def generation(self) -> int | None:
+        """Which launch of its attempt this is (0 first); None on an instance launched before the tag existed."""
+        return _number(self.tags.get(TAG_GENERATION))
 
 
 class RegisteredAgent(_Struct):
@@ -100,6 +112,7 @@ class Launch(_Struct):
     attempt: int
     market: Market  # SPOT or ON_DEMAND, never AUTO
     resources: Wanted = Wanted()
+    generation: int = 0  # 0 for the first launch of the attempt, then one more for each relaunch after a loss
 
 
 class Reason(enum.StrEnum):
@@ -114,17 +127,9 @@ class Termination(_Struct):
     detail: str
 
 
-class Lost(_Struct):
-    job_id: str
-    attempt: int
-    instance_id: str
-    detail: str
-
-
 class Plan(_Struct):
     launches: list[Launch] = []
     terminations: list[Termination] = []
-    lost: list[Lost] = []
 
 
 def market_of(spot: bool | str | None, default: Market = Market.AUTO) -> Market:
@@ -141,13 +146,15 @@ def demand_of(job: Job, config: ReconcileConfig) -> Demand:
     res = job.spec.resources
     return Demand(job_id=job.id, attempt=len(job.attempts) + 1, resources=res,
                   market=market_of(res.spot, config.default_market),
-                  preemptions=sum(a.state is JobState.PREEMPTED for a in job.attempts))
+                  preemptions=sum(a.state is JobState.PREEMPTED for a in job.attempts),
+                  max_preemptions=job.spec.retry.max_preemptions)
 
 
 def launch_market(demand: Demand, config: ReconcileConfig) -> Market:
     if demand.market is Market.ON_DEMAND:
         return Market.ON_DEMAND
-    if demand.market is Market.AUTO and demand.preemptions >= config.max_preemptions:
+    limit = config.max_preemptions if demand.max_preemptions is None else demand.max_preemptions
+    if demand.market is Market.AUTO and demand.preemptions >= limit:
         return Market.ON_DEMAND
     return Market.SPOT
 
@@ -170,6 +177,13 @@ def _termination(inst: ObservedInstance, agent: RegisteredAgent | None, live_job
     return None
 
 
+def next_generation(tagged: Collection[ObservedInstance]) -> int:
+    """The generation of the next launch of an attempt, given every instance tagged with it: their count, and
+    past the highest generation tag (EC2 forgets terminated instances after about an hour, but an idempotency
+    token for at least a day, so a number must never come round again)."""
+    return max(len(tagged), 1 + max((g for i in tagged if (g := i.generation) is not None), default=-1))
+
+
 def _ours(observed: Iterable[ObservedInstance], cluster: str) -> list[ObservedInstance]:
     return sorted((i for i in observed if i.tags.get(TAG_CLUSTER) == cluster), key=lambda i: i.instance_id)
 
@@ -189,18 +203,13 @@ def plan(desired: Iterable[Demand], observed: Iterable[ObservedInstance], agents
     for inst in instances:
         if inst.job_id is not None and inst.attempt is not None:
             tagged.setdefault((inst.job_id, inst.attempt), []).append(inst)
-    launches, lost = [], []
+    launches: list[Launch] = []
     for key in sorted(wanted):
         found = tagged.get(key, [])
         if any(i.state in EXISTING and i.instance_id not in going for i in found):
             continue  # launched already: booting, or an agent the scheduler can use
-        if found:
-            gone = found[0]
-            why = "terminated now" if gone.instance_id in going else f"{gone.state} ({gone.state_reason or '-'})"
-            lost.append(Lost(job_id=key[0], attempt=key[1], instance_id=gone.instance_id,
-                             detail=f"instance {gone.instance_id} {why} before it ran the job"))
-            continue
         d = wanted[key]
         launches.append(Launch(cluster=config.cluster, job_id=d.job_id, attempt=d.attempt,
-                               market=launch_market(d, config), resources=d.resources))
-    return Plan(launches=launches, terminations=terminations, lost=lost)
+                               market=launch_market(d, config), resources=d.resources,
+                               generation=next_generation(found)))
+    return Plan(launches=launches, terminations=terminations)

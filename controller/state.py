@@ -9,16 +9,17 @@ from __future__ import annotations
 from msgspec import structs
 
 from incl.proto.errors import Conflict
-from incl.proto.messages import ON_AGENT, TERMINAL, Attempt, Job, JobState, TreeRef
+from incl.proto.messages import ON_AGENT, TERMINAL, AgentInfo, Attempt, Job, JobState, TreeRef
 
 S = JobState
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.ASSIGNED, S.CANCELLED}),
-    S.ASSIGNED: frozenset({S.STARTING, S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
-    S.STARTING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
+    S.ASSIGNED: frozenset({S.STARTING, S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST, S.PREEMPTED}),
+    S.STARTING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST, S.PREEMPTED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST, S.PREEMPTED}),
     S.LOST: frozenset({S.QUEUED, S.FAILED}),
+    S.PREEMPTED: frozenset({S.QUEUED, S.CANCELLED}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),
@@ -45,9 +46,12 @@ def _with_attempt(job: Job, attempt: Attempt, **job_fields: object) -> Job:
     return structs.replace(job, attempts=[*job.attempts[:-1], attempt], **job_fields)
 
 
-def assign(job: Job, agent_id: str, now: float) -> Job:
+def assign(job: Job, agent_id: str, now: float, instance: AgentInfo | None = None) -> Job:
     _check(job, S.ASSIGNED)
-    attempt = Attempt(number=len(job.attempts) + 1, agent_id=agent_id, state=S.ASSIGNED, assigned_at=now)
+    attempt = Attempt(number=len(job.attempts) + 1, agent_id=agent_id, state=S.ASSIGNED, assigned_at=now,
+                      instance_id=instance.instance_id if instance else None,
+                      instance_type=instance.instance_type if instance else None,
+                      market=instance.market if instance else None)
     return structs.replace(job, state=S.ASSIGNED, attempts=[*job.attempts, attempt], updated_at=now, reason=None)
 
 
@@ -65,9 +69,14 @@ def running(job: Job, attempt: int, now: float, started_at: float) -> Job:
 
 
 def exited(job: Job, attempt: int, now: float, *, exit_code: int | None, reason: str | None,
-           cancelled: bool, tail: list[str], ended_at: float, outputs: TreeRef | None = None) -> Job:
-    """The attempt's process ended: SUCCEEDED, CANCELLED, FAILED, or back to QUEUED if retry allows."""
+           cancelled: bool, tail: list[str], ended_at: float, outputs: TreeRef | None = None,
+           preempted: bool = False) -> Job:
+    """The attempt's process ended: SUCCEEDED, CANCELLED, FAILED, or back to QUEUED if retry allows; a
+    preempted attempt (stopped on a spot notice) is PREEMPTED and the job resumes as the next attempt."""
     cur = _current(job, attempt)
+    if preempted and not cancelled and not job.cancel_requested:
+        att = structs.replace(cur, ended_at=ended_at, exit_code=exit_code, tail=tail, outputs=outputs)
+        return preempt(_with_attempt(job, att), attempt, now, reason or "spot instance reclaimed")
     if cancelled or job.cancel_requested:
         to, reason = S.CANCELLED, job.reason or reason or "cancelled"
     elif exit_code == 0:
@@ -79,9 +88,27 @@ def exited(job: Job, attempt: int, now: float, *, exit_code: int | None, reason:
     att = structs.replace(cur, state=to, ended_at=ended_at, exit_code=exit_code, reason=reason, tail=tail,
                           outputs=outputs)
     job = _with_attempt(job, att, state=to, updated_at=now, exit_code=exit_code, reason=reason)
-    if to is S.FAILED and job.spec.retry.on_failure and len(job.attempts) < job.spec.retry.max_attempts:
+    if to is S.FAILED and job.spec.retry.on_failure and _counted(job) < job.spec.retry.max_attempts:
         return structs.replace(job, state=S.QUEUED, reason=f"retrying after: {reason}")
     return job
+
+
+def _counted(job: Job) -> int:
+    """Attempts that use up `retry.max_attempts`: all but the preempted ones."""
+    return sum(a.state is not S.PREEMPTED for a in job.attempts)
+
+
+def preempt(job: Job, attempt: int, now: float, reason: str) -> Job:
+    """The attempt's spot instance was reclaimed (with a notice, or found terminated for a spot reason): the
+    attempt is PREEMPTED and the job goes back to the queue to resume from its checkpoint. Preemptions do not
+    use up `retry.max_attempts`."""
+    cur = _current(job, attempt)
+    _check(job, S.PREEMPTED)
+    att = structs.replace(cur, state=S.PREEMPTED, ended_at=cur.ended_at or now, reason=reason)
+    job = _with_attempt(job, att, state=S.PREEMPTED, updated_at=now, reason=reason)
+    if job.cancel_requested:
+        return structs.replace(job, state=S.CANCELLED, reason="cancelled (instance preempted)")
+    return structs.replace(job, state=S.QUEUED, reason=f"resuming after preemption: {reason}")
 
 
 def lost(job: Job, attempt: int, now: float, reason: str) -> Job:
@@ -92,7 +119,7 @@ def lost(job: Job, attempt: int, now: float, reason: str) -> Job:
     job = _with_attempt(job, att, state=S.LOST, updated_at=now, reason=reason)
     if job.cancel_requested:
         return structs.replace(job, state=S.CANCELLED, reason="cancelled (agent lost)")
-    if len(job.attempts) < job.spec.retry.max_attempts:
+    if _counted(job) < job.spec.retry.max_attempts:
         return structs.replace(job, state=S.QUEUED, reason=f"requeued: {reason}")
     return structs.replace(job, state=S.FAILED, reason=f"{reason}; no attempts left ({len(job.attempts)})")
 

@@ -89,6 +89,9 @@ class Attempt(_Struct):
     agent_id: str
     state: JobState
     assigned_at: float
+    instance_id: str | None = None  # the cloud instance the agent runs on, its type and market (spot, on-demand)
+    instance_type: str | None = None
+    market: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
     exit_code: int | None = None
@@ -132,6 +135,9 @@ class AgentInfo(_Struct):
     capacity: Resources
     provider: str = "local"
     instance_id: str | None = None
+    instance_type: str | None = None
+    market: str | None = None  # "spot" or "on-demand" (EC2's instance-life-cycle); None off the cloud
+    zone: str | None = None
     labels: dict[str, str] = {}
     runtimes: list[str] = msgspec.field(default_factory=lambda: ["process"])
     gpus: list[GpuInfo] = []
@@ -300,11 +306,21 @@ class JobExited(JobEvent):
     signal: int | None = None
     reason: str | None = None
     cancelled: bool = False
+    preempted: bool = False  # stopped because its spot instance is being reclaimed: it resumes elsewhere
     tail: list[str] = []
     outputs: TreeRef | None = None
 
 
-AgentEvent = JobStarting | JobRunning | JobExited
+class AgentInterrupted(Message):
+    """The agent's spot instance got its interruption notice: nothing new goes there; its jobs checkpoint."""
+    agent_id: str
+    instance_id: str | None
+    action: str  # terminate, stop, hibernate
+    deadline: float  # when EC2 takes the instance (unix time)
+    ts: float = msgspec.field(default_factory=time.time)
+
+
+AgentEvent = JobStarting | JobRunning | JobExited | AgentInterrupted
 
 
 # --- logs and metrics -------------------------------------------------------------------------------------

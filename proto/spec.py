@@ -49,6 +49,9 @@ class Checkpoint(_Spec):
 class Retry(_Spec):
     max_attempts: int = 3  # attempts in all, counting the first; LOST attempts use them up
     on_failure: bool = False  # also retry a non-zero exit
+    # Spot preemptions never use up attempts: the job resumes from its checkpoint. With `spot: auto` it goes
+    # on-demand after this many (None: the cluster's default).
+    max_preemptions: int | None = None
 
 
 class JobSpec(_Spec):
@@ -75,8 +78,6 @@ class JobSpec(_Spec):
 NOT_SUPPORTED_YET = {
     "hpo": "hyperparameter search",
     "resources.nodes": "multi-node jobs",
-    "resources.instance_types": "instance types",
-    "resources.spot": "spot instances",
 }
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+import dockerd
 from incl.cli.client import Client
+from incl.cli.files import upload_workdir
 from incl.proto.messages import TERMINAL, Job
 from incl.proto.spec import load_spec
 
@@ -158,7 +160,8 @@ class Cluster:
         return path
 
     def start_controller(self, **overrides: Any) -> Daemon:
-        cfg = self._config("controller", {**CONTROLLER_CFG, "nats_url": self.nats.url, **overrides})
+        cfg = self._config("controller", {**CONTROLLER_CFG, "nats_url": self.nats.url,
+                                          "store_url": f"file://{self.tmp / 'store'}", **overrides})
         self.controller = Daemon("controller", [sys.executable, "-m", "incl.controller", "--config", str(cfg)],
                                  self.tmp / "controller.log", self.env).start()
         return self.controller
@@ -175,11 +178,20 @@ class Cluster:
         return Client(self.nats.url, timeout=5.0)
 
     async def submit(self, run: str, user: str = "tester", **spec: Any) -> Job:
-        """Submit once the controller answers (it may still be starting)."""
+        """Submit once the controller answers (it may still be starting); a workdir is uploaded as `incl submit`
+        does."""
         parsed = load_spec({"run": run, **spec})
         await self.wait_controller()
         async with self.client() as c:
-            return await c.submit(parsed, user=user)
+            code = await upload_workdir(c, parsed.workdir) if parsed.workdir else None
+            return await c.submit(parsed, user=user, code=code)
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The real `incl` command against this cluster."""
+        return subprocess.run([sys.executable, "-m", "incl.cli", "--nats", self.nats.url, *args], capture_output=True,
+                              text=True, timeout=timeout, cwd=cwd,
+                              env={**self.env, **(env or {})})
 
     async def wait_controller(self, timeout: float = 20.0) -> None:
         async def check() -> bool:
@@ -234,6 +246,25 @@ class Cluster:
         return "\n".join(parts)
 
 
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Our own dockerd for the session (skips without one; with CI=true, fails instead)."""
+    engine = dockerd.start_dockerd(tmp_path_factory.mktemp("dockerd"))
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_engine: Any) -> str:
+    return dockerd.busybox_image(docker_engine)
+
+
+@pytest.fixture(scope="session")
+def python_image(docker_engine: Any) -> str:
+    """Debian minbase with python3 (built once with debootstrap, then cached outside the repository)."""
+    return dockerd.python_image(docker_engine)
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Any:
     server = NatsServer(tmp_path).start()
@@ -242,7 +273,9 @@ def nats_server(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, nats_server: NatsServer, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, nats_server: NatsServer, request: pytest.FixtureRequest,
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
+    monkeypatch.setenv("INCL_HOME", str(tmp_path / "home"))  # the CLI's caches, in-process and in subprocesses
     c = Cluster(tmp_path, nats_server)
     yield c
     c.close()

@@ -78,7 +78,9 @@ async def test_invalid_specs_are_refused_with_the_field_and_nothing_is_queued(cl
         "run: x\nresources:\n  cpus: lots\n": ("resources.cpus", "expected `float`"),
         "run: x\nresources:\n  memory: 12 parsecs\n": ("resources.memory", "is not a size"),
         "name: no-run\n": ("run", "is required"),
-        "run: x\nimage: pytorch:latest\n": ("image", "not supported yet"),
+        "run: x\nhpo:\n  trials: 3\n": ("hpo", "not supported yet"),
+        "run: x\ndata:\n  - source: bucket/x\n    target: d\n": ("data[0].source", "s3://"),
+        "run: x\ncheckpoint:\n  sync_every: soon\n": ("checkpoint.sync_every", "not a duration"),
         "run: [1, 2\n": ("", "not valid YAML"),
         "- just\n- a list\n": ("", "mapping"),
     }

@@ -23,7 +23,16 @@ from motoserver import AWS_ENV, MotoServer
 
 from incl.controller.aws import AwsProvider, LaunchFailed, NoCapacity, NoInstanceType, client_token
 from incl.controller.catalog import AwsConfig, CatalogEntry, candidates, shapes
-from incl.controller.reconcile import EXISTING, TAG_ATTEMPT, TAG_CLUSTER, TAG_JOB, TAG_ROLE, Launch, Market
+from incl.controller.reconcile import (
+    EXISTING,
+    TAG_ATTEMPT,
+    TAG_CLUSTER,
+    TAG_GENERATION,
+    TAG_JOB,
+    TAG_ROLE,
+    Launch,
+    Market,
+)
 from incl.proto.messages import Resources as Shape
 from incl.proto.spec import Resources
 
@@ -38,9 +47,9 @@ CATALOG = [
 
 
 def launch(job: str = "j1", attempt: int = 1, market: Market = Market.SPOT, cluster: str = "c1",
-           gpus: str = "A10G:1") -> Launch:
+           gpus: str = "A10G:1", generation: int = 0) -> Launch:
     model, _, count = gpus.partition(":")
-    return Launch(cluster=cluster, job_id=job, attempt=attempt, market=market,
+    return Launch(cluster=cluster, job_id=job, attempt=attempt, market=market, generation=generation,
                   resources=Resources(gpus=int(count), gpu_model=model, cpus=2))
 
 
@@ -104,8 +113,8 @@ async def test_spot_launch_has_the_type_market_tags_and_user_data(aws: Aws) -> N
     i = await aws.instance(got.instance_id)
     tags = {t["Key"]: t["Value"] for t in i["Tags"]}
     assert (i["InstanceType"], i["SubnetId"], i.get("InstanceLifecycle")) == ("g5.xlarge", aws.subnets[0], "spot")
-    assert tags == {TAG_CLUSTER: "c1", TAG_JOB: "j1", TAG_ATTEMPT: "1", TAG_ROLE: "agent", "team": "ml",
-                    "Name": "incl-c1-j1-1"}
+    assert tags == {TAG_CLUSTER: "c1", TAG_JOB: "j1", TAG_ATTEMPT: "1", TAG_GENERATION: "0", TAG_ROLE: "agent",
+                    "team": "ml", "Name": "incl-c1-j1-1"}
     assert i["IamInstanceProfile"]["Arn"].endswith("/incl-agent")
     assert i["MetadataOptions"]["HttpTokens"] == "required"
     assert i["ClientToken"] == client_token(launch(), "g5.xlarge", aws.subnets[0])
@@ -139,6 +148,29 @@ async def test_launching_one_attempt_twice_gives_one_instance(aws: Aws) -> None:
     assert again.instance_id == first.instance_id and again.existing
     assert other.instance_id != first.instance_id
     assert sorted((i.job_id, i.attempt) for i in ours) == [("j1", 1), ("j1", 2)]
+
+
+async def test_a_relaunch_is_a_new_instance_and_a_retried_relaunch_is_not(aws: Aws) -> None:
+    """Generation 1 of an attempt gets an instance of its own, tagged and tokened as generation 1, although the
+    generation-0 instance still exists (the plan terminates it in the same pass); retried, it gets that one back.
+    describe() then shows the terminated generation 0 with its state reason."""
+    s1 = aws.subnets[0]
+    async with aws.provider() as provider:
+        first = await provider.launch(launch())
+        second = await provider.launch(launch(generation=1))
+        again = await provider.launch(launch(generation=1))
+        await provider.terminate("c1", [first.instance_id])
+        seen = {i.instance_id: i for i in await provider.describe("c1")}
+    assert second.instance_id != first.instance_id and not second.existing
+    assert again.instance_id == second.instance_id and again.existing
+    i = await aws.instance(second.instance_id)
+    assert {t["Key"]: t["Value"] for t in i["Tags"]}[TAG_GENERATION] == "1"
+    assert i["ClientToken"] == client_token(launch(generation=1), "g5.xlarge", s1) != \
+        client_token(launch(), "g5.xlarge", s1)
+    gone = seen[first.instance_id]
+    assert (gone.state, gone.state_reason, gone.generation, gone.market) == \
+        ("terminated", "Client.UserInitiatedShutdown", 0, Market.SPOT)
+    assert (seen[second.instance_id].state, seen[second.instance_id].generation) == ("running", 1)
 
 
 async def test_capacity_errors_fail_over_to_the_next_subnet_then_type(aws: Aws) -> None:

@@ -41,6 +41,9 @@ ATTEMPT_PLAIN = {
     "agent_id": "a1",
     "state": "RUNNING",
     "assigned_at": 10.0,
+    "instance_id": None,
+    "instance_type": None,
+    "market": None,
     "started_at": 11.0,
     "ended_at": None,
     "exit_code": None,
@@ -70,13 +73,18 @@ JOB_PLAIN = {
 RES = m.Resources(cpus=8.0, memory=64 * 2**30, gpus=8, gpu_model="H100")
 RES_PLAIN = {"cpus": 8.0, "memory": 64 * 2**30, "gpus": 8, "gpu_model": "H100"}
 
-INFO = m.AgentInfo(agent_id="a1", hostname="gpu-1", capacity=RES, labels={"zone": "eu"}, version="0.1.0")
+INFO = m.AgentInfo(agent_id="a1", hostname="gpu-1", capacity=RES, labels={"zone": "eu"}, version="0.1.0",
+                   provider="aws", instance_id="i-0abc", instance_type="p4d.24xlarge", market="spot",
+                   zone="us-east-1a")
 INFO_PLAIN = {
     "agent_id": "a1",
     "hostname": "gpu-1",
     "capacity": RES_PLAIN,
-    "provider": "local",
-    "instance_id": None,
+    "provider": "aws",
+    "instance_id": "i-0abc",
+    "instance_type": "p4d.24xlarge",
+    "market": "spot",
+    "zone": "us-east-1a",
     "labels": {"zone": "eu"},
     "runtimes": ["process"],
     "version": "0.1.0",
@@ -136,7 +144,9 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
     (m.JobExited(job_id="j1", attempt=2, agent_id="a1", ts=3.5, exit_code=None, signal=9, reason="oom",
                  cancelled=True, tail=["Killed"]),
      _msg(m.JobExited, job_id="j1", attempt=2, agent_id="a1", ts=3.5, exit_code=None, signal=9, reason="oom",
-          cancelled=True, tail=["Killed"], outputs=None)),
+          cancelled=True, preempted=False, tail=["Killed"], outputs=None)),
+    (m.AgentInterrupted(agent_id="a1", instance_id="i-0abc", action="terminate", deadline=120.0, ts=1.0),
+     _msg(m.AgentInterrupted, agent_id="a1", instance_id="i-0abc", action="terminate", deadline=120.0, ts=1.0)),
     (m.LogBatch(job_id="j1", attempt=2, seq=7, lines=[
         m.LogLine(ts=1.0, stream=m.Stream.STDOUT, data=b"epoch 1\n"),
         m.LogLine(ts=1.5, stream=m.Stream.STDERR, data=b"\xff\xfenot utf-8"),
@@ -166,7 +176,7 @@ PLAINS = [plain for _, plain in SAMPLES]
 # Every decoder a subject uses, with the types it may return.
 DECODERS: list[tuple[str, Decoder[Any], tuple[type, ...]]] = [
     ("AgentCommand", Decoder(m.AgentCommand), (m.Assign, m.CancelJob)),
-    ("AgentEvent", Decoder(m.AgentEvent), (m.JobStarting, m.JobRunning, m.JobExited)),
+    ("AgentEvent", Decoder(m.AgentEvent), (m.JobStarting, m.JobRunning, m.JobExited, m.AgentInterrupted)),
     ("LogBatch", Decoder(m.LogBatch), (m.LogBatch,)),
     ("MetricBatch", Decoder(m.MetricBatch), (m.MetricBatch,)),
     ("Job", Decoder(m.Job), (m.Job,)),  # KV records share the codec

@@ -1,4 +1,5 @@
-"""Provisioning is a pure diff: launches, terminations with their reasons, lost attempts, and its invariants."""
+"""Provisioning is a pure diff: launches (and relaunches after a loss), terminations with their reasons, and its
+invariants."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from incl.controller.aws import client_token
 from incl.controller.reconcile import (
     EXISTING,
     TAG_ATTEMPT,
     TAG_CLUSTER,
+    TAG_GENERATION,
     TAG_JOB,
     Demand,
     Launch,
@@ -32,12 +35,15 @@ NOW = 10_000.0
 
 
 def inst(iid: str, job: str | None = "j1", attempt: int | None = 1, state: str = "running",
-         launched: float = NOW - 60, cluster: str | None = "c1", reason: str | None = None) -> ObservedInstance:
+         launched: float = NOW - 60, cluster: str | None = "c1", reason: str | None = None,
+         generation: int | None = None) -> ObservedInstance:
     tags = {TAG_CLUSTER: cluster} if cluster else {}
     if job is not None:
         tags[TAG_JOB] = job
     if attempt is not None:
         tags[TAG_ATTEMPT] = str(attempt)
+    if generation is not None:
+        tags[TAG_GENERATION] = str(generation)
     return ObservedInstance(instance_id=iid, state=state, instance_type="g5.xlarge", market=Market.SPOT,
                             launched_at=launched, tags=tags, state_reason=reason)
 
@@ -46,8 +52,10 @@ def agent(iid: str, running: int = 0, idle_since: float | None = None, alive: bo
     return RegisteredAgent(agent_id=iid, instance_id=iid, alive=alive, running=running, idle_since=idle_since)
 
 
-def want(job: str = "j1", attempt: int = 1, market: Market = Market.AUTO, preemptions: int = 0) -> Demand:
-    return Demand(job_id=job, attempt=attempt, resources=Resources(gpus=1), market=market, preemptions=preemptions)
+def want(job: str = "j1", attempt: int = 1, market: Market = Market.AUTO, preemptions: int = 0,
+         max_preemptions: int | None = None) -> Demand:
+    return Demand(job_id=job, attempt=attempt, resources=Resources(gpus=1), market=market, preemptions=preemptions,
+                  max_preemptions=max_preemptions)
 
 
 def reasons(p: Plan) -> dict[str, Reason]:
@@ -64,7 +72,7 @@ def test_a_queued_job_with_no_instance_gets_one_spot_launch_tagged_for_its_attem
         Launch(cluster="c1", job_id="j1", attempt=1, market=Market.SPOT, resources=Resources(gpus=1)),
         Launch(cluster="c1", job_id="j2", attempt=3, market=Market.SPOT, resources=Resources(gpus=1)),
     ]
-    assert p.terminations == [] and p.lost == []
+    assert p.terminations == [] and all(x.generation == 0 for x in p.launches)
 
 
 def test_market_on_demand_when_asked_and_auto_after_max_preemptions() -> None:
@@ -74,6 +82,13 @@ def test_market_on_demand_when_asked_and_auto_after_max_preemptions() -> None:
              [], [], CFG, NOW)
     assert {x.job_id: x.market for x in p.launches} == {
         "od": Market.ON_DEMAND, "a1": Market.SPOT, "a2": Market.ON_DEMAND, "s": Market.SPOT}
+
+
+def test_a_jobs_own_max_preemptions_overrides_the_clusters() -> None:
+    """`retry.max_preemptions` in the spec decides when an auto job goes on-demand."""
+    p = plan([want("early", market=Market.AUTO, preemptions=1, max_preemptions=1),
+              want("late", market=Market.AUTO, preemptions=2, max_preemptions=5)], [], [], CFG, NOW)
+    assert {x.job_id: x.market for x in p.launches} == {"early": Market.ON_DEMAND, "late": Market.SPOT}
 
 
 def test_no_second_launch_while_the_attempts_instance_boots_or_serves() -> None:
@@ -90,20 +105,45 @@ def test_a_new_attempt_gets_its_own_instance() -> None:
     assert [(x.job_id, x.attempt) for x in p.launches] == [("j1", 2)]
 
 
-def test_an_attempt_whose_instance_is_gone_is_lost_not_launched_again() -> None:
-    """A spot instance terminated before the job ran: the attempt is reported lost, with the reason."""
-    gone = inst("i-1", state="terminated", reason="Server.SpotInstanceTermination")
+def test_an_instance_that_died_while_booting_is_relaunched_as_the_next_generation() -> None:
+    """A spot instance reclaimed before the job ran: the same attempt is launched again, generation 1."""
+    gone = inst("i-1", state="terminated", reason="Server.SpotInstanceTermination", generation=0)
     p = plan([want()], [gone], [], CFG, NOW)
-    assert p.launches == [] and p.terminations == []
-    assert [(x.job_id, x.attempt, x.instance_id) for x in p.lost] == [("j1", 1, "i-1")]
-    assert "Server.SpotInstanceTermination" in p.lost[0].detail
+    assert p.terminations == []
+    assert p.launches == [Launch(cluster="c1", job_id="j1", attempt=1, market=Market.SPOT,
+                                 resources=Resources(gpus=1), generation=1)]
 
 
-def test_an_instance_terminated_by_this_plan_makes_its_attempt_lost() -> None:
-    """Never registered and terminated now: the queued attempt it was for is lost, and not relaunched."""
-    p = plan([want()], [inst("i-1", launched=NOW - 601)], [], CFG, NOW)
+def test_an_instance_terminated_by_this_plan_is_replaced_in_the_same_plan() -> None:
+    """Never registered and terminated now: its attempt is launched again, as the next generation."""
+    p = plan([want()], [inst("i-1", launched=NOW - 601, generation=0)], [], CFG, NOW)
     assert reasons(p) == {"i-1": Reason.NEVER_REGISTERED}
-    assert p.launches == [] and "terminated now" in p.lost[0].detail
+    assert [(x.job_id, x.attempt, x.generation) for x in p.launches] == [("j1", 1, 1)]
+
+
+def test_a_launch_retried_after_a_crash_is_the_same_launch() -> None:
+    """A controller that crashed after RunInstances, before the instance showed in DescribeInstances (EC2 is
+    eventually consistent), plans the same launch again, generation included, so its ClientToken is the same and
+    EC2 answers with the instance it made; once that instance shows, nothing is launched."""
+    dead = inst("i-1", state="terminated", generation=0)
+    before = plan([want()], [dead], [], CFG, NOW).launches
+    after_restart = plan([want()], [dead], [], CFG, NOW + 5).launches
+    assert before == after_restart and [x.generation for x in before] == [1]
+    assert client_token(before[0], "g5.xlarge", "subnet-1") == client_token(after_restart[0], "g5.xlarge", "subnet-1")
+    assert plan([want()], [dead, inst("i-2", state="pending", generation=1)], [], CFG, NOW + 5).launches == []
+
+
+def test_generations_count_every_tagged_instance_and_never_come_round_again() -> None:
+    """Two dead launches make the next generation 2; once EC2 forgets old terminated instances the number still
+    goes past the highest generation seen, so a token already spent on a relaunch is never reused."""
+    dead = [inst(f"i-{g}", state="terminated", generation=g) for g in range(2)]
+    assert [x.generation for x in plan([want()], dead, [], CFG, NOW).launches] == [2]
+    only_last = [inst("i-3", state="shutting-down", generation=3)]
+    assert [x.generation for x in plan([want()], only_last, [], CFG, NOW).launches] == [4]
+    untagged = [inst("i-old", state="terminated")]  # launched before the generation tag existed
+    assert [x.generation for x in plan([want()], untagged, [], CFG, NOW).launches] == [1]
+    assert client_token(Launch(cluster="c1", job_id="j1", attempt=1, market=Market.SPOT), "g5.xlarge", None) != \
+        client_token(Launch(cluster="c1", job_id="j1", attempt=1, market=Market.SPOT, generation=1), "g5.xlarge", None)
 
 
 # --- terminations ---------------------------------------------------------------------------------------------
@@ -191,7 +231,7 @@ def worlds(draw: st.DrawFn) -> tuple[list[Demand], list[ObservedInstance], list[
                             max_size=6, unique_by=lambda d: (d.job_id, d.attempt)))
     ids = [f"i-{n}" for n in range(draw(st.integers(0, 8)))]
     observed = [inst(i, job=draw(st.none() | JOBS), attempt=draw(st.none() | st.integers(1, 3)),
-                     state=draw(STATES), launched=NOW - draw(AGES),
+                     state=draw(STATES), launched=NOW - draw(AGES), generation=draw(st.none() | st.integers(0, 3)),
                      cluster=draw(st.sampled_from(["c1", "c1", "c1", "c2", None]))) for i in ids]
     agents = [RegisteredAgent(agent_id=f"a-{i}", instance_id=i, alive=draw(st.booleans()),
                               running=draw(st.integers(0, 2)), idle_since=(None if (idle := draw(IDLE)) is None
@@ -205,8 +245,8 @@ def worlds(draw: st.DrawFn) -> tuple[list[Demand], list[ObservedInstance], list[
 @given(worlds())
 def test_invariants(world: tuple[list[Demand], list[ObservedInstance], list[RegisteredAgent], set[str]]) -> None:
     """For any world: only our existing instances go, never one running a job or booting; one launch at most
-    per job and attempt, none for an attempt any instance was tagged with; every demand is launched, covered
-    or lost; the plan does not depend on the order of its inputs."""
+    per job and attempt, and only for a demand no instance of ours still serves, as a generation past every one
+    tagged for it; every demand is launched or covered; the plan does not depend on the order of its inputs."""
     desired, observed, agents, live = world
     p = plan(desired, observed, agents, CFG, NOW, live_jobs=live)
     by_id = {i.instance_id: i for i in observed}
@@ -221,15 +261,17 @@ def test_invariants(world: tuple[list[Demand], list[ObservedInstance], list[Regi
             assert i.job_id not in live and i.job_id not in {d.job_id for d in desired}
     assert len({t.instance_id for t in p.terminations}) == len(p.terminations)
     keys = [(x.job_id, x.attempt) for x in p.launches]
-    ours = {(i.job_id, i.attempt) for i in observed if i.tags.get(TAG_CLUSTER) == "c1"}
-    assert len(keys) == len(set(keys)) and not set(keys) & ours
-    lost = {(x.job_id, x.attempt) for x in p.lost}
-    assert set(keys) | lost <= {(d.job_id, d.attempt) for d in desired} and not set(keys) & lost
+    assert len(keys) == len(set(keys)) and set(keys) <= {(d.job_id, d.attempt) for d in desired}
     going = {t.instance_id for t in p.terminations}
-    for d in desired:  # covered (not launched, not lost) exactly when an instance of ours still serves it
-        serving = [i for i in observed if i.tags.get(TAG_CLUSTER) == "c1" and (i.job_id, i.attempt) ==
-                   (d.job_id, d.attempt) and i.state in EXISTING and i.instance_id not in going]
-        assert bool(serving) == ((d.job_id, d.attempt) not in set(keys) | lost)
+    for d in desired:  # launched exactly when no instance of ours still serves it
+        tagged = [i for i in observed if i.tags.get(TAG_CLUSTER) == "c1" and (i.job_id, i.attempt) ==
+                  (d.job_id, d.attempt)]
+        serving = [i for i in tagged if i.state in EXISTING and i.instance_id not in going]
+        assert bool(serving) == ((d.job_id, d.attempt) not in set(keys))
+        for x in p.launches:
+            if (x.job_id, x.attempt) == (d.job_id, d.attempt):
+                assert x.generation >= len(tagged)
+                assert all(x.generation > i.generation for i in tagged if i.generation is not None)
     for x in p.launches:
         d = next(d for d in desired if (d.job_id, d.attempt) == (x.job_id, x.attempt))
         on_demand = d.market is Market.ON_DEMAND or (d.market is Market.AUTO and d.preemptions >= 2)

@@ -90,4 +90,31 @@ def test_terminal_states_refuse_everything() -> None:
 
 
 def test_allowed_table_covers_every_state() -> None:
-    assert set(state.ALLOWED) == set(JobState) - {S.PREEMPTED}
+    assert set(state.ALLOWED) == set(JobState)
+
+
+def test_preempted_attempts_resume_and_never_use_up_attempts() -> None:
+    """A spot notice (exit with preempted) and a reclaim without notice both make the attempt PREEMPTED and
+    queue the job again, however many times; the instance each attempt ran on is kept."""
+    from incl.proto.messages import AgentInfo, Resources
+    spot = AgentInfo(agent_id="i-1", hostname="h", capacity=Resources(cpus=1, memory=1), instance_id="i-1",
+                     instance_type="g5.xlarge", market="spot")
+    j = job(retry={"max_attempts": 1})
+    for n in range(1, 4):
+        j = state.running(state.assign(j, f"i-{n}", n, spot), n, n, started_at=n)
+        if n % 2:
+            j = state.exited(j, n, n + 0.5, exit_code=143, reason="spot notice", cancelled=False, tail=[],
+                             ended_at=n + 0.5, preempted=True)
+        else:
+            j = state.preempt(j, n, n + 0.5, "spot instance reclaimed")
+        assert j.state is S.QUEUED and j.current.state is S.PREEMPTED and "resuming" in j.reason
+    assert [(a.instance_id, a.instance_type, a.market) for a in j.attempts] == [("i-1", "g5.xlarge", "spot")] * 3
+    j = state.exited(state.running(state.assign(j, "i-4", 9), 4, 9, started_at=9), 4, 10, exit_code=0, reason=None,
+                     cancelled=False, tail=[], ended_at=10)
+    assert j.state is S.SUCCEEDED
+
+
+def test_preempted_while_cancel_requested_ends_cancelled() -> None:
+    j = state.cancel(state.running(state.assign(job(), "a1", 1), 1, 2, started_at=2), 3)
+    j = state.exited(j, 1, 4, exit_code=143, reason=None, cancelled=False, tail=[], ended_at=4, preempted=True)
+    assert j.state is S.CANCELLED

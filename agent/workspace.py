@@ -1,0 +1,133 @@
+"""A job's files on this instance, and their round trips to the artifact store.
+
+Layout under the agent's work dir:
+
+    jobs/<job>/attempt-<n>/code         the code snapshot, built from the instance's blob cache
+    jobs/<job>/attempt-<n>/run          entry scripts (mounted at /incl/run in a container)
+    jobs/<job>/attempt-<n>/outputs      $INCL_OUTPUT_DIR, uploaded when the attempt ends
+    jobs/<job>/attempt-<n>/checkpoints  $INCL_CHECKPOINT_DIR: restored from the store, synced while it runs
+    cache/                              blobs, file hashes and data, shared by every job on the instance
+
+An attempt's folder is removed once its results are in the store: the store, not an instance's disk, is where a
+later attempt (on whatever instance) finds them.
+
+In the store, a job's trees live under refs named `jobs/<job>/outputs/<attempt>` and `jobs/<job>/checkpoints`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+
+import incl
+from incl.artifacts import datacache, tree
+from incl.artifacts.config import StoreConfig
+from incl.artifacts.errors import FileChanged, UnreadableFile
+from incl.artifacts.store import ArtifactStore
+from incl.proto.messages import TreeRef
+from incl.proto.spec import DataMount
+
+
+def outputs_ref(job_id: str, attempt: int) -> str:
+    return f"jobs/{job_id}/outputs/{attempt}"
+
+
+def checkpoints_ref(job_id: str) -> str:
+    return f"jobs/{job_id}/checkpoints"
+
+
+def sdk_dir(work_dir: Path) -> Path:
+    """A folder holding only the standard-library `incl` SDK, put first on the job's PYTHONPATH."""
+    target = work_dir / "sdk" / "incl"
+    if not (target / "_sdk.py").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        src = Path(incl.__file__).parent
+        for name in ("__init__.py", "_sdk.py"):
+            shutil.copyfile(src / name, target / name)
+    return target.parent
+
+
+class Workspace:
+    def __init__(self, work_dir: Path, job_id: str, attempt: int) -> None:
+        self.root = work_dir
+        self.job_id, self.attempt = job_id, attempt
+        self.dir = work_dir / "jobs" / job_id / f"attempt-{attempt}"
+        self.code, self.run = self.dir / "code", self.dir / "run"
+        self.outputs, self.checkpoints = self.dir / "outputs", self.dir / "checkpoints"
+        self.cache = work_dir / "cache"
+
+    def create(self) -> Workspace:
+        for d in (self.code, self.run, self.outputs, self.checkpoints, self.cache):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def sdk(self) -> Path:
+        return sdk_dir(self.root)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the job's folder, once its last attempt here is gone
+            self.dir.parent.rmdir()
+
+
+class JobFiles:
+    """The attempt's trips to the artifact store: code in, checkpoints both ways, outputs out, data in."""
+
+    def __init__(self, store: ArtifactStore, ws: Workspace, config: StoreConfig) -> None:
+        self._store, self._config = store, config
+        self._ws = ws
+        self._blobs = tree.BlobCache(ws.cache / "blobs")
+        self._hashes = tree.HashCache(ws.cache / "hashes.sqlite")
+
+    async def fetch_code(self, code: TreeRef) -> tree.PullResult:
+        return await tree.pull_tree(self._store, code.digest, self._ws.code, blob_cache=self._blobs)
+
+    async def restore_checkpoints(self) -> tree.PullResult | None:
+        """The job's last stored checkpoint into $INCL_CHECKPOINT_DIR; None when there is none."""
+        ref = checkpoints_ref(self._ws.job_id)
+        if await tree.resolve_ref(self._store, ref) is None:
+            return None
+        return await tree.pull_tree(self._store, ref, self._ws.checkpoints, blob_cache=self._blobs)
+
+    async def sync_checkpoints(self, attempts: int, retry_delay: float) -> tree.PushResult:
+        """Upload what changed in $INCL_CHECKPOINT_DIR since the last sync. A running job may be writing a file
+        as it is read: the snapshot is refused then (never stored half-written), and taken again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await tree.push_tree(self._store, self._ws.checkpoints, ref=checkpoints_ref(self._ws.job_id),
+                                            hash_cache=self._hashes)
+            except (FileChanged, UnreadableFile):
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(retry_delay)
+        raise AssertionError("unreachable")
+
+    async def upload_outputs(self, exclude: list[str]) -> TreeRef:
+        result = await tree.push_tree(self._store, self._ws.outputs, ref=outputs_ref(self._ws.job_id, self._ws.attempt),
+                                      hash_cache=self._hashes, exclude=exclude)
+        return TreeRef(digest=result.digest, files=result.files, bytes=result.bytes)
+
+    async def fetch_data(self, mount: DataMount) -> Path:
+        """The host folder to mount read-only: an s3:// prefix copied into the instance cache, or a host path."""
+        if mount.source.startswith("s3://"):
+            return await datacache.fetch_prefix(mount.source, self._ws.cache / "data", config=self._config)
+        path = Path(mount.source)
+        if not path.exists():
+            raise FileNotFoundError(f"data source {mount.source} does not exist on this instance")
+        return path
+
+
+def link_data(code: Path, target: str, source: Path) -> None:
+    """Without a container: a relative data target becomes a symlink in the code dir."""
+    link = code / PurePosixPath(target)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)
+        else:
+            link.unlink()
+    os.symlink(source, link)

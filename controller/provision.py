@@ -1,0 +1,124 @@
+"""The provisioning loop: observe, diff (`reconcile.plan`, pure), apply. Runs only with a cloud provider.
+
+Observed state is read afresh each pass (instances by the cluster tag, agents from the registry, jobs from the
+store), so a restarted controller picks up where it left off: an instance launched for an attempt is found by
+its tags and never launched twice, and one it launched and forgot is terminated as an orphan or an idle one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from incl.controller import reconcile
+from incl.controller.agents import Agents
+from incl.controller.aws import AwsProvider, LaunchFailed
+from incl.controller.jobs import Jobs
+from incl.proto.messages import ON_AGENT, TERMINAL, AgentRecord, AgentState, Job
+
+log = structlog.get_logger()
+
+
+def idle_since(record: AgentRecord, jobs: list[Job]) -> float | None:
+    """When the agent last became empty (None while it runs something): the end of its last attempt, or its
+    registration if it never ran one."""
+    agent_id = record.info.agent_id
+    if any(j.state in ON_AGENT and j.current and j.current.agent_id == agent_id for j in jobs):
+        return None
+    ended = [a.ended_at or 0.0 for j in jobs for a in j.attempts if a.agent_id == agent_id]
+    return max([record.registered_at, *ended])
+
+
+class Provisioner:
+    def __init__(self, cfg: reconcile.ReconcileConfig, provider: AwsProvider, jobs: Jobs, agents: Agents) -> None:
+        self.cfg = cfg
+        self._provider = provider
+        self._jobs = jobs
+        self._agents = agents
+        self._launching: dict[tuple[str, int, int], asyncio.Task[None]] = {}
+        self.failures: dict[str, str] = {}  # job id -> why its last launch failed (shown while it waits)
+        self._kick = asyncio.Event()
+        self._waiting: set[str] = set()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                try:
+                    await self.once(tg)
+                except Exception as exc:  # EC2 unreachable, throttled: the next pass tries again
+                    log.warning("reconcile_failed", error=repr(exc))
+                try:
+                    await asyncio.wait_for(self._kick.wait(), timeout=self.cfg.interval)
+                except asyncio.TimeoutError:
+                    pass
+                self._kick.clear()
+
+    def _demand(self) -> list[reconcile.Demand]:
+        """Queued jobs the scheduler could not place: they need an instance."""
+        waiting = self._jobs.waiting
+        return [reconcile.demand_of(j, self.cfg) for j in self._jobs.queued() if j.id in waiting]
+
+    def _registered(self, jobs: list[Job]) -> list[reconcile.RegisteredAgent]:
+        out = []
+        for rec in self._agents.records:
+            if rec.info.instance_id is None:
+                continue
+            alive = rec.state is AgentState.ALIVE
+            since = idle_since(rec, jobs) if alive else None
+            out.append(reconcile.RegisteredAgent(agent_id=rec.info.agent_id, instance_id=rec.info.instance_id,
+                                                 alive=alive, running=0 if since is not None else 1,
+                                                 idle_since=since))
+        return out
+
+    async def once(self, tg: asyncio.TaskGroup) -> reconcile.Plan:
+        observed = await self._provider.describe(self.cfg.cluster)
+        jobs = list(self._jobs.records)
+        live = {j.id for j in jobs if j.state not in TERMINAL}
+        plan = reconcile.plan(self._demand(), observed, self._registered(jobs), self.cfg, time.time(),
+                              live_jobs=live)
+        if plan.terminations:
+            for t in plan.terminations:
+                log.warning("instance_terminating", instance_id=t.instance_id, reason=t.reason, detail=t.detail)
+            await self._provider.terminate(self.cfg.cluster, [t.instance_id for t in plan.terminations])
+        for launch in plan.launches:
+            key = (launch.job_id, launch.attempt, launch.generation)
+            if key not in self._launching:
+                self._launching[key] = tg.create_task(self._launch(launch, key))
+        return plan
+
+    async def _launch(self, launch: reconcile.Launch, key: tuple[str, int, int]) -> None:
+        try:
+            got = await self._provider.launch(launch)
+            self.failures.pop(launch.job_id, None)
+            log.info("instance_launched", job_id=launch.job_id, attempt=launch.attempt, instance_id=got.instance_id,
+                     instance_type=got.instance_type, market=launch.market, zone=got.availability_zone)
+        except LaunchFailed as exc:
+            self.failures[launch.job_id] = str(exc)
+            log.warning("launch_failed", job_id=launch.job_id, attempt=launch.attempt, error=str(exc))
+        except Exception as exc:
+            self.failures[launch.job_id] = f"launch failed: {exc!r}"
+            log.exception("launch_error", job_id=launch.job_id)
+        finally:
+            self._launching.pop(key, None)
+            self.kick()
+
+    async def spot_reclaimed(self, record: AgentRecord) -> bool:
+        """Whether EC2 reclaimed the agent's spot instance (asked when the agent goes silent)."""
+        instance = record.info.instance_id
+        if instance is None:
+            return False
+        return (await self._provider.spot_interrupted([instance])).get(instance, False)
+
+    def waiting(self, waiting: dict[str, str]) -> dict[str, str]:
+        """The scheduler's latest unplaced jobs: a new one starts a pass at once (not at the next interval).
+        Returns their reasons, with the last launch failure of each job that has one."""
+        if not waiting.keys() <= self._waiting:
+            self.kick()
+        self._waiting = set(waiting)
+        return {job_id: f"{why}; {self.failures[job_id]}" if job_id in self.failures else why
+                for job_id, why in waiting.items()}
