@@ -1,0 +1,260 @@
+"""AWS end to end: the controller provisions instances in moto's EC2, each boots a real agent (through the boot
+simulator, with its own IMDSv2 fake), jobs run, spot instances are interrupted and jobs resume from checkpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import pytest
+import yaml
+
+from conftest import Cluster, Daemon, wait_for
+from ec2boot import BootSimulator
+from imds import FakeImds
+from motoserver import MotoServer
+
+pytestmark = pytest.mark.slow
+
+CATALOG = [
+    {"gpus": 1, "gpu_model": "A10G", "cpus": 4, "memory_gib": 16, "instance_types": ["g5.xlarge", "g5.2xlarge"]},
+    {"gpus": 0, "cpus": 4, "memory_gib": 16, "instance_types": ["m5.xlarge"]},
+]
+
+
+def gpu_recording(tmp: Path) -> Path:
+    """One A10G, busy: what NVML would report on a g5 instance (no GPU here)."""
+    path = tmp / "a10g.yaml"
+    info = [{"index": 0, "uuid": "GPU-0", "model": "A10G", "memory_total": 24 * 2**30}]
+    path.write_text(yaml.safe_dump({"gpus": info, "readings": [{"0": {"util_gpu": 90, "util_mem": 40,
+                                                                       "memory_used": 2**30}}] * 10}))
+    return path
+
+
+class World:
+    def __init__(self, cluster: Cluster, moto: MotoServer, sim: BootSimulator, imds: FakeImds) -> None:
+        self.cluster, self.moto, self.sim, self.imds = cluster, moto, sim, imds
+        session = botocore.session.get_session()
+        self.ec2 = session.create_client("ec2", endpoint_url=moto.url, region_name="us-east-1")
+        self.s3 = session.create_client("s3", endpoint_url=moto.url, region_name="us-east-1")
+
+    def instances(self) -> list[dict[str, Any]]:
+        pages = self.ec2.describe_instances(Filters=[{"Name": "tag:incl:cluster", "Values": ["t"]}])
+        return [i for r in pages["Reservations"] for i in r["Instances"]]
+
+    def live(self) -> list[dict[str, Any]]:
+        return [i for i in self.instances() if i["State"]["Name"] in ("pending", "running")]
+
+    def start_controller(self, **overrides: Any) -> Daemon:
+        ami = self.ec2.register_image(Name="incl-gpu", RootDeviceName="/dev/sda1")["ImageId"]
+        aws = {"endpoint_url": self.sim.ec2_url, "ami": ami, "catalog": CATALOG, "api_max_attempts": 1,
+               "launch_rounds": 2, "launch_backoff_initial": 0.1, "launch_backoff_max": 0.2,
+               **overrides.pop("aws", {})}
+        reconcile = {"cluster": "t", "interval": 0.3, "boot_timeout": 8.0, "idle_timeout": 1.5,
+                     **overrides.pop("reconcile", {})}
+        return self.cluster.start_controller(provider="aws", aws=aws, reconcile=reconcile,
+                                             store_url="s3://incl-store/t", **overrides)
+
+
+@pytest.fixture
+async def world(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    moto = MotoServer(tmp_path / "moto.log").start()
+    for key, value in moto.env().items():
+        monkeypatch.setenv(key, value)
+    cluster.env.update(moto.env())
+    recording = gpu_recording(tmp_path)
+    skip_boot: set[str] = set()
+
+    def start_agent(instance_id: str, endpoint: str) -> Daemon:
+        if instance_id in skip_boot or "*" in skip_boot:  # an instance whose agent never comes up
+            return Daemon(instance_id, ["sleep", "600"], tmp_path / f"{instance_id}.log").start()
+        return cluster.start_agent(instance_id, provider="aws", metadata={"endpoint": endpoint},
+                                   spot={"poll_interval": 0.1}, spot_upload_reserve=1.0, docker={"enabled": False},
+                                   gpu_recording=str(recording), gpu_sample_interval=0.05)
+
+    try:
+        async with FakeImds() as imds, BootSimulator(moto.url, imds, start_agent) as sim:
+            w = World(cluster, moto, sim, imds)
+            w.s3.create_bucket(Bucket="incl-store")
+            w.skip_boot = skip_boot  # type: ignore[attr-defined]
+            yield w
+    finally:
+        moto.stop()
+
+
+async def test_a_gpu_job_gets_a_spot_instance_whose_agent_runs_it_and_the_idle_instance_goes(world: World) -> None:
+    """Queued GPU job → one spot g5.xlarge tagged for it, user-data naming the cluster's NATS and store → its
+    agent registers with the instance's metadata → the job runs there → the idle instance is terminated."""
+    world.start_controller()
+    job = await world.cluster.submit("echo on $INCL_GPUS; nproc > /dev/null", resources={"gpus": "A10G:1",
+                                                                                       "spot": True})
+    (instance_id,) = await world.sim.wait_booted(1)
+    (inst,) = world.instances()
+    assert inst["InstanceType"] == "g5.xlarge" and inst.get("InstanceLifecycle") == "spot"
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert (tags["incl:cluster"], tags["incl:job"], tags["incl:attempt"]) == ("t", job.id, "1")
+    user_data = world.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    script = base64.b64decode(user_data["UserData"]["Value"]).decode()
+    assert world.cluster.nats.url in script and "s3://incl-store/t" in script
+
+    done = await world.cluster.wait_done(job.id, timeout=40)
+    assert done.state == "SUCCEEDED", done.reason
+    att = done.current
+    assert (att.agent_id, att.instance_id, att.instance_type, att.market) == (instance_id, instance_id, "g5.xlarge",
+                                                                              "spot")
+    await world.sim.wait_gone(instance_id, timeout=30)
+    assert world.live() == []
+
+
+async def test_insufficient_capacity_on_the_first_candidate_uses_the_next(world: World) -> None:
+    """g5.xlarge answers InsufficientInstanceCapacity: the provider launches the next candidate, g5.2xlarge."""
+    world.sim.proxy.fail["g5.xlarge"] = "InsufficientInstanceCapacity"
+    world.start_controller()
+    job = await world.cluster.submit("true", resources={"gpus": "A10G:1"})
+    await world.sim.wait_booted(1)
+    assert [i["InstanceType"] for i in world.live()] == ["g5.2xlarge"]
+    assert ("g5.xlarge", None, "InsufficientInstanceCapacity") in world.sim.proxy.runs
+    assert (await world.cluster.wait_done(job.id, timeout=40)).state == "SUCCEEDED"
+
+
+# Checkpoints every step; on SIGTERM it checkpoints the step it is in and exits; resumes from the checkpoint.
+TRAIN = """\
+import os, signal, sys, time
+ckpt = os.path.join(os.environ["INCL_CHECKPOINT_DIR"], "step")
+step = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
+print(f"attempt {os.environ['INCL_ATTEMPT']} starts at {step} resumed={os.environ['INCL_RESUMED']}", flush=True)
+def save(n):
+    with open(ckpt + ".tmp", "w") as f:
+        f.write(str(n))
+    os.replace(ckpt + ".tmp", ckpt)
+def on_term(*_):
+    save(step)
+    print(f"SIGTERM at {step}: checkpointed", flush=True)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+total = 0
+while step < TOTAL:
+    step += 1
+    print(f"step {step}", flush=True)
+    save(step)
+    time.sleep(0.05)
+out = os.path.join(os.environ["INCL_OUTPUT_DIR"], "final.txt")
+open(out, "w").write(f"finished {step}\\n")
+print(f"finished {step}", flush=True)
+"""
+
+
+def project(tmp: Path, total: int) -> Path:
+    root = tmp / "train"
+    root.mkdir(exist_ok=True)
+    (root / "train.py").write_text(TRAIN.replace("TOTAL", str(total)))
+    return root
+
+
+def steps(lines: list[bytes]) -> list[int]:
+    return [int(line.split()[1]) for line in lines if line.startswith(b"step ")]
+
+
+async def test_spot_notice_checkpoints_and_the_job_resumes_on_a_new_instance_losing_no_step(
+        world: World, tmp_path: Path) -> None:
+    """A notice mid-run: SIGTERM reaches the job, its checkpoint is stored, the attempt is PREEMPTED, the old
+    instance goes, a new one comes, and the job resumes from that checkpoint and finishes; no step is lost or
+    repeated, and both attempts' logs stay readable."""
+    world.start_controller()
+    job = await world.cluster.submit("python3 train.py", workdir=str(project(tmp_path, 200)),
+                                     resources={"spot": True}, checkpoint={"sync_every": "1h"})
+    (first,) = await world.sim.wait_booted(1)
+
+    async def past_step_30() -> bool:
+        return len(steps(await world.cluster.log_lines(job.id))) >= 30
+
+    await wait_for(past_step_30, 40, "the job to pass step 30")
+    world.sim.interrupt(first)
+
+    async def preempted() -> bool:
+        return (await world.cluster.job(job.id)).attempts[0].state == "PREEMPTED"
+
+    await wait_for(preempted, 20, "attempt 1 to end PREEMPTED")
+    await world.sim.reclaim(first)  # EC2 takes the instance at the deadline
+    done = await world.cluster.wait_done(job.id, timeout=60)
+    assert done.state == "SUCCEEDED" and [a.state for a in done.attempts] == ["PREEMPTED", "SUCCEEDED"]
+    assert done.attempts[1].instance_id not in (None, first)
+    one = await world.cluster.log_lines(job.id, attempt=1)
+    two = await world.cluster.log_lines(job.id, attempt=2)
+    stopped_at = int(one[-1].split()[2].rstrip(b":"))
+    assert one[-1].endswith(b"checkpointed") and two[0] == f"attempt 2 starts at {stopped_at} resumed=1".encode()
+    assert steps(one) + steps(two) == list(range(1, 201)) and two[-1] == b"finished 200"
+    shown = world.cluster.cli("ls", env={"COLUMNS": "200"})
+    assert "1 recovered" in shown.stdout, shown.stdout
+
+
+async def test_spot_loss_without_notice_resumes_from_the_last_periodic_checkpoint(
+        world: World, tmp_path: Path) -> None:
+    """The instance is reclaimed with no notice: heartbeats stop, EC2 says it ended for a spot reason, the
+    attempt is PREEMPTED (not LOST), and the job resumes from the last periodic checkpoint."""
+    world.start_controller(agent_lost_after=1.5)
+    job = await world.cluster.submit("python3 train.py", workdir=str(project(tmp_path, 120)),
+                                     resources={"spot": True}, checkpoint={"sync_every": 0.5},
+                                     retry={"max_attempts": 1})
+    (first,) = await world.sim.wait_booted(1)
+
+    async def past_step_40() -> bool:
+        return len(steps(await world.cluster.log_lines(job.id))) >= 40
+
+    await wait_for(past_step_40, 40, "the job to pass step 40")
+    await world.sim.reclaim(first)
+    done = await world.cluster.wait_done(job.id, timeout=60)
+    assert done.state == "SUCCEEDED" and [a.state for a in done.attempts] == ["PREEMPTED", "SUCCEEDED"], done.reason
+    two = await world.cluster.log_lines(job.id, attempt=2)
+    resumed_at = int(two[0].split()[4])
+    assert resumed_at >= 10 and steps(two) == list(range(resumed_at + 1, 121))
+
+
+async def test_controller_killed_during_provisioning_leaks_nothing_and_launches_nothing_twice(
+        world: World) -> None:
+    """kill -9 of the controller while it launches for three jobs: after a restart every job runs once, each
+    attempt got exactly one instance, and every instance is terminated in the end."""
+    controller = world.start_controller()
+    jobs = [await world.cluster.submit(f"echo job {i}", resources={"gpus": "A10G:1"}) for i in range(3)]
+    await wait_for(lambda: len(world.instances()) >= 1, 20, "a first launch")
+    controller.kill()
+    world.cluster.controller = None
+    world.cluster.start_controller(provider="aws", aws={"endpoint_url": world.sim.ec2_url,
+                                                        "ami": world.instances()[0]["ImageId"], "catalog": CATALOG,
+                                                        "api_max_attempts": 1},
+                                   reconcile={"cluster": "t", "interval": 0.3, "boot_timeout": 8.0,
+                                              "idle_timeout": 1.5}, store_url="s3://incl-store/t")
+    for job in jobs:
+        assert (await world.cluster.wait_done(job.id, timeout=60)).state == "SUCCEEDED"
+    per_attempt: dict[tuple[str, str], int] = {}
+    for inst in world.instances():
+        tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+        key = (tags["incl:job"], tags["incl:attempt"])
+        per_attempt[key] = per_attempt.get(key, 0) + 1
+    assert per_attempt == {(j.id, "1"): 1 for j in jobs}
+    await wait_for(lambda: world.live() == [], 30, "every instance terminated")
+
+
+async def test_an_instance_that_never_registers_is_terminated_after_the_boot_timeout(world: World) -> None:
+    """Its agent never comes up: after `boot_timeout` it is terminated and the attempt gets a new instance."""
+    world.skip_boot.add("*")  # type: ignore[attr-defined]
+    world.start_controller(reconcile={"boot_timeout": 2.0})
+    started = time.time()
+    job = await world.cluster.submit("echo finally", resources={"gpus": "A10G:1"})
+
+    async def first_instance() -> str | None:
+        live = world.live()
+        return live[0]["InstanceId"] if live else None
+
+    dud = await wait_for(first_instance, 20, "a launch")
+    world.skip_boot.add(dud)  # type: ignore[attr-defined]
+    world.skip_boot.discard("*")  # type: ignore[attr-defined]
+    await world.sim.wait_gone(dud, timeout=30)
+    assert time.time() - started >= 2.0
+    done = await world.cluster.wait_done(job.id, timeout=40)
+    assert done.state == "SUCCEEDED" and done.current.instance_id != dud
