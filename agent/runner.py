@@ -247,7 +247,8 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _sync_checkpoints(self, files: JobFiles) -> None:
+    async def _sync_checkpoints(self, files: JobFiles, final: bool = False) -> None:
+        started = time.monotonic()
         try:
             pushed = await files.sync_checkpoints(self.cfg.checkpoint_sync_attempts, self.cfg.checkpoint_retry_delay)
         except Exception as exc:
@@ -256,6 +257,9 @@ class Runner:
             return
         if pushed.uploaded_blobs:
             log.info("checkpoint_synced", files=pushed.files, uploaded=pushed.uploaded_bytes)
+        if final and pushed.files:  # the one a later attempt resumes from: say so in the job's log
+            await self._system(f"incl: checkpoint saved: {pushed.files} files, {pushed.uploaded_bytes} bytes "
+                               f"uploaded in {time.monotonic() - started:.2f}s")
 
     async def run(self, adopt: ContainerHandle | None = None) -> None:
         structlog.contextvars.bind_contextvars(job_id=self.ref.job_id, attempt=self.ref.attempt)
@@ -302,7 +306,7 @@ class Runner:
 
     async def _save(self, files: JobFiles) -> TreeRef | None:
         """However the attempt ended: its last checkpoint and its outputs go to the store."""
-        await self._sync_checkpoints(files)
+        await self._sync_checkpoints(files, final=True)
         try:
             outputs = await files.upload_outputs(self.assign.spec.outputs.exclude)
         except Exception as exc:
