@@ -19,8 +19,8 @@ def docker_agent(cluster: Cluster, agent_id: str, engine: Any, **overrides: Any)
 
 async def test_job_in_an_image_runs_the_uploaded_code_and_its_outputs_download_identical(
         cluster: Cluster, tmp_path: Path, docker_engine: Any, busybox_image: str) -> None:
-    """In a busybox image: the job sees its code at its working dir, writes outputs, and `incl download` gives
-    them back byte-identical; the container runs with host networking and INCL's env."""
+    """In a busybox image: the job sees its code at its working dir and a host-path dataset read-only, writes
+    outputs, and `incl download` gives them back byte-identical."""
     cluster.start_controller()
     docker_agent(cluster, "d1", docker_engine)
     await cluster.wait_agents(1)
@@ -28,8 +28,13 @@ async def test_job_in_an_image_runs_the_uploaded_code_and_its_outputs_download_i
     project.mkdir()
     (project / "blob.bin").write_bytes(bytes(range(256)) * 1000)
     (project / "run.sh").write_text('echo "in $(pwd) as job $INCL_JOB_ID"\ncp blob.bin "$INCL_OUTPUT_DIR/"\n'
-                                    'echo to-stderr >&2\nls /incl\n')
-    (project / "incl.yaml").write_text(f"workdir: .\nimage: {busybox_image}\nrun: sh run.sh\n")
+                                    'echo to-stderr >&2\ncat /data/imagenet/labels.txt\n'
+                                    'touch /data/imagenet/new 2>/dev/null || echo data is read-only\n')
+    dataset = tmp_path / "fsx" / "imagenet"  # a host path, as the AMI mounts FSx for Lustre or EFS
+    dataset.mkdir(parents=True)
+    (dataset / "labels.txt").write_text("cat\ndog\n")
+    (project / "incl.yaml").write_text(f"workdir: .\nimage: {busybox_image}\nrun: sh run.sh\n"
+                                       f"data:\n  - source: {dataset}\n    target: /data/imagenet\n")
     out = cluster.cli("submit", "-f", str(project / "incl.yaml"))
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.split()[0]
@@ -37,6 +42,7 @@ async def test_job_in_an_image_runs_the_uploaded_code_and_its_outputs_download_i
     assert job.state == "SUCCEEDED", (job.reason, job.current and job.current.tail)
     lines = [line.decode() for line in await cluster.log_lines(job_id)]
     assert lines[0] == f"in /incl/code as job {job_id}" and "to-stderr" in lines
+    assert {"cat", "dog", "data is read-only"} <= set(lines) and not (dataset / "new").exists()
     dest = tmp_path / "got"
     assert cluster.cli("download", job_id, "--to", str(dest)).returncode == 0
     assert (dest / "blob.bin").read_bytes() == (project / "blob.bin").read_bytes()
