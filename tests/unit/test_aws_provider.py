@@ -307,10 +307,11 @@ def test_candidates_smallest_fitting_shape_first_or_the_jobs_own_list() -> None:
 
 
 def test_example_config_loads() -> None:
-    """deploy/aws.example.yaml is a valid `aws:` config section."""
-    data = yaml.safe_load((DEPLOY / "aws.example.yaml").read_text())
-    cfg = msgspec.convert(data["aws"], AwsConfig)
-    assert cfg.catalog and all(e.instance_types for e in cfg.catalog)
+    """deploy/aws.example.yaml is a valid controller config with the aws provider and its catalog."""
+    from incl.controller.config import load_config
+    cfg = load_config(DEPLOY / "aws.example.yaml")
+    assert cfg.provider == "aws" and cfg.aws.catalog and all(e.instance_types for e in cfg.aws.catalog)
+    assert len(cfg.shapes()) == len(cfg.aws.catalog)
 
 
 def _statements(name: str) -> list[dict[str, Any]]:
