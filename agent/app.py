@@ -331,7 +331,7 @@ class Agent:
         for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(job_id), LogBatch),
                                      (subjects.METRICS_STREAM, subjects.metrics(job_id), MetricBatch)):
             try:
-                msg = await self._retry("last_batch", lambda: self._js.get_last_msg(stream, subject))
+                msg = await self._retry("last_batch", lambda s=stream, subj=subject: self._js.get_last_msg(s, subj))
                 batch = Decoder(cls).decode(msg.data or b"")
             except (NotFoundError, DecodeError):
                 continue

@@ -38,7 +38,6 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import botocore.session  # noqa: E402
-import yaml  # noqa: E402
 from conftest import Cluster, NatsServer, wait_for  # noqa: E402
 from ec2boot import BootSimulator  # noqa: E402
 from imds import FakeImds  # noqa: E402

@@ -14,7 +14,7 @@
     spot_interrupted  whether EC2 ended an instance for a spot interruption (its state reason)
 
 Every instance carries the tags `incl:cluster`, `incl:job`, `incl:attempt`, `incl:generation`, `incl:role=agent`
-(and the config's `extra_tags`), and boots with user-data rendered from `deploy/user-data.sh.tmpl`.
+(and the config's `extra_tags`), and boots with user-data rendered from `controller/user-data.sh.tmpl`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from incl.controller.reconcile import (
 
 log = structlog.get_logger()
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "user-data.sh.tmpl"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "user-data.sh.tmpl"  # package data: ships in the wheel
 USER_DATA_LIMIT = 16 * 1024  # bytes, before base64: EC2's limit
 
 # RunInstances errors that mean "not this type here, now": try the next candidate.

@@ -53,7 +53,7 @@ class AwsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     extra_tags: dict[str, str] = {}  # added to every instance and volume (cost allocation, owner...)
     spot_max_price: str | None = None  # None: capped at the on-demand price, AWS's default
     imds_hop_limit: int = 1  # 1: containers on a bridge network cannot reach the instance role's credentials
-    user_data_template: str | None = None  # None: deploy/user-data.sh.tmpl next to the package
+    user_data_template: str | None = None  # None: the package's user-data.sh.tmpl (controller/ in the repo)
     catalog: list[CatalogEntry] = []
 
     # The EC2 API: every call has a timeout; botocore retries throttling and 5xx this many times in all.

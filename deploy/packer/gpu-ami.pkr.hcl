@@ -1,7 +1,7 @@
 # The INCL GPU AMI: AWS's Deep Learning Base AMI (Ubuntu 24.04, NVIDIA driver, Docker, NVIDIA container
 # toolkit), checked and completed by provision.sh, with the INCL agent installed into /opt/incl/venv and its
 # systemd unit enabled. The unit waits for /etc/incl/agent.yaml, which the user-data of each launch writes
-# (deploy/user-data.sh.tmpl). Build from the repository root:
+# (controller/user-data.sh.tmpl). Build from the repository root:
 #
 #   python -m build --wheel
 #   packer init deploy/packer
