@@ -129,20 +129,27 @@ class ContainerExecution:
             if self._grace is not None:
                 self._stopping = asyncio.create_task(self._handle.stop(self._grace))
             waiter = asyncio.create_task(self._handle.wait())
-            await self._until_running(waiter)
-            await on_running(None)
-            end = await waiter
+            try:
+                await self._until_running(waiter)
+                await on_running(None)
+                end = await waiter
+            finally:
+                waiter.cancel()  # only matters when the agent shuts down: the container itself runs on
         except ContainerFailure as exc:
+            await self._remove()
             return Outcome(None, str(exc))
-        finally:
-            if self._handle is not None:
-                with contextlib.suppress(Exception):
-                    await self._handle.remove()
+        # Removed only once it has ended: a container whose agent shuts down (cancellation) keeps running.
+        await self._remove()
         reason = end.reason
         failed_setup = self._run_dir / "setup-failed"
         if reason is None and failed_setup.exists():
             reason = f"setup failed with exit code {end.exit_code}"
         return Outcome(end.exit_code, reason)
+
+    async def _remove(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(Exception):
+                await self._handle.remove()
 
     async def _until_running(self, waiter: asyncio.Task[object]) -> None:
         """Until setup is done (the entrypoint's marker) or the container has ended."""

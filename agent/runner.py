@@ -265,8 +265,31 @@ class Runner:
         structlog.contextvars.bind_contextvars(job_id=self.ref.job_id, attempt=self.ref.attempt)
         self._logs.start()
         self._metrics.start()
-        outcome, outputs = Outcome(None), None
         files = JobFiles(self._store, self.ws.create(), self.cfg.store) if self._store is not None else None
+        try:
+            outcome = await self._attempt(files, adopt)
+        except asyncio.CancelledError:
+            # The agent is shutting down. A container keeps running and the next agent process re-adopts it,
+            # replaying its output past what was shipped: ship only whole lines now, save and report nothing.
+            await self._logs.close()
+            await self._metrics.close()
+            raise
+        finally:
+            if self._job_pids is not None:
+                self._job_pids.remove(self.ref.job_id)
+        outputs = await self._save(files) if files is not None else None
+        if rest := self._splitter.flush():
+            await self._ship_lines(rest)
+        if reason := self._reason(outcome):
+            await self._system(f"incl: {reason}")
+        await self._logs.close()
+        await self._metrics.close()
+        await self._exited(outcome, outputs)
+        if self._store is not None:
+            self.ws.remove()
+
+    async def _attempt(self, files: JobFiles | None, adopt: ContainerHandle | None) -> Outcome:
+        """Prepare (unless re-adopting) and run; every failure becomes the outcome's reason."""
         try:
             data_mounts: list[Mount] = []
             if adopt is None:
@@ -274,35 +297,21 @@ class Runner:
                 if self._has_preparation():
                     await self._publish(self._event(JobStarting))
                 data_mounts = await self._prepare(files)
-            if self._stop_reason is None or adopt is not None:
-                self._exec = self._execution(data_mounts)
-                if self._stop_reason is not None:
-                    self._exec.stop(self._grace)
-                async with MetricChannel(str(self._socket_dir() / "m.sock"), self._on_metric), \
-                        self._checkpointing(files):
-                    if isinstance(self._exec, ContainerExecution):
-                        outcome = await self._exec.run(_noop if adopt else self._running, adopt=adopt)
-                    else:
-                        outcome = await self._exec.run(self._running)
+            if self._stop_reason is not None and adopt is None:
+                return Outcome(None)
+            self._exec = self._execution(data_mounts)
+            if self._stop_reason is not None:
+                self._exec.stop(self._grace)
+            async with MetricChannel(str(self._socket_dir() / "m.sock"), self._on_metric), \
+                    self._checkpointing(files):
+                if isinstance(self._exec, ContainerExecution):
+                    return await self._exec.run(_noop if adopt else self._running, adopt=adopt)
+                return await self._exec.run(self._running)
         except PrepareFailed as exc:
-            outcome = Outcome(None, str(exc))
+            return Outcome(None, str(exc))
         except Exception as exc:
             log.exception("attempt_failed")
-            outcome = Outcome(outcome.exit_code, f"agent error: {type(exc).__name__}: {exc}")
-        finally:
-            if self._job_pids is not None:
-                self._job_pids.remove(self.ref.job_id)
-            if files is not None:
-                outputs = await self._save(files)
-            if rest := self._splitter.flush():
-                await self._ship_lines(rest)
-            if reason := self._reason(outcome):
-                await self._system(f"incl: {reason}")
-            await self._logs.close()
-            await self._metrics.close()
-        await self._exited(outcome, outputs)
-        if self._store is not None:
-            self.ws.remove()
+            return Outcome(None, f"agent error: {type(exc).__name__}: {exc}")
 
     async def _save(self, files: JobFiles) -> TreeRef | None:
         """However the attempt ended: its last checkpoint and its outputs go to the store."""

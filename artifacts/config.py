@@ -20,6 +20,7 @@ class StoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     part_size: int = 8 * MiB  # raised as needed to stay within S3's 10,000 parts
     part_concurrency: int = 4  # parts of one file in flight at once
     chunk_size: int = 1 * MiB  # read and write size when streaming a download
+    inline_read_max: int = 64 * 1024  # smaller files are read on the event loop, bigger ones in a thread
     endpoint_url: str | None = None  # else $INCL_S3_ENDPOINT_URL, $AWS_ENDPOINT_URL_S3, then AWS's own
     region: str | None = None  # else the AWS chain (AWS_REGION, ~/.aws/config)
     fsync: bool = True  # file:// store: a stored object survives a crash once put returns

@@ -28,7 +28,7 @@ import structlog
 from incl.artifacts.atomic import TEMP_PREFIX
 from incl.artifacts.batches import run_all
 from incl.artifacts.config import StoreConfig, TreeLimits
-from incl.artifacts.errors import IntegrityError, InvalidManifest
+from incl.artifacts.errors import IntegrityError, InvalidManifest, NotFound
 from incl.artifacts.store import ArtifactStore, ObjectInfo, open_store
 
 log = structlog.get_logger()
@@ -53,6 +53,8 @@ async def _fetch(store: ArtifactStore, prefix: str, cache: Path, limits: TreeLim
     source = _id(store.identity, prefix)
     async with _locked(cache / "locks" / source, limits.lock_poll):
         listing = [o for o in await store.list(prefix) if not o.key.endswith("/")]
+        if not listing:  # a typo in a data source should not look like an empty data set
+            raise NotFound(f"{store.url.rstrip('/')}/{prefix}: no objects there", path=prefix)
         view = cache / "views" / _id(source, msgspec.json.encode(listing).decode())
         if view.is_dir():
             log.info("data_cached", source=store.url, prefix=prefix, objects=len(listing))

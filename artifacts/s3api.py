@@ -19,6 +19,7 @@ async def make_client(stack: AsyncExitStack, endpoint_url: str | None, cfg: Stor
         read_timeout=cfg.read_timeout,
         max_pool_connections=cfg.max_concurrency,
         retries={"total_max_attempts": 1},  # one retry policy, ours (s3retry.py), not two stacked
+        parameter_validation=False,  # our calls are fixed in code; checking each against the model costs CPU
         # We send each body's SHA-256 ourselves and check every download against its SHA-256, so botocore
         # need not compute a CRC on top of that.
         request_checksum_calculation="when_required",

@@ -88,7 +88,10 @@ class S3Store(ArtifactStore):
             return
 
         async def put() -> None:
-            data = await asyncio.to_thread(_read_checked, path, sha256)
+            if size <= self.cfg.inline_read_max:  # microseconds from the page cache: less than a thread hop
+                data = _read_checked(path, sha256)
+            else:
+                data = await asyncio.to_thread(_read_checked, path, sha256)
             await self._put(self.key(key), data, sha256 or hashlib.sha256(data).hexdigest())
 
         await self.call(f"PUT {key} to", put)
@@ -153,7 +156,8 @@ class S3Store(ArtifactStore):
         token: str | None = None
         root = f"{self.prefix}/" if self.prefix else ""
         while limit is None or len(found) < limit:
-            page = await self.call(f"LIST {prefix}* in", functools.partial(self._list_page, root + prefix, token, limit))
+            page = await self.call(f"LIST {prefix}* in",
+                                   functools.partial(self._list_page, root + prefix, token, limit))
             found += [ObjectInfo(o["Key"][len(root):], o["Size"], o["ETag"].strip('"'))
                       for o in page.get("Contents", [])]
             token = page.get("NextContinuationToken")

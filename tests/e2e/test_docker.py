@@ -69,10 +69,11 @@ async def test_python_job_in_an_image_logs_metrics_through_the_sdk(
 LOUD = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) = 0 ] && sleep 0.1; done; echo end"
 
 
+@pytest.mark.parametrize("how", ["kill", "stop"])
 async def test_agent_killed_while_its_container_runs_readopts_it_with_complete_logs(
-        cluster: Cluster, docker_engine: Any, busybox_image: str) -> None:
-    """kill -9 of the agent mid-job: the container keeps running; the restarted agent re-adopts it, and the job
-    completes once, in one attempt, with every line exactly once and in order."""
+        cluster: Cluster, docker_engine: Any, busybox_image: str, how: str) -> None:
+    """kill -9 (or a clean stop) of the agent mid-job: the container keeps running; the restarted agent re-adopts
+    it, and the job completes once, in one attempt, with every line exactly once and in order."""
     cluster.start_controller(agent_lost_after=30.0)
     docker_agent(cluster, "d1", docker_engine)
     await cluster.wait_agents(1)
@@ -82,7 +83,7 @@ async def test_agent_killed_while_its_container_runs_readopts_it_with_complete_l
         return len(await cluster.log_lines(job.id)) > 300
 
     await wait_for(some_lines, 30, "the job to print some lines")
-    cluster.agents["d1"].kill()
+    getattr(cluster.agents["d1"], how)()
     docker_agent(cluster, "d1", docker_engine)
     await cluster.wait_agents(1)
     done = await cluster.wait_done(job.id, timeout=90)

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from incl.artifacts import open_store
 from incl.artifacts.datacache import fetch_prefix
+from incl.artifacts.errors import NotFound
 
 BUCKET = "incl-data"
 
@@ -86,3 +87,9 @@ async def test_cached_files_are_read_only(tmp_path: Path) -> None:
     """What a job mounts cannot be written through by accident (the cache is shared by every job)."""
     view = await fetch_prefix(f"s3://{BUCKET}/imagenet", tmp_path / "cache")
     assert all(p.stat().st_mode & 0o222 == 0 for p in view.rglob("*.bin"))
+
+
+async def test_a_prefix_with_nothing_under_it_is_a_clear_error(tmp_path: Path) -> None:
+    """A mistyped data source fails the job's preparation instead of mounting an empty folder."""
+    with pytest.raises(NotFound, match=f"s3://{BUCKET}/imagenet-v3/: no objects there"):
+        await fetch_prefix(f"s3://{BUCKET}/imagenet-v3", tmp_path / "cache")
