@@ -101,7 +101,7 @@ class Agent:
         if me is None:
             return {}
         return {"instance_id": me.instance_id, "instance_type": me.instance_type, "market": me.lifecycle,
-                "zone": me.availability_zone}
+                "zone": me.availability_zone, "address": me.local_ipv4}
 
     def _allocate_gpus(self, job_id: str, count: int) -> list[int]:
         """The first `count` healthy, free GPUs (the controller only places a job where they exist)."""

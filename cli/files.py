@@ -128,7 +128,7 @@ def download(ctx: click.Context, job_id: str, dest: str | None, attempt: int | N
         try:
             async with open_store(url) as store:
                 await tree.pull_tree(store, att.outputs.digest, target,
-                                     blob_cache=tree.BlobCache(incl_home() / "cache" / "blobs"))
+                                     blob_cache=tree.BlobCache(incl_home() / "cache" / "blobs"), progress=progress)
         finally:
             progress.close()
         return target

@@ -138,6 +138,7 @@ class AgentInfo(_Struct):
     instance_type: str | None = None
     market: str | None = None  # "spot" or "on-demand" (EC2's instance-life-cycle); None off the cloud
     zone: str | None = None
+    address: str | None = None  # the instance's private IPv4, where other nodes reach it
     labels: dict[str, str] = {}
     runtimes: list[str] = msgspec.field(default_factory=lambda: ["process"])
     gpus: list[GpuInfo] = []

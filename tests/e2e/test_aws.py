@@ -107,6 +107,10 @@ async def test_a_gpu_job_gets_a_spot_instance_whose_agent_runs_it_and_the_idle_i
     att = done.current
     assert (att.agent_id, att.instance_id, att.instance_type, att.market) == (instance_id, instance_id, "g5.xlarge",
                                                                               "spot")
+    async with world.cluster.client() as c:
+        info = next(a.record.info for a in await c.agents() if a.record.info.agent_id == instance_id)
+    assert (info.provider, info.zone, info.address) == ("aws", inst["Placement"]["AvailabilityZone"],
+                                                        inst["PrivateIpAddress"])
     await world.sim.wait_gone(instance_id, timeout=30)
     assert world.live() == []
 

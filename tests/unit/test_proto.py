@@ -75,7 +75,7 @@ RES_PLAIN = {"cpus": 8.0, "memory": 64 * 2**30, "gpus": 8, "gpu_model": "H100"}
 
 INFO = m.AgentInfo(agent_id="a1", hostname="gpu-1", capacity=RES, labels={"zone": "eu"}, version="0.1.0",
                    provider="aws", instance_id="i-0abc", instance_type="p4d.24xlarge", market="spot",
-                   zone="us-east-1a")
+                   zone="us-east-1a", address="10.0.3.7")
 INFO_PLAIN = {
     "agent_id": "a1",
     "hostname": "gpu-1",
@@ -85,6 +85,7 @@ INFO_PLAIN = {
     "instance_type": "p4d.24xlarge",
     "market": "spot",
     "zone": "us-east-1a",
+    "address": "10.0.3.7",
     "labels": {"zone": "eu"},
     "runtimes": ["process"],
     "version": "0.1.0",
