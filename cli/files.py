@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -126,9 +127,12 @@ def download(ctx: click.Context, job_id: str, dest: str | None, attempt: int | N
             raise InclError(f"{target} is not empty; choose another folder with --to")
         progress = Transfer(f"downloading {job_id}")
         try:
-            async with open_store(url) as store:
-                await tree.pull_tree(store, att.outputs.digest, target,
-                                     blob_cache=tree.BlobCache(incl_home() / "cache" / "blobs"), progress=progress)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # A blob cache only for this download (next to the target, same disk): outputs are not kept twice.
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".incl-download-") as blobs:
+                async with open_store(url) as store:
+                    await tree.pull_tree(store, att.outputs.digest, target, blob_cache=tree.BlobCache(Path(blobs)),
+                                         progress=progress)
         finally:
             progress.close()
         return target
