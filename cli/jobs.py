@@ -100,15 +100,17 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
             console.print(f"  {key:<17}{value}", highlight=False)
     if job.attempts:
         table = Table(title="attempts", box=None, header_style="bold")
-        for col in ("#", "AGENT", "INSTANCE", "MARKET", "STATE", "ASSIGNED", "STARTED", "ENDED", "RUNTIME", "EXIT",
-                    "REASON"):
+        cloud = any(a.instance_id for a in job.attempts)  # instance and market columns only where there are any
+        for col in ("#", "AGENT", *(("INSTANCE", "MARKET") if cloud else ()), "STATE", "ASSIGNED", "STARTED",
+                    "ENDED", "RUNTIME", "EXIT", "REASON"):
             table.add_column(col)
         for a in job.attempts:
             runtime = (a.ended_at or time.time()) - a.started_at if a.started_at else None
             instance = f"{a.instance_id} ({a.instance_type})" if a.instance_id and a.instance_type else a.instance_id
-            table.add_row(str(a.number), a.agent_id, instance or "-", a.market or "-", state(a.state),
-                          ago(a.assigned_at), ago(a.started_at), ago(a.ended_at), duration(runtime),
-                          "-" if a.exit_code is None else str(a.exit_code), a.reason or "")
+            where = (instance or "-", a.market or "-") if cloud else ()
+            table.add_row(str(a.number), a.agent_id, *where, state(a.state), ago(a.assigned_at), ago(a.started_at),
+                          ago(a.ended_at), duration(runtime), "-" if a.exit_code is None else str(a.exit_code),
+                          a.reason or "")
         console.print(table)
     last = job.current
     if last and last.tail and job.state is JobState.FAILED:
