@@ -195,6 +195,9 @@ async def test_spot_notice_checkpoints_and_the_job_resumes_on_a_new_instance_los
     assert steps(one) + steps(two) == list(range(1, 201)) and two[-1] == b"finished 200"
     shown = world.cluster.cli("ls", env={"COLUMNS": "200"})
     assert "1 recovered" in shown.stdout, shown.stdout
+    detail = world.cluster.cli("show", job.id, env={"COLUMNS": "250"}).stdout
+    assert first in detail and done.attempts[1].instance_id in detail and "PREEMPTED" in detail, detail
+    assert "spot interruption" in detail
 
 
 async def test_spot_loss_without_notice_resumes_from_the_last_periodic_checkpoint(
