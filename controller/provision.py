@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 
 import structlog
 
@@ -21,14 +22,19 @@ from incl.proto.messages import ON_AGENT, TERMINAL, AgentRecord, AgentState, Job
 log = structlog.get_logger()
 
 
-def idle_since(record: AgentRecord, jobs: list[Job]) -> float | None:
-    """When the agent last became empty (None while it runs something): the end of its last attempt, or its
-    registration if it never ran one."""
-    agent_id = record.info.agent_id
-    if any(j.state in ON_AGENT and j.current and j.current.agent_id == agent_id for j in jobs):
-        return None
-    ended = [a.ended_at or 0.0 for j in jobs for a in j.attempts if a.agent_id == agent_id]
-    return max([record.registered_at, *ended])
+def idle_since(records: Iterable[AgentRecord], jobs: Iterable[Job]) -> dict[str, float | None]:
+    """Per agent, when it last became empty (None while it runs something): the end of its last attempt, or
+    its registration if it never ran one. One pass over the jobs."""
+    busy: set[str] = set()
+    ended: dict[str, float] = {}
+    for job in jobs:
+        if job.state in ON_AGENT and job.current is not None:
+            busy.add(job.current.agent_id)
+        for a in job.attempts:
+            if a.ended_at is not None:
+                ended[a.agent_id] = max(ended.get(a.agent_id, 0.0), a.ended_at)
+    return {r.info.agent_id: None if r.info.agent_id in busy else max(r.registered_at, ended.get(r.info.agent_id, 0.0))
+            for r in records}
 
 
 class Provisioner:
@@ -64,16 +70,13 @@ class Provisioner:
         return [reconcile.demand_of(j, self.cfg) for j in self._jobs.queued() if j.id in waiting]
 
     def _registered(self, jobs: list[Job]) -> list[reconcile.RegisteredAgent]:
-        out = []
-        for rec in self._agents.records:
-            if rec.info.instance_id is None:
-                continue
-            alive = rec.state is AgentState.ALIVE
-            since = idle_since(rec, jobs) if alive else None
-            out.append(reconcile.RegisteredAgent(agent_id=rec.info.agent_id, instance_id=rec.info.instance_id,
-                                                 alive=alive, running=0 if since is not None else 1,
-                                                 idle_since=since))
-        return out
+        cloud = [r for r in self._agents.records if r.info.instance_id is not None]
+        since = idle_since(cloud, jobs)
+        return [reconcile.RegisteredAgent(agent_id=r.info.agent_id, instance_id=r.info.instance_id or "",
+                                          alive=r.state is AgentState.ALIVE,
+                                          running=0 if since[r.info.agent_id] is not None else 1,
+                                          idle_since=since[r.info.agent_id])
+                for r in cloud]
 
     async def once(self, tg: asyncio.TaskGroup) -> reconcile.Plan:
         observed = await self._provider.describe(self.cfg.cluster)
