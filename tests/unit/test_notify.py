@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from incl.controller import state
 from incl.controller.notify import (
     ClusterNotify,
     Kind,
@@ -23,6 +24,7 @@ from incl.controller.notify import (
     NotifierConfig,
     NotifySpec,
     format_message,
+    kinds_for,
     parse_notify,
     route,
 )
@@ -323,3 +325,13 @@ async def test_webhook_url_never_appears_in_logs_or_reprs(webhook: Webhook, capl
     seen += repr(own) + repr(cluster) + repr(n) + repr(notice(notify=own)) + repr(route(notice(), cluster))
     assert SECRET not in seen and "/services/" not in seen
     assert "webhook:" in repr(logs)  # the per-job webhook is named by its label
+
+
+def test_a_preemption_and_the_resume_that_follows_are_notified() -> None:
+    """The state machine's own preempt → requeue → run path yields "preempted", then "resumed"."""
+    queued = Job(id="j-1", spec=JobSpec(run="x"), user="u", state=JobState.QUEUED, submitted_at=0, updated_at=0)
+    running = state.running(state.assign(queued, "i-1", 1), 1, 2, started_at=2)
+    requeued = state.preempt(running, 1, 3, "spot instance reclaimed")
+    assert kinds_for(running, requeued) == [Kind.PREEMPTED]
+    again = state.running(state.assign(requeued, "i-2", 4), 2, 5, started_at=5)
+    assert kinds_for(requeued, again) == [Kind.RESUMED]
