@@ -255,6 +255,8 @@ class Runner:
             log.warning("checkpoint_sync_failed", error=repr(exc))
             await self._system(f"incl: checkpoint sync failed: {exc}")
             return
+        if pushed is None:
+            return
         if pushed.uploaded_blobs:
             log.info("checkpoint_synced", files=pushed.files, uploaded=pushed.uploaded_bytes)
         if final and pushed.files:  # the one a later attempt resumes from: say so in the job's log
@@ -322,7 +324,7 @@ class Runner:
             log.warning("outputs_upload_failed", error=repr(exc))
             await self._system(f"incl: uploading outputs failed: {exc}")
             return None
-        if outputs.files:
+        if outputs is not None:
             await self._system(f"incl: outputs saved: {outputs.files} files, {outputs.bytes} bytes")
         return outputs
 

@@ -79,6 +79,7 @@ class JobFiles:
 
     def __init__(self, store: ArtifactStore, ws: Workspace, config: StoreConfig) -> None:
         self._store, self._config = store, config
+        self._checkpointed = False  # restored or synced once: from then on an empty folder is a change too
         self._ws = ws
         self._blobs = tree.BlobCache(ws.cache / "blobs")
         self._hashes = tree.HashCache(ws.cache / "hashes.sqlite")
@@ -87,15 +88,21 @@ class JobFiles:
         return await tree.pull_tree(self._store, code.digest, self._ws.code, blob_cache=self._blobs)
 
     async def restore_checkpoints(self) -> tree.PullResult | None:
-        """The job's last stored checkpoint into $INCL_CHECKPOINT_DIR; None when there is none."""
+        """The job's last stored checkpoint into $INCL_CHECKPOINT_DIR; None when there is none (always on a
+        first attempt: nothing could have stored one)."""
         ref = checkpoints_ref(self._ws.job_id)
-        if await tree.resolve_ref(self._store, ref) is None:
+        if self._ws.attempt == 1 or await tree.resolve_ref(self._store, ref) is None:
             return None
+        self._checkpointed = True
         return await tree.pull_tree(self._store, ref, self._ws.checkpoints, blob_cache=self._blobs)
 
-    async def sync_checkpoints(self, attempts: int, retry_delay: float) -> tree.PushResult:
-        """Upload what changed in $INCL_CHECKPOINT_DIR since the last sync. A running job may be writing a file
-        as it is read: the snapshot is refused then (never stored half-written), and taken again."""
+    async def sync_checkpoints(self, attempts: int, retry_delay: float) -> tree.PushResult | None:
+        """Upload what changed in $INCL_CHECKPOINT_DIR since the last sync; None while the job has never had a
+        checkpoint (most jobs that end quickly: no store round trip for them). A running job may be writing a
+        file as it is read: the snapshot is refused then (never stored half-written), and taken again."""
+        if not self._checkpointed and _empty(self._ws.checkpoints):
+            return None
+        self._checkpointed = True
         for attempt in range(1, attempts + 1):
             try:
                 return await tree.push_tree(self._store, self._ws.checkpoints, ref=checkpoints_ref(self._ws.job_id),
@@ -106,7 +113,10 @@ class JobFiles:
                 await asyncio.sleep(retry_delay)
         raise AssertionError("unreachable")
 
-    async def upload_outputs(self, exclude: list[str]) -> TreeRef:
+    async def upload_outputs(self, exclude: list[str]) -> TreeRef | None:
+        """$INCL_OUTPUT_DIR into the store; None when the job left nothing there."""
+        if _empty(self._ws.outputs):
+            return None
         result = await tree.push_tree(self._store, self._ws.outputs, ref=outputs_ref(self._ws.job_id, self._ws.attempt),
                                       hash_cache=self._hashes, exclude=exclude)
         return TreeRef(digest=result.digest, files=result.files, bytes=result.bytes)
@@ -119,6 +129,11 @@ class JobFiles:
         if not path.exists():
             raise FileNotFoundError(f"data source {mount.source} does not exist on this instance")
         return path
+
+
+def _empty(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
 
 
 def link_data(code: Path, target: str, source: Path) -> None:

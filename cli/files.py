@@ -18,7 +18,7 @@ from incl.artifacts.store import open_store
 from incl.cli.client import Client, incl_home, resolve_url
 from incl.cli.output import console, err_console, handles_errors, print_json, size
 from incl.proto.errors import InclError, NotFound
-from incl.proto.messages import Attempt, Job, TreeRef
+from incl.proto.messages import TERMINAL, Attempt, Job, TreeRef
 
 PROGRESS_AFTER = 1.0  # seconds: a transfer shorter than this draws no bar
 
@@ -74,7 +74,9 @@ def _attempt_with_outputs(job: Job, number: int | None) -> Attempt:
         return with_outputs[-1]
     if number is not None and not chosen:
         raise NotFound(f"job {job.id} has no attempt {number}")
-    raise NotFound(f"job {job.id} has no outputs yet (they are uploaded when an attempt ends; state {job.state})")
+    if job.state in TERMINAL:
+        raise NotFound(f"job {job.id} left nothing in $INCL_OUTPUT_DIR")
+    raise NotFound(f"job {job.id} has no outputs yet (they are uploaded when an attempt ends; it is {job.state})")
 
 
 async def _job_outputs(client: Client, job_id: str, attempt: int | None) -> tuple[Attempt, str]:

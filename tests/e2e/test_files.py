@@ -238,3 +238,15 @@ async def test_bad_workdirs_are_refused_at_submit_with_the_path(cluster: Cluster
     async with cluster.client() as c:
         assert await c.jobs() == []
 
+
+
+async def test_a_job_that_leaves_nothing_costs_no_store_writes(cluster: Cluster) -> None:
+    """No checkpoint and no outputs: nothing is written to the store for the job, and `incl outputs` says so."""
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    job = await cluster.submit("echo done")
+    assert (await cluster.wait_done(job.id)).state == "SUCCEEDED"
+    out = cluster.cli("outputs", job.id)
+    assert out.returncode != 0 and "left nothing in $INCL_OUTPUT_DIR" in out.stderr, out.stderr
+    assert not (cluster.tmp / "store" / "refs" / "jobs" / job.id).exists()
