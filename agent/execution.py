@@ -133,8 +133,10 @@ class ContainerExecution:
                 await self._until_running(waiter)
                 await on_running(None)
                 end = await waiter
-            finally:
-                waiter.cancel()  # only matters when the agent shuts down: the container itself runs on
+            except asyncio.CancelledError:  # the agent shuts down: stop watching; the container runs on
+                waiter.cancel()
+                await self._handle.close()
+                raise
         except ContainerFailure as exc:
             await self._remove()
             return Outcome(None, str(exc))
