@@ -17,6 +17,9 @@ import yaml
 from conftest import Cluster, Daemon, wait_for
 from ec2boot import BootSimulator
 from imds import FakeImds
+from incl.artifacts.refs import blob_key
+from incl.artifacts.store import open_store
+from incl.artifacts.tree import read_manifest, resolve_ref
 from motoserver import MotoServer
 
 pytestmark = pytest.mark.slow
@@ -210,16 +213,24 @@ async def test_spot_loss_without_notice_resumes_from_the_last_periodic_checkpoin
                                      retry={"max_attempts": 1})
     (first,) = await world.sim.wait_booted(1)
 
-    async def past_step_40() -> bool:
-        return len(steps(await world.cluster.log_lines(job.id))) >= 40
-
-    await wait_for(past_step_40, 40, "the job to pass step 40")
+    stored = await wait_for(lambda: _stored_step(job.id, at_least=10), 40, "a periodic checkpoint past step 10")
     await world.sim.reclaim(first)
     done = await world.cluster.wait_done(job.id, timeout=60)
     assert done.state == "SUCCEEDED" and [a.state for a in done.attempts] == ["PREEMPTED", "SUCCEEDED"], done.reason
     two = await world.cluster.log_lines(job.id, attempt=2)
     resumed_at = int(two[0].split()[4])
-    assert resumed_at >= 10 and steps(two) == list(range(resumed_at + 1, 121))
+    assert resumed_at >= stored and steps(two) == list(range(resumed_at + 1, 121))
+
+
+async def _stored_step(job_id: str, at_least: int) -> int | None:
+    """The step in the job's checkpoint in the store, once it is at least `at_least`."""
+    async with open_store("s3://incl-store/t") as store:
+        if await resolve_ref(store, f"jobs/{job_id}/checkpoints") is None:
+            return None
+        _, manifest = await read_manifest(store, f"jobs/{job_id}/checkpoints")
+        entry = next((e for e in manifest.files if e.path == "step"), None)
+        step = int(await store.get_bytes(blob_key(entry.digest))) if entry else 0
+    return step if step >= at_least else None
 
 
 async def test_controller_killed_during_provisioning_leaks_nothing_and_launches_nothing_twice(
