@@ -235,8 +235,8 @@ async def _stored_step(job_id: str, at_least: int) -> int | None:
 
 async def test_controller_killed_during_provisioning_leaks_nothing_and_launches_nothing_twice(
         world: World) -> None:
-    """kill -9 of the controller while it launches for three jobs: after a restart every job runs once, each
-    attempt got exactly one instance, and every instance is terminated in the end."""
+    """kill -9 of the controller while it launches for three jobs: after a restart every job runs once, no
+    attempt got two instances, and every instance is terminated in the end."""
     controller = world.start_controller()
     jobs = [await world.cluster.submit(f"echo job {i}", resources={"gpus": "A10G:1"}) for i in range(3)]
     await wait_for(lambda: len(world.instances()) >= 1, 20, "a first launch")
@@ -254,7 +254,8 @@ async def test_controller_killed_during_provisioning_leaks_nothing_and_launches_
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
         key = (tags["incl:job"], tags["incl:attempt"])
         per_attempt[key] = per_attempt.get(key, 0) + 1
-    assert per_attempt == {(j.id, "1"): 1 for j in jobs}
+    # At most one instance per attempt (a job may also run on another job's idle instance before its own launch)
+    assert set(per_attempt) <= {(j.id, "1") for j in jobs} and set(per_attempt.values()) == {1}
     await wait_for(lambda: world.live() == [], 30, "every instance terminated")
 
 
