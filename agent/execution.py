@@ -35,7 +35,24 @@ class Execution(Protocol):
     def stop(self, grace: float) -> None: ...
 
 
-class ProcessExecution:
+class _Stoppable:
+    """Stop bookkeeping shared by both runtimes: a stop asked before the handle exists applies once it does."""
+
+    _handle: runtime.ProcessHandle | ContainerHandle | None = None
+    _grace: float | None = None  # set once stop() was asked
+    _stopping: asyncio.Task[None] | None = None  # held so the stop task is not garbage-collected mid-way
+
+    def stop(self, grace: float) -> None:
+        if self._grace is None:
+            self._grace = grace
+            self._apply_stop()
+
+    def _apply_stop(self) -> None:
+        if self._grace is not None and self._handle is not None and self._stopping is None:
+            self._stopping = asyncio.create_task(self._handle.stop(self._grace))
+
+
+class ProcessExecution(_Stoppable):
     """`setup`, then `run`, each in its own process group, started by the agent's fork server."""
 
     def __init__(self, launcher: runtime.Launcher, shell: str, setup: str | None, run: str, cwd: Path,
@@ -43,21 +60,12 @@ class ProcessExecution:
         self._launcher, self._shell = launcher, shell
         self._setup, self._run = setup, run
         self._cwd, self._env, self._sink, self._on_pid = cwd, env, sink, on_pid
-        self._handle: runtime.ProcessHandle | None = None
-        self._grace: float | None = None
-        self._stopping: asyncio.Task[None] | None = None
-
-    def stop(self, grace: float) -> None:
-        if self._grace is None:
-            self._grace = grace
-            if self._handle is not None:
-                self._stopping = asyncio.create_task(self._handle.stop(grace))
 
     async def _start(self, script: str) -> runtime.ProcessHandle:
         self._handle = await self._launcher.start([self._shell, "-c", script], str(self._cwd), self._env, self._sink)
         self._on_pid(self._handle.pid)
-        if self._grace is not None:  # stopped while it was starting
-            self._stopping = asyncio.create_task(self._handle.stop(self._grace))
+        self._stopping = None  # setup's process is done: a stop now is for this one
+        self._apply_stop()  # stopped while it was starting
         return self._handle
 
     async def run(self, on_running: OnRunning) -> Outcome:
@@ -84,7 +92,7 @@ exec /bin/sh {run}/run.sh
 """
 
 
-class ContainerExecution:
+class ContainerExecution(_Stoppable):
     """The attempt as one container: pull the image if needed, start it, follow its output, report its exit.
 
     A container outlives its agent; a restarted agent re-adopts it with `adopt` (its output is replayed from the
@@ -95,9 +103,6 @@ class ContainerExecution:
                  poll_interval: float) -> None:
         self._docker, self._spec, self._run_dir, self._sink = docker, spec, run_dir, sink
         self._auth, self._progress, self._poll = auth, progress, poll_interval
-        self._handle: ContainerHandle | None = None
-        self._grace: float | None = None
-        self._stopping: asyncio.Task[None] | None = None
 
     @staticmethod
     def write_scripts(run_dir: Path, container_run_dir: str, setup: str | None, run: str) -> list[str]:
@@ -110,12 +115,6 @@ class ContainerExecution:
             (run_dir / marker).unlink(missing_ok=True)
         return ["/bin/sh", f"{container_run_dir}/entry.sh"]
 
-    def stop(self, grace: float) -> None:
-        if self._grace is None:
-            self._grace = grace
-            if self._handle is not None:
-                self._stopping = asyncio.create_task(self._handle.stop(grace))
-
     async def run(self, on_running: OnRunning, adopt: ContainerHandle | None = None) -> Outcome:
         try:
             if adopt is None:
@@ -126,8 +125,7 @@ class ContainerExecution:
             else:
                 self._handle = adopt
                 adopt.follow(self._sink)  # its output from the start; the Runner skips what was shipped
-            if self._grace is not None:
-                self._stopping = asyncio.create_task(self._handle.stop(self._grace))
+            self._apply_stop()  # stopped while it was starting
             waiter = asyncio.create_task(self._handle.wait())
             try:
                 await self._until_running(waiter)

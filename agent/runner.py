@@ -29,6 +29,7 @@ from incl.agent.telemetry import ProcessTreeJobs
 from incl.agent.workspace import JobFiles, Workspace, link_data
 from incl.artifacts.store import ArtifactStore
 from incl.proto import subjects
+from incl.proto.spec import DataMount
 from incl.proto.codec import encode
 from incl.proto.messages import (
     AgentEvent,
@@ -365,10 +366,10 @@ async def _step(what: str, work: Awaitable[object]) -> object:
         raise PrepareFailed(f"{what} failed: {exc}") from exc
 
 
-async def _fetch_data(files: JobFiles | None, mount: object) -> Path:
+async def _fetch_data(files: JobFiles | None, mount: DataMount) -> Path:
     if files is None:
         raise PrepareFailed("data mounts need an artifact store on the agent")
-    return await files.fetch_data(mount)  # type: ignore[arg-type]
+    return await files.fetch_data(mount)
 
 
 async def _noop(pid: int | None) -> None:
