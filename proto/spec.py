@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import posixpath
 import re
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -76,9 +77,17 @@ class JobSpec(_Spec):
 
 
 NOT_SUPPORTED_YET = {
-    "hpo": "hyperparameter search",
-    "resources.nodes": "multi-node jobs",
+    "hpo": "hyperparameter search is",
+    "resources.nodes": "multi-node jobs are",
 }
+
+# A spec travels in one NATS message (1 MiB by default): the CLI refuses a bigger spec before reading it.
+MAX_SPEC_BYTES = 1_000_000
+
+# Folders that hold an operating system, never a project: the workdir is uploaded whole.
+SYSTEM_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt", "/proc",
+                         "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/Users", "/System",
+                         "/Library", "/Applications", "/Volumes", "/private"})
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
@@ -86,6 +95,8 @@ _WHOLE = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$", re.IGNORECAS
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _MAX_INT = 2**53
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A GPU model names a product: letters first, at least one digit (A100, H100, A100-80GB, L40S, RTX4090, MI300X).
+_GPU_MODEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*$")
 
 
 def parse_size(value: int | float | str) -> int:
@@ -161,14 +172,10 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
         res = _drop_nulls(res, Resources)
         if "memory" in res and res["memory"] is not None:
             res["memory"] = _size(res["memory"], "resources.memory")
-        gpus = res.get("gpus")
-        if isinstance(gpus, str):  # SkyPilot style "A100:8"; "A100" alone means one
-            model, colon, count = gpus.strip().rpartition(":")
-            if not colon and not count.isdigit():
-                model, count = count, "1"
-            if not (count.isascii() and count.isdigit()) or not gpus.strip():
-                raise SpecInvalid(f"{gpus!r} is not a GPU count such as 8 or 'A100:8'", field="resources.gpus")
-            res["gpus"], res["gpu_model"] = int(count), model or None
+        if "gpus" in res:
+            res["gpus"], model = _gpus(res["gpus"])
+            if model is not None:
+                res["gpu_model"] = model
         if res.get("shm_size") is not None:
             res["shm_size"] = _size(res["shm_size"], "resources.shm_size")
         data["resources"] = res
@@ -181,6 +188,39 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(data.get("env"), dict):
         data["env"] = {k: _env_value(k, v) for k, v in data["env"].items()}
     return data
+
+
+def _gpus(value: Any) -> tuple[Any, str | None]:
+    """The GPU count and model from 2, "2", "A100:8" (SkyPilot style) or "A100" (one of that model)."""
+    if isinstance(value, str):
+        model, colon, count = value.strip().rpartition(":")
+        if not colon and _GPU_MODEL.match(count):
+            model, count = count, "1"
+        number = _number(count)
+        if number is None or (colon and not _GPU_MODEL.match(model)):
+            raise SpecInvalid(f"{value!r} is not a GPU count or model such as 2, A100 or 'A100:8'",
+                              field="resources.gpus")
+        return _gpu_count(number, value), model or None
+    return _gpu_count(value, value), None
+
+
+def _number(text: str) -> int | float | None:
+    for kind in (int, float):
+        try:
+            return kind(text) if text.isascii() else None
+        except ValueError:
+            pass
+    return None
+
+
+def _gpu_count(count: Any, given: Any) -> Any:
+    if isinstance(count, (int, float)) and not isinstance(count, bool):
+        if count < 0:
+            raise SpecInvalid(f"a GPU count cannot be negative (got {given!r})", field="resources.gpus")
+        if not math.isfinite(count) or count != int(count):
+            raise SpecInvalid(f"a GPU count must be a whole number (got {given!r})", field="resources.gpus")
+        return int(count)
+    return count  # another type: the type check names it
 
 
 def _size(value: Any, field: str) -> int:
@@ -248,7 +288,23 @@ def _semantic_checks(spec: JobSpec) -> None:
                           field="image")
     if not math.isfinite(spec.checkpoint.sync_every) or spec.checkpoint.sync_every < 0:
         raise SpecInvalid("must be a duration such as 5m (0: only when the job ends)", field="checkpoint.sync_every")
+    _check_workdir(spec.workdir)
     _check_data(spec)
+
+
+def _check_workdir(workdir: str | None) -> None:
+    """The workdir is uploaded whole: the root of the filesystem or a system folder is never a project."""
+    if workdir is None:
+        return
+    if not workdir.strip():
+        raise SpecInvalid("must name a folder", field="workdir")
+    path = posixpath.normpath(workdir)
+    if not path.strip("/"):
+        raise SpecInvalid("is the whole filesystem (/), not a project folder; name the folder that holds your "
+                          "code", field="workdir")
+    if path in SYSTEM_DIRS:
+        raise SpecInvalid(f"{path} is a system folder, not a project folder; name the folder that holds your code",
+                          field="workdir")
 
 
 def _check_data(spec: JobSpec) -> None:
@@ -275,7 +331,7 @@ def _not_supported(spec: JobSpec) -> None:
         for part in path.split("."):
             obj = getattr(obj, part)
         if obj is not None and obj != defaults.get(path):
-            raise SpecInvalid(f"not supported yet ({feature} are not built)", field=path)
+            raise SpecInvalid(f"not supported yet ({feature} not built)", field=path)
 
 
 def check_spec(spec: JobSpec) -> JobSpec:

@@ -414,3 +414,49 @@ def test_log_survives_the_agent_going_away_and_delivers_when_it_is_back(
     assert channel._sock is not None
     channel._sock.close()
     assert [json.loads(line)["step"] for line in again.join()] == list(range(1, 201))
+
+
+# --- issue 10: new-user defects -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gpus", "reason"),
+    [
+        ("lots", "is not a GPU count or model"),  # once taken for a GPU model named "lots"
+        ("-1", "cannot be negative"),  # `--gpus -1`: once a GPU model named "-1"
+        ("0.5", "whole number"),
+        (0.5, "whole number"),
+        ("A100:0.5", "whole number"),
+        (":8", "is not a GPU count or model"),
+    ],
+)
+def test_a_gpus_value_that_is_no_count_or_model_is_refused_at_parse_time(gpus: Any, reason: str) -> None:
+    _refused_at({"run": "x", "resources": {"gpus": gpus}}, "resources.gpus", reason)
+
+
+@pytest.mark.parametrize("gpus", [("A100", 1, "A100"), ("A100:8", 8, "A100"), (2, 2, None), ("2", 2, None),
+                                  ("L40S", 1, "L40S"), ("RTX4090:2", 2, "RTX4090"), (2.0, 2, None)], ids=str)
+def test_the_documented_gpus_forms_still_parse(gpus: tuple[Any, int, str | None]) -> None:
+    resources = load_spec({"run": "x", "resources": {"gpus": gpus[0]}}).resources
+    assert (resources.gpus, resources.gpu_model) == gpus[1:]
+
+
+@pytest.mark.parametrize("workdir", ["/", "//", "/./"])
+def test_the_filesystem_root_is_refused_as_a_workdir_with_the_true_reason(workdir: str) -> None:
+    _refused_at({"run": "x", "workdir": workdir}, "workdir", "whole filesystem")
+
+
+@pytest.mark.parametrize("workdir", ["/usr", "/etc/", "/home", "/tmp"])
+def test_a_system_folder_is_refused_as_a_workdir(workdir: str) -> None:
+    _refused_at({"run": "x", "workdir": workdir}, "workdir", "system folder")
+
+
+def test_a_project_folder_under_a_system_folder_is_a_fine_workdir() -> None:
+    assert load_spec({"run": "x", "workdir": "/home/ada/project"}).workdir == "/home/ada/project"
+
+
+def test_the_not_supported_message_is_grammatical() -> None:
+    assert _refused({"run": "x", "hpo": {"trials": 3}}).message == \
+        "not supported yet (hyperparameter search is not built)"
+    assert _refused({"run": "x", "resources": {"nodes": 2}}).message == \
+        "not supported yet (multi-node jobs are not built)"
