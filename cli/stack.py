@@ -1,11 +1,16 @@
 """The embedded stack that `incl up` starts and `incl down` stops: NATS, the controller, local agents.
 
-What was started is written to `$INCL_HOME/stack.json` (pids with the command each was started as), so
-that `incl down` stops exactly those processes and nothing that merely reuses a pid.
+What was started is written to `$INCL_HOME/stack.json` (each part's pid, the command it was started with and a
+marker its command line must contain), so that `incl down` stops exactly those processes and nothing that
+merely reuses a pid, and `incl up` can start again, with the same command, a part that died.
+
+Every part runs with `$INCL_HOME` as its working directory and Python's `-P`: the directory `incl up` was run
+from is never on a daemon's `sys.path` (a folder named `incl` there would shadow the package).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -25,6 +30,7 @@ class Proc(msgspec.Struct):
     pid: int
     marker: str  # a string the process's command line must contain for `down` to touch it
     log: str
+    argv: list[str] = []  # what it was started with, to start it again (empty in a stack.json from before)
 
 
 class Stack(msgspec.Struct):
@@ -79,7 +85,10 @@ def nats_server_binary() -> Path:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:`port`. Connections in TIME_WAIT do not count: nats-server binds with
+    SO_REUSEADDR, so this check does too."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -101,8 +110,8 @@ def _spawn(name: str, argv: list[str], marker: str, logs: Path) -> Proc:
     log_path = logs / f"{name}.log"
     with open(log_path, "ab") as out:
         p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, close_fds=True)
-    proc = Proc(name=name, pid=p.pid, marker=marker, log=str(log_path))
+                             cwd=logs.parent, start_new_session=True, close_fds=True)
+    proc = Proc(name=name, pid=p.pid, marker=marker, log=str(log_path), argv=argv)
     # Until it has exec'd, the child still shows our own command line: wait, so that `alive` (and so
     # `incl down`, or the clean-up of a failed `incl up`) recognises it from now on.
     deadline = time.monotonic() + 5.0
@@ -111,20 +120,26 @@ def _spawn(name: str, argv: list[str], marker: str, logs: Path) -> Proc:
     return proc
 
 
+def _start_nats(home: Path, port: int) -> Proc:
+    if not port_free(port):
+        raise InclError(f"port {port} on 127.0.0.1 is in use; pass --port or --nats URL")
+    store = home / "nats"
+    # The marker names this home's store: another stack's nats-server that reuses the pid is not ours.
+    proc = _spawn("nats", [str(nats_server_binary()), "-js", "-sd", str(store), "-a", "127.0.0.1",
+                           "-p", str(port), "-n", "incl"], f"nats-server -js -sd {store} ", home / "logs")
+    if not wait_port(port, 10.0):
+        stop(Stack(nats_url="", embedded_nats=True, procs=[proc], started_at=time.time()))
+        raise InclError(f"nats-server did not start; see {proc.log}")
+    return proc
+
+
 def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpus: float | None) -> Stack:
-    home.mkdir(parents=True, exist_ok=True)
+    home = home.resolve()  # the daemons run in it: every path they are given must be absolute
     logs = home / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     procs: list[Proc] = []
     if nats_url is None:
-        if not port_free(port):
-            raise InclError(f"port {port} on 127.0.0.1 is in use; pass --port or --nats URL")
-        store = home / "nats"
-        procs.append(_spawn("nats", [str(nats_server_binary()), "-js", "-sd", str(store), "-a", "127.0.0.1",
-                                     "-p", str(port), "-n", "incl"], "nats-server", logs))
-        if not wait_port(port, 10.0):
-            stop(Stack(nats_url="", embedded_nats=True, procs=procs, started_at=time.time()))
-            raise InclError(f"nats-server did not start; see {logs / 'nats.log'}")
+        procs.append(_start_nats(home, port))
         url = f"nats://127.0.0.1:{port}"
     else:
         url = nats_url
@@ -135,16 +150,47 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
         controller_cfg.write_text(yaml.safe_dump({"provider_shapes": [{"cpus": cpus, "memory": memory}],
                                                   "store_url": f"file://{home / 'store'}"}))
     py = sys.executable
-    procs.append(_spawn("controller", [py, "-m", "incl.controller", "--config", str(controller_cfg),
-                                       "--nats", url], "incl.controller", logs))
+    procs.append(_spawn("controller", [py, "-P", "-m", "incl.controller", "--config", str(controller_cfg),
+                                       "--nats", url], f"incl.controller --config {controller_cfg} ", logs))
     for i in range(agents):
         agent_id = f"local-{i}"
-        argv = [py, "-m", "incl.agent", "--id", agent_id, "--nats", url, "--work-dir",
-                str(home / "agents" / agent_id), "--cpus", str(cpus)]
-        procs.append(_spawn(agent_id, argv, "incl.agent", logs))
+        work_dir = home / "agents" / agent_id
+        argv = [py, "-P", "-m", "incl.agent", "--id", agent_id, "--nats", url, "--work-dir", str(work_dir),
+                "--cpus", str(cpus)]
+        procs.append(_spawn(agent_id, argv, f"incl.agent --id {agent_id} --nats {url} --work-dir {work_dir} ",
+                            logs))
     stack = Stack(nats_url=url, embedded_nats=nats_url is None, procs=procs, started_at=time.time())
-    state_file(home).write_bytes(msgspec.json.encode(stack))
+    save(home, stack)
     return stack
+
+
+def save(home: Path, stack: Stack) -> None:
+    state_file(home).write_bytes(msgspec.json.encode(stack))
+
+
+def restart_dead(home: Path, stack: Stack) -> tuple[Stack, list[Proc]]:
+    """Start again, with the command it was started with, each part that is no longer running (NATS first).
+    Returns the stack as saved (also when a start fails half-way: what did start is recorded) and the parts
+    started."""
+    home = home.resolve()
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    procs, restarted = list(stack.procs), []
+    try:
+        for i, proc in enumerate(procs):
+            if alive(proc):
+                continue
+            if not proc.argv:
+                raise InclError(f"{proc.name} is not running and this stack.json (from an older INCL) does not "
+                                "say how to start it; run `incl down`, then `incl up`")
+            if proc.name == "nats":
+                procs[i] = _start_nats(home, int(stack.nats_url.rsplit(":", 1)[1]))
+            else:
+                procs[i] = _spawn(proc.name, proc.argv, proc.marker, home / "logs")
+            restarted.append(procs[i])
+    finally:
+        stack = msgspec.structs.replace(stack, procs=procs)
+        save(home, stack)
+    return stack, restarted
 
 
 def stop(stack: Stack, timeout: float = 15.0) -> list[str]:
@@ -153,13 +199,15 @@ def stop(stack: Stack, timeout: float = 15.0) -> list[str]:
     for proc in reversed(stack.procs):  # agents first, NATS last
         if not alive(proc):
             continue
-        os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while alive(proc) and time.monotonic() < deadline:
             _reap(proc.pid)
             time.sleep(0.05)
         if alive(proc):
-            os.kill(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
         stopped.append(proc.name)
     return stopped
 

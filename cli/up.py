@@ -1,4 +1,4 @@
-"""`incl up` and `incl down`: the embedded stack on this machine."""
+"""`incl up`, `incl status` and `incl down`: the embedded stack on this machine."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import click
+from rich.table import Table
 
 from incl.cli import stack as stack_mod
 from incl.cli.client import Client, incl_home
-from incl.cli.output import console, fail, handles_errors
+from incl.cli.output import ago, console, fail, handles_errors, print_json
 from incl.proto.errors import InclError, Unavailable
 
 
@@ -24,6 +25,7 @@ def _died(started: stack_mod.Stack) -> None:
 
 
 async def _wait_ready(started: stack_mod.Stack, agents: int, timeout: float) -> int:
+    """Until the controller answers and `agents` agents are alive; the number alive."""
     url = started.nats_url
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -54,8 +56,7 @@ def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeo
     home = incl_home()
     existing = stack_mod.load(home)
     if existing is not None and any(stack_mod.alive(p) for p in existing.procs):
-        running = ", ".join(f"{p.name} (pid {p.pid})" for p in existing.procs if stack_mod.alive(p))
-        console.print(f"INCL is already running at {existing.nats_url}: {running}. Stop it with `incl down`.")
+        _restart(home, existing, timeout)
         return
     started = stack_mod.start(home, nats_url=nats_url, port=port, agents=n_agents, agent_cpus=cpus)
     try:
@@ -66,6 +67,44 @@ def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeo
         raise
     console.print(f"INCL is up at [bold]{started.nats_url}[/] with {ready} local agent(s); "
                   f"logs in {home / 'logs'}. Stop it with `incl down`.")
+
+
+def _restart(home: Path, existing: stack_mod.Stack, timeout: float) -> None:
+    """A stack `incl up` started is (partly) running: start again what died, with the command it had."""
+    running = ", ".join(f"{p.name} (pid {p.pid})" for p in existing.procs if stack_mod.alive(p))
+    if all(stack_mod.alive(p) for p in existing.procs):
+        console.print(f"INCL is already running at {existing.nats_url}: {running}. Stop it with `incl down`.")
+        return
+    stack, restarted = stack_mod.restart_dead(home, existing)
+    agents = sum(1 for p in stack.procs if p.name not in ("nats", "controller"))
+    asyncio.run(_wait_ready(stack, agents, timeout))  # on failure the stack stays recorded: `incl down` stops it
+    names = ", ".join(f"{p.name} (pid {p.pid})" for p in restarted)
+    console.print(f"INCL was running at {stack.nats_url} with parts gone; restarted: {names}. "
+                  f"Still running: {running}. Logs in {home / 'logs'}.")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the parts as JSON.")
+@handles_errors
+def status(as_json: bool) -> None:
+    """Each part of the stack `incl up` started, and whether it is alive (exit 1 if any is not)."""
+    existing = stack_mod.load(incl_home())
+    if existing is None:
+        fail("INCL is not running (no stack started by `incl up`); start one with `incl up`")
+        return
+    parts = [{"name": p.name, "pid": p.pid, "alive": stack_mod.alive(p), "log": p.log} for p in existing.procs]
+    if as_json:
+        print_json({"nats_url": existing.nats_url, "parts": parts})
+    else:
+        table = Table("PART", "PID", "STATE", "LOG", box=None)
+        for part in parts:
+            table.add_row(part["name"], str(part["pid"]), "[green]alive[/]" if part["alive"] else "[red]dead[/]",
+                          part["log"])
+        console.print(f"INCL at {existing.nats_url}, started {ago(existing.started_at)}")
+        console.print(table)
+    dead = [part["name"] for part in parts if not part["alive"]]
+    if dead:
+        fail(f"not running: {', '.join(dead)}; `incl up` starts them again")
 
 
 @click.command()
@@ -79,4 +118,6 @@ def down() -> None:
         return
     stopped = stack_mod.stop(existing)
     stack_mod.state_file(home).unlink(missing_ok=True)
-    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was still running'}")
+    gone = [p.name for p in existing.procs if p.name not in stopped]
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was still running'}"
+                  + (f" (already gone: {', '.join(gone)})" if gone and stopped else ""))
