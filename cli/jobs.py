@@ -8,10 +8,11 @@ import time
 import click
 import msgspec
 from rich.table import Table
+from rich.text import Text
 
 from incl.cli.client import Client, resolve_url
-from incl.cli.output import ago, console, duration, handles_errors, print_json, state
-from incl.proto.messages import GetJobReply, Job, JobState, ListJobsReply, QuotaLine
+from incl.cli.output import Column, ago, console, duration, handles_errors, print_json, print_table, state
+from incl.proto.messages import Attempt, GetJobReply, Job, JobState, ListJobsReply, QuotaLine
 
 
 def gpu_cell(job: Job, util: float | None) -> str:
@@ -36,6 +37,18 @@ def _runtime(job: Job) -> float | None:
     return (cur.ended_at or time.time()) - cur.started_at
 
 
+LS_COLUMNS = [Column("ID"), Column("NAME", drop=3), Column("USER", drop=5), Column("STATE"),
+              Column("ATTEMPT", drop=7), Column("AGENT", drop=4), Column("SUBMITTED", drop=8),
+              Column("RUNTIME", drop=2), Column("GPU", drop=6), Column("REASON", wrap=True)]
+
+ATTEMPT_COLUMNS = [Column("#"), Column("AGENT", drop=3), Column("INSTANCE", drop=5), Column("MARKET", drop=4),
+                   Column("STATE"), Column("ASSIGNED", drop=8), Column("STARTED", drop=7), Column("ENDED", drop=6),
+                   Column("RUNTIME", drop=2), Column("EXIT", drop=1), Column("REASON", wrap=True)]
+
+QUOTA_COLUMNS = [Column("KIND"), Column("NAME"), Column("GPUS IN USE", justify="right"),
+                 Column("LIMIT", justify="right")]
+
+
 @click.command()
 @click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in JobState],
               case_sensitive=False), help="Only jobs in this state (repeatable).")
@@ -56,16 +69,14 @@ def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, as_json:
     if as_json:
         print_json([{**msgspec.to_builtins(j), "gpu_util": reply.gpu_util.get(j.id)} for j in jobs])
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("ID", "NAME", "USER", "STATE", "ATTEMPT", "AGENT", "SUBMITTED", "RUNTIME", "GPU", "REASON"):
-        table.add_column(col, overflow="fold" if col == "REASON" else "ellipsis", no_wrap=col != "REASON",
-                         min_width=10 if col == "ID" else None)
-    for job in jobs:
-        cur = job.current
-        table.add_row(job.id, job.spec.name or "-", job.user, state(job.state),
-                      attempt_cell(job), cur.agent_id if cur else "-", ago(job.submitted_at),
-                      duration(_runtime(job)), gpu_cell(job, reply.gpu_util.get(job.id)), job.reason or "")
-    console.print(table)
+    if not jobs:
+        console.print("no jobs" + (" match" if wanted or user else "; submit one with `incl submit`"),
+                      markup=False)
+        return
+    rows = [[job.id, job.spec.name or "-", job.user, state(job.state), attempt_cell(job),
+             job.current.agent_id if job.current else "-", ago(job.submitted_at), duration(_runtime(job)),
+             gpu_cell(job, reply.gpu_util.get(job.id)), job.reason or ""] for job in jobs]
+    print_table(LS_COLUMNS, rows)
 
 
 @click.command()
@@ -86,7 +97,7 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         print_json({**msgspec.to_builtins(job), "gpu_util": reply.gpu_util, "gpu_idle_since": reply.gpu_idle_since})
         return
     spec = job.spec
-    console.print(f"[bold]{job.id}[/] {spec.name or ''}  {state(job.state)}", highlight=False)
+    console.print(Text.assemble((job.id, "bold"), " ", spec.name or "", "  ", state(job.state)))
     rows = [("user", job.user), ("run", spec.run), ("setup", spec.setup), ("workdir", spec.workdir),
             ("resources", f"{spec.resources.cpus:g} CPU, {spec.resources.gpus} GPU"
                           + (f", {spec.resources.memory / 1e9:.1f} GB" if spec.resources.memory else "")),
@@ -95,28 +106,37 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
             ("cancel requested", "yes" if job.cancel_requested else None),
             ("gpu utilization", None if reply.gpu_util is None else f"{reply.gpu_util:.0f}%"),
             ("gpus idle since", None if reply.gpu_idle_since is None else ago(reply.gpu_idle_since))]
+    fields = Table.grid(padding=(0, 0, 0, 2))  # a long value wraps in its own column, not under the keys
+    fields.add_column(min_width=15, no_wrap=True)
+    fields.add_column(overflow="fold")
     for key, value in rows:
         if value:
-            console.print(f"  {key:<17}{value}", highlight=False)
+            fields.add_row(key, Text(value))
+    console.print(fields)
     if job.attempts:
-        table = Table(title="attempts", box=None, header_style="bold")
-        cloud = any(a.instance_id for a in job.attempts)  # instance and market columns only where there are any
-        for col in ("#", "AGENT", *(("INSTANCE", "MARKET") if cloud else ()), "STATE", "ASSIGNED", "STARTED",
-                    "ENDED", "RUNTIME", "EXIT", "REASON"):
-            table.add_column(col)
-        for a in job.attempts:
-            runtime = (a.ended_at or time.time()) - a.started_at if a.started_at else None
-            instance = f"{a.instance_id} ({a.instance_type})" if a.instance_id and a.instance_type else a.instance_id
-            where = (instance or "-", a.market or "-") if cloud else ()
-            table.add_row(str(a.number), a.agent_id, *where, state(a.state), ago(a.assigned_at), ago(a.started_at),
-                          ago(a.ended_at), duration(runtime), "-" if a.exit_code is None else str(a.exit_code),
-                          a.reason or "")
-        console.print(table)
+        print_table(_attempt_columns(job), [_attempt_row(job, a) for a in job.attempts], title="attempts")
     last = job.current
     if last and last.tail and job.state is JobState.FAILED:
-        console.print("[bold]last log lines:[/]")
+        console.print("last log lines:", style="bold", markup=False)
         for line in last.tail:
             console.print("  " + line, highlight=False, markup=False)
+
+
+def _cloud(job: Job) -> bool:
+    """Instance and market columns only where there are any."""
+    return any(a.instance_id for a in job.attempts)
+
+
+def _attempt_columns(job: Job) -> list[Column]:
+    return [c for c in ATTEMPT_COLUMNS if _cloud(job) or c.header not in ("INSTANCE", "MARKET")]
+
+
+def _attempt_row(job: Job, a: Attempt) -> list[str | Text]:
+    runtime = (a.ended_at or time.time()) - a.started_at if a.started_at else None
+    instance = f"{a.instance_id} ({a.instance_type})" if a.instance_id and a.instance_type else a.instance_id
+    where = [instance or "-", a.market or "-"] if _cloud(job) else []
+    return [str(a.number), a.agent_id, *where, state(a.state), ago(a.assigned_at), ago(a.started_at),
+            ago(a.ended_at), duration(runtime), "-" if a.exit_code is None else str(a.exit_code), a.reason or ""]
 
 
 @click.command()
@@ -132,9 +152,9 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 
     job = asyncio.run(go())
     if job.state is JobState.CANCELLED:
-        console.print(f"{job.id} cancelled")
+        console.print(f"{job.id} cancelled", markup=False)
     else:
-        console.print(f"{job.id} is being cancelled (it was {job.state})")
+        console.print(f"{job.id} is being cancelled (it was {job.state})", markup=False)
 
 
 @click.command()
@@ -155,11 +175,11 @@ def quota(ctx: click.Context, as_json: bool) -> None:
     if not lines:
         console.print("no quotas configured and no GPUs in use")
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("KIND", "NAME", "GPUS IN USE", "LIMIT"):
-        table.add_column(col)
-    for line in lines:
-        full = line.limit is not None and line.used >= line.limit
-        used = f"[red]{line.used}[/]" if full else str(line.used)
-        table.add_row(line.kind, line.name, used, "-" if line.limit is None else str(line.limit))
-    console.print(table)
+    rows = [[line.kind, line.name, _used_cell(line), "-" if line.limit is None else str(line.limit)] for line in lines]
+    print_table(QUOTA_COLUMNS, rows)
+
+
+
+def _used_cell(line: QuotaLine) -> Text:
+    full = line.limit is not None and line.used >= line.limit
+    return Text(str(line.used), style="red" if full else "")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import sys
 from collections import defaultdict
 
 import click
-from rich.table import Table
+from rich.text import Text
 
 from incl.cli.client import Client, resolve_url
-from incl.cli.output import console, handles_errors, print_json
-from incl.proto.messages import Job, LogBatch, Stream
+from incl.cli.output import Column, console, handles_errors, print_json, print_table
+from incl.proto.messages import Job, LogBatch, MetricPoint, Stream
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -82,51 +83,84 @@ def logs(ctx: click.Context, job_id: str, follow: bool, attempt: int | None, tim
     asyncio.run(go())
 
 
+SPARK_NAN, SPARK_INF, SPARK_NEG_INF = "×", "↑", "↓"  # a diverged loss is what people look for: never hidden
+
+
 def sparkline(values: list[float], width: int = 30) -> str:
+    """The shape of a series in `width` characters; NaN and ±inf keep a mark of their own."""
     if not values:
         return ""
     if len(values) > width:  # keep the shape: sample evenly, always ending on the last value
         step = (len(values) - 1) / (width - 1)
         values = [values[round(i * step)] for i in range(width)]
-    lo, hi = min(values), max(values)
+    finite = [v for v in values if math.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    return "".join(_spark(v, lo, hi) for v in values)
+
+
+def _spark(value: float, lo: float, hi: float) -> str:
+    if math.isnan(value):
+        return SPARK_NAN
+    if math.isinf(value):
+        return SPARK_INF if value > 0 else SPARK_NEG_INF
     if hi == lo:
-        return SPARKS[3] * len(values)
-    return "".join(SPARKS[int((v - lo) / (hi - lo) * (len(SPARKS) - 1))] for v in values)
+        return SPARKS[3]
+    return SPARKS[int((value - lo) / (hi - lo) * (len(SPARKS) - 1))]
+
+
+def number(value: float | None) -> str:
+    """A metric value for people: 6 significant digits; "nan", "inf", "-inf" as they are."""
+    return "-" if value is None else f"{value:.6g}"
+
+
+def json_number(value: float) -> float | str:
+    """JSON has no NaN or infinity: they become the strings "NaN", "Infinity", "-Infinity" (as JavaScript spells
+    them, and pandas and jq read them), never a null that hides which one it was."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+METRIC_COLUMNS = [Column("metric"), Column("last", justify="right"), Column("step", drop=2, justify="right"),
+                  Column("min", drop=3, justify="right"), Column("max", drop=3, justify="right"),
+                  Column("points", drop=4, justify="right"), Column("history", drop=1)]
+
+
+def _metric_row(name: str, vals: list[tuple[int | None, float]]) -> list[str | Text]:
+    nums = [v for _, v in vals]
+    finite = [v for v in nums if math.isfinite(v)]  # min and max over the finite values
+    last_step = vals[-1][0]
+    return [name, number(nums[-1]), "-" if last_step is None else str(last_step),
+            number(min(finite) if finite else None), number(max(finite) if finite else None), str(len(nums)),
+            sparkline(nums)]
 
 
 @click.command()
 @click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="Every point, as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Every point, as JSON (NaN and infinities as strings).")
 @click.pass_context
 @handles_errors
 def metrics(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show a job's metrics (`incl.log`): latest value and a compact history of each."""
 
-    async def go() -> list[dict[str, object]]:
+    async def go() -> list[tuple[int, MetricPoint]]:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
             await client.job(job_id)
-            points = []
-            async for batch in client.metric_batches(job_id):
-                points.extend({"attempt": batch.attempt, "ts": p.ts, "step": p.step, "values": p.values}
-                              for p in batch.points)
-            return points
+            return [(batch.attempt, p) async for batch in client.metric_batches(job_id) for p in batch.points]
 
     points = asyncio.run(go())
     if as_json:
-        print_json(points)
+        print_json([{"attempt": attempt, "ts": p.ts, "step": p.step,
+                     "values": {k: json_number(v) for k, v in p.values.items()}} for attempt, p in points])
         return
     if not points:
-        console.print(f"no metrics for {job_id} (the job logs them with incl.log)")
+        console.print(f"no metrics for {job_id} (the job logs them with incl.log)", markup=False)
         return
-    series: dict[str, list[tuple[object, float]]] = defaultdict(list)
-    for p in points:
-        for name, value in p["values"].items():  # type: ignore[union-attr]
-            series[name].append((p["step"], value))
-    table = Table(title=f"metrics of {job_id}")
-    for col in ("metric", "last", "step", "min", "max", "points", "history"):
-        table.add_column(col, justify="right" if col not in ("metric", "history") else "left")
-    for name, vals in sorted(series.items()):
-        nums = [v for _, v in vals]
-        table.add_row(name, f"{nums[-1]:.6g}", str(vals[-1][0] if vals[-1][0] is not None else "-"),
-                      f"{min(nums):.6g}", f"{max(nums):.6g}", str(len(nums)), sparkline(nums))
-    console.print(table)
+    series: dict[str, list[tuple[int | None, float]]] = defaultdict(list)
+    for _, p in points:
+        for name, value in p.values.items():
+            series[name].append((p.step, value))
+    print_table(METRIC_COLUMNS, [_metric_row(name, vals) for name, vals in sorted(series.items())],
+                title=f"metrics of {job_id}")

@@ -10,14 +10,26 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
-from rich.console import Console
+from rich.console import Console, JustifyMethod
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
 
 from incl.artifacts.errors import ArtifactError
 from incl.proto.errors import InclError, SpecInvalid, Unavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
+UNBOUNDED = 1_000_000  # columns: output that is not a terminal is never cut or wrapped to fit one
+
+
+def _stdout() -> Console:
+    out = Console()
+    return out if out.is_terminal else Console(width=UNBOUNDED)
+
+
+console = _stdout()
 err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
@@ -33,7 +45,7 @@ def print_json(value: Any) -> None:
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     sys.exit(code)
 
 
@@ -56,8 +68,13 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def state(value: str) -> str:
-    return f"[{STATE_STYLE.get(value, 'white')}]{value}[/]"
+def state(value: str) -> Text:
+    return Text(value, style=STATE_STYLE.get(value, "white"))
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """"1 file", "2 files"; `nouns` where adding an s is wrong."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def ago(ts: float | None) -> str:
@@ -91,3 +108,50 @@ def size(n: int | float | None) -> str:
 
 def echo(message: str) -> None:
     click.echo(message)
+
+
+class Column(msgspec.Struct, frozen=True):
+    """A table column. On a narrow terminal the columns with the highest `drop` go first (0: never dropped);
+    the `wrap` column (a reason) wraps in the room left rather than widening the table."""
+
+    header: str
+    drop: int = 0
+    justify: JustifyMethod = "left"
+    wrap: bool = False
+
+
+WRAP_AT_LEAST = 30  # columns a wrapping column is given before any other column is dropped for it
+
+
+def _table(columns: list[Column], rows: list[list[str | Text]], title: str | None, narrow: bool) -> Table:
+    table = Table(box=None, header_style="bold", title=None if title is None else Text(title))
+    for col in columns:
+        table.add_column(col.header, justify=col.justify, min_width=len(col.header), no_wrap=not col.wrap,
+                         overflow="fold" if col.wrap else "ellipsis",
+                         max_width=max(WRAP_AT_LEAST, len(col.header)) if narrow and col.wrap else None)
+    for row in rows:  # plain strings are the user's text: shown as they are, never read as markup
+        table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
+    return table
+
+
+def fitted_columns(out: Console, columns: list[Column], rows: list[list[str | Text]],
+                   title: str | None = None) -> list[int]:
+    """The indexes of the columns that fit `out`: all of them unless it is a terminal too narrow for them."""
+    keep = list(range(len(columns)))
+    if not out.is_terminal:
+        return keep
+    wide = out.options.update_width(UNBOUNDED)
+    while True:
+        table = _table([columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title, narrow=True)
+        droppable = [i for i in keep if columns[i].drop]
+        if Measurement.get(out, wide, table).maximum <= out.width or not droppable:
+            return keep
+        keep.remove(max(droppable, key=lambda i: (columns[i].drop, i)))
+
+
+def print_table(columns: list[Column], rows: list[list[str | Text]], title: str | None = None,
+                out: Console | None = None) -> None:
+    """A table whole when piped; on a terminal, the columns that matter most, each header in full."""
+    out = out or console
+    keep = fitted_columns(out, columns, rows, title)
+    out.print(_table([columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title, narrow=False))
