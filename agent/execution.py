@@ -27,6 +27,7 @@ OnRunning = Callable[[int | None], Awaitable[None]]
 class Outcome(msgspec.Struct, frozen=True):
     exit_code: int | None  # negative: killed by that signal; None: nothing ran
     reason: str | None = None
+    notes: tuple[str, ...] = ()  # lines for the job's log about how it ended (leftover processes killed, ...)
 
 
 class Execution(Protocol):
@@ -53,13 +54,17 @@ class _Stoppable:
 
 
 class ProcessExecution(_Stoppable):
-    """`setup`, then `run`, each in its own process group, started by the agent's fork server."""
+    """`setup`, then `run`, each in its own process group, started by the agent's fork server. Each is over
+    when its command exits; its output is read for at most `drain_timeout` more."""
 
     def __init__(self, launcher: runtime.Launcher, shell: str, setup: str | None, run: str, cwd: Path,
-                 env: dict[str, str], sink: runtime.OutputSink, on_pid: Callable[[int], None]) -> None:
+                 env: dict[str, str], sink: runtime.OutputSink, on_pid: Callable[[int], None], *,
+                 drain_timeout: float) -> None:
         self._launcher, self._shell = launcher, shell
         self._setup, self._run = setup, run
         self._cwd, self._env, self._sink, self._on_pid = cwd, env, sink, on_pid
+        self._drain = drain_timeout
+        self._notes: list[str] = []
 
     async def _start(self, script: str) -> runtime.ProcessHandle:
         self._handle = await self._launcher.start([self._shell, "-c", script], str(self._cwd), self._env, self._sink)
@@ -68,16 +73,22 @@ class ProcessExecution(_Stoppable):
         self._apply_stop()  # stopped while it was starting
         return self._handle
 
+    async def _wait(self, handle: runtime.ProcessHandle) -> int:
+        status = await handle.wait(self._drain)
+        self._notes.extend(handle.notes)
+        return status
+
     async def run(self, on_running: OnRunning) -> Outcome:
         if self._setup and self._grace is None:
-            status = await (await self._start(self._setup)).wait()
+            status = await self._wait(await self._start(self._setup))
             if status != 0 and self._grace is None:
-                return Outcome(status, f"setup failed with exit code {status}")
+                return Outcome(status, f"setup failed with exit code {status}", tuple(self._notes))
         if self._grace is not None:
-            return Outcome(None)
+            return Outcome(None, notes=tuple(self._notes))
         handle = await self._start(self._run)
         await on_running(handle.pid)
-        return Outcome(await handle.wait())
+        status = await self._wait(handle)
+        return Outcome(status, notes=tuple(self._notes))
 
 
 # In the container: setup, then the command; marker files in the run dir tell the agent which stage it is in.

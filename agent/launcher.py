@@ -1,19 +1,27 @@
-"""The agent's fork server: starts every job process, cheaply, and guarantees none outlives the agent.
+"""The agent's fork server: starts every job process, cheaply, and guarantees none outlives its job.
 
-Run as `python -I -S launcher.py FD` (standard library only), where FD is one end of a SOCK_SEQPACKET
-socket pair whose other end the agent holds. Starting a Python interpreter per job would cost about 15 ms
-of CPU; forking this small, already-running process costs well under one.
+Run as `python -I -S launcher.py FD AGENT_PID [nocgroup]` (standard library only), where FD is one end of a
+SOCK_SEQPACKET socket pair whose other end the agent holds. Starting a Python interpreter per job would cost
+about 15 ms of CPU; forking this small, already-running process costs well under one.
 
 Protocol (one JSON object per packet):
   agent -> launcher   {"id": N, "argv": [...], "cwd": "...", "env": {...}}  with two fds: stdout, stderr
   launcher -> agent   {"id": N, "pid": P}  or  {"id": N, "error": "..."}
+  guard -> agent      {"killed": P, "count": C, "procs": [[pid, name], ...]}   (the first few; before "exited")
   launcher -> agent   {"exited": P, "status": S}   (S as os.waitstatus_to_exitcode: -N for signal N)
 
 Each job gets a guard ("shim"): a forked child that leads a new session and process group, runs the command
-in that group, and exits with the command's status (re-raising its signal). The launcher dies with the agent
-(parent-death signal SIGKILL); each guard dies with the launcher (parent-death signal SIGUSR2), and on that
-signal kills its whole group: a job never outlives its agent, so the controller can run it again elsewhere
-without two copies running. SIGTERM to the group is the job's "checkpoint now" signal: the guard ignores it.
+in that group, and exits with the command's status (re-raising its signal). A job is over when its command
+has exited: the guard then kills every process the job left behind, even those that left the group
+(`setsid`, a double-forked daemon), and reports them. It finds them two ways: the guard is a child subreaper,
+so every orphan of the job becomes its child, and where the launcher can create cgroups (cgroup v2, writable)
+the command runs in a cgroup of its own, killed at once through `cgroup.kill`.
+
+Signals to a guard: SIGTERM to its group is the job's "checkpoint now" signal (the guard ignores it);
+SIGUSR1 kills every process of the job now (the agent's SIGKILL after the grace period). The launcher dies
+with the agent (parent-death signal SIGKILL); each guard dies with the launcher (parent-death signal SIGUSR2),
+killing every process of its job first: a job never outlives its agent, so the controller can run it again
+elsewhere without two copies running.
 """
 
 import ctypes
@@ -23,11 +31,18 @@ import select
 import signal
 import socket
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 MAX_PACKET = 1 << 20
+MAX_NAMED = 20  # leftover processes named in a report; the count covers the rest
+SWEEP_POLL = 0.005  # seconds between rounds of killing a job's leftovers while they die
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_cgroup = None  # in a guard: the job's cgroup directory, when it has one
+_command = None  # in a guard: the command's pid
+_killed = {}  # in a guard: {pid: name} of the job's other processes it killed
 
 
 def _die_with_parent(sig, parent):
@@ -35,23 +50,175 @@ def _die_with_parent(sig, parent):
     return os.getppid() == parent  # False: the parent died before prctl took effect
 
 
-def _kill_group(signum=None, frame=None):
-    os.killpg(0, signal.SIGKILL)
+# --- cgroups ----------------------------------------------------------------------------------------------
+
+def cgroup_parent():
+    """The launcher's own cgroup v2 directory, if it may create child cgroups there; else None."""
+    mount = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    mount = left.split()[4]
+                    break
+        with open("/proc/self/cgroup") as f:
+            path = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if mount is None or path is None:
+        return None
+    parent = os.path.join(mount, path.lstrip("/"))
+    probe = os.path.join(parent, f"incl-probe-{os.getpid()}")
+    try:
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError:
+        return None
+    return parent
 
 
-def _guard(argv, cwd, env, out, err, launcher):
-    """In the forked child: lead a new group, run argv in it, exit as it exits. Never returns."""
+def _make_cgroup(parent):
+    if parent is None:
+        return None
+    path = os.path.join(parent, f"incl-job-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.mkdir(path)
+    except OSError:
+        return None
+    return path
+
+
+def _join_cgroup(path):
+    """In the command's process, before exec: everything it starts is born in the job's cgroup."""
+    if path is not None:
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write("0")
+        except OSError:
+            pass  # the subreaper still finds them all
+
+
+def _remove_cgroup(path):
+    if path is not None:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+# --- the job's processes ----------------------------------------------------------------------------------
+
+def _proc_stat(pid):
+    """(name, state, parent pid) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    name, _, rest = data[data.index(b"(") + 1:].rpartition(b")")
+    fields = rest.split()
+    return name.decode(errors="replace"), fields[0], int(fields[1])
+
+
+def _job_processes():
+    """{pid: name} of every live process of this guard's job: the cgroup's members and the guard's descendants."""
+    me = os.getpid()
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
+            stats[int(entry)] = stat
+    children = {}
+    for pid, (_, _, ppid) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [me]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    if _cgroup is not None:
+        try:
+            with open(os.path.join(_cgroup, "cgroup.procs")) as f:
+                found.update(int(line) for line in f if line.strip())
+        except OSError:
+            pass
+    found.discard(me)
+    return {pid: stats[pid][0] for pid in sorted(found) if pid in stats and stats[pid][1] != b"Z"}
+
+
+def _kill_all(signum=None, frame=None):
+    """SIGKILL to every process of the job (the command included), noting the others; reaped by the caller."""
+    processes = _job_processes()
+    for pid, name in processes.items():
+        if pid != _command:
+            _killed.setdefault(pid, name)
+    if _cgroup is not None:
+        try:
+            with open(os.path.join(_cgroup, "cgroup.kill"), "w") as f:
+                f.write("1")
+        except OSError:
+            pass  # no cgroup.kill before Linux 5.14: one by one below
+    for pid in processes:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _reap():
+    """Reap every child that has ended; False once the guard has no children left (hence no descendants)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def _sweep():
+    """Kill and reap every process the job left; returns {pid: name} of those killed, the command aside."""
+    while _reap():  # orphans are the guard's children (subreaper): none left means none anywhere
+        _kill_all()
+        time.sleep(SWEEP_POLL)
+    return _killed
+
+
+def _die_with_launcher(signum=None, frame=None):
+    _kill_all()
+    _sweep()
+    _remove_cgroup(_cgroup)
+    os._exit(128 + signal.SIGKILL)
+
+
+def _wait_for(pid):
+    """The command's wait status; the orphans it leaves are reaped as they end."""
+    while True:
+        child, status = os.waitpid(-1, 0)
+        if child == pid:
+            return status
+
+
+def _guard(argv, cwd, env, out, err, launcher, sock, cgroups):
+    """In the forked child: lead a new group, run argv in it, end the job as it exits. Never returns."""
+    global _cgroup, _command
     try:
         signal.set_wakeup_fd(-1)
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGUSR2, _kill_group)
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _cgroup = _make_cgroup(cgroups)
+        signal.signal(signal.SIGUSR2, _die_with_launcher)
         if not _die_with_parent(signal.SIGUSR2, launcher):
-            _kill_group()
+            _die_with_launcher()
         signal.signal(signal.SIGTERM, lambda s, f: None)  # handled, not ignored: exec resets it for argv
+        signal.signal(signal.SIGUSR1, _kill_all)
         pid = os.fork()
         if pid == 0:
-            signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+            for sig in (signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(sig, signal.SIG_DFL)
+            _join_cgroup(_cgroup)
             os.dup2(out, 1)
             os.dup2(err, 2)
             null = os.open(os.devnull, os.O_RDONLY)
@@ -63,14 +230,17 @@ def _guard(argv, cwd, env, out, err, launcher):
             except OSError as exc:
                 os.write(2, f"incl: cannot run {argv[0]}: {exc.strerror}\n".encode())
                 os._exit(127)
+        _command = pid
         os.close(out)
         os.close(err)
-        while True:
+        status = _wait_for(pid)
+        killed = _sweep()
+        _remove_cgroup(_cgroup)
+        if killed:
             try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
+                _send(sock, {"killed": os.getpid(), "count": len(killed), "procs": list(killed.items())[:MAX_NAMED]})
+            except OSError:
+                pass  # the agent is gone
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
@@ -85,7 +255,7 @@ def _send(sock, message):
     sock.send(json.dumps(message).encode())
 
 
-def serve(sock):
+def serve(sock, cgroups):
     me = os.getpid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -117,11 +287,10 @@ def serve(sock):
                 _send(sock, {"id": request.get("id"), "error": "expected two file descriptors"})
                 continue
             pid = os.fork()
-            if pid == 0:
-                sock.close()
+            if pid == 0:  # the guard keeps the socket for its report on the job's leftovers
                 os.close(wake_r)
                 os.close(wake_w)
-                _guard(request["argv"], request["cwd"], request["env"], fds[0], fds[1], me)
+                _guard(request["argv"], request["cwd"], request["env"], fds[0], fds[1], me, sock, cgroups)
             for fd in fds:
                 os.close(fd)
             _send(sock, {"id": request["id"], "pid": pid})
@@ -131,7 +300,7 @@ def main(argv):
     sock = socket.socket(fileno=int(argv[1]))
     if not _die_with_parent(signal.SIGKILL, int(argv[2])):
         sys.exit(1)
-    serve(sock)
+    serve(sock, None if "nocgroup" in argv[3:] else cgroup_parent())
 
 
 if __name__ == "__main__":

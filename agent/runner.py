@@ -201,7 +201,8 @@ class Runner:
                     self._job_pids.add(self.ref.job_id, pid)
 
             return ProcessExecution(self._launcher, self.cfg.shell, spec.setup, spec.run, self.ws.code,
-                                    self._env(self._host_paths(), inherit=True), self._on_output, on_pid)
+                                    self._env(self._host_paths(), inherit=True), self._on_output, on_pid,
+                                    drain_timeout=self.cfg.output_drain_timeout)
         if self._docker is None:
             raise PrepareFailed(f"the job needs Docker for image {spec.image}, and agent {self.cfg.agent_id} "
                                 "has no Docker engine")
@@ -283,6 +284,8 @@ class Runner:
         outputs = await self._save(files) if files is not None else None
         if rest := self._splitter.flush():
             await self._ship_lines(rest)
+        for note in outcome.notes:
+            await self._system(f"incl: {note}")
         if reason := self._reason(outcome):
             await self._system(f"incl: {reason}")
         await self._logs.close()

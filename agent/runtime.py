@@ -1,8 +1,10 @@
 """The `process` runtime: a job's command in its own process group, started by the agent's fork server.
 
 `Launcher` owns the fork server (see launcher.py for why it exists and what it guarantees). Output arrives
-as raw chunks through `sink(stream, chunk)`; splitting into lines is the log shipper's business. Stopping
-sends SIGTERM to the whole group, waits the grace period, then sends SIGKILL.
+as raw chunks through `sink(stream, chunk)`; splitting into lines is the log shipper's business. A job is
+over when its command has exited: the fork server's guard has then killed whatever the job left behind, and
+its output is read for at most the drain timeout more. Stopping sends SIGTERM to the whole group, waits the
+grace period, then has the guard SIGKILL every process of the job, those that left the group included.
 """
 
 from __future__ import annotations
@@ -33,28 +35,49 @@ log = structlog.get_logger()
 
 
 class ProcessHandle:
-    def __init__(self, pid: int, exit_status: asyncio.Future[int], readers: list[asyncio.Task[None]]) -> None:
+    def __init__(self, pid: int, ended: asyncio.Future[tuple[int, dict[str, Any] | None]],
+                 readers: list[asyncio.Task[None]]) -> None:
         self.pid = pid  # also the process group id: the guard leads its own group
-        self._exit = exit_status
+        self._ended = ended
         self._readers = readers
+        self.notes: list[str] = []  # what the job's log should say about how it ended
 
-    async def wait(self) -> int:
-        """The command's exit status (negative: killed by that signal), once its output has been read."""
-        code = await asyncio.shield(self._exit)
-        self._kill_group(signal.SIGKILL)  # stragglers the job left behind hold our pipes open
-        await asyncio.gather(*self._readers)
+    async def wait(self, drain_timeout: float) -> int:
+        """The command's exit status (negative: killed by that signal), once the job's processes are gone and
+        its output has been read (for at most `drain_timeout` more: a pipe held open from outside the job)."""
+        code, killed = await asyncio.shield(self._ended)
+        if killed is not None:
+            self.notes.append(_killed_note(killed))
+        if self._readers:
+            _, open_ = await asyncio.wait(self._readers, timeout=drain_timeout)
+            for reader in open_:
+                reader.cancel()
+            await asyncio.gather(*open_, return_exceptions=True)
+            if open_:
+                log.warning("output_drain_timeout", pid=self.pid, drain_timeout=drain_timeout)
+                self.notes.append(f"output still open {drain_timeout:g} s after the command ended: stopped reading it")
+            self._readers = []
         return code
 
     async def stop(self, grace: float) -> None:
-        self._kill_group(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._exit), timeout=grace)
-        except asyncio.TimeoutError:
-            self._kill_group(signal.SIGKILL)
+        """SIGTERM to the job's group; after `grace`, SIGKILL to every process of the job (by its guard)."""
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGKILL):  # the last one only if the guard is stuck
+            if self._ended.done():
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if sig == signal.SIGUSR1:
+                    os.kill(self.pid, sig)
+                else:
+                    os.killpg(self.pid, sig)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._ended), timeout=grace)
 
-    def _kill_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
+
+def _killed_note(report: dict[str, Any]) -> str:
+    count, procs = report["count"], report["procs"]
+    named = ", ".join(f"{name} (pid {pid})" for pid, name in procs)
+    more = f", and {count - len(procs)} more" if count > len(procs) else ""
+    return f"killed {count} leftover process{'es' if count > 1 else ''}: {named}{more}"
 
 
 async def _pump(fd: int, stream: Stream, sink: OutputSink) -> None:
@@ -70,15 +93,19 @@ async def _pump(fd: int, stream: Stream, sink: OutputSink) -> None:
 
 
 class Launcher:
-    """The fork server's lifespan: `async with Launcher() as launcher: await launcher.start(...)`."""
+    """The fork server's lifespan: `async with Launcher() as launcher: await launcher.start(...)`.
 
-    def __init__(self) -> None:
+    With `cgroups` (the default) each job runs in a cgroup of its own where the fork server can create one."""
+
+    def __init__(self, cgroups: bool = True) -> None:
+        self._cgroups = cgroups
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._exits: dict[int, asyncio.Future[tuple[int, dict[str, Any] | None]]] = {}
+        self._killed: dict[int, dict[str, Any]] = {}  # a guard's report on the leftovers it killed, until its exit
 
     async def __aenter__(self) -> Launcher:
         await self._spawn()
@@ -98,6 +125,7 @@ class Launcher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-I", "-S", LAUNCHER, str(theirs.fileno()), str(os.getpid()),
+            *([] if self._cgroups else ["nocgroup"]),
             pass_fds=[theirs.fileno()], stdin=asyncio.subprocess.DEVNULL)
         theirs.close()
         ours.setblocking(False)
@@ -108,10 +136,14 @@ class Launcher:
         loop = asyncio.get_running_loop()
         while data := await loop.sock_recv(sock, MAX_PACKET):
             msg = json.loads(data)
+            if "killed" in msg:  # always before that guard's "exited", perhaps before its "pid"
+                self._killed[msg["killed"]] = msg
+                continue
             if "exited" in msg:
+                killed = self._killed.pop(msg["exited"], None)
                 exit_status = self._exits.get(msg["exited"])
                 if exit_status is not None and not exit_status.done():
-                    exit_status.set_result(msg["status"])
+                    exit_status.set_result((msg["status"], killed))
                 continue
             if "pid" in msg:  # the exit may follow in the same breath: its future must exist first
                 self._exits[msg["pid"]] = loop.create_future()
@@ -122,11 +154,12 @@ class Launcher:
         log.error("launcher_died", jobs=len(self._exits))
         for future in self._exits.values():
             if not future.done():
-                future.set_result(-signal.SIGKILL)
+                future.set_result((-signal.SIGKILL, None))
         for future in self._replies.values():
             if not future.done():
                 future.set_exception(OSError("the agent's launcher died"))
         self._exits.clear()
+        self._killed.clear()
         self._replies.clear()
         sock.close()
         self._sock = None

@@ -7,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from incl.agent.runtime import Launcher
 from incl.proto.messages import Stream
 
@@ -20,16 +22,16 @@ async def test_exit_status_output_and_signals(tmp_path: Path) -> None:
     async with Launcher() as launcher:
         h = await launcher.start(["/bin/sh", "-c", "echo hi; echo oops >&2; exit 3"], str(tmp_path),
                                  {"PATH": os.environ["PATH"]}, sink)
-        assert await h.wait() == 3
+        assert await h.wait(5.0) == 3
         assert (Stream.STDOUT, b"hi\n") in out and (Stream.STDERR, b"oops\n") in out
         h = await launcher.start(["/bin/sh", "-c", "kill -9 $$"], str(tmp_path), {}, sink)
-        assert await h.wait() == -signal.SIGKILL
+        assert await h.wait(5.0) == -signal.SIGKILL
         h = await launcher.start(["/no/such/program"], str(tmp_path), {}, sink)
-        assert await h.wait() == 127
+        assert await h.wait(5.0) == 127
         # Many at once: every exit reaches its own handle, even when it arrives before start() returns.
         handles = await asyncio.gather(*[launcher.start(["/bin/sh", "-c", f"exit {i}"], str(tmp_path), {}, sink)
                                          for i in range(40)])
-        assert await asyncio.gather(*[h.wait() for h in handles]) == list(range(40))
+        assert await asyncio.gather(*[h.wait(5.0) for h in handles]) == list(range(40))
 
 
 async def test_jobs_die_with_the_launcher(tmp_path: Path) -> None:
@@ -44,7 +46,7 @@ async def test_jobs_die_with_the_launcher(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
         child = int(pids.read_text())
         launcher._proc.kill()  # as if the agent (and with it the launcher) were killed -9
-        assert await asyncio.wait_for(h.wait(), 5) == -signal.SIGKILL
+        assert await asyncio.wait_for(h.wait(5.0), 5) == -signal.SIGKILL
     for _ in range(100):
         try:
             os.kill(child, 0)
@@ -52,3 +54,110 @@ async def test_jobs_die_with_the_launcher(tmp_path: Path) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the job's child outlived the launcher")
+
+
+class _Output:
+    def __init__(self) -> None:
+        self.data = b""
+        self.grew = asyncio.Event()
+
+    async def sink(self, stream: Stream, chunk: bytes) -> None:
+        self.data += chunk
+        self.grew.set()
+
+    async def until(self, text: bytes) -> None:
+        while text not in self.data:
+            self.grew.clear()
+            await self.grew.wait()
+
+
+def daemons(n: int, pids: Path) -> str:
+    """Shell that starts `n` `sleep 1000` in sessions of their own and waits until each has left the group."""
+    return f"for i in $(seq {n}); do setsid sleep 1000 & echo $! >> {pids}; done; " + settled(pids)
+
+
+def settled(pids: Path) -> str:
+    """Shell that waits until each pid in `pids` is `sleep` (exec'd, hence past its setsid)."""
+    return (f"for p in $(cat {pids}); do until [ \"$(cat /proc/$p/comm 2>/dev/null)\" = sleep ]; do sleep 0.01; "
+            "done; done; ")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _cleanup(pids: Path) -> list[int]:
+    """The daemons' pids, each SIGKILLed if still alive (so that a failing test leaves nothing behind)."""
+    found = [int(p) for p in pids.read_text().split()] if pids.exists() else []
+    for pid in found:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "subreaper"])
+async def test_a_job_is_over_when_its_command_exits(tmp_path: Path, cgroups: bool) -> None:
+    """`setsid sleep 1000 & echo started` ends at once; the daemon is killed and named."""
+    pids = tmp_path / "pids"
+    async with Launcher(cgroups=cgroups) as launcher:
+        h = await launcher.start(["/bin/sh", "-c", daemons(1, pids) + "echo started"], str(tmp_path),
+                                 {"PATH": os.environ["PATH"]}, _Output().sink)
+        try:
+            assert await asyncio.wait_for(h.wait(5.0), 10) == 0
+            [daemon] = [int(p) for p in pids.read_text().split()]
+            assert not _alive(daemon)
+            assert h.notes == [f"killed 1 leftover process: sleep (pid {daemon})"]
+        finally:
+            _cleanup(pids)
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "subreaper"])
+async def test_a_double_forked_daemon_holding_stdout_is_killed(tmp_path: Path, cgroups: bool) -> None:
+    pids = tmp_path / "pids"
+    out = _Output()
+    script = f"(setsid sleep 1000 & echo $! >> {pids}); " + settled(pids) + "echo main done"
+    async with Launcher(cgroups=cgroups) as launcher:
+        h = await launcher.start(["/bin/sh", "-c", script], str(tmp_path), {"PATH": os.environ["PATH"]}, out.sink)
+        try:
+            assert await asyncio.wait_for(h.wait(5.0), 10) == 0
+            [daemon] = [int(p) for p in pids.read_text().split()]
+            assert b"main done" in out.data and not _alive(daemon)
+            assert h.notes == [f"killed 1 leftover process: sleep (pid {daemon})"]
+        finally:
+            _cleanup(pids)
+
+
+async def test_stop_kills_a_job_that_ignores_sigterm_and_every_process_it_left(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    out = _Output()
+    script = "trap '' TERM; " + daemons(4, pids) + "echo started; while :; do sleep 0.05; done"
+    async with Launcher() as launcher:
+        h = await launcher.start(["/bin/sh", "-c", script], str(tmp_path), {"PATH": os.environ["PATH"]}, out.sink)
+        try:
+            await out.until(b"started")
+            await h.stop(grace=0.2)
+            assert await asyncio.wait_for(h.wait(5.0), 10) == -signal.SIGKILL
+            daemon_pids = _cleanup(pids)
+            assert len(daemon_pids) == 4 and not any(_alive(p) for p in daemon_pids)
+            assert all(f"sleep (pid {p})" in h.notes[0] for p in daemon_pids), h.notes
+        finally:
+            _cleanup(pids)
+
+
+async def test_output_held_open_from_outside_the_job_is_drained_for_a_bounded_time(tmp_path: Path) -> None:
+    """A pipe still open after the command exits (here: by the test itself) delays the end by at most the drain."""
+    out = _Output()
+    async with Launcher() as launcher:
+        h = await launcher.start(["/bin/sh", "-c", "echo $$; until [ -e go ]; do sleep 0.01; done"], str(tmp_path),
+                                 {"PATH": os.environ["PATH"]}, out.sink)
+        await out.until(b"\n")
+        held = os.open(f"/proc/{int(out.data)}/fd/1", os.O_WRONLY)  # a second writer on the job's stdout
+        (tmp_path / "go").touch()
+        try:
+            assert await asyncio.wait_for(h.wait(0.5), 10) == 0
+            assert h.notes == ["output still open 0.5 s after the command ended: stopped reading it"]
+        finally:
+            os.close(held)
