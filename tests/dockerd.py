@@ -35,6 +35,7 @@ STOP_TIMEOUT = 20.0
 
 BUSYBOX_IMAGE = "incl-test/busybox:1"
 PYTHON_IMAGE = "incl-test/python:1"
+ROOTFS_BUILD_TIMEOUT = 600.0  # its own limit: it is built before the tests, outside their per-test timeout
 # Bump to rebuild the cached rootfs (a changed package list, suite or mirror).
 PYTHON_ROOTFS_VERSION = "bookworm-minbase-python3-1"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -177,28 +178,89 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def python_rootfs() -> Path:
-    """The debootstrapped Debian-with-python3 rootfs tar, built on first use (~a minute) and then cached."""
-    tar_path = cache_dir() / f"debian-python3-{PYTHON_ROOTFS_VERSION}.tar"
+def can_build_python_rootfs() -> bool:
+    return os.geteuid() == 0 and shutil.which("debootstrap") is not None
+
+
+def python_rootfs_path() -> Path:
+    return cache_dir() / f"debian-python3-{PYTHON_ROOTFS_VERSION}.tar"
+
+
+def python_rootfs(timeout: float = ROOTFS_BUILD_TIMEOUT, mirror: str = DEBIAN_MIRROR) -> Path:
+    """The debootstrapped Debian-with-python3 rootfs tar, built on first use (a minute or more: it downloads
+    about 40 MB of packages) and then cached. conftest builds it before the first test, outside the per-test
+    timeout. A build that fails, times out or is interrupted leaves nothing behind, and a build killed outright
+    (no chance to clean up) is cleared away by the next one."""
+    tar_path = python_rootfs_path()
     with _locked(tar_path.with_suffix(".lock")):
         if tar_path.exists():
             return tar_path
+        _remove_leftovers(tar_path.parent)  # we hold the lock: no other build is under way
         build = Path(tempfile.mkdtemp(prefix="rootfs-", dir=tar_path.parent))
+        partial = tar_path.with_suffix(".partial")
+        deadline = time.monotonic() + timeout
         try:
-            subprocess.run(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(build),
-                            DEBIAN_MIRROR], capture_output=True, check=True, timeout=900)
+            _run_group(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(build), mirror],
+                       deadline)
             for debs in (build / "var/cache/apt/archives").glob("*.deb"):
                 debs.unlink()
-            partial = tar_path.with_suffix(".partial")
-            subprocess.run(["tar", "-C", str(build), "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*",
-                            "-cf", str(partial), "."], capture_output=True, check=True)
+            _run_group(["tar", "-C", str(build), "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*",
+                        "-cf", str(partial), "."], deadline)
             partial.rename(tar_path)
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"building the python rootfs failed: {exc.stderr.decode(errors='replace')[-3000:]}")
         finally:
-            _unmount_under(build)
-            shutil.rmtree(build, ignore_errors=True)
+            partial.unlink(missing_ok=True)
+            _remove_build(build)
     return tar_path
+
+
+def _run_group(argv: list[str], deadline: float) -> None:
+    """Run `argv` in a session of its own; on failure, timeout or interruption kill the whole session (what
+    debootstrap starts, dpkg in the chroot, must not go on writing into a folder being removed)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything it left running
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {out.decode(errors='replace')[-3000:]}")
+
+
+def _kill_builders(build: Path) -> None:
+    """SIGKILL what still builds into `build` (a debootstrap whose pytest was killed outright runs on, orphaned):
+    each process naming it, and the whole group of one that leads its own (as `_run_group` starts them, so dpkg
+    and the rest go too). Called with the build lock held, so no live build is touched."""
+    needle = str(build).encode() + b"\0"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if needle in (entry / "cmdline").read_bytes() + b"\0":
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def _remove_build(build: Path) -> None:
+    _unmount_under(build)  # debootstrap mounts /proc and /sys in the target
+    shutil.rmtree(build, ignore_errors=True)
+
+
+def _remove_leftovers(cache: Path) -> None:
+    for leftover in cache.glob("rootfs-*"):
+        _kill_builders(leftover)
+        _remove_build(leftover)
+    for partial in cache.glob("*.partial"):
+        partial.unlink(missing_ok=True)
 
 
 def python_image(docker: Dockerd) -> str:

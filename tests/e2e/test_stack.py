@@ -177,3 +177,28 @@ def test_port_free_ignores_connections_in_time_wait() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         assert not port_free(s.getsockname()[1])
+
+
+# The Docker tests' python rootfs (tests/dockerd.py), built before the tests by conftest: a build that times
+# out must leave nothing behind, and one killed outright is cleared by the next build.
+
+def test_a_rootfs_build_that_times_out_leaves_nothing_behind(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import dockerd
+
+    if not dockerd.can_build_python_rootfs():
+        pytest.skip("building a rootfs needs root and debootstrap")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = dockerd.cache_dir()
+    cache.mkdir(parents=True)
+    (cache / "rootfs-killed").mkdir()  # what a build killed outright (SIGKILL, no clean-up) left
+    (cache / "rootfs-killed" / "big").write_bytes(b"x" * 4096)
+    dockerd.python_rootfs_path().with_suffix(".partial").write_bytes(b"half a tar")
+    with socket.socket() as mirror:  # accepts connections, never answers: debootstrap hangs on it
+        mirror.bind(("127.0.0.1", 0))
+        mirror.listen()
+        with pytest.raises(subprocess.TimeoutExpired):
+            dockerd.python_rootfs(timeout=3, mirror=f"http://127.0.0.1:{mirror.getsockname()[1]}/debian")
+    assert sorted(p.name for p in cache.iterdir()) == [dockerd.python_rootfs_path().with_suffix(".lock").name]
+    leftover = subprocess.run(["pgrep", "-f", f"debootstrap.*{cache}"], capture_output=True, text=True)
+    assert leftover.stdout == "", "a debootstrap of the timed-out build is still running"
