@@ -11,11 +11,13 @@ import asyncio
 import collections
 import contextlib
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import structlog
 from nats.js import JetStreamContext
 
@@ -55,6 +57,39 @@ IN_CONTAINER = {"code": "/incl/code", "outputs": "/incl/outputs", "checkpoints":
                 "sdk": "/incl/sdk", "run": "/incl/run", "metrics": "/incl/metrics"}
 
 
+class Redactor:
+    """Replaces each secret's value in job output with `<secret:NAME>` before it leaves the agent.
+
+    Exact byte matches of values at least MIN_LENGTH long (a shorter one, such as "1", would mangle the log and
+    hide little); the longest value wins where one contains another. A line over `max_line_bytes` is shipped in
+    pieces, and a value split across two pieces is not found."""
+
+    MIN_LENGTH = 3
+
+    def __init__(self, secrets: dict[str, str]) -> None:
+        self._names: dict[bytes, bytes] = {}
+        for name, value in sorted(secrets.items()):
+            raw = value.encode()
+            if len(raw) >= self.MIN_LENGTH:
+                self._names.setdefault(raw, f"<secret:{name}>".encode())
+        longest_first = sorted(self._names, key=len, reverse=True)
+        self._pattern = re.compile(b"|".join(map(re.escape, longest_first))) if longest_first else None
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._pattern is None:
+            return data
+        return self._pattern.sub(lambda m: self._names[m.group()], data)
+
+    def lines(self, lines: list[LogLine]) -> list[LogLine]:
+        if self._pattern is None:
+            return lines
+        return [msgspec.structs.replace(line, data=self(line.data)) if self._pattern.search(line.data) else line
+                for line in lines]
+
+    def text(self, text: str) -> str:
+        return self(text.encode()).decode("utf-8", "replace") if self._pattern is not None else text
+
+
 class Resume:
     """Where a re-adopted container's output shipping resumes: lines already shipped and the next batch seqs."""
 
@@ -81,6 +116,7 @@ class Runner:
         self._grace = cfg.cancel_grace
         self._tail: collections.deque[bytes] = collections.deque(maxlen=cfg.tail_lines)
         self._splitter = LineSplitter(cfg.max_line_bytes)
+        self._redact = Redactor(assign.spec.secrets)
         resume = resume or Resume()
         self._skip = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}  # replayed lines to drop
         self._totals = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}
@@ -124,6 +160,7 @@ class Runner:
             await self._ship_lines(lines)
 
     async def _ship_lines(self, lines: list[LogLine]) -> None:
+        lines = self._redact.lines(lines)  # before anything leaves the agent: the log, the tail
         self._tail.extend(line.data for line in lines[-self.cfg.tail_lines:])
         await self._logs.add(lines, sum(len(line.data) for line in lines) + 16 * len(lines))
 
@@ -346,6 +383,7 @@ class Runner:
         code = outcome.exit_code
         signal_ = -code if code is not None and code < 0 else None
         reason = self._reason(outcome)
+        reason = self._redact.text(reason) if reason is not None else None
         await self._publish(self._event(
             JobExited, exit_code=code if signal_ is None else 128 + signal_, signal=signal_, reason=reason,
             cancelled=self._cancelled, preempted=self._preempted,
