@@ -13,12 +13,13 @@ from incl.proto.messages import AgentView
 from incl.proto.telemetry import GpuStats
 
 
-AGENT_COLUMNS = [Column("ID"), Column("HOST", drop=3), Column("STATE"), Column("CPUS", drop=1),
+AGENT_COLUMNS = [Column("ID"), Column("HOST", drop=3, shrink=12), Column("STATE"), Column("CPUS", drop=1),
                  Column("MEMORY", drop=2), Column("GPUS", drop=1), Column("JOBS", drop=4),
                  Column("REGISTERED", drop=6), Column("LAST SEEN", drop=5)]
 
 GPU_COLUMNS = [Column("AGENT"), Column("GPU"), Column("UTIL"), Column("MEM UTIL", drop=3), Column("MEMORY", drop=2),
-               Column("POWER", drop=4), Column("TEMP", drop=5), Column("HEALTH", wrap=True), Column("JOBS", drop=1)]
+               Column("POWER", drop=4), Column("TEMP", drop=5), Column("HEALTH", wrap=True),
+               Column("JOBS", drop=1, shrink=12)]
 
 
 @click.command()

@@ -37,13 +37,13 @@ def _runtime(job: Job) -> float | None:
     return (cur.ended_at or time.time()) - cur.started_at
 
 
-LS_COLUMNS = [Column("ID"), Column("NAME", drop=3), Column("USER", drop=5), Column("STATE"),
-              Column("ATTEMPT", drop=7), Column("AGENT", drop=4), Column("SUBMITTED", drop=8),
+LS_COLUMNS = [Column("ID"), Column("NAME", drop=3, shrink=12), Column("USER", drop=5, shrink=8), Column("STATE"),
+              Column("ATTEMPT", drop=7), Column("AGENT", drop=4, shrink=10), Column("SUBMITTED", drop=8),
               Column("RUNTIME", drop=2), Column("GPU", drop=6), Column("REASON", wrap=True)]
 
-ATTEMPT_COLUMNS = [Column("#"), Column("AGENT", drop=3), Column("INSTANCE", drop=5), Column("MARKET", drop=4),
-                   Column("STATE"), Column("ASSIGNED", drop=8), Column("STARTED", drop=7), Column("ENDED", drop=6),
-                   Column("RUNTIME", drop=2), Column("EXIT", drop=1), Column("REASON", wrap=True)]
+ATTEMPT_COLUMNS = [Column("#"), Column("AGENT", drop=3, shrink=10), Column("INSTANCE", drop=5, shrink=12),
+                   Column("MARKET", drop=4), Column("STATE"), Column("ASSIGNED", drop=8), Column("STARTED", drop=7),
+                   Column("ENDED", drop=6), Column("RUNTIME", drop=2), Column("EXIT", drop=1), Column("REASON", wrap=True)]
 
 QUOTA_COLUMNS = [Column("KIND"), Column("NAME"), Column("GPUS IN USE", justify="right"),
                  Column("LIMIT", justify="right")]

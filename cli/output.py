@@ -111,11 +111,13 @@ def echo(message: str) -> None:
 
 
 class Column(msgspec.Struct, frozen=True):
-    """A table column. On a narrow terminal the columns with the highest `drop` go first (0: never dropped);
-    the `wrap` column (a reason) wraps in the room left rather than widening the table."""
+    """A table column. On a narrow terminal a `shrink` column is first cut to that many characters (with "…"),
+    then the columns with the highest `drop` go (0: never dropped); the `wrap` column (a reason) wraps in the
+    room left rather than widening the table. Piped, every column is whole."""
 
     header: str
     drop: int = 0
+    shrink: int = 0
     justify: JustifyMethod = "left"
     wrap: bool = False
 
@@ -123,29 +125,46 @@ class Column(msgspec.Struct, frozen=True):
 WRAP_AT_LEAST = 30  # columns a wrapping column is given before any other column is dropped for it
 
 
-def _table(columns: list[Column], rows: list[list[str | Text]], title: str | None, narrow: bool) -> Table:
+def _cap(col: Column, measuring: bool, shrunk: bool) -> int | None:
+    if col.wrap and measuring:
+        return max(WRAP_AT_LEAST, len(col.header))
+    if col.shrink and shrunk:
+        return max(col.shrink, len(col.header))
+    return None
+
+
+def _table(columns: list[Column], rows: list[list[str | Text]], title: str | None, *, measuring: bool = False,
+           shrunk: bool = False) -> Table:
     table = Table(box=None, header_style="bold", title=None if title is None else Text(title))
     for col in columns:
         table.add_column(col.header, justify=col.justify, min_width=len(col.header), no_wrap=not col.wrap,
-                         overflow="fold" if col.wrap else "ellipsis",
-                         max_width=max(WRAP_AT_LEAST, len(col.header)) if narrow and col.wrap else None)
+                         overflow="fold" if col.wrap else "ellipsis", max_width=_cap(col, measuring, shrunk))
     for row in rows:  # plain strings are the user's text: shown as they are, never read as markup
         table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
     return table
 
 
-def fitted_columns(out: Console, columns: list[Column], rows: list[list[str | Text]],
-                   title: str | None = None) -> list[int]:
-    """The indexes of the columns that fit `out`: all of them unless it is a terminal too narrow for them."""
+def fit(out: Console, columns: list[Column], rows: list[list[str | Text]],
+        title: str | None = None) -> tuple[list[int], bool]:
+    """The indexes of the columns to show on `out`, and whether the shrinkable ones are cut: all columns, whole,
+    unless `out` is a terminal too narrow for them."""
     keep = list(range(len(columns)))
     if not out.is_terminal:
-        return keep
-    wide = out.options.update_width(UNBOUNDED)
+        return keep, False
+    unbounded = out.options.update_width(UNBOUNDED)
+
+    def fits(shrunk: bool) -> bool:
+        table = _table([columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title,
+                       measuring=True, shrunk=shrunk)
+        return Measurement.get(out, unbounded, table).maximum <= out.width
+
     while True:
-        table = _table([columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title, narrow=True)
+        for shrunk in (False, True):
+            if fits(shrunk):
+                return keep, shrunk
         droppable = [i for i in keep if columns[i].drop]
-        if Measurement.get(out, wide, table).maximum <= out.width or not droppable:
-            return keep
+        if not droppable:
+            return keep, True
         keep.remove(max(droppable, key=lambda i: (columns[i].drop, i)))
 
 
@@ -153,5 +172,5 @@ def print_table(columns: list[Column], rows: list[list[str | Text]], title: str 
                 out: Console | None = None) -> None:
     """A table whole when piped; on a terminal, the columns that matter most, each header in full."""
     out = out or console
-    keep = fitted_columns(out, columns, rows, title)
-    out.print(_table([columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title, narrow=False))
+    keep, shrunk = fit(out, columns, rows, title)
+    out.print(_table([columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title, shrunk=shrunk))

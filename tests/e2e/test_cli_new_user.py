@@ -70,6 +70,7 @@ def test_a_command_line_submit_from_the_home_folder_is_refused_before_uploading_
 async def test_a_command_line_submit_uploads_the_current_folder_unless_told_not_to(cluster: Cluster,
                                                                                    tmp_path: Path) -> None:
     cluster.start_controller()
+    await cluster.wait_controller()
     cluster.start_agent("a1")
     await cluster.wait_agents(1)
     project = tmp_path / "project"
@@ -100,6 +101,7 @@ async def test_user_text_is_never_read_as_markup_and_tables_are_not_cut(cluster:
     """The exact command, brackets included, in `show` and `ls`; piped, every header and reason whole on one
     line; at 80 columns on a terminal, lines fit and headers are never cut."""
     cluster.start_controller()
+    await cluster.wait_controller()
     cluster.start_agent("a1")
     job = await cluster.submit(MARKUP_COMMAND, name="[bold]markup[/bold]")
     done = await cluster.wait_done(job.id)
@@ -126,6 +128,7 @@ async def test_user_text_is_never_read_as_markup_and_tables_are_not_cut(cluster:
 
 async def test_metrics_keep_nan_and_infinities_as_what_they_are(cluster: Cluster) -> None:
     cluster.start_controller()
+    await cluster.wait_controller()
     cluster.start_agent("a1")
     script = ("import incl\n"
               "for s, v in enumerate([1.0, 0.5, float('nan'), float('inf'), float('-inf')]):\n"
