@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from conftest import Cluster, pid_alive, wait_for
 
@@ -45,3 +48,16 @@ async def test_cancel_ends_a_job_whose_daemon_left_its_group(cluster: Cluster, t
     assert done.state is JobState.CANCELLED
     assert not pid_alive(sleeper)
     assert f"incl: killed 1 leftover process: sleep (pid {sleeper})" in await system_lines(cluster, job.id)
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+async def test_a_container_job_that_leaves_a_daemon_ends_with_its_command(
+        cluster: Cluster, docker_engine: Any, busybox_image: str) -> None:
+    """In a container the job ends when the container's init does, and every process in it goes with it."""
+    cluster.start_controller()
+    cluster.start_agent("a1", docker={"url": docker_engine.url, "poll_interval": 0.05})
+    job = await cluster.submit("setsid sleep 1000 & (setsid sleep 1000 &); echo started", image=busybox_image)
+    done = await cluster.wait_done(job.id)
+    assert done.state is JobState.SUCCEEDED, done
+    assert await cluster.log_lines(job.id) == [b"started"]
