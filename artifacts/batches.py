@@ -27,6 +27,18 @@ async def run_all(coros: Iterable[Awaitable[T]]) -> list[T]:
     return [t.result() for t in tasks]
 
 
+async def each(items: Iterable[T], fn: Callable[[T], Awaitable[object]], workers: int) -> None:
+    """`fn(item)` for every item, at most `workers` at once. A few workers share one iterator rather than a task
+    per item: 100,000 tasks at once hold up the event loop for seconds."""
+    it = iter(items)
+
+    async def worker() -> None:
+        for item in it:
+            await fn(item)
+
+    await run_all(worker() for _ in range(workers))
+
+
 def group(items: Sequence[T], size: Callable[[T], int], limits: TreeLimits) -> list[list[T]]:
     batches: list[list[T]] = []
     batch: list[T] = []

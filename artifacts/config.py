@@ -39,5 +39,13 @@ class TreeLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     blobs_per_list_page: int = 200
     blind_put_max: int = 1 * MiB  # ...and past them, unknown blobs this small are PUT unasked (unless most are there)
     known_ttl: float = 24 * 3600.0  # trust a local record that the store holds a blob for this long
+    # Packs (packs.py): a tree with at least pack_min_files distinct contents of at most pack_file_max bytes
+    # stores those in packs of about pack_bytes. Below that count a blob per file costs a few hundred ms at
+    # most and dedups file by file across trees; above it, per-object costs (a PUT, an inode, a 4 KiB block,
+    # a known-blob record each) dominate.
+    pack_min_files: int = 1000
+    pack_file_max: int = 64 * 1024
+    pack_bytes: int = 4 * MiB
+    transfers: int = 64  # blobs and packs in flight per push or pull (the store bounds its requests itself)
     racy_window: float = 1.0  # a file modified this recently is hashed again next time (git's racy-clean rule)
     lock_poll: float = 0.05  # data cache: how often a fetch waiting on another's lock of the same source retries

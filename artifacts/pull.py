@@ -1,7 +1,9 @@
 """pull_tree: rebuild a tree from the store into a local folder, through the instance's blob cache.
 
-Blobs the cache lacks are fetched (and checked against their SHA-256); then every entry is written into
-`dest`: folders, then files copied out of the cache with their modes, then symlinks, then folder modes.
+Blobs and packs the cache lacks are fetched (and checked against their SHA-256s); then every entry is written
+into `dest`: folders, then files (copied out of the cache, or written from a pack read once per batch) with
+their modes, then symlinks, then folder modes. All of that file work runs in worker threads, in batches, so
+the event loop stays free for heartbeats however big the tree (tests/unit/test_bigtree.py).
 Whatever is already at an entry's path is replaced; other files in `dest` are left alone. Nothing is ever
 written through a symlink: a path's parents are made real folders first, and links are made last.
 """
@@ -9,11 +11,14 @@ written through a symlink: a path's parents are made real folders first, and lin
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import os
 import posixpath
 import shutil
 import stat
 from collections.abc import Callable
+from itertools import groupby
 from pathlib import Path
 
 import msgspec
@@ -35,7 +40,7 @@ class PullResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     digest: str
     files: int
     bytes: int
-    downloaded_blobs: int  # fetched from the store; the rest came from the blob cache
+    downloaded_blobs: int  # objects (blobs and packs) fetched from the store; the rest came from the blob cache
     downloaded_bytes: int
 
 
@@ -46,10 +51,14 @@ async def pull_tree(store: ArtifactStore, tree: str, dest: Path, *, blob_cache: 
     (bytes downloaded so far, bytes to download)."""
     digest, manifest = await read_manifest(store, tree)
     files = manifest.files
-    fetched = await blob_cache.fill(store, {e.digest: e.size for e in files}, progress)
+    loose, packed, members = await asyncio.to_thread(_split, manifest)
+    fetched = await blob_cache.fill(store, loose, progress, packs=members, workers=limits.transfers)
     dest = Path(dest)
     await asyncio.to_thread(_make_folders, dest, manifest)
-    await in_threads(files, lambda e: e.size, lambda batch: [_copy_out(blob_cache, dest, e) for e in batch], limits)
+    await in_threads(packed, lambda e: e.size,
+                     lambda batch: _write_packed(blob_cache, dest, manifest.pack_ids, batch), limits)
+    await in_threads([e for e in files if e.pack < 0], lambda e: e.size,
+                     lambda batch: [_copy_out(blob_cache, dest, e) for e in batch], limits)
     await asyncio.to_thread(_finish, dest, manifest)
     result = PullResult(digest=digest, files=len(files), bytes=manifest.total_bytes,
                         downloaded_blobs=len(fetched), downloaded_bytes=sum(fetched.values()))
@@ -89,12 +98,75 @@ def _make_folders(dest: Path, manifest: mf.Manifest) -> None:
         os.mkdir(path, _BUILD_MODE)
 
 
+def _split(manifest: mf.Manifest) -> tuple[dict[str, int], list[mf.Entry], dict[str, list[tuple[int, int, str]]]]:
+    """Blobs to have (digest → size); packed files in pack order; each pack's members the tree uses."""
+    loose: dict[str, int] = {}
+    packed: list[mf.Entry] = []
+    members: dict[str, set[tuple[int, int, str]]] = {}
+    ids = manifest.pack_ids
+    for e in manifest.entries:
+        if e.kind != "file":
+            continue
+        if e.pack < 0:
+            loose[e.digest] = e.size
+        else:
+            packed.append(e)
+            members.setdefault(ids[e.pack], set()).add((e.offset, e.size, e.digest))
+    packed.sort(key=lambda e: (e.pack, e.offset))
+    return loose, packed, {p: sorted(m) for p, m in members.items()}
+
+
+def _create(target: Path) -> int:
+    """A new file at `target`, opened for writing; whatever was there is removed, never written through."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(target, flags, 0o600)
+    except FileExistsError:
+        _clear(target)
+        return os.open(target, flags, 0o600)
+
+
+def _write_packed(cache: BlobCache, dest: Path, ids: list[str], batch: list[mf.Entry]) -> list[int]:
+    """Files from packs: each pack's span for the batch read once, each file written with one write."""
+    for pack, entries in groupby(batch, key=lambda e: e.pack):
+        run = list(entries)
+        start = run[0].offset
+        with open(cache.pack_path(ids[pack]), "rb") as f:
+            f.seek(start)
+            span = memoryview(f.read(max(e.offset + e.size for e in run) - start))
+        for e in run:
+            fd = _create(dest / e.path)
+            try:
+                data = span[e.offset - start:e.offset - start + e.size]
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fchmod(fd, e.mode)
+            finally:
+                os.close(fd)
+    return [e.size for e in batch]
+
+
+_FICLONE = 0x40049409  # linux/fs.h: share the source's blocks, copy-on-write (btrfs, XFS, bcachefs...)
+
+
 def _copy_out(cache: BlobCache, dest: Path, e: mf.Entry) -> int:
-    target = dest / e.path
-    _clear(target)
-    shutil.copyfile(cache.path(e.digest), target)
-    os.chmod(target, e.mode)
+    """A copy of the blob: a reflink where the filesystem has them (instant, no space until the job writes),
+    else an in-kernel copy. Never a hard link (see blobcache.py)."""
+    with open(cache.path(e.digest), "rb") as src:
+        fd = _create(dest / e.path)
+        try:
+            try:
+                fcntl.ioctl(fd, _FICLONE, src.fileno())
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
+                    raise
+                while os.sendfile(fd, src.fileno(), None, 1 << 30):  # in the kernel: no bytes through Python
+                    pass
+            os.fchmod(fd, e.mode)
+        finally:
+            os.close(fd)
     return e.size
+
 
 
 def _finish(dest: Path, manifest: mf.Manifest) -> None:

@@ -1,6 +1,7 @@
 """Where trees live in the store, and the named refs that point at them.
 
     blobs/<first 2 hex>/<sha256>     file contents
+    packs/<first 2 hex>/<id>         many small files' contents, concatenated (see packs.py)
     manifests/<sha256>               a tree (see manifest.py); written after all its blobs
     refs/<name>                      {"digest": ...}: e.g. refs/jobs/<job>/outputs/<attempt>
 
@@ -9,6 +10,7 @@ A manifest in the store implies that every blob it lists is there too: push_tree
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import msgspec
@@ -23,6 +25,10 @@ _REF_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 def blob_key(digest: str) -> str:
     return f"blobs/{digest[:2]}/{digest}"
+
+
+def pack_key(pack: str) -> str:
+    return f"packs/{pack[:2]}/{pack}"
 
 
 def manifest_key(digest: str) -> str:
@@ -65,4 +71,6 @@ async def resolve(store: ArtifactStore, tree: str) -> str:
 async def read_manifest(store: ArtifactStore, tree: str) -> tuple[str, mf.Manifest]:
     """The tree's digest and manifest, checked (see manifest.decode)."""
     digest = await resolve(store, tree)
-    return digest, mf.decode(await store.get_bytes(manifest_key(digest)), digest)
+    data = await store.get_bytes(manifest_key(digest))
+    # A 100,000-file manifest takes a few hundred ms to decode and check: not on the event loop.
+    return digest, await asyncio.to_thread(mf.decode, data, digest)

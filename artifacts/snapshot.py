@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,8 +44,10 @@ class Found(NamedTuple):
 
 
 def walk_tree(root: Path, *, gitignore: bool = False, exclude: Sequence[str] = (),
-              max_bytes: int | None = None, biggest_shown: int = 5) -> list[Found]:
-    """Every entry under `root` that the rules keep (blocking: run it in a thread)."""
+              max_bytes: int | None = None, biggest_shown: int = 5,
+              scanned: Callable[[int], None] | None = None) -> list[Found]:
+    """Every entry under `root` that the rules keep (blocking: run it in a thread). `scanned` is told the
+    number of entries found so far after each folder."""
     real_root = os.path.realpath(root)
     if not os.path.isdir(real_root):
         raise UnreadableFile(f"{root} is not a folder", path=str(root))
@@ -64,6 +66,8 @@ def walk_tree(root: Path, *, gitignore: bool = False, exclude: Sequence[str] = (
                 found.append(item)
                 if item.kind == "dir":
                     pending.append((entry.path, child, rules))
+        if scanned is not None:
+            scanned(len(found))
     _check_size(root, found, max_bytes, biggest_shown)
     return found
 
