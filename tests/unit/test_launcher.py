@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from incl.agent.launcher import cgroup_parent
 from incl.agent.runtime import Launcher
 from incl.proto.messages import Stream
 
@@ -161,3 +162,15 @@ async def test_output_held_open_from_outside_the_job_is_drained_for_a_bounded_ti
             assert h.notes == ["output still open 0.5 s after the command ended: stopped reading it"]
         finally:
             os.close(held)
+
+
+async def test_where_cgroups_can_be_made_each_job_runs_in_its_own_and_it_is_removed(tmp_path: Path) -> None:
+    parent = cgroup_parent()
+    if parent is None:
+        pytest.skip("this host lets the launcher create no cgroup v2 (the subreaper tests cover it)")
+    out = _Output()
+    async with Launcher() as launcher:
+        h = await launcher.start(["/bin/sh", "-c", "grep ^0:: /proc/self/cgroup"], str(tmp_path), {}, out.sink)
+        assert await h.wait(5.0) == 0
+    job_cgroup = Path(parent) / Path(out.data.decode().strip()[3:]).name
+    assert job_cgroup.name.startswith("incl-job-") and not job_cgroup.exists()
