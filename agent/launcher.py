@@ -18,7 +18,7 @@ so every orphan of the job becomes its child, and where the launcher can create 
 the command runs in a cgroup of its own, killed at once through `cgroup.kill`.
 
 Signals to a guard: SIGTERM to its group is the job's "checkpoint now" signal (the guard ignores it);
-SIGUSR1 kills every process of the job now (the agent's SIGKILL after the grace period). The launcher dies
+SIGUSR1 from the agent kills every process of the job now (the agent's SIGKILL after the grace period). The launcher dies
 with the agent (parent-death signal SIGKILL); each guard dies with the launcher (parent-death signal SIGUSR2),
 killing every process of its job first: a job never outlives its agent, so the controller can run it again
 elsewhere without two copies running.
@@ -38,6 +38,9 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_PACKET = 1 << 20
 MAX_NAMED = 20  # leftover processes named in a report; the count covers the rest
 SWEEP_POLL = 0.005  # seconds between rounds of killing a job's leftovers while they die
+
+# A guard takes these with sigwaitinfo, which names the sender; its command starts with them unblocked.
+GUARD_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _cgroup = None  # in a guard: the job's cgroup directory, when it has one
@@ -147,7 +150,7 @@ def _job_processes():
     return {pid: stats[pid][0] for pid in sorted(found) if pid in stats and stats[pid][1] != b"Z"}
 
 
-def _kill_all(signum=None, frame=None):
+def _kill_all():
     """SIGKILL to every process of the job (the command included), noting the others; reaped by the caller."""
     processes = _job_processes()
     for pid, name in processes.items():
@@ -185,39 +188,48 @@ def _sweep():
     return _killed
 
 
-def _die_with_launcher(signum=None, frame=None):
+def _die_with_launcher():
     _kill_all()
     _sweep()
     _remove_cgroup(_cgroup)
     os._exit(128 + signal.SIGKILL)
 
 
-def _wait_for(pid):
-    """The command's wait status; the orphans it leaves are reaped as they end."""
+def _wait_for(pid, agent, launcher):
+    """The command's wait status, acting on the guard's signals meanwhile (only from whom they are meant to
+    come: a job that signals its own group does not end itself by it); orphans are reaped as they end."""
     while True:
-        child, status = os.waitpid(-1, 0)
-        if child == pid:
-            return status
+        info = signal.sigwaitinfo(GUARD_SIGNALS)
+        if info.si_signo == signal.SIGUSR1 and info.si_pid == agent:
+            _kill_all()
+        elif info.si_signo == signal.SIGUSR2 and info.si_pid == launcher:
+            _die_with_launcher()
+        while True:
+            try:
+                child, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                child = 0
+            if child == 0:
+                break
+            if child == pid:
+                return status
 
 
-def _guard(argv, cwd, env, out, err, launcher, sock, cgroups):
+def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups):
     """In the forked child: lead a new group, run argv in it, end the job as it exits. Never returns."""
     global _cgroup, _command
     try:
         signal.set_wakeup_fd(-1)
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_BLOCK, GUARD_SIGNALS)
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         _cgroup = _make_cgroup(cgroups)
-        signal.signal(signal.SIGUSR2, _die_with_launcher)
         if not _die_with_parent(signal.SIGUSR2, launcher):
             _die_with_launcher()
-        signal.signal(signal.SIGTERM, lambda s, f: None)  # handled, not ignored: exec resets it for argv
-        signal.signal(signal.SIGUSR1, _kill_all)
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGUSR1, signal.SIGUSR2):
-                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, GUARD_SIGNALS)
             _join_cgroup(_cgroup)
             os.dup2(out, 1)
             os.dup2(err, 2)
@@ -233,7 +245,7 @@ def _guard(argv, cwd, env, out, err, launcher, sock, cgroups):
         _command = pid
         os.close(out)
         os.close(err)
-        status = _wait_for(pid)
+        status = _wait_for(pid, agent, launcher)
         killed = _sweep()
         _remove_cgroup(_cgroup)
         if killed:
@@ -243,8 +255,11 @@ def _guard(argv, cwd, env, out, err, launcher, sock, cgroups):
                 pass  # the agent is gone
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
+            for other in GUARD_SIGNALS - {signal.SIGCHLD, sig}:
+                signal.signal(other, signal.SIG_IGN)  # drops any still pending: the guard dies of `sig` alone
             if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, GUARD_SIGNALS)
             os.kill(os.getpid(), sig)
         os._exit(os.waitstatus_to_exitcode(status))
     except BaseException:  # noqa: BLE001 - a guard must never return into the launcher's loop
@@ -255,7 +270,7 @@ def _send(sock, message):
     sock.send(json.dumps(message).encode())
 
 
-def serve(sock, cgroups):
+def serve(sock, agent, cgroups):
     me = os.getpid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -290,7 +305,8 @@ def serve(sock, cgroups):
             if pid == 0:  # the guard keeps the socket for its report on the job's leftovers
                 os.close(wake_r)
                 os.close(wake_w)
-                _guard(request["argv"], request["cwd"], request["env"], fds[0], fds[1], me, sock, cgroups)
+                _guard(request["argv"], request["cwd"], request["env"], fds[0], fds[1], agent, me, sock,
+                       cgroups)
             for fd in fds:
                 os.close(fd)
             _send(sock, {"id": request["id"], "pid": pid})
@@ -300,7 +316,7 @@ def main(argv):
     sock = socket.socket(fileno=int(argv[1]))
     if not _die_with_parent(signal.SIGKILL, int(argv[2])):
         sys.exit(1)
-    serve(sock, None if "nocgroup" in argv[3:] else cgroup_parent())
+    serve(sock, int(argv[2]), None if "nocgroup" in argv[3:] else cgroup_parent())
 
 
 if __name__ == "__main__":

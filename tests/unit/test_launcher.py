@@ -174,3 +174,13 @@ async def test_where_cgroups_can_be_made_each_job_runs_in_its_own_and_it_is_remo
         assert await h.wait(5.0) == 0
     job_cgroup = Path(parent) / Path(out.data.decode().strip()[3:]).name
     assert job_cgroup.name.startswith("incl-job-") and not job_cgroup.exists()
+
+
+async def test_a_job_that_signals_its_own_group_does_not_end_itself_through_its_guard(tmp_path: Path) -> None:
+    """SIGUSR1 and SIGUSR2 mean something to the guard only from the agent and the launcher."""
+    out = _Output()
+    async with Launcher() as launcher:
+        h = await launcher.start(["/bin/sh", "-c", "trap '' USR1 USR2 TERM; kill -USR1 0; kill -USR2 0; kill -TERM 0; "
+                                  "echo alive"], str(tmp_path), {"PATH": os.environ["PATH"]}, out.sink)
+        assert await asyncio.wait_for(h.wait(5.0), 10) == 0
+        assert out.data == b"alive\n"
