@@ -18,9 +18,9 @@ so every orphan of the job becomes its child, and where the launcher can create 
 the command runs in a cgroup of its own, killed at once through `cgroup.kill`.
 
 Signals to a guard: SIGTERM to its group is the job's "checkpoint now" signal (the guard ignores it);
-SIGUSR1 from the agent kills every process of the job now (the agent's SIGKILL after the grace period). The launcher dies
-with the agent (parent-death signal SIGKILL); each guard dies with the launcher (parent-death signal SIGUSR2),
-killing every process of its job first: a job never outlives its agent, so the controller can run it again
+SIGUSR1 from the agent kills every process of the job now (the agent's SIGKILL after the grace period).
+The launcher dies with the agent (parent-death signal SIGKILL); each guard dies with the launcher (parent-death
+signal SIGUSR2), killing every process of its job first: a job never outlives its agent, so the controller can run it again
 elsewhere without two copies running.
 """
 
