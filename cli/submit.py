@@ -129,7 +129,7 @@ def _priority(value: str) -> int | str:
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
 @click.option("--cpus", type=float)
 @click.option("--memory", help="e.g. 16GB")
-@click.option("--gpus", help="Count, or MODEL:COUNT such as A100:8.")
+@click.option("--gpus", help="Count, MODEL (one of it) or MODEL:COUNT such as A100:8.")
 @click.option("--priority", help="A priority class (high, normal, low or the admin's) or a rank (an integer).")
 @click.option("--retry", type=int, help="Attempts in all if the agent is lost (retry.max_attempts).")
 @click.option("--user", help="Submit as this user (default: $INCL_USER or your login).")
