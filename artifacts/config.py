@@ -46,6 +46,7 @@ class TreeLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     pack_min_files: int = 1000
     pack_file_max: int = 64 * 1024
     pack_bytes: int = 4 * MiB
+    pack_keep_bytes: int = 256 * MiB  # small files' bytes kept in memory from hashing to building packs
     transfers: int = 64  # blobs and packs in flight per push or pull (the store bounds its requests itself)
     racy_window: float = 1.0  # a file modified this recently is hashed again next time (git's racy-clean rule)
     lock_poll: float = 0.05  # data cache: how often a fetch waiting on another's lock of the same source retries

@@ -51,10 +51,7 @@ class Pack(NamedTuple):
 
 
 def pack_id(members: Iterable[Member]) -> str:
-    h = hashlib.sha256(_ID_PREFIX)
-    for m in members:
-        h.update(f"{m.digest} {m.size}\n".encode())
-    return h.hexdigest()
+    return hashlib.sha256(_ID_PREFIX + "".join(f"{m.digest} {m.size}\n" for m in members).encode()).hexdigest()
 
 
 def plan(sizes: Mapping[str, int], limits: TreeLimits) -> list[Pack]:
@@ -93,11 +90,15 @@ def read_file(path: str, expected: StatKey) -> bytes:
     return b"".join(chunks)
 
 
-def build(pack: Pack, paths: Mapping[str, tuple[str, StatKey]]) -> bytes:
-    """The pack's bytes, read from the files (digest → (path, stat at the walk)) and checked against their
-    digests: what goes up is exactly what was hashed (blocking: run it in a thread)."""
+def build(pack: Pack, paths: Mapping[str, tuple[str, StatKey]], contents: Mapping[str, bytes]) -> bytes:
+    """The pack's bytes: `contents` kept from hashing (digest → bytes), else read from the files (digest →
+    (path, stat at the walk)) and checked against their digests: what goes up is exactly what was hashed
+    (blocking: run it in a thread). The caller compares the files' stats again once the pack is stored."""
     parts = []
     for m in pack.members:
+        if (kept := contents.get(m.digest)) is not None:
+            parts.append(kept)
+            continue
         path, walked = paths[m.digest]
         data = read_file(path, walked)
         if len(data) != m.size or hashlib.sha256(data).hexdigest() != m.digest:

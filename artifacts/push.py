@@ -73,12 +73,13 @@ async def push_tree(store: ArtifactStore, root: Path, *, gitignore: bool = False
         asyncio.to_thread(walk_tree, Path(root), gitignore=gitignore, exclude=exclude, max_bytes=limits.max_bytes,
                           biggest_shown=limits.biggest_shown, scanned=scanned),
         asyncio.to_thread(_recall, hash_cache, real_root, store.identity, limits))
-    digests, hashed = await _hash(real_root, found, cached, phase, limits)
+    contents: dict[str, bytes] = {}
+    digests, hashed = await _hash(real_root, found, cached, phase, contents, limits)
     data, digest, packs = await asyncio.to_thread(_manifest, found, digests, limits)
     sent = _Sent()
     try:
-        if digest not in known and await _send(store, real_root, found, digests, digest, packs, known, sent,
-                                               progress, limits):
+        if digest not in known and await _send(store, real_root, found, digests, digest, packs, contents, known,
+                                               sent, progress, limits):
             await store.put_bytes(manifest_key(digest), data)  # last: a stored manifest implies its blobs
         sent.seen.add(digest)
         if ref is not None:
@@ -113,9 +114,10 @@ def _remember(cache: HashCache, real_root: str, found: list[Found], cached: dict
     cache.update(put=put, drop=[p for p in cached if p not in kept], store=store, seen=seen)
 
 
-async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[StatKey, str]],
-                phase: Phase | None, limits: TreeLimits) -> tuple[dict[str, str], dict[str, str]]:
-    """Every file's digest, and those of the files that had to be read for it."""
+async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[StatKey, str]], phase: Phase | None,
+                contents: dict[str, bytes], limits: TreeLimits) -> tuple[dict[str, str], dict[str, str]]:
+    """Every file's digest, and those of the files that had to be read for it. Small files' bytes are kept in
+    `contents` (digest → bytes, up to TreeLimits.pack_keep_bytes in all) for the packs."""
     digests: dict[str, str] = {}
     todo: list[Found] = []
     for f in found:
@@ -126,10 +128,23 @@ async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[Stat
             else:
                 todo.append(f)
     done = 0
+    kept = 0
+
+    def hash_one(f: Found) -> str:
+        nonlocal kept
+        path = os.path.join(real_root, f.rel)
+        if f.stat.size > limits.pack_file_max:
+            return hash_file(path, f.stat)
+        data = pk.read_file(path, f.stat)  # a few syscalls, where file_digest allocates 256 KiB per file
+        digest = hashlib.sha256(data).hexdigest()
+        if kept + len(data) <= limits.pack_keep_bytes:  # a pack built from these reads no file again
+            contents[digest] = data
+            kept += len(data)
+        return digest
 
     def batch_of(batch: list[Found]) -> list[str]:
         nonlocal done
-        out = [_hash_one(os.path.join(real_root, f.rel), f.stat, limits) for f in batch]
+        out = [hash_one(f) for f in batch]
         done += len(batch)  # under the GIL; only a progress figure
         if phase is not None:
             phase("hashing", done, len(todo))
@@ -138,12 +153,6 @@ async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[Stat
     computed = await in_threads(todo, lambda f: f.stat.size, batch_of, limits)
     hashed = {f.rel: d for f, d in zip(todo, computed, strict=True)}
     return digests | hashed, hashed
-
-
-def _hash_one(path: str, expected: StatKey, limits: TreeLimits) -> str:
-    if expected.size <= limits.pack_file_max:  # a few syscalls, no 256 KiB buffer per file as file_digest has
-        return hashlib.sha256(pk.read_file(path, expected)).hexdigest()
-    return hash_file(path, expected)
 
 
 def hash_file(path: str, expected: StatKey) -> str:
@@ -188,8 +197,8 @@ def _entries(found: list[Found], digests: dict[str, str], where: dict[str, tuple
 
 
 async def _send(store: ArtifactStore, real_root: str, found: list[Found], digests: dict[str, str], digest: str,
-                packs: list[pk.Pack], known: set[str], sent: _Sent, progress: Progress | None,
-                limits: TreeLimits) -> bool:
+                packs: list[pk.Pack], contents: dict[str, bytes], known: set[str], sent: _Sent,
+                progress: Progress | None, limits: TreeLimits) -> bool:
     """Upload the blobs and packs the store lacks; False when it turns out to hold the whole tree already."""
     blobs: dict[str, Found] = {}
     for f in found:
@@ -215,7 +224,7 @@ async def _send(store: ArtifactStore, real_root: str, found: list[Found], digest
         progress(0, total)
     paths = {digests[f.rel]: (os.path.join(real_root, f.rel), f.stat) for f in blobs.values()}
     await run_all([
-        each(missing_packs, lambda p: _put_pack(store, p, paths, sent, progress, total), limits.io_workers),
+        each(missing_packs, lambda p: _put_pack(store, p, paths, contents, sent, progress, total), limits.io_workers),
         each(missing.items(), lambda item: _put_blob(store, Path(real_root, item[1].rel), item[0], item[1].stat,
                                                       sent, progress, total), limits.transfers)])
     return True
@@ -234,9 +243,9 @@ async def _missing_packs(store: ArtifactStore, unknown: list[pk.Pack], sent: _Se
     return [p for p in unknown if not there[p.id]]
 
 
-async def _put_pack(store: ArtifactStore, pack: pk.Pack, paths: dict[str, tuple[str, StatKey]], sent: _Sent,
-                    progress: Progress | None, total: int) -> None:
-    data = await asyncio.to_thread(pk.build, pack, paths)
+async def _put_pack(store: ArtifactStore, pack: pk.Pack, paths: dict[str, tuple[str, StatKey]],
+                    contents: dict[str, bytes], sent: _Sent, progress: Progress | None, total: int) -> None:
+    data = await asyncio.to_thread(pk.build, pack, paths, contents)
     await store.put_bytes(pack_key(pack.id), data)
     sent.seen.add(pack.id)
     await asyncio.to_thread(_unchanged, [paths[m.digest] for m in pack.members])
