@@ -12,11 +12,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from nats.js import JetStreamContext
 
 from incl.proto.codec import encode
 from incl.proto.messages import LogLine, Stream
+from incl._daemon import wait_event
 from incl._retry import forever
+
+log = structlog.get_logger()
+
+DEFAULT_PAYLOAD_LIMIT = 1 << 20  # NATS's default, when the connection does not say
 
 
 class Shipper:
@@ -64,10 +70,7 @@ class Shipper:
     async def _run(self) -> None:
         while True:
             if not self._closing:
-                try:
-                    await asyncio.wait_for(self._full.wait(), timeout=self._flush_interval)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._full, self._flush_interval)
             self._full.clear()
             while self._items:
                 await self._ship_one()
@@ -80,19 +83,32 @@ class Shipper:
             if take and (take >= self._max_items or size + n > self._max_bytes):
                 break
             take, size = take + 1, size + n
-        batch = [item for item, _ in self._items[:take]]
-        data = encode(self._make_batch(self._seq, batch))
+        while take > 1 and len(encode([item for item, _ in self._items[:take]])) > self._max_bytes:
+            take //= 2  # the callers' size estimates were low (e.g. long metric names): measured, halve
+        size = sum(n for _, n in self._items[:take])
+        # Built once per batch: a log batch's builder counts the lines it ships.
+        data = encode(self._make_batch(self._seq, [item for item, _ in self._items[:take]]))
         headers = {"Nats-Msg-Id": f"{self._msg_id}.{self._seq}"}
-        await forever(
-            "ship_" + self._subject.split(".")[1],
-            lambda: self._js.publish(self._subject, data, headers=headers, timeout=self._timeout),
-            initial=self._retry[0], maximum=self._retry[1],
-        )
+        try:
+            if len(data) > self._payload_limit():
+                raise ValueError(f"one item encodes to {len(data)} bytes, over the NATS payload limit")
+            await forever(
+                "ship_" + self._subject.split(".")[1],
+                lambda: self._js.publish(self._subject, data, headers=headers, timeout=self._timeout),
+                initial=self._retry[0], maximum=self._retry[1],
+            )
+        except Exception as exc:  # noqa: BLE001 - not transient: this batch fails, the shipping goes on
+            log.error("batch_dropped", subject=self._subject, seq=self._seq, items=take, size=len(data),
+                      error=repr(exc))
         del self._items[:take]
         self._bytes -= size
         self._seq += 1
         async with self._room:
             self._room.notify_all()
+
+    def _payload_limit(self) -> int:
+        nc = getattr(self._js, "_nc", None)  # nats-py keeps the server's limit on the connection only
+        return int(getattr(nc, "max_payload", 0) or DEFAULT_PAYLOAD_LIMIT)
 
 
 class LineSplitter:

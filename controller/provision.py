@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import structlog
 
+from incl._daemon import wait_event
 from incl.controller import reconcile
 from incl.controller.agents import Agents
 from incl.controller.aws import AwsProvider, LaunchFailed
@@ -58,10 +59,7 @@ class Provisioner:
                     await self.once(tg)
                 except Exception as exc:  # EC2 unreachable, throttled: the next pass tries again
                     log.warning("reconcile_failed", error=repr(exc))
-                try:
-                    await asyncio.wait_for(self._kick.wait(), timeout=self.cfg.interval)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._kick, self.cfg.interval)
                 self._kick.clear()
 
     def _demand(self) -> list[reconcile.Demand]:

@@ -15,6 +15,8 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     logs_max_age: float = 30 * 86400.0
     metrics_max_bytes: int = 2 * 2**30
     metrics_max_age: float = 90 * 86400.0
+    dead_max_bytes: int = 256 * 2**20  # messages a consumer could not handle (`incl admin dead-letters`)
+    dead_max_age: float = 30 * 86400.0
     duplicate_window: float = 120.0  # publish retries within it are stored once (Nats-Msg-Id)
 
 
@@ -32,6 +34,8 @@ def stream_configs(limits: StreamLimits) -> list[api.StreamConfig]:
                 max_bytes=limits.logs_max_bytes, max_age=limits.logs_max_age),
         _stream(subjects.METRICS_STREAM, subjects.METRICS_PREFIX, limits, retention=keep,
                 max_bytes=limits.metrics_max_bytes, max_age=limits.metrics_max_age),
+        _stream(subjects.DEAD_STREAM, subjects.DEAD_PREFIX, limits, retention=keep,
+                max_bytes=limits.dead_max_bytes, max_age=limits.dead_max_age),
     ]
 
 
@@ -44,10 +48,11 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits) -> None:
             await js.update_stream(config)
 
 
-async def ensure_buckets(js: JetStreamContext) -> dict[str, object]:
+async def ensure_buckets(js: JetStreamContext, submit_ttl: float = 86400.0) -> dict[str, object]:
+    """The controller's buckets; `submit_ttl`: how long a submit's idempotency key is remembered."""
     buckets = {}
-    for name in (subjects.JOBS_BUCKET, subjects.AGENTS_BUCKET):
+    for name, ttl in ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl)):
         buckets[name] = await js.create_key_value(
-            api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE)
+            api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE, ttl=ttl)
         )
     return buckets

@@ -27,9 +27,14 @@ LOGS_PREFIX = "incl.logs"
 METRICS_STREAM = "INCL_METRICS"
 METRICS_PREFIX = "incl.metrics"
 
+# Messages a consumer could not handle, parked with the reason (one subject per consumer).
+DEAD_STREAM = "INCL_DEAD"
+DEAD_PREFIX = "incl.dead"
+
 # KV buckets.
 JOBS_BUCKET = "incl_jobs"
 AGENTS_BUCKET = "incl_agents"
+SUBMITS_BUCKET = "incl_submits"  # idempotency key of a submit -> the job it created
 
 
 def assign(agent_id: str) -> str:
@@ -50,3 +55,7 @@ def logs(job_id: str) -> str:
 
 def metrics(job_id: str) -> str:
     return f"{METRICS_PREFIX}.{job_id}"
+
+
+def dead(source: str) -> str:
+    return f"{DEAD_PREFIX}.{source}"

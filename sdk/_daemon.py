@@ -4,7 +4,10 @@ and the durable work-queue consumer loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,11 +15,13 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 import yaml
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 
 from incl._retry import TRANSIENT
-from incl.proto.codec import Decoder
+from incl.proto import subjects
+from incl.proto.codec import Decoder, encode
 from incl.proto.errors import DecodeError
 
 T = TypeVar("T")
@@ -35,26 +40,89 @@ def load_config(type_: type[C], path: str | Path | None, overrides: dict[str, An
 
 
 def run_until_signalled(serve: Callable[[], Awaitable[None]]) -> None:
-    """Run a daemon's lifespan; SIGTERM or SIGINT cancels it, so shutdown is cancellation, not polling."""
+    """Run a daemon's lifespan; SIGTERM or SIGINT cancels it, so shutdown is cancellation, not polling.
+    A lifespan that ends by itself (an essential loop failed, or returned) is logged and exits non-zero at
+    once, so that a supervisor restarts the daemon rather than it limping on half-dead."""
+    signalled = False
 
     async def main() -> None:
+        nonlocal signalled
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            nonlocal signalled
+            signalled = True
+            task.cancel()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
+        await serve()
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        if signalled:
+            return
+        log.error("daemon_cancelled")
+        sys.exit(1)
+    except Exception:  # noqa: BLE001 - the last word of a dying daemon
+        log.exception("daemon_failed")
+        sys.exit(1)
+    else:
+        if not signalled:
+            log.error("daemon_ended", reason="its lifespan returned")
+            sys.exit(1)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for `event` at most `timeout` seconds; True if it was set. Unlike `asyncio.wait_for` on Python
+    3.11, a cancellation that arrives as the wait ends is never swallowed (a TaskGroup's sibling failure
+    must end every loop, or the daemon limps on half-dead)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A message a consumer could not handle: parked here (not redelivered into a crash loop)."""
+    source: str  # which consumer parked it
+    subject: str
+    error: str
+    data: bytes  # the message as received, cut to DEAD_LETTER_MAX_DATA
+    size: int  # its whole size
+    ts: float
+
+
+DEAD_LETTER_MAX_DATA = 64 * 1024
+
+
+async def park(js: JetStreamContext, source: str, msg: Msg, error: str, *, timeout: float) -> None:
+    """Keep `msg` in the dead-letter stream with why it failed, and terminate it in its own stream. Parking is
+    best effort (a few tries): a message that cannot even be parked is logged and terminated all the same."""
+    letter = DeadLetter(source=source, subject=msg.subject, error=error[:2000], data=msg.data[:DEAD_LETTER_MAX_DATA],
+                        size=len(msg.data), ts=time.time())
+    for attempt in range(3):
         try:
-            await serve()
-        except asyncio.CancelledError:
-            pass
+            await js.publish(subjects.dead(source), encode(letter), timeout=timeout)
+            break
+        except TRANSIENT as exc:
+            log.warning("park_failed", source=source, attempt=attempt, error=repr(exc))
+            await asyncio.sleep(0.1 * 2 ** attempt)
+    try:
+        await msg.term()
+    except TRANSIENT as exc:
+        log.warning("term_failed", source=source, error=repr(exc))
 
-    asyncio.run(main())
 
-
-async def consume(sub: JetStreamContext.PullSubscription, decoder: Decoder[T],
+async def consume(js: JetStreamContext, sub: JetStreamContext.PullSubscription, source: str, decoder: Decoder[T],
                   handle: Callable[[T], Awaitable[None]], *, batch: int, timeout: float, backoff: float) -> None:
-    """Pull messages for ever: decode, handle in order, ack. An undecodable message is logged and dropped;
-    a message whose ack is lost is delivered again, so `handle` must be idempotent."""
+    """Pull messages for ever: decode, handle in order, ack. A message that does not decode, or whose handler
+    fails with anything but a transient NATS error, is that message's failure: logged with the message, parked
+    in the dead-letter stream, and terminated; the loop goes on. A message whose ack is lost is delivered
+    again, so `handle` must be idempotent."""
     while True:
         try:
             msgs = await sub.fetch(batch, timeout=timeout)
@@ -68,10 +136,24 @@ async def consume(sub: JetStreamContext.PullSubscription, decoder: Decoder[T],
             try:
                 item = decoder.decode(msg.data)
             except DecodeError as exc:
-                log.warning("message_dropped", subject=msg.subject, error=str(exc))
-            else:
+                log.warning("message_dropped", subject=msg.subject, size=len(msg.data), error=str(exc))
+                await park(js, source, msg, str(exc), timeout=timeout)
+                continue
+            try:
                 await handle(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one message's failure must not end the daemon
+                log.exception("message_parked", subject=msg.subject, message=_describe(item))
+                await park(js, source, msg, f"{type(exc).__name__}: {exc}", timeout=timeout)
+                continue
             try:
                 await msg.ack()
             except TRANSIENT as exc:
                 log.debug("ack_failed", error=repr(exc))
+
+
+def _describe(item: object) -> str:
+    """A message for a log line: its type and fields, bounded."""
+    text = repr(item)
+    return text if len(text) <= 500 else text[:500] + f"... ({len(text)} chars)"
