@@ -9,13 +9,16 @@ import asyncio
 import contextlib
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
 import yaml
+from msgspec import structs
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from incl.agent.config import AgentConfig
@@ -25,9 +28,9 @@ from incl.agent.runner import Resume, Runner
 from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.runtime import Launcher
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
-from incl.proto import subjects
+from incl.proto import limits, subjects
 from incl.proto.codec import Decoder, encode
-from incl.proto.errors import DecodeError, Unavailable
+from incl.proto.errors import Conflict, DecodeError, InclError, NoResponders, Unavailable
 from incl.proto.messages import (
     AgentCommand,
     AgentEvent,
@@ -42,6 +45,7 @@ from incl.proto.messages import (
     JobExited,
     JobRef,
     JobState,
+    Lease,
     LogBatch,
     MetricBatch,
     RegisterReply,
@@ -49,12 +53,17 @@ from incl.proto.messages import (
     Resources,
 )
 from incl.artifacts.store import ArtifactStore, open_store
-from incl.proto.streams import ensure_buckets, ensure_streams
 from incl.proto.transport import connect, request
 from incl._daemon import consume
 from incl._retry import TRANSIENT, forever
 
 log = structlog.get_logger()
+
+
+class AgentSuperseded(Exception):
+    """Another process registered with this agent's id after this one went silent: this one must end."""
+
+
 _JOB: Decoder[Job] = Decoder(Job)
 _ASSIGN: Decoder[Assign] = Decoder(Assign)
 
@@ -79,6 +88,11 @@ class Agent:
         self.store: ArtifactStore | None = None
         self._store_url = cfg.store_url
         self._adopting: list[tuple[Assign, ContainerHandle]] = []
+        self.instance = uuid.uuid4().hex[:12]  # this process: the controller tells a restart from a re-register
+        self._ended: dict[tuple[str, int], float] = {}  # attempts ended lately (exit event stored) -> when
+        self._lease: Lease | None = None
+        self._contact = time.monotonic()  # when the last request the controller answered was sent
+        self._fenced: set[tuple[str, int]] = set()  # attempts stopped because the lease ran out
         self.identity: InstanceIdentity | None = None  # on EC2: this instance, from IMDSv2
         self.interruption: Interruption | None = None  # the spot notice, once it came
         self._nc: Client
@@ -130,9 +144,8 @@ class Agent:
             reconnect_wait=cfg.reconnect_wait))
         try:
             self._js = self._nc.jetstream(timeout=cfg.request_timeout)
-            await self._retry("ensure_streams", lambda: ensure_streams(self._js, cfg.streams))
-            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(self._js))
-            self._jobs_kv = buckets[subjects.JOBS_BUCKET]
+            # The controller creates and configures every stream and bucket; the agent only uses them.
+            self._jobs_kv: KeyValue | None = None
             await self.sampler.open()
             async with open_metadata(cfg.provider, cfg.metadata) as metadata, Launcher() as self.launcher, \
                     self._docker_engine() as self.docker, contextlib.AsyncExitStack() as stores, \
@@ -150,6 +163,7 @@ class Agent:
                     await self._adopt(assign, handle)
                 self._adopting = []
                 tg.create_task(self._heartbeat())
+                tg.create_task(self._fence())
                 tg.create_task(self._consume())
         finally:
             await self._nc.close()
@@ -160,16 +174,22 @@ class Agent:
         """Register, retrying (with backoff) until a controller answers."""
         delay = self.cfg.retry_initial
         while True:
+            sent = time.monotonic()
             try:
                 reply = await request(self._nc, subjects.REGISTER,
                                       RegisterRequest(meta=Envelope.new(self.cfg.agent_id), info=self.info(),
-                                                      running=self.running()),
+                                                      running=self.running(), instance=self.instance),
                                       RegisterReply, self.cfg.request_timeout)
                 break
-            except (Unavailable, *TRANSIENT) as exc:
-                log.info("register_waiting", error=str(exc), retry_in=round(delay, 2))
+            except (Unavailable, Conflict, *TRANSIENT) as exc:  # Conflict: our previous process still counts
+                level = log.warning if isinstance(exc, Conflict) else log.info
+                level("register_waiting", error=str(exc), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.cfg.retry_max)
+            except InclError as exc:  # refused for good (e.g. labels over the limits): say why, and stop
+                log.error("register_refused", error=str(exc))
+                raise
+        self._contact, self._lease = sent, reply.lease
         self._interval = reply.heartbeat_interval
         self._store_url = self._store_url or reply.store_url
         self._stop(reply.stop, "the controller gave this attempt to another agent")
@@ -178,13 +198,21 @@ class Agent:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            sent = time.monotonic()
             try:
                 telemetry = self.sampler.snapshot(self.gpu_alloc) if self.sampler.gpus else None
                 reply = await request(self._nc, subjects.HEARTBEAT,
                                       HeartbeatRequest(meta=Envelope.new(self.cfg.agent_id),
                                                        agent_id=self.cfg.agent_id, running=self.running(),
-                                                       telemetry=telemetry),
-                                      HeartbeatReply, self.cfg.request_timeout)
+                                                       telemetry=telemetry, instance=self.instance,
+                                                       ended=self._recently_ended()),
+                                      HeartbeatReply, self._heartbeat_timeout())
+            except NoResponders as exc:
+                # No controller runs at all: none can declare this agent lost now, and one that starts gives
+                # every agent a fresh deadline. So this answer renews the lease as well as a reply does.
+                self._contact = sent
+                log.debug("heartbeat_failed", error=str(exc))
+                continue
             except (Unavailable, *TRANSIENT) as exc:
                 log.debug("heartbeat_failed", error=str(exc))
                 continue
@@ -192,10 +220,55 @@ class Agent:
                 log.warning("message_dropped", subject=subjects.HEARTBEAT, error=str(exc))
                 continue
             self._interval = reply.heartbeat_interval
+            if reply.superseded:
+                self._superseded()
             if not reply.registered:
                 log.warning("controller_forgot_agent")
                 await self._register()
+                continue
+            self._contact, self._lease = sent, reply.lease
             self._stop(reply.stop, "the controller gave this attempt to another agent")
+
+    def _heartbeat_timeout(self) -> float:
+        """A heartbeat that takes a third of the lease is as good as lost: try the next one instead."""
+        lease = self._lease
+        return min(self.cfg.request_timeout, lease.duration / 3) if lease else self.cfg.request_timeout
+
+    def _recently_ended(self) -> list[JobRef]:
+        cutoff = time.monotonic() - self.cfg.ended_retention
+        self._ended = {k: t for k, t in self._ended.items() if t >= cutoff}
+        return [JobRef(job_id=j, attempt=a) for j, a in self._ended]
+
+    def _superseded(self) -> None:
+        """Another process registered with this agent id after ours went silent: ours is the stale one."""
+        log.error("agent_superseded", instance=self.instance)
+        for runner in self.runners.values():
+            self._fenced.add((runner.ref.job_id, runner.ref.attempt))
+            runner.stop("another agent process took over this agent id", grace=self._lease.grace if self._lease
+                        else self.cfg.cancel_grace)
+        raise AgentSuperseded(f"another process took over agent id {self.cfg.agent_id!r}")
+
+    async def _fence(self) -> None:
+        """Past its lease without an answer from the controller, the agent stops every job (SIGTERM, then
+        SIGKILL after the lease's grace): by the time the controller declares it lost and hands the attempts
+        to another agent, none of them still runs here."""
+        while True:
+            lease = self._lease
+            if lease is None:
+                await asyncio.sleep(self._interval)
+                continue
+            left = self._contact + lease.duration - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(min(left, self._interval))
+                continue
+            for runner in list(self.runners.values()):
+                key = (runner.ref.job_id, runner.ref.attempt)
+                if key not in self._fenced:
+                    self._fenced.add(key)
+                    log.warning("attempt_fenced", job_id=key[0], attempt=key[1], silent_for=round(-left + lease.duration, 1))
+                    runner.stop(f"the agent lost contact with the controller for {lease.duration:g}s; stopped so "
+                                "that it never runs twice", grace=lease.grace)
+            await asyncio.sleep(min(self._interval, lease.grace))
 
     def _stop(self, refs: list[JobRef], reason: str) -> None:
         for ref in refs:
@@ -213,8 +286,8 @@ class Agent:
             subjects.assign(cfg.agent_id), durable=subjects.assign_consumer(cfg.agent_id),
             stream=subjects.ASSIGN_STREAM,
             config=api.ConsumerConfig(ack_wait=cfg.assign_ack_wait, max_deliver=-1)))
-        await consume(sub, decoder, self._command, batch=16, timeout=cfg.assign_fetch_timeout,
-                      backoff=cfg.retry_max)
+        await consume(self._js, sub, f"agent-{cfg.agent_id}", decoder, self._command, batch=16,
+                      timeout=cfg.assign_fetch_timeout, backoff=cfg.retry_max)
 
     async def _command(self, cmd: AgentCommand) -> None:
         key = (cmd.job_id, cmd.attempt)
@@ -255,10 +328,13 @@ class Agent:
         self._tg.create_task(self._run(runner, adopt))
 
     async def _run(self, runner: Runner, adopt: ContainerHandle | None = None) -> None:
+        key = (runner.ref.job_id, runner.ref.attempt)
         try:
             await runner.run(adopt)
+            self._ended[key] = time.monotonic()  # its exit event is stored: reported until the controller has it
         finally:
-            self.runners.pop((runner.ref.job_id, runner.ref.attempt), None)
+            self.runners.pop(key, None)
+            self._fenced.discard(key)
             self._release_gpus(runner.ref.job_id)
 
     # --- spot interruption ----------------------------------------------------------------------------------
@@ -345,8 +421,11 @@ class Agent:
 
     async def _current(self, job_id: str) -> Job | None:
         """The job as the controller last wrote it: the guard against running a stale assignment."""
+        if self._jobs_kv is None:  # it exists: the controller that sent the assignment made it
+            self._jobs_kv = await self._retry("jobs_bucket", lambda: self._js.key_value(subjects.JOBS_BUCKET))
+        kv = self._jobs_kv
         try:
-            entry = await self._retry("read_job", lambda: self._jobs_kv.get(job_id))
+            entry = await self._retry("read_job", lambda: kv.get(job_id))
         except KeyNotFoundError:
             return None
         try:
@@ -355,8 +434,16 @@ class Agent:
             return None
 
     async def publish(self, event: AgentEvent) -> None:
-        """Events are durable and deduplicated: a retry after an uncertain failure is stored once."""
+        """Events are durable and deduplicated: a retry after an uncertain failure is stored once. What they
+        carry from the job (its tail, its failure reason) is bounded here, before it leaves the agent."""
+        if isinstance(event, JobExited):
+            event = structs.replace(event, tail=limits.bound_tail(event.tail), reason=limits.bound_reason(event.reason),
+                                    fenced=event.fenced or (event.job_id, event.attempt) in self._fenced)
         msg_id = f"{event.job_id}.{event.attempt}.{type(event).__name__}"
+        data = encode(event)
+        if len(data) > self._nc.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
+            log.error("event_too_large", size=len(data), limit=self._nc.max_payload)
+            data = encode(structs.replace(event, tail=["[tail dropped: the event was over the NATS limit]"]))
         await self._retry("publish_event", lambda: self._js.publish(
-            subjects.events(self.cfg.agent_id), encode(event), headers={"Nats-Msg-Id": msg_id},
+            subjects.events(self.cfg.agent_id), data, headers={"Nats-Msg-Id": msg_id},
             timeout=self.cfg.request_timeout))

@@ -13,7 +13,6 @@ from incl.agent.docker import DockerSettings
 from incl.agent.metadata import MetadataConfig
 from incl.agent.spotwatch import SpotWatchConfig
 from incl.artifacts.store import StoreConfig
-from incl.proto.streams import StreamLimits
 
 
 def _default_id() -> str:
@@ -41,6 +40,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     retry_max: float = 2.0
     assign_fetch_timeout: float = 5.0  # long-poll on the assignment queue
     assign_ack_wait: float = 60.0
+    ended_retention: float = 300.0  # ended attempts are reported in heartbeats this long (their exit is stored)
 
     # Running jobs.
     cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL (a CancelJob can say otherwise)
@@ -59,7 +59,6 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_line_bytes: int = 64 * 1024  # longer lines are split into pieces of this size
     tail_lines: int = 20  # last lines sent with the exit event, for `incl show`
 
-    streams: StreamLimits = StreamLimits()
 
     # Files: the artifact store (None: the one the controller names at registration) and the Docker runtime.
     store_url: str | None = None

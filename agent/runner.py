@@ -345,7 +345,7 @@ class Runner:
             self._exec = self._execution(data_mounts)
             if self._stop_reason is not None:
                 self._exec.stop(self._grace)
-            async with MetricChannel(str(self._socket_dir() / "m.sock"), self._on_metric), \
+            async with MetricChannel(str(self._socket_dir() / "m.sock"), self._on_metric, self._system), \
                     self._checkpointing(files):
                 if isinstance(self._exec, ContainerExecution):
                     return await self._exec.run(_noop if adopt else self._running, adopt=adopt)

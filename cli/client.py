@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -115,9 +117,22 @@ class Client:
     async def ping(self) -> PingReply:
         return await self._call(subjects.PING, PingRequest(meta=self._meta()), PingReply)
 
-    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None) -> Job:
-        return (await self._call(subjects.SUBMIT, SubmitRequest(meta=self._meta(), spec=spec, user=user, code=code),
-                                 SubmitReply)).job
+    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, *, key: str | None = None,
+                     attempts: int = 4) -> Job:
+        """Submit once: the request carries an idempotency key (one per call, unless given), and a submit whose
+        answer is lost (the controller restarting) is retried with the same key, so it creates one job."""
+        meta = Envelope.new(f"cli:{current_user()}", idempotency_key=key or uuid.uuid4().hex)
+        req = SubmitRequest(meta=meta, spec=spec, user=user, code=code)
+        delay = 0.5
+        for attempt in range(attempts):
+            try:
+                return (await self._call(subjects.SUBMIT, req, SubmitReply)).job
+            except Unavailable:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
 
     async def store_url(self) -> str:
         url = (await self.ping()).store_url
@@ -129,8 +144,18 @@ class Client:
         return (await self.jobs_reply(states, user)).jobs
 
     async def jobs_reply(self, states: list[JobState] | None = None, user: str | None = None) -> ListJobsReply:
-        req = ListJobsRequest(meta=self._meta(), states=states, user=user)
-        return await self._call(subjects.LIST_JOBS, req, ListJobsReply)
+        """Every matching job, oldest first, read page by page."""
+        jobs: list[Job] = []
+        util: dict[str, float] = {}
+        after: str | None = None
+        while True:
+            req = ListJobsRequest(meta=self._meta(), states=states, user=user, after=after)
+            reply: ListJobsReply = await self._call(subjects.LIST_JOBS, req, ListJobsReply)
+            jobs += reply.jobs
+            util.update(reply.gpu_util)
+            if reply.next is None:
+                return ListJobsReply(jobs=jobs, gpu_util=util)
+            after = reply.next
 
     async def job(self, job_id: str) -> Job:
         return (await self.job_reply(job_id)).job
@@ -146,8 +171,17 @@ class Client:
                                  CancelReply)).job
 
     async def agents(self) -> list[AgentView]:
-        return (await self._call(subjects.LIST_AGENTS, ListAgentsRequest(meta=self._meta()),
-                                 ListAgentsReply)).agents
+        """Every agent, read page by page."""
+        agents: list[AgentView] = []
+        after: str | None = None
+        while True:
+            reply: ListAgentsReply = await self._call(subjects.LIST_AGENTS,
+                                                      ListAgentsRequest(meta=self._meta(), after=after),
+                                                      ListAgentsReply)
+            agents += reply.agents
+            if reply.next is None:
+                return agents
+            after = reply.next
 
     # --- streams ------------------------------------------------------------------------------------------
 

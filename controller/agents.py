@@ -13,6 +13,8 @@ from incl.controller.jobs import Jobs
 from incl.controller.liveness import Deadlines
 from incl.controller.scheduler import Slot, subtract
 from incl.controller.store import Records
+from incl.proto import limits
+from incl.proto.errors import BadRequest, Conflict
 from incl.proto.messages import (
     AgentInterrupted,
     AgentRecord,
@@ -31,6 +33,12 @@ from incl.proto.telemetry import GpuTelemetry
 log = structlog.get_logger()
 
 
+def missing_attempts(before: dict[tuple[str, int], float], missing: set[tuple[str, int]],
+                     now: float) -> dict[tuple[str, int], float]:
+    """Since when each attempt in `missing` has been missing (pure): kept from `before`, `now` if new."""
+    return {k: before.get(k, now) for k in missing}
+
+
 class Agents:
     def __init__(self, cfg: ControllerConfig, records: Records[AgentRecord], jobs: Jobs,
                  on_telemetry: Callable[[GpuTelemetry], None] = lambda t: None) -> None:
@@ -45,6 +53,8 @@ class Agents:
         self.deadlines = Deadlines()
         self._running: dict[str, list[JobRef]] = {}
         self._last_seen: dict[str, float] = {}  # heartbeats stay in memory; the bucket holds registrations
+        self._missing: dict[str, dict[tuple[str, int], float]] = {}  # agent -> attempt -> missing since
+        self._waiting: dict[str, tuple[RegisterRequest, float]] = {}  # a new process refused while the old lived
 
     def restore(self, now: float) -> None:
         """After a controller restart, every agent that was alive gets a fresh deadline to report in."""
@@ -98,33 +108,52 @@ class Agents:
         return [r for r in running if (r.job_id, r.attempt) not in mine]
 
     async def register(self, req: RegisterRequest) -> RegisterReply:
+        """A new agent, a restarted one (a new process: `instance` differs), or the same process registering
+        again (after a controller restart or being declared lost). Only a restart loses what the new process
+        does not run, and a restart is accepted only once the previous process has missed its deadline: a
+        second process with a live agent's id (or a forged register) is refused and costs nothing."""
         info, now = req.info, time.time()
         agent_id = info.agent_id
-        running = {(r.job_id, r.attempt) for r in req.running}
-        # Whatever the controller believed was running there but the agent no longer has, is gone. ASSIGNED
-        # attempts are kept: their assignment is waiting in the agent's durable queue.
-        gone = {
-            (j.id, j.current.number) for j in self._jobs.on_agent(agent_id)
-            if j.current and j.state is not JobState.ASSIGNED and (j.id, j.current.number) not in running
-        }
-        if gone:
-            keep = {(j.id, j.current.number) for j in self._jobs.on_agent(agent_id) if j.current} - gone
-            await self._jobs.agent_lost(agent_id, "agent restarted", keep=keep)
+        if (why := limits.check_labels(info.labels)) is not None:
+            raise BadRequest(why, field="labels")
         previous = self.records.get(agent_id)
-        record = AgentRecord(info=info, state=AgentState.ALIVE, last_seen=now,
-                             registered_at=previous.registered_at if previous else now)
+        restart = previous is not None and previous.instance != req.instance
+        if restart and previous is not None and previous.state is AgentState.ALIVE and agent_id in self.deadlines:
+            self._waiting[agent_id] = (req, now)
+            raise Conflict(f"agent id {agent_id!r} is held by a live agent process (instance {previous.instance!r}); "
+                           f"a new process takes over once that one has been silent for "
+                           f"{self._cfg.agent_lost_after:g}s", field="agent_id")
+        self._waiting.pop(agent_id, None)
+        running = {(r.job_id, r.attempt) for r in req.running}
+        if restart:
+            # Whatever the previous process ran that this one does not is gone. ASSIGNED attempts are kept:
+            # their assignment is waiting in the agent's durable queue.
+            await self._lose_unreported(agent_id, running, "agent restarted")
+        record = AgentRecord(info=info, state=AgentState.ALIVE, last_seen=now, instance=req.instance,
+                             registered_at=now if restart or previous is None else previous.registered_at)
         await self.records.put(record)
         self.deadlines.beat(agent_id, now, self._cfg.agent_lost_after)
+        self._last_seen[agent_id] = now
         self._running[agent_id] = list(req.running)
         log.info("agent_registered", agent_id=agent_id, hostname=info.hostname, cpus=info.capacity.cpus,
-                 gpus=info.capacity.gpus, running=len(req.running))
+                 gpus=info.capacity.gpus, running=len(req.running), restart=restart)
         self._jobs.kick()
         return RegisterReply(heartbeat_interval=self._cfg.heartbeat_interval,
-                             stop=self._stop_list(agent_id, req.running), store_url=self._cfg.store_url)
+                             stop=self._stop_list(agent_id, req.running), store_url=self._cfg.store_url,
+                             lease=self._cfg.lease())
 
-    def heartbeat(self, req: HeartbeatRequest) -> HeartbeatReply:
+    async def _lose_unreported(self, agent_id: str, running: set[tuple[str, int]], why: str) -> None:
+        on_agent = {(j.id, j.current.number): j for j in self._jobs.on_agent(agent_id) if j.current}
+        gone = {k for k, j in on_agent.items() if j.state is not JobState.ASSIGNED and k not in running}
+        if gone:
+            await self._jobs.agent_lost(agent_id, why, keep=set(on_agent) - gone)
+
+    async def heartbeat(self, req: HeartbeatRequest) -> HeartbeatReply:
         rec = self.records.get(req.agent_id)
         interval = self._cfg.heartbeat_interval
+        if rec is not None and rec.instance != req.instance:
+            log.warning("agent_superseded", agent_id=req.agent_id, instance=req.instance, current=rec.instance)
+            return HeartbeatReply(heartbeat_interval=interval, registered=False, superseded=True)
         if rec is None or rec.state is not AgentState.ALIVE or req.agent_id not in self.deadlines:
             return HeartbeatReply(heartbeat_interval=interval, registered=False)
         now = time.time()
@@ -134,7 +163,24 @@ class Agents:
         if req.telemetry is not None:
             self.telemetry[req.agent_id] = req.telemetry
             self._on_telemetry(req.telemetry)
-        return HeartbeatReply(heartbeat_interval=interval, stop=self._stop_list(req.agent_id, req.running))
+        await self._reconcile(req, now)
+        return HeartbeatReply(heartbeat_interval=interval, stop=self._stop_list(req.agent_id, req.running),
+                              lease=self._cfg.lease())
+
+    async def _reconcile(self, req: HeartbeatRequest, now: float) -> None:
+        """Attempts the controller has on this agent (started, so not waiting in its queue) that it neither
+        runs nor reports ended: their exit event was lost. Missing past `attempt_missing_after`, they are LOST."""
+        reported = {(r.job_id, r.attempt) for r in [*req.running, *req.ended]}
+        started = {(j.id, j.current.number) for j in self._jobs.on_agent(req.agent_id)
+                   if j.current and j.state is not JobState.ASSIGNED}
+        missing = missing_attempts(self._missing.get(req.agent_id, {}), started - reported, now)
+        self._missing[req.agent_id] = missing
+        overdue = {k for k, since in missing.items() if now - since >= self._cfg.attempt_missing_after}
+        if overdue:
+            log.warning("attempts_missing", agent_id=req.agent_id, attempts=sorted(overdue))
+            on_agent = {(j.id, j.current.number) for j in self._jobs.on_agent(req.agent_id) if j.current}
+            await self._jobs.agent_lost(req.agent_id, f"agent {req.agent_id} no longer runs this attempt, and its "
+                                        "exit was never reported", keep=on_agent - overdue)
 
     async def expire(self, now: float) -> None:
         for agent_id in self.deadlines.expired(now):
@@ -146,8 +192,18 @@ class Agents:
             reclaimed = await self._reclaimed(agent_id, rec)
             why = (f"spot instance {rec.info.instance_id if rec else '?'} reclaimed" if reclaimed
                    else f"agent {agent_id} stopped heartbeating")
-            await self._jobs.agent_lost(agent_id, why, preempted=reclaimed)
+            # A new process of this agent, refused while this one lived, takes over what it still runs (a
+            # re-adopted container); everything else is lost.
+            keep = {(r.job_id, r.attempt) for r in self._waiting_runs(agent_id, now)}
+            await self._jobs.agent_lost(agent_id, why, keep=keep, preempted=reclaimed)
+            self._missing.pop(agent_id, None)
             self.interrupted.pop(agent_id, None)
+
+    def _waiting_runs(self, agent_id: str, now: float) -> list[JobRef]:
+        waiting = self._waiting.pop(agent_id, None)
+        if waiting is None or now - waiting[1] > self._cfg.agent_lost_after:
+            return []
+        return waiting[0].running
 
     async def _reclaimed(self, agent_id: str, rec: AgentRecord | None) -> bool:
         """A silent agent on a spot instance that had its notice, or that the provider says was reclaimed."""

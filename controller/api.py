@@ -12,6 +12,7 @@ from incl.controller import quota
 from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
+from incl.controller.paging import page
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import InclError
@@ -21,6 +22,7 @@ from incl.proto.messages import (
     GetJobReply,
     GetJobRequest,
     HeartbeatRequest,
+    Job,
     ListAgentsReply,
     ListAgentsRequest,
     ListJobsReply,
@@ -39,13 +41,19 @@ from incl.proto.transport import error_reply
 
 log = structlog.get_logger()
 
+
+def _job_key(job: Job) -> str:
+    """Submission order, then id: a stable cursor for `incl ls` pages."""
+    return f"{job.submitted_at:020.6f}/{job.id}"
+
 Handler = Callable[[Any], Awaitable[Reply]]
 
 
 class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch,
-                 store_url: str | None = None) -> None:
+                 store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
         self._id = controller_id
+        self._page_bytes = page_bytes  # a listing's page, encoded, stays under this (half the payload limit)
         self._store_url = store_url
         self._jobs = jobs
         self._agents = agents
@@ -90,15 +98,17 @@ class Api:
                 log.debug("api_reply_failed", subject=msg.subject, error=repr(exc))
 
     async def submit(self, req: SubmitRequest) -> SubmitReply:
-        return SubmitReply(job=await self._jobs.submit(check_spec(req.spec), req.user, req.code))
+        job = await self._jobs.submit(check_spec(req.spec), req.user, req.code, key=req.meta.idempotency_key)
+        return SubmitReply(job=self._jobs.view(job))
 
     async def list_jobs(self, req: ListJobsRequest) -> ListJobsReply:
-        jobs = [
-            self._jobs.view(j) for j in self._jobs.records
-            if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)
-        ]
-        util = {j.id: self._watch.util[j.id] for j in jobs if j.id in self._watch.util}
-        return ListJobsReply(jobs=sorted(jobs, key=lambda j: j.submitted_at), gpu_util=util)
+        """Oldest first, in pages."""
+        jobs = [j for j in self._jobs.records
+                if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)]
+        chosen, cursor = page(jobs, _job_key, req.after, req.limit, self._page_bytes)
+        views = [self._jobs.view(j) for j in chosen]
+        util = {j.id: self._watch.util[j.id] for j in views if j.id in self._watch.util}
+        return ListJobsReply(jobs=views, gpu_util=util, next=cursor)
 
     async def get_job(self, req: GetJobRequest) -> GetJobReply:
         job = self._jobs.view(self._jobs.records.require(req.job_id, "job"))
@@ -113,10 +123,12 @@ class Api:
         return CancelReply(job=await self._jobs.cancel(req.job_id))
 
     async def list_agents(self, req: ListAgentsRequest) -> ListAgentsReply:
-        return ListAgentsReply(agents=self._agents.views())
+        views, cursor = page(self._agents.views(), lambda v: v.record.info.agent_id, req.after, req.limit,
+                             self._page_bytes)
+        return ListAgentsReply(agents=views, next=cursor)
 
     async def heartbeat(self, req: HeartbeatRequest) -> Reply:
-        return self._agents.heartbeat(req)
+        return await self._agents.heartbeat(req)
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)

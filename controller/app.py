@@ -26,7 +26,7 @@ from incl.proto.codec import Decoder
 from incl.proto.messages import AgentEvent, AgentInterrupted, AgentRecord, Job, JobState
 from incl.proto.streams import ensure_buckets, ensure_streams
 from incl.proto.transport import connect
-from incl._daemon import consume
+from incl._daemon import consume, wait_event
 from incl._retry import TRANSIENT, forever
 
 log = structlog.get_logger()
@@ -54,7 +54,7 @@ class Controller:
         try:
             js = nc.jetstream(timeout=cfg.request_timeout)
             await self._retry("ensure_streams", lambda: ensure_streams(js, cfg.streams))
-            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(js))
+            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(js, cfg.idempotency_ttl))
             job_records: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id)
             agent_records: Records[AgentRecord] = Records(
                 buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id)
@@ -62,7 +62,7 @@ class Controller:
             await self._retry("load_agents", agent_records.load)
             quotas = load_quota_config(cfg.quota_file)
             self.jobs = Jobs(cfg, job_records, js, shapes=lambda: self.agents.shapes(), kick=self._kick.set,
-                             quotas=quotas)
+                             quotas=quotas, submits=buckets[subjects.SUBMITS_BUCKET])
             notifier = Notifier(cfg.notify, cfg.notifier)
             self.watch = GpuWatch(self.jobs, notifier, cfg.gpu_idle)
             self.jobs.on_change.append(lambda before, after: self._on_change(notifier, before, after))
@@ -70,7 +70,8 @@ class Controller:
             self.agents.restore(time.time())
             log.info("controller_started", controller_id=cfg.controller_id, jobs=len(job_records),
                      agents=len(agent_records), nats=cfg.nats_url)
-            api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch, cfg.store_url)
+            api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch, cfg.store_url,
+                       page_bytes=nc.max_payload // 2)
             await nc.subscribe(f"{subjects.API_PREFIX}.>", queue="incl-controller", cb=api_.handle)
             await self.jobs.resend_stale_assignments(older_than=time.time())
             async with self._provisioning() as self.provisioner, asyncio.TaskGroup() as tg:
@@ -122,7 +123,8 @@ class Controller:
         sub = await self._retry("subscribe_events", lambda: js.pull_subscribe(
             f"{subjects.EVENTS_PREFIX}.*", durable=subjects.EVENTS_CONSUMER, stream=subjects.EVENTS_STREAM,
             config=api.ConsumerConfig(ack_wait=cfg.events_ack_wait, max_deliver=-1)))
-        await consume(sub, decoder, lambda event: self._retry("apply_event", lambda: self._apply(event)),
+        await consume(js, sub, "controller-events", decoder,
+                      lambda event: self._retry("apply_event", lambda: self._apply(event)),
                       batch=cfg.events_fetch_batch, timeout=cfg.events_fetch_timeout, backoff=cfg.retry_max)
 
     async def _apply(self, event: AgentEvent) -> None:
@@ -136,10 +138,7 @@ class Controller:
 
     async def _schedule(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._kick.wait(), timeout=self.cfg.schedule_interval)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._kick, self.cfg.schedule_interval)
             self._kick.clear()
             await self._connected.wait()
             try:

@@ -14,7 +14,7 @@ from incl.controller.catalog import AwsConfig
 from incl.controller.idle import IdlePolicy
 from incl.controller.reconcile import ReconcileConfig
 from incl.controller.notify import ClusterNotify, NotifierConfig
-from incl.proto.messages import Resources
+from incl.proto.messages import Lease, Resources
 from incl.proto.streams import StreamLimits
 
 
@@ -26,11 +26,19 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # Liveness: the controller tells agents when to report next and owns the deadline.
     heartbeat_interval: float = 5.0
     agent_lost_after: float = 20.0  # no heartbeat for this long: the agent and its jobs are LOST
+    # Fencing: an agent that has not heard from the controller for `agent_lost_after - fence_grace -
+    # fence_margin` stops its jobs, SIGKILLs them `fence_grace` later, so none runs when they are handed on.
+    fence_grace: float = 5.0
+    fence_margin: float = 2.0
+    # An attempt the controller has on an agent, that the agent neither runs nor reports ended, for this long:
+    # its exit event was lost; the attempt is LOST (and the job requeued while retry allows).
+    attempt_missing_after: float = 10.0
 
     # Scheduling and dispatch.
     schedule_interval: float = 2.0  # periodic pass, besides the pass every submit and event triggers
     assign_resend_after: float = 15.0  # an ASSIGNED attempt that has not started is re-sent (deduplicated)
     cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
+    idempotency_ttl: float = 86400.0  # a submit retried with the same key within this returns the same job
 
     # NATS.
     connect_timeout: float = 5.0
@@ -55,6 +63,12 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     aws: AwsConfig = AwsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     agent_nats_url: str | None = None  # the NATS URL instances' agents dial (None: `nats_url`)
+
+    def lease(self) -> Lease:
+        """The agents' lease, derived so that its end plus the kill grace falls before `agent_lost_after`."""
+        grace = min(self.fence_grace, self.agent_lost_after / 4)
+        margin = min(self.fence_margin, self.agent_lost_after / 8)
+        return Lease(duration=self.agent_lost_after - grace - margin, grace=grace)
 
     def shapes(self) -> list[Resources]:
         """What the provider could launch, for the submit-time "can this ever fit" check."""

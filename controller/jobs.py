@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ import structlog
 from msgspec import structs
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from incl.controller import quota, state
 from incl.controller.config import ControllerConfig
@@ -17,7 +19,7 @@ from incl.controller.idle import parse_policy
 from incl.controller.notify import parse_notify
 from incl.controller.scheduler import could_ever_fit
 from incl.controller.store import Records
-from incl.proto import subjects
+from incl.proto import limits, subjects
 from incl.proto.codec import encode
 from incl.proto.errors import SpecInvalid, Unschedulable
 from incl.proto.messages import (
@@ -60,8 +62,9 @@ def job_env(job: Job) -> dict[str, str]:
 class Jobs:
     def __init__(self, cfg: ControllerConfig, records: Records[Job], js: JetStreamContext,
                  shapes: Callable[[], list[Resources]], kick: Callable[[], None],
-                 quotas: quota.QuotaConfig | None = None) -> None:
+                 quotas: quota.QuotaConfig | None = None, submits: KeyValue | None = None) -> None:
         self._cfg = cfg
+        self._submits = submits  # idempotency keys of submits -> job ids
         self.records = records
         self.quotas = quotas or quota.QuotaConfig()
         self.on_change: list[Callable[[Job | None, Job], None]] = []  # notifications, the GPU watch
@@ -70,6 +73,15 @@ class Jobs:
         self.kick = kick
         self.waiting: dict[str, str] = {}  # queued job id -> why it waits (from the last scheduling pass)
         self._resent: dict[tuple[str, int], float] = {}
+        self._by_agent: dict[str, set[str]] = {}  # agent id -> ids of the jobs on it (ON_AGENT states)
+        for job in records:
+            self._index(None, job)
+
+    def _index(self, before: Job | None, after: Job) -> None:
+        if before is not None and before.state in ON_AGENT and before.current:
+            self._by_agent.get(before.current.agent_id, set()).discard(before.id)
+        if after.state in ON_AGENT and after.current:
+            self._by_agent.setdefault(after.current.agent_id, set()).add(after.id)
 
     # --- queries ------------------------------------------------------------------------------------------
 
@@ -77,10 +89,10 @@ class Jobs:
         return [j for j in self.records if j.state is JobState.QUEUED]
 
     def on_agent(self, agent_id: str | None = None) -> list[Job]:
-        return [
-            j for j in self.records
-            if j.state in ON_AGENT and (agent_id is None or (j.current and j.current.agent_id == agent_id))
-        ]
+        if agent_id is None:
+            return [j for j in self.records if j.state in ON_AGENT]
+        jobs = (self.records.get(job_id) for job_id in self._by_agent.get(agent_id, ()))
+        return [j for j in jobs if j is not None and j.state in ON_AGENT and j.current and j.current.agent_id == agent_id]
 
     def view(self, job: Job) -> Job:
         """The job as the CLI sees it: a queued job carries the scheduler's reason for waiting, and a
@@ -106,6 +118,7 @@ class Jobs:
         before = self.records.get(job_id)
         after = await self.records.update(job_id, change)
         if after is not before:
+            self._index(before, after)
             for hook in self.on_change:
                 hook(before, after)
         return after
@@ -119,10 +132,13 @@ class Jobs:
         parse_policy(spec.gpu_idle, self._cfg.gpu_idle)
         parse_notify(spec.notify, self._cfg.notify)
 
-    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None) -> Job:
+    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, key: str | None = None) -> Job:
+        """A new QUEUED job. A submit retried with the same idempotency `key` (the client's answer was lost)
+        returns the job the first one created, however far that one got before a crash."""
         if spec.workdir and code is None:
             raise SpecInvalid("the client uploads the workdir at submit, and this request carries no snapshot of it "
                               "(an old client?)", field="workdir")
+        self._check_size(spec)
         self._admit(spec, user)
         shapes = self._shapes()
         if shapes and not could_ever_fit(spec.resources, shapes):
@@ -132,20 +148,51 @@ class Jobs:
                 f"{biggest.memory / 1e9:.1f} GB memory, {biggest.gpus} GPU)",
                 field="resources",
             )
+        job_id = await self._claim(user, key) if key else None
+        if job_id is not None and (existing := self.records.get(job_id)) is not None:
+            log.info("submit_repeated", job_id=job_id, user=user)
+            return existing
         now = time.time()
         while True:
-            job = Job(id=new_job_id(), spec=spec, user=user, state=JobState.QUEUED, submitted_at=now, updated_at=now,
-                      code=code)
+            job = Job(id=job_id or new_job_id(), spec=spec, user=user, state=JobState.QUEUED, submitted_at=now,
+                      updated_at=now, code=code)
             try:
                 await self.records.create(job)
                 break
-            except KeyWrongLastSequenceError:  # the id exists already (vanishingly rare): draw another
-                continue
+            except KeyWrongLastSequenceError:
+                if job_id is None:  # a random id that exists already (vanishingly rare): draw another
+                    continue
+                # The same key's first submit created it meanwhile: that is the answer.
+                return await self.records.refresh(job_id) or job
         log.info("job_submitted", job_id=job.id, user=user)
+        self._index(None, job)
         for hook in self.on_change:
             hook(None, job)
         self.kick()
         return job
+
+    async def _claim(self, user: str, key: str) -> str:
+        """The job id for this user's idempotency key: a new one, or the one an earlier submit claimed."""
+        assert self._submits is not None
+        name = hashlib.sha256(f"{user}\0{key}".encode()).hexdigest()[:40]
+        job_id = new_job_id()
+        try:
+            await self._submits.create(name, job_id.encode())
+            return job_id
+        except KeyWrongLastSequenceError:
+            entry = await self._submits.get(name)
+            return (entry.value or b"").decode() or job_id
+
+    @staticmethod
+    def _check_size(spec: JobSpec) -> None:
+        """The spec goes into the job record and every assignment: it must leave them room under the limit."""
+        if len(spec.env) + len(spec.secrets) > limits.ENV_MAX_VARS:
+            raise SpecInvalid(f"{len(spec.env) + len(spec.secrets)} env vars and secrets, over the limit of "
+                              f"{limits.ENV_MAX_VARS}", field="env")
+        size = len(encode(spec))
+        if size > limits.SPEC_MAX_BYTES:
+            raise SpecInvalid(f"the spec is {size / 1024:.0f} KB, over the {limits.SPEC_MAX_BYTES // 1024} KB limit "
+                              "(large values belong in files in the workdir or in data:)", field="spec")
 
     async def cancel(self, job_id: str, reason: str | None = None) -> Job:
         self.records.require(job_id, "job")
@@ -195,12 +242,12 @@ class Jobs:
     async def apply(self, event: JobStarting | JobRunning | JobExited) -> None:
         job = self.records.get(event.job_id)
         if job is None:
-            log.warning("event_for_unknown_job", job_id=event.job_id, event=type(event).__name__)
+            log.warning("event_for_unknown_job", job_id=event.job_id, kind=type(event).__name__)
             return
         cur = job.current
         if cur is None or cur.number != event.attempt or cur.agent_id != event.agent_id:
             log.warning("event_stale", job_id=job.id, attempt=event.attempt, agent_id=event.agent_id,
-                        event=type(event).__name__)
+                        kind=type(event).__name__)
             return
         now = time.time()
         match event:
@@ -212,7 +259,7 @@ class Jobs:
                 change = lambda j: state.exited(  # noqa: E731
                     j, event.attempt, now, exit_code=event.exit_code, reason=event.reason,
                     cancelled=event.cancelled, tail=event.tail, ended_at=event.ts, outputs=event.outputs,
-                    preempted=event.preempted)
+                    preempted=event.preempted, fenced=event.fenced)
         try:
             job = await self._update(job.id, change)
         except state.IllegalTransition as exc:

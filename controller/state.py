@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from msgspec import structs
 
+from incl.proto import limits
 from incl.proto.errors import Conflict
 from incl.proto.messages import ON_AGENT, TERMINAL, AgentInfo, Attempt, Job, JobState, TreeRef
 
@@ -52,7 +53,17 @@ def assign(job: Job, agent_id: str, now: float, instance: AgentInfo | None = Non
                       instance_id=instance.instance_id if instance else None,
                       instance_type=instance.instance_type if instance else None,
                       market=instance.market if instance else None)
-    return structs.replace(job, state=S.ASSIGNED, attempts=[*job.attempts, attempt], updated_at=now, reason=None)
+    return structs.replace(job, state=S.ASSIGNED, attempts=[*_old_tails_dropped(job.attempts), attempt], updated_at=now,
+                           reason=None)
+
+
+def _old_tails_dropped(attempts: list[Attempt]) -> list[Attempt]:
+    """The record keeps the tails of the last `TAILS_KEPT` attempts only, so it stays bounded however often
+    a job is retried."""
+    cut = len(attempts) - limits.TAILS_KEPT + 1
+    if cut <= 0 or not attempts[cut - 1].tail:
+        return attempts
+    return [structs.replace(a, tail=[]) if i < cut and a.tail else a for i, a in enumerate(attempts)]
 
 
 def starting(job: Job, attempt: int, now: float) -> Job:
@@ -70,12 +81,15 @@ def running(job: Job, attempt: int, now: float, started_at: float) -> Job:
 
 def exited(job: Job, attempt: int, now: float, *, exit_code: int | None, reason: str | None,
            cancelled: bool, tail: list[str], ended_at: float, outputs: TreeRef | None = None,
-           preempted: bool = False) -> Job:
+           preempted: bool = False, fenced: bool = False) -> Job:
     """The attempt's process ended: SUCCEEDED, CANCELLED, FAILED, or back to QUEUED if retry allows; a
     preempted attempt (stopped on a spot notice) is PREEMPTED and the job resumes as the next attempt."""
     cur = _current(job, attempt)
-    if preempted and not cancelled and not job.cancel_requested:
+    tail, reason = limits.bound_tail(tail), limits.bound_reason(reason)  # a forged or old agent's, too
+    if (preempted or fenced) and not cancelled and not job.cancel_requested:
         att = structs.replace(cur, ended_at=ended_at, exit_code=exit_code, tail=tail, outputs=outputs)
+        if fenced:  # its agent lost contact with the controller and stopped it: as if the agent were lost
+            return lost(_with_attempt(job, att), attempt, now, reason or "its agent lost contact with the controller")
         return preempt(_with_attempt(job, att), attempt, now, reason or "spot instance reclaimed")
     if cancelled or job.cancel_requested:
         to, reason = S.CANCELLED, job.reason or reason or "cancelled"
@@ -115,7 +129,7 @@ def lost(job: Job, attempt: int, now: float, reason: str) -> Job:
     """The attempt's agent is gone: the attempt is LOST; the job is queued again while retry allows."""
     cur = _current(job, attempt)
     _check(job, S.LOST)
-    att = structs.replace(cur, state=S.LOST, ended_at=now, reason=reason)
+    att = structs.replace(cur, state=S.LOST, ended_at=cur.ended_at or now, reason=reason)
     job = _with_attempt(job, att, state=S.LOST, updated_at=now, reason=reason)
     if job.cancel_requested:
         return structs.replace(job, state=S.CANCELLED, reason="cancelled (agent lost)")

@@ -5,6 +5,7 @@ The controller rebuilds the cache from the buckets at start; it never holds the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -21,6 +22,10 @@ log = structlog.get_logger()
 T = TypeVar("T", bound=msgspec.Struct)
 
 
+class StoreUnreadable(Exception):
+    """The bucket's records could not be listed; starting with none would forget every job."""
+
+
 class Conflicted(Exception):
     """The record changed under us (another writer); re-read and retry."""
 
@@ -32,14 +37,32 @@ class Records(Generic[T]):
         self._key = key
         self._items: dict[str, tuple[T, int]] = {}
 
-    async def load(self) -> None:
+    async def load(self, attempts: int = 5, pause: float = 0.2) -> None:
+        """Read every record. The bucket's own count is the check: nats-py's key listing can come back empty
+        (or short) while the bucket holds records, and an empty store must never be mistaken for one."""
         self._items.clear()
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return
+        keys: list[str] = []
+        for attempt in range(attempts):
+            expected = (await self._kv.status()).stream_info.state.messages  # history 1: one per key
+            try:
+                keys = await self._kv.keys()
+            except NoKeysError:
+                keys = []
+            if len(keys) >= expected:
+                break
+            log.warning("record_listing_short", keys=len(keys), expected=expected, attempt=attempt)
+            await asyncio.sleep(pause * 2 ** attempt)
+        else:
+            if not keys and expected:
+                raise StoreUnreadable(f"the bucket holds {expected} records and listing them returned none "
+                                      f"{attempts} times")
+            # Short but not empty: deleted keys leave markers the count includes; go on with what is there.
         for key in keys:
             await self._refresh(key)
+
+    async def refresh(self, key: str) -> T | None:
+        """The record as the bucket holds it now (another writer may have changed it)."""
+        return await self._refresh(key)
 
     async def _refresh(self, key: str) -> T | None:
         try:

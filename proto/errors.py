@@ -4,6 +4,7 @@
     ├── DecodeError           decode_error       a message that is not what its subject carries
     ├── VersionMismatch       version_mismatch   the sender speaks another protocol version
     ├── Unavailable           unavailable        no controller answered
+    │   └── NoResponders      no_responders      NATS says nothing serves the subject (no controller runs)
     ├── BadRequest            bad_request
     │   ├── SpecInvalid       spec_invalid       the job spec is refused; `field` names the path
     │   └── Unschedulable     unschedulable      no agent or provider could ever fit the job
@@ -38,6 +39,10 @@ class VersionMismatch(InclError):
 
 class Unavailable(InclError):
     code = "unavailable"
+
+
+class NoResponders(Unavailable):
+    code = "no_responders"
 
 
 class BadRequest(InclError):

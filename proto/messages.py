@@ -153,8 +153,9 @@ class AgentState(enum.StrEnum):
 class AgentRecord(_Struct):
     info: AgentInfo
     state: AgentState
-    registered_at: float
+    registered_at: float  # when the current agent process (instance) registered
     last_seen: float
+    instance: str = ""  # the agent process: a new one per process start
 
 
 # --- CLI <-> controller -----------------------------------------------------------------------------------
@@ -173,11 +174,14 @@ class SubmitReply(Reply):
 class ListJobsRequest(Request):
     states: list[JobState] | None = None
     user: str | None = None
+    after: str | None = None  # the previous page's `next`: listings come in pages
+    limit: int | None = None  # at most this many (the controller also caps a page by its size)
 
 
 class ListJobsReply(Reply):
     jobs: list[Job]
     gpu_util: dict[str, float] = {}  # job id -> its GPUs' utilization in the last heartbeat, percent
+    next: str | None = None  # more follow: ask again with `after=next`
 
 
 class GetJobRequest(Request):
@@ -199,7 +203,8 @@ class CancelReply(Reply):
 
 
 class ListAgentsRequest(Request):
-    pass
+    after: str | None = None
+    limit: int | None = None
 
 
 class AgentView(_Struct):
@@ -211,6 +216,7 @@ class AgentView(_Struct):
 
 class ListAgentsReply(Reply):
     agents: list[AgentView]
+    next: str | None = None
 
 
 class QuotaLine(_Struct):
@@ -241,27 +247,41 @@ class PingReply(Reply):
 # --- agent <-> controller ---------------------------------------------------------------------------------
 
 
+class Lease(_Struct):
+    """How long an agent may run its jobs without hearing from the controller: past `duration` seconds from
+    the sending of its last answered request it stops them all (SIGTERM, SIGKILL after `grace`), so that
+    they have ended before the controller may declare the agent lost and run them elsewhere."""
+    duration: float
+    grace: float
+
+
 class RegisterRequest(Request):
     info: AgentInfo
     running: list[JobRef] = []
+    instance: str = ""  # a new random id per agent process: a restart is told apart from a re-registration
 
 
 class RegisterReply(Reply):
     heartbeat_interval: float
     stop: list[JobRef] = []
     store_url: str | None = None  # the cluster's artifact store, unless the agent's config names one
+    lease: Lease | None = None
 
 
 class HeartbeatRequest(Request):
     agent_id: str
     running: list[JobRef] = []
     telemetry: GpuTelemetry | None = None  # GPU readings aggregated since the previous heartbeat
+    instance: str = ""
+    ended: list[JobRef] = []  # attempts that ended lately, whose exit event the events stream holds
 
 
 class HeartbeatReply(Reply):
     heartbeat_interval: float
     registered: bool = True  # False: the controller does not know this agent (or declared it lost)
     stop: list[JobRef] = []  # attempts this agent must stop: they are no longer its to run
+    lease: Lease | None = None
+    superseded: bool = False  # another process of this agent id took over: stop every job and exit
 
 
 # --- controller -> agent (work queue) ---------------------------------------------------------------------
@@ -308,6 +328,7 @@ class JobExited(JobEvent):
     reason: str | None = None
     cancelled: bool = False
     preempted: bool = False  # stopped because its spot instance is being reclaimed: it resumes elsewhere
+    fenced: bool = False  # stopped because the agent lost contact with the controller past its lease
     tail: list[str] = []
     outputs: TreeRef | None = None
 

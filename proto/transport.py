@@ -42,7 +42,7 @@ async def request(nc: Client, subject: str, req: Request, reply_type: type[R], t
     try:
         msg = await nc.request(subject, encode(req), timeout=timeout)
     except NoRespondersError:
-        raise errors.Unavailable(f"nothing is serving {subject}") from None
+        raise errors.NoResponders(f"nothing is serving {subject}") from None
     except NatsTimeout:
         raise errors.Unavailable(f"no reply on {subject} within {timeout:g}s") from None
     reply = _decoder(reply_type).decode(msg.data)

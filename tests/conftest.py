@@ -29,7 +29,7 @@ NATS_SERVER = Path(sys.executable).parent / "nats-server"
 # Small numbers so that tests wait on events for fractions of a second, never on sleeps.
 CONTROLLER_CFG = {
     "heartbeat_interval": 0.2,
-    "agent_lost_after": 1.5,
+    "agent_lost_after": 4.0,  # agents fence their jobs 2.5 s into a silence (the lease), longer than the tests' NATS restarts
     "schedule_interval": 0.2,
     "assign_resend_after": 1.0,
     "cancel_grace": 2.0,

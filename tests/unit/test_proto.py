@@ -96,7 +96,7 @@ REF = m.JobRef(job_id="j1", attempt=2)
 REF_PLAIN = ["j1", 2]  # array_like
 
 RECORD = m.AgentRecord(info=INFO, state=m.AgentState.ALIVE, registered_at=1.0, last_seen=2.0)
-RECORD_PLAIN = {"info": INFO_PLAIN, "state": "alive", "registered_at": 1.0, "last_seen": 2.0}
+RECORD_PLAIN = {"info": INFO_PLAIN, "state": "alive", "registered_at": 1.0, "last_seen": 2.0, "instance": ""}
 
 
 def _msg(cls: type[m.Message], **fields: Any) -> dict[str, Any]:
@@ -111,16 +111,17 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
           code={"digest": "ab" * 32, "files": 3, "bytes": 10})),
     (m.SubmitReply(job=JOB), _msg(m.SubmitReply, job=JOB_PLAIN)),
     (m.ListJobsRequest(meta=ENV, states=[m.JobState.QUEUED, m.JobState.LOST], user="ann"),
-     _msg(m.ListJobsRequest, meta=ENV_PLAIN, states=["QUEUED", "LOST"], user="ann")),
-    (m.ListJobsReply(jobs=[JOB], gpu_util={"j1": 55.0}), _msg(m.ListJobsReply, jobs=[JOB_PLAIN], gpu_util={"j1": 55.0})),
+     _msg(m.ListJobsRequest, meta=ENV_PLAIN, states=["QUEUED", "LOST"], user="ann", after=None, limit=None)),
+    (m.ListJobsReply(jobs=[JOB], gpu_util={"j1": 55.0}, next="c1"),
+     _msg(m.ListJobsReply, jobs=[JOB_PLAIN], gpu_util={"j1": 55.0}, next="c1")),
     (m.GetJobRequest(meta=ENV, job_id="j1"), _msg(m.GetJobRequest, meta=ENV_PLAIN, job_id="j1")),
     (m.GetJobReply(job=JOB), _msg(m.GetJobReply, job=JOB_PLAIN, gpu_util=None, gpu_idle_since=None)),
     (m.CancelRequest(meta=ENV, job_id="j1"), _msg(m.CancelRequest, meta=ENV_PLAIN, job_id="j1")),
     (m.CancelReply(job=JOB), _msg(m.CancelReply, job=JOB_PLAIN)),
-    (m.ListAgentsRequest(meta=ENV), _msg(m.ListAgentsRequest, meta=ENV_PLAIN)),
+    (m.ListAgentsRequest(meta=ENV), _msg(m.ListAgentsRequest, meta=ENV_PLAIN, after=None, limit=None)),
     (m.ListAgentsReply(agents=[m.AgentView(record=RECORD, running=[REF], allocated=RES)]),
      _msg(m.ListAgentsReply, agents=[{"record": RECORD_PLAIN, "running": [REF_PLAIN], "allocated": RES_PLAIN,
-                                      "telemetry": None}])),
+                                      "telemetry": None}], next=None)),
     (m.QuotaRequest(meta=ENV), _msg(m.QuotaRequest, meta=ENV_PLAIN)),
     (m.QuotaReply(lines=[m.QuotaLine(kind="team", name="vision", used=16, limit=16)]),
      _msg(m.QuotaReply, lines=[{"kind": "team", "name": "vision", "used": 16, "limit": 16}])),
@@ -128,13 +129,16 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
     (m.PingReply(controller_id="c1", store_url="s3://b/p"),
      _msg(m.PingReply, controller_id="c1", version=PROTOCOL_VERSION, store_url="s3://b/p")),
     (m.RegisterRequest(meta=ENV, info=INFO, running=[REF]),
-     _msg(m.RegisterRequest, meta=ENV_PLAIN, info=INFO_PLAIN, running=[REF_PLAIN])),
-    (m.RegisterReply(heartbeat_interval=5.0, stop=[REF]),
-     _msg(m.RegisterReply, heartbeat_interval=5.0, stop=[REF_PLAIN], store_url=None)),
-    (m.HeartbeatRequest(meta=ENV, agent_id="a1", running=[REF]),
-     _msg(m.HeartbeatRequest, meta=ENV_PLAIN, agent_id="a1", running=[REF_PLAIN], telemetry=None)),
+     _msg(m.RegisterRequest, meta=ENV_PLAIN, info=INFO_PLAIN, running=[REF_PLAIN], instance="")),
+    (m.RegisterReply(heartbeat_interval=5.0, stop=[REF], lease=m.Lease(duration=13.0, grace=5.0)),
+     _msg(m.RegisterReply, heartbeat_interval=5.0, stop=[REF_PLAIN], store_url=None,
+          lease={"duration": 13.0, "grace": 5.0})),
+    (m.HeartbeatRequest(meta=ENV, agent_id="a1", running=[REF], instance="p1", ended=[REF]),
+     _msg(m.HeartbeatRequest, meta=ENV_PLAIN, agent_id="a1", running=[REF_PLAIN], telemetry=None, instance="p1",
+          ended=[REF_PLAIN])),
     (m.HeartbeatReply(heartbeat_interval=5.0, registered=False, stop=[REF]),
-     _msg(m.HeartbeatReply, heartbeat_interval=5.0, registered=False, stop=[REF_PLAIN])),
+     _msg(m.HeartbeatReply, heartbeat_interval=5.0, registered=False, stop=[REF_PLAIN], lease=None,
+          superseded=False)),
     (m.Assign(job_id="j1", attempt=2, spec=SPEC, env={"INCL_JOB_ID": "j1"}),
      _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None)),
     (m.CancelJob(job_id="j1", attempt=2, grace=10.0), _msg(m.CancelJob, job_id="j1", attempt=2, grace=10.0)),
@@ -145,7 +149,7 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
     (m.JobExited(job_id="j1", attempt=2, agent_id="a1", ts=3.5, exit_code=None, signal=9, reason="oom",
                  cancelled=True, tail=["Killed"]),
      _msg(m.JobExited, job_id="j1", attempt=2, agent_id="a1", ts=3.5, exit_code=None, signal=9, reason="oom",
-          cancelled=True, preempted=False, tail=["Killed"], outputs=None)),
+          cancelled=True, preempted=False, fenced=False, tail=["Killed"], outputs=None)),
     (m.AgentInterrupted(agent_id="a1", instance_id="i-0abc", action="terminate", deadline=120.0, ts=1.0),
      _msg(m.AgentInterrupted, agent_id="a1", instance_id="i-0abc", action="terminate", deadline=120.0, ts=1.0)),
     (m.LogBatch(job_id="j1", attempt=2, seq=7, lines=[

@@ -1,0 +1,248 @@
+"""Daemons that never die and never split (issue 9): poison and stale events, messages over the bus's limit,
+duplicate and forged agents, lost exit events, idempotent submits. Real processes, a real NATS server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+
+from conftest import AGENT_CFG, Cluster, Daemon, wait_for
+
+from incl.proto import subjects
+from incl.proto.codec import Decoder, encode
+from incl.proto.errors import Conflict
+from incl.proto.messages import (
+    AgentInfo,
+    Envelope,
+    JobExited,
+    JobRef,
+    JobState,
+    RegisterReply,
+    RegisterRequest,
+    Resources,
+)
+from incl.proto.transport import request
+from incl._daemon import DeadLetter
+
+PY = sys.executable
+
+
+async def publish_events(url: str, *payloads: bytes, agent: str = "intruder") -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for data in payloads:
+            await js.publish(subjects.events(agent), data)
+    finally:
+        await nc.close()
+
+
+async def dead_letters(url: str) -> list[DeadLetter]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(f"{subjects.DEAD_PREFIX}.>", stream=subjects.DEAD_STREAM)
+        try:
+            msgs = await sub.fetch(100, timeout=1.0)
+        except nats.errors.TimeoutError:
+            return []
+        return [Decoder(DeadLetter).decode(m.data) for m in msgs]
+    finally:
+        await nc.close()
+
+
+async def test_poison_and_stale_events_leave_the_controller_applying_later_events(cluster: Cluster) -> None:
+    """An event for an unknown job, a stale attempt's exit, an exit from an agent that does not hold the attempt,
+    and bytes that are no event at all: the controller logs and drops or parks each, and goes on."""
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    done = await cluster.wait_done((await cluster.submit("echo one")).id)
+    assert done.state is JobState.SUCCEEDED
+    running = await cluster.submit("sleep 3")
+    await cluster.wait_state(running.id, {JobState.RUNNING})
+    await publish_events(
+        cluster.nats.url,
+        encode(JobExited(job_id="j-nosuchjob", attempt=1, agent_id="intruder", exit_code=0)),
+        encode(JobExited(job_id=done.id, attempt=7, agent_id="a1", exit_code=1)),
+        encode(JobExited(job_id=running.id, attempt=1, agent_id="intruder", exit_code=1, reason="forged")),
+        b"\xc1 not an event",
+    )
+    after = await cluster.wait_done(running.id, timeout=30)
+    assert after.state is JobState.SUCCEEDED and len(after.attempts) == 1, after
+    assert await cluster.job(done.id) == done  # finished jobs are unchanged
+    later = await cluster.wait_done((await cluster.submit("echo two")).id)
+    assert later.state is JobState.SUCCEEDED
+    assert cluster.controller is not None and cluster.controller.running
+    parked = await dead_letters(cluster.nats.url)
+    assert [p.data for p in parked] == [b"\xc1 not an event"]
+    assert "undecodable" in parked[0].error and parked[0].source == "controller-events"
+    out = cluster.controller.output()
+    assert "event_for_unknown_job" in out and "event_stale" in out and "Traceback" not in out
+
+
+async def test_long_output_lines_and_retries_keep_every_daemon_up_and_the_record_bounded(cluster: Cluster) -> None:
+    """A job that prints 20 lines of 60 KB, then fails, retried: every exit event is under the bus limit, every
+    attempt's tail is a few KB cut at a line boundary, and no daemon dies."""
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    run = f"{PY} -c \"import sys; [print(str(i) + 'x' * 60000) for i in range(20)]; sys.exit(3)\""
+    job = await cluster.submit(run, retry={"max_attempts": 3, "on_failure": True})
+    done = await cluster.wait_done(job.id, timeout=60)
+    assert done.state is JobState.FAILED and len(done.attempts) == 3, done.reason
+    for attempt in done.attempts:
+        assert attempt.exit_code == 3
+        assert sum(len(line.encode()) + 1 for line in attempt.tail) <= 4096 + 100
+        assert attempt.tail[-1].endswith("x" * 500) and "line cut" in attempt.tail[-1]
+    assert cluster.agents["a1"].running and cluster.controller is not None and cluster.controller.running
+    lines = await cluster.log_lines(job.id, attempt=3)
+    assert b"".join(lines).count(b"x") == 20 * 60000  # the log itself keeps every byte
+
+
+async def test_an_oversized_metric_line_is_dropped_with_a_note_and_the_agent_lives(cluster: Cluster) -> None:
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    script = (
+        "import incl, json, os, socket, time\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(os.environ['INCL_METRICS_SOCKET'])\n"
+        "s.sendall(json.dumps({'ts': time.time(), 'step': 0, 'values': {'x' * 1036000: 1.0}}).encode() + b'\\n')\n"
+        "s.close()\n"
+        "incl.log({'loss': 0.5}, step=1)\n"
+    )
+    job = await cluster.submit(f"{PY} -c \"{script}\"")
+    done = await cluster.wait_done(job.id, timeout=30)
+    assert done.state is JobState.SUCCEEDED, done
+    points = await cluster.metric_points(job.id)
+    assert [(p.step, p.values) for p in points] == [(1, {"loss": 0.5})]
+    notes = [line.data for b in await cluster.logs(job.id) for line in b.lines if line.stream == 3]
+    assert any(b"metric point dropped" in n and b"over the 65536 byte limit" in n for n in notes), notes
+    assert cluster.agents["a1"].running
+
+
+async def test_forged_registers_and_a_duplicate_agent_cost_a_running_job_nothing(cluster: Cluster) -> None:
+    """Registers for a live agent's id from another process are refused (Conflict) and mark nothing LOST."""
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    job = await cluster.submit("sleep 4")
+    await cluster.wait_state(job.id, {JobState.RUNNING})
+    nc = await nats.connect(cluster.nats.url)
+    try:
+        info = AgentInfo(agent_id="a1", hostname="evil", capacity=Resources(cpus=1, memory=1 << 30))
+        for n in range(3):
+            with pytest.raises(Conflict, match="held by a live agent process"):
+                await request(nc, subjects.REGISTER,
+                              RegisterRequest(meta=Envelope.new("evil"), info=info, instance=f"forged{n}"),
+                              RegisterReply, 5.0)
+    finally:
+        await nc.close()
+    cfg = cluster._config("a1-dup", {**AGENT_CFG, "agent_id": "a1", "nats_url": cluster.nats.url,
+                                     "work_dir": str(cluster.tmp / "agents" / "a1-dup")})
+    dup = Daemon("a1-dup", [PY, "-m", "incl.agent", "--config", str(cfg)], cluster.tmp / "dup.log",
+                 cluster.env).start()  # a second process with the same id
+    await wait_for(lambda: "held by a live agent process" in dup.output(), what="the duplicate to be refused")
+    dup.stop()
+    done = await cluster.wait_done(job.id, timeout=30)
+    assert done.state is JobState.SUCCEEDED and len(done.attempts) == 1, done.attempts
+
+
+async def test_a_job_whose_exit_event_was_lost_ends_instead_of_running_for_ever(cluster: Cluster) -> None:
+    """The exit event is purged before the controller applies it: the agent no longer reports the attempt
+    (running or ended), and the controller ends it with a reason and runs the job again."""
+    cluster.start_controller(attempt_missing_after=1.0)
+    cluster.start_agent("a1", ended_retention=1.0)
+    await cluster.wait_agents(1)
+    job = await cluster.submit("sleep 1")
+    await cluster.wait_state(job.id, {JobState.RUNNING})
+    assert cluster.controller is not None
+    cluster.controller.kill()
+    nc = await nats.connect(cluster.nats.url)
+    try:
+        js = nc.jetstream()
+        await wait_for(lambda: "attempt_ended" in cluster.agents["a1"].output(), what="the attempt to end")
+        await wait_for(lambda: _pending_events(js), what="the exit event in the stream")
+        await js.purge_stream(subjects.EVENTS_STREAM)
+    finally:
+        await nc.close()
+    cluster.start_controller(attempt_missing_after=1.0)
+    done = await cluster.wait_done(job.id, timeout=30)
+    assert [a.state for a in done.attempts] == [JobState.LOST, JobState.SUCCEEDED], done.attempts
+    assert "no longer runs this attempt" in (done.attempts[0].reason or "")
+
+
+async def _pending_events(js: nats.js.JetStreamContext) -> bool:
+    return (await js.stream_info(subjects.EVENTS_STREAM)).state.messages >= 1
+
+
+async def test_a_submit_retried_with_its_key_creates_one_job(cluster: Cluster) -> None:
+    cluster.start_controller()
+    await cluster.wait_controller()
+    from incl.proto.spec import load_spec
+
+    spec = load_spec({"run": "echo hi"})
+    async with cluster.client() as c:
+        first = await c.submit(spec, user="ann", key="k-123")
+        again = await c.submit(spec, user="ann", key="k-123")
+        other = await c.submit(spec, user="bob", key="k-123")  # keys are per user
+        assert again.id == first.id and other.id != first.id
+        assert len([j for j in await c.jobs() if j.id == first.id]) == 1
+
+
+async def test_listings_come_in_pages_past_the_payload_limit(cluster: Cluster) -> None:
+    """3,000 jobs and 80 agents with 16 KB of labels each: `incl ls` and `incl agents` read them all."""
+    cluster.start_controller()
+    await cluster.wait_controller()
+    from incl.proto.spec import load_spec
+
+    spec = load_spec({"run": "echo " + "x" * 1500, "resources": {"cpus": 10_000}})  # never placed
+    async with cluster.client() as c:
+        for batch in range(30):
+            await asyncio.gather(*(c.submit(spec, user="ann") for _ in range(100)))
+    nc = await nats.connect(cluster.nats.url)
+    try:
+        labels = {f"k{i}": "v" * 250 for i in range(64)}
+        for n in range(80):
+            info = AgentInfo(agent_id=f"fake{n:02d}", hostname="h", capacity=Resources(cpus=1, memory=1 << 30),
+                             labels=labels)
+            await request(nc, subjects.REGISTER, RegisterRequest(meta=Envelope.new("t"), info=info, instance="i"),
+                          RegisterReply, 5.0)
+    finally:
+        await nc.close()
+    ls = cluster.cli("ls", "--json", timeout=120)
+    assert ls.returncode == 0, ls.stderr
+    assert len(json.loads(ls.stdout)) == 3000
+    agents = cluster.cli("agents", "--json", timeout=120)
+    assert agents.returncode == 0, agents.stderr
+    assert len(json.loads(agents.stdout)) == 80
+
+
+async def test_labels_over_the_limits_are_refused_with_the_reason(cluster: Cluster) -> None:
+    cluster.start_controller()
+    agent = cluster.start_agent("a1", labels={"big": "v" * 20_000})
+    await wait_for(lambda: not agent.running, timeout=30, what="the agent to stop")
+    assert "register_refused" in agent.output() and "over the limit of 256" in agent.output()
+    assert cluster.controller is not None and cluster.controller.running
+    await cluster.wait_controller()
+
+
+def test_no_structlog_call_passes_the_reserved_event_key() -> None:
+    """structlog's first argument is `event`: a keyword `event=` raises TypeError at the log call."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    bad = []
+    for folder in ("controller", "agent", "cli", "sdk", "artifacts", "proto", "bench"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in {"debug", "info", "warning", "error", "exception", "critical", "msg"}
+                        and any(k.arg == "event" for k in node.keywords)):
+                    bad.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert bad == []
