@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from incl.artifacts import tree
 from incl.artifacts.config import TreeLimits
@@ -21,30 +32,71 @@ from incl.proto.errors import InclError, NotFound
 from incl.proto.messages import TERMINAL, Attempt, Job, TreeRef
 
 PROGRESS_AFTER = 1.0  # seconds: a transfer shorter than this draws no bar
+PLAIN_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal (CI logs, nohup)
+
+
+class _Amount(ProgressColumn):
+    """Bytes with speed and time left for a transfer; a count of files for scanning and hashing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes = (DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("files"):
+            total = f"/{int(task.total):,}" if task.total else ""
+            return Text(f"{int(task.completed):,}{total} files")
+        return Text(" ").join(c.render(task) for c in self._bytes)  # type: ignore[misc]
 
 
 class Transfer:
-    """A progress callback that draws a bar only once the transfer has taken over a second."""
+    """Progress of a push or pull: a bar on a terminal once it has taken over a second, else a plain line
+    every PLAIN_EVERY seconds. Called as `(bytes done, bytes total)` for the transfer, and through `phase`
+    for scanning and hashing (from worker threads: everything here takes the lock)."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, *, tty: bool | None = None) -> None:
         self._what = what
-        self._started = time.monotonic()
+        self._tty = sys.stderr.isatty() if tty is None else tty
+        self._started = self._last_line = time.monotonic()
         self._bar: Progress | None = None
-        self._task = 0
+        self._task: TaskID | None = None
+        self._step = ""
+        self._lock = threading.Lock()
 
     def __call__(self, done: int, total: int) -> None:
-        if self._bar is None:
-            if time.monotonic() - self._started < PROGRESS_AFTER or not sys.stderr.isatty():
+        self._show(self._what, done, total, files=False)
+
+    def phase(self, step: str, done: int, total: int) -> None:
+        """("scanning", entries found, 0) or ("hashing", files hashed, files to hash)."""
+        self._show(f"{step} {self._what.split(' ', 1)[-1]}", done, total, files=True)
+
+    def _show(self, step: str, done: int, total: int, *, files: bool) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._started < PROGRESS_AFTER:
                 return
-            self._bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), transient=True, console=err_console)
-            self._bar.start()
-            self._task = self._bar.add_task(self._what, total=total)
-        self._bar.update(self._task, completed=done, total=total)
+            if not self._tty:
+                if now - self._last_line >= PLAIN_EVERY or step != self._step:
+                    self._last_line, self._step = now, step
+                    amount = f"{done:,}" + (f"/{total:,}" if total else "") + " files" if files else (
+                        f"{size(done)} of {size(total)}")
+                    print(f"{step}: {amount} ({now - self._started:.0f} s)", file=sys.stderr, flush=True)
+                return
+            if self._bar is None:
+                self._bar = Progress("[progress.description]{task.description}", BarColumn(), _Amount(),
+                                     transient=True, console=err_console)
+                self._bar.start()
+            if step != self._step or self._task is None:
+                if self._task is not None:
+                    self._bar.remove_task(self._task)
+                self._step = step
+                self._task = self._bar.add_task(step, total=total or None, files=files)
+            self._bar.update(self._task, completed=done, total=total or None)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        with self._lock:
+            if self._bar is not None:
+                self._bar.stop()
 
 
 def hash_cache() -> tree.HashCache:
@@ -58,11 +110,12 @@ async def upload_workdir(client: Client, workdir: str, max_bytes: int | None = N
         progress = Transfer(f"uploading {workdir}")
         try:
             pushed = await tree.push_tree(store, Path(workdir), gitignore=True, hash_cache=hash_cache(),
-                                          progress=progress, limits=TreeLimits(max_bytes=max_bytes))
+                                          progress=progress, phase=progress.phase,
+                                          limits=TreeLimits(max_bytes=max_bytes))
         finally:
             progress.close()
-    sent = (f"uploaded {pushed.uploaded_blobs} new blobs ({size(pushed.uploaded_bytes)})" if pushed.uploaded_blobs
-            else "nothing to upload")
+    sent = (f"uploaded {pushed.uploaded_blobs} new blobs ({size(pushed.uploaded_bytes)})"
+            if pushed.uploaded_blobs else "nothing to upload")
     err_console.print(f"code {pushed.digest[:12]}: {pushed.files} files, {size(pushed.bytes)}; {sent}", highlight=False)
     return TreeRef(digest=pushed.digest, files=pushed.files, bytes=pushed.bytes)
 

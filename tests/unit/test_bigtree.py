@@ -7,6 +7,8 @@ import hashlib
 import time
 from pathlib import Path
 
+import pytest
+
 from incl.artifacts import BlobCache, StoreConfig, TreeLimits, open_store, pull_tree
 from incl.artifacts import manifest as mf
 from incl.artifacts import packs as pk
@@ -54,3 +56,25 @@ async def test_materialising_20k_files_keeps_the_event_loop_responsive(tmp_path:
         path = tmp_path / "code" / f"d{i // 1000}/e{i // 100 % 10}/f{i}.txt"
         assert path.read_bytes() == f"v{i}\n".encode() and path.stat().st_mode & 0o777 == 0o644
     assert sum(1 for p in (tmp_path / "code").rglob("*.txt")) == FILES
+
+
+async def test_submit_progress_is_plain_lines_when_stderr_is_not_a_terminal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a terminal the CLI still says what it is doing: scanning, hashing, then uploading lines."""
+    from incl.artifacts import push_tree
+    from incl.cli import files
+
+    monkeypatch.setattr(files, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(files, "PLAIN_EVERY", 0.0)  # a line per update (5 s apart in real use)
+    src = tmp_path / "work"
+    for i in range(300):
+        (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"f{i}").write_bytes(f"{i}".encode())
+    progress = files.Transfer(f"uploading {src}", tty=False)
+    async with open_store(f"file://{tmp_path}/store", config=StoreConfig(fsync=False)) as store:
+        await push_tree(store, src, progress=progress, phase=progress.phase)
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith(f"scanning {src}: ") for line in lines), lines
+    assert f"hashing {src}: 300/300 files" in "\n".join(lines), lines
+    assert lines[-1].startswith(f"uploading {src}: ") and " of " in lines[-1], lines
