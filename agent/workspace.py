@@ -7,6 +7,7 @@ Layout under the agent's work dir:
     jobs/<job>/attempt-<n>/outputs      $INCL_OUTPUT_DIR, uploaded when the attempt ends
     jobs/<job>/attempt-<n>/checkpoints  $INCL_CHECKPOINT_DIR: restored from the store, synced while it runs
     cache/                              blobs, file hashes and data, shared by every job on the instance
+    trash/                              removed attempts' folders, deleted by a worker thread
 
 An attempt's folder is removed once its results are in the store: the store, not an instance's disk, is where a
 later attempt (on whatever instance) finds them.
@@ -20,6 +21,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import threading
+import uuid
 from pathlib import Path, PurePosixPath
 
 import incl
@@ -69,9 +72,17 @@ class Workspace:
         return sdk_dir(self.root)
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Gone at once (one rename into trash/); the files themselves are deleted by a worker thread, since
+        100,000 unlinks would hold up the event loop, and with it the heartbeats, for seconds."""
+        trash = self.root / "trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(self.dir, trash / f"{self.job_id}-{self.attempt}-{uuid.uuid4().hex[:8]}")
+        except FileNotFoundError:
+            pass
         with contextlib.suppress(OSError):  # the job's folder, once its last attempt here is gone
             self.dir.parent.rmdir()
+        threading.Thread(target=_empty_trash, args=(trash,), name="incl-trash", daemon=True).start()
 
 
 class JobFiles:
@@ -129,6 +140,17 @@ class JobFiles:
         if not path.exists():
             raise FileNotFoundError(f"data source {mount.source} does not exist on this instance")
         return path
+
+
+_trash_lock = threading.Lock()
+
+
+def _empty_trash(trash: Path) -> None:
+    """Delete everything in trash/ (also what an agent killed mid-delete left there); one thread at a time."""
+    with _trash_lock:
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(trash):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _empty(folder: Path) -> bool:

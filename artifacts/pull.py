@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import os
 import posixpath
 import shutil
@@ -20,12 +21,13 @@ import stat
 from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import structlog
 
 from incl.artifacts import manifest as mf
-from incl.artifacts.batches import in_threads
+from incl.artifacts.batches import group, run_all
 from incl.artifacts.blobcache import BlobCache
 from incl.artifacts.config import TreeLimits
 from incl.artifacts.refs import read_manifest
@@ -50,17 +52,21 @@ async def pull_tree(store: ArtifactStore, tree: str, dest: Path, *, blob_cache: 
     """Build `dest` from the tree named by `tree`: a manifest digest or a ref name. `progress` is called with
     (bytes downloaded so far, bytes to download)."""
     digest, manifest = await read_manifest(store, tree)
-    files = manifest.files
-    loose, packed, members = await asyncio.to_thread(_split, manifest)
-    fetched = await blob_cache.fill(store, loose, progress, packs=members, workers=limits.transfers)
+    plan = await asyncio.to_thread(_plan, manifest, limits)  # 100,000 entries: a walk over them is not for the loop
+    fetched = await blob_cache.fill(store, plan.loose, progress, packs=plan.members, workers=limits.transfers)
     dest = Path(dest)
     await asyncio.to_thread(_make_folders, dest, manifest)
-    await in_threads(packed, lambda e: e.size,
-                     lambda batch: _write_packed(blob_cache, dest, manifest.pack_ids, batch), limits)
-    await in_threads([e for e in files if e.pack < 0], lambda e: e.size,
-                     lambda batch: [_copy_out(blob_cache, dest, e) for e in batch], limits)
+    slots = asyncio.Semaphore(limits.io_workers)
+
+    async def write(fn: Callable[[], object]) -> None:
+        async with slots:
+            await asyncio.to_thread(fn)
+
+    ids = manifest.pack_ids
+    await run_all([*(write(functools.partial(_write_packed, blob_cache, dest, ids, b)) for b in plan.packed),
+                   *(write(functools.partial(_copy_all, blob_cache, dest, b)) for b in plan.copied)])
     await asyncio.to_thread(_finish, dest, manifest)
-    result = PullResult(digest=digest, files=len(files), bytes=manifest.total_bytes,
+    result = PullResult(digest=digest, files=plan.files, bytes=plan.bytes,
                         downloaded_blobs=len(fetched), downloaded_bytes=sum(fetched.values()))
     log.info("tree_pulled", tree=tree, dest=str(dest), **msgspec.structs.asdict(result))
     return result
@@ -98,10 +104,19 @@ def _make_folders(dest: Path, manifest: mf.Manifest) -> None:
         os.mkdir(path, _BUILD_MODE)
 
 
-def _split(manifest: mf.Manifest) -> tuple[dict[str, int], list[mf.Entry], dict[str, list[tuple[int, int, str]]]]:
-    """Blobs to have (digest → size); packed files in pack order; each pack's members the tree uses."""
+class _Plan(NamedTuple):
+    loose: dict[str, int]  # blobs the tree needs: digest → size
+    members: dict[str, list[tuple[int, int, str]]]  # packs it needs: id → (offset, size, digest) it uses
+    packed: list[list[mf.Entry]]  # files from packs, in batches, in pack order
+    copied: list[list[mf.Entry]]  # files copied from blobs, in batches
+    files: int
+    bytes: int
+
+
+def _plan(manifest: mf.Manifest, limits: TreeLimits) -> _Plan:
     loose: dict[str, int] = {}
     packed: list[mf.Entry] = []
+    copied: list[mf.Entry] = []
     members: dict[str, set[tuple[int, int, str]]] = {}
     ids = manifest.pack_ids
     for e in manifest.entries:
@@ -109,11 +124,22 @@ def _split(manifest: mf.Manifest) -> tuple[dict[str, int], list[mf.Entry], dict[
             continue
         if e.pack < 0:
             loose[e.digest] = e.size
+            copied.append(e)
         else:
             packed.append(e)
             members.setdefault(ids[e.pack], set()).add((e.offset, e.size, e.digest))
     packed.sort(key=lambda e: (e.pack, e.offset))
-    return loose, packed, {p: sorted(m) for p, m in members.items()}
+    return _Plan(loose, {p: sorted(m) for p, m in members.items()}, group(packed, _size, limits),
+                 group(copied, _size, limits), len(packed) + len(copied), sum(e.size for e in packed + copied))
+
+
+def _size(e: mf.Entry) -> int:
+    return e.size
+
+
+def _copy_all(cache: BlobCache, dest: Path, batch: list[mf.Entry]) -> None:
+    for e in batch:
+        _copy_out(cache, dest, e)
 
 
 def _create(target: Path) -> int:
@@ -126,7 +152,7 @@ def _create(target: Path) -> int:
         return os.open(target, flags, 0o600)
 
 
-def _write_packed(cache: BlobCache, dest: Path, ids: list[str], batch: list[mf.Entry]) -> list[int]:
+def _write_packed(cache: BlobCache, dest: Path, ids: list[str], batch: list[mf.Entry]) -> None:
     """Files from packs: each pack's span for the batch read once, each file written with one write."""
     for pack, entries in groupby(batch, key=lambda e: e.pack):
         run = list(entries)
@@ -143,7 +169,6 @@ def _write_packed(cache: BlobCache, dest: Path, ids: list[str], batch: list[mf.E
                 os.fchmod(fd, e.mode)
             finally:
                 os.close(fd)
-    return [e.size for e in batch]
 
 
 _FICLONE = 0x40049409  # linux/fs.h: share the source's blocks, copy-on-write (btrfs, XFS, bcachefs...)

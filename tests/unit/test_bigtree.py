@@ -78,3 +78,20 @@ async def test_submit_progress_is_plain_lines_when_stderr_is_not_a_terminal(
     assert any(line.startswith(f"scanning {src}: ") for line in lines), lines
     assert f"hashing {src}: 300/300 files" in "\n".join(lines), lines
     assert lines[-1].startswith(f"uploading {src}: ") and " of " in lines[-1], lines
+
+
+async def test_removing_an_attempt_folder_is_immediate_and_its_files_are_deleted_later(tmp_path: Path) -> None:
+    """An attempt's folder disappears at once (the runner calls remove() on the event loop); its files are
+    deleted by a worker thread, and nothing is left in the work dir after."""
+    from incl.agent.workspace import Workspace
+
+    ws = Workspace(tmp_path, "j1", 1).create()
+    for i in range(2000):
+        (ws.code / f"f{i}").write_bytes(b"x")
+    ws.remove()
+    assert not ws.dir.exists() and not (tmp_path / "jobs" / "j1").exists()
+    for _ in range(500):
+        if not any((tmp_path / "trash").iterdir()):
+            break
+        await asyncio.sleep(0.02)
+    assert list((tmp_path / "trash").iterdir()) == []
