@@ -189,7 +189,7 @@ class Agent:
             except InclError as exc:  # refused for good (e.g. labels over the limits): say why, and stop
                 log.error("register_refused", error=str(exc))
                 raise
-        self._contact, self._lease = sent, reply.lease
+        self._renewed(sent, reply.lease)
         self._interval = reply.heartbeat_interval
         self._store_url = self._store_url or reply.store_url
         self._stop(reply.stop, "the controller gave this attempt to another agent")
@@ -210,7 +210,7 @@ class Agent:
             except NoResponders as exc:
                 # No controller runs at all: none can declare this agent lost now, and one that starts gives
                 # every agent a fresh deadline. So this answer renews the lease as well as a reply does.
-                self._contact = sent
+                self._renewed(sent, self._lease)
                 log.debug("heartbeat_failed", error=str(exc))
                 continue
             except (Unavailable, *TRANSIENT) as exc:
@@ -226,8 +226,19 @@ class Agent:
                 log.warning("controller_forgot_agent")
                 await self._register()
                 continue
-            self._contact, self._lease = sent, reply.lease
+            self._renewed(sent, reply.lease)
             self._stop(reply.stop, "the controller gave this attempt to another agent")
+
+    def _renewed(self, sent: float, lease: Lease | None) -> None:
+        """The controller answered a request sent at `sent` (monotonic): the lease runs from then, here and
+        in the fork server, which enforces it even while this process cannot (frozen, or its loop stalled)."""
+        self._contact, self._lease = sent, lease
+        if lease is None:
+            return
+        url = self.docker.url if self.docker is not None else ""
+        self.launcher.renew(sent + lease.duration - time.monotonic(), lease.grace,
+                            url.removeprefix("unix://") if url.startswith("unix://") else None,
+                            f"incl.agent={self.cfg.agent_id}")
 
     def _heartbeat_timeout(self) -> float:
         """A heartbeat that takes a third of the lease is as good as lost: try the next one instead."""

@@ -9,6 +9,12 @@ Protocol (one JSON object per packet):
   launcher -> agent   {"id": N, "pid": P}  or  {"id": N, "error": "..."}
   guard -> agent      {"killed": P, "count": C, "procs": [[pid, name], ...]}   (the first few; before "exited")
   launcher -> agent   {"exited": P, "status": S}   (S as os.waitstatus_to_exitcode: -N for signal N)
+  agent -> launcher   {"lease": SECONDS, "grace": G, "docker": SOCKET|null, "label": "incl.agent=ID"}
+
+The lease is the agent's fence, held here too: the agent renews it each time the controller answers. Should
+it run out (the agent cannot reach the controller, or is frozen and cannot even act: `kill -STOP`), the
+launcher sends SIGTERM to every job and stops the agent's containers (Docker Engine API on the socket), then
+after G seconds kills them all. So no job runs on once the controller may have handed it to another agent.
 
 Each job gets a guard ("shim"): a forked child that leads a new session and process group, runs the command
 in that group, and exits with the command's status (re-raising its signal). A job is over when its command
@@ -37,6 +43,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_PACKET = 1 << 20
 MAX_NAMED = 20  # leftover processes named in a report; the count covers the rest
+DOCKER_TIMEOUT = 5.0  # one Engine API call when the lease runs out
 SWEEP_POLL = 0.005  # seconds between rounds of killing a job's leftovers while they die
 
 # A guard takes these with sigwaitinfo, which names the sender; its command starts with them unblocked.
@@ -270,16 +277,79 @@ def _send(sock, message):
     sock.send(json.dumps(message).encode())
 
 
+class Lease:
+    """The launcher's copy of the agent's lease: when it ends, every job is stopped, then killed."""
+
+    def __init__(self, seconds, grace, docker, label):
+        self.deadline = time.monotonic() + seconds
+        self.grace = grace
+        self.docker = docker
+        self.label = label
+        self.stage = 0  # 1: SIGTERM sent, 2: killed
+
+    def due(self):
+        """Seconds until the next step, or None once both are done."""
+        if self.stage >= 2:
+            return None
+        return max(0.0, self.deadline + (self.grace if self.stage else 0.0) - time.monotonic())
+
+    def step(self, guards):
+        """SIGTERM (checkpoint now) to every job and container; the second time, kill them all."""
+        self.stage += 1
+        for guard in guards:
+            try:
+                if self.stage == 1:
+                    os.killpg(guard, signal.SIGTERM)
+                else:
+                    os.kill(guard, signal.SIGUSR2)  # from the launcher: the guard kills its whole job
+            except OSError:
+                pass
+        if self.docker:
+            _stop_containers(self.docker, self.label, "SIGTERM" if self.stage == 1 else "SIGKILL")
+
+
+def _docker(socket_path, method, path):
+    """One Engine API call over the unix socket (stdlib only); the body, or b"" on any failure."""
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(DOCKER_TIMEOUT)
+            conn.connect(socket_path)
+            conn.sendall(f"{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n".encode())
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+        return data.partition(b"\r\n\r\n")[2]
+    except OSError:
+        return b""
+
+
+def _stop_containers(socket_path, label, sig):
+    from urllib.parse import quote
+
+    filters = quote(json.dumps({"label": [label]}))
+    try:
+        found = json.loads(_docker(socket_path, "GET", f"/containers/json?filters={filters}") or b"[]")
+    except ValueError:
+        return
+    for container in found:
+        _docker(socket_path, "POST", f"/containers/{container['Id']}/kill?signal={sig}")
+
+
 def serve(sock, agent, cgroups):
     me = os.getpid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda s, f: None)
+    guards = set()
+    lease = None
     while True:
-        ready, _, _ = select.select([sock, wake_r], [], [])
+        due = lease.due() if lease is not None else None
+        ready, _, _ = select.select([sock, wake_r], [], [], due)
         if wake_r in ready:
             os.read(wake_r, 4096)
+        if lease is not None and lease.due() == 0.0:
+            lease.step(guards)
         while True:  # reap every guard that ended
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -287,6 +357,7 @@ def serve(sock, agent, cgroups):
                 break
             if pid == 0:
                 break
+            guards.discard(pid)
             _send(sock, {"exited": pid, "status": os.waitstatus_to_exitcode(status)})
         if sock in ready:
             try:
@@ -296,6 +367,11 @@ def serve(sock, agent, cgroups):
             if not data:  # the agent closed its end
                 return
             request = json.loads(data)
+            if "lease" in request:
+                for fd in fds:
+                    os.close(fd)
+                lease = Lease(request["lease"], request["grace"], request.get("docker"), request.get("label"))
+                continue
             if len(fds) != 2:
                 for fd in fds:
                     os.close(fd)
@@ -307,6 +383,7 @@ def serve(sock, agent, cgroups):
                 os.close(wake_w)
                 _guard(request["argv"], request["cwd"], request["env"], fds[0], fds[1], agent, me, sock,
                        cgroups)
+            guards.add(pid)
             for fd in fds:
                 os.close(fd)
             _send(sock, {"id": request["id"], "pid": pid})

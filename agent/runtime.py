@@ -164,6 +164,15 @@ class Launcher:
         sock.close()
         self._sock = None
 
+    def renew(self, seconds: float, grace: float, docker_socket: str | None, label: str) -> None:
+        """Hand the fork server the agent's lease: past `seconds` from now it stops every job (and the
+        containers labelled `label`), then kills them `grace` later, even if the agent itself is frozen."""
+        if self._sock is None:
+            return
+        packet = json.dumps({"lease": seconds, "grace": grace, "docker": docker_socket, "label": label}).encode()
+        with contextlib.suppress(BlockingIOError):  # the next renewal will do
+            self._sock.send(packet)
+
     async def start(self, argv: list[str], cwd: str, env: dict[str, str], sink: OutputSink) -> ProcessHandle:
         """Start `argv` in a new process group; its output goes to `sink`."""
         if self._sock is None:

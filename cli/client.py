@@ -31,6 +31,8 @@ from incl.proto.messages import (
     JobState,
     ListAgentsReply,
     ListAgentsRequest,
+    ListDeadLettersReply,
+    ListDeadLettersRequest,
     ListJobsReply,
     ListJobsRequest,
     LogBatch,
@@ -182,6 +184,10 @@ class Client:
             if reply.next is None:
                 return agents
             after = reply.next
+
+    async def dead_letters(self, limit: int = 20) -> ListDeadLettersReply:
+        return await self._call(subjects.DEAD_LETTERS, ListDeadLettersRequest(meta=self._meta(), limit=limit),
+                                ListDeadLettersReply)
 
     # --- streams ------------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import click
 
 from incl._logging import configure
 
-from incl.cli import agents, files, jobs, logs, submit, up
+from incl.cli import admin, agents, files, jobs, logs, submit, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +22,7 @@ def cli(ctx: click.Context, nats_url: str | None) -> None:
 
 
 for command in (up.up, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
-                logs.metrics, agents.agents, files.outputs, files.download):
+                logs.metrics, agents.agents, files.outputs, files.download, admin.admin):
     cli.add_command(command)
 
 

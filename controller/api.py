@@ -7,8 +7,9 @@ from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
-from incl.controller import quota
+from incl.controller import deadletters, quota
 from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
@@ -25,6 +26,8 @@ from incl.proto.messages import (
     Job,
     ListAgentsReply,
     ListAgentsRequest,
+    ListDeadLettersReply,
+    ListDeadLettersRequest,
     ListJobsReply,
     ListJobsRequest,
     PingReply,
@@ -50,8 +53,9 @@ Handler = Callable[[Any], Awaitable[Reply]]
 
 
 class Api:
-    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch,
+    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, js: JetStreamContext,
                  store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
+        self._js = js
         self._id = controller_id
         self._page_bytes = page_bytes  # a listing's page, encoded, stays under this (half the payload limit)
         self._store_url = store_url
@@ -68,6 +72,7 @@ class Api:
             subjects.HEARTBEAT: (Decoder(HeartbeatRequest), self.heartbeat),
             subjects.PING: (Decoder(PingRequest), self.ping),
             subjects.QUOTA: (Decoder(QuotaRequest), self.quota),
+            subjects.DEAD_LETTERS: (Decoder(ListDeadLettersRequest), self.dead_letters),
         }
 
     async def handle(self, msg: Msg) -> None:
@@ -129,6 +134,9 @@ class Api:
 
     async def heartbeat(self, req: HeartbeatRequest) -> Reply:
         return await self._agents.heartbeat(req)
+
+    async def dead_letters(self, req: ListDeadLettersRequest) -> ListDeadLettersReply:
+        return await deadletters.newest(self._js, req.limit)
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)

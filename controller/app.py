@@ -70,7 +70,7 @@ class Controller:
             self.agents.restore(time.time())
             log.info("controller_started", controller_id=cfg.controller_id, jobs=len(job_records),
                      agents=len(agent_records), nats=cfg.nats_url)
-            api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch, cfg.store_url,
+            api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch, js, cfg.store_url,
                        page_bytes=nc.max_payload // 2)
             await nc.subscribe(f"{subjects.API_PREFIX}.>", queue="incl-controller", cb=api_.handle)
             await self.jobs.resend_stale_assignments(older_than=time.time())

@@ -383,3 +383,31 @@ class MetricBatch(Message):
     attempt: int
     seq: int
     points: list[MetricPoint]
+
+
+# --- messages a consumer could not handle ------------------------------------------------------------------
+
+
+class DeadLetter(_Struct):
+    """A message a consumer could not handle: parked in the dead-letter stream, not redelivered into a crash
+    loop. `incl admin dead-letters` lists them."""
+    source: str  # which consumer parked it
+    subject: str
+    error: str
+    data: bytes  # the message as received, cut to a bound
+    size: int  # its whole size
+    ts: float
+
+
+class ListDeadLettersRequest(Request):
+    limit: int = 20  # the newest this many
+
+
+class DeadLetterView(_Struct):
+    seq: int
+    letter: DeadLetter  # its data cut to a preview
+
+
+class ListDeadLettersReply(Reply):
+    letters: list[DeadLetterView]
+    total: int  # how many the stream holds

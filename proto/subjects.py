@@ -11,6 +11,7 @@ REGISTER = f"{API_PREFIX}.agents.register"
 HEARTBEAT = f"{API_PREFIX}.agents.heartbeat"
 PING = f"{API_PREFIX}.ping"
 QUOTA = f"{API_PREFIX}.quota"
+DEAD_LETTERS = f"{API_PREFIX}.admin.dead_letters"
 
 # Controller -> agent: a JetStream work queue, one durable consumer per agent.
 ASSIGN_STREAM = "INCL_ASSIGN"

@@ -23,6 +23,7 @@ from incl._retry import TRANSIENT
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import DecodeError
+from incl.proto.messages import DeadLetter
 
 T = TypeVar("T")
 C = TypeVar("C", bound=msgspec.Struct)
@@ -84,16 +85,6 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         async with asyncio.timeout(timeout):
             await event.wait()
     return event.is_set()
-
-
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """A message a consumer could not handle: parked here (not redelivered into a crash loop)."""
-    source: str  # which consumer parked it
-    subject: str
-    error: str
-    data: bytes  # the message as received, cut to DEAD_LETTER_MAX_DATA
-    size: int  # its whole size
-    ts: float
 
 
 DEAD_LETTER_MAX_DATA = 64 * 1024

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from incl.proto.codec import Decoder, encode
 from incl.proto.errors import Conflict
 from incl.proto.messages import (
     AgentInfo,
+    DeadLetter,
     Envelope,
     JobExited,
     JobRef,
@@ -27,7 +30,6 @@ from incl.proto.messages import (
     Resources,
 )
 from incl.proto.transport import request
-from incl._daemon import DeadLetter
 
 PY = sys.executable
 
@@ -82,6 +84,8 @@ async def test_poison_and_stale_events_leave_the_controller_applying_later_event
     parked = await dead_letters(cluster.nats.url)
     assert [p.data for p in parked] == [b"\xc1 not an event"]
     assert "undecodable" in parked[0].error and parked[0].source == "controller-events"
+    listed = cluster.cli("admin", "dead-letters")
+    assert listed.returncode == 0 and "controller-events" in listed.stdout and "undecodable" in listed.stdout, listed
     out = cluster.controller.output()
     assert "event_for_unknown_job" in out and "event_stale" in out and "Traceback" not in out
 
@@ -246,3 +250,36 @@ def test_no_structlog_call_passes_the_reserved_event_key() -> None:
                         and any(k.arg == "event" for k in node.keywords)):
                     bad.append(f"{path.relative_to(root)}:{node.lineno}")
     assert bad == []
+
+
+async def test_a_frozen_agents_job_stops_before_its_attempt_runs_elsewhere(cluster: Cluster, tmp_path: Path) -> None:
+    """kill -STOP of an agent (a stand-in for a partition) past its deadline: the fork server enforces the lease
+    the agent cannot, so attempt 1 has stopped before attempt 2 starts on another agent: never two at once."""
+    ticks = tmp_path / "ticks"
+    script = (
+        "import os, time\n"
+        f"f = open('{ticks}', 'a', buffering=1)\n"
+        "for _ in range(100):\n"
+        "    f.write(os.environ['INCL_ATTEMPT'] + ' ' + repr(time.time()) + '\\n'); time.sleep(0.05)\n"
+    )
+    cluster.start_controller()
+    a1 = cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    job = await cluster.submit(f"{PY} -c \"{script}\"")
+    await wait_for(lambda: ticks.exists() and ticks.read_text().count("\n") > 5, what="attempt 1 to tick")
+    assert a1.proc is not None
+    os.kill(a1.proc.pid, signal.SIGSTOP)
+    try:
+        cluster.start_agent("a2")
+        await cluster.wait_state(job.id, {JobState.RUNNING, JobState.ASSIGNED}, timeout=30)
+        await wait_for(lambda: "2 " in ticks.read_text(), timeout=30, what="attempt 2 to tick")
+    finally:
+        os.kill(a1.proc.pid, signal.SIGCONT)
+    done = await cluster.wait_done(job.id, timeout=60)
+    assert [a.state for a in done.attempts] == [JobState.LOST, JobState.SUCCEEDED], done.attempts
+    by_attempt: dict[str, list[float]] = {}
+    for line in ticks.read_text().splitlines():
+        attempt, ts = line.split()
+        by_attempt.setdefault(attempt, []).append(float(ts))
+    assert max(by_attempt["1"]) < min(by_attempt["2"]), "attempt 1 still ran when attempt 2 started"
+    assert len(by_attempt["2"]) == 100
