@@ -53,7 +53,10 @@ class Controller:
         self._connected.set()
         try:
             js = nc.jetstream(timeout=cfg.request_timeout)
-            await self._retry("ensure_streams", lambda: ensure_streams(js, cfg.streams))
+            applied = await self._retry("ensure_streams", lambda: ensure_streams(js, cfg.streams))
+            if applied != cfg.streams:
+                log.warning("streams_sized_down", reason="JetStream has less storage than the configured limits",
+                            logs_max_bytes=applied.logs_max_bytes, metrics_max_bytes=applied.metrics_max_bytes)
             buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(js, cfg.idempotency_ttl))
             job_records: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id)
             agent_records: Records[AgentRecord] = Records(
@@ -168,6 +171,10 @@ class Controller:
                 await self.jobs.dispatch(job_id, agent_id, record.info if record else None)
             except state.IllegalTransition as exc:  # cancelled meanwhile
                 log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
+            except TRANSIENT:
+                raise  # the pass is retried
+            except Exception:  # noqa: BLE001 - this job's failure, not the scheduler's
+                log.exception("dispatch_failed", job_id=job_id, agent_id=agent_id)
 
     # --- liveness -----------------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from incl.proto.messages import (
     TreeRef,
 )
 from incl.proto.spec import JobSpec
-from incl._retry import forever
+from incl._retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 
@@ -212,9 +212,20 @@ class Jobs:
         await self.send_assign(job)
 
     async def send_assign(self, job: Job) -> None:
-        assert job.current is not None
-        cmd = Assign(job_id=job.id, attempt=job.current.number, spec=job.spec, env=job_env(job), code=job.code)
-        await self._send(job.current.agent_id, cmd, msg_id=f"{job.id}.{job.current.number}")
+        """Publish the attempt's assignment. One NATS refuses for good (not a transient failure) fails the
+        attempt with the reason: it could never be delivered."""
+        cur = job.current
+        assert cur is not None
+        cmd = Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job), code=job.code)
+        try:
+            await self._send(cur.agent_id, cmd, msg_id=f"{job.id}.{cur.number}")
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. over the payload limit: this job's failure
+            log.error("assignment_refused", job_id=job.id, attempt=cur.number, error=repr(exc))
+            why = limits.bound_reason(f"the assignment could not be sent to agent {cur.agent_id}: {exc!r}")
+            await self._update(job.id, lambda j: state.exited(j, cur.number, time.time(), exit_code=None, reason=why,
+                                                              cancelled=False, tail=[], ended_at=time.time()))
 
     async def resend_stale_assignments(self, older_than: float) -> None:
         """Re-send ASSIGNED attempts not started since `older_than` (the controller may have died between
@@ -283,6 +294,11 @@ class Jobs:
                 job = await self._update(job.id, lambda j, a=attempt: change(j, a, time.time(), reason))
             except state.IllegalTransition as exc:
                 log.warning("lost_refused", job_id=job.id, reason=str(exc))
+                continue
+            except TRANSIENT:
+                raise
+            except Exception:  # noqa: BLE001 - this job's record failed; the others are still handled
+                log.exception("lost_failed", job_id=job.id, attempt=attempt)
                 continue
             log.warning("job_attempt_lost", job_id=job.id, attempt=attempt, agent_id=agent_id, state=job.state)
         self.kick()

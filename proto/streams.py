@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 from nats.js import JetStreamContext
 from nats.js import api
-from nats.js.errors import BadRequestError
+from nats.js.errors import NotFoundError, ServerError
 
 from incl.proto import subjects
 
@@ -39,13 +39,50 @@ def stream_configs(limits: StreamLimits) -> list[api.StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext, limits: StreamLimits) -> None:
-    for config in stream_configs(limits):
+INSUFFICIENT_STORAGE = 10047  # JetStream's error code when the streams' max_bytes exceed what it may store
+MIN_LOGS_BYTES = 64 * 2**20
+
+
+class StorageTooSmall(Exception):
+    """JetStream cannot hold even the smallest useful log retention: say so and what to change, at once."""
+
+
+async def _apply(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        await js.add_stream(config)
+    else:  # exists, perhaps with other settings (limits changed in the config, or sized down): bring it in line
+        await js.update_stream(config)
+
+
+def scaled(limits: StreamLimits, factor: float) -> StreamLimits:
+    return msgspec.structs.replace(limits, logs_max_bytes=int(limits.logs_max_bytes * factor),
+                                   metrics_max_bytes=int(limits.metrics_max_bytes * factor),
+                                   dead_max_bytes=int(limits.dead_max_bytes * factor))
+
+
+async def ensure_streams(js: JetStreamContext, limits: StreamLimits) -> StreamLimits:
+    """Create the streams, or bring their settings in line (only the controller calls this). Streams that do not
+    fit the storage JetStream has (error 10047) are sized down by halves, never below MIN_LOGS_BYTES of logs;
+    returns the limits applied."""
+    factor = 1.0
+    while True:
+        applied = scaled(limits, factor) if factor < 1.0 else limits
         try:
-            await js.add_stream(config)
-        except BadRequestError:
-            # Exists with other settings (e.g. limits changed in the config): bring it in line.
-            await js.update_stream(config)
+            for config in stream_configs(applied):
+                await _apply(js, config)
+            return applied
+        except ServerError as exc:
+            if exc.err_code != INSUFFICIENT_STORAGE:
+                raise
+            factor /= 2
+            if limits.logs_max_bytes * factor < MIN_LOGS_BYTES:
+                raise StorageTooSmall(
+                    f"JetStream has too little storage for INCL's streams ({exc.description}, even with "
+                    f"{applied.logs_max_bytes / 2**20:.0f} MiB of logs): free disk space where NATS stores its "
+                    "data ($INCL_HOME for `incl up`), or raise jetstream.max_file_store in the NATS server's "
+                    "config") from None
 
 
 async def ensure_buckets(js: JetStreamContext, submit_ttl: float = 86400.0) -> dict[str, object]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from conftest import AGENT_CFG, Cluster, Daemon, wait_for
+from conftest import AGENT_CFG, Cluster, Daemon, NatsServer, wait_for
 
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
@@ -283,3 +283,70 @@ async def test_a_frozen_agents_job_stops_before_its_attempt_runs_elsewhere(clust
         by_attempt.setdefault(attempt, []).append(float(ts))
     assert max(by_attempt["1"]) < min(by_attempt["2"]), "attempt 1 still ran when attempt 2 started"
     assert len(by_attempt["2"]) == 100
+
+
+def small_nats(tmp_path: Path, max_file_store: str) -> NatsServer:
+    """A NATS server whose JetStream may store only `max_file_store` (a small disk)."""
+    server = NatsServer(tmp_path)
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'listen: 127.0.0.1:{server.port}\n'
+                    f'jetstream {{ store_dir: "{tmp_path / "js"}", max_file_store: {max_file_store} }}\n')
+    server.argv = [server.argv[0], "-c", str(conf)]
+    return server.start()
+
+
+async def test_streams_are_sized_to_the_storage_jetstream_has(tmp_path: Path) -> None:
+    """The configured 10 GB of stream limits on a 2 GB JetStream: the controller sizes them down, says so, and
+    serves; nothing loops on `insufficient storage resources`."""
+    server = small_nats(tmp_path, "2GB")
+    cluster = Cluster(tmp_path, server)
+    try:
+        cluster.start_controller()
+        cluster.start_agent("a1")
+        done = await cluster.wait_done((await cluster.submit("echo fits")).id, timeout=40)
+        assert done.state is JobState.SUCCEEDED
+        assert cluster.controller is not None and "streams_sized_down" in cluster.controller.output()
+    finally:
+        cluster.close()
+        server.kill()
+
+
+async def test_a_jetstream_too_small_for_any_log_retention_stops_the_controller_with_what_to_change(
+        tmp_path: Path) -> None:
+    server = small_nats(tmp_path, "16MB")
+    cluster = Cluster(tmp_path, server)
+    try:
+        controller = cluster.start_controller()
+        await wait_for(lambda: not controller.running, timeout=30, what="the controller to stop")
+        assert controller.proc is not None and controller.proc.returncode == 1
+        assert "too little storage" in controller.output() and "max_file_store" in controller.output()
+    finally:
+        cluster.close()
+        server.kill()
+
+
+async def test_a_controller_killed_mid_burst_creates_each_retried_submit_exactly_once(cluster: Cluster) -> None:
+    """kill -9 of the controller during 300 submits whose clients retry with their idempotency key: every
+    submit returns a job, and the store holds exactly one job per submit."""
+    from incl.proto.spec import load_spec
+
+    cluster.start_controller()
+    await cluster.wait_controller()
+    specs = [load_spec({"run": f"echo {n}", "name": f"s{n}"}) for n in range(300)]
+    results: list[str] = []
+
+    async def submitter(part: list) -> None:  # type: ignore[type-arg]
+        async with cluster.client() as c:
+            for spec in part:
+                results.append((await c.submit(spec, user="ann", attempts=8)).spec.name or "")
+
+    burst = asyncio.gather(*(submitter(specs[k::10]) for k in range(10)))
+    await wait_for(lambda: len(results) >= 60, what="the burst to be under way")
+    assert cluster.controller is not None
+    cluster.controller.kill()
+    cluster.start_controller()
+    await burst
+    assert sorted(results) == sorted(s.name or "" for s in specs)
+    async with cluster.client() as c:
+        names = [j.spec.name for j in await c.jobs()]
+    assert len(names) == 300 and len(set(names)) == 300, f"{len(names)} jobs for 300 submits"
