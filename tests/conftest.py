@@ -261,18 +261,16 @@ def busybox_image(docker_engine: Any) -> str:
 
 @pytest.fixture(scope="session")
 def python_image(docker_engine: Any) -> str:
-    """Debian minbase with python3 (built once with debootstrap before the first test, then cached outside the
-    repository; see pytest_collection_finish)."""
-    if _rootfs_failure:
-        raise RuntimeError(_rootfs_failure)  # already tried once this run: no second ten-minute build
-    return dockerd.python_image(docker_engine)
+    """Debian minbase with python3 (debootstrapped once, in the background from the start of the run; then
+    cached outside the repository)."""
+    return dockerd.python_image(docker_engine, _rootfs_build.result() if _rootfs_build else None)
 
 
 # Fixtures that prepare the Docker engine and its images have their own time limits (dockerd's start, the
 # rootfs build, `docker import`); the per-test timeout counts only the test itself for the tests using them,
 # so the first Docker test on a loaded machine does not pay for everyone's set-up.
 DOCKER_FIXTURES = {"docker_engine", "busybox_image", "python_image"}
-_rootfs_failure: str | None = None
+_rootfs_build: dockerd.BackgroundRootfs | None = None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -286,27 +284,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the python rootfs before the first test when a selected test needs it and it is not cached: a
-    one-off build of a minute or more (several on a loaded machine), under its own time limit."""
-    global _rootfs_failure
+    """Start building the python rootfs, in the background, when a selected test needs it and it is not cached:
+    a one-off build of one to five minutes (measured in docs/testing.md) under its own time limit, which then
+    overlaps the tests that come before the first one to need it."""
+    global _rootfs_build
     if session.config.option.collectonly or dockerd.python_rootfs_path().exists():
         return
     if not dockerd.can_build_python_rootfs():
         return  # the Docker tests skip (or, with CI=true, fail) and say why
-    if not any("python_image" in getattr(item, "fixturenames", ()) for item in session.items):
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    say = reporter.write_line if reporter is not None else print
-    say(f"building the Debian python3 rootfs for the Docker tests (once, cached in {dockerd.cache_dir()}; "
-        f"at most {dockerd.ROOTFS_BUILD_TIMEOUT:g} s) ...")
-    began = time.monotonic()
-    try:
-        dockerd.python_rootfs()
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        _rootfs_failure = f"building the python rootfs failed: {exc}"
-        say(_rootfs_failure)
-    else:
-        say(f"built in {time.monotonic() - began:.0f} s")
+    if any("python_image" in getattr(item, "fixturenames", ()) for item in session.items):
+        _rootfs_build = dockerd.BackgroundRootfs().start()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _rootfs_build is not None and _rootfs_build.seconds is not None:
+        terminalreporter.write_line(f"the Docker tests' python rootfs was built in {_rootfs_build.seconds:.0f} s "
+                                    f"(once; cached in {dockerd.cache_dir()})")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _rootfs_build is not None:
+        _rootfs_build.cancel()  # a run that ends first (-x, Ctrl-C) leaves no half build behind
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,11 +187,12 @@ def python_rootfs_path() -> Path:
     return cache_dir() / f"debian-python3-{PYTHON_ROOTFS_VERSION}.tar"
 
 
-def python_rootfs(timeout: float = ROOTFS_BUILD_TIMEOUT, mirror: str = DEBIAN_MIRROR) -> Path:
-    """The debootstrapped Debian-with-python3 rootfs tar, built on first use (a minute or more: it downloads
-    about 40 MB of packages) and then cached. conftest builds it before the first test, outside the per-test
-    timeout. A build that fails, times out or is interrupted leaves nothing behind, and a build killed outright
-    (no chance to clean up) is cleared away by the next one."""
+def python_rootfs(timeout: float = ROOTFS_BUILD_TIMEOUT, mirror: str = DEBIAN_MIRROR,
+                  cancelled: threading.Event | None = None) -> Path:
+    """The debootstrapped Debian-with-python3 rootfs tar, built on first use (one to five minutes: it downloads
+    about 40 MB of packages and unpacks them) and then cached. conftest starts it in the background before the
+    first test (`BackgroundRootfs`), outside any test's timeout. A build that fails, times out, is cancelled or
+    interrupted leaves nothing behind, and what a build killed outright left is cleared away by the next one."""
     tar_path = python_rootfs_path()
     with _locked(tar_path.with_suffix(".lock")):
         if tar_path.exists():
@@ -201,11 +203,11 @@ def python_rootfs(timeout: float = ROOTFS_BUILD_TIMEOUT, mirror: str = DEBIAN_MI
         deadline = time.monotonic() + timeout
         try:
             _run_group(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(build), mirror],
-                       deadline)
+                       deadline, cancelled)
             for debs in (build / "var/cache/apt/archives").glob("*.deb"):
                 debs.unlink()
             _run_group(["tar", "-C", str(build), "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*",
-                        "-cf", str(partial), "."], deadline)
+                        "-cf", str(partial), "."], deadline, cancelled)
             partial.rename(tar_path)
         finally:
             partial.unlink(missing_ok=True)
@@ -213,13 +215,21 @@ def python_rootfs(timeout: float = ROOTFS_BUILD_TIMEOUT, mirror: str = DEBIAN_MI
     return tar_path
 
 
-def _run_group(argv: list[str], deadline: float) -> None:
-    """Run `argv` in a session of its own; on failure, timeout or interruption kill the whole session (what
-    debootstrap starts, dpkg in the chroot, must not go on writing into a folder being removed)."""
+def _run_group(argv: list[str], deadline: float, cancelled: threading.Event | None = None) -> None:
+    """Run `argv` in a session of its own; on failure, timeout, cancellation or interruption kill the whole
+    session (what debootstrap starts, dpkg in the chroot, must not go on writing into a folder being removed)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        while True:
+            try:
+                out, _ = proc.communicate(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:  # retrying loses no output
+                if time.monotonic() >= deadline:
+                    raise
+                if cancelled is not None and cancelled.is_set():
+                    raise RuntimeError(f"{argv[0]} cancelled") from None
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -229,6 +239,45 @@ def _run_group(argv: list[str], deadline: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # anything it left running
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {out.decode(errors='replace')[-3000:]}")
+
+
+class BackgroundRootfs:
+    """`python_rootfs()` in a thread, started before the tests so that the build overlaps the tests that do not
+    need it. `result()` waits for it; `cancel()` ends it (its clean-up runs: nothing is left behind)."""
+
+    def __init__(self, timeout: float = ROOTFS_BUILD_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.seconds: float | None = None  # how long the build took, once done
+        self._path: Path | None = None
+        self._error: BaseException | None = None
+        self._done, self._cancelled = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._build, name="python-rootfs", daemon=True)
+
+    def start(self) -> BackgroundRootfs:
+        self._thread.start()
+        return self
+
+    def _build(self) -> None:
+        began = time.monotonic()
+        try:
+            self._path = python_rootfs(self.timeout, cancelled=self._cancelled)
+        except BaseException as exc:  # handed to whoever waits in result()
+            self._error = exc
+        finally:
+            self.seconds = time.monotonic() - began
+            self._done.set()
+
+    def result(self) -> Path:
+        if not self._done.wait(self.timeout + 60):
+            raise RuntimeError(f"the python rootfs was not built within {self.timeout:g} s")
+        if self._error is not None:
+            raise RuntimeError(f"building the python rootfs failed: {self._error!r}") from self._error
+        assert self._path is not None
+        return self._path
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._thread.join(30)
 
 
 def _kill_builders(build: Path) -> None:
@@ -263,10 +312,10 @@ def _remove_leftovers(cache: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def python_image(docker: Dockerd) -> str:
+def python_image(docker: Dockerd, rootfs: Path | None = None) -> str:
     """`incl-test/python:1`: Debian bookworm (minbase) with python3, from the cached rootfs tar."""
     if not _has_image(docker, PYTHON_IMAGE):
-        docker.cli("import", str(python_rootfs()), PYTHON_IMAGE, timeout=600)
+        docker.cli("import", str(rootfs or python_rootfs()), PYTHON_IMAGE, timeout=600)
     return PYTHON_IMAGE
 
 
