@@ -20,14 +20,14 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
+from rich.markup import escape
 from rich.text import Text
 
 from incl.artifacts import tree
 from incl.artifacts.config import TreeLimits
 from incl.artifacts.store import open_store
 from incl.cli.client import Client, incl_home, resolve_url
-from incl.cli.output import console, err_console, handles_errors, print_json, size
+from incl.cli.output import Column, console, err_console, handles_errors, plural, print_json, print_table, size
 from incl.proto.errors import InclError, NotFound
 from incl.proto.messages import TERMINAL, Attempt, Job, TreeRef
 
@@ -107,20 +107,22 @@ def hash_cache() -> tree.HashCache:
 async def upload_workdir(client: Client, workdir: str, max_bytes: int | None = None) -> TreeRef:
     """Snapshot the workdir (.gitignore and .inclignore apply) into the store; only blobs it lacks are sent."""
     async with open_store(await client.store_url()) as store:
-        progress = Transfer(f"uploading {workdir}")
+        progress = Transfer(f"uploading {escape(workdir)}")  # the bar reads its description as markup
         try:
             pushed = await tree.push_tree(store, Path(workdir), gitignore=True, hash_cache=hash_cache(),
                                           progress=progress, phase=progress.phase,
                                           limits=TreeLimits(max_bytes=max_bytes))
         finally:
             progress.close()
-    sent = (f"uploaded {pushed.uploaded_blobs} new blobs ({size(pushed.uploaded_bytes)})"
+    sent = (f"uploaded {plural(pushed.uploaded_blobs, 'new blob')} ({size(pushed.uploaded_bytes)})"
             if pushed.uploaded_blobs else "nothing to upload")
-    err_console.print(f"code {pushed.digest[:12]}: {pushed.files} files, {size(pushed.bytes)}; {sent}", highlight=False)
+    err_console.print(f"code {pushed.digest[:12]}: {plural(pushed.files, 'file')}, {size(pushed.bytes)}; {sent}",
+                      highlight=False, markup=False)
     return TreeRef(digest=pushed.digest, files=pushed.files, bytes=pushed.bytes)
 
 
-def _attempt_with_outputs(job: Job, number: int | None) -> Attempt:
+def _attempt_with_outputs(job: Job, number: int | None) -> Attempt | None:
+    """The attempt whose outputs to show; None when the job ended and left none (a normal answer)."""
     chosen = [a for a in job.attempts if (number is None or a.number == number)]
     with_outputs = [a for a in chosen if a.outputs is not None]
     if with_outputs:
@@ -128,13 +130,17 @@ def _attempt_with_outputs(job: Job, number: int | None) -> Attempt:
     if number is not None and not chosen:
         raise NotFound(f"job {job.id} has no attempt {number}")
     if job.state in TERMINAL:
-        raise NotFound(f"job {job.id} left nothing in $INCL_OUTPUT_DIR")
+        return None
     raise NotFound(f"job {job.id} has no outputs yet (they are uploaded when an attempt ends; it is {job.state})")
 
 
-async def _job_outputs(client: Client, job_id: str, attempt: int | None) -> tuple[Attempt, str]:
+async def _job_outputs(client: Client, job_id: str, attempt: int | None) -> tuple[Attempt | None, str]:
     job = await client.job(job_id)
     return _attempt_with_outputs(job, attempt), await client.store_url()
+
+
+def _left_nothing(job_id: str) -> str:
+    return f"job {job_id} left no files in $INCL_OUTPUT_DIR"
 
 
 @click.command()
@@ -148,19 +154,21 @@ def outputs(ctx: click.Context, job_id: str, attempt: int | None, as_json: bool)
     async def go() -> None:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
             att, url = await _job_outputs(client, job_id, attempt)
-        assert att.outputs is not None
+        if att is None or att.outputs is None:
+            if as_json:
+                print_json([])
+            else:
+                console.print(_left_nothing(job_id), markup=False)
+            return
         async with open_store(url) as store:
             _, manifest = await tree.read_manifest(store, att.outputs.digest)
         files = [e for e in manifest.entries if e.kind == "file"]
         if as_json:
             print_json([{"path": e.path, "size": e.size, "sha256": e.digest} for e in files])
             return
-        table = Table(title=f"{job_id} attempt {att.number}: {len(files)} files, {size(att.outputs.bytes)}")
-        table.add_column("path")
-        table.add_column("size", justify="right")
-        for e in files:
-            table.add_row(e.path, size(e.size))
-        console.print(table)
+        print_table([Column("path", shrink=20), Column("size", justify="right")],
+                    [[e.path, size(e.size)] for e in files],
+                    title=f"{job_id} attempt {att.number}: {plural(len(files), 'file')}, {size(att.outputs.bytes)}")
 
     asyncio.run(go())
 
@@ -176,7 +184,8 @@ def download(ctx: click.Context, job_id: str, dest: str | None, attempt: int | N
     async def go() -> Path:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
             att, url = await _job_outputs(client, job_id, attempt)
-        assert att.outputs is not None
+        if att is None or att.outputs is None:
+            raise NotFound(_left_nothing(job_id) + ": nothing to download")
         target = Path(dest or job_id)
         if target.exists() and any(target.iterdir()):
             raise InclError(f"{target} is not empty; choose another folder with --to")
