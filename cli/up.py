@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from incl.cli import stack as stack_mod
 from incl.cli.client import Client, incl_home
@@ -98,9 +99,9 @@ def status(as_json: bool) -> None:
     else:
         table = Table("PART", "PID", "STATE", "LOG", box=None)
         for part in parts:
-            table.add_row(part["name"], str(part["pid"]), "[green]alive[/]" if part["alive"] else "[red]dead[/]",
-                          part["log"])
-        console.print(f"INCL at {existing.nats_url}, started {ago(existing.started_at)}")
+            alive = Text("alive", "green") if part["alive"] else Text("dead", "red")
+            table.add_row(Text(part["name"]), str(part["pid"]), alive, Text(part["log"]))  # paths: never markup
+        console.print(Text(f"INCL at {existing.nats_url}, started {ago(existing.started_at)}"))
         console.print(table)
     dead = [part["name"] for part in parts if not part["alive"]]
     if dead:
