@@ -27,6 +27,7 @@ from incl.agent.metadata import InstanceIdentity, open_metadata
 from incl.agent.runner import Resume, Runner
 from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.runtime import Launcher
+from incl.agent.workdir import WorkDirClaim
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
 from incl.proto import limits, subjects
 from incl.proto.codec import Decoder, encode
@@ -137,8 +138,12 @@ class Agent:
         return forever(what, fn, initial=self.cfg.retry_initial, maximum=self.cfg.retry_max)
 
     async def serve(self) -> None:
+        structlog.contextvars.bind_contextvars(agent_id=self.cfg.agent_id)
+        with WorkDirClaim(self.cfg.work_dir, self.instance) as self.claim:
+            await self._serve()
+
+    async def _serve(self) -> None:
         cfg = self.cfg
-        structlog.contextvars.bind_contextvars(agent_id=cfg.agent_id)
         self._nc = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-agent-{cfg.agent_id}", connect_timeout=cfg.connect_timeout,
             reconnect_wait=cfg.reconnect_wait))
@@ -178,7 +183,8 @@ class Agent:
             try:
                 reply = await request(self._nc, subjects.REGISTER,
                                       RegisterRequest(meta=Envelope.new(self.cfg.agent_id), info=self.info(),
-                                                      running=self.running(), instance=self.instance),
+                                                      running=self.running(), instance=self.instance,
+                                                      previous_instance=self.claim.previous),
                                       RegisterReply, self.cfg.request_timeout)
                 break
             except (Unavailable, Conflict, *TRANSIENT) as exc:  # Conflict: our previous process still counts
@@ -238,7 +244,7 @@ class Agent:
         url = self.docker.url if self.docker is not None else ""
         self.launcher.renew(sent + lease.duration - time.monotonic(), lease.grace,
                             url.removeprefix("unix://") if url.startswith("unix://") else None,
-                            f"incl.agent={self.cfg.agent_id}")
+                            f"incl.agent={self.cfg.agent_id}", str(self.claim.lock_path))
 
     def _heartbeat_timeout(self) -> float:
         """A heartbeat that takes a third of the lease is as good as lost: try the next one instead."""

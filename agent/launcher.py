@@ -25,12 +25,14 @@ the command runs in a cgroup of its own, killed at once through `cgroup.kill`.
 
 Signals to a guard: SIGTERM to its group is the job's "checkpoint now" signal (the guard ignores it);
 SIGUSR1 from the agent kills every process of the job now (the agent's SIGKILL after the grace period).
-The launcher dies with the agent (parent-death signal SIGKILL); each guard dies with the launcher (parent-death
-signal SIGUSR2), killing every process of its job first: a job never outlives its agent, so the controller can run it again
-elsewhere without two copies running.
+When the agent is gone (its end of the socket closes: it died, or stopped) the launcher ends every process
+job at once, and each guard dies with the launcher (parent-death signal SIGUSR2), killing every process of its
+job first: a process job never outlives its agent. Containers do, for a restarted agent to re-adopt them, but
+only until the lease ends (below): so the controller can run a job again elsewhere without two copies running.
 """
 
 import ctypes
+import fcntl
 import json
 import os
 import select
@@ -43,6 +45,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_PACKET = 1 << 20
 MAX_NAMED = 20  # leftover processes named in a report; the count covers the rest
+LINGER_POLL = 0.5  # after the agent is gone: how often to look for a new agent process holding its work dir
 DOCKER_TIMEOUT = 5.0  # one Engine API call when the lease runs out
 SWEEP_POLL = 0.005  # seconds between rounds of killing a job's leftovers while they die
 
@@ -280,11 +283,12 @@ def _send(sock, message):
 class Lease:
     """The launcher's copy of the agent's lease: when it ends, every job is stopped, then killed."""
 
-    def __init__(self, seconds, grace, docker, label):
+    def __init__(self, seconds, grace, docker, label, lock):
         self.deadline = time.monotonic() + seconds
         self.grace = grace
         self.docker = docker
         self.label = label
+        self.lock = lock  # the agent's work dir lock: held by a new agent process, the containers are its
         self.stage = 0  # 1: SIGTERM sent, 2: killed
 
     def due(self):
@@ -306,6 +310,46 @@ class Lease:
                 pass
         if self.docker:
             _stop_containers(self.docker, self.label, "SIGTERM" if self.stage == 1 else "SIGKILL")
+
+
+def _lock_held(path):
+    """Whether a live process holds the agent's work dir lock (the agent's own check is in agent/workdir.py;
+    this file runs on the standard library alone)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _outlive_agent(guards, lease):
+    """The agent is gone (it died, or stopped). Its process jobs go with it at once. Its containers run on
+    for a restarted agent to re-adopt, but only until the lease ends: then they are stopped and killed, unless
+    a new agent process holds the work dir by then (it has taken them over)."""
+    for guard in guards:
+        try:
+            os.kill(guard, signal.SIGUSR2)
+        except OSError:
+            pass
+    for guard in guards:
+        try:
+            os.waitpid(guard, 0)
+        except ChildProcessError:
+            pass
+    if lease is None or not lease.docker:
+        return
+    while (due := lease.due()) is not None:
+        if lease.lock and _lock_held(lease.lock):
+            return
+        time.sleep(min(due, LINGER_POLL))
+        if lease.due() == 0.0:
+            lease.step(())
 
 
 def _docker(socket_path, method, path):
@@ -364,13 +408,15 @@ def serve(sock, agent, cgroups):
                 data, fds, _, _ = socket.recv_fds(sock, MAX_PACKET, 2)
             except InterruptedError:
                 continue
-            if not data:  # the agent closed its end
+            if not data:  # the agent closed its end: it stopped, or died
+                _outlive_agent(guards, lease)
                 return
             request = json.loads(data)
             if "lease" in request:
                 for fd in fds:
                     os.close(fd)
-                lease = Lease(request["lease"], request["grace"], request.get("docker"), request.get("label"))
+                lease = Lease(request["lease"], request["grace"], request.get("docker"), request.get("label"),
+                              request.get("lock"))
                 continue
             if len(fds) != 2:
                 for fd in fds:
@@ -391,7 +437,7 @@ def serve(sock, agent, cgroups):
 
 def main(argv):
     sock = socket.socket(fileno=int(argv[1]))
-    if not _die_with_parent(signal.SIGKILL, int(argv[2])):
+    if os.getppid() != int(argv[2]):  # the agent died before we started
         sys.exit(1)
     serve(sock, int(argv[2]), None if "nocgroup" in argv[3:] else cgroup_parent())
 

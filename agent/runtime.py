@@ -28,6 +28,7 @@ from incl.proto.messages import Stream
 LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 READ_CHUNK = 256 * 1024
 MAX_PACKET = 1 << 20
+EXIT_TIMEOUT = 5.0  # for the fork server to end its jobs and exit once the agent closes its end
 
 OutputSink = Callable[[Stream, bytes], Awaitable[None]]
 
@@ -99,6 +100,7 @@ class Launcher:
 
     def __init__(self, cgroups: bool = True) -> None:
         self._cgroups = cgroups
+        self._lingers = False  # it outlives the agent until its lease ends (it guards containers)
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -112,11 +114,17 @@ class Launcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Closing our end tells the fork server the agent is gone: it ends the process jobs at once and, when
+        it holds a lease with containers, lives on alone until that lease is over (see launcher.py)."""
         if self._reader is not None:
             self._reader.cancel()
         if self._sock is not None:
             self._sock.close()
-        if self._proc is not None:
+        if self._proc is None or self._lingers:
+            return
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout=EXIT_TIMEOUT)
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
             await self._proc.wait()
@@ -164,12 +172,15 @@ class Launcher:
         sock.close()
         self._sock = None
 
-    def renew(self, seconds: float, grace: float, docker_socket: str | None, label: str) -> None:
+    def renew(self, seconds: float, grace: float, docker_socket: str | None, label: str, lock: str) -> None:
         """Hand the fork server the agent's lease: past `seconds` from now it stops every job (and the
-        containers labelled `label`), then kills them `grace` later, even if the agent itself is frozen."""
+        containers labelled `label`), then kills them `grace` later, even if the agent itself is frozen or
+        dead (unless a new agent process holds the work dir's `lock`: it has taken the containers over)."""
         if self._sock is None:
             return
-        packet = json.dumps({"lease": seconds, "grace": grace, "docker": docker_socket, "label": label}).encode()
+        packet = json.dumps({"lease": seconds, "grace": grace, "docker": docker_socket, "label": label,
+                             "lock": lock}).encode()
+        self._lingers = docker_socket is not None
         with contextlib.suppress(BlockingIOError):  # the next renewal will do
             self._sock.send(packet)
 

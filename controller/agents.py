@@ -110,15 +110,18 @@ class Agents:
     async def register(self, req: RegisterRequest) -> RegisterReply:
         """A new agent, a restarted one (a new process: `instance` differs), or the same process registering
         again (after a controller restart or being declared lost). Only a restart loses what the new process
-        does not run, and a restart is accepted only once the previous process has missed its deadline: a
-        second process with a live agent's id (or a forged register) is refused and costs nothing."""
+        does not run. A restart is accepted at once when it names the instance it replaces (it found it in the
+        work dir it locked, so that process is dead); otherwise only once the previous process has missed its
+        deadline: a second process with a live agent's id (or a forged register) is refused, costing nothing."""
         info, now = req.info, time.time()
         agent_id = info.agent_id
         if (why := limits.check_labels(info.labels)) is not None:
             raise BadRequest(why, field="labels")
         previous = self.records.get(agent_id)
         restart = previous is not None and previous.instance != req.instance
-        if restart and previous is not None and previous.state is AgentState.ALIVE and agent_id in self.deadlines:
+        replaces = previous is not None and req.previous_instance == previous.instance  # it holds the work dir
+        if restart and not replaces and previous is not None and previous.state is AgentState.ALIVE \
+                and agent_id in self.deadlines:
             self._waiting[agent_id] = (req, now)
             raise Conflict(f"agent id {agent_id!r} is held by a live agent process (instance {previous.instance!r}); "
                            f"a new process takes over once that one has been silent for "

@@ -259,6 +259,7 @@ class RegisterRequest(Request):
     info: AgentInfo
     running: list[JobRef] = []
     instance: str = ""  # a new random id per agent process: a restart is told apart from a re-registration
+    previous_instance: str = ""  # the process this one replaces (it found that one's id in its locked work dir)
 
 
 class RegisterReply(Reply):

@@ -128,3 +128,28 @@ async def test_a_job_with_an_image_waits_for_an_agent_with_docker(
     await cluster.wait_agents(1)
     done = await cluster.wait_done(job.id, timeout=60)
     assert done.state == "SUCCEEDED" and done.current.agent_id == "d1"
+
+
+async def test_a_dead_agents_container_stops_before_its_attempt_runs_elsewhere(
+        cluster: Cluster, docker_engine: Any, busybox_image: str) -> None:
+    """kill -9 of an agent that never comes back: its fork server outlives it until the lease ends and then
+    stops the container, so the attempt the controller starts elsewhere never runs beside it."""
+    cluster.start_controller()
+    docker_agent(cluster, "d1", docker_engine)
+    await cluster.wait_agents(1)
+    job = await cluster.submit("i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo tick-$i; sleep 0.05; done",
+                               image=busybox_image)
+    await cluster.wait_state(job.id, {"RUNNING"})
+    cluster.agents["d1"].kill()
+    docker_agent(cluster, "d2", docker_engine)
+    done = await cluster.wait_done(job.id, timeout=90)
+    assert [(a.agent_id, a.state) for a in done.attempts] == [("d1", "LOST"), ("d2", "SUCCEEDED")], done.attempts
+    first = json.loads(docker_engine.cli("inspect", f"incl-{job.id}-1").stdout)[0]["State"]
+    assert not first["Running"], first
+    assert first["FinishedAt"] < (done.attempts[1].started_at and _iso(done.attempts[1].started_at))
+
+
+def _iso(ts: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")

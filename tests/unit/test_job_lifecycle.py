@@ -8,10 +8,10 @@ import signal
 from pathlib import Path
 
 import pytest
+from output_sink import Output
 
 from incl.agent.execution import Outcome, ProcessExecution
 from incl.agent.runtime import Launcher
-from incl.proto.messages import Stream
 
 DRAIN = 2.0
 
@@ -28,21 +28,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != b"Z"
-
-
-class Output:
-    def __init__(self) -> None:
-        self.data = b""
-        self.grew = asyncio.Event()
-
-    async def sink(self, stream: Stream, chunk: bytes) -> None:
-        self.data += chunk
-        self.grew.set()
-
-    async def until(self, text: bytes) -> None:
-        while text not in self.data:
-            self.grew.clear()
-            await self.grew.wait()
 
 
 @pytest.fixture(params=[True, False], ids=["cgroup", "subreaper"])

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from output_sink import Output
 
 from incl.agent.launcher import cgroup_parent
 from incl.agent.runtime import Launcher
@@ -57,21 +58,6 @@ async def test_jobs_die_with_the_launcher(tmp_path: Path) -> None:
     raise AssertionError("the job's child outlived the launcher")
 
 
-class _Output:
-    def __init__(self) -> None:
-        self.data = b""
-        self.grew = asyncio.Event()
-
-    async def sink(self, stream: Stream, chunk: bytes) -> None:
-        self.data += chunk
-        self.grew.set()
-
-    async def until(self, text: bytes) -> None:
-        while text not in self.data:
-            self.grew.clear()
-            await self.grew.wait()
-
-
 def daemons(n: int, pids: Path) -> str:
     """Shell that starts `n` `sleep 1000` in sessions of their own and waits until each has left the group."""
     return f"for i in $(seq {n}); do setsid sleep 1000 & echo $! >> {pids}; done; " + settled(pids)
@@ -105,7 +91,7 @@ async def test_a_job_is_over_when_its_command_exits(tmp_path: Path, cgroups: boo
     pids = tmp_path / "pids"
     async with Launcher(cgroups=cgroups) as launcher:
         h = await launcher.start(["/bin/sh", "-c", daemons(1, pids) + "echo started"], str(tmp_path),
-                                 {"PATH": os.environ["PATH"]}, _Output().sink)
+                                 {"PATH": os.environ["PATH"]}, Output().sink)
         try:
             assert await asyncio.wait_for(h.wait(5.0), 10) == 0
             [daemon] = [int(p) for p in pids.read_text().split()]
@@ -118,7 +104,7 @@ async def test_a_job_is_over_when_its_command_exits(tmp_path: Path, cgroups: boo
 @pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "subreaper"])
 async def test_a_double_forked_daemon_holding_stdout_is_killed(tmp_path: Path, cgroups: bool) -> None:
     pids = tmp_path / "pids"
-    out = _Output()
+    out = Output()
     script = f"(setsid sleep 1000 & echo $! >> {pids}); " + settled(pids) + "echo main done"
     async with Launcher(cgroups=cgroups) as launcher:
         h = await launcher.start(["/bin/sh", "-c", script], str(tmp_path), {"PATH": os.environ["PATH"]}, out.sink)
@@ -133,7 +119,7 @@ async def test_a_double_forked_daemon_holding_stdout_is_killed(tmp_path: Path, c
 
 async def test_stop_kills_a_job_that_ignores_sigterm_and_every_process_it_left(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    out = _Output()
+    out = Output()
     script = "trap '' TERM; " + daemons(4, pids) + "echo started; while :; do sleep 0.05; done"
     async with Launcher() as launcher:
         h = await launcher.start(["/bin/sh", "-c", script], str(tmp_path), {"PATH": os.environ["PATH"]}, out.sink)
@@ -150,7 +136,7 @@ async def test_stop_kills_a_job_that_ignores_sigterm_and_every_process_it_left(t
 
 async def test_output_held_open_from_outside_the_job_is_drained_for_a_bounded_time(tmp_path: Path) -> None:
     """A pipe still open after the command exits (here: by the test itself) delays the end by at most the drain."""
-    out = _Output()
+    out = Output()
     async with Launcher() as launcher:
         h = await launcher.start(["/bin/sh", "-c", "echo $$; until [ -e go ]; do sleep 0.01; done"], str(tmp_path),
                                  {"PATH": os.environ["PATH"]}, out.sink)
@@ -168,7 +154,7 @@ async def test_where_cgroups_can_be_made_each_job_runs_in_its_own_and_it_is_remo
     parent = cgroup_parent()
     if parent is None:
         pytest.skip("this host lets the launcher create no cgroup v2 (the subreaper tests cover it)")
-    out = _Output()
+    out = Output()
     async with Launcher() as launcher:
         h = await launcher.start(["/bin/sh", "-c", "grep ^0:: /proc/self/cgroup"], str(tmp_path), {}, out.sink)
         assert await h.wait(5.0) == 0
@@ -178,7 +164,7 @@ async def test_where_cgroups_can_be_made_each_job_runs_in_its_own_and_it_is_remo
 
 async def test_a_job_that_signals_its_own_group_does_not_end_itself_through_its_guard(tmp_path: Path) -> None:
     """SIGUSR1 and SIGUSR2 mean something to the guard only from the agent and the launcher."""
-    out = _Output()
+    out = Output()
     async with Launcher() as launcher:
         h = await launcher.start(["/bin/sh", "-c", "trap '' USR1 USR2 TERM; kill -USR1 0; kill -USR2 0; kill -TERM 0; "
                                   "echo alive"], str(tmp_path), {"PATH": os.environ["PATH"]}, out.sink)
