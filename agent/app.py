@@ -16,10 +16,6 @@ from pathlib import Path
 import structlog
 import yaml
 from msgspec import structs
-from nats.aio.client import Client
-from nats.js import JetStreamContext, api
-from nats.js.kv import KeyValue
-from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from incl.agent.config import AgentConfig
 from incl.agent.docker import ContainerHandle, DockerRuntime
@@ -29,6 +25,7 @@ from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatche
 from incl.agent.runtime import Launcher
 from incl.agent.workdir import WorkDirClaim
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
+from incl.bus.connection import Bus, connect
 from incl.proto import limits, subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import Conflict, DecodeError, InclError, NoResponders, Unavailable
@@ -37,15 +34,15 @@ from incl.proto.messages import (
     AgentEvent,
     AgentInfo,
     AgentInterrupted,
+    AssignmentReply,
+    AssignmentRequest,
     Assign,
     CancelJob,
     Envelope,
     HeartbeatReply,
     HeartbeatRequest,
-    Job,
     JobExited,
     JobRef,
-    JobState,
     Lease,
     LogBatch,
     MetricBatch,
@@ -54,9 +51,8 @@ from incl.proto.messages import (
     Resources,
 )
 from incl.artifacts.store import ArtifactStore, open_store
-from incl.proto.transport import connect, request
-from incl._daemon import consume
-from incl._retry import TRANSIENT, forever
+from incl.bus.consume import consume
+from incl.bus.retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 
@@ -65,7 +61,6 @@ class AgentSuperseded(Exception):
     """Another process registered with this agent's id after this one went silent: this one must end."""
 
 
-_JOB: Decoder[Job] = Decoder(Job)
 _ASSIGN: Decoder[Assign] = Decoder(Assign)
 
 
@@ -96,8 +91,7 @@ class Agent:
         self._fenced: set[tuple[str, int]] = set()  # attempts stopped because the lease ran out
         self.identity: InstanceIdentity | None = None  # on EC2: this instance, from IMDSv2
         self.interruption: Interruption | None = None  # the spot notice, once it came
-        self._nc: Client
-        self._js: JetStreamContext
+        self._bus: Bus
         self._tg: asyncio.TaskGroup
 
     def info(self) -> AgentInfo:
@@ -144,13 +138,10 @@ class Agent:
 
     async def _serve(self) -> None:
         cfg = self.cfg
-        self._nc = await self._retry("connect", lambda: connect(
+        self._bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-agent-{cfg.agent_id}", connect_timeout=cfg.connect_timeout,
-            reconnect_wait=cfg.reconnect_wait))
+            reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout))
         try:
-            self._js = self._nc.jetstream(timeout=cfg.request_timeout)
-            # The controller creates and configures every stream and bucket; the agent only uses them.
-            self._jobs_kv: KeyValue | None = None
             await self.sampler.open()
             async with open_metadata(cfg.provider, cfg.metadata) as metadata, Launcher() as self.launcher, \
                     self._docker_engine() as self.docker, contextlib.AsyncExitStack() as stores, \
@@ -171,7 +162,7 @@ class Agent:
                 tg.create_task(self._fence())
                 tg.create_task(self._consume())
         finally:
-            await self._nc.close()
+            await self._bus.close()
 
     # --- controller ---------------------------------------------------------------------------------------
 
@@ -181,7 +172,7 @@ class Agent:
         while True:
             sent = time.monotonic()
             try:
-                reply = await request(self._nc, subjects.REGISTER,
+                reply = await self._bus.request(subjects.REGISTER,
                                       RegisterRequest(meta=Envelope.new(self.cfg.agent_id), info=self.info(),
                                                       running=self.running(), instance=self.instance,
                                                       previous_instance=self.claim.previous),
@@ -207,7 +198,7 @@ class Agent:
             sent = time.monotonic()
             try:
                 telemetry = self.sampler.snapshot(self.gpu_alloc) if self.sampler.gpus else None
-                reply = await request(self._nc, subjects.HEARTBEAT,
+                reply = await self._bus.request(subjects.HEARTBEAT,
                                       HeartbeatRequest(meta=Envelope.new(self.cfg.agent_id),
                                                        agent_id=self.cfg.agent_id, running=self.running(),
                                                        telemetry=telemetry, instance=self.instance,
@@ -299,11 +290,10 @@ class Agent:
     async def _consume(self) -> None:
         cfg = self.cfg
         decoder: Decoder[AgentCommand] = Decoder(AgentCommand)
-        sub = await self._retry("subscribe_assignments", lambda: self._js.pull_subscribe(
-            subjects.assign(cfg.agent_id), durable=subjects.assign_consumer(cfg.agent_id),
-            stream=subjects.ASSIGN_STREAM,
-            config=api.ConsumerConfig(ack_wait=cfg.assign_ack_wait, max_deliver=-1)))
-        await consume(self._js, sub, f"agent-{cfg.agent_id}", decoder, self._command, batch=16,
+        sub = await self._retry("subscribe_assignments", lambda: self._bus.pull(
+            subjects.ASSIGN_STREAM, subjects.assign(cfg.agent_id), subjects.assign_consumer(cfg.agent_id),
+            ack_wait=cfg.assign_ack_wait))
+        await consume(self._bus, sub, f"agent-{cfg.agent_id}", decoder, self._command, batch=16,
                       timeout=cfg.assign_fetch_timeout, backoff=cfg.retry_max)
 
     async def _command(self, cmd: AgentCommand) -> None:
@@ -318,19 +308,16 @@ class Agent:
                 if key in self._seen:
                     log.info("assignment_duplicate", job_id=cmd.job_id, attempt=cmd.attempt)
                     return
-                job = await self._current(cmd.job_id)
-                cur = job.current if job else None
-                if job is None or cur is None or (cur.number, cur.agent_id) != (cmd.attempt, self.cfg.agent_id) \
-                        or job.state is not JobState.ASSIGNED:
-                    log.info("assignment_stale", job_id=cmd.job_id, attempt=cmd.attempt,
-                             state=job.state if job else None)
+                check = await self._still_mine(cmd)
+                if not check.current:
+                    log.info("assignment_stale", job_id=cmd.job_id, attempt=cmd.attempt)
                     return
                 self._seen.add(key)
                 if self.interruption is not None:  # assigned before the controller heard of the notice
                     await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
                                                  preempted=True, reason="its spot instance is being reclaimed"))
                     return
-                if job.cancel_requested:
+                if check.cancel_requested:
                     await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
                                                  cancelled=True, reason="cancelled before it started"))
                     return
@@ -339,7 +326,7 @@ class Agent:
 
     def _start(self, assign: Assign, gpus: list[int] | None, adopt: ContainerHandle | None = None,
                resume: Resume | None = None) -> None:
-        runner = Runner(self.cfg, self._js, self.publish, assign, launcher=self.launcher, docker=self.docker,
+        runner = Runner(self.cfg, self._bus, self.publish, assign, launcher=self.launcher, docker=self.docker,
                         store=self.store, gpus=gpus, job_pids=self.job_pids, resume=resume)
         self.runners[(assign.job_id, assign.attempt)] = runner
         self._tg.create_task(self._run(runner, adopt))
@@ -367,11 +354,11 @@ class Agent:
         grace = max(1.0, deadline - time.time() - self.cfg.spot_upload_reserve)
         log.warning("spot_interruption", action=notice.action, deadline=notice.deadline.isoformat(),
                     jobs=len(self.runners), grace=round(grace, 1))
-        await self._retry("publish_interruption", lambda: self._js.publish(
+        await self._retry("publish_interruption", lambda: self._bus.publish_durable(
             subjects.events(self.cfg.agent_id),
             encode(AgentInterrupted(agent_id=self.cfg.agent_id, action=notice.action, deadline=deadline,
                                     instance_id=self.identity.instance_id if self.identity else None)),
-            headers={"Nats-Msg-Id": f"{self.cfg.agent_id}.interrupted"}, timeout=self.cfg.request_timeout))
+            msg_id=f"{self.cfg.agent_id}.interrupted"))
         for runner in self.runners.values():
             runner.stop(f"spot interruption: EC2 will {notice.action} the instance at "
                         f"{notice.deadline.strftime('%H:%M:%S')} UTC", grace=grace, preempted=True)
@@ -423,10 +410,12 @@ class Agent:
         resume = Resume()
         for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(job_id), LogBatch),
                                      (subjects.METRICS_STREAM, subjects.metrics(job_id), MetricBatch)):
+            data = await self._retry("last_batch", lambda s=stream, subj=subject: self._bus.last(s, subj))
+            if data is None:
+                continue
             try:
-                msg = await self._retry("last_batch", lambda s=stream, subj=subject: self._js.get_last_msg(s, subj))
-                batch = Decoder(cls).decode(msg.data or b"")
-            except (NotFoundError, DecodeError):
+                batch = Decoder(cls).decode(data)
+            except DecodeError:
                 continue
             if batch.attempt != attempt:
                 continue
@@ -436,19 +425,19 @@ class Agent:
                 resume.metric_seq = batch.seq + 1
         return resume
 
-    async def _current(self, job_id: str) -> Job | None:
-        """The job as the controller last wrote it: the guard against running a stale assignment."""
-        if self._jobs_kv is None:  # it exists: the controller that sent the assignment made it
-            self._jobs_kv = await self._retry("jobs_bucket", lambda: self._js.key_value(subjects.JOBS_BUCKET))
-        kv = self._jobs_kv
-        try:
-            entry = await self._retry("read_job", lambda: kv.get(job_id))
-        except KeyNotFoundError:
-            return None
-        try:
-            return _JOB.decode(entry.value or b"")
-        except DecodeError:
-            return None
+    async def _still_mine(self, cmd: Assign) -> AssignmentReply:
+        """Ask the controller whether a queued assignment is still this agent's to run (it owns the records);
+        while no controller answers, the assignment waits."""
+        req = AssignmentRequest(meta=Envelope.new(self.cfg.agent_id), job_id=cmd.job_id, attempt=cmd.attempt,
+                                agent_id=self.cfg.agent_id)
+        delay = self.cfg.retry_initial
+        while True:
+            try:
+                return await self._bus.request(subjects.ASSIGNMENT, req, AssignmentReply, self.cfg.request_timeout)
+            except (Unavailable, *TRANSIENT) as exc:
+                log.info("assignment_check_waiting", job_id=cmd.job_id, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.cfg.retry_max)
 
     async def publish(self, event: AgentEvent) -> None:
         """Events are durable and deduplicated: a retry after an uncertain failure is stored once. What they
@@ -458,9 +447,8 @@ class Agent:
                                     fenced=event.fenced or (event.job_id, event.attempt) in self._fenced)
         msg_id = f"{event.job_id}.{event.attempt}.{type(event).__name__}"
         data = encode(event)
-        if len(data) > self._nc.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
-            log.error("event_too_large", size=len(data), limit=self._nc.max_payload)
+        if len(data) > self._bus.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
+            log.error("event_too_large", size=len(data), limit=self._bus.max_payload)
             data = encode(structs.replace(event, tail=["[tail dropped: the event was over the NATS limit]"]))
-        await self._retry("publish_event", lambda: self._js.publish(
-            subjects.events(self.cfg.agent_id), data, headers={"Nats-Msg-Id": msg_id},
-            timeout=self.cfg.request_timeout))
+        await self._retry("publish_event", lambda: self._bus.publish_durable(
+            subjects.events(self.cfg.agent_id), data, msg_id=msg_id))

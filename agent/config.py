@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from incl import _daemon
+from incl.bus import daemon as _daemon
 from incl.agent.docker import DockerSettings
 from incl.agent.metadata import MetadataConfig
 from incl.agent.spotwatch import SpotWatchConfig

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import msgspec
 import structlog
-from nats.js import JetStreamContext
 
 from incl.agent import runtime
 from incl.agent.channel import MetricChannel
@@ -30,6 +29,7 @@ from incl.agent.shipper import LineSplitter, Shipper
 from incl.agent.telemetry import ProcessTreeJobs
 from incl.agent.workspace import JobFiles, Workspace, link_data
 from incl.artifacts.store import ArtifactStore
+from incl.bus.connection import Bus
 from incl.proto import subjects
 from incl.proto.spec import DataMount
 from incl.proto.codec import encode
@@ -98,7 +98,7 @@ class Resume:
 
 
 class Runner:
-    def __init__(self, cfg: AgentConfig, js: JetStreamContext, publish: Publish, assign: Assign, *,
+    def __init__(self, cfg: AgentConfig, bus: Bus, publish: Publish, assign: Assign, *,
                  launcher: runtime.Launcher, docker: DockerRuntime | None = None,
                  store: ArtifactStore | None = None, gpus: list[int] | None = None,
                  job_pids: ProcessTreeJobs | None = None, resume: Resume | None = None) -> None:
@@ -124,9 +124,9 @@ class Runner:
         common = dict(max_items=cfg.batch_max_lines, max_bytes=cfg.batch_max_bytes,
                       buffer_max_bytes=cfg.buffer_max_bytes, flush_interval=cfg.flush_interval,
                       timeout=cfg.request_timeout, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max)
-        self._logs = Shipper(js, subjects.logs(a.job_id), f"{a.job_id}.{a.attempt}.log", self._log_batch,
+        self._logs = Shipper(bus, subjects.logs(a.job_id), f"{a.job_id}.{a.attempt}.log", self._log_batch,
                              first_seq=resume.log_seq, **common)
-        self._metrics = Shipper(js, subjects.metrics(a.job_id), f"{a.job_id}.{a.attempt}.metric",
+        self._metrics = Shipper(bus, subjects.metrics(a.job_id), f"{a.job_id}.{a.attempt}.metric",
                                 lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, points=pts),
                                 first_seq=resume.metric_seq, **common)
 

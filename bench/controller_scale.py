@@ -385,7 +385,7 @@ async def preload_jobs(url: str, count: int) -> None:
     """Put `count` finished jobs in the jobs bucket before the controller starts (it loads them all)."""
     from incl.proto.messages import Attempt, Job, JobState
     from incl.proto.spec import load_spec
-    from incl.proto.streams import ensure_buckets
+    from incl.bus.streams import ensure_buckets
 
     nc = await connect(url, "incl-scale-preload", connect_timeout=2.0, reconnect_wait=0.2)
     try:

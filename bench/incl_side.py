@@ -73,7 +73,7 @@ sys.path.insert(0, str(HERE))
 from stamp import STAMP_CODE, direct_entrypoint_baseline, read_stamp, stamp_entrypoint  # noqa: E402
 from stats import rate, summary  # noqa: E402  (bench/stats.py, shared with the Ray side)
 
-from incl.cli.client import Client  # noqa: E402
+from incl.bus.client import Client  # noqa: E402
 from incl.proto.messages import TERMINAL, JobState, Stream  # noqa: E402
 from incl.proto.spec import load_spec  # noqa: E402
 

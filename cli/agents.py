@@ -7,7 +7,7 @@ import asyncio
 import click
 from rich.text import Text
 
-from incl.cli.client import Client, resolve_url
+from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, ago, console, handles_errors, print_json, print_table, size
 from incl.proto.messages import AgentView
 from incl.proto.telemetry import GpuStats

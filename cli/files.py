@@ -26,7 +26,7 @@ from rich.text import Text
 from incl.artifacts import tree
 from incl.artifacts.config import TreeLimits
 from incl.artifacts.store import open_store
-from incl.cli.client import Client, incl_home, resolve_url
+from incl.bus.client import Client, incl_home, resolve_url
 from incl.cli.output import Column, console, err_console, handles_errors, plural, print_json, print_table, size
 from incl.proto.errors import InclError, NotFound
 from incl.proto.messages import TERMINAL, Attempt, Job, TreeRef

@@ -10,7 +10,7 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from incl.cli.client import Client, resolve_url
+from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, ago, console, duration, handles_errors, print_json, print_table, state
 from incl.proto.messages import Attempt, GetJobReply, Job, JobState, ListJobsReply, QuotaLine
 

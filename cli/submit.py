@@ -13,7 +13,7 @@ import click
 import msgspec
 import yaml
 
-from incl.cli.client import Client, current_user, resolve_url
+from incl.bus.client import Client, current_user, resolve_url
 from incl.cli.files import upload_workdir
 from incl.cli.logs import follow_logs
 from incl.cli.output import console, handles_errors, print_json

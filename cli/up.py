@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from incl.cli import stack as stack_mod
-from incl.cli.client import Client, incl_home
+from incl.bus.client import Client, incl_home
 from incl.cli.output import ago, console, fail, handles_errors, print_json
 from incl.proto.errors import InclError, Unavailable
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import AsyncIterator
 
 import structlog
-from nats.js import JetStreamContext, api
 
+from incl.bus.connection import Bus, connect
 from incl.controller import scheduler, state
 from incl.controller.agents import Agents
 from incl.controller.aws import AwsProvider
@@ -24,10 +24,10 @@ from incl.controller.store import Records
 from incl.proto import subjects
 from incl.proto.codec import Decoder
 from incl.proto.messages import AgentEvent, AgentInterrupted, AgentRecord, Job, JobState
-from incl.proto.streams import ensure_buckets, ensure_streams
-from incl.proto.transport import connect
-from incl._daemon import consume, wait_event
-from incl._retry import TRANSIENT, forever
+from incl.bus.streams import ensure_buckets, ensure_streams
+from incl.bus.consume import consume
+from incl.bus.daemon import wait_event
+from incl.bus.retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 
@@ -46,25 +46,24 @@ class Controller:
 
     async def serve(self) -> None:
         cfg = self.cfg
-        nc = await self._retry("connect", lambda: connect(
+        bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-controller-{cfg.controller_id}", connect_timeout=cfg.connect_timeout,
-            reconnect_wait=cfg.reconnect_wait, disconnected_cb=self._on_disconnect,
-            reconnected_cb=self._on_reconnect))
+            reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
+            on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect))
         self._connected.set()
         try:
-            js = nc.jetstream(timeout=cfg.request_timeout)
-            applied = await self._retry("ensure_streams", lambda: ensure_streams(js, cfg.streams))
+            applied = await self._retry("ensure_streams", lambda: ensure_streams(bus, cfg.streams))
             if applied != cfg.streams:
                 log.warning("streams_sized_down", reason="JetStream has less storage than the configured limits",
                             logs_max_bytes=applied.logs_max_bytes, metrics_max_bytes=applied.metrics_max_bytes)
-            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(js, cfg.idempotency_ttl))
+            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(bus, cfg.idempotency_ttl))
             job_records: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id)
             agent_records: Records[AgentRecord] = Records(
                 buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id)
             await self._retry("load_jobs", job_records.load)
             await self._retry("load_agents", agent_records.load)
             quotas = load_quota_config(cfg.quota_file)
-            self.jobs = Jobs(cfg, job_records, js, shapes=lambda: self.agents.shapes(), kick=self._kick.set,
+            self.jobs = Jobs(cfg, job_records, bus, shapes=lambda: self.agents.shapes(), kick=self._kick.set,
                              quotas=quotas, submits=buckets[subjects.SUBMITS_BUCKET])
             notifier = Notifier(cfg.notify, cfg.notifier)
             self.watch = GpuWatch(self.jobs, notifier, cfg.gpu_idle)
@@ -73,21 +72,21 @@ class Controller:
             self.agents.restore(time.time())
             log.info("controller_started", controller_id=cfg.controller_id, jobs=len(job_records),
                      agents=len(agent_records), nats=cfg.nats_url)
-            api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch, js, cfg.store_url,
-                       page_bytes=nc.max_payload // 2)
-            await nc.subscribe(f"{subjects.API_PREFIX}.>", queue="incl-controller", cb=api_.handle)
+            api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch, bus, cfg.store_url,
+                       page_bytes=bus.max_payload // 2)
+            await bus.serve(f"{subjects.API_PREFIX}.>", "incl-controller", api_.handle)
             await self.jobs.resend_stale_assignments(older_than=time.time())
             async with self._provisioning() as self.provisioner, asyncio.TaskGroup() as tg:
                 if self.provisioner is not None:
                     self.agents.spot_reclaimed = self.provisioner.spot_reclaimed
                     tg.create_task(self.provisioner.run())
-                tg.create_task(self._apply_events(js))
+                tg.create_task(self._apply_events(bus))
                 tg.create_task(self._schedule())
                 tg.create_task(self._watch_liveness())
                 tg.create_task(notifier.run())
                 tg.create_task(self.watch.run())
         finally:
-            await nc.close()
+            await bus.close()
 
     @contextlib.asynccontextmanager
     async def _provisioning(self) -> AsyncIterator[Provisioner | None]:
@@ -120,13 +119,13 @@ class Controller:
 
     # --- agent events -------------------------------------------------------------------------------------
 
-    async def _apply_events(self, js: JetStreamContext) -> None:
+    async def _apply_events(self, bus: Bus) -> None:
         cfg = self.cfg
         decoder: Decoder[AgentEvent] = Decoder(AgentEvent)
-        sub = await self._retry("subscribe_events", lambda: js.pull_subscribe(
-            f"{subjects.EVENTS_PREFIX}.*", durable=subjects.EVENTS_CONSUMER, stream=subjects.EVENTS_STREAM,
-            config=api.ConsumerConfig(ack_wait=cfg.events_ack_wait, max_deliver=-1)))
-        await consume(js, sub, "controller-events", decoder,
+        sub = await self._retry("subscribe_events", lambda: bus.pull(
+            subjects.EVENTS_STREAM, f"{subjects.EVENTS_PREFIX}.*", subjects.EVENTS_CONSUMER,
+            ack_wait=cfg.events_ack_wait))
+        await consume(bus, sub, "controller-events", decoder,
                       lambda event: self._retry("apply_event", lambda: self._apply(event)),
                       batch=cfg.events_fetch_batch, timeout=cfg.events_fetch_timeout, backoff=cfg.retry_max)
 

@@ -8,14 +8,14 @@ from typing import Literal
 
 import msgspec
 
-from incl import _daemon
+from incl.bus import daemon as _daemon
 from incl.controller import catalog
 from incl.controller.catalog import AwsConfig
 from incl.controller.idle import IdlePolicy
 from incl.controller.reconcile import ReconcileConfig
 from incl.controller.notify import ClusterNotify, NotifierConfig
 from incl.proto.messages import Lease, Resources
-from incl.proto.streams import StreamLimits
+from incl.bus.streams import StreamLimits
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

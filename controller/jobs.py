@@ -9,10 +9,9 @@ from collections.abc import Callable
 
 import structlog
 from msgspec import structs
-from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
+from incl.bus.connection import Bus
+from incl.bus.kv import Bucket, KeyExists
 from incl.controller import quota, state
 from incl.controller.config import ControllerConfig
 from incl.controller.idle import parse_policy
@@ -36,7 +35,7 @@ from incl.proto.messages import (
     TreeRef,
 )
 from incl.proto.spec import JobSpec
-from incl._retry import TRANSIENT, forever
+from incl.bus.retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 
@@ -60,15 +59,15 @@ def job_env(job: Job) -> dict[str, str]:
 
 
 class Jobs:
-    def __init__(self, cfg: ControllerConfig, records: Records[Job], js: JetStreamContext,
+    def __init__(self, cfg: ControllerConfig, records: Records[Job], bus: Bus,
                  shapes: Callable[[], list[Resources]], kick: Callable[[], None],
-                 quotas: quota.QuotaConfig | None = None, submits: KeyValue | None = None) -> None:
+                 quotas: quota.QuotaConfig | None = None, submits: Bucket | None = None) -> None:
         self._cfg = cfg
         self._submits = submits  # idempotency keys of submits -> job ids
         self.records = records
         self.quotas = quotas or quota.QuotaConfig()
         self.on_change: list[Callable[[Job | None, Job], None]] = []  # notifications, the GPU watch
-        self._js = js
+        self._bus = bus
         self._shapes = shapes
         self.kick = kick
         self.waiting: dict[str, str] = {}  # queued job id -> why it waits (from the last scheduling pass)
@@ -159,7 +158,7 @@ class Jobs:
             try:
                 await self.records.create(job)
                 break
-            except KeyWrongLastSequenceError:
+            except KeyExists:
                 if job_id is None:  # a random id that exists already (vanishingly rare): draw another
                     continue
                 # The same key's first submit created it meanwhile: that is the answer.
@@ -179,9 +178,9 @@ class Jobs:
         try:
             await self._submits.create(name, job_id.encode())
             return job_id
-        except KeyWrongLastSequenceError:
+        except KeyExists:
             entry = await self._submits.get(name)
-            return (entry.value or b"").decode() or job_id
+            return (entry[0].decode() if entry else "") or job_id
 
     @staticmethod
     def _check_size(spec: JobSpec) -> None:
@@ -242,8 +241,8 @@ class Jobs:
     async def _send(self, agent_id: str, cmd: Assign | CancelJob, msg_id: str) -> None:
         await forever(
             "publish_assignment",
-            lambda: self._js.publish(subjects.assign(agent_id), encode(cmd), headers={"Nats-Msg-Id": msg_id},
-                                     timeout=self._cfg.request_timeout),
+            lambda: self._bus.publish_durable(subjects.assign(agent_id), encode(cmd), msg_id=msg_id,
+                                              timeout=self._cfg.request_timeout),
             initial=self._cfg.retry_initial,
             maximum=self._cfg.retry_max,
         )

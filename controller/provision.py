@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import structlog
 
-from incl._daemon import wait_event
+from incl.bus.daemon import wait_event
 from incl.controller import reconcile
 from incl.controller.agents import Agents
 from incl.controller.aws import AwsProvider, LaunchFailed

@@ -285,6 +285,19 @@ class HeartbeatReply(Reply):
     superseded: bool = False  # another process of this agent id took over: stop every job and exit
 
 
+class AssignmentRequest(Request):
+    """An agent asks, before it starts an attempt from its queue, whether the attempt is still its to run (the
+    queue may hold a re-sent copy of one that was cancelled or handed on)."""
+    job_id: str
+    attempt: int
+    agent_id: str
+
+
+class AssignmentReply(Reply):
+    current: bool  # the job's current attempt is this one, on this agent, and not started yet
+    cancel_requested: bool = False
+
+
 # --- controller -> agent (work queue) ---------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import dockerd
-from incl.cli.client import Client
+from incl.bus.client import Client
 from incl.cli.files import upload_workdir
 from incl.proto.messages import TERMINAL, Job
 from incl.proto.spec import load_spec

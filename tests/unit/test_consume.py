@@ -14,12 +14,12 @@ import nats
 import pytest
 from nats.js import api
 
-from incl._daemon import consume
+from incl.bus.consume import consume
 from incl.controller.store import Records
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.messages import DeadLetter
-from incl.proto.streams import StreamLimits, ensure_buckets, ensure_streams
+from incl.bus.streams import StreamLimits, ensure_buckets, ensure_streams
 
 
 class Item(msgspec.Struct, frozen=True):
@@ -65,7 +65,7 @@ async def test_a_failing_handler_parks_its_message_and_the_next_ones_are_handled
 
 SIBLING_FAILS = """
 import asyncio
-from incl._daemon import wait_event
+from incl.bus.daemon import wait_event
 
 async def main():
     kick = asyncio.Event()
