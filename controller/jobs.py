@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable
 
 import structlog
 from msgspec import structs
+from structlog.contextvars import bound_contextvars
 
 from incl.bus.connection import Bus
 from incl.bus.kv import Bucket, KeyExists
@@ -58,18 +60,39 @@ def job_env(job: Job) -> dict[str, str]:
     }
 
 
+Listener = Callable[[Job | None, Job], None]
+
+
+class JobChanges:
+    """Who hears of each job change (before, after), in the order they subscribed: the notifier, the GPU watch.
+    Built before the job service and its listeners, so neither needs the other to exist first."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, before: Job | None, after: Job) -> None:
+        for listener in self._listeners:
+            listener(before, after)
+
+
 class Jobs:
+    """`shapes`: every shape a job could ever run on (the submit-time fit check); `wake`: starts a scheduling
+    pass; `changes`: told of every job change."""
+
     def __init__(self, cfg: ControllerConfig, records: Records[Job], bus: Bus,
-                 shapes: Callable[[], list[Resources]], kick: Callable[[], None],
+                 shapes: Callable[[], list[Resources]], wake: asyncio.Event, changes: JobChanges,
                  quotas: quota.QuotaConfig | None = None, submits: Bucket | None = None) -> None:
         self._cfg = cfg
         self._submits = submits  # idempotency keys of submits -> job ids
         self.records = records
         self.quotas = quotas or quota.QuotaConfig()
-        self.on_change: list[Callable[[Job | None, Job], None]] = []  # notifications, the GPU watch
+        self._changes = changes
         self._bus = bus
         self._shapes = shapes
-        self.kick = kick
+        self._wake = wake
         self.waiting: dict[str, str] = {}  # queued job id -> why it waits (from the last scheduling pass)
         self._resent: dict[tuple[str, int], float] = {}
         self._by_agent: dict[str, set[str]] = {}  # agent id -> ids of the jobs on it (ON_AGENT states)
@@ -81,6 +104,10 @@ class Jobs:
             self._by_agent.get(before.current.agent_id, set()).discard(before.id)
         if after.state in ON_AGENT and after.current:
             self._by_agent.setdefault(after.current.agent_id, set()).add(after.id)
+
+    def kick(self) -> None:
+        """Ask for a scheduling pass now (something was submitted, ended or freed)."""
+        self._wake.set()
 
     # --- queries ------------------------------------------------------------------------------------------
 
@@ -118,8 +145,7 @@ class Jobs:
         after = await self.records.update(job_id, change)
         if after is not before:
             self._index(before, after)
-            for hook in self.on_change:
-                hook(before, after)
+            self._changes.publish(before, after)
         return after
 
     def _admit(self, spec: JobSpec, user: str) -> None:
@@ -165,8 +191,7 @@ class Jobs:
                 return await self.records.refresh(job_id) or job
         log.info("job_submitted", job_id=job.id, user=user)
         self._index(None, job)
-        for hook in self.on_change:
-            hook(None, job)
+        self._changes.publish(None, job)
         self.kick()
         return job
 
@@ -207,8 +232,9 @@ class Jobs:
 
     async def dispatch(self, job_id: str, agent_id: str, instance: AgentInfo | None = None) -> None:
         job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time(), instance))
-        log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
-        await self.send_assign(job)
+        with bound_contextvars(attempt=job.current.number):
+            log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
+            await self.send_assign(job)
 
     async def send_assign(self, job: Job) -> None:
         """Publish the attempt's assignment. One NATS refuses for good (not a transient failure) fails the
@@ -289,15 +315,20 @@ class Jobs:
             if (job.id, job.current.number) in keep:
                 continue
             attempt = job.current.number
-            try:
-                job = await self._update(job.id, lambda j, a=attempt: change(j, a, time.time(), reason))
-            except state.IllegalTransition as exc:
-                log.warning("lost_refused", job_id=job.id, reason=str(exc))
-                continue
-            except TRANSIENT:
-                raise
-            except Exception:  # noqa: BLE001 - this job's record failed; the others are still handled
-                log.exception("lost_failed", job_id=job.id, attempt=attempt)
-                continue
-            log.warning("job_attempt_lost", job_id=job.id, attempt=attempt, agent_id=agent_id, state=job.state)
+            with bound_contextvars(job_id=job.id, attempt=attempt):
+                await self._lose(job.id, attempt, agent_id, reason, change)
         self.kick()
+
+    async def _lose(self, job_id: str, attempt: int, agent_id: str, reason: str,
+                    change: Callable[[Job, int, float, str], Job]) -> None:
+        try:
+            job = await self._update(job_id, lambda j: change(j, attempt, time.time(), reason))
+        except state.IllegalTransition as exc:
+            log.warning("lost_refused", job_id=job_id, reason=str(exc))
+            return
+        except TRANSIENT:
+            raise
+        except Exception:  # noqa: BLE001 - this job's record failed; the others are still handled
+            log.exception("lost_failed", job_id=job_id, attempt=attempt)
+            return
+        log.warning("job_attempt_lost", job_id=job_id, attempt=attempt, agent_id=agent_id, state=job.state)
