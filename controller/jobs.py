@@ -16,8 +16,7 @@ from incl.bus.connection import Bus
 from incl.bus.kv import Bucket, KeyExists
 from incl.controller import quota, state
 from incl.controller.config import ControllerConfig
-from incl.controller.idle import parse_policy
-from incl.controller.notify import parse_notify
+from incl.controller.notify import check_channel
 from incl.controller.scheduler import could_ever_fit
 from incl.controller.store import Records
 from incl.proto import limits, subjects
@@ -126,11 +125,8 @@ class Jobs:
         if job.state is JobState.QUEUED and job.id in self.waiting:
             job = structs.replace(job, reason=self.waiting[job.id])
         notify = job.spec.notify
-        if isinstance(notify, str) and notify.startswith(("http://", "https://")):
-            notify = WEBHOOK_HIDDEN
-        elif isinstance(notify, dict) and "webhook" in notify:
-            notify = {**notify, "webhook": WEBHOOK_HIDDEN}
-        if notify is not job.spec.notify:
+        if notify is not None and notify.webhook is not None:
+            notify = structs.replace(notify, webhook=WEBHOOK_HIDDEN)
             job = structs.replace(job, spec=structs.replace(job.spec, notify=notify))
         if job.spec.secrets:
             hidden = dict.fromkeys(job.spec.secrets, SECRET_HIDDEN)
@@ -149,13 +145,13 @@ class Jobs:
         return after
 
     def _admit(self, spec: JobSpec, user: str) -> None:
-        """Checks that need the cluster's settings: quotas, priority classes, idle policy, notify routes."""
+        """Checks that need the cluster's settings: quotas, priority classes, notify channels. The spec itself
+        was checked whole (`proto.spec.check_spec`) when it arrived."""
         claim = quota.resolve(self.quotas, user=user, gpus=spec.resources.gpus * spec.resources.nodes,
                               team=spec.team, priority=spec.priority)
         if (why := quota.refuse_at_submit(self.quotas, claim)) is not None:
             raise Unschedulable(why, field="resources.gpus")
-        parse_policy(spec.gpu_idle, self._cfg.gpu_idle)
-        parse_notify(spec.notify, self._cfg.notify)
+        check_channel(spec.notify, self._cfg.notify)
 
     async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, key: str | None = None) -> Job:
         """A new QUEUED job. A submit retried with the same idempotency `key` (the client's answer was lost)
