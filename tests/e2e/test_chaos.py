@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import nats
 import pytest
 
 from conftest import Cluster, Daemon, wait_for
 
+from incl.bus.client import Client
 from incl.proto import subjects
 from incl.proto.codec import encode
 from incl.proto.messages import AgentInfo, Envelope, JobExited, JobState, RegisterRequest, Resources, TERMINAL
@@ -46,18 +46,14 @@ def job_script(ticks: Path) -> str:
 
 async def bad_messages(url: str, job_ids: list[str]) -> None:
     """What a hostile or stale peer sends: garbage, events for unknown or others' attempts, forged registers."""
-    nc = await nats.connect(url, max_reconnect_attempts=0, connect_timeout=1)
-    try:
-        js = nc.jetstream(timeout=1)
+    async with Client(url, timeout=1.0, name="intruder") as client:
         victim = random.choice(job_ids)
         for data in (b"\xc1garbage", encode(JobExited(job_id="j-unknown", attempt=1, agent_id="x", exit_code=0)),
                      encode(JobExited(job_id=victim, attempt=1, agent_id="intruder", exit_code=1))):
-            await js.publish(subjects.events("intruder"), data)
+            await client.bus.publish_durable(subjects.events("intruder"), data)
         info = AgentInfo(agent_id=random.choice(AGENTS), hostname="evil", capacity=Resources(cpus=64, memory=1 << 40))
-        await nc.request(subjects.REGISTER, encode(RegisterRequest(meta=Envelope.new("evil"), info=info,
-                                                                   instance="forged")), timeout=1)
-    finally:
-        await nc.close()
+        await client.bus.request_raw(subjects.REGISTER, encode(RegisterRequest(meta=Envelope.new("evil"), info=info,
+                                                                               instance="forged")), timeout=1)
 
 
 class Chaos:
