@@ -90,7 +90,7 @@ async def test_resubmit_uploads_only_what_changed_and_a_second_job_downloads_not
     assert "nothing to upload" in said, said
     (project / "VERSION").write_text("2\n")
     third, said = submit(cluster, project)
-    assert "uploaded 1 new blobs" in said, said
+    assert "uploaded 1 new blob " in said, said
     for job_id in (first, second, third):
         assert (await cluster.wait_done(job_id)).state == "SUCCEEDED"
     async with cluster.client() as c:
