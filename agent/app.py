@@ -43,6 +43,7 @@ from incl.proto.messages import (
     HeartbeatRequest,
     JobExited,
     JobRef,
+    JobRunning,
     Lease,
     LogBatch,
     MetricBatch,
@@ -233,9 +234,10 @@ class Agent:
         if lease is None:
             return
         url = self.docker.url if self.docker is not None else ""
+        containers = [c for c in (r.container_id for r in self.runners.values()) if c]
         self.launcher.renew(sent + lease.duration - time.monotonic(), lease.grace,
                             url.removeprefix("unix://") if url.startswith("unix://") else None,
-                            f"incl.agent={self.cfg.agent_id}", str(self.claim.lock_path))
+                            containers, str(self.claim.lock_path))
 
     def _heartbeat_timeout(self) -> float:
         """A heartbeat that takes a third of the lease is as good as lost: try the next one instead."""
@@ -450,5 +452,7 @@ class Agent:
         if len(data) > self._bus.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
             log.error("event_too_large", size=len(data), limit=self._bus.max_payload)
             data = encode(structs.replace(event, tail=["[tail dropped: the event was over the NATS limit]"]))
+        if isinstance(event, JobRunning):  # a new container: the fork server knows it before anyone else can
+            self._renewed(self._contact, self._lease)
         await self._retry("publish_event", lambda: self._bus.publish_durable(
             subjects.events(self.cfg.agent_id), data, msg_id=msg_id))

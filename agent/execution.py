@@ -115,6 +115,11 @@ class ContainerExecution(_Stoppable):
         self._docker, self._spec, self._run_dir, self._sink = docker, spec, run_dir, sink
         self._auth, self._progress, self._poll = auth, progress, poll_interval
 
+    @property
+    def container_id(self) -> str | None:
+        """The container, once created (the fork server stops it if the agent's lease runs out)."""
+        return self._handle.id if isinstance(self._handle, ContainerHandle) else None
+
     @staticmethod
     def write_scripts(run_dir: Path, container_run_dir: str, setup: str | None, run: str) -> list[str]:
         """The entrypoint and the user's scripts, in the run dir; returns the container's argv."""

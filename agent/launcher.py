@@ -9,7 +9,7 @@ Protocol (one JSON object per packet):
   launcher -> agent   {"id": N, "pid": P}  or  {"id": N, "error": "..."}
   guard -> agent      {"killed": P, "count": C, "procs": [[pid, name], ...]}   (the first few; before "exited")
   launcher -> agent   {"exited": P, "status": S}   (S as os.waitstatus_to_exitcode: -N for signal N)
-  agent -> launcher   {"lease": SECONDS, "grace": G, "docker": SOCKET|null, "label": "incl.agent=ID"}
+  agent -> launcher   {"lease": SECONDS, "grace": G, "docker": SOCKET|null, "containers": [ID, ...], "lock": PATH}
 
 The lease is the agent's fence, held here too: the agent renews it each time the controller answers. Should
 it run out (the agent cannot reach the controller, or is frozen and cannot even act: `kill -STOP`), the
@@ -283,11 +283,11 @@ def _send(sock, message):
 class Lease:
     """The launcher's copy of the agent's lease: when it ends, every job is stopped, then killed."""
 
-    def __init__(self, seconds, grace, docker, label, lock):
+    def __init__(self, seconds, grace, docker, containers, lock):
         self.deadline = time.monotonic() + seconds
         self.grace = grace
         self.docker = docker
-        self.label = label
+        self.containers = containers  # the agent's running containers, as of its last renewal
         self.lock = lock  # the agent's work dir lock: held by a new agent process, the containers are its
         self.stage = 0  # 1: SIGTERM sent, 2: killed
 
@@ -308,8 +308,8 @@ class Lease:
                     os.kill(guard, signal.SIGUSR2)  # from the launcher: the guard kills its whole job
             except OSError:
                 pass
-        if self.docker:
-            _stop_containers(self.docker, self.label, "SIGTERM" if self.stage == 1 else "SIGKILL")
+        for container in self.containers if self.docker else ():
+            _docker(self.docker, "POST", f"/containers/{container}/kill?signal={'SIGTERM' if self.stage == 1 else 'SIGKILL'}")
 
 
 def _lock_held(path):
@@ -342,8 +342,12 @@ def _outlive_agent(guards, lease):
             os.waitpid(guard, 0)
         except ChildProcessError:
             pass
-    if lease is None or not lease.docker:
+    if lease is None or not lease.docker or not lease.containers:
         return
+    try:
+        os.setsid()  # on its own now: nothing aimed at the agent's process group or session reaches it
+    except OSError:
+        pass
     while (due := lease.due()) is not None:
         if lease.lock and _lock_held(lease.lock):
             return
@@ -365,18 +369,6 @@ def _docker(socket_path, method, path):
         return data.partition(b"\r\n\r\n")[2]
     except OSError:
         return b""
-
-
-def _stop_containers(socket_path, label, sig):
-    from urllib.parse import quote
-
-    filters = quote(json.dumps({"label": [label]}))
-    try:
-        found = json.loads(_docker(socket_path, "GET", f"/containers/json?filters={filters}") or b"[]")
-    except ValueError:
-        return
-    for container in found:
-        _docker(socket_path, "POST", f"/containers/{container['Id']}/kill?signal={sig}")
 
 
 def serve(sock, agent, cgroups):
@@ -415,8 +407,8 @@ def serve(sock, agent, cgroups):
             if "lease" in request:
                 for fd in fds:
                     os.close(fd)
-                lease = Lease(request["lease"], request["grace"], request.get("docker"), request.get("label"),
-                              request.get("lock"))
+                lease = Lease(request["lease"], request["grace"], request.get("docker"),
+                              request.get("containers") or [], request.get("lock"))
                 continue
             if len(fds) != 2:
                 for fd in fds:

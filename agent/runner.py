@@ -130,6 +130,10 @@ class Runner:
                                 lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, points=pts),
                                 first_seq=resume.metric_seq, **common)
 
+    @property
+    def container_id(self) -> str | None:
+        return self._exec.container_id if isinstance(self._exec, ContainerExecution) else None
+
     def stop(self, reason: str, grace: float | None = None, cancelled: bool = False, preempted: bool = False) -> None:
         """Ask the attempt to stop: SIGTERM to all its processes, SIGKILL after the grace period. Its checkpoint
         and outputs are saved once it has ended, however it ends."""

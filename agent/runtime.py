@@ -172,15 +172,16 @@ class Launcher:
         sock.close()
         self._sock = None
 
-    def renew(self, seconds: float, grace: float, docker_socket: str | None, label: str, lock: str) -> None:
-        """Hand the fork server the agent's lease: past `seconds` from now it stops every job (and the
-        containers labelled `label`), then kills them `grace` later, even if the agent itself is frozen or
-        dead (unless a new agent process holds the work dir's `lock`: it has taken the containers over)."""
+    def renew(self, seconds: float, grace: float, docker_socket: str | None, containers: list[str],
+              lock: str) -> None:
+        """Hand the fork server the agent's lease: past `seconds` from now it stops every job and `containers`,
+        then kills them `grace` later, even if the agent itself is frozen or dead (unless a new agent process
+        holds the work dir's `lock`: it has taken the containers over)."""
         if self._sock is None:
             return
-        packet = json.dumps({"lease": seconds, "grace": grace, "docker": docker_socket, "label": label,
+        packet = json.dumps({"lease": seconds, "grace": grace, "docker": docker_socket, "containers": containers,
                              "lock": lock}).encode()
-        self._lingers = docker_socket is not None
+        self._lingers = docker_socket is not None and bool(containers)
         with contextlib.suppress(BlockingIOError):  # the next renewal will do
             self._sock.send(packet)
 

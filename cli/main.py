@@ -21,7 +21,7 @@ def cli(ctx: click.Context, nats_url: str | None) -> None:
     ctx.obj = {"nats_url": nats_url}
 
 
-for command in (up.up, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
+for command in (up.up, up.status, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
                 logs.metrics, agents.agents, files.outputs, files.download, admin.admin):
     cli.add_command(command)
 

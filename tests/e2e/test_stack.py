@@ -19,14 +19,12 @@ from incl.cli.stack import port_free
 
 PY = sys.executable
 INCL = str(Path(PY).parent / "incl")  # the console script, as a user runs it
-# `incl status` lives in incl.cli.up; this registers it whether or not incl.cli.main already does.
-CLI = "import sys; from incl.cli.main import cli; from incl.cli.up import status; cli.add_command(status); cli()"
 
 
 def incl(home: Path, *args: str, timeout: float = 90, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "INCL_HOME": str(home)}
     env.pop("INCL_NATS_URL", None)
-    return subprocess.run([PY, "-c", CLI, *args], capture_output=True, text=True, timeout=timeout, env=env,
+    return subprocess.run([PY, "-m", "incl.cli", *args], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=cwd)
 
 
