@@ -21,11 +21,14 @@ from incl.agent.config import AgentConfig
 from incl.agent.docker import ContainerHandle, DockerRuntime
 from incl.agent.metadata import InstanceIdentity, open_metadata
 from incl.agent.runner import Resume, Runner
-from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.runtime import Launcher
-from incl.agent.workdir import WorkDirClaim
+from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
+from incl.agent.workdir import WorkDirClaim
+from incl.artifacts.store import ArtifactStore, open_store
 from incl.bus.connection import Bus, connect
+from incl.bus.consume import consume
+from incl.bus.retry import TRANSIENT, forever
 from incl.proto import limits, subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import Conflict, DecodeError, InclError, NoResponders, Unavailable
@@ -34,9 +37,9 @@ from incl.proto.messages import (
     AgentEvent,
     AgentInfo,
     AgentInterrupted,
+    Assign,
     AssignmentReply,
     AssignmentRequest,
-    Assign,
     CancelJob,
     Envelope,
     HeartbeatReply,
@@ -51,9 +54,6 @@ from incl.proto.messages import (
     RegisterRequest,
     Resources,
 )
-from incl.artifacts.store import ArtifactStore, open_store
-from incl.bus.consume import consume
-from incl.bus.retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 

@@ -31,7 +31,6 @@ from incl.agent.workspace import JobFiles, Workspace, link_data
 from incl.artifacts.store import ArtifactStore
 from incl.bus.connection import Bus
 from incl.proto import subjects
-from incl.proto.spec import DataMount
 from incl.proto.codec import encode
 from incl.proto.messages import (
     AgentEvent,
@@ -47,6 +46,7 @@ from incl.proto.messages import (
     Stream,
     TreeRef,
 )
+from incl.proto.spec import DataMount
 
 log = structlog.get_logger()
 

@@ -15,10 +15,10 @@ from typing import Any
 import structlog
 
 from incl.bus.connection import Bus
-from incl.proto.codec import encode
-from incl.proto.messages import LogLine, Stream
 from incl.bus.daemon import wait_event
 from incl.bus.retry import forever
+from incl.proto.codec import encode
+from incl.proto.messages import LogLine, Stream
 
 log = structlog.get_logger()
 

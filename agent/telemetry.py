@@ -245,7 +245,7 @@ def _text(value: Any) -> str | None:
 
 
 class _Series:
-    __slots__ = ("total", "count", "max")
+    __slots__ = ("count", "max", "total")
 
     def __init__(self) -> None:
         self.total, self.count = 0.0, 0

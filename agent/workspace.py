@@ -147,10 +147,9 @@ _trash_lock = threading.Lock()
 
 def _empty_trash(trash: Path) -> None:
     """Delete everything in trash/ (also what an agent killed mid-delete left there); one thread at a time."""
-    with _trash_lock:
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(trash):
-                shutil.rmtree(entry.path, ignore_errors=True)
+    with _trash_lock, contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(trash):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _empty(folder: Path) -> bool:

@@ -381,9 +381,9 @@ async def wait_ping(url: str, timeout: float = 30.0) -> None:
 
 async def preload_jobs(url: str, count: int) -> None:
     """Put `count` finished jobs in the jobs bucket before the controller starts (it loads them all)."""
+    from incl.bus.streams import ensure_buckets
     from incl.proto.messages import Attempt, Job, JobState
     from incl.proto.spec import load_spec
-    from incl.bus.streams import ensure_buckets
 
     async with await connect(url, "incl-scale-preload", connect_timeout=2.0, reconnect_wait=0.2,
                              request_timeout=10.0) as bus:

@@ -599,7 +599,7 @@ def bench_main(args) -> int:
     _real_stdout_fd = os.dup(1)
     os.dup2(2, 1)
 
-    import ray  # noqa: F401  (import error -> hint below)
+    import ray  # import error -> hint below
     from ray.job_submission import JobSubmissionClient
 
     t_begin = time.time()

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-
 from incl.bus.connection import Bus, connect
 from incl.proto import subjects
 from incl.proto.codec import Decoder

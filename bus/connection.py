@@ -6,7 +6,6 @@ credentials and TLS (and any change of transport) are added here once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -15,7 +14,8 @@ import nats
 import structlog
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
 from nats.js.errors import FetchTimeoutError, NotFoundError
 
@@ -73,7 +73,7 @@ class Pull:
     async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         try:
             return [Delivery(m) for m in await self._sub.fetch(batch, timeout=timeout)]
-        except (FetchTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, FetchTimeoutError):
             return []
 
 

@@ -65,7 +65,7 @@ async def consume(bus: Bus, sub: Pull, source: str, decoder: Decoder[T], handle:
                 await handle(item)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one message's failure must not end the daemon
+            except Exception as exc:  # one message's failure must not end the daemon
                 log.exception("message_parked", subject=msg.subject, message=_describe(item))
                 await park(bus, source, msg, f"{type(exc).__name__}: {exc}", timeout=timeout)
                 continue

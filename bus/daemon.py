@@ -15,7 +15,6 @@ import msgspec
 import structlog
 import yaml
 
-
 C = TypeVar("C", bound=msgspec.Struct)
 
 log = structlog.get_logger()
@@ -58,7 +57,7 @@ def run_until_signalled(serve: Callable[[], Awaitable[None]]) -> None:
             return
         log.error("daemon_cancelled")
         sys.exit(1)
-    except Exception:  # noqa: BLE001 - the last word of a dying daemon
+    except Exception:  # the last word of a dying daemon
         log.exception("daemon_failed")
         sys.exit(1)
     else:

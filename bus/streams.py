@@ -4,8 +4,7 @@ configures them (`ensure_streams`, `ensure_buckets`); every other part only uses
 from __future__ import annotations
 
 import msgspec
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError, ServerError
 
 from incl.bus.connection import Bus

@@ -12,7 +12,6 @@ from incl.cli.output import Column, ago, console, handles_errors, print_json, pr
 from incl.proto.messages import AgentView
 from incl.proto.telemetry import GpuStats
 
-
 AGENT_COLUMNS = [Column("ID"), Column("HOST", drop=3, shrink=12), Column("STATE"), Column("CPUS", drop=1),
                  Column("MEMORY", drop=2), Column("GPUS", drop=1), Column("JOBS", drop=4),
                  Column("REGISTERED", drop=6), Column("LAST SEEN", drop=5)]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,7 +21,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.markup import escape
 from rich.text import Text
 
 from incl.artifacts import tree

@@ -7,7 +7,6 @@ import os
 import click
 
 from incl.bus.logsetup import configure
-
 from incl.cli import admin, agents, files, jobs, logs, submit, up
 
 

@@ -10,8 +10,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from incl.cli import stack as stack_mod
 from incl.bus.client import Client, incl_home
+from incl.cli import stack as stack_mod
 from incl.cli.output import ago, console, fail, handles_errors, print_json
 from incl.proto.errors import InclError, Unavailable
 

@@ -20,12 +20,12 @@ from incl.proto.errors import BadRequest, Conflict
 from incl.proto.messages import (
     AgentInterrupted,
     AgentRecord,
-    JobState,
     AgentState,
     AgentView,
     HeartbeatReply,
     HeartbeatRequest,
     JobRef,
+    JobState,
     RegisterReply,
     RegisterRequest,
     Resources,

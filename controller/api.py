@@ -91,7 +91,7 @@ class Api:
             if exc.code in ("decode_error", "version_mismatch"):
                 log.warning("message_dropped", subject=subject, error=str(exc))
             return error_reply(exc)
-        except Exception as exc:  # noqa: BLE001 - a bug in one handler must not stop the API
+        except Exception as exc:  # a bug in one handler must not stop the API
             log.exception("api_handler_failed", subject=subject)
             return error_reply(InclError(f"internal error: {type(exc).__name__}"))
 

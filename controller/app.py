@@ -10,6 +10,10 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from incl.bus.connection import Bus, connect
+from incl.bus.consume import consume
+from incl.bus.daemon import wait_event
+from incl.bus.retry import TRANSIENT, forever
+from incl.bus.streams import ensure_buckets, ensure_streams
 from incl.controller import scheduler, state, wiring
 from incl.controller.agents import Agents
 from incl.controller.config import ControllerConfig
@@ -18,10 +22,6 @@ from incl.controller.wiring import Graph
 from incl.proto import subjects
 from incl.proto.codec import Decoder
 from incl.proto.messages import AgentEvent, AgentInterrupted
-from incl.bus.streams import ensure_buckets, ensure_streams
-from incl.bus.consume import consume
-from incl.bus.daemon import wait_event
-from incl.bus.retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 
@@ -143,7 +143,7 @@ class Controller:
             log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
         except TRANSIENT:
             raise  # the pass is retried
-        except Exception:  # noqa: BLE001 - this job's failure, not the scheduler's
+        except Exception:  # this job's failure, not the scheduler's
             log.exception("dispatch_failed", job_id=job_id, agent_id=agent_id)
 
     # --- liveness -----------------------------------------------------------------------------------------

@@ -9,12 +9,12 @@ from typing import Literal
 import msgspec
 
 from incl.bus import daemon as _daemon
-from incl.controller.providers.catalog import AwsConfig
-from incl.controller.idle import IdlePolicy
-from incl.controller.reconcile import ReconcileConfig
-from incl.controller.notify import ClusterNotify, NotifierConfig
-from incl.proto.messages import Lease, Resources
 from incl.bus.streams import StreamLimits
+from incl.controller.idle import IdlePolicy
+from incl.controller.notify import ClusterNotify, NotifierConfig
+from incl.controller.providers.catalog import AwsConfig
+from incl.controller.reconcile import ReconcileConfig
+from incl.proto.messages import Lease, Resources
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -61,7 +61,7 @@ IdleEvent = IdleStarted | IdleEnded
 
 
 class _Track:
-    __slots__ = ("policy", "started_at", "last_ts", "low_since", "low_sum", "low_count", "alerted")
+    __slots__ = ("alerted", "last_ts", "low_count", "low_since", "low_sum", "policy", "started_at")
 
     def __init__(self, policy: IdlePolicy, started_at: float) -> None:
         self.policy, self.started_at = policy, started_at

@@ -14,6 +14,7 @@ from structlog.contextvars import bound_contextvars
 
 from incl.bus.connection import Bus
 from incl.bus.kv import Bucket, KeyExists
+from incl.bus.retry import TRANSIENT, forever
 from incl.controller import quota, state
 from incl.controller.config import ControllerConfig
 from incl.controller.notify import check_channel
@@ -36,7 +37,6 @@ from incl.proto.messages import (
     TreeRef,
 )
 from incl.proto.spec import JobSpec
-from incl.bus.retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 
@@ -324,7 +324,7 @@ class Jobs:
             return
         except TRANSIENT:
             raise
-        except Exception:  # noqa: BLE001 - this job's record failed; the others are still handled
+        except Exception:  # this job's record failed; the others are still handled
             log.exception("lost_failed", job_id=job_id, attempt=attempt)
             return
         log.warning("job_attempt_lost", job_id=job_id, attempt=attempt, agent_id=agent_id, state=job.state)

@@ -17,8 +17,8 @@ import structlog
 from incl.bus.daemon import wait_event
 from incl.controller import reconcile
 from incl.controller.agents import Agents
-from incl.controller.providers.base import LaunchFailed, Provider
 from incl.controller.jobs import Jobs
+from incl.controller.providers.base import LaunchFailed, Provider
 from incl.proto.messages import ON_AGENT, TERMINAL, AgentRecord, AgentState, Job
 
 log = structlog.get_logger()

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dockerd
 import pytest
 import yaml
 
-import dockerd
 from incl.bus.client import Client
 from incl.cli.files import upload_workdir
 from incl.proto.messages import TERMINAL, Job

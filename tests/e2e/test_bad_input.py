@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import msgpack
-
 from conftest import Cluster
 
 from incl.proto import subjects

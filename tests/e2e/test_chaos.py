@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Cluster, Daemon, wait_for
 
 from incl.bus.client import Client
 from incl.proto import subjects
 from incl.proto.codec import encode
-from incl.proto.messages import AgentInfo, Envelope, JobExited, JobState, RegisterRequest, Resources, TERMINAL
+from incl.proto.messages import TERMINAL, AgentInfo, Envelope, JobExited, JobState, RegisterRequest, Resources
 
 PY = sys.executable
 JOBS = 300

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Cluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -152,4 +151,4 @@ async def test_a_dead_agents_container_stops_before_its_attempt_runs_elsewhere(
 def _iso(ts: float) -> str:
     import datetime
 
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import botocore.session
 import pytest
-
 from conftest import Cluster, wait_for
+from motoserver import MotoServer
+
 from incl.artifacts.refs import blob_key
 from incl.artifacts.store import open_store
 from incl.artifacts.tree import read_manifest, resolve_ref
-from motoserver import MotoServer
 
 pytestmark = pytest.mark.slow
 

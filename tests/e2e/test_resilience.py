@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import AGENT_CFG, Cluster, Daemon, NatsServer, wait_for
 
 from incl.bus.client import Client
@@ -24,7 +23,6 @@ from incl.proto.messages import (
     DeadLetter,
     Envelope,
     JobExited,
-    JobRef,
     JobState,
     RegisterReply,
     RegisterRequest,

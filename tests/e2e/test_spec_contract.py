@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import Cluster, free_port
 
 from incl.proto.errors import SpecInvalid

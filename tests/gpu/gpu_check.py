@@ -52,7 +52,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 
     posts: list[tuple[float, dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's name
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         Recorder.posts.append((time.time(), json.loads(body or b"{}")))
         self.send_response(200)

@@ -8,8 +8,8 @@ import base64
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ from ec2proxy import Ec2Proxy
 from imds import FakeImds, Instance
 from motoserver import AWS_ENV, MotoServer
 
-from incl.controller.providers.aws import AwsProvider, LaunchFailed, NoCapacity, NoInstanceType, client_token
 from incl.controller.providers import open_provider
+from incl.controller.providers.aws import AwsProvider, LaunchFailed, NoCapacity, NoInstanceType, client_token
 from incl.controller.providers.catalog import AwsConfig, CatalogEntry, candidates, shapes
 from incl.controller.reconcile import (
     EXISTING,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import incl.controller.quota as quota
+from incl.controller import quota
 from incl.controller.quota import (
     Claim,
     Queued,
