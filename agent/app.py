@@ -103,7 +103,7 @@ class Agent:
             capacity=Resources(cpus=cfg.host_cpus(), memory=cfg.host_memory(), gpus=len(gpus),
                                gpu_model=gpus[0].model if gpus else None),
             gpus=gpus, runtimes=["process", "docker"] if self.docker is not None else ["process"],
-            **self._instance_fields(),
+            **self._instance_fields(),  # type: ignore[arg-type]  # mypy cannot match a **dict's values field by field
         )
 
     def _instance_fields(self) -> dict[str, str | None]:
@@ -179,7 +179,8 @@ class Agent:
                                                       previous_instance=self.claim.previous),
                                       RegisterReply, self.cfg.request_timeout)
                 break
-            except (Unavailable, Conflict, *TRANSIENT) as exc:  # Conflict: our previous process still counts
+            # Conflict: our previous process still counts
+            except (Unavailable, Conflict, *TRANSIENT) as exc:  # type: ignore[misc]  # mypy cannot type a starred except tuple
                 level = log.warning if isinstance(exc, Conflict) else log.info
                 level("register_waiting", error=str(exc), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
@@ -211,7 +212,7 @@ class Agent:
                 self._renewed(sent, self._lease)
                 log.debug("heartbeat_failed", error=str(exc))
                 continue
-            except (Unavailable, *TRANSIENT) as exc:
+            except (Unavailable, *TRANSIENT) as exc:  # type: ignore[misc]  # mypy cannot type a starred except tuple
                 log.debug("heartbeat_failed", error=str(exc))
                 continue
             except DecodeError as exc:
@@ -275,7 +276,8 @@ class Agent:
                 key = (runner.ref.job_id, runner.ref.attempt)
                 if key not in self._fenced:
                     self._fenced.add(key)
-                    log.warning("attempt_fenced", job_id=key[0], attempt=key[1], silent_for=round(-left + lease.duration, 1))
+                    log.warning("attempt_fenced", job_id=key[0], attempt=key[1],
+                                silent_for=round(-left + lease.duration, 1))
                     runner.stop(f"the agent lost contact with the controller for {lease.duration:g}s; stopped so "
                                 "that it never runs twice", grace=lease.grace)
             await asyncio.sleep(min(self._interval, lease.grace))
@@ -416,7 +418,7 @@ class Agent:
             if data is None:
                 continue
             try:
-                batch = Decoder(cls).decode(data)
+                batch = Decoder[LogBatch | MetricBatch](cls).decode(data)
             except DecodeError:
                 continue
             if batch.attempt != attempt:
@@ -436,7 +438,7 @@ class Agent:
         while True:
             try:
                 return await self._bus.request(subjects.ASSIGNMENT, req, AssignmentReply, self.cfg.request_timeout)
-            except (Unavailable, *TRANSIENT) as exc:
+            except (Unavailable, *TRANSIENT) as exc:  # type: ignore[misc]  # mypy cannot type a starred except tuple
                 log.info("assignment_check_waiting", job_id=cmd.job_id, error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.cfg.retry_max)
@@ -447,7 +449,8 @@ class Agent:
         if isinstance(event, JobExited):
             event = structs.replace(event, tail=limits.bound_tail(event.tail), reason=limits.bound_reason(event.reason),
                                     fenced=event.fenced or (event.job_id, event.attempt) in self._fenced)
-        msg_id = f"{event.job_id}.{event.attempt}.{type(event).__name__}"
+        # AgentInterrupted goes out on its own path (spot notices), never through publish().
+        msg_id = f"{event.job_id}.{event.attempt}.{type(event).__name__}"  # type: ignore[union-attr]
         data = encode(event)
         if len(data) > self._bus.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
             log.error("event_too_large", size=len(data), limit=self._bus.max_payload)

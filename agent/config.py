@@ -11,7 +11,7 @@ import msgspec
 from incl.agent.docker import DockerSettings
 from incl.agent.metadata import MetadataConfig
 from incl.agent.spotwatch import SpotWatchConfig
-from incl.artifacts.store import StoreConfig
+from incl.artifacts.config import StoreConfig
 from incl.bus import daemon as _daemon
 
 

@@ -136,7 +136,7 @@ class LineSplitter:
         """Lines with their `partial` flag: a line over the limit becomes pieces, all but the last partial."""
         if all(len(p) <= self._max for p in parts):
             return [(p, False) for p in parts]
-        out = []
+        out: list[tuple[bytes, bool]] = []
         for p in parts:
             pieces = [p[i:i + self._max] for i in range(0, max(len(p), 1), self._max)]
             out.extend((piece, i < len(pieces) - 1) for i, piece in enumerate(pieces))

@@ -725,7 +725,7 @@ def table(results: list[dict]) -> str:
                      r.get("timeouts", 0) + r.get("errors", 0), r.get("skipped_beats", "?"),
                      f"{r.get('others_cpu_pct', '?')}{' !' if r.get('contended') else ''}", target))
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(head))]
-    return "\n".join("  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=False)) for row in rows)
 
 
 def main() -> None:

@@ -507,7 +507,7 @@ def stop_profilers(procs: list[subprocess.Popen]) -> None:
 async def run_mode(args, stack: Stack, work: Path) -> dict:
     meter = CpuMeter(stack)
     async with Client(stack.url, timeout=30.0) as client:
-        for i in range(args.warmup_jobs):  # every mode: a warm stack (connections, imports, streams)
+        for _i in range(args.warmup_jobs):  # every mode: a warm stack (connections, imports, streams)
             j = await client.submit(load_spec({"run": "true"}), "warmup")
             await wait_terminal(client, j.id, 0.01)
         if args.mode == "dispatch":

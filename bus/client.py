@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from incl.bus.connection import Bus, connect
 from incl.proto import subjects
@@ -46,6 +47,8 @@ from incl.proto.messages import (
 )
 from incl.proto.spec import JobSpec
 
+R = TypeVar("R", bound=Reply)
+
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 
@@ -62,7 +65,7 @@ def resolve_url(explicit: str | None) -> str:
     state = incl_home() / "stack.json"
     if state.exists():
         try:
-            return json.loads(state.read_text())["nats_url"]
+            return str(json.loads(state.read_text())["nats_url"])
         except (ValueError, KeyError):
             pass
     return DEFAULT_URL
@@ -86,7 +89,7 @@ class Client:
         try:
             self._bus = await connect(self.url, self._name, connect_timeout=2, reconnect_wait=0.1,
                                       request_timeout=self.timeout, max_reconnect_attempts=0, quiet=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to connect means the same thing to the user
             raise Unavailable(f"cannot reach NATS at {self.url}; start the embedded stack with `incl up` "
                               "(or pass --nats URL)") from None
         return self
@@ -104,7 +107,7 @@ class Client:
     def _meta(self) -> Envelope:
         return Envelope.new(f"cli:{current_user()}")
 
-    async def _call(self, subject: str, req: Request, reply_type: type[Reply]) -> Any:
+    async def _call(self, subject: str, req: Request, reply_type: type[R]) -> R:
         try:
             return await self.bus.request(subject, req, reply_type, self.timeout)
         except Unavailable:
@@ -188,14 +191,12 @@ class Client:
     async def _read(self, subject: str, type_: Any, follow_job: str | None,
                     poll: float = 0.25) -> AsyncIterator[Any]:
         """Every message on `subject`, in order; with `follow_job`, until that job has ended and all is read."""
-        decoder = Decoder(type_)
+        decoder: Decoder[Any] = Decoder(type_)
         caught_up_at_end = False
         async for item in self.bus.follow(subject, poll):
             if item is not None:
-                try:
+                with contextlib.suppress(DecodeError):
                     yield decoder.decode(item.data)
-                except DecodeError:
-                    pass
                 if item.pending > 0:
                     continue
             # Caught up with the stream: done, unless following a job that has not ended.

@@ -153,7 +153,7 @@ class Bus:
     async def publish(self, subject: str, data: bytes) -> None:
         """A plain (not durable) publish."""
         await self._nc.publish(subject, data)
-        await self._nc.flush(timeout=self.request_timeout)
+        await self._nc.flush(timeout=self.request_timeout)  # type: ignore[arg-type]  # nats-py says int; it waits float seconds
 
     # --- streams ------------------------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@ configures them (`ensure_streams`, `ensure_buckets`); every other part only uses
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError, ServerError
@@ -22,7 +24,7 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: float = 120.0  # publish retries within it are stored once (Nats-Msg-Id)
 
 
-def _stream(name: str, prefix: str, limits: StreamLimits, **kwargs: object) -> api.StreamConfig:
+def _stream(name: str, prefix: str, limits: StreamLimits, **kwargs: Any) -> api.StreamConfig:
     return api.StreamConfig(name=name, subjects=[f"{prefix}.*"], storage=api.StorageType.FILE,
                             duplicate_window=limits.duplicate_window, **kwargs)
 
@@ -89,8 +91,9 @@ async def ensure_streams(bus: Bus, limits: StreamLimits) -> StreamLimits:
 
 async def ensure_buckets(bus: Bus, submit_ttl: float = 86400.0) -> dict[str, Bucket]:
     """The controller's buckets; `submit_ttl`: how long a submit's idempotency key is remembered."""
-    buckets = {}
-    for name, ttl in ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl)):
+    buckets: dict[str, Bucket] = {}
+    wanted = ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl))
+    for name, ttl in wanted:
         buckets[name] = Bucket(await bus.jetstream.create_key_value(
             api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE, ttl=ttl)
         ))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -93,7 +94,8 @@ def status(as_json: bool) -> None:
     if existing is None:
         fail("INCL is not running (no stack started by `incl up`); start one with `incl up`")
         return
-    parts = [{"name": p.name, "pid": p.pid, "alive": stack_mod.alive(p), "log": p.log} for p in existing.procs]
+    parts: list[dict[str, Any]] = [{"name": p.name, "pid": p.pid, "alive": stack_mod.alive(p), "log": p.log}
+                                   for p in existing.procs]
     if as_json:
         print_json({"nats_url": existing.nats_url, "parts": parts})
     else:

@@ -222,7 +222,7 @@ class Agents:
             return False
         try:
             return (await self._provider.spot_interrupted([instance])).get(instance, False)
-        except Exception as exc:  # the provider is down: an ordinary loss, which is still requeued
+        except Exception as exc:  # noqa: BLE001 - the provider is down: an ordinary loss, which is still requeued
             log.warning("reclaim_check_failed", agent_id=agent_id, error=repr(exc))
             return False
 

@@ -10,11 +10,12 @@ import asyncio
 
 import structlog
 
-from incl.controller.idle import STOP_REASON, Action, IdleEnded, IdleMonitor, IdlePolicy, IdleStarted, policy_for
+from incl.controller.idle import STOP_REASON, IdleEnded, IdleMonitor, IdlePolicy, IdleStarted, policy_for
 from incl.controller.jobs import Jobs
 from incl.controller.notify import Kind, Notice, Notifier
 from incl.proto.errors import InclError
 from incl.proto.messages import JobState
+from incl.proto.spec import IdleAction as Action
 from incl.proto.telemetry import GpuTelemetry
 
 log = structlog.get_logger()

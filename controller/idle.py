@@ -117,7 +117,7 @@ class IdleMonitor:
 
 def format_duration(seconds: float) -> str:
     """45s, 12m 03s, 1h 02m, 2d 03h."""
-    s = int(round(max(seconds, 0)))
+    s = round(max(seconds, 0))
     if s < 60:
         return f"{s}s"
     if s < 3600:

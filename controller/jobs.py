@@ -7,6 +7,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 
 import structlog
 from msgspec import structs
@@ -117,7 +118,8 @@ class Jobs:
         if agent_id is None:
             return [j for j in self.records if j.state in ON_AGENT]
         jobs = (self.records.get(job_id) for job_id in self._by_agent.get(agent_id, ()))
-        return [j for j in jobs if j is not None and j.state in ON_AGENT and j.current and j.current.agent_id == agent_id]
+        return [j for j in jobs
+                if j is not None and j.state in ON_AGENT and j.current and j.current.agent_id == agent_id]
 
     def view(self, job: Job) -> Job:
         """The job as the CLI sees it: a queued job carries the scheduler's reason for waiting, and a
@@ -228,6 +230,7 @@ class Jobs:
 
     async def dispatch(self, job_id: str, agent_id: str, instance: AgentInfo | None = None) -> None:
         job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time(), instance))
+        assert job.current is not None  # state.assign starts an attempt
         with bound_contextvars(attempt=job.current.number):
             log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
             await self.send_assign(job)
@@ -255,6 +258,7 @@ class Jobs:
                     if j.state is JobState.ASSIGNED and j.current is not None}
         self._resent = {k: t for k, t in self._resent.items() if k in assigned}  # forget started attempts
         for key, job in assigned.items():
+            assert job.current is not None  # `assigned` keeps only jobs with a current attempt
             if job.current.assigned_at <= older_than and self._resent.get(key, 0.0) <= older_than:
                 self._resent[key] = time.time()
                 log.info("assignment_resent", job_id=job.id, attempt=key[1])
@@ -301,7 +305,7 @@ class Jobs:
         if isinstance(event, JobExited):
             self.kick()
 
-    async def agent_lost(self, agent_id: str, reason: str, keep: set[tuple[str, int]] = frozenset(),
+    async def agent_lost(self, agent_id: str, reason: str, keep: AbstractSet[tuple[str, int]] = frozenset(),
                          preempted: bool = False) -> None:
         """Every attempt on the agent (but those in `keep`) is LOST, their jobs requeued while retry allows; or,
         when its spot instance was reclaimed, PREEMPTED, and their jobs resume."""

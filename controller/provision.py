@@ -58,7 +58,7 @@ class Provisioner:
             while True:
                 try:
                     await self.once(tg)
-                except Exception as exc:  # EC2 unreachable, throttled: the next pass tries again
+                except Exception as exc:  # noqa: BLE001 - EC2 unreachable, throttled: the next pass tries again
                     log.warning("reconcile_failed", error=repr(exc))
                 await wait_event(self._kick, self.cfg.interval)
                 self._kick.clear()

@@ -27,7 +27,7 @@ class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     pass
 
 
-class Resources(_Spec):
+class Resources(_Spec, frozen=True):
     cpus: float = 1.0
     memory: int | None = None  # bytes; "16GB" style strings are accepted at load
     gpus: int = 0
@@ -38,20 +38,20 @@ class Resources(_Spec):
     shm_size: int | None = None  # bytes of /dev/shm in the container; None: the agent's default
 
 
-class DataMount(_Spec):
+class DataMount(_Spec, frozen=True):
     source: str  # s3://bucket/prefix (copied once into the instance's cache) or a host path (FSx, EFS)
     target: str  # where the job sees it, read-only: absolute (in the container) or relative to the code dir
 
 
-class Outputs(_Spec):
+class Outputs(_Spec, frozen=True):
     exclude: list[str] = []  # gitignore-style patterns under $INCL_OUTPUT_DIR that are not uploaded
 
 
-class Checkpoint(_Spec):
+class Checkpoint(_Spec, frozen=True):
     sync_every: float = 300.0  # seconds ("5m" is accepted at load); 0: only when the job ends
 
 
-class Retry(_Spec):
+class Retry(_Spec, frozen=True):
     max_attempts: int = 3  # attempts in all, counting the first; LOST attempts use them up
     on_failure: bool = False  # also retry a non-zero exit
     # Spot preemptions never use up attempts: the job resumes from its checkpoint. With `spot: auto` it goes
@@ -64,7 +64,7 @@ class IdleAction(enum.StrEnum):
     STOP = "stop"
 
 
-class GpuIdle(_Spec):
+class GpuIdle(_Spec, frozen=True):
     """`gpu_idle:` over the cluster's default; a key left out (None) keeps the cluster's value."""
 
     threshold: float | None = None  # percent; "20%" is accepted at load
@@ -83,7 +83,7 @@ class NotifyEvent(enum.StrEnum):
     IDLE = "idle"  # an idle-GPU alert, and the message when the GPUs are busy again
 
 
-class Notify(_Spec):
+class Notify(_Spec, frozen=True):
     """`notify:` over the cluster's default. `false` loads as `events: []`, a URL string as `webhook`, any
     other string as `channel`; `events: all` (or one name) as the list. The webhook URL is a secret: no repr
     and no error message shows it."""
@@ -98,21 +98,21 @@ class Notify(_Spec):
         return f"Notify(webhook={webhook}, channel={self.channel!r}, events={events})"
 
 
-class FloatParam(_Spec, tag="float", tag_field="type"):
+class FloatParam(_Spec, tag="float", tag_field="type", frozen=True):
     low: float
     high: float
     log: bool = False
     step: float | None = None
 
 
-class IntParam(_Spec, tag="int", tag_field="type"):
+class IntParam(_Spec, tag="int", tag_field="type", frozen=True):
     low: int
     high: int
     log: bool = False
     step: int = 1
 
 
-class CategoricalParam(_Spec, tag="categorical", tag_field="type"):
+class CategoricalParam(_Spec, tag="categorical", tag_field="type", frozen=True):
     choices: list[str | int | float | bool | None]
 
 
@@ -120,7 +120,7 @@ Param = FloatParam | IntParam | CategoricalParam
 PARAM_TYPES: dict[str, type[Param]] = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
 
 
-class Hpo(_Spec):
+class Hpo(_Spec, frozen=True):
     """A hyperparameter search (Optuna's names): `trials` runs of the job, each with `params` drawn from their
     distributions, `parallel` at a time, optimizing `metric` (a name the job logs with `incl.log`)."""
 
@@ -133,7 +133,7 @@ class Hpo(_Spec):
     params: dict[str, Param] = {}  # name -> distribution; a list is shorthand for {type: categorical, choices}
 
 
-class JobSpec(_Spec):
+class JobSpec(_Spec, frozen=True):
     run: str
     name: str | None = None
     setup: str | None = None

@@ -170,7 +170,8 @@ class AwsProvider:
         if not types:
             raise NoInstanceType(f"no instance type in the catalog fits job {launch.job_id}: {launch.resources}")
         cfg = self.cfg
-        tries = [(t, s) for t in types for s in (cfg.subnets or [None])]
+        subnets: list[str | None] = [*cfg.subnets] or [None]  # None: the default subnet
+        tries = [(t, s) for t in types for s in subnets]
         tried: list[tuple[str, str | None, str]] = []
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(cfg.launch_rounds), retry=retry_if_exception_type(NoCapacity), reraise=True,

@@ -6,6 +6,7 @@ and no daemon stays down. Bounded in time; marked slow. Figures: docs/reliabilit
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -152,7 +153,7 @@ async def test_300_jobs_through_kills_freezes_and_bad_messages_end_exactly_once(
             attempt, ts = row.split()
             by_attempt.setdefault(attempt, []).append(float(ts))
         spans = sorted((min(t), max(t), a) for a, t in by_attempt.items())
-        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
             assert end < start, f"{job_id}: attempts {a} and {b} ran at the same time"
     for daemon in [cluster.controller, *cluster.agents.values(), cluster.nats]:
         assert daemon is not None and daemon.running, f"{daemon.name if daemon else '?'} stayed down"

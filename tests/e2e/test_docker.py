@@ -88,7 +88,8 @@ async def test_agent_killed_while_its_container_runs_readopts_it_with_complete_l
     await cluster.wait_agents(1)
     done = await cluster.wait_done(job.id, timeout=90)
     assert done.state == "SUCCEEDED" and len(done.attempts) == 1, done.reason
-    assert [line.decode() for line in await cluster.log_lines(job.id)] == [f"line-{i}" for i in range(1, 3001)] + ["end"]
+    expected = [*(f"line-{i}" for i in range(1, 3001)), "end"]
+    assert [line.decode() for line in await cluster.log_lines(job.id)] == expected
     assert "container_adopted" in cluster.agents["d1"].output()
 
 

@@ -135,7 +135,8 @@ step=0
 [ -f "$INCL_CHECKPOINT_DIR/step" ] && step=$(cat "$INCL_CHECKPOINT_DIR/step")
 echo "start at $step (attempt $INCL_ATTEMPT)"
 while [ "$step" -lt 40 ]; do
-  step=$((step + 1)); echo "$step" > "$INCL_CHECKPOINT_DIR/step.tmp"; mv "$INCL_CHECKPOINT_DIR/step.tmp" "$INCL_CHECKPOINT_DIR/step"
+  step=$((step + 1)); echo "$step" > "$INCL_CHECKPOINT_DIR/step.tmp"
+  mv "$INCL_CHECKPOINT_DIR/step.tmp" "$INCL_CHECKPOINT_DIR/step"
   sleep 0.1
 done
 echo "done at $step"

@@ -189,7 +189,7 @@ async def test_listings_come_in_pages_past_the_payload_limit(cluster: Cluster) -
 
     spec = load_spec({"run": "echo " + "x" * 4000, "resources": {"cpus": 10_000}})  # never placed
     async with cluster.client() as c:
-        for batch in range(12):
+        for _batch in range(12):
             await asyncio.gather(*(c.submit(spec, user="ann") for _ in range(100)))
         labels = {f"k{i}": "v" * 250 for i in range(64)}
         for n in range(80):

@@ -55,7 +55,7 @@ def test_alert_only_after_a_full_window_below_threshold_and_only_once() -> None:
 def test_one_busy_sample_restarts_the_window() -> None:
     m = IdleMonitor()
     m.track("j", started_at=0, policy=POLICY)
-    samples = every(5, 0, 55, 2.0) + [(60, 50.0)] + every(5, 65, 200, 2.0)
+    samples = [*every(5, 0, 55, 2.0), (60, 50.0), *every(5, 65, 200, 2.0)]
     events = feed(m, "j", samples)
     assert [(ts, type(ev)) for ts, ev in events] == [(125, IdleStarted)]
 
@@ -63,7 +63,7 @@ def test_one_busy_sample_restarts_the_window() -> None:
 def test_episode_ends_with_one_message_and_a_new_episode_needs_a_new_full_window() -> None:
     m = IdleMonitor()
     m.track("j", started_at=0, policy=POLICY)
-    samples = every(10, 0, 100, 1.0) + [(110, 80.0), (120, 90.0)] + every(10, 130, 250, 1.0)
+    samples = [*every(10, 0, 100, 1.0), (110, 80.0), (120, 90.0), *every(10, 130, 250, 1.0)]
     events = feed(m, "j", samples)
     assert [(ts, type(ev).__name__) for ts, ev in events] == [
         (60, "IdleStarted"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import time
@@ -185,7 +186,7 @@ async def test_500_is_retried_with_growing_backoff(webhook: Webhook) -> None:
     async with running(n):
         n.notify(notice())
         times = [t for t, _ in await webhook.wait("hook", 4)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.09 and gaps[1] >= 0.19 and gaps[2] >= 0.39  # 0.1, 0.2, 0.4 s
     assert gaps[2] < 1.0
 
@@ -232,7 +233,7 @@ async def test_unreachable_webhook_blocks_neither_callers_nor_other_webhooks(web
         start = time.perf_counter()
         assert n.notify(notice(job="fine"))
         assert time.perf_counter() - start < 0.05
-        [(arrived, body)] = await webhook.wait("ok", 1, timeout=1.0)
+        [(_arrived, body)] = await webhook.wait("ok", 1, timeout=1.0)
     assert elapsed < 0.5  # 200 notify() calls while every post to the dead webhook waits 5 s
     assert "train-resnet" in body["text"]
 
@@ -252,7 +253,7 @@ async def test_posts_to_one_webhook_are_rate_limited(webhook: Webhook) -> None:
         for i in range(3):
             n.notify(notice(job=f"j{i}"))
         times = [t for t, _ in await webhook.wait("hook", 3)]
-    assert all(b - a >= 0.18 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= 0.18 for a, b in itertools.pairwise(times))
 
 
 # --- routing -----------------------------------------------------------------------------------------------

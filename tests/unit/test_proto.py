@@ -167,7 +167,8 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
         m.LogLine(ts=1.0, stream=m.Stream.STDOUT, data=b"epoch 1\n"),
         m.LogLine(ts=1.5, stream=m.Stream.STDERR, data=b"\xff\xfenot utf-8"),
      ]),
-     _msg(m.LogBatch, job_id="j1", attempt=2, seq=7, lines=[[1.0, 1, b"epoch 1\n", False], [1.5, 2, b"\xff\xfenot utf-8", False]],
+     _msg(m.LogBatch, job_id="j1", attempt=2, seq=7,
+          lines=[[1.0, 1, b"epoch 1\n", False], [1.5, 2, b"\xff\xfenot utf-8", False]],
           stdout_total=0, stderr_total=0)),
     (m.MetricBatch(job_id="j1", attempt=2, seq=8, points=[
         m.MetricPoint(ts=1.0, step=10, values={"loss": 0.25}),
