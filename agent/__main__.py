@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from incl._daemon import run_until_signalled
-from incl._logging import configure
 from incl.agent.app import Agent
 from incl.agent.config import load_config
+from incl.bus.daemon import run_until_signalled
+from incl.bus.logsetup import configure
 
 
 @click.command()

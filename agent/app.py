@@ -16,19 +16,19 @@ from pathlib import Path
 import structlog
 import yaml
 from msgspec import structs
-from nats.aio.client import Client
-from nats.js import JetStreamContext, api
-from nats.js.kv import KeyValue
-from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from incl.agent.config import AgentConfig
 from incl.agent.docker import ContainerHandle, DockerRuntime
 from incl.agent.metadata import InstanceIdentity, open_metadata
 from incl.agent.runner import Resume, Runner
-from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.runtime import Launcher
-from incl.agent.workdir import WorkDirClaim
+from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
+from incl.agent.workdir import WorkDirClaim
+from incl.artifacts.store import ArtifactStore, open_store
+from incl.bus.connection import Bus, connect
+from incl.bus.consume import consume
+from incl.bus.retry import TRANSIENT, forever
 from incl.proto import limits, subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import Conflict, DecodeError, InclError, NoResponders, Unavailable
@@ -38,15 +38,15 @@ from incl.proto.messages import (
     AgentInfo,
     AgentInterrupted,
     Assign,
+    AssignmentReply,
+    AssignmentRequest,
     CancelJob,
     Envelope,
     HeartbeatReply,
     HeartbeatRequest,
-    Job,
     JobExited,
     JobRef,
     JobRunning,
-    JobState,
     Lease,
     LogBatch,
     MetricBatch,
@@ -54,10 +54,6 @@ from incl.proto.messages import (
     RegisterRequest,
     Resources,
 )
-from incl.artifacts.store import ArtifactStore, open_store
-from incl.proto.transport import connect, request
-from incl._daemon import consume
-from incl._retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 
@@ -66,7 +62,6 @@ class AgentSuperseded(Exception):
     """Another process registered with this agent's id after this one went silent: this one must end."""
 
 
-_JOB: Decoder[Job] = Decoder(Job)
 _ASSIGN: Decoder[Assign] = Decoder(Assign)
 
 
@@ -97,8 +92,7 @@ class Agent:
         self._fenced: set[tuple[str, int]] = set()  # attempts stopped because the lease ran out
         self.identity: InstanceIdentity | None = None  # on EC2: this instance, from IMDSv2
         self.interruption: Interruption | None = None  # the spot notice, once it came
-        self._nc: Client
-        self._js: JetStreamContext
+        self._bus: Bus
         self._tg: asyncio.TaskGroup
 
     def info(self) -> AgentInfo:
@@ -109,7 +103,7 @@ class Agent:
             capacity=Resources(cpus=cfg.host_cpus(), memory=cfg.host_memory(), gpus=len(gpus),
                                gpu_model=gpus[0].model if gpus else None),
             gpus=gpus, runtimes=["process", "docker"] if self.docker is not None else ["process"],
-            **self._instance_fields(),
+            **self._instance_fields(),  # type: ignore[arg-type]  # mypy cannot match a **dict's values field by field
         )
 
     def _instance_fields(self) -> dict[str, str | None]:
@@ -145,13 +139,10 @@ class Agent:
 
     async def _serve(self) -> None:
         cfg = self.cfg
-        self._nc = await self._retry("connect", lambda: connect(
+        self._bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-agent-{cfg.agent_id}", connect_timeout=cfg.connect_timeout,
-            reconnect_wait=cfg.reconnect_wait))
+            reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout))
         try:
-            self._js = self._nc.jetstream(timeout=cfg.request_timeout)
-            # The controller creates and configures every stream and bucket; the agent only uses them.
-            self._jobs_kv: KeyValue | None = None
             await self.sampler.open()
             async with open_metadata(cfg.provider, cfg.metadata) as metadata, Launcher() as self.launcher, \
                     self._docker_engine() as self.docker, contextlib.AsyncExitStack() as stores, \
@@ -172,7 +163,7 @@ class Agent:
                 tg.create_task(self._fence())
                 tg.create_task(self._consume())
         finally:
-            await self._nc.close()
+            await self._bus.close()
 
     # --- controller ---------------------------------------------------------------------------------------
 
@@ -182,13 +173,14 @@ class Agent:
         while True:
             sent = time.monotonic()
             try:
-                reply = await request(self._nc, subjects.REGISTER,
+                reply = await self._bus.request(subjects.REGISTER,
                                       RegisterRequest(meta=Envelope.new(self.cfg.agent_id), info=self.info(),
                                                       running=self.running(), instance=self.instance,
                                                       previous_instance=self.claim.previous),
                                       RegisterReply, self.cfg.request_timeout)
                 break
-            except (Unavailable, Conflict, *TRANSIENT) as exc:  # Conflict: our previous process still counts
+            # Conflict: our previous process still counts
+            except (Unavailable, Conflict, *TRANSIENT) as exc:  # type: ignore[misc]  # mypy cannot type a starred except tuple
                 level = log.warning if isinstance(exc, Conflict) else log.info
                 level("register_waiting", error=str(exc), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
@@ -208,7 +200,7 @@ class Agent:
             sent = time.monotonic()
             try:
                 telemetry = self.sampler.snapshot(self.gpu_alloc) if self.sampler.gpus else None
-                reply = await request(self._nc, subjects.HEARTBEAT,
+                reply = await self._bus.request(subjects.HEARTBEAT,
                                       HeartbeatRequest(meta=Envelope.new(self.cfg.agent_id),
                                                        agent_id=self.cfg.agent_id, running=self.running(),
                                                        telemetry=telemetry, instance=self.instance,
@@ -220,7 +212,7 @@ class Agent:
                 self._renewed(sent, self._lease)
                 log.debug("heartbeat_failed", error=str(exc))
                 continue
-            except (Unavailable, *TRANSIENT) as exc:
+            except (Unavailable, *TRANSIENT) as exc:  # type: ignore[misc]  # mypy cannot type a starred except tuple
                 log.debug("heartbeat_failed", error=str(exc))
                 continue
             except DecodeError as exc:
@@ -284,7 +276,8 @@ class Agent:
                 key = (runner.ref.job_id, runner.ref.attempt)
                 if key not in self._fenced:
                     self._fenced.add(key)
-                    log.warning("attempt_fenced", job_id=key[0], attempt=key[1], silent_for=round(-left + lease.duration, 1))
+                    log.warning("attempt_fenced", job_id=key[0], attempt=key[1],
+                                silent_for=round(-left + lease.duration, 1))
                     runner.stop(f"the agent lost contact with the controller for {lease.duration:g}s; stopped so "
                                 "that it never runs twice", grace=lease.grace)
             await asyncio.sleep(min(self._interval, lease.grace))
@@ -301,11 +294,10 @@ class Agent:
     async def _consume(self) -> None:
         cfg = self.cfg
         decoder: Decoder[AgentCommand] = Decoder(AgentCommand)
-        sub = await self._retry("subscribe_assignments", lambda: self._js.pull_subscribe(
-            subjects.assign(cfg.agent_id), durable=subjects.assign_consumer(cfg.agent_id),
-            stream=subjects.ASSIGN_STREAM,
-            config=api.ConsumerConfig(ack_wait=cfg.assign_ack_wait, max_deliver=-1)))
-        await consume(self._js, sub, f"agent-{cfg.agent_id}", decoder, self._command, batch=16,
+        sub = await self._retry("subscribe_assignments", lambda: self._bus.pull(
+            subjects.ASSIGN_STREAM, subjects.assign(cfg.agent_id), subjects.assign_consumer(cfg.agent_id),
+            ack_wait=cfg.assign_ack_wait))
+        await consume(self._bus, sub, f"agent-{cfg.agent_id}", decoder, self._command, batch=16,
                       timeout=cfg.assign_fetch_timeout, backoff=cfg.retry_max)
 
     async def _command(self, cmd: AgentCommand) -> None:
@@ -320,19 +312,16 @@ class Agent:
                 if key in self._seen:
                     log.info("assignment_duplicate", job_id=cmd.job_id, attempt=cmd.attempt)
                     return
-                job = await self._current(cmd.job_id)
-                cur = job.current if job else None
-                if job is None or cur is None or (cur.number, cur.agent_id) != (cmd.attempt, self.cfg.agent_id) \
-                        or job.state is not JobState.ASSIGNED:
-                    log.info("assignment_stale", job_id=cmd.job_id, attempt=cmd.attempt,
-                             state=job.state if job else None)
+                check = await self._still_mine(cmd)
+                if not check.current:
+                    log.info("assignment_stale", job_id=cmd.job_id, attempt=cmd.attempt)
                     return
                 self._seen.add(key)
                 if self.interruption is not None:  # assigned before the controller heard of the notice
                     await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
                                                  preempted=True, reason="its spot instance is being reclaimed"))
                     return
-                if job.cancel_requested:
+                if check.cancel_requested:
                     await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
                                                  cancelled=True, reason="cancelled before it started"))
                     return
@@ -341,7 +330,7 @@ class Agent:
 
     def _start(self, assign: Assign, gpus: list[int] | None, adopt: ContainerHandle | None = None,
                resume: Resume | None = None) -> None:
-        runner = Runner(self.cfg, self._js, self.publish, assign, launcher=self.launcher, docker=self.docker,
+        runner = Runner(self.cfg, self._bus, self.publish, assign, launcher=self.launcher, docker=self.docker,
                         store=self.store, gpus=gpus, job_pids=self.job_pids, resume=resume)
         self.runners[(assign.job_id, assign.attempt)] = runner
         self._tg.create_task(self._run(runner, adopt))
@@ -369,11 +358,11 @@ class Agent:
         grace = max(1.0, deadline - time.time() - self.cfg.spot_upload_reserve)
         log.warning("spot_interruption", action=notice.action, deadline=notice.deadline.isoformat(),
                     jobs=len(self.runners), grace=round(grace, 1))
-        await self._retry("publish_interruption", lambda: self._js.publish(
+        await self._retry("publish_interruption", lambda: self._bus.publish_durable(
             subjects.events(self.cfg.agent_id),
             encode(AgentInterrupted(agent_id=self.cfg.agent_id, action=notice.action, deadline=deadline,
                                     instance_id=self.identity.instance_id if self.identity else None)),
-            headers={"Nats-Msg-Id": f"{self.cfg.agent_id}.interrupted"}, timeout=self.cfg.request_timeout))
+            msg_id=f"{self.cfg.agent_id}.interrupted"))
         for runner in self.runners.values():
             runner.stop(f"spot interruption: EC2 will {notice.action} the instance at "
                         f"{notice.deadline.strftime('%H:%M:%S')} UTC", grace=grace, preempted=True)
@@ -425,10 +414,12 @@ class Agent:
         resume = Resume()
         for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(job_id), LogBatch),
                                      (subjects.METRICS_STREAM, subjects.metrics(job_id), MetricBatch)):
+            data = await self._retry("last_batch", lambda s=stream, subj=subject: self._bus.last(s, subj))
+            if data is None:
+                continue
             try:
-                msg = await self._retry("last_batch", lambda s=stream, subj=subject: self._js.get_last_msg(s, subj))
-                batch = Decoder(cls).decode(msg.data or b"")
-            except (NotFoundError, DecodeError):
+                batch = Decoder[LogBatch | MetricBatch](cls).decode(data)
+            except DecodeError:
                 continue
             if batch.attempt != attempt:
                 continue
@@ -438,19 +429,19 @@ class Agent:
                 resume.metric_seq = batch.seq + 1
         return resume
 
-    async def _current(self, job_id: str) -> Job | None:
-        """The job as the controller last wrote it: the guard against running a stale assignment."""
-        if self._jobs_kv is None:  # it exists: the controller that sent the assignment made it
-            self._jobs_kv = await self._retry("jobs_bucket", lambda: self._js.key_value(subjects.JOBS_BUCKET))
-        kv = self._jobs_kv
-        try:
-            entry = await self._retry("read_job", lambda: kv.get(job_id))
-        except KeyNotFoundError:
-            return None
-        try:
-            return _JOB.decode(entry.value or b"")
-        except DecodeError:
-            return None
+    async def _still_mine(self, cmd: Assign) -> AssignmentReply:
+        """Ask the controller whether a queued assignment is still this agent's to run (it owns the records);
+        while no controller answers, the assignment waits."""
+        req = AssignmentRequest(meta=Envelope.new(self.cfg.agent_id), job_id=cmd.job_id, attempt=cmd.attempt,
+                                agent_id=self.cfg.agent_id)
+        delay = self.cfg.retry_initial
+        while True:
+            try:
+                return await self._bus.request(subjects.ASSIGNMENT, req, AssignmentReply, self.cfg.request_timeout)
+            except (Unavailable, *TRANSIENT) as exc:  # type: ignore[misc]  # mypy cannot type a starred except tuple
+                log.info("assignment_check_waiting", job_id=cmd.job_id, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.cfg.retry_max)
 
     async def publish(self, event: AgentEvent) -> None:
         """Events are durable and deduplicated: a retry after an uncertain failure is stored once. What they
@@ -458,13 +449,13 @@ class Agent:
         if isinstance(event, JobExited):
             event = structs.replace(event, tail=limits.bound_tail(event.tail), reason=limits.bound_reason(event.reason),
                                     fenced=event.fenced or (event.job_id, event.attempt) in self._fenced)
-        msg_id = f"{event.job_id}.{event.attempt}.{type(event).__name__}"
+        # AgentInterrupted goes out on its own path (spot notices), never through publish().
+        msg_id = f"{event.job_id}.{event.attempt}.{type(event).__name__}"  # type: ignore[union-attr]
         data = encode(event)
-        if len(data) > self._nc.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
-            log.error("event_too_large", size=len(data), limit=self._nc.max_payload)
+        if len(data) > self._bus.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
+            log.error("event_too_large", size=len(data), limit=self._bus.max_payload)
             data = encode(structs.replace(event, tail=["[tail dropped: the event was over the NATS limit]"]))
         if isinstance(event, JobRunning):  # a new container: the fork server knows it before anyone else can
             self._renewed(self._contact, self._lease)
-        await self._retry("publish_event", lambda: self._js.publish(
-            subjects.events(self.cfg.agent_id), data, headers={"Nats-Msg-Id": msg_id},
-            timeout=self.cfg.request_timeout))
+        await self._retry("publish_event", lambda: self._bus.publish_durable(
+            subjects.events(self.cfg.agent_id), data, msg_id=msg_id))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import msgspec
 
-from incl import _daemon
 from incl.agent.docker import DockerSettings
 from incl.agent.metadata import MetadataConfig
 from incl.agent.spotwatch import SpotWatchConfig
-from incl.artifacts.store import StoreConfig
+from incl.artifacts.config import StoreConfig
+from incl.bus import daemon as _daemon
 
 
 def _default_id() -> str:

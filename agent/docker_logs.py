@@ -18,7 +18,7 @@ output that ends inside such a line gets a newline it may not have had.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiodocker
 import aiohttp
@@ -106,7 +106,8 @@ class LogCursor:
         """Deliver the messages after the last one delivered; False when this read cannot tell which those are:
         the last one is not in it, or the read is a `window` of the log's last messages that may start inside
         the last one's group of equal timestamps (then nothing is delivered)."""
-        target, ranks, first, seen = self._last, Ranker(), {}, 0
+        first: dict[Stream, bytes] = {}
+        target, ranks, seen = self._last, Ranker(), 0
         held: list[tuple[Key, bytes]] | None = None  # kept back until it is sure the window is the whole log
         async with contextlib.aclosing(self._chunks(docker, container_id, params, connect_timeout)) as chunks:
             async for chunk in chunks:
@@ -132,7 +133,7 @@ class LogCursor:
         return target is None
 
     async def _chunks(self, docker: aiodocker.Docker, container_id: str, params: dict[str, str],
-                      connect_timeout: float) -> AsyncIterator[list[Message]]:
+                      connect_timeout: float) -> AsyncGenerator[list[Message]]:
         query = {"stdout": "1", "stderr": "1", "timestamps": "1", **params}
         # A follow waits as long as the job is quiet; a plain read is never quiet for long unless stuck.
         stall = None if "follow" in params else connect_timeout

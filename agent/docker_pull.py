@@ -71,7 +71,7 @@ async def pull(docker: aiodocker.Docker, image: str, auth: dict[str, str] | None
                                     sock_read=settings.pull_stall_timeout)
     await progress(f"pulling {image}")
     try:
-        async with asyncio.timeout(settings.pull_timeout), contextlib.aclosing(docker.images.pull(
+        async with asyncio.timeout(settings.pull_timeout), contextlib.aclosing(docker.images.pull(  # type: ignore[call-overload]  # aiodocker types timeout as float; it also takes aiohttp's ClientTimeout
                 registry_ref(image) if auth else image, auth=auth, stream=True, timeout=timeout)) as events:
             async for event in events:
                 tally.add(event)

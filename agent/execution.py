@@ -165,7 +165,7 @@ class ContainerExecution(_Stoppable):
     async def _remove(self) -> None:
         if self._handle is not None:
             with contextlib.suppress(Exception):
-                await self._handle.remove()
+                await self._handle.remove()  # type: ignore[union-attr]  # only a container has remove(); a process's AttributeError is suppressed as before
 
     async def _until_running(self, waiter: asyncio.Task[object]) -> None:
         """Until setup is done (the entrypoint's marker) or the container has ended."""

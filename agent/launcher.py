@@ -31,6 +31,7 @@ job first: a process job never outlives its agent. Containers do, for a restarte
 only until the lease ends (below): so the controller can run a job again elsewhere without two copies running.
 """
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -55,7 +56,7 @@ GUARD_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
 _libc = ctypes.CDLL(None, use_errno=True)
 _cgroup = None  # in a guard: the job's cgroup directory, when it has one
 _command = None  # in a guard: the command's pid
-_killed = {}  # in a guard: {pid: name} of the job's other processes it killed
+_killed: dict[int, str] = {}  # in a guard: {pid: name} of the job's other processes it killed
 
 
 def _die_with_parent(sig, parent):
@@ -114,10 +115,8 @@ def _join_cgroup(path):
 
 def _remove_cgroup(path):
     if path is not None:
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(path)
-        except OSError:
-            pass
 
 
 # --- the job's processes ----------------------------------------------------------------------------------
@@ -141,7 +140,7 @@ def _job_processes():
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
             stats[int(entry)] = stat
-    children = {}
+    children: dict[int, list[int]] = {}
     for pid, (_, _, ppid) in stats.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = set(), [me]
@@ -173,10 +172,8 @@ def _kill_all():
         except OSError:
             pass  # no cgroup.kill before Linux 5.14: one by one below
     for pid in processes:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _reap():
@@ -227,7 +224,7 @@ def _wait_for(pid, agent, launcher):
 
 def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups):
     """In the forked child: lead a new group, run argv in it, end the job as it exits. Never returns."""
-    global _cgroup, _command
+    global _cgroup, _command  # noqa: PLW0603 - the forked child's signal handlers read them
     try:
         signal.set_wakeup_fd(-1)
         os.setsid()
@@ -259,10 +256,8 @@ def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups):
         killed = _sweep()
         _remove_cgroup(_cgroup)
         if killed:
-            try:
+            with contextlib.suppress(OSError):  # the agent is gone
                 _send(sock, {"killed": os.getpid(), "count": len(killed), "procs": list(killed.items())[:MAX_NAMED]})
-            except OSError:
-                pass  # the agent is gone
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             for other in GUARD_SIGNALS - {signal.SIGCHLD, sig}:
@@ -309,7 +304,8 @@ class Lease:
             except OSError:
                 pass
         for container in self.containers if self.docker else ():
-            _docker(self.docker, "POST", f"/containers/{container}/kill?signal={'SIGTERM' if self.stage == 1 else 'SIGKILL'}")
+            sig = "SIGTERM" if self.stage == 1 else "SIGKILL"
+            _docker(self.docker, "POST", f"/containers/{container}/kill?signal={sig}")
 
 
 def _lock_held(path):
@@ -333,21 +329,15 @@ def _outlive_agent(guards, lease):
     for a restarted agent to re-adopt, but only until the lease ends: then they are stopped and killed, unless
     a new agent process holds the work dir by then (it has taken them over)."""
     for guard in guards:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(guard, signal.SIGUSR2)
-        except OSError:
-            pass
     for guard in guards:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(guard, 0)
-        except ChildProcessError:
-            pass
     if lease is None or not lease.docker or not lease.containers:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.setsid()  # on its own now: nothing aimed at the agent's process group or session reaches it
-    except OSError:
-        pass
     while (due := lease.due()) is not None:
         if lease.lock and _lock_held(lease.lock):
             return

@@ -90,7 +90,7 @@ def _json(text: str) -> dict[str, object]:
 class Imds:
     """`async with Imds(cfg) as md: await md.identity()` — one HTTP session, one token at a time."""
 
-    def __init__(self, cfg: MetadataConfig = MetadataConfig(), *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cfg: MetadataConfig = MetadataConfig(), *, clock: Callable[[], float] = time.monotonic) -> None:  # noqa: B008 (frozen, so sharing it is safe)
         self.cfg = cfg
         self._clock = clock
         self._token: str | None = None
@@ -204,6 +204,6 @@ class LocalMetadata:
         return None
 
 
-def open_metadata(provider: str, cfg: MetadataConfig = MetadataConfig()) -> Imds | LocalMetadata:
+def open_metadata(provider: str, cfg: MetadataConfig = MetadataConfig()) -> Imds | LocalMetadata:  # noqa: B008 (frozen)
     """The metadata source for the agent's `provider`: IMDSv2 on `aws`, local values anywhere else."""
     return Imds(cfg) if provider == "aws" else LocalMetadata()

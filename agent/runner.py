@@ -16,10 +16,10 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
-from nats.js import JetStreamContext
 
 from incl.agent import runtime
 from incl.agent.channel import MetricChannel
@@ -30,8 +30,8 @@ from incl.agent.shipper import LineSplitter, Shipper
 from incl.agent.telemetry import ProcessTreeJobs
 from incl.agent.workspace import JobFiles, Workspace, link_data
 from incl.artifacts.store import ArtifactStore
+from incl.bus.connection import Bus
 from incl.proto import subjects
-from incl.proto.spec import DataMount
 from incl.proto.codec import encode
 from incl.proto.messages import (
     AgentEvent,
@@ -47,9 +47,11 @@ from incl.proto.messages import (
     Stream,
     TreeRef,
 )
+from incl.proto.spec import DataMount
 
 log = structlog.get_logger()
 
+T = TypeVar("T")
 Publish = Callable[[AgentEvent], Awaitable[None]]
 
 # Where a container sees the job's folders.
@@ -98,7 +100,7 @@ class Resume:
 
 
 class Runner:
-    def __init__(self, cfg: AgentConfig, js: JetStreamContext, publish: Publish, assign: Assign, *,
+    def __init__(self, cfg: AgentConfig, bus: Bus, publish: Publish, assign: Assign, *,
                  launcher: runtime.Launcher, docker: DockerRuntime | None = None,
                  store: ArtifactStore | None = None, gpus: list[int] | None = None,
                  job_pids: ProcessTreeJobs | None = None, resume: Resume | None = None) -> None:
@@ -121,12 +123,12 @@ class Runner:
         self._skip = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}  # replayed lines to drop
         self._totals = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}
         a = assign
-        common = dict(max_items=cfg.batch_max_lines, max_bytes=cfg.batch_max_bytes,
+        common: dict[str, Any] = dict(max_items=cfg.batch_max_lines, max_bytes=cfg.batch_max_bytes,
                       buffer_max_bytes=cfg.buffer_max_bytes, flush_interval=cfg.flush_interval,
                       timeout=cfg.request_timeout, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max)
-        self._logs = Shipper(js, subjects.logs(a.job_id), f"{a.job_id}.{a.attempt}.log", self._log_batch,
+        self._logs = Shipper(bus, subjects.logs(a.job_id), f"{a.job_id}.{a.attempt}.log", self._log_batch,
                              first_seq=resume.log_seq, **common)
-        self._metrics = Shipper(js, subjects.metrics(a.job_id), f"{a.job_id}.{a.attempt}.metric",
+        self._metrics = Shipper(bus, subjects.metrics(a.job_id), f"{a.job_id}.{a.attempt}.metric",
                                 lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, points=pts),
                                 first_seq=resume.metric_seq, **common)
 
@@ -294,7 +296,7 @@ class Runner:
         started = time.monotonic()
         try:
             pushed = await files.sync_checkpoints(self.cfg.checkpoint_sync_attempts, self.cfg.checkpoint_retry_delay)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - checkpoints are best effort; the job's result stands
             log.warning("checkpoint_sync_failed", error=repr(exc))
             await self._system(f"incl: checkpoint sync failed: {exc}")
             return
@@ -365,7 +367,7 @@ class Runner:
         await self._sync_checkpoints(files, final=True)
         try:
             outputs = await files.upload_outputs(self.assign.spec.outputs.exclude)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the job's result stands; the failure is shown in its logs
             log.warning("outputs_upload_failed", error=repr(exc))
             await self._system(f"incl: uploading outputs failed: {exc}")
             return None
@@ -394,7 +396,7 @@ class Runner:
             tail=[b.decode("utf-8", "replace") for b in self._tail], outputs=outputs))
         log.info("attempt_ended", exit_code=code, reason=reason)
 
-    def _event(self, cls: type[AgentEvent], **fields: object) -> AgentEvent:
+    def _event(self, cls: type[JobStarting | JobRunning | JobExited], **fields: Any) -> AgentEvent:
         return cls(job_id=self.ref.job_id, attempt=self.ref.attempt, agent_id=self.cfg.agent_id, **fields)
 
 
@@ -402,7 +404,7 @@ class PrepareFailed(Exception):
     """The attempt could not be prepared; the message is the reason the user sees."""
 
 
-async def _step(what: str, work: Awaitable[object]) -> object:
+async def _step(what: str, work: Awaitable[T]) -> T:
     try:
         return await work
     except PrepareFailed:

@@ -160,9 +160,9 @@ class Launcher:
                 future.set_result(msg)
         # The launcher died: its guards die with it (and their jobs), so every job here has ended.
         log.error("launcher_died", jobs=len(self._exits))
-        for future in self._exits.values():
-            if not future.done():
-                future.set_result((-signal.SIGKILL, None))
+        for exit_status in self._exits.values():
+            if not exit_status.done():
+                exit_status.set_result((-signal.SIGKILL, None))
         for future in self._replies.values():
             if not future.done():
                 future.set_exception(OSError("the agent's launcher died"))

@@ -13,24 +13,23 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from nats.js import JetStreamContext
 
+from incl.bus.connection import Bus
+from incl.bus.daemon import wait_event
+from incl.bus.retry import forever
 from incl.proto.codec import encode
 from incl.proto.messages import LogLine, Stream
-from incl._daemon import wait_event
-from incl._retry import forever
 
 log = structlog.get_logger()
 
-DEFAULT_PAYLOAD_LIMIT = 1 << 20  # NATS's default, when the connection does not say
 
 
 class Shipper:
-    def __init__(self, js: JetStreamContext, subject: str, msg_id: str,
+    def __init__(self, bus: Bus, subject: str, msg_id: str,
                  make_batch: Callable[[int, list[Any]], Any], *, max_items: int, max_bytes: int,
                  buffer_max_bytes: int, flush_interval: float, timeout: float,
                  retry_initial: float, retry_max: float, first_seq: int = 0) -> None:
-        self._js = js
+        self._bus = bus
         self._subject = subject
         self._msg_id = msg_id
         self._make_batch = make_batch
@@ -88,13 +87,13 @@ class Shipper:
         size = sum(n for _, n in self._items[:take])
         # Built once per batch: a log batch's builder counts the lines it ships.
         data = encode(self._make_batch(self._seq, [item for item, _ in self._items[:take]]))
-        headers = {"Nats-Msg-Id": f"{self._msg_id}.{self._seq}"}
+        msg_id = f"{self._msg_id}.{self._seq}"
         try:
-            if len(data) > self._payload_limit():
+            if len(data) > self._bus.max_payload:
                 raise ValueError(f"one item encodes to {len(data)} bytes, over the NATS payload limit")
             await forever(
                 "ship_" + self._subject.split(".")[1],
-                lambda: self._js.publish(self._subject, data, headers=headers, timeout=self._timeout),
+                lambda: self._bus.publish_durable(self._subject, data, msg_id=msg_id, timeout=self._timeout),
                 initial=self._retry[0], maximum=self._retry[1],
             )
         except Exception as exc:  # noqa: BLE001 - not transient: this batch fails, the shipping goes on
@@ -105,10 +104,6 @@ class Shipper:
         self._seq += 1
         async with self._room:
             self._room.notify_all()
-
-    def _payload_limit(self) -> int:
-        nc = getattr(self._js, "_nc", None)  # nats-py keeps the server's limit on the connection only
-        return int(getattr(nc, "max_payload", 0) or DEFAULT_PAYLOAD_LIMIT)
 
 
 class LineSplitter:
@@ -141,7 +136,7 @@ class LineSplitter:
         """Lines with their `partial` flag: a line over the limit becomes pieces, all but the last partial."""
         if all(len(p) <= self._max for p in parts):
             return [(p, False) for p in parts]
-        out = []
+        out: list[tuple[bytes, bool]] = []
         for p in parts:
             pieces = [p[i:i + self._max] for i in range(0, max(len(p), 1), self._max)]
             out.extend((piece, i < len(pieces) - 1) for i, piece in enumerate(pieces))

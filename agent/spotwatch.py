@@ -43,7 +43,7 @@ SpotNotice = Interruption | Rebalance
 
 class SpotWatcher:
     def __init__(self, metadata: Metadata, on_notice: Callable[[SpotNotice], Awaitable[None]],
-                 cfg: SpotWatchConfig = SpotWatchConfig()) -> None:
+                 cfg: SpotWatchConfig = SpotWatchConfig()) -> None:  # noqa: B008 (frozen)
         self._metadata = metadata
         self._on_notice = on_notice
         self.cfg = cfg

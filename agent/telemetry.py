@@ -130,7 +130,7 @@ class PynvmlSource:
                 return []
         try:
             lib.nvmlInit()
-        except Exception as exc:  # NVMLError (no library, no driver, no permission) or a loader OSError
+        except Exception as exc:  # noqa: BLE001 - NVMLError (no library, no driver, no permission) or a loader OSError
             log.info("nvml_unavailable", reason=str(exc) or type(exc).__name__)
             return []
         self._up = True
@@ -245,7 +245,7 @@ def _text(value: Any) -> str | None:
 
 
 class _Series:
-    __slots__ = ("total", "count", "max")
+    __slots__ = ("count", "max", "total")
 
     def __init__(self) -> None:
         self.total, self.count = 0.0, 0
@@ -380,7 +380,7 @@ class GpuSampler:
                 started = time.monotonic()
                 try:
                     await asyncio.to_thread(self.sample)
-                except Exception as exc:  # a driver hiccup must not take the agent down
+                except Exception as exc:  # noqa: BLE001 - a driver hiccup must not take the agent down
                     log.warning("gpu_sample_failed", error=type(exc).__name__)
                 await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
         finally:

@@ -71,7 +71,7 @@ async def _fetch(store: ArtifactStore, prefix: str, cache: Path, limits: TreeLim
 async def _download(store: ArtifactStore, o: ObjectInfo, path: Path) -> None:
     size = await store.get_file(o.key, path)
     if size != o.size:
-        path.unlink()
+        path.unlink()  # noqa: ASYNC240 - one unlink of a local file, on a failure path
         raise IntegrityError(f"{store.url}: {o.key} is {size} bytes, not the {o.size} it was listed with: it "
                              "changed while it was fetched; try again", path=o.key)
     os.chmod(path, 0o444)

@@ -85,7 +85,7 @@ class FileStore(ArtifactStore):
         def chunks() -> Iterator[bytes]:
             nonlocal size
             try:
-                f = open(src, "rb")
+                f = open(src, "rb")  # noqa: SIM115 - closed by the `with f` below, once open succeeded
             except (FileNotFoundError, NotADirectoryError):
                 raise NotFound(f"{self.url}: no object {src.relative_to(self.root)}", path=str(src)) from None
             with f:

@@ -66,7 +66,7 @@ async def push_tree(store: ArtifactStore, root: Path, *, gitignore: bool = False
                     ref: str | None = None, hash_cache: HashCache | None = None, progress: Progress | None = None,
                     phase: Phase | None = None, limits: TreeLimits = TreeLimits()) -> PushResult:
     """Snapshot `root` into `store`; with `ref`, point that ref at it. See the module docstring."""
-    real_root = os.path.realpath(root)
+    real_root = os.path.realpath(root)  # noqa: ASYNC240 - resolves a local path once, before the threads start
     walked_at = time.time_ns()
     scanned = None if phase is None else (lambda n: phase("scanning", n, 0))
     found, (cached, known) = await asyncio.gather(  # two threads: the walk, and the local records
@@ -158,7 +158,7 @@ async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[Stat
 def hash_file(path: str, expected: StatKey) -> str:
     """The file's SHA-256; FileChanged if its stat differs from the walk's, before or after reading it."""
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - closed by the `with f` below, once open succeeded
     except FileNotFoundError:
         raise FileChanged(f"{path} was deleted while the tree was read", path=path) from None
     except OSError as exc:

@@ -45,7 +45,7 @@ def is_transient(exc: BaseException) -> bool:
         code, status = error_code(exc)
         return code in THROTTLED or status >= 500 or status == 429
     # Imported here: it costs 0.3 s at start-up and is loaded anyway once a client exists to fail.
-    import aiohttp
+    import aiohttp  # noqa: PLC0415 - see above
 
     return isinstance(exc, (*NETWORK, aiohttp.ClientError))
 

@@ -67,7 +67,7 @@ class S3Store(ArtifactStore):
             return self._client
         async with self._client_lock:
             if self._client is None:
-                from incl.artifacts.s3api import make_client  # the expensive import, on first use only
+                from incl.artifacts.s3api import make_client  # noqa: PLC0415 - the expensive import, on first use only
 
                 self._client = await make_client(self._stack, self.endpoint, self.cfg)
         return self._client

@@ -82,11 +82,11 @@ async def open_store(url: str, *, config: StoreConfig | None = None) -> AsyncIte
     """The store at `url`, open for the `async with` block; its connections close at the end."""
     config = config or StoreConfig()
     if url.startswith("file://"):
-        from incl.artifacts.filestore import FileStore
+        from incl.artifacts.filestore import FileStore  # noqa: PLC0415 - each backend loads only when used
 
         yield FileStore(url, config)
     elif url.startswith("s3://"):
-        from incl.artifacts.s3store import S3Store  # its client is imported on its first request (s3store.py)
+        from incl.artifacts.s3store import S3Store  # noqa: PLC0415 - its client is imported on its first request (s3store.py)
 
         async with S3Store(url, config) as store:
             yield store

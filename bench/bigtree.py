@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -64,10 +65,8 @@ def disk_used(path: Path) -> int:
     total = path.lstat().st_blocks * 512
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames + filenames:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
     return total
 
 
@@ -93,10 +92,8 @@ class Ticker:
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
 
 async def one_rep(tree: Path, home: Path) -> dict[str, float]:

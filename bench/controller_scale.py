@@ -25,7 +25,7 @@ Each simulated agent registers (``RegisterRequest``: 8 GPUs of 80 GiB, a list of
 a ``HeartbeatRequest`` on a fixed one-second clock, agent i at ``k + i/N`` seconds (so the N heartbeats are
 spread evenly over each second, across processes too), each carrying a fresh ``GpuTelemetry`` of 8
 ``GpuStats`` (utilization, memory, power, temperature, one sample). It uses the agent's own call,
-``incl.proto.transport.request``, with the agent's default timeout (5 s), and awaits the reply before its
+``incl.bus.connection.Bus.request``, with the agent's default timeout (5 s), and awaits the reply before its
 next beat (a beat whose slot has passed is skipped and counted); a reply with ``registered=False`` makes it
 register again, as ``incl.agent`` does. The simulated agents run no jobs: ``running`` is empty and the GPUs
 carry no job ids (``--jobs`` puts finished jobs in the jobs bucket before the controller starts instead).
@@ -74,6 +74,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from stats import percentile, summary  # noqa: E402  (bench/stats.py)
 
+from incl.bus.connection import Bus, connect  # noqa: E402
 from incl.proto import errors, subjects  # noqa: E402
 from incl.proto.codec import Decoder, encode  # noqa: E402
 from incl.proto.messages import (  # noqa: E402
@@ -91,7 +92,6 @@ from incl.proto.messages import (  # noqa: E402
     Resources,
 )
 from incl.proto.telemetry import GpuInfo, GpuStats, GpuTelemetry  # noqa: E402
-from incl.proto.transport import connect, request  # noqa: E402
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
 RESULTS = HERE / "results" / "controller_scale.json"
@@ -154,8 +154,8 @@ class SimAgent:
     """One agent's life, as `incl.agent.app` lives it: register, then heartbeat; registers again whenever
     a reply says the controller does not know it (`registered=False`)."""
 
-    def __init__(self, i: int, n: int, nc, tally: Tally) -> None:  # type: ignore[no-untyped-def]
-        self.i, self.nc, self.tally = i, nc, tally
+    def __init__(self, i: int, n: int, bus: Bus, tally: Tally) -> None:
+        self.i, self.bus, self.tally = i, bus, tally
         self.phase = (i / n) * INTERVAL  # agent i beats at k + i/N: N beats spread evenly over each second
         self.rng = random.Random(i)
         self.last = time.time()
@@ -164,7 +164,7 @@ class SimAgent:
         for _ in range(attempts):
             try:
                 req = RegisterRequest(meta=Envelope.new(agent_id(self.i)), info=agent_info(self.i))
-                await request(self.nc, subjects.REGISTER, req, RegisterReply, TIMEOUT)
+                await self.bus.request(subjects.REGISTER, req, RegisterReply, TIMEOUT)
                 return True
             except errors.InclError as exc:
                 log(f"register {agent_id(self.i)} failed: {exc}")
@@ -206,7 +206,7 @@ class SimAgent:
                                telemetry=telemetry(self.rng, self.last, now))
         self.last, sent, t = now, time.time(), time.perf_counter()
         try:
-            reply = await request(self.nc, subjects.HEARTBEAT, req, HeartbeatReply, TIMEOUT)
+            reply = await self.bus.request(subjects.HEARTBEAT, req, HeartbeatReply, TIMEOUT)
         except errors.Unavailable:
             reply, kind = None, "timeout"
         except Exception as exc:  # noqa: BLE001  a failure is counted, never fatal
@@ -230,10 +230,10 @@ async def worker(args: argparse.Namespace) -> None:
     """Simulate agents [first, first+count) of N; protocol with the parent on stdin/stdout (JSON lines):
     out {"registered": ...} once every agent has registered; in "t0 t1" (the window); in EOF: stop;
     out the tally."""
-    ncs = [await connect(args.url, f"incl-scale-sim-{args.first}-{c}", connect_timeout=5.0, reconnect_wait=0.5)
-           for c in range(args.conns)]
+    buses = [await connect(args.url, f"incl-scale-sim-{args.first}-{c}", connect_timeout=5.0, reconnect_wait=0.5,
+                           request_timeout=TIMEOUT) for c in range(args.conns)]
     tally = Tally()
-    agents = [SimAgent(i, args.n, ncs[k % len(ncs)], tally)
+    agents = [SimAgent(i, args.n, buses[k % len(buses)], tally)
               for k, i in enumerate(range(args.first, args.first + args.count))]
     sem, registered, stop = asyncio.Semaphore(args.register_concurrency), [], asyncio.Event()
 
@@ -258,8 +258,8 @@ async def worker(args: argparse.Namespace) -> None:
             tg.create_task(a.live(sem, registered, stop))
         tg.create_task(report_registration())
         await follow_parent()
-    for nc in ncs:
-        await nc.close()
+    for bus in buses:
+        await bus.close()
     print(json.dumps({
         "lags": tally.lags, "fire_delays": tally.fire_delays, "timeouts": tally.timeouts, "errors": tally.errors,
         "error_kinds": dict(tally.error_kinds), "unregistered": tally.unregistered, "skipped": tally.skipped,
@@ -366,30 +366,28 @@ class Stack:
 
 
 async def wait_ping(url: str, timeout: float = 30.0) -> None:
-    nc = await connect(url, "incl-scale-ping", connect_timeout=2.0, reconnect_wait=0.2)
-    try:
+    async with await connect(url, "incl-scale-ping", connect_timeout=2.0, reconnect_wait=0.2,
+                             request_timeout=1.0) as bus:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                await request(nc, subjects.PING, PingRequest(meta=Envelope.new("bench")), PingReply, 1.0)
+                await bus.request(subjects.PING, PingRequest(meta=Envelope.new("bench")), PingReply, 1.0)
                 return
             except errors.Unavailable:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
 
 
 async def preload_jobs(url: str, count: int) -> None:
     """Put `count` finished jobs in the jobs bucket before the controller starts (it loads them all)."""
+    from incl.bus.streams import ensure_buckets
     from incl.proto.messages import Attempt, Job, JobState
     from incl.proto.spec import load_spec
-    from incl.proto.streams import ensure_buckets
 
-    nc = await connect(url, "incl-scale-preload", connect_timeout=2.0, reconnect_wait=0.2)
-    try:
-        kv = (await ensure_buckets(nc.jetstream(timeout=10.0)))[subjects.JOBS_BUCKET]
+    async with await connect(url, "incl-scale-preload", connect_timeout=2.0, reconnect_wait=0.2,
+                             request_timeout=10.0) as bus:
+        kv = (await ensure_buckets(bus))[subjects.JOBS_BUCKET]
         spec, now = load_spec({"run": "python train.py", "resources": {"gpus": 8}}), time.time()
         for k in range(count):
             job_id = f"job{k:07d}"
@@ -397,30 +395,28 @@ async def preload_jobs(url: str, count: int) -> None:
                           started_at=now - 59, ended_at=now - 1, exit_code=0)
             job = Job(id=job_id, spec=spec, user="bench", state=JobState.SUCCEEDED, submitted_at=now - 61,
                       updated_at=now - 1, attempts=[att], exit_code=0)
-            await kv.put(job_id, encode(job))  # type: ignore[attr-defined]
-    finally:
-        await nc.close()
+            await kv.put(job_id, encode(job))
 
 
 async def check_agents(url: str, n: int) -> dict:
     """One `incl agents` call after the window: does the controller's state hold every agent, fresh?"""
-    nc = await connect(url, "incl-scale-check", connect_timeout=2.0, reconnect_wait=0.2)
+    bus = await connect(url, "incl-scale-check", connect_timeout=2.0, reconnect_wait=0.2, request_timeout=10.0)
     t = time.perf_counter()
-    try:
-        msg = await nc.request(subjects.LIST_AGENTS, encode(ListAgentsRequest(meta=Envelope.new("bench"))),
-                               timeout=10.0)
+    try:  # raw, to measure the reply's size
+        data = await bus.request_raw(subjects.LIST_AGENTS, encode(ListAgentsRequest(meta=Envelope.new("bench"))),
+                                     timeout=10.0)
     except Exception as exc:  # noqa: BLE001  reported, not fatal: e.g. a reply over NATS max_payload
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - t, 3)}
     finally:
-        await nc.close()
+        await bus.close()
     seconds, now = time.perf_counter() - t, time.time()
-    reply = Decoder(ListAgentsReply | ErrorReply).decode(msg.data)
+    reply = Decoder(ListAgentsReply | ErrorReply).decode(data)
     if not isinstance(reply, ListAgentsReply):
         return {"ok": False, "error": f"{reply.code}: {reply.message}", "seconds": round(seconds, 3)}
     alive = [v for v in reply.agents if v.record.state == "alive"]
     stale = [now - v.record.last_seen for v in alive]
     return {"ok": len(alive) == n, "alive": len(alive), "with_telemetry": sum(v.telemetry is not None for v in alive),
-            "last_seen_age_max_s": round(max(stale), 3) if stale else None, "reply_bytes": len(msg.data),
+            "last_seen_age_max_s": round(max(stale), 3) if stale else None, "reply_bytes": len(data),
             "seconds": round(seconds, 3)}
 
 
@@ -729,7 +725,7 @@ def table(results: list[dict]) -> str:
                      r.get("timeouts", 0) + r.get("errors", 0), r.get("skipped_beats", "?"),
                      f"{r.get('others_cpu_pct', '?')}{' !' if r.get('contended') else ''}", target))
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(head))]
-    return "\n".join("  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=False)) for row in rows)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ agents), and always ends with ``incl down`` (also on an error, Ctrl-C or SIGTERM
 agent offer 64 CPUs so that 1,000 trivial jobs, each asking the default 1 CPU, are limited by INCL and not
 by the CPU request (4 x 64 = 256 jobs may run at once; the host has however many cores it has).
 
-The client is the Python client ``incl.cli.client.Client`` used in-process (one NATS connection for the
+The client is the Python client ``incl.bus.client.Client`` used in-process (one NATS connection for the
 whole run): the fair analogue of Ray's ``JobSubmissionClient``, which the Ray side uses; neither side pays a
 CLI start-up per job.
 
@@ -73,7 +73,7 @@ sys.path.insert(0, str(HERE))
 from stamp import STAMP_CODE, direct_entrypoint_baseline, read_stamp, stamp_entrypoint  # noqa: E402
 from stats import rate, summary  # noqa: E402  (bench/stats.py, shared with the Ray side)
 
-from incl.cli.client import Client  # noqa: E402
+from incl.bus.client import Client  # noqa: E402
 from incl.proto.messages import TERMINAL, JobState, Stream  # noqa: E402
 from incl.proto.spec import load_spec  # noqa: E402
 
@@ -507,7 +507,7 @@ def stop_profilers(procs: list[subprocess.Popen]) -> None:
 async def run_mode(args, stack: Stack, work: Path) -> dict:
     meter = CpuMeter(stack)
     async with Client(stack.url, timeout=30.0) as client:
-        for i in range(args.warmup_jobs):  # every mode: a warm stack (connections, imports, streams)
+        for _i in range(args.warmup_jobs):  # every mode: a warm stack (connections, imports, streams)
             j = await client.submit(load_spec({"run": "true"}), "warmup")
             await wait_terminal(client, j.id, 0.01)
         if args.mode == "dispatch":
@@ -572,7 +572,7 @@ def bench_main(args) -> int:
         "incl_version": version("incl"),
         "config": {"agents": args.agents, "agent_cpus": args.cpus, "job_cpus": 1,
                    "warmup_jobs": args.warmup_jobs, "warmup": args.warmup if args.mode == "dispatch" else None},
-        "client": "incl.cli.client.Client (Python, in-process, one NATS connection)",
+        "client": "incl.bus.client.Client (Python, in-process, one NATS connection)",
         "total_wall_s": round(time.time() - t_begin, 3),
         "host": {"nproc": os.cpu_count(), "python": platform.python_version(),
                  "loadavg_end": os.getloadavg()},

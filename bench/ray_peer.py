@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -78,6 +79,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+
 from stamp import STAMP_CODE, direct_entrypoint_baseline, read_stamp, stamp_entrypoint  # noqa: E402
 from stats import rate, summary  # noqa: E402
 
@@ -139,10 +141,8 @@ def reexec_in_namespace(argv: list[str]) -> int:
     def forward(sig, _frm):
         target = ns_init_pid()
         if target is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(target, sig)
-            except ProcessLookupError:
-                pass
         if state["deadline"] is None:
             state["deadline"] = time.time() + 30.0
 
@@ -192,10 +192,8 @@ def namespace_init(args) -> int:
             os._exit(rc)
     # PID 1: forward termination to the bench so it can run `ray stop`.
     def _fwd(sig, _frm):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, _fwd)
@@ -309,9 +307,9 @@ def start_ray(args, temp_dir: str) -> dict:
             with urllib.request.urlopen(f"{DASH_URL}/api/version", timeout=2) as r:
                 r.read()
             break
-        except Exception:
+        except Exception:  # noqa: BLE001 - not up yet, whatever the error
             if time.time() > deadline:
-                raise RuntimeError("Ray dashboard/job API did not come up within 180 s")
+                raise RuntimeError("Ray dashboard/job API did not come up within 180 s") from None
             time.sleep(0.05)
     t2 = time.time()
     return {"ray_start_s": round(t1 - t0, 3), "job_api_ready_s": round(t2 - t0, 3)}
@@ -348,10 +346,8 @@ def kill_namespace_stragglers(grace: float = 2.0) -> int:
 
     victims = others()
     for pid in victims:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.time() + grace
     while others() and time.time() < deadline:
         time.sleep(0.05)
@@ -465,8 +461,7 @@ def mode_throughput(client, args, work: Path, deadline: float) -> dict:
                 log(f"throughput: submitted {i + 1}/{n} ({time.time() - t_first:.1f}s)")
     else:
         with ThreadPoolExecutor(args.concurrency) as ex:
-            for r in ex.map(lambda _: client.submit_job(entrypoint="true"), range(n)):
-                ids.append(r)
+            ids.extend(ex.map(lambda _: client.submit_job(entrypoint="true"), range(n)))
     t_submitted = time.time()
     pending = set(ids)
     final: dict[str, dict] = {}
@@ -599,7 +594,7 @@ def bench_main(args) -> int:
     _real_stdout_fd = os.dup(1)
     os.dup2(2, 1)
 
-    import ray  # noqa: F401  (import error -> hint below)
+    import ray  # import error -> hint below
     from ray.job_submission import JobSubmissionClient
 
     t_begin = time.time()

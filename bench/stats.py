@@ -10,9 +10,9 @@ isolated ``.bench-venv``) and our own side can import them:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-__all__ = ["percentile", "median", "mean", "summary", "rate"]
+__all__ = ["mean", "median", "percentile", "rate", "summary"]
 
 
 def _clean(values: Iterable[float]) -> list[float]:

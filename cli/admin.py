@@ -7,7 +7,7 @@ import datetime
 
 import click
 
-from incl.cli.client import Client, resolve_url
+from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, console, handles_errors, plural, print_json, print_table, size
 from incl.proto.messages import ListDeadLettersReply
 

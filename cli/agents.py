@@ -7,11 +7,10 @@ import asyncio
 import click
 from rich.text import Text
 
-from incl.cli.client import Client, resolve_url
+from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, ago, console, handles_errors, print_json, print_table, size
 from incl.proto.messages import AgentView
 from incl.proto.telemetry import GpuStats
-
 
 AGENT_COLUMNS = [Column("ID"), Column("HOST", drop=3, shrink=12), Column("STATE"), Column("CPUS", drop=1),
                  Column("MEMORY", drop=2), Column("GPUS", drop=1), Column("JOBS", drop=4),

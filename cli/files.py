@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,13 +21,12 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.markup import escape
 from rich.text import Text
 
 from incl.artifacts import tree
 from incl.artifacts.config import TreeLimits
 from incl.artifacts.store import open_store
-from incl.cli.client import Client, incl_home, resolve_url
+from incl.bus.client import Client, incl_home, resolve_url
 from incl.cli.output import Column, console, err_console, handles_errors, plural, print_json, print_table, size
 from incl.proto.errors import InclError, NotFound
 from incl.proto.messages import TERMINAL, Attempt, Job, TreeRef
@@ -46,7 +46,7 @@ class _Amount(ProgressColumn):
         if task.fields.get("files"):
             total = f"/{int(task.total):,}" if task.total else ""
             return Text(f"{int(task.completed):,}{total} files")
-        return Text(" ").join(c.render(task) for c in self._bytes)  # type: ignore[misc]
+        return Text(" ").join(c.render(task) for c in self._bytes)
 
 
 class Transfer:
@@ -187,7 +187,7 @@ def download(ctx: click.Context, job_id: str, dest: str | None, attempt: int | N
         if att is None or att.outputs is None:
             raise NotFound(_left_nothing(job_id) + ": nothing to download")
         target = Path(dest or job_id)
-        if target.exists() and any(target.iterdir()):
+        if target.exists() and any(target.iterdir()):  # noqa: ASYNC240 - a local check before any download
             raise InclError(f"{target} is not empty; choose another folder with --to")
         progress = Transfer(f"downloading {job_id}")
         try:

@@ -10,7 +10,7 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from incl.cli.client import Client, resolve_url
+from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, ago, console, duration, handles_errors, print_json, print_table, state
 from incl.proto.messages import Attempt, GetJobReply, Job, JobState, ListJobsReply, QuotaLine
 
@@ -43,7 +43,8 @@ LS_COLUMNS = [Column("ID"), Column("NAME", drop=3, shrink=12), Column("USER", dr
 
 ATTEMPT_COLUMNS = [Column("#"), Column("AGENT", drop=3, shrink=10), Column("INSTANCE", drop=5, shrink=12),
                    Column("MARKET", drop=4), Column("STATE"), Column("ASSIGNED", drop=8), Column("STARTED", drop=7),
-                   Column("ENDED", drop=6), Column("RUNTIME", drop=2), Column("EXIT", drop=1), Column("REASON", wrap=True)]
+                   Column("ENDED", drop=6), Column("RUNTIME", drop=2), Column("EXIT", drop=1),
+                   Column("REASON", wrap=True)]
 
 QUOTA_COLUMNS = [Column("KIND"), Column("NAME"), Column("GPUS IN USE", justify="right"),
                  Column("LIMIT", justify="right")]
@@ -73,7 +74,7 @@ def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, as_json:
         console.print("no jobs" + (" match" if wanted or user else "; submit one with `incl submit`"),
                       markup=False)
         return
-    rows = [[job.id, job.spec.name or "-", job.user, state(job.state), attempt_cell(job),
+    rows: list[list[str | Text]] = [[job.id, job.spec.name or "-", job.user, state(job.state), attempt_cell(job),
              job.current.agent_id if job.current else "-", ago(job.submitted_at), duration(_runtime(job)),
              gpu_cell(job, reply.gpu_util.get(job.id)), job.reason or ""] for job in jobs]
     print_table(LS_COLUMNS, rows)
@@ -175,7 +176,8 @@ def quota(ctx: click.Context, as_json: bool) -> None:
     if not lines:
         console.print("no quotas configured and no GPUs in use")
         return
-    rows = [[line.kind, line.name, _used_cell(line), "-" if line.limit is None else str(line.limit)] for line in lines]
+    rows: list[list[str | Text]] = [
+        [line.kind, line.name, _used_cell(line), "-" if line.limit is None else str(line.limit)] for line in lines]
     print_table(QUOTA_COLUMNS, rows)
 
 

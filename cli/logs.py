@@ -11,7 +11,7 @@ from collections import defaultdict
 import click
 from rich.text import Text
 
-from incl.cli.client import Client, resolve_url
+from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, console, handles_errors, print_json, print_table
 from incl.proto.messages import Job, LogBatch, MetricPoint, Stream
 

@@ -6,8 +6,7 @@ import os
 
 import click
 
-from incl._logging import configure
-
+from incl.bus.logsetup import configure
 from incl.cli import admin, agents, files, jobs, logs, submit, up
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -133,7 +133,7 @@ def _cap(col: Column, measuring: bool, shrunk: bool) -> int | None:
     return None
 
 
-def _table(columns: list[Column], rows: list[list[str | Text]], title: str | None, *, measuring: bool = False,
+def _table(columns: list[Column], rows: Sequence[Sequence[str | Text]], title: str | None, *, measuring: bool = False,
            shrunk: bool = False) -> Table:
     table = Table(box=None, header_style="bold", title=None if title is None else Text(title))
     for col in columns:
@@ -144,7 +144,7 @@ def _table(columns: list[Column], rows: list[list[str | Text]], title: str | Non
     return table
 
 
-def fit(out: Console, columns: list[Column], rows: list[list[str | Text]],
+def fit(out: Console, columns: list[Column], rows: Sequence[Sequence[str | Text]],
         title: str | None = None) -> tuple[list[int], bool]:
     """The indexes of the columns to show on `out`, and whether the shrinkable ones are cut: all columns, whole,
     unless `out` is a terminal too narrow for them."""
@@ -168,7 +168,7 @@ def fit(out: Console, columns: list[Column], rows: list[list[str | Text]],
         keep.remove(max(droppable, key=lambda i: (columns[i].drop, i)))
 
 
-def print_table(columns: list[Column], rows: list[list[str | Text]], title: str | None = None,
+def print_table(columns: list[Column], rows: Sequence[Sequence[str | Text]], title: str | None = None,
                 out: Console | None = None) -> None:
     """A table whole when piped; on a terminal, the columns that matter most, each header in full."""
     out = out or console

@@ -213,7 +213,5 @@ def stop(stack: Stack, timeout: float = 15.0) -> list[str]:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

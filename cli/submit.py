@@ -13,7 +13,7 @@ import click
 import msgspec
 import yaml
 
-from incl.cli.client import Client, current_user, resolve_url
+from incl.bus.client import Client, current_user, resolve_url
 from incl.cli.files import upload_workdir
 from incl.cli.logs import follow_logs
 from incl.cli.output import console, handles_errors, print_json
@@ -78,7 +78,8 @@ def build_spec(file: str | None, command: tuple[str, ...], flags: dict[str, Any]
     if resources is not None:
         data["resources"] = resources
     if flags.get("retry") is not None:
-        retry = data.get("retry") if isinstance(data.get("retry"), dict) else {}
+        given = data.get("retry")
+        retry = given if isinstance(given, dict) else {}
         data["retry"] = {**retry, "max_attempts": flags["retry"]}
     if flags.get("env"):
         env = dict(data.get("env") or {}) if isinstance(data.get("env"), dict) else {}
@@ -140,7 +141,7 @@ def _priority(value: str) -> int | str:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @handles_errors
-def submit(ctx: click.Context, file: str | None, command: tuple[str, ...], user: str | None, follow: bool,
+def submit(ctx: click.Context, /, file: str | None, command: tuple[str, ...], user: str | None, follow: bool,
            as_json: bool, max_workdir_size: str, **flags: Any) -> None:
     """Submit a job: `incl submit -f incl.yaml` or `incl submit [OPTIONS] -- CMD...`."""
     if file is None and not command and Path("incl.yaml").exists():

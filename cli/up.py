@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
+from incl.bus.client import Client, incl_home
 from incl.cli import stack as stack_mod
-from incl.cli.client import Client, incl_home
 from incl.cli.output import ago, console, fail, handles_errors, print_json
 from incl.proto.errors import InclError, Unavailable
 
@@ -93,7 +94,8 @@ def status(as_json: bool) -> None:
     if existing is None:
         fail("INCL is not running (no stack started by `incl up`); start one with `incl up`")
         return
-    parts = [{"name": p.name, "pid": p.pid, "alive": stack_mod.alive(p), "log": p.log} for p in existing.procs]
+    parts: list[dict[str, Any]] = [{"name": p.name, "pid": p.pid, "alive": stack_mod.alive(p), "log": p.log}
+                                   for p in existing.procs]
     if as_json:
         print_json({"nats_url": existing.nats_url, "parts": parts})
     else:

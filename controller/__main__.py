@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from incl._daemon import run_until_signalled
-from incl._logging import configure
+from incl.bus.daemon import run_until_signalled
+from incl.bus.logsetup import configure
 from incl.controller.app import Controller
 from incl.controller.config import load_config
 

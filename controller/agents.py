@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 from msgspec import structs
+from structlog.contextvars import bound_contextvars
 
 from incl.controller.config import ControllerConfig
 from incl.controller.jobs import Jobs
 from incl.controller.liveness import Deadlines
+from incl.controller.providers.base import Provider
 from incl.controller.scheduler import Slot, subtract
 from incl.controller.store import Records
 from incl.proto import limits
@@ -18,12 +20,12 @@ from incl.proto.errors import BadRequest, Conflict
 from incl.proto.messages import (
     AgentInterrupted,
     AgentRecord,
-    JobState,
     AgentState,
     AgentView,
     HeartbeatReply,
     HeartbeatRequest,
     JobRef,
+    JobState,
     RegisterReply,
     RegisterRequest,
     Resources,
@@ -40,16 +42,18 @@ def missing_attempts(before: dict[tuple[str, int], float], missing: set[tuple[st
 
 
 class Agents:
-    def __init__(self, cfg: ControllerConfig, records: Records[AgentRecord], jobs: Jobs,
+    """`provider`: asked whether a silent agent's spot instance was reclaimed; `on_telemetry`: each heartbeat's
+    GPU readings (the GPU watch)."""
+
+    def __init__(self, cfg: ControllerConfig, records: Records[AgentRecord], jobs: Jobs, provider: Provider,
                  on_telemetry: Callable[[GpuTelemetry], None] = lambda t: None) -> None:
         self._cfg = cfg
         self.records = records
         self._jobs = jobs
+        self._provider = provider
         self._on_telemetry = on_telemetry
         self.telemetry: dict[str, GpuTelemetry] = {}  # agent id -> its last heartbeat's GPU readings
         self.interrupted: dict[str, float] = {}  # agent id -> when its spot instance goes (it had the notice)
-        # Set by the provisioner: whether a silent agent's spot instance was reclaimed (no notice seen).
-        self.spot_reclaimed: Callable[[AgentRecord], Awaitable[bool]] | None = None
         self.deadlines = Deadlines()
         self._running: dict[str, list[JobRef]] = {}
         self._last_seen: dict[str, float] = {}  # heartbeats stay in memory; the bucket holds registrations
@@ -64,9 +68,6 @@ class Agents:
 
     def alive(self) -> list[AgentRecord]:
         return [r for r in self.records if r.state is AgentState.ALIVE]
-
-    def shapes(self) -> list[Resources]:
-        return [r.info.capacity for r in self.records] + self._cfg.shapes()
 
     def slots(self) -> list[Slot]:
         slots = {r.info.agent_id: Slot(agent_id=r.info.agent_id, free=self._usable(r),
@@ -187,20 +188,24 @@ class Agents:
 
     async def expire(self, now: float) -> None:
         for agent_id in self.deadlines.expired(now):
-            rec = self.records.get(agent_id)
-            log.warning("agent_lost", agent_id=agent_id, silent_for=self._cfg.agent_lost_after)
-            if rec is not None:
-                await self.records.put(structs.replace(rec, state=AgentState.LOST, last_seen=now))
-            self._running.pop(agent_id, None)
-            reclaimed = await self._reclaimed(agent_id, rec)
-            why = (f"spot instance {rec.info.instance_id if rec else '?'} reclaimed" if reclaimed
-                   else f"agent {agent_id} stopped heartbeating")
-            # A new process of this agent, refused while this one lived, takes over what it still runs (a
-            # re-adopted container); everything else is lost.
-            keep = {(r.job_id, r.attempt) for r in self._waiting_runs(agent_id, now)}
-            await self._jobs.agent_lost(agent_id, why, keep=keep, preempted=reclaimed)
-            self._missing.pop(agent_id, None)
-            self.interrupted.pop(agent_id, None)
+            with bound_contextvars(agent_id=agent_id):
+                await self._lose(agent_id, now)
+
+    async def _lose(self, agent_id: str, now: float) -> None:
+        rec = self.records.get(agent_id)
+        log.warning("agent_lost", agent_id=agent_id, silent_for=self._cfg.agent_lost_after)
+        if rec is not None:
+            await self.records.put(structs.replace(rec, state=AgentState.LOST, last_seen=now))
+        self._running.pop(agent_id, None)
+        reclaimed = await self._reclaimed(agent_id, rec)
+        why = (f"spot instance {rec.info.instance_id if rec else '?'} reclaimed" if reclaimed
+               else f"agent {agent_id} stopped heartbeating")
+        # A new process of this agent, refused while this one lived, takes over what it still runs (a
+        # re-adopted container); everything else is lost.
+        keep = {(r.job_id, r.attempt) for r in self._waiting_runs(agent_id, now)}
+        await self._jobs.agent_lost(agent_id, why, keep=keep, preempted=reclaimed)
+        self._missing.pop(agent_id, None)
+        self.interrupted.pop(agent_id, None)
 
     def _waiting_runs(self, agent_id: str, now: float) -> list[JobRef]:
         waiting = self._waiting.pop(agent_id, None)
@@ -212,11 +217,12 @@ class Agents:
         """A silent agent on a spot instance that had its notice, or that the provider says was reclaimed."""
         if agent_id in self.interrupted:
             return True
-        if rec is None or rec.info.market != "spot" or self.spot_reclaimed is None:
+        instance = rec.info.instance_id if rec is not None else None
+        if rec is None or rec.info.market != "spot" or instance is None:
             return False
         try:
-            return await self.spot_reclaimed(rec)
-        except Exception as exc:  # the provider is down: an ordinary loss, which is still requeued
+            return (await self._provider.spot_interrupted([instance])).get(instance, False)
+        except Exception as exc:  # noqa: BLE001 - the provider is down: an ordinary loss, which is still requeued
             log.warning("reclaim_check_failed", agent_id=agent_id, error=repr(exc))
             return False
 

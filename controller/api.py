@@ -6,9 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
+from incl.bus.connection import Bus, error_reply
 from incl.controller import deadletters, quota
 from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
@@ -18,12 +17,15 @@ from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import InclError
 from incl.proto.messages import (
+    AssignmentReply,
+    AssignmentRequest,
     CancelReply,
     CancelRequest,
     GetJobReply,
     GetJobRequest,
     HeartbeatRequest,
     Job,
+    JobState,
     ListAgentsReply,
     ListAgentsRequest,
     ListDeadLettersReply,
@@ -40,7 +42,6 @@ from incl.proto.messages import (
     SubmitRequest,
 )
 from incl.proto.spec import check_spec
-from incl.proto.transport import error_reply
 
 log = structlog.get_logger()
 
@@ -53,9 +54,9 @@ Handler = Callable[[Any], Awaitable[Reply]]
 
 
 class Api:
-    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, js: JetStreamContext,
+    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus,
                  store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
-        self._js = js
+        self._bus = bus
         self._id = controller_id
         self._page_bytes = page_bytes  # a listing's page, encoded, stays under this (half the payload limit)
         self._store_url = store_url
@@ -70,37 +71,29 @@ class Api:
             subjects.LIST_AGENTS: (Decoder(ListAgentsRequest), self.list_agents),
             subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
             subjects.HEARTBEAT: (Decoder(HeartbeatRequest), self.heartbeat),
+            subjects.ASSIGNMENT: (Decoder(AssignmentRequest), self.assignment),
             subjects.PING: (Decoder(PingRequest), self.ping),
             subjects.QUOTA: (Decoder(QuotaRequest), self.quota),
             subjects.DEAD_LETTERS: (Decoder(ListDeadLettersRequest), self.dead_letters),
         }
 
-    async def handle(self, msg: Msg) -> None:
-        """Decode, serve, reply. A bad message is answered with its error and logged; nothing stops."""
-        route = self.routes.get(msg.subject)
+    async def handle(self, subject: str, data: bytes) -> bytes:
+        """Decode, serve, reply. A bad message is answered with its error and logged; nothing stops. (The bus
+        answers a reply over the payload limit with an error saying so.)"""
+        route = self.routes.get(subject)
         if route is None:
-            log.warning("api_unknown_subject", subject=msg.subject)
-            return
+            log.warning("api_unknown_subject", subject=subject)
+            return error_reply(InclError(f"unknown subject {subject}"))
         decoder, handler = route
         try:
-            reply = encode(await handler(decoder.decode(msg.data)))
+            return encode(await handler(decoder.decode(data)))
         except InclError as exc:
             if exc.code in ("decode_error", "version_mismatch"):
-                log.warning("message_dropped", subject=msg.subject, error=str(exc))
-            reply = error_reply(exc)
+                log.warning("message_dropped", subject=subject, error=str(exc))
+            return error_reply(exc)
         except Exception as exc:  # a bug in one handler must not stop the API
-            log.exception("api_handler_failed", subject=msg.subject)
-            reply = error_reply(InclError(f"internal error: {type(exc).__name__}"))
-        limit = msg._client.max_payload  # noqa: SLF001 - nats-py exposes the server's limit only here
-        if len(reply) > limit:  # e.g. `incl agents` over thousands of agents: say so, never leave it hanging
-            log.warning("api_reply_too_large", subject=msg.subject, size=len(reply), limit=limit)
-            reply = error_reply(InclError(f"the reply ({len(reply)} bytes) exceeds the NATS payload limit "
-                                          f"({limit} bytes); narrow the query"))
-        if msg.reply:
-            try:
-                await msg.respond(reply)
-            except Exception as exc:  # the requester went away, or the connection is down
-                log.debug("api_reply_failed", subject=msg.subject, error=repr(exc))
+            log.exception("api_handler_failed", subject=subject)
+            return error_reply(InclError(f"internal error: {type(exc).__name__}"))
 
     async def submit(self, req: SubmitRequest) -> SubmitReply:
         job = await self._jobs.submit(check_spec(req.spec), req.user, req.code, key=req.meta.idempotency_key)
@@ -136,7 +129,14 @@ class Api:
         return await self._agents.heartbeat(req)
 
     async def dead_letters(self, req: ListDeadLettersRequest) -> ListDeadLettersReply:
-        return await deadletters.newest(self._js, req.limit)
+        return await deadletters.newest(self._bus, req.limit)
+
+    async def assignment(self, req: AssignmentRequest) -> AssignmentReply:
+        job = self._jobs.records.get(req.job_id)
+        cur = job.current if job else None
+        current = (job is not None and cur is not None and job.state is JobState.ASSIGNED
+                   and (cur.number, cur.agent_id) == (req.attempt, req.agent_id))
+        return AssignmentReply(current=current, cancel_requested=bool(job and job.cancel_requested))
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)

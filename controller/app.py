@@ -1,33 +1,27 @@
-"""The controller daemon: one lifespan around one TaskGroup (API, event applier, scheduler, liveness)."""
+"""The controller daemon: one lifespan around one TaskGroup (API, event applier, scheduler, liveness, and the
+provisioner when the provider provisions). Its objects are built in `wiring`, once."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import structlog
-from nats.js import JetStreamContext, api
+from structlog.contextvars import bound_contextvars
 
-from incl.controller import scheduler, state
+from incl.bus.connection import Bus, connect
+from incl.bus.consume import consume
+from incl.bus.daemon import wait_event
+from incl.bus.retry import TRANSIENT, forever
+from incl.bus.streams import ensure_buckets, ensure_streams
+from incl.controller import scheduler, state, wiring
 from incl.controller.agents import Agents
-from incl.controller.aws import AwsProvider
-from incl.controller.api import Api
 from incl.controller.config import ControllerConfig
-from incl.controller.gpuwatch import GpuWatch
-from incl.controller.notify import Notice, Notifier, kinds_for
-from incl.controller.provision import Provisioner
-from incl.controller.quota import load_quota_config
-from incl.controller.jobs import Jobs
-from incl.controller.store import Records
+from incl.controller.providers import open_provider
+from incl.controller.wiring import Graph
 from incl.proto import subjects
 from incl.proto.codec import Decoder
-from incl.proto.messages import AgentEvent, AgentInterrupted, AgentRecord, Job, JobState
-from incl.proto.streams import ensure_buckets, ensure_streams
-from incl.proto.transport import connect
-from incl._daemon import consume, wait_event
-from incl._retry import TRANSIENT, forever
+from incl.proto.messages import AgentEvent, AgentInterrupted
 
 log = structlog.get_logger()
 
@@ -35,157 +29,137 @@ log = structlog.get_logger()
 class Controller:
     def __init__(self, cfg: ControllerConfig) -> None:
         self.cfg = cfg
-        self._kick = asyncio.Event()
+        self._wake = asyncio.Event()  # a scheduling pass now (set by submits, ended jobs, registrations)
         self._connected = asyncio.Event()
-        self.jobs: Jobs
-        self.provisioner: Provisioner | None = None
-        self.agents: Agents
+        self._reconnected = asyncio.Event()  # the liveness loop gives every agent a fresh deadline
 
     def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
         return forever(what, fn, initial=self.cfg.retry_initial, maximum=self.cfg.retry_max)
 
     async def serve(self) -> None:
         cfg = self.cfg
-        nc = await self._retry("connect", lambda: connect(
+        bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-controller-{cfg.controller_id}", connect_timeout=cfg.connect_timeout,
-            reconnect_wait=cfg.reconnect_wait, disconnected_cb=self._on_disconnect,
-            reconnected_cb=self._on_reconnect))
+            reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
+            on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect))
         self._connected.set()
         try:
-            js = nc.jetstream(timeout=cfg.request_timeout)
-            applied = await self._retry("ensure_streams", lambda: ensure_streams(js, cfg.streams))
+            applied = await self._retry("ensure_streams", lambda: ensure_streams(bus, cfg.streams))
             if applied != cfg.streams:
                 log.warning("streams_sized_down", reason="JetStream has less storage than the configured limits",
                             logs_max_bytes=applied.logs_max_bytes, metrics_max_bytes=applied.metrics_max_bytes)
-            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(js, cfg.idempotency_ttl))
-            job_records: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id)
-            agent_records: Records[AgentRecord] = Records(
-                buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id)
+            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(bus, cfg.idempotency_ttl))
+            job_records, agent_records = wiring.records(buckets)
             await self._retry("load_jobs", job_records.load)
             await self._retry("load_agents", agent_records.load)
-            quotas = load_quota_config(cfg.quota_file)
-            self.jobs = Jobs(cfg, job_records, js, shapes=lambda: self.agents.shapes(), kick=self._kick.set,
-                             quotas=quotas, submits=buckets[subjects.SUBMITS_BUCKET])
-            notifier = Notifier(cfg.notify, cfg.notifier)
-            self.watch = GpuWatch(self.jobs, notifier, cfg.gpu_idle)
-            self.jobs.on_change.append(lambda before, after: self._on_change(notifier, before, after))
-            self.agents = Agents(cfg, agent_records, self.jobs, on_telemetry=self.watch.observe)
-            self.agents.restore(time.time())
-            log.info("controller_started", controller_id=cfg.controller_id, jobs=len(job_records),
-                     agents=len(agent_records), nats=cfg.nats_url)
-            api_ = Api(cfg.controller_id, self.jobs, self.agents, self.watch, js, cfg.store_url,
-                       page_bytes=nc.max_payload // 2)
-            await nc.subscribe(f"{subjects.API_PREFIX}.>", queue="incl-controller", cb=api_.handle)
-            await self.jobs.resend_stale_assignments(older_than=time.time())
-            async with self._provisioning() as self.provisioner, asyncio.TaskGroup() as tg:
-                if self.provisioner is not None:
-                    self.agents.spot_reclaimed = self.provisioner.spot_reclaimed
-                    tg.create_task(self.provisioner.run())
-                tg.create_task(self._apply_events(js))
-                tg.create_task(self._schedule())
-                tg.create_task(self._watch_liveness())
-                tg.create_task(notifier.run())
-                tg.create_task(self.watch.run())
+            async with open_provider(cfg) as provider:
+                await self._run(bus, wiring.build(cfg, bus, buckets, job_records, agent_records, provider,
+                                                  self._wake))
         finally:
-            await nc.close()
+            await bus.close()
 
-    @contextlib.asynccontextmanager
-    async def _provisioning(self) -> AsyncIterator[Provisioner | None]:
-        """With a cloud provider, the reconcile loop that launches and terminates its instances."""
+    async def _run(self, bus: Bus, g: Graph) -> None:
+        """Serve the API, then run every loop until cancelled."""
         cfg = self.cfg
-        if cfg.provider != "aws":
-            yield None
-            return
-        async with AwsProvider(cfg.aws, nats_url=cfg.agent_nats_url or cfg.nats_url,
-                               store_url=cfg.store_url) as provider:
-            yield Provisioner(cfg.reconcile, provider, self.jobs, self.agents)
-
-    def _on_change(self, notifier: Notifier, before: Job | None, after: Job) -> None:
-        for kind in kinds_for(before, after):
-            notifier.notify(Notice.from_job(kind, after))
-        if after.state is not JobState.RUNNING:
-            self.watch.forget(after.id)
+        g.agents.restore(time.time())
+        log.info("controller_started", controller_id=cfg.controller_id, jobs=len(g.jobs.records),
+                 agents=len(g.agents.records), nats=cfg.nats_url, provider=cfg.provider)
+        await bus.serve(f"{subjects.API_PREFIX}.>", "incl-controller", g.api.handle)
+        await g.jobs.resend_stale_assignments(older_than=time.time())
+        async with asyncio.TaskGroup() as tg:
+            if g.provider.provisions:
+                tg.create_task(g.provisioner.run())
+            tg.create_task(self._apply_events(bus, g))
+            tg.create_task(self._schedule(g))
+            tg.create_task(self._watch_liveness(g.agents))
+            tg.create_task(g.notifier.run())
+            tg.create_task(g.watch.run())
 
     async def _on_disconnect(self) -> None:
         self._connected.clear()
         log.warning("nats_disconnected")
 
     async def _on_reconnect(self) -> None:
-        # While we could not hear agents, their silence proves nothing: every deadline starts afresh.
-        if hasattr(self, "agents"):
-            self.agents.restore(time.time())
+        self._reconnected.set()
         self._connected.set()
-        self._kick.set()
+        self._wake.set()
         log.info("nats_reconnected")
 
     # --- agent events -------------------------------------------------------------------------------------
 
-    async def _apply_events(self, js: JetStreamContext) -> None:
+    async def _apply_events(self, bus: Bus, g: Graph) -> None:
         cfg = self.cfg
         decoder: Decoder[AgentEvent] = Decoder(AgentEvent)
-        sub = await self._retry("subscribe_events", lambda: js.pull_subscribe(
-            f"{subjects.EVENTS_PREFIX}.*", durable=subjects.EVENTS_CONSUMER, stream=subjects.EVENTS_STREAM,
-            config=api.ConsumerConfig(ack_wait=cfg.events_ack_wait, max_deliver=-1)))
-        await consume(js, sub, "controller-events", decoder,
-                      lambda event: self._retry("apply_event", lambda: self._apply(event)),
+        sub = await self._retry("subscribe_events", lambda: bus.pull(
+            subjects.EVENTS_STREAM, f"{subjects.EVENTS_PREFIX}.*", subjects.EVENTS_CONSUMER,
+            ack_wait=cfg.events_ack_wait))
+
+        async def handle(event: AgentEvent) -> None:
+            ids = ({"agent_id": event.agent_id} if isinstance(event, AgentInterrupted) else
+                   {"job_id": event.job_id, "attempt": event.attempt, "agent_id": event.agent_id})
+            with bound_contextvars(**ids):
+                await self._retry("apply_event", lambda: self._apply(g, event))
+
+        await consume(bus, sub, "controller-events", decoder, handle,
                       batch=cfg.events_fetch_batch, timeout=cfg.events_fetch_timeout, backoff=cfg.retry_max)
 
-    async def _apply(self, event: AgentEvent) -> None:
+    async def _apply(self, g: Graph, event: AgentEvent) -> None:
         if isinstance(event, AgentInterrupted):
-            self.agents.interrupted_notice(event)
-            self._kick.set()
+            g.agents.interrupted_notice(event)
+            self._wake.set()
         else:
-            await self.jobs.apply(event)
+            await g.jobs.apply(event)
 
     # --- scheduling ---------------------------------------------------------------------------------------
 
-    async def _schedule(self) -> None:
+    async def _schedule(self, g: Graph) -> None:
         while True:
-            await wait_event(self._kick, self.cfg.schedule_interval)
-            self._kick.clear()
+            await wait_event(self._wake, self.cfg.schedule_interval)
+            self._wake.clear()
             await self._connected.wait()
             try:
-                await self._schedule_once()
+                await self._schedule_once(g)
             except TRANSIENT as exc:
                 log.warning("schedule_pass_failed", error=repr(exc))
                 await asyncio.sleep(self.cfg.retry_initial)
-                self._kick.set()
+                self._wake.set()
 
-    async def _schedule_once(self) -> None:
-        queued = self.jobs.queued()
-        if queued:  # nothing queued (e.g. a burst of registrations): no placement pass at all
-            await self._place(queued)
-        else:
-            self.jobs.waiting = {}
-        await self.jobs.resend_stale_assignments(time.time() - self.cfg.assign_resend_after)
-
-    async def _place(self, queued: list[Job]) -> None:
-        plan = scheduler.plan(queued, self.agents.slots(), quotas=self.jobs.quotas,
-                              running=self.jobs.on_agent())
-        self.jobs.waiting = plan.waiting
-        if self.provisioner is not None:
-            self.jobs.waiting = self.provisioner.waiting(plan.waiting)
+    async def _schedule_once(self, g: Graph) -> None:
+        queued = g.jobs.queued()
+        # Nothing queued (e.g. a burst of registrations): no placement pass at all.
+        plan = (scheduler.plan(queued, g.agents.slots(), quotas=g.jobs.quotas, running=g.jobs.on_agent())
+                if queued else scheduler.Plan(placements=[], waiting={}))
+        g.jobs.waiting = g.provisioner.waiting(plan.waiting)  # the reasons, with each job's last launch failure
         for job_id, agent_id in plan.placements:
-            record = self.agents.records.get(agent_id)
-            try:
-                await self.jobs.dispatch(job_id, agent_id, record.info if record else None)
-            except state.IllegalTransition as exc:  # cancelled meanwhile
-                log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
-            except TRANSIENT:
-                raise  # the pass is retried
-            except Exception:  # noqa: BLE001 - this job's failure, not the scheduler's
-                log.exception("dispatch_failed", job_id=job_id, agent_id=agent_id)
+            with bound_contextvars(job_id=job_id, agent_id=agent_id):
+                await self._dispatch(g, job_id, agent_id)
+        await g.jobs.resend_stale_assignments(time.time() - self.cfg.assign_resend_after)
+
+    async def _dispatch(self, g: Graph, job_id: str, agent_id: str) -> None:
+        record = g.agents.records.get(agent_id)
+        try:
+            await g.jobs.dispatch(job_id, agent_id, record.info if record else None)
+        except state.IllegalTransition as exc:  # cancelled meanwhile
+            log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
+        except TRANSIENT:
+            raise  # the pass is retried
+        except Exception:  # this job's failure, not the scheduler's
+            log.exception("dispatch_failed", job_id=job_id, agent_id=agent_id)
 
     # --- liveness -----------------------------------------------------------------------------------------
 
-    async def _watch_liveness(self) -> None:
+    async def _watch_liveness(self, agents: Agents) -> None:
         while True:
-            due = self.agents.deadlines.next_due()
+            due = agents.deadlines.next_due()
             delay = 1.0 if due is None else min(max(due - time.time(), 0.01), 1.0)
             await asyncio.sleep(delay)
             if not self._connected.is_set():
                 continue
+            if self._reconnected.is_set():
+                # While we could not hear agents, their silence proves nothing: every deadline starts afresh.
+                self._reconnected.clear()
+                agents.restore(time.time())
             try:
-                await self.agents.expire(time.time())
+                await agents.expire(time.time())
             except TRANSIENT as exc:
                 log.warning("liveness_pass_failed", error=repr(exc))

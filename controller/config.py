@@ -8,14 +8,13 @@ from typing import Literal
 
 import msgspec
 
-from incl import _daemon
-from incl.controller import catalog
-from incl.controller.catalog import AwsConfig
+from incl.bus import daemon as _daemon
+from incl.bus.streams import StreamLimits
 from incl.controller.idle import IdlePolicy
-from incl.controller.reconcile import ReconcileConfig
 from incl.controller.notify import ClusterNotify, NotifierConfig
+from incl.controller.providers.catalog import AwsConfig
+from incl.controller.reconcile import ReconcileConfig
 from incl.proto.messages import Lease, Resources
-from incl.proto.streams import StreamLimits
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -54,11 +53,12 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # the agents learn it from the controller.
     store_url: str = "file://" + str(Path.home() / ".incl" / "store")
 
-    # What a provider could ever launch: a job that fits neither this nor a known agent is refused at submit.
+    # Shapes agents could come in, besides the provider's own: a job that fits none of these, no known agent and
+    # nothing the provider could launch is refused at submit.
     provider_shapes: list[Resources] = []
 
-    # Cloud provisioning: "local" (agents are started by hand or by `incl up`) or "aws" (instances for queued
-    # jobs, from `aws.catalog`; the reconcile loop launches and terminates them).
+    # Where agents run (`incl.controller.providers`): "local" (started by hand or by `incl up`) or "aws"
+    # (instances for queued jobs, from `aws.catalog`; the reconcile loop launches and terminates them).
     provider: Literal["local", "aws"] = "local"
     aws: AwsConfig = AwsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
@@ -69,10 +69,6 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         grace = min(self.fence_grace, self.agent_lost_after / 4)
         margin = min(self.fence_margin, self.agent_lost_after / 8)
         return Lease(duration=self.agent_lost_after - grace - margin, grace=grace)
-
-    def shapes(self) -> list[Resources]:
-        """What the provider could launch, for the submit-time "can this ever fit" check."""
-        return self.provider_shapes + (catalog.shapes(self.aws.catalog) if self.provider == "aws" else [])
 
     # GPU idle monitor: the cluster default, over which a job's `gpu_idle:` applies.
     gpu_idle: IdlePolicy = IdlePolicy()

@@ -10,11 +10,12 @@ import asyncio
 
 import structlog
 
-from incl.controller.idle import STOP_REASON, Action, IdleEnded, IdleMonitor, IdlePolicy, IdleStarted, parse_policy
+from incl.controller.idle import STOP_REASON, IdleEnded, IdleMonitor, IdlePolicy, IdleStarted, policy_for
 from incl.controller.jobs import Jobs
 from incl.controller.notify import Kind, Notice, Notifier
-from incl.proto.errors import InclError, SpecInvalid
+from incl.proto.errors import InclError
 from incl.proto.messages import JobState
+from incl.proto.spec import IdleAction as Action
 from incl.proto.telemetry import GpuTelemetry
 
 log = structlog.get_logger()
@@ -37,12 +38,9 @@ class GpuWatch:
             if job is None or job.state is not JobState.RUNNING or job.current is None:
                 continue
             if self._tracked.get(job_id) != job.current.number:
-                try:
-                    policy = parse_policy(job.spec.gpu_idle, self._default)
-                except SpecInvalid:  # refused at submit; an older record gets the default
-                    policy = self._default
                 self.monitor.forget(job_id)
-                self.monitor.track(job_id, job.current.started_at or telemetry.start, policy)
+                self.monitor.track(job_id, job.current.started_at or telemetry.start,
+                                   policy_for(job.spec.gpu_idle, self._default))
                 self._tracked[job_id] = job.current.number
             for event in self.monitor.observe(job_id, telemetry.end, util):
                 self._on_event(event)

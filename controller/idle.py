@@ -5,27 +5,18 @@ A job is idle when every utilization sample reported for it in the last `window`
 the job started do not count. An idle episode gives one `IdleStarted`; the first sample at or above the
 threshold ends it with one `IdleEnded`, and a new episode needs a whole new window below the threshold.
 
-Spec (`incl.yaml`): `gpu_idle: {threshold: 10, window: 15m, action: notify | stop, grace: 5m}`, every key
-optional over the cluster default; `gpu_idle: false` turns the monitor off for the job.
+The job's `gpu_idle:` (`proto.spec.GpuIdle`, validated at submit) applies key by key over the cluster's
+`IdlePolicy`; `gpu_idle: false` turns the monitor off for the job.
 """
 
 from __future__ import annotations
 
-import difflib
-import enum
-from typing import Any
-
 import msgspec
 
-from incl.proto.errors import SpecInvalid
-from incl.proto.spec import parse_duration
+from incl.proto.spec import GpuIdle
+from incl.proto.spec import IdleAction as Action
 
 STOP_REASON = "gpu_idle"  # the reason a job stopped by the monitor is cancelled with
-
-
-class Action(enum.StrEnum):
-    NOTIFY = "notify"
-    STOP = "stop"
 
 
 class IdlePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -70,7 +61,7 @@ IdleEvent = IdleStarted | IdleEnded
 
 
 class _Track:
-    __slots__ = ("policy", "started_at", "last_ts", "low_since", "low_sum", "low_count", "alerted")
+    __slots__ = ("alerted", "last_ts", "low_count", "low_since", "low_sum", "policy", "started_at")
 
     def __init__(self, policy: IdlePolicy, started_at: float) -> None:
         self.policy, self.started_at = policy, started_at
@@ -122,11 +113,11 @@ class IdleMonitor:
         return [IdleStarted(job_id=job_id, ts=ts, since=t.low_since, util=t.low_sum / t.low_count, policy=t.policy)]
 
 
-# --- parsing -----------------------------------------------------------------------------------------------
+# --- text -----------------------------------------------------------------------------------------------
 
 def format_duration(seconds: float) -> str:
     """45s, 12m 03s, 1h 02m, 2d 03h."""
-    s = int(round(max(seconds, 0)))
+    s = round(max(seconds, 0))
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -136,57 +127,11 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
-def parse_policy(raw: Any, default: IdlePolicy = DEFAULT_POLICY, field: str = "gpu_idle") -> IdlePolicy | None:
-    """The job's policy from its spec's `gpu_idle` over `default`; None when the job turns it off.
-
-    Raises SpecInvalid naming the key (`gpu_idle.window`) and why.
-    """
-    if raw is None or raw is True:
-        return default
-    if raw is False:
+def policy_for(spec: bool | GpuIdle | None, default: IdlePolicy = DEFAULT_POLICY) -> IdlePolicy | None:
+    """The job's policy: its spec's `gpu_idle` over the cluster's `default`; None when the job turns it off."""
+    if spec is False:
         return None
-    if not isinstance(raw, dict):
-        raise SpecInvalid("expected a mapping such as {threshold: 10, window: 15m} or false", field=field)
-    known = [f.name for f in msgspec.structs.fields(IdlePolicy)]
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        where = f"{field}.{key}"
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
-            raise SpecInvalid(f"unknown key{hint}", field=where)
-        try:
-            values[key] = _PARSERS[key](value)
-        except ValueError as exc:
-            raise SpecInvalid(str(exc), field=where) from None
-    return msgspec.structs.replace(default, **values)
-
-
-def _threshold(value: Any) -> float:
-    text = value.strip().removesuffix("%") if isinstance(value, str) else value
-    try:
-        if isinstance(text, bool):
-            raise ValueError
-        number = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a percentage such as 10") from None
-    if not 0 < number <= 100:
-        raise ValueError("must be a percentage above 0 and at most 100")
-    return number
-
-
-def _window(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be longer than 0s")
-    return seconds
-
-
-def _action(value: Any) -> Action:
-    try:
-        return Action(value)
-    except ValueError:
-        raise ValueError(f"must be one of {', '.join(a.value for a in Action)}, not {value!r}") from None
-
-
-_PARSERS = {"threshold": _threshold, "window": _window, "action": _action, "grace": parse_duration}
+    if not isinstance(spec, GpuIdle):
+        return default
+    own = {f: v for f in default.__struct_fields__ if (v := getattr(spec, f)) is not None}
+    return msgspec.structs.replace(default, **own)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 
 import structlog
 from msgspec import structs
-from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from structlog.contextvars import bound_contextvars
 
+from incl.bus.connection import Bus
+from incl.bus.kv import Bucket, KeyExists
+from incl.bus.retry import TRANSIENT, forever
 from incl.controller import quota, state
 from incl.controller.config import ControllerConfig
-from incl.controller.idle import parse_policy
-from incl.controller.notify import parse_notify
+from incl.controller.notify import check_channel
 from incl.controller.scheduler import could_ever_fit
 from incl.controller.store import Records
 from incl.proto import limits, subjects
@@ -36,7 +38,6 @@ from incl.proto.messages import (
     TreeRef,
 )
 from incl.proto.spec import JobSpec
-from incl._retry import TRANSIENT, forever
 
 log = structlog.get_logger()
 
@@ -59,18 +60,39 @@ def job_env(job: Job) -> dict[str, str]:
     }
 
 
+Listener = Callable[[Job | None, Job], None]
+
+
+class JobChanges:
+    """Who hears of each job change (before, after), in the order they subscribed: the notifier, the GPU watch.
+    Built before the job service and its listeners, so neither needs the other to exist first."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, before: Job | None, after: Job) -> None:
+        for listener in self._listeners:
+            listener(before, after)
+
+
 class Jobs:
-    def __init__(self, cfg: ControllerConfig, records: Records[Job], js: JetStreamContext,
-                 shapes: Callable[[], list[Resources]], kick: Callable[[], None],
-                 quotas: quota.QuotaConfig | None = None, submits: KeyValue | None = None) -> None:
+    """`shapes`: every shape a job could ever run on (the submit-time fit check); `wake`: starts a scheduling
+    pass; `changes`: told of every job change."""
+
+    def __init__(self, cfg: ControllerConfig, records: Records[Job], bus: Bus,
+                 shapes: Callable[[], list[Resources]], wake: asyncio.Event, changes: JobChanges,
+                 quotas: quota.QuotaConfig | None = None, submits: Bucket | None = None) -> None:
         self._cfg = cfg
         self._submits = submits  # idempotency keys of submits -> job ids
         self.records = records
         self.quotas = quotas or quota.QuotaConfig()
-        self.on_change: list[Callable[[Job | None, Job], None]] = []  # notifications, the GPU watch
-        self._js = js
+        self._changes = changes
+        self._bus = bus
         self._shapes = shapes
-        self.kick = kick
+        self._wake = wake
         self.waiting: dict[str, str] = {}  # queued job id -> why it waits (from the last scheduling pass)
         self._resent: dict[tuple[str, int], float] = {}
         self._by_agent: dict[str, set[str]] = {}  # agent id -> ids of the jobs on it (ON_AGENT states)
@@ -83,6 +105,10 @@ class Jobs:
         if after.state in ON_AGENT and after.current:
             self._by_agent.setdefault(after.current.agent_id, set()).add(after.id)
 
+    def kick(self) -> None:
+        """Ask for a scheduling pass now (something was submitted, ended or freed)."""
+        self._wake.set()
+
     # --- queries ------------------------------------------------------------------------------------------
 
     def queued(self) -> list[Job]:
@@ -92,7 +118,8 @@ class Jobs:
         if agent_id is None:
             return [j for j in self.records if j.state in ON_AGENT]
         jobs = (self.records.get(job_id) for job_id in self._by_agent.get(agent_id, ()))
-        return [j for j in jobs if j is not None and j.state in ON_AGENT and j.current and j.current.agent_id == agent_id]
+        return [j for j in jobs
+                if j is not None and j.state in ON_AGENT and j.current and j.current.agent_id == agent_id]
 
     def view(self, job: Job) -> Job:
         """The job as the CLI sees it: a queued job carries the scheduler's reason for waiting, and a
@@ -100,11 +127,8 @@ class Jobs:
         if job.state is JobState.QUEUED and job.id in self.waiting:
             job = structs.replace(job, reason=self.waiting[job.id])
         notify = job.spec.notify
-        if isinstance(notify, str) and notify.startswith(("http://", "https://")):
-            notify = WEBHOOK_HIDDEN
-        elif isinstance(notify, dict) and "webhook" in notify:
-            notify = {**notify, "webhook": WEBHOOK_HIDDEN}
-        if notify is not job.spec.notify:
+        if notify is not None and notify.webhook is not None:
+            notify = structs.replace(notify, webhook=WEBHOOK_HIDDEN)
             job = structs.replace(job, spec=structs.replace(job.spec, notify=notify))
         if job.spec.secrets:
             hidden = dict.fromkeys(job.spec.secrets, SECRET_HIDDEN)
@@ -119,18 +143,17 @@ class Jobs:
         after = await self.records.update(job_id, change)
         if after is not before:
             self._index(before, after)
-            for hook in self.on_change:
-                hook(before, after)
+            self._changes.publish(before, after)
         return after
 
     def _admit(self, spec: JobSpec, user: str) -> None:
-        """Checks that need the cluster's settings: quotas, priority classes, idle policy, notify routes."""
+        """Checks that need the cluster's settings: quotas, priority classes, notify channels. The spec itself
+        was checked whole (`proto.spec.check_spec`) when it arrived."""
         claim = quota.resolve(self.quotas, user=user, gpus=spec.resources.gpus * spec.resources.nodes,
                               team=spec.team, priority=spec.priority)
         if (why := quota.refuse_at_submit(self.quotas, claim)) is not None:
             raise Unschedulable(why, field="resources.gpus")
-        parse_policy(spec.gpu_idle, self._cfg.gpu_idle)
-        parse_notify(spec.notify, self._cfg.notify)
+        check_channel(spec.notify, self._cfg.notify)
 
     async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, key: str | None = None) -> Job:
         """A new QUEUED job. A submit retried with the same idempotency `key` (the client's answer was lost)
@@ -159,15 +182,14 @@ class Jobs:
             try:
                 await self.records.create(job)
                 break
-            except KeyWrongLastSequenceError:
+            except KeyExists:
                 if job_id is None:  # a random id that exists already (vanishingly rare): draw another
                     continue
                 # The same key's first submit created it meanwhile: that is the answer.
                 return await self.records.refresh(job_id) or job
         log.info("job_submitted", job_id=job.id, user=user)
         self._index(None, job)
-        for hook in self.on_change:
-            hook(None, job)
+        self._changes.publish(None, job)
         self.kick()
         return job
 
@@ -179,9 +201,9 @@ class Jobs:
         try:
             await self._submits.create(name, job_id.encode())
             return job_id
-        except KeyWrongLastSequenceError:
+        except KeyExists:
             entry = await self._submits.get(name)
-            return (entry.value or b"").decode() or job_id
+            return (entry[0].decode() if entry else "") or job_id
 
     @staticmethod
     def _check_size(spec: JobSpec) -> None:
@@ -208,8 +230,10 @@ class Jobs:
 
     async def dispatch(self, job_id: str, agent_id: str, instance: AgentInfo | None = None) -> None:
         job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time(), instance))
-        log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
-        await self.send_assign(job)
+        assert job.current is not None  # state.assign starts an attempt
+        with bound_contextvars(attempt=job.current.number):
+            log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
+            await self.send_assign(job)
 
     async def send_assign(self, job: Job) -> None:
         """Publish the attempt's assignment. One NATS refuses for good (not a transient failure) fails the
@@ -234,6 +258,7 @@ class Jobs:
                     if j.state is JobState.ASSIGNED and j.current is not None}
         self._resent = {k: t for k, t in self._resent.items() if k in assigned}  # forget started attempts
         for key, job in assigned.items():
+            assert job.current is not None  # `assigned` keeps only jobs with a current attempt
             if job.current.assigned_at <= older_than and self._resent.get(key, 0.0) <= older_than:
                 self._resent[key] = time.time()
                 log.info("assignment_resent", job_id=job.id, attempt=key[1])
@@ -242,8 +267,8 @@ class Jobs:
     async def _send(self, agent_id: str, cmd: Assign | CancelJob, msg_id: str) -> None:
         await forever(
             "publish_assignment",
-            lambda: self._js.publish(subjects.assign(agent_id), encode(cmd), headers={"Nats-Msg-Id": msg_id},
-                                     timeout=self._cfg.request_timeout),
+            lambda: self._bus.publish_durable(subjects.assign(agent_id), encode(cmd), msg_id=msg_id,
+                                              timeout=self._cfg.request_timeout),
             initial=self._cfg.retry_initial,
             maximum=self._cfg.retry_max,
         )
@@ -280,7 +305,7 @@ class Jobs:
         if isinstance(event, JobExited):
             self.kick()
 
-    async def agent_lost(self, agent_id: str, reason: str, keep: set[tuple[str, int]] = frozenset(),
+    async def agent_lost(self, agent_id: str, reason: str, keep: AbstractSet[tuple[str, int]] = frozenset(),
                          preempted: bool = False) -> None:
         """Every attempt on the agent (but those in `keep`) is LOST, their jobs requeued while retry allows; or,
         when its spot instance was reclaimed, PREEMPTED, and their jobs resume."""
@@ -290,15 +315,20 @@ class Jobs:
             if (job.id, job.current.number) in keep:
                 continue
             attempt = job.current.number
-            try:
-                job = await self._update(job.id, lambda j, a=attempt: change(j, a, time.time(), reason))
-            except state.IllegalTransition as exc:
-                log.warning("lost_refused", job_id=job.id, reason=str(exc))
-                continue
-            except TRANSIENT:
-                raise
-            except Exception:  # noqa: BLE001 - this job's record failed; the others are still handled
-                log.exception("lost_failed", job_id=job.id, attempt=attempt)
-                continue
-            log.warning("job_attempt_lost", job_id=job.id, attempt=attempt, agent_id=agent_id, state=job.state)
+            with bound_contextvars(job_id=job.id, attempt=attempt):
+                await self._lose(job.id, attempt, agent_id, reason, change)
         self.kick()
+
+    async def _lose(self, job_id: str, attempt: int, agent_id: str, reason: str,
+                    change: Callable[[Job, int, float, str], Job]) -> None:
+        try:
+            job = await self._update(job_id, lambda j: change(j, attempt, time.time(), reason))
+        except state.IllegalTransition as exc:
+            log.warning("lost_refused", job_id=job_id, reason=str(exc))
+            return
+        except TRANSIENT:
+            raise
+        except Exception:  # this job's record failed; the others are still handled
+            log.exception("lost_failed", job_id=job_id, attempt=attempt)
+            return
+        log.warning("job_attempt_lost", job_id=job_id, attempt=attempt, agent_id=agent_id, state=job.state)

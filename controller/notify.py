@@ -9,16 +9,15 @@ per webhook, so a slow or dead webhook delays nobody else. A worker paces its po
 Webhook URLs are secrets (the path is the token): no log line and no repr shows one; logs name a webhook by
 its label ("default", "channel:ml-alerts", "webhook:3fa2c19b").
 
-Spec (`incl.yaml`), over the cluster default:
+Spec (`incl.yaml`, `proto.spec.Notify`, validated at submit), over the cluster default:
     notify: {webhook: https://hooks.slack.com/services/..., events: [failed, idle]}
-    notify: {channel: ml-alerts}          # a channel the admin mapped to a webhook
-    notify: false                         # nothing for this job
+    notify: {channel: ml-alerts}          # a channel the admin mapped to a webhook (checked at admission)
+    notify: false                         # nothing for this job (events: [])
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
 import email.utils
 import enum
 import hashlib
@@ -37,6 +36,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from incl.controller.idle import format_duration
 from incl.proto.errors import SpecInvalid
 from incl.proto.messages import Job, JobState
+from incl.proto.spec import Notify
 
 log = structlog.get_logger()
 
@@ -58,23 +58,11 @@ class Kind(enum.StrEnum):
     IDLE_ENDED = "idle_ended"  # the job uses its GPUs again; sent where `idle` is
 
 
-EVENTS = frozenset(Kind) - {Kind.IDLE_ENDED}  # the names a spec's `events:` may use
+EVENTS = frozenset(Kind) - {Kind.IDLE_ENDED}  # the names a spec's `events:` may use (`proto.spec.NotifyEvent`)
 
 
 def _mask(url: str | None) -> str | None:
     return None if url is None else f"<webhook {urlsplit(url).hostname or '?'}/***>"
-
-
-class NotifySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A job's `notify:`. `events` None: the cluster's."""
-
-    webhook: str | None = None
-    channel: str | None = None
-    events: frozenset[Kind] | None = None
-
-    def __repr__(self) -> str:
-        events = None if self.events is None else sorted(self.events)
-        return f"NotifySpec(webhook={_mask(self.webhook)}, channel={self.channel!r}, events={events})"
 
 
 class ClusterNotify(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -116,7 +104,7 @@ class Notice(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     detail: str | None = None  # e.g. the idle monitor's description
     log_tail: list[str] = []
-    notify: NotifySpec | None = None
+    notify: Notify | None = None
 
     @classmethod
     def from_job(cls, kind: Kind, job: Job, now: float | None = None, detail: str | None = None) -> Notice:
@@ -128,10 +116,6 @@ class Notice(msgspec.Struct, frozen=True, kw_only=True):
         if cur is not None and cur.started_at is not None:
             duration = (cur.ended_at or now) - cur.started_at
         held = sum((a.ended_at or now) - a.started_at for a in job.attempts if a.started_at is not None)
-        try:
-            spec = parse_notify(job.spec.notify)
-        except SpecInvalid:  # refused at submit; a record that predates the check gets the cluster default
-            spec = None
         return cls(
             kind=kind,
             job_id=job.id,
@@ -144,7 +128,7 @@ class Notice(msgspec.Struct, frozen=True, kw_only=True):
             reason=job.reason or (cur.reason if cur is not None else None),
             detail=detail,
             log_tail=list(cur.tail) if cur is not None and kind == Kind.FAILED else [],
-            notify=spec,
+            notify=job.spec.notify,
         )
 
 
@@ -168,60 +152,11 @@ def kinds_for(before: Job | None, after: Job) -> list[Kind]:
     return []
 
 
-def parse_notify(raw: Any, cluster: ClusterNotify | None = None, field: str = "notify") -> NotifySpec | None:
-    """A job's `notify:` (None: the cluster default). With `cluster`, a channel must be one it names.
-
-    Raises SpecInvalid naming the key. A message never holds the webhook URL.
-    """
-    if raw is None or raw is True:
-        return None
-    if raw is False:
-        return NotifySpec(events=frozenset())
-    if isinstance(raw, str):
-        raw = {"webhook": raw} if raw.startswith(("http://", "https://")) else {"channel": raw}
-    if not isinstance(raw, dict):
-        raise SpecInvalid("expected a mapping such as {channel: ml-alerts, events: [failed]}", field=field)
-    for key in raw:
-        if key not in ("webhook", "channel", "events"):
-            close = difflib.get_close_matches(str(key), ["webhook", "channel", "events"], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else "; known keys: channel, events, webhook"
-            raise SpecInvalid(f"unknown key{hint}", field=f"{field}.{key}")
-    webhook, channel = raw.get("webhook"), raw.get("channel")
-    if webhook is not None and channel is not None:
-        raise SpecInvalid("give either webhook or channel, not both", field=field)
-    if webhook is not None:
-        parts = urlsplit(webhook) if isinstance(webhook, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SpecInvalid("must be an http(s) URL of a Slack incoming webhook", field=f"{field}.webhook")
-    if channel is not None:
-        if not isinstance(channel, str) or not channel.strip("#"):
-            raise SpecInvalid("must be a channel name", field=f"{field}.channel")
-        channel = channel.lstrip("#")
-        if cluster is not None and channel not in cluster.channels:
-            known = ", ".join(sorted(cluster.channels)) or "none configured"
-            raise SpecInvalid(f"unknown channel {channel!r}; channels: {known}", field=f"{field}.channel")
-    return NotifySpec(webhook=webhook, channel=channel, events=_events(raw.get("events"), f"{field}.events"))
-
-
-def _events(raw: Any, field: str) -> frozenset[Kind] | None:
-    if raw is None:
-        return None
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise SpecInvalid(f"expected a list of events from {', '.join(sorted(EVENTS))}", field=field)
-    names = {"all": EVENTS}
-    out: set[Kind] = set()
-    for name in raw:
-        if name in names:
-            out |= names[name]
-        elif name in EVENTS:
-            out.add(Kind(name))
-        else:
-            close = difflib.get_close_matches(str(name), sorted(EVENTS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; events: {', '.join(sorted(EVENTS))}, all"
-            raise SpecInvalid(f"unknown event {name!r}{hint}", field=field)
-    return frozenset(out)
+def check_channel(notify: Notify | None, cluster: ClusterNotify) -> None:
+    """At admission: a job's `notify.channel` must be one the admin configured. Raises SpecInvalid."""
+    if notify is not None and notify.channel is not None and notify.channel not in cluster.channels:
+        known = ", ".join(sorted(cluster.channels)) or "none configured"
+        raise SpecInvalid(f"unknown channel {notify.channel!r}; channels: {known}", field="notify.channel")
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -234,8 +169,8 @@ class Route(msgspec.Struct, frozen=True):
 
 def route(notice: Notice, cluster: ClusterNotify) -> Route | None:
     """Where this notice goes, or None when its job or the cluster does not want it."""
-    spec = notice.notify or NotifySpec()
-    events = spec.events if spec.events is not None else cluster.events
+    spec = notice.notify or Notify()
+    events = cluster.events if spec.events is None else {Kind(e.value) for e in spec.events}
     wanted = Kind.IDLE if notice.kind == Kind.IDLE_ENDED else notice.kind
     if wanted not in events:
         return None

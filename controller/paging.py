@@ -22,7 +22,8 @@ def page(items: Sequence[T], key: Callable[[T], str], after: str | None, limit: 
     if after is not None:
         ordered = [i for i in ordered if key(i) > after]
     n = min(limit or limits.PAGE_MAX_ITEMS, limits.PAGE_MAX_ITEMS)
-    chosen, size = [], 0
+    chosen: list[T] = []
+    size = 0
     for item in ordered[:n]:
         size += len(encode(item))
         if chosen and size > max_bytes:

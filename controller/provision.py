@@ -1,4 +1,5 @@
-"""The provisioning loop: observe, diff (`reconcile.plan`, pure), apply. Runs only with a cloud provider.
+"""The provisioning loop: observe, diff (`reconcile.plan`, pure), apply. Runs only with a provider that
+provisions (`Provider.provisions`); with any provider it adds each waiting job's last launch failure to its reason.
 
 Observed state is read afresh each pass (instances by the cluster tag, agents from the registry, jobs from the
 store), so a restarted controller picks up where it left off: an instance launched for an attempt is found by
@@ -13,11 +14,11 @@ from collections.abc import Iterable
 
 import structlog
 
-from incl._daemon import wait_event
+from incl.bus.daemon import wait_event
 from incl.controller import reconcile
 from incl.controller.agents import Agents
-from incl.controller.aws import AwsProvider, LaunchFailed
 from incl.controller.jobs import Jobs
+from incl.controller.providers.base import LaunchFailed, Provider
 from incl.proto.messages import ON_AGENT, TERMINAL, AgentRecord, AgentState, Job
 
 log = structlog.get_logger()
@@ -39,7 +40,7 @@ def idle_since(records: Iterable[AgentRecord], jobs: Iterable[Job]) -> dict[str,
 
 
 class Provisioner:
-    def __init__(self, cfg: reconcile.ReconcileConfig, provider: AwsProvider, jobs: Jobs, agents: Agents) -> None:
+    def __init__(self, cfg: reconcile.ReconcileConfig, provider: Provider, jobs: Jobs, agents: Agents) -> None:
         self.cfg = cfg
         self._provider = provider
         self._jobs = jobs
@@ -57,7 +58,7 @@ class Provisioner:
             while True:
                 try:
                     await self.once(tg)
-                except Exception as exc:  # EC2 unreachable, throttled: the next pass tries again
+                except Exception as exc:  # noqa: BLE001 - EC2 unreachable, throttled: the next pass tries again
                     log.warning("reconcile_failed", error=repr(exc))
                 await wait_event(self._kick, self.cfg.interval)
                 self._kick.clear()
@@ -107,13 +108,6 @@ class Provisioner:
         finally:
             self._launching.pop(key, None)
             self.kick()
-
-    async def spot_reclaimed(self, record: AgentRecord) -> bool:
-        """Whether EC2 reclaimed the agent's spot instance (asked when the agent goes silent)."""
-        instance = record.info.instance_id
-        if instance is None:
-            return False
-        return (await self._provider.spot_interrupted([instance])).get(instance, False)
 
     def waiting(self, waiting: dict[str, str]) -> dict[str, str]:
         """The scheduler's latest unplaced jobs: a new one starts a pass at once (not at the next interval).

@@ -36,17 +36,17 @@ class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     pass
 
 
-class UserQuota(_Config):
+class UserQuota(_Config, frozen=True):
     max_gpus: int | None = None  # None: the file's default_user_gpus
     team: str | None = None
 
 
-class TeamQuota(_Config):
+class TeamQuota(_Config, frozen=True):
     max_gpus: int | None = None  # None: no limit
     members: list[str] | None = None  # None: anyone may name the team
 
 
-class PriorityClass(_Config):
+class PriorityClass(_Config, frozen=True):
     rank: int  # higher runs first
 
 
@@ -54,7 +54,7 @@ def _default_classes() -> dict[str, PriorityClass]:
     return {"high": PriorityClass(rank=10), "normal": PriorityClass(rank=0), "low": PriorityClass(rank=-10)}
 
 
-class QuotaConfig(_Config):
+class QuotaConfig(_Config, frozen=True):
     default_user_gpus: int | None = None
     users: dict[str, UserQuota] = {}
     teams: dict[str, TeamQuota] = {}
@@ -129,7 +129,7 @@ def parse_quota_config(data: Any, source: str = "quota config") -> QuotaConfig:
         if not isinstance(section, dict):
             raise QuotaConfigError(f"{source}: {key}: expected a mapping of names to settings")
         values[key] = {str(name): _convert(v or {}, struct, f"{key}.{name}", source) for name, v in section.items()}
-    config = _convert(values, QuotaConfig, "", source)
+    config: QuotaConfig = _convert(values, QuotaConfig, "", source)
     for problem in _problems(config):
         raise QuotaConfigError(f"{source}: {problem}")
     return config

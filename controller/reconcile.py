@@ -49,7 +49,7 @@ class Market(enum.StrEnum):
     AUTO = "auto"  # spot until the job has been preempted `max_preemptions` times, then on-demand
 
 
-class ReconcileConfig(_Struct):
+class ReconcileConfig(_Struct, frozen=True):
     cluster: str = "incl"  # the value of the `incl:cluster` tag on everything this controller launches
     interval: float = 30.0  # seconds between reconcile passes
     boot_timeout: float = 900.0  # launch to first registration; the GPU AMI takes a few minutes
@@ -58,7 +58,7 @@ class ReconcileConfig(_Struct):
     default_market: Market = Market.AUTO  # for jobs whose `resources.spot` is unset
 
 
-class Demand(_Struct):
+class Demand(_Struct, frozen=True):
     """A queued job that needs an instance: the attempt it will run as, and where it may run."""
     job_id: str
     attempt: int
@@ -72,7 +72,7 @@ def _number(value: str | None) -> int | None:
     return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
-class ObservedInstance(_Struct):
+class ObservedInstance(_Struct, frozen=True):
     """One instance as the provider describes it."""
     instance_id: str
     state: str  # EC2's state name: pending, running, shutting-down, terminated, stopping, stopped
@@ -97,7 +97,7 @@ class ObservedInstance(_Struct):
         return _number(self.tags.get(TAG_GENERATION))
 
 
-class RegisteredAgent(_Struct):
+class RegisteredAgent(_Struct, frozen=True):
     """An agent that registered from an instance; `alive` False once the controller declared it lost."""
     agent_id: str
     instance_id: str
@@ -106,7 +106,7 @@ class RegisteredAgent(_Struct):
     idle_since: float | None = None  # when it last became empty; None while it runs something
 
 
-class Launch(_Struct):
+class Launch(_Struct, frozen=True):
     cluster: str
     job_id: str
     attempt: int
@@ -121,13 +121,13 @@ class Reason(enum.StrEnum):
     ORPHAN = "orphan"
 
 
-class Termination(_Struct):
+class Termination(_Struct, frozen=True):
     instance_id: str
     reason: Reason
     detail: str
 
 
-class Plan(_Struct):
+class Plan(_Struct, frozen=True):
     launches: list[Launch] = []
     terminations: list[Termination] = []
 

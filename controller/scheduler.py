@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import msgspec
 
 from incl.controller import quota
-from incl.proto.messages import Job, Resources
+from incl.proto.messages import AgentRecord, Job, Resources
 from incl.proto.spec import Resources as Wanted
 
 
@@ -96,3 +96,15 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
 
 def could_ever_fit(want: Wanted, shapes: Iterable[Resources]) -> bool:
     return any(fits(want, shape) for shape in shapes)
+
+
+class Shapes:
+    """Every machine shape a job could ever run on: each known agent's capacity, then the shapes that could come
+    (the config's `provider_shapes`, what the provider could launch). Read live at each submit."""
+
+    def __init__(self, agents: Iterable[AgentRecord], launchable: Iterable[Resources]) -> None:
+        self._agents = agents
+        self._launchable = list(launchable)
+
+    def __call__(self) -> list[Resources]:
+        return [r.info.capacity for r in self._agents] + self._launchable

@@ -5,15 +5,13 @@ The controller rebuilds the cache from the buckets at start; it never holds the 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 import msgspec
 import structlog
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KeyValue
 
+from incl.bus.kv import Bucket, WrongRevision
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import DecodeError, NotFound
 
@@ -22,42 +20,21 @@ log = structlog.get_logger()
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-class StoreUnreadable(Exception):
-    """The bucket's records could not be listed; starting with none would forget every job."""
-
-
 class Conflicted(Exception):
     """The record changed under us (another writer); re-read and retry."""
 
 
 class Records(Generic[T]):
-    def __init__(self, kv: KeyValue, type_: type[T], key: Callable[[T], str]) -> None:
+    def __init__(self, kv: Bucket, type_: type[T], key: Callable[[T], str]) -> None:
         self._kv = kv
         self._decoder: Decoder[T] = Decoder(type_)
         self._key = key
         self._items: dict[str, tuple[T, int]] = {}
 
-    async def load(self, attempts: int = 5, pause: float = 0.2) -> None:
-        """Read every record. The bucket's own count is the check: nats-py's key listing can come back empty
-        (or short) while the bucket holds records, and an empty store must never be mistaken for one."""
+    async def load(self) -> None:
+        """Read every record (a listing the bucket's count does not confirm is retried; see `Bucket.keys`)."""
         self._items.clear()
-        keys: list[str] = []
-        for attempt in range(attempts):
-            expected = (await self._kv.status()).stream_info.state.messages  # history 1: one per key
-            try:
-                keys = await self._kv.keys()
-            except NoKeysError:
-                keys = []
-            if len(keys) >= expected:
-                break
-            log.warning("record_listing_short", keys=len(keys), expected=expected, attempt=attempt)
-            await asyncio.sleep(pause * 2 ** attempt)
-        else:
-            if not keys and expected:
-                raise StoreUnreadable(f"the bucket holds {expected} records and listing them returned none "
-                                      f"{attempts} times")
-            # Short but not empty: deleted keys leave markers the count includes; go on with what is there.
-        for key in keys:
+        for key in await self._kv.keys():
             await self._refresh(key)
 
     async def refresh(self, key: str) -> T | None:
@@ -65,17 +42,17 @@ class Records(Generic[T]):
         return await self._refresh(key)
 
     async def _refresh(self, key: str) -> T | None:
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
+        entry = await self._kv.get(key)
+        if entry is None:
             self._items.pop(key, None)
             return None
+        data, revision = entry
         try:
-            value = self._decoder.decode(entry.value or b"")
+            value = self._decoder.decode(data)
         except DecodeError as exc:
             log.error("record_undecodable", key=key, error=str(exc))
             return None
-        self._items[key] = (value, entry.revision or 0)
+        self._items[key] = (value, revision)
         return value
 
     def get(self, key: str) -> T | None:
@@ -118,7 +95,7 @@ class Records(Generic[T]):
                 return current
             try:
                 new_revision = await self._kv.update(key, encode(new), last=revision)
-            except KeyWrongLastSequenceError:
+            except WrongRevision:
                 log.warning("record_conflict", key=key, revision=revision)
                 await self._refresh(key)
                 continue

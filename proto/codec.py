@@ -26,10 +26,10 @@ class Decoder(Generic[T]):
 
     def decode(self, data: bytes) -> T:
         try:
-            msg = self._decoder.decode(data)
+            msg: T = self._decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise DecodeError(f"undecodable message: {exc}") from None
-        except Exception as exc:  # a decoder must never raise anything but DecodeError
+        except Exception as exc:  # noqa: BLE001 - a decoder must never raise anything but DecodeError
             raise DecodeError(f"undecodable message: {type(exc).__name__}: {exc}") from None
         meta = getattr(msg, "meta", None)
         if meta is not None and meta.version != PROTOCOL_VERSION:

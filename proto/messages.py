@@ -21,14 +21,14 @@ class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     pass
 
 
-class Message(_Struct, tag=True):
+class Message(_Struct, tag=True, frozen=True):
     """Base of every tagged message."""
 
 
 # --- shared envelope --------------------------------------------------------------------------------------
 
 
-class Envelope(_Struct):
+class Envelope(_Struct, frozen=True):
     request_id: str
     sender: str
     version: int = PROTOCOL_VERSION
@@ -39,15 +39,15 @@ class Envelope(_Struct):
         return cls(request_id=uuid.uuid4().hex, sender=sender, idempotency_key=idempotency_key)
 
 
-class Request(Message):
+class Request(Message, frozen=True):
     meta: Envelope
 
 
-class Reply(Message):
+class Reply(Message, frozen=True):
     pass
 
 
-class ErrorReply(Reply):
+class ErrorReply(Reply, frozen=True):
     code: str
     message: str
     field: str | None = None
@@ -72,19 +72,19 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 ON_AGENT = frozenset({JobState.ASSIGNED, JobState.STARTING, JobState.RUNNING})
 
 
-class JobRef(_Struct, array_like=True):
+class JobRef(_Struct, array_like=True, frozen=True):
     job_id: str
     attempt: int
 
 
-class TreeRef(_Struct):
+class TreeRef(_Struct, frozen=True):
     """A directory tree in the artifact store (code snapshot, outputs): its manifest digest and size."""
     digest: str
     files: int = 0
     bytes: int = 0
 
 
-class Attempt(_Struct):
+class Attempt(_Struct, frozen=True):
     number: int
     agent_id: str
     state: JobState
@@ -100,7 +100,7 @@ class Attempt(_Struct):
     outputs: TreeRef | None = None  # what the attempt left in $INCL_OUTPUT_DIR, uploaded when it ended
 
 
-class Job(_Struct):
+class Job(_Struct, frozen=True):
     id: str
     spec: JobSpec
     user: str
@@ -122,14 +122,14 @@ class Job(_Struct):
         return self.attempts[-1] if self.attempts else None
 
 
-class Resources(_Struct):
+class Resources(_Struct, frozen=True):
     cpus: float
     memory: int
     gpus: int = 0
     gpu_model: str | None = None
 
 
-class AgentInfo(_Struct):
+class AgentInfo(_Struct, frozen=True):
     agent_id: str
     hostname: str
     capacity: Resources
@@ -150,7 +150,7 @@ class AgentState(enum.StrEnum):
     LOST = "lost"
 
 
-class AgentRecord(_Struct):
+class AgentRecord(_Struct, frozen=True):
     info: AgentInfo
     state: AgentState
     registered_at: float  # when the current agent process (instance) registered
@@ -161,84 +161,84 @@ class AgentRecord(_Struct):
 # --- CLI <-> controller -----------------------------------------------------------------------------------
 
 
-class SubmitRequest(Request):
+class SubmitRequest(Request, frozen=True):
     spec: JobSpec
     user: str
     code: TreeRef | None = None
 
 
-class SubmitReply(Reply):
+class SubmitReply(Reply, frozen=True):
     job: Job
 
 
-class ListJobsRequest(Request):
+class ListJobsRequest(Request, frozen=True):
     states: list[JobState] | None = None
     user: str | None = None
     after: str | None = None  # the previous page's `next`: listings come in pages
     limit: int | None = None  # at most this many (the controller also caps a page by its size)
 
 
-class ListJobsReply(Reply):
+class ListJobsReply(Reply, frozen=True):
     jobs: list[Job]
     gpu_util: dict[str, float] = {}  # job id -> its GPUs' utilization in the last heartbeat, percent
     next: str | None = None  # more follow: ask again with `after=next`
 
 
-class GetJobRequest(Request):
+class GetJobRequest(Request, frozen=True):
     job_id: str
 
 
-class GetJobReply(Reply):
+class GetJobReply(Reply, frozen=True):
     job: Job
     gpu_util: float | None = None
     gpu_idle_since: float | None = None  # set while the idle monitor considers the job idle
 
 
-class CancelRequest(Request):
+class CancelRequest(Request, frozen=True):
     job_id: str
 
 
-class CancelReply(Reply):
+class CancelReply(Reply, frozen=True):
     job: Job
 
 
-class ListAgentsRequest(Request):
+class ListAgentsRequest(Request, frozen=True):
     after: str | None = None
     limit: int | None = None
 
 
-class AgentView(_Struct):
+class AgentView(_Struct, frozen=True):
     record: AgentRecord
     running: list[JobRef] = []
     allocated: Resources | None = None
     telemetry: GpuTelemetry | None = None  # the last heartbeat's GPU readings
 
 
-class ListAgentsReply(Reply):
+class ListAgentsReply(Reply, frozen=True):
     agents: list[AgentView]
     next: str | None = None
 
 
-class QuotaLine(_Struct):
+class QuotaLine(_Struct, frozen=True):
     kind: str  # "user" | "team"
     name: str
     used: int
     limit: int | None = None  # None: no limit
 
 
-class QuotaRequest(Request):
+class QuotaRequest(Request, frozen=True):
     pass
 
 
-class QuotaReply(Reply):
+class QuotaReply(Reply, frozen=True):
     lines: list[QuotaLine]
 
 
-class PingRequest(Request):
+class PingRequest(Request, frozen=True):
     pass
 
 
-class PingReply(Reply):
+class PingReply(Reply, frozen=True):
     controller_id: str
     version: int = PROTOCOL_VERSION
     store_url: str | None = None  # the artifact store: where code goes at submit and outputs come from
@@ -247,7 +247,7 @@ class PingReply(Reply):
 # --- agent <-> controller ---------------------------------------------------------------------------------
 
 
-class Lease(_Struct):
+class Lease(_Struct, frozen=True):
     """How long an agent may run its jobs without hearing from the controller: past `duration` seconds from
     the sending of its last answered request it stops them all (SIGTERM, SIGKILL after `grace`), so that
     they have ended before the controller may declare the agent lost and run them elsewhere."""
@@ -255,21 +255,21 @@ class Lease(_Struct):
     grace: float
 
 
-class RegisterRequest(Request):
+class RegisterRequest(Request, frozen=True):
     info: AgentInfo
     running: list[JobRef] = []
     instance: str = ""  # a new random id per agent process: a restart is told apart from a re-registration
     previous_instance: str = ""  # the process this one replaces (it found that one's id in its locked work dir)
 
 
-class RegisterReply(Reply):
+class RegisterReply(Reply, frozen=True):
     heartbeat_interval: float
     stop: list[JobRef] = []
     store_url: str | None = None  # the cluster's artifact store, unless the agent's config names one
     lease: Lease | None = None
 
 
-class HeartbeatRequest(Request):
+class HeartbeatRequest(Request, frozen=True):
     agent_id: str
     running: list[JobRef] = []
     telemetry: GpuTelemetry | None = None  # GPU readings aggregated since the previous heartbeat
@@ -277,7 +277,7 @@ class HeartbeatRequest(Request):
     ended: list[JobRef] = []  # attempts that ended lately, whose exit event the events stream holds
 
 
-class HeartbeatReply(Reply):
+class HeartbeatReply(Reply, frozen=True):
     heartbeat_interval: float
     registered: bool = True  # False: the controller does not know this agent (or declared it lost)
     stop: list[JobRef] = []  # attempts this agent must stop: they are no longer its to run
@@ -285,10 +285,23 @@ class HeartbeatReply(Reply):
     superseded: bool = False  # another process of this agent id took over: stop every job and exit
 
 
+class AssignmentRequest(Request, frozen=True):
+    """An agent asks, before it starts an attempt from its queue, whether the attempt is still its to run (the
+    queue may hold a re-sent copy of one that was cancelled or handed on)."""
+    job_id: str
+    attempt: int
+    agent_id: str
+
+
+class AssignmentReply(Reply, frozen=True):
+    current: bool  # the job's current attempt is this one, on this agent, and not started yet
+    cancel_requested: bool = False
+
+
 # --- controller -> agent (work queue) ---------------------------------------------------------------------
 
 
-class Assign(Message):
+class Assign(Message, frozen=True):
     job_id: str
     attempt: int
     spec: JobSpec
@@ -296,7 +309,7 @@ class Assign(Message):
     code: TreeRef | None = None
 
 
-class CancelJob(Message):
+class CancelJob(Message, frozen=True):
     job_id: str
     attempt: int
     grace: float
@@ -308,22 +321,22 @@ AgentCommand = Assign | CancelJob
 # --- agent -> controller (durable events) -----------------------------------------------------------------
 
 
-class JobEvent(Message):
+class JobEvent(Message, frozen=True):
     job_id: str
     attempt: int
     agent_id: str
     ts: float = msgspec.field(default_factory=time.time)
 
 
-class JobStarting(JobEvent):
+class JobStarting(JobEvent, frozen=True):
     pass
 
 
-class JobRunning(JobEvent):
+class JobRunning(JobEvent, frozen=True):
     pid: int | None = None
 
 
-class JobExited(JobEvent):
+class JobExited(JobEvent, frozen=True):
     exit_code: int | None = None  # None when the process never started
     signal: int | None = None
     reason: str | None = None
@@ -334,7 +347,7 @@ class JobExited(JobEvent):
     outputs: TreeRef | None = None
 
 
-class AgentInterrupted(Message):
+class AgentInterrupted(Message, frozen=True):
     """The agent's spot instance got its interruption notice: nothing new goes there; its jobs checkpoint."""
     agent_id: str
     instance_id: str | None
@@ -355,14 +368,14 @@ class Stream(enum.IntEnum):
     SYSTEM = 3  # lines INCL itself writes into the job's log (setup, failures to start)
 
 
-class LogLine(_Struct, array_like=True):
+class LogLine(_Struct, array_like=True, frozen=True):
     ts: float
     stream: Stream
     data: bytes
     partial: bool = False  # a piece of a longer line: the next piece continues it (no newline after this)
 
 
-class LogBatch(Message):
+class LogBatch(Message, frozen=True):
     job_id: str
     attempt: int
     seq: int
@@ -373,13 +386,13 @@ class LogBatch(Message):
     stderr_total: int = 0
 
 
-class MetricPoint(_Struct, array_like=True):
+class MetricPoint(_Struct, array_like=True, frozen=True):
     ts: float
     step: int | None
     values: dict[str, float]
 
 
-class MetricBatch(Message):
+class MetricBatch(Message, frozen=True):
     job_id: str
     attempt: int
     seq: int
@@ -389,7 +402,7 @@ class MetricBatch(Message):
 # --- messages a consumer could not handle ------------------------------------------------------------------
 
 
-class DeadLetter(_Struct):
+class DeadLetter(_Struct, frozen=True):
     """A message a consumer could not handle: parked in the dead-letter stream, not redelivered into a crash
     loop. `incl admin dead-letters` lists them."""
     source: str  # which consumer parked it
@@ -400,15 +413,15 @@ class DeadLetter(_Struct):
     ts: float
 
 
-class ListDeadLettersRequest(Request):
+class ListDeadLettersRequest(Request, frozen=True):
     limit: int = 20  # the newest this many
 
 
-class DeadLetterView(_Struct):
+class DeadLetterView(_Struct, frozen=True):
     seq: int
     letter: DeadLetter  # its data cut to a preview
 
 
-class ListDeadLettersReply(Reply):
+class ListDeadLettersReply(Reply, frozen=True):
     letters: list[DeadLetterView]
     total: int  # how many the stream holds

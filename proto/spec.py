@@ -8,11 +8,15 @@ refused with "not supported yet" rather than silently ignored.
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 import posixpath
 import re
+import types
+import typing
 from pathlib import PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -23,7 +27,7 @@ class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     pass
 
 
-class Resources(_Spec):
+class Resources(_Spec, frozen=True):
     cpus: float = 1.0
     memory: int | None = None  # bytes; "16GB" style strings are accepted at load
     gpus: int = 0
@@ -34,20 +38,20 @@ class Resources(_Spec):
     shm_size: int | None = None  # bytes of /dev/shm in the container; None: the agent's default
 
 
-class DataMount(_Spec):
+class DataMount(_Spec, frozen=True):
     source: str  # s3://bucket/prefix (copied once into the instance's cache) or a host path (FSx, EFS)
     target: str  # where the job sees it, read-only: absolute (in the container) or relative to the code dir
 
 
-class Outputs(_Spec):
+class Outputs(_Spec, frozen=True):
     exclude: list[str] = []  # gitignore-style patterns under $INCL_OUTPUT_DIR that are not uploaded
 
 
-class Checkpoint(_Spec):
+class Checkpoint(_Spec, frozen=True):
     sync_every: float = 300.0  # seconds ("5m" is accepted at load); 0: only when the job ends
 
 
-class Retry(_Spec):
+class Retry(_Spec, frozen=True):
     max_attempts: int = 3  # attempts in all, counting the first; LOST attempts use them up
     on_failure: bool = False  # also retry a non-zero exit
     # Spot preemptions never use up attempts: the job resumes from its checkpoint. With `spot: auto` it goes
@@ -55,7 +59,81 @@ class Retry(_Spec):
     max_preemptions: int | None = None
 
 
-class JobSpec(_Spec):
+class IdleAction(enum.StrEnum):
+    NOTIFY = "notify"
+    STOP = "stop"
+
+
+class GpuIdle(_Spec, frozen=True):
+    """`gpu_idle:` over the cluster's default; a key left out (None) keeps the cluster's value."""
+
+    threshold: float | None = None  # percent; "20%" is accepted at load
+    window: float | None = None  # seconds the GPUs must stay below it; "15m" is accepted at load
+    action: IdleAction | None = None
+    grace: float | None = None  # seconds after the job starts during which samples are ignored
+
+
+class NotifyEvent(enum.StrEnum):
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PREEMPTED = "preempted"
+    RESUMED = "resumed"
+    IDLE = "idle"  # an idle-GPU alert, and the message when the GPUs are busy again
+
+
+class Notify(_Spec, frozen=True):
+    """`notify:` over the cluster's default. `false` loads as `events: []`, a URL string as `webhook`, any
+    other string as `channel`; `events: all` (or one name) as the list. The webhook URL is a secret: no repr
+    and no error message shows it."""
+
+    webhook: str | None = None  # a Slack incoming webhook
+    channel: str | None = None  # a channel the admin mapped to a webhook; checked against them at submit
+    events: frozenset[NotifyEvent] | None = None  # None: the cluster's
+
+    def __repr__(self) -> str:
+        webhook = None if self.webhook is None else f"<webhook {urlsplit(self.webhook).hostname or '?'}/***>"
+        events = None if self.events is None else sorted(self.events)
+        return f"Notify(webhook={webhook}, channel={self.channel!r}, events={events})"
+
+
+class FloatParam(_Spec, tag="float", tag_field="type", frozen=True):
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+class IntParam(_Spec, tag="int", tag_field="type", frozen=True):
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+class CategoricalParam(_Spec, tag="categorical", tag_field="type", frozen=True):
+    choices: list[str | int | float | bool | None]
+
+
+Param = FloatParam | IntParam | CategoricalParam
+PARAM_TYPES: dict[str, type[Param]] = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
+
+
+class Hpo(_Spec, frozen=True):
+    """A hyperparameter search (Optuna's names): `trials` runs of the job, each with `params` drawn from their
+    distributions, `parallel` at a time, optimizing `metric` (a name the job logs with `incl.log`)."""
+
+    metric: str | None = None
+    direction: Literal["minimize", "maximize"] = "minimize"
+    trials: int = 10
+    parallel: int = 1
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    pruner: Literal["none", "median", "hyperband"] = "none"
+    params: dict[str, Param] = {}  # name -> distribution; a list is shorthand for {type: categorical, choices}
+
+
+class JobSpec(_Spec, frozen=True):
     run: str
     name: str | None = None
     setup: str | None = None
@@ -70,10 +148,10 @@ class JobSpec(_Spec):
     data: list[DataMount] = []
     outputs: Outputs = Outputs()
     checkpoint: Checkpoint = Checkpoint()
-    gpu_idle: Any = None
-    notify: Any = None
+    gpu_idle: bool | GpuIdle | None = None  # None or true: the cluster's policy; false: not watched
+    notify: Notify | None = None  # None: the cluster's default
     team: str | None = None
-    hpo: Any = None
+    hpo: Hpo | None = None
 
 
 NOT_SUPPORTED_YET = {
@@ -139,9 +217,36 @@ def _fields(struct: type[msgspec.Struct]) -> dict[str, Any]:
 
 
 def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
+    """The struct a value of type `tp` is, when it is a mapping: `Notify | None` -> Notify."""
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return tp
-    return None
+    structs = [t for t in typing.get_args(tp) if isinstance(t, type) and issubclass(t, msgspec.Struct)]
+    return structs[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(structs) == 1 else None
+
+
+def _choices(path: str) -> list[str]:
+    """The values an enum or Literal field at `path` ("gpu_idle.action", "notify.events[1]") may take."""
+    tp: Any = JobSpec
+    for part in re.sub(r"\[\d+\]", "", path).split("."):
+        struct = _struct_type(tp)
+        tp = _fields(struct).get(part) if struct is not None else None
+    found: list[str] = []
+    todo = [tp]
+    while todo:
+        t = todo.pop()
+        if isinstance(t, type) and issubclass(t, enum.Enum):
+            found += [str(m.value) for m in t]
+        elif typing.get_origin(t) is Literal:
+            found += [str(v) for v in typing.get_args(t)]
+        else:
+            todo += typing.get_args(t)
+    return found
+
+
+def _close(word: Any, choices: list[str], what: str) -> str:
+    """"; did you mean 'x'?" or "; <what>: a, b, c"."""
+    close = difflib.get_close_matches(str(word), choices, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; {what}: {', '.join(sorted(choices))}"
 
 
 def _check_keys(data: Any, struct: type[msgspec.Struct], path: str) -> None:
@@ -150,10 +255,10 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str) -> None:
     known = _fields(struct)
     for key, value in data.items():
         here = f"{path}.{key}" if path else str(key)
+        if key == struct.__struct_config__.tag_field:
+            continue  # `type: float` of an hpo param: its caller chose the struct by it
         if key not in known:
-            close = difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
-            raise SpecInvalid(f"unknown key{hint}", field=here)
+            raise SpecInvalid(f"unknown key{_close(key, list(known), 'known keys')}", field=here)
         sub = _struct_type(known[key])
         if sub is not None:
             _check_keys(value, sub, here)
@@ -187,7 +292,100 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
             raise SpecInvalid(str(exc), field="checkpoint.sync_every") from None
     if isinstance(data.get("env"), dict):
         data["env"] = {k: _env_value(k, v) for k, v in data["env"].items()}
+    if "gpu_idle" in data:
+        data["gpu_idle"] = _gpu_idle(data["gpu_idle"])
+    if "notify" in data:
+        data["notify"] = _notify(data["notify"])
+    if isinstance(data.get("hpo"), dict):
+        data["hpo"] = _hpo(data["hpo"])
     return data
+
+
+def _gpu_idle(value: Any) -> Any:
+    """`true` (the cluster's policy) is null; "20%" a threshold of 20; "15m" a window of 900 seconds."""
+    if value is None or value is True:
+        return None
+    if value is False:
+        return False
+    if not isinstance(value, dict):
+        raise SpecInvalid("expected a mapping such as {threshold: 10, window: 15m} or false", field="gpu_idle")
+    value = {k: v for k, v in value.items() if v is not None}  # `key:` with nothing after it: the cluster's
+    if "threshold" in value:
+        value["threshold"] = _percent(value["threshold"])
+    for key in ("window", "grace"):
+        if key in value:
+            try:
+                value[key] = parse_duration(value[key])
+            except ValueError as exc:
+                raise SpecInvalid(str(exc), field=f"gpu_idle.{key}") from None
+    return value
+
+
+def _percent(value: Any) -> float:
+    text = value.strip().removesuffix("%") if isinstance(value, str) else value
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        return float(text)
+    except (TypeError, ValueError):
+        raise SpecInvalid(f"{value!r} is not a percentage such as 10", field="gpu_idle.threshold") from None
+
+
+def _notify(value: Any) -> Any:
+    """`false` is no events; a URL a webhook, another string a channel; `events: all` (or one name) a list."""
+    if value is None or value is True:
+        return None
+    if value is False:
+        return {"events": []}
+    if isinstance(value, str):
+        value = {"webhook": value} if value.startswith(("http://", "https://")) else {"channel": value}
+    if not isinstance(value, dict):
+        raise SpecInvalid("expected a mapping such as {channel: ml-alerts, events: [failed]}, a channel name, "
+                          "a webhook URL or false", field="notify")
+    value = dict(value)
+    if isinstance(value.get("channel"), str):
+        value["channel"] = value["channel"].lstrip("#")
+    events = value.get("events")
+    if events is None:
+        return value
+    names = [e.value for e in NotifyEvent]
+    if not isinstance(events, (list, str)):
+        raise SpecInvalid(f"expected a list of events from {', '.join(names)} (or all)", field="notify.events")
+    out: set[str] = set()
+    for name in [events] if isinstance(events, str) else events:
+        if name == "all":
+            out |= set(names)
+        elif name in names:
+            out.add(name)
+        else:
+            raise SpecInvalid(f"unknown event {name!r}{_close(name, [*names, 'all'], 'events')}",
+                              field="notify.events")
+    return {**value, "events": sorted(out)}
+
+
+def _hpo(value: dict[str, Any]) -> dict[str, Any]:
+    """Each of `params` checked on its own, so that an error names it: `hpo.params.lr.low`."""
+    value = _drop_nulls(value, Hpo)
+    params = value.get("params")
+    if not isinstance(params, dict):
+        return value  # the type check names it
+    out: dict[Any, Any] = {}
+    for name, dist in params.items():
+        here = f"hpo.params.{name}"
+        if isinstance(dist, list):
+            dist = {"type": "categorical", "choices": dist}
+        if not isinstance(dist, dict):
+            raise SpecInvalid("expected a distribution such as {type: float, low: 0.0001, high: 0.1, log: true} "
+                              "or a list of choices", field=here)
+        kind = dist.get("type")
+        if kind not in PARAM_TYPES:
+            why = f"unknown type {kind!r}{_close(kind, list(PARAM_TYPES), 'types')}" if kind is not None else \
+                f"needs a type: {', '.join(PARAM_TYPES)}"
+            raise SpecInvalid(why, field=f"{here}.type")
+        _check_keys(dist, PARAM_TYPES[kind], here)
+        _convert(dist, PARAM_TYPES[kind], here)
+        out[name] = dist
+    return {**value, "params": out}
 
 
 def _gpus(value: Any) -> tuple[Any, str | None]:
@@ -242,17 +440,21 @@ def _env_value(key: str, value: Any) -> Any:
     return value
 
 
-def _convert(data: dict[str, Any]) -> JobSpec:
+def _convert(data: dict[str, Any], tp: Any = JobSpec, prefix: str = "") -> Any:
+    """`data` as a `tp`; an error names the path under `prefix`."""
     try:
-        return msgspec.convert(data, JobSpec)
+        return msgspec.convert(data, tp)
     except msgspec.ValidationError as exc:
         text = str(exc)
         reason, _, where = text.partition(" - at `")
         # msgspec says "$.a.b", "$.env[...]" (a mapping's value) or "key` in `$.env" (a mapping's key)
         field = where.rstrip("`").rpartition("`")[2].replace("[...]", "").removeprefix("$").lstrip(".") or None
+        field = ".".join(p for p in (prefix, field) if p) or None
         if reason.startswith("Object missing required field"):
             name = reason.split("`")[1]
             field, reason = (f"{field}.{name}" if field else name), "is required"
+        elif reason.startswith("Invalid enum value") and tp is JobSpec and (choices := _choices(field or "")):
+            reason = f"must be one of {', '.join(choices)}, not {reason.removeprefix('Invalid enum value ')}"
         raise SpecInvalid(reason.lower() if reason[:1].isupper() else reason, field=field) from None
 
 
@@ -290,6 +492,60 @@ def _semantic_checks(spec: JobSpec) -> None:
         raise SpecInvalid("must be a duration such as 5m (0: only when the job ends)", field="checkpoint.sync_every")
     _check_workdir(spec.workdir)
     _check_data(spec)
+    if isinstance(spec.gpu_idle, GpuIdle):
+        _check_gpu_idle(spec.gpu_idle)
+    if spec.notify is not None:
+        _check_notify(spec.notify)
+    if spec.hpo is not None:
+        _check_hpo(spec.hpo)
+
+
+def _check_gpu_idle(idle: GpuIdle) -> None:
+    if idle.threshold is not None and not 0 < idle.threshold <= 100:
+        raise SpecInvalid("must be a percentage above 0 and at most 100", field="gpu_idle.threshold")
+    if idle.window is not None and not (math.isfinite(idle.window) and idle.window > 0):
+        raise SpecInvalid("must be a duration longer than 0s, such as 15m", field="gpu_idle.window")
+    if idle.grace is not None and not (math.isfinite(idle.grace) and idle.grace >= 0):
+        raise SpecInvalid("must be a duration such as 5m, not negative", field="gpu_idle.grace")
+
+
+def _check_notify(notify: Notify) -> None:
+    """Whether `channel` is one the cluster knows is the controller's check, at submit."""
+    if notify.webhook is not None and notify.channel is not None:
+        raise SpecInvalid("give either webhook or channel, not both", field="notify")
+    if notify.webhook is not None:
+        parts = urlsplit(notify.webhook)
+        if parts.scheme not in ("http", "https") or not parts.hostname:  # the message never shows the URL
+            raise SpecInvalid("must be an http(s) URL of a Slack incoming webhook", field="notify.webhook")
+    if notify.channel is not None and not notify.channel.strip("#").strip():
+        raise SpecInvalid("must be a channel name", field="notify.channel")
+
+
+def _check_hpo(hpo: Hpo) -> None:
+    if hpo.metric is not None and not hpo.metric.strip():
+        raise SpecInvalid("must name a metric the job logs with incl.log", field="hpo.metric")
+    for key in ("trials", "parallel"):
+        if not 1 <= getattr(hpo, key) <= _MAX_INT:
+            raise SpecInvalid(f"must be at least 1 (and at most {_MAX_INT})", field=f"hpo.{key}")
+    for name, dist in hpo.params.items():
+        _check_param(dist, f"hpo.params.{name}")
+
+
+def _check_param(dist: Param, here: str) -> None:
+    if isinstance(dist, CategoricalParam):
+        if not dist.choices:
+            raise SpecInvalid("needs at least one choice", field=f"{here}.choices")
+        return
+    if not (math.isfinite(dist.low) and math.isfinite(dist.high)) or max(abs(dist.low), abs(dist.high)) > _MAX_INT:
+        raise SpecInvalid("low and high must be finite numbers", field=here)
+    if dist.low > dist.high or (isinstance(dist, FloatParam) and dist.low == dist.high):
+        raise SpecInvalid(f"low ({dist.low:g}) must be below high ({dist.high:g})", field=here)
+    if dist.log and dist.low <= 0:
+        raise SpecInvalid("must be greater than 0 with log: true", field=f"{here}.low")
+    if dist.step is not None and dist.log:
+        raise SpecInvalid("cannot be combined with log: true", field=f"{here}.step")
+    if dist.step is not None and not (math.isfinite(dist.step) and dist.step > 0):
+        raise SpecInvalid("must be greater than 0", field=f"{here}.step")
 
 
 def _check_workdir(workdir: str | None) -> None:

@@ -16,14 +16,14 @@ class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     pass
 
 
-class GpuInfo(_Struct):
+class GpuInfo(_Struct, frozen=True):
     index: int
     uuid: str | None = None
     model: str | None = None  # "NVIDIA H100 80GB HBM3"
     memory_total: int | None = None  # bytes
 
 
-class GpuStats(_Struct):
+class GpuStats(_Struct, frozen=True):
     """One GPU over one heartbeat window. Percentages are 0-100; `samples` is 0 when none were taken."""
 
     index: int
@@ -43,7 +43,7 @@ class GpuStats(_Struct):
     job_ids: list[str] = []  # the jobs holding this GPU (by allocation or by process)
 
 
-class GpuTelemetry(_Struct):
+class GpuTelemetry(_Struct, frozen=True):
     start: float  # the window the stats cover, unix seconds
     end: float
     gpus: list[GpuStats] = []

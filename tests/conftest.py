@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dockerd
 import pytest
 import yaml
 
-import dockerd
-from incl.cli.client import Client
+from incl.bus.client import Client
 from incl.cli.files import upload_workdir
 from incl.proto.messages import TERMINAL, Job
 from incl.proto.spec import load_spec
@@ -29,7 +29,8 @@ NATS_SERVER = Path(sys.executable).parent / "nats-server"
 # Small numbers so that tests wait on events for fractions of a second, never on sleeps.
 CONTROLLER_CFG = {
     "heartbeat_interval": 0.2,
-    "agent_lost_after": 4.0,  # agents fence their jobs 2.5 s into a silence (the lease), longer than the tests' NATS restarts
+    # agents fence their jobs 2.5 s into a silence (the lease), longer than the tests' NATS restarts
+    "agent_lost_after": 4.0,
     "schedule_interval": 0.2,
     "assign_resend_after": 1.0,
     "cancel_grace": 2.0,
@@ -73,7 +74,7 @@ async def wait_for(check: Callable[[], Awaitable[T | None]] | Callable[[], T | N
                 result = await result
             if result:
                 return result  # type: ignore[return-value]
-        except Exception as exc:  # the thing may be restarting
+        except Exception as exc:  # noqa: BLE001 - the thing may be restarting
             last = exc
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
@@ -99,7 +100,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
-        out = open(self.log_path, "ab")
+        out = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it; closed right after Popen
         self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self.env)
         out.close()

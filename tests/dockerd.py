@@ -261,7 +261,7 @@ class BackgroundRootfs:
         began = time.monotonic()
         try:
             self._path = python_rootfs(self.timeout, cancelled=self._cancelled)
-        except BaseException as exc:  # handed to whoever waits in result()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits in result()
             self._error = exc
         finally:
             self.seconds = time.monotonic() - began

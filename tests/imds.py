@@ -27,9 +27,9 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import NamedTuple
 
 from aiohttp import web

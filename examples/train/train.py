@@ -33,7 +33,7 @@ def dataset() -> list[tuple[list[float], int]]:
     data = []
     for _ in range(SAMPLES):
         x = [rng.gauss(0, 1) for _ in range(FEATURES)]
-        p = 1 / (1 + math.exp(-sum(w * v for w, v in zip(true_w, x))))
+        p = 1 / (1 + math.exp(-sum(w * v for w, v in zip(true_w, x, strict=False))))
         data.append((x, 1 if rng.random() < p else 0))
     return data
 
@@ -65,14 +65,14 @@ def main() -> int:
         rng.shuffle(train)
         loss = 0.0
         for x, y in train:
-            z = sum(wi * xi for wi, xi in zip(w, x)) + b
+            z = sum(wi * xi for wi, xi in zip(w, x, strict=False)) + b
             p = 1 / (1 + math.exp(-max(min(z, 30), -30)))
             loss -= math.log(max(p if y else 1 - p, 1e-12))
             g = p - y
             for i in range(FEATURES):
                 w[i] -= LR * g * x[i] / 10
             b -= LR * g / 10
-        correct = sum((sum(wi * xi for wi, xi in zip(w, x)) + b > 0) == bool(y) for x, y in test)
+        correct = sum((sum(wi * xi for wi, xi in zip(w, x, strict=False)) + b > 0) == bool(y) for x, y in test)
         state = {"epoch": state["epoch"] + 1, "w": w, "b": b}
         metrics = {"loss": loss / len(train), "accuracy": correct / len(test)}
         incl.log(metrics, step=state["epoch"])

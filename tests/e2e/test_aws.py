@@ -13,14 +13,14 @@ from typing import Any
 import botocore.session
 import pytest
 import yaml
-
 from conftest import Cluster, Daemon, wait_for
 from ec2boot import BootSimulator
 from imds import FakeImds
+from motoserver import MotoServer
+
 from incl.artifacts.refs import blob_key
 from incl.artifacts.store import open_store
 from incl.artifacts.tree import read_manifest, resolve_ref
-from motoserver import MotoServer
 
 pytestmark = pytest.mark.slow
 

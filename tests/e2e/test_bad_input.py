@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import msgpack
-import nats
-
 from conftest import Cluster
 
 from incl.proto import subjects
@@ -36,23 +34,19 @@ async def test_garbage_on_every_subject_is_dropped_and_both_daemons_keep_serving
     cluster.start_controller()
     cluster.start_agent("a1")
     await cluster.wait_agents(1)
-    nc = await nats.connect(cluster.nats.url)
-    js = nc.jetstream()
-    try:
+    async with cluster.client() as client:
+        bus = client.bus
         for subject in API:
             for payload in GARBAGE:
-                reply = await nc.request(subject, payload, timeout=5)
-                decoded = msgpack.unpackb(reply.data)
+                decoded = msgpack.unpackb(await bus.request_raw(subject, payload, timeout=5))
                 assert decoded["type"] == "ErrorReply"
                 assert decoded["code"] in ("decode_error", "version_mismatch"), decoded
         for payload in GARBAGE:
-            await js.publish(subjects.assign("a1"), payload)
-            await js.publish(subjects.events("a1"), payload)
-            await js.publish(subjects.logs("j-nosuchjob"), payload)
-            await js.publish(subjects.metrics("j-nosuchjob"), payload)
-            await nc.publish(subjects.HEARTBEAT, payload)  # no reply subject at all
-    finally:
-        await nc.close()
+            await bus.publish_durable(subjects.assign("a1"), payload)
+            await bus.publish_durable(subjects.events("a1"), payload)
+            await bus.publish_durable(subjects.logs("j-nosuchjob"), payload)
+            await bus.publish_durable(subjects.metrics("j-nosuchjob"), payload)
+            await bus.publish(subjects.HEARTBEAT, payload)  # no reply subject at all
     job = await cluster.submit("echo still alive")
     done = await cluster.wait_done(job.id)
     assert done.state is JobState.SUCCEEDED

@@ -6,6 +6,7 @@ and no daemon stays down. Bounded in time; marked slow. Figures: docs/reliabilit
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -13,14 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import nats
 import pytest
-
 from conftest import Cluster, Daemon, wait_for
 
+from incl.bus.client import Client
 from incl.proto import subjects
 from incl.proto.codec import encode
-from incl.proto.messages import AgentInfo, Envelope, JobExited, JobState, RegisterRequest, Resources, TERMINAL
+from incl.proto.messages import TERMINAL, AgentInfo, Envelope, JobExited, JobState, RegisterRequest, Resources
 
 PY = sys.executable
 JOBS = 300
@@ -46,18 +46,14 @@ def job_script(ticks: Path) -> str:
 
 async def bad_messages(url: str, job_ids: list[str]) -> None:
     """What a hostile or stale peer sends: garbage, events for unknown or others' attempts, forged registers."""
-    nc = await nats.connect(url, max_reconnect_attempts=0, connect_timeout=1)
-    try:
-        js = nc.jetstream(timeout=1)
+    async with Client(url, timeout=1.0, name="intruder") as client:
         victim = random.choice(job_ids)
         for data in (b"\xc1garbage", encode(JobExited(job_id="j-unknown", attempt=1, agent_id="x", exit_code=0)),
                      encode(JobExited(job_id=victim, attempt=1, agent_id="intruder", exit_code=1))):
-            await js.publish(subjects.events("intruder"), data)
+            await client.bus.publish_durable(subjects.events("intruder"), data)
         info = AgentInfo(agent_id=random.choice(AGENTS), hostname="evil", capacity=Resources(cpus=64, memory=1 << 40))
-        await nc.request(subjects.REGISTER, encode(RegisterRequest(meta=Envelope.new("evil"), info=info,
-                                                                   instance="forged")), timeout=1)
-    finally:
-        await nc.close()
+        await client.bus.request_raw(subjects.REGISTER, encode(RegisterRequest(meta=Envelope.new("evil"), info=info,
+                                                                               instance="forged")), timeout=1)
 
 
 class Chaos:
@@ -157,7 +153,7 @@ async def test_300_jobs_through_kills_freezes_and_bad_messages_end_exactly_once(
             attempt, ts = row.split()
             by_attempt.setdefault(attempt, []).append(float(ts))
         spans = sorted((min(t), max(t), a) for a, t in by_attempt.items())
-        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
             assert end < start, f"{job_id}: attempts {a} and {b} ran at the same time"
     for daemon in [cluster.controller, *cluster.agents.values(), cluster.nats]:
         assert daemon is not None and daemon.running, f"{daemon.name if daemon else '?'} stayed down"

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Cluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -89,7 +88,8 @@ async def test_agent_killed_while_its_container_runs_readopts_it_with_complete_l
     await cluster.wait_agents(1)
     done = await cluster.wait_done(job.id, timeout=90)
     assert done.state == "SUCCEEDED" and len(done.attempts) == 1, done.reason
-    assert [line.decode() for line in await cluster.log_lines(job.id)] == [f"line-{i}" for i in range(1, 3001)] + ["end"]
+    expected = [*(f"line-{i}" for i in range(1, 3001)), "end"]
+    assert [line.decode() for line in await cluster.log_lines(job.id)] == expected
     assert "container_adopted" in cluster.agents["d1"].output()
 
 
@@ -152,4 +152,4 @@ async def test_a_dead_agents_container_stops_before_its_attempt_runs_elsewhere(
 def _iso(ts: float) -> str:
     import datetime
 
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")

@@ -42,7 +42,7 @@ async def test_agent_killed_mid_job_is_lost_requeued_and_never_runs_twice(cluste
     await cluster.wait_agents(1)
     job = await cluster.submit(counting_job(runs, 40, 0.05))
     await cluster.wait_state(job.id, {JobState.RUNNING})
-    await wait_for(lambda: (runs / job.id).exists(), what="first attempt to start")
+    await wait_for((runs / job.id).exists, what="first attempt to start")
     first_pid = int((runs / job.id).read_text().split()[1])
     cluster.agents["a1"].kill()
     # The job must not outlive its agent: otherwise a second copy would run beside it.

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import botocore.session
 import pytest
-
 from conftest import Cluster, wait_for
+from motoserver import MotoServer
+
 from incl.artifacts.refs import blob_key
 from incl.artifacts.store import open_store
 from incl.artifacts.tree import read_manifest, resolve_ref
-from motoserver import MotoServer
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ async def test_resubmit_uploads_only_what_changed_and_a_second_job_downloads_not
     assert "nothing to upload" in said, said
     (project / "VERSION").write_text("2\n")
     third, said = submit(cluster, project)
-    assert "uploaded 1 new blob " in said, said
+    assert "uploaded 1 new blob (" in said, said
     for job_id in (first, second, third):
         assert (await cluster.wait_done(job_id)).state == "SUCCEEDED"
     async with cluster.client() as c:
@@ -135,7 +135,8 @@ step=0
 [ -f "$INCL_CHECKPOINT_DIR/step" ] && step=$(cat "$INCL_CHECKPOINT_DIR/step")
 echo "start at $step (attempt $INCL_ATTEMPT)"
 while [ "$step" -lt 40 ]; do
-  step=$((step + 1)); echo "$step" > "$INCL_CHECKPOINT_DIR/step.tmp"; mv "$INCL_CHECKPOINT_DIR/step.tmp" "$INCL_CHECKPOINT_DIR/step"
+  step=$((step + 1)); echo "$step" > "$INCL_CHECKPOINT_DIR/step.tmp"
+  mv "$INCL_CHECKPOINT_DIR/step.tmp" "$INCL_CHECKPOINT_DIR/step"
   sleep 0.1
 done
 echo "done at $step"

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import Cluster, wait_for
 
 from incl.proto.errors import Unschedulable
@@ -32,7 +31,7 @@ PY = sys.executable
 class Webhook(http.server.BaseHTTPRequestHandler):
     posts: list[tuple[float, dict[str, Any]]]
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:  # http.server's name
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.posts.append((time.time(), json.loads(body)))  # type: ignore[attr-defined]
         self.send_response(200)

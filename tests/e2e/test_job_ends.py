@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Cluster, pid_alive, wait_for
 
 from incl.proto.messages import JobState, Stream

@@ -10,11 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
-import nats
 import pytest
-
 from conftest import AGENT_CFG, Cluster, Daemon, NatsServer, wait_for
 
+from incl.bus.client import Client
+from incl.bus.connection import Bus
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import Conflict
@@ -23,39 +23,27 @@ from incl.proto.messages import (
     DeadLetter,
     Envelope,
     JobExited,
-    JobRef,
     JobState,
     RegisterReply,
     RegisterRequest,
     Resources,
 )
-from incl.proto.transport import request
 
 PY = sys.executable
 
 
 async def publish_events(url: str, *payloads: bytes, agent: str = "intruder") -> None:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
+    async with Client(url, name=agent) as client:
         for data in payloads:
-            await js.publish(subjects.events(agent), data)
-    finally:
-        await nc.close()
+            await client.bus.publish_durable(subjects.events(agent), data)
 
 
 async def dead_letters(url: str) -> list[DeadLetter]:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        sub = await js.pull_subscribe(f"{subjects.DEAD_PREFIX}.>", stream=subjects.DEAD_STREAM)
-        try:
-            msgs = await sub.fetch(100, timeout=1.0)
-        except nats.errors.TimeoutError:
-            return []
-        return [Decoder(DeadLetter).decode(m.data) for m in msgs]
-    finally:
-        await nc.close()
+    """Every parked message, read from the dead-letter stream itself (not through the controller)."""
+    async with Client(url) as client:
+        pull = await client.bus.pull(subjects.DEAD_STREAM, f"{subjects.DEAD_PREFIX}.>", "test-dead-letters",
+                                     ack_wait=30.0)
+        return [Decoder(DeadLetter).decode(d.data) for d in await pull.fetch(100, timeout=1.0)]
 
 
 async def test_poison_and_stale_events_leave_the_controller_applying_later_events(cluster: Cluster) -> None:
@@ -137,16 +125,13 @@ async def test_forged_registers_and_a_duplicate_agent_cost_a_running_job_nothing
     await cluster.wait_agents(1)
     job = await cluster.submit("sleep 4")
     await cluster.wait_state(job.id, {JobState.RUNNING})
-    nc = await nats.connect(cluster.nats.url)
-    try:
+    async with cluster.client() as client:
         info = AgentInfo(agent_id="a1", hostname="evil", capacity=Resources(cpus=1, memory=1 << 30))
         for n in range(3):
             with pytest.raises(Conflict, match="held by a live agent process"):
-                await request(nc, subjects.REGISTER,
-                              RegisterRequest(meta=Envelope.new("evil"), info=info, instance=f"forged{n}"),
-                              RegisterReply, 5.0)
-    finally:
-        await nc.close()
+                await client.bus.request(subjects.REGISTER,
+                                         RegisterRequest(meta=Envelope.new("evil"), info=info, instance=f"forged{n}"),
+                                         RegisterReply, 5.0)
     cfg = cluster._config("a1-dup", {**AGENT_CFG, "agent_id": "a1", "nats_url": cluster.nats.url,
                                      "work_dir": str(cluster.tmp / "agents" / "a1-dup")})
     dup = Daemon("a1-dup", [PY, "-m", "incl.agent", "--config", str(cfg)], cluster.tmp / "dup.log",
@@ -167,22 +152,18 @@ async def test_a_job_whose_exit_event_was_lost_ends_instead_of_running_for_ever(
     await cluster.wait_state(job.id, {JobState.RUNNING})
     assert cluster.controller is not None
     cluster.controller.kill()
-    nc = await nats.connect(cluster.nats.url)
-    try:
-        js = nc.jetstream()
+    async with cluster.client() as client:
         await wait_for(lambda: "attempt_ended" in cluster.agents["a1"].output(), what="the attempt to end")
-        await wait_for(lambda: _pending_events(js), what="the exit event in the stream")
-        await js.purge_stream(subjects.EVENTS_STREAM)
-    finally:
-        await nc.close()
+        await wait_for(lambda: _pending_events(client.bus), what="the exit event in the stream")
+        await client.bus.purge(subjects.EVENTS_STREAM)
     cluster.start_controller(attempt_missing_after=1.0)
     done = await cluster.wait_done(job.id, timeout=30)
     assert [a.state for a in done.attempts] == [JobState.LOST, JobState.SUCCEEDED], done.attempts
     assert "no longer runs this attempt" in (done.attempts[0].reason or "")
 
 
-async def _pending_events(js: nats.js.JetStreamContext) -> bool:
-    return (await js.stream_info(subjects.EVENTS_STREAM)).state.messages >= 1
+async def _pending_events(bus: Bus) -> bool:
+    return (await bus.state(subjects.EVENTS_STREAM)).messages >= 1
 
 
 async def test_a_submit_retried_with_its_key_creates_one_job(cluster: Cluster) -> None:
@@ -208,18 +189,14 @@ async def test_listings_come_in_pages_past_the_payload_limit(cluster: Cluster) -
 
     spec = load_spec({"run": "echo " + "x" * 4000, "resources": {"cpus": 10_000}})  # never placed
     async with cluster.client() as c:
-        for batch in range(12):
+        for _batch in range(12):
             await asyncio.gather(*(c.submit(spec, user="ann") for _ in range(100)))
-    nc = await nats.connect(cluster.nats.url)
-    try:
         labels = {f"k{i}": "v" * 250 for i in range(64)}
         for n in range(80):
             info = AgentInfo(agent_id=f"fake{n:02d}", hostname="h", capacity=Resources(cpus=1, memory=1 << 30),
                              labels=labels)
-            await request(nc, subjects.REGISTER, RegisterRequest(meta=Envelope.new("t"), info=info, instance="i"),
-                          RegisterReply, 5.0)
-    finally:
-        await nc.close()
+            await c.bus.request(subjects.REGISTER, RegisterRequest(meta=Envelope.new("t"), info=info, instance="i"),
+                                RegisterReply, 5.0)
     ls = cluster.cli("ls", "--json", timeout=120)
     assert ls.returncode == 0, ls.stderr
     assert len(json.loads(ls.stdout)) == 1200

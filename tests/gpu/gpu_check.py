@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 JOB = """\
 import sys, time
@@ -50,9 +50,9 @@ print("done", flush=True)
 class Recorder(http.server.BaseHTTPRequestHandler):
     """Plays Slack's incoming webhook: records each post with the time it arrived."""
 
-    posts: list[tuple[float, dict[str, Any]]] = []
+    posts: ClassVar[list[tuple[float, dict[str, Any]]]] = []  # shared by the handler instances on purpose
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's name
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         Recorder.posts.append((time.time(), json.loads(body or b"{}")))
         self.send_response(200)

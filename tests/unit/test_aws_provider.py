@@ -8,8 +8,8 @@ import base64
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from ec2proxy import Ec2Proxy
 from imds import FakeImds, Instance
 from motoserver import AWS_ENV, MotoServer
 
-from incl.controller.aws import AwsProvider, LaunchFailed, NoCapacity, NoInstanceType, client_token
-from incl.controller.catalog import AwsConfig, CatalogEntry, candidates, shapes
+from incl.controller.providers import open_provider
+from incl.controller.providers.aws import AwsProvider, LaunchFailed, NoCapacity, NoInstanceType, client_token
+from incl.controller.providers.catalog import AwsConfig, CatalogEntry, candidates, shapes
 from incl.controller.reconcile import (
     EXISTING,
     TAG_ATTEMPT,
@@ -307,11 +308,25 @@ def test_candidates_smallest_fitting_shape_first_or_the_jobs_own_list() -> None:
 
 
 def test_example_config_loads() -> None:
-    """deploy/aws.example.yaml is a valid controller config with the aws provider and its catalog."""
+    """deploy/aws.example.yaml is a valid controller config that opens the aws provider, whose shapes (for the
+    submit-time fit check) are its catalog's."""
     from incl.controller.config import load_config
     cfg = load_config(DEPLOY / "aws.example.yaml")
     assert cfg.provider == "aws" and cfg.aws.catalog and all(e.instance_types for e in cfg.aws.catalog)
-    assert len(cfg.shapes()) == len(cfg.aws.catalog)
+    provider = open_provider(cfg)
+    assert isinstance(provider, AwsProvider) and provider.provisions
+    assert provider.shapes() == shapes(cfg.aws.catalog) and len(provider.shapes()) == len(cfg.aws.catalog)
+
+
+async def test_local_provider_provisions_nothing() -> None:
+    """The default `local` provider launches, lists and reclaims nothing, and adds no shape a job could fit."""
+    from incl.controller.config import ControllerConfig
+    async with open_provider(ControllerConfig()) as provider:
+        assert not provider.provisions and provider.shapes() == []
+        assert await provider.describe("c1") == [] and await provider.terminate("c1", ["i-1"]) == []
+        assert await provider.spot_interrupted(["i-1"]) == {"i-1": False}
+        with pytest.raises(LaunchFailed):
+            await provider.launch(launch())
 
 
 def _statements(name: str) -> list[dict[str, Any]]:

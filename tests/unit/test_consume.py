@@ -10,16 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import nats
 import pytest
-from nats.js import api
 
-from incl._daemon import consume
-from incl.controller.store import Records
+from incl.bus.connection import Bus, connect
+from incl.bus.consume import consume
+from incl.bus.streams import StreamLimits, ensure_streams
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.messages import DeadLetter
-from incl.proto.streams import StreamLimits, ensure_buckets, ensure_streams
 
 
 class Item(msgspec.Struct, frozen=True):
@@ -27,15 +25,14 @@ class Item(msgspec.Struct, frozen=True):
 
 
 @pytest.fixture
-async def js(nats_server: Any) -> AsyncIterator[Any]:
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    await ensure_streams(js, StreamLimits())
-    yield js
-    await nc.close()
+async def bus(nats_server: Any) -> AsyncIterator[Bus]:
+    async with await connect(nats_server.url, "test", connect_timeout=2, reconnect_wait=0.1,
+                             request_timeout=5) as bus:
+        await ensure_streams(bus, StreamLimits())
+        yield bus
 
 
-async def test_a_failing_handler_parks_its_message_and_the_next_ones_are_handled(js: Any) -> None:
+async def test_a_failing_handler_parks_its_message_and_the_next_ones_are_handled(bus: Bus) -> None:
     handled: list[int] = []
 
     async def handle(item: Item) -> None:
@@ -44,10 +41,10 @@ async def test_a_failing_handler_parks_its_message_and_the_next_ones_are_handled
         handled.append(item.n)
 
     for data in (encode(Item(1)), encode(Item(2)), b"\xc1", encode(Item(3))):
-        await js.publish(subjects.events("a1"), data)
-    sub = await js.pull_subscribe(f"{subjects.EVENTS_PREFIX}.*", durable="test", stream=subjects.EVENTS_STREAM,
-                                  config=api.ConsumerConfig(ack_wait=5, max_deliver=-1))
-    loop = asyncio.create_task(consume(js, sub, "test", Decoder(Item), handle, batch=10, timeout=0.2, backoff=0.1))
+        await bus.publish_durable(subjects.events("a1"), data)
+    pull = await bus.pull(subjects.EVENTS_STREAM, f"{subjects.EVENTS_PREFIX}.*", "test", ack_wait=5)
+    loop = asyncio.create_task(consume(bus, pull, "test", Decoder(Item), handle, batch=10, timeout=0.2,
+                                       backoff=0.1))
     try:
         while len(handled) < 2:
             await asyncio.sleep(0.05)
@@ -55,17 +52,16 @@ async def test_a_failing_handler_parks_its_message_and_the_next_ones_are_handled
     finally:
         loop.cancel()
     assert handled == [1, 3]
-    dead = await js.pull_subscribe(subjects.dead("test"), stream=subjects.DEAD_STREAM)
-    letters = [Decoder(DeadLetter).decode(m.data) for m in await dead.fetch(10, timeout=1)]
+    dead = await bus.pull(subjects.DEAD_STREAM, subjects.dead("test"), "test-dead", ack_wait=5)
+    letters = [Decoder(DeadLetter).decode(d.data) for d in await dead.fetch(10, timeout=1)]
     assert [(d.data, d.source) for d in letters] == [(encode(Item(2)), "test"), (b"\xc1", "test")]
     assert "RuntimeError: cannot handle two" in letters[0].error
-    info = await js.stream_info(subjects.EVENTS_STREAM)
-    assert info.state.messages == 0  # nothing left to redeliver into a crash loop
+    assert (await bus.state(subjects.EVENTS_STREAM)).messages == 0  # nothing left to redeliver into a crash loop
 
 
 SIBLING_FAILS = """
 import asyncio
-from incl._daemon import wait_event
+from incl.bus.daemon import wait_event
 
 async def main():
     kick = asyncio.Event()
@@ -101,26 +97,3 @@ def test_a_loop_waiting_on_an_event_ends_when_a_sibling_fails() -> None:
     """On Python 3.11 `asyncio.wait_for(event.wait())` can swallow the TaskGroup's cancellation and hang the
     daemon half-dead (3 runs in 5 with wait_for here); with `wait_event` the group always ends."""
     subprocess.run([sys.executable, "-c", SIBLING_FAILS], check=True, timeout=30)
-
-
-async def test_loading_never_takes_a_short_listing_for_an_empty_store(nats_server: Any,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    nc = await nats.connect(nats_server.url)
-    try:
-        kv = (await ensure_buckets(nc.jetstream()))[subjects.JOBS_BUCKET]
-        for n in range(3):
-            await kv.put(f"k{n}", encode(Item(n)))  # type: ignore[attr-defined]
-        real_keys, calls = kv.keys, []  # type: ignore[attr-defined]
-
-        async def flaky_keys() -> list[str]:
-            calls.append(1)
-            if len(calls) == 1:
-                raise nats.js.errors.NoKeysError
-            return await real_keys()
-
-        monkeypatch.setattr(kv, "keys", flaky_keys)
-        records: Records[Item] = Records(kv, Item, key=lambda i: f"k{i.n}")  # type: ignore[arg-type]
-        await records.load(pause=0.01)
-        assert sorted(i.n for i in records) == [0, 1, 2] and len(calls) == 2
-    finally:
-        await nc.close()

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiodocker
+import dockerd
 import msgspec
 import pytest
-import dockerd
 from dockerd import Dockerd, Registry
 
 from incl.agent.docker import ContainerFailure, ContainerHandle, ContainerSpec, DockerRuntime, DockerSettings, Mount

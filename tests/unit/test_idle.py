@@ -12,12 +12,17 @@ from incl.controller.idle import (
     IdlePolicy,
     IdleStarted,
     format_duration,
-    parse_duration,
-    parse_policy,
+    policy_for,
 )
 from incl.proto.errors import SpecInvalid
+from incl.proto.spec import load_spec, parse_duration
 
 POLICY = IdlePolicy(threshold=10, window=60, grace=0)
+
+
+def policy(gpu_idle: object, default: IdlePolicy = DEFAULT_POLICY) -> IdlePolicy | None:
+    """The policy a job with this `gpu_idle:` in its incl.yaml gets on a cluster with `default`."""
+    return policy_for(load_spec({"run": "x", "gpu_idle": gpu_idle}).gpu_idle, default)
 
 
 def feed(monitor: IdleMonitor, job_id: str, samples: list[tuple[float, float]]) -> list[tuple[float, object]]:
@@ -50,7 +55,7 @@ def test_alert_only_after_a_full_window_below_threshold_and_only_once() -> None:
 def test_one_busy_sample_restarts_the_window() -> None:
     m = IdleMonitor()
     m.track("j", started_at=0, policy=POLICY)
-    samples = every(5, 0, 55, 2.0) + [(60, 50.0)] + every(5, 65, 200, 2.0)
+    samples = [*every(5, 0, 55, 2.0), (60, 50.0), *every(5, 65, 200, 2.0)]
     events = feed(m, "j", samples)
     assert [(ts, type(ev)) for ts, ev in events] == [(125, IdleStarted)]
 
@@ -58,7 +63,7 @@ def test_one_busy_sample_restarts_the_window() -> None:
 def test_episode_ends_with_one_message_and_a_new_episode_needs_a_new_full_window() -> None:
     m = IdleMonitor()
     m.track("j", started_at=0, policy=POLICY)
-    samples = every(10, 0, 100, 1.0) + [(110, 80.0), (120, 90.0)] + every(10, 130, 250, 1.0)
+    samples = [*every(10, 0, 100, 1.0), (110, 80.0), (120, 90.0), *every(10, 130, 250, 1.0)]
     events = feed(m, "j", samples)
     assert [(ts, type(ev).__name__) for ts, ev in events] == [
         (60, "IdleStarted"),
@@ -98,7 +103,7 @@ def test_jobs_are_watched_separately_and_untracked_or_forgotten_jobs_are_ignored
 
 def test_disabled_policy_watches_nothing() -> None:
     m = IdleMonitor()
-    m.track("j", started_at=0, policy=parse_policy(False))
+    m.track("j", started_at=0, policy=policy(False))
     assert feed(m, "j", every(10, 0, 5000, 0.0)) == []
 
 
@@ -142,10 +147,12 @@ def test_format_duration() -> None:
 
 def test_spec_policy_merges_over_the_cluster_default() -> None:
     cluster = IdlePolicy(threshold=5, window=600, grace=60)
-    policy = parse_policy({"threshold": "20%", "window": "30s", "action": "stop"}, cluster)
-    assert policy == IdlePolicy(threshold=20, window=30, action=Action.STOP, grace=60)
-    assert parse_policy(None, cluster) == cluster
-    assert parse_policy({"grace": "0s"}) == IdlePolicy(grace=0)
+    own = policy({"threshold": "20%", "window": "30s", "action": "stop"}, cluster)
+    assert own == IdlePolicy(threshold=20, window=30, action=Action.STOP, grace=60)
+    assert policy(None, cluster) == policy(True, cluster) == policy({}, cluster) == cluster
+    assert policy({"threshold": None}, cluster) == cluster  # `key:` with nothing after it: the cluster's
+    assert policy({"grace": "0s"}) == IdlePolicy(grace=0)
+    assert policy(False, cluster) is None
 
 
 @pytest.mark.parametrize(
@@ -157,12 +164,15 @@ def test_spec_policy_merges_over_the_cluster_default() -> None:
         ({"threshold": "lots"}, "gpu_idle.threshold", "percentage"),
         ({"window": "soon"}, "gpu_idle.window", "duration"),
         ({"window": 0}, "gpu_idle.window", "longer than 0s"),
+        ({"window": float("inf")}, "gpu_idle.window", "finite"),
         ({"action": "kill"}, "gpu_idle.action", "notify, stop"),
         ({"grace": "-1m"}, "gpu_idle.grace", "duration"),
+        ({"grace": -1}, "gpu_idle.grace", "not negative"),
         ("15m", "gpu_idle", "mapping"),
+        (5, "gpu_idle", "mapping"),
     ],
 )
 def test_bad_policy_is_refused_naming_the_key(raw: object, field: str, words: str) -> None:
     with pytest.raises(SpecInvalid) as err:
-        parse_policy(raw)
+        load_spec({"run": "x", "gpu_idle": raw})
     assert err.value.field == field and words in err.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import time
@@ -22,15 +23,14 @@ from incl.controller.notify import (
     Notice,
     Notifier,
     NotifierConfig,
-    NotifySpec,
+    check_channel,
     format_message,
     kinds_for,
-    parse_notify,
     route,
 )
 from incl.proto.errors import SpecInvalid
 from incl.proto.messages import Attempt, Job, JobState
-from incl.proto.spec import JobSpec, Resources
+from incl.proto.spec import JobSpec, Notify, NotifyEvent, Resources, load_spec
 
 SECRET = "T000/B000/XXXXsecretTOKENxxxx"
 
@@ -100,7 +100,12 @@ async def running(notifier: Notifier) -> AsyncIterator[Notifier]:
             task.cancel()
 
 
-def notice(kind: Kind = Kind.FAILED, job: str = "j-1", notify: NotifySpec | None = None, **kw: Any) -> Notice:
+def own(notify: object) -> Notify | None:
+    """A job's `notify:` as its incl.yaml gives it."""
+    return load_spec({"run": "x", "notify": notify}).notify
+
+
+def notice(kind: Kind = Kind.FAILED, job: str = "j-1", notify: Notify | None = None, **kw: Any) -> Notice:
     base: dict[str, Any] = {"job_name": "train-resnet", "user": "alice", "state": "FAILED", "attempt": 2,
                             "duration": 3725.0, "gpu_hours": 8.2745, "reason": "exit code 1"}  # fmt: skip
     return Notice(kind=kind, job_id=job, notify=notify, **{**base, **kw})
@@ -143,7 +148,7 @@ def test_every_event_kind_has_its_own_headline() -> None:
 
 
 def test_notice_from_a_job_counts_duration_and_gpu_hours_over_attempts() -> None:
-    spec = JobSpec(run="python train.py", name="bert", resources=Resources(gpus=4), notify={"channel": "ml"})
+    spec = JobSpec(run="python train.py", name="bert", resources=Resources(gpus=4), notify=Notify(channel="ml"))
     job = Job(
         id="j-9", spec=spec, user="bob", state=JobState.FAILED, submitted_at=0, updated_at=0, reason="exit code 2",
         attempts=[
@@ -155,7 +160,7 @@ def test_notice_from_a_job_counts_duration_and_gpu_hours_over_attempts() -> None
     n = Notice.from_job(Kind.FAILED, job, now=9999)
     assert (n.job_name, n.user, n.state, n.attempt) == ("bert", "bob", "FAILED", 2)
     assert n.duration == 3600 and n.gpu_hours == pytest.approx(6.0)  # (0.5 h + 1 h) x 4 GPUs
-    assert n.log_tail == ["boom"] and n.reason == "exit code 2" and n.notify == NotifySpec(channel="ml")
+    assert n.log_tail == ["boom"] and n.reason == "exit code 2" and n.notify == Notify(channel="ml")
 
 
 # --- retries -----------------------------------------------------------------------------------------------
@@ -181,7 +186,7 @@ async def test_500_is_retried_with_growing_backoff(webhook: Webhook) -> None:
     async with running(n):
         n.notify(notice())
         times = [t for t, _ in await webhook.wait("hook", 4)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.09 and gaps[1] >= 0.19 and gaps[2] >= 0.39  # 0.1, 0.2, 0.4 s
     assert gaps[2] < 1.0
 
@@ -216,7 +221,7 @@ async def test_a_bad_webhook_is_not_retried(webhook: Webhook) -> None:
 
 
 async def test_unreachable_webhook_blocks_neither_callers_nor_other_webhooks(webhook: Webhook) -> None:
-    dead = NotifySpec(webhook=closed_port_url())
+    dead = Notify(webhook=closed_port_url())
     config = msgspec.structs.replace(FAST, backoff_initial=5.0, max_attempts=10)
     n = Notifier(ClusterNotify(webhook=webhook.url("ok")), config)
     async with running(n):
@@ -228,7 +233,7 @@ async def test_unreachable_webhook_blocks_neither_callers_nor_other_webhooks(web
         start = time.perf_counter()
         assert n.notify(notice(job="fine"))
         assert time.perf_counter() - start < 0.05
-        [(arrived, body)] = await webhook.wait("ok", 1, timeout=1.0)
+        [(_arrived, body)] = await webhook.wait("ok", 1, timeout=1.0)
     assert elapsed < 0.5  # 200 notify() calls while every post to the dead webhook waits 5 s
     assert "train-resnet" in body["text"]
 
@@ -248,7 +253,7 @@ async def test_posts_to_one_webhook_are_rate_limited(webhook: Webhook) -> None:
         for i in range(3):
             n.notify(notice(job=f"j{i}"))
         times = [t for t, _ in await webhook.wait("hook", 3)]
-    assert all(b - a >= 0.18 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= 0.18 for a, b in itertools.pairwise(times))
 
 
 # --- routing -----------------------------------------------------------------------------------------------
@@ -262,11 +267,12 @@ async def test_job_settings_override_the_cluster_default(webhook: Webhook) -> No
     async with running(n):
         assert not n.notify(notice(Kind.STARTED, job="quiet"))  # the cluster sends failures only
         assert n.notify(notice(Kind.FAILED, job="plain"))
-        own = parse_notify({"channel": "#ml", "events": ["started", "idle"]}, cluster)
-        assert n.notify(notice(Kind.STARTED, job="chatty", notify=own))
-        assert not n.notify(notice(Kind.FAILED, job="chatty", notify=own))  # not among its events
-        assert n.notify(notice(Kind.IDLE_ENDED, job="chatty", notify=own))  # follows `idle`
-        assert not n.notify(notice(Kind.FAILED, job="silent", notify=parse_notify(False)))
+        chatty = own({"channel": "#ml", "events": ["started", "idle"]})
+        check_channel(chatty, cluster)
+        assert n.notify(notice(Kind.STARTED, job="chatty", notify=chatty))
+        assert not n.notify(notice(Kind.FAILED, job="chatty", notify=chatty))  # not among its events
+        assert n.notify(notice(Kind.IDLE_ENDED, job="chatty", notify=chatty))  # follows `idle`
+        assert not n.notify(notice(Kind.FAILED, job="silent", notify=own(False)))
         await webhook.wait("default", 1)
         await webhook.wait("ml", 2)
     assert [b["text"].split(" ")[0] for _, b in webhook.to("ml")] == ["train-resnet", "train-resnet"]
@@ -283,23 +289,44 @@ def test_no_webhook_anywhere_means_nothing_is_queued() -> None:
     [
         ({"webhook": "https://hooks.slack.com/services/" + SECRET, "channel": "ml"}, "notify", "either"),
         ({"webhook": "hooks.slack.com/" + SECRET}, "notify.webhook", "http(s) URL"),
-        ({"channel": "random"}, "notify.channel", "unknown channel 'random'; channels: ml"),
+        ({"webhook": "https:///" + SECRET}, "notify.webhook", "http(s) URL"),
+        ({"channel": "#"}, "notify.channel", "channel name"),
         ({"events": ["faild"]}, "notify.events", "did you mean 'failed'?"),
+        ({"events": "idle_ended"}, "notify.events", "unknown event"),
+        ({"events": 3}, "notify.events", "expected a list"),
         ({"event": ["failed"]}, "notify.event", "did you mean 'events'?"),
+        ({"webhok": "https://hooks.slack.com/services/" + SECRET}, "notify.webhok", "did you mean 'webhook'?"),
         (42, "notify", "expected a mapping"),
     ],
 )
 def test_bad_notify_spec_is_refused_naming_the_key(raw: object, field: str, words: str) -> None:
     with pytest.raises(SpecInvalid) as err:
-        parse_notify(raw, ClusterNotify(channels={"ml": "https://hooks.slack.com/services/x"}))
+        own(raw)
     assert err.value.field == field and words in err.value.message
     assert SECRET not in str(err.value)
 
 
+def test_a_channel_the_cluster_does_not_know_is_refused_at_admission() -> None:
+    cluster = ClusterNotify(channels={"ml": "https://hooks.slack.com/services/x"})
+    check_channel(own("#ml"), cluster)
+    check_channel(own({"webhook": "https://hooks.slack.com/services/" + SECRET}), cluster)
+    check_channel(None, cluster)
+    for known, channels in ((cluster, "ml"), (ClusterNotify(), "none configured")):
+        with pytest.raises(SpecInvalid) as err:
+            check_channel(own({"channel": "random"}), known)
+        assert err.value.field == "notify.channel"
+        assert err.value.message == f"unknown channel 'random'; channels: {channels}"
+
+
 def test_notify_spec_shorthands() -> None:
-    assert parse_notify("ml") == NotifySpec(channel="ml")
-    assert parse_notify({"events": "all"}) == NotifySpec(events=frozenset(Kind) - {Kind.IDLE_ENDED})
-    assert parse_notify(None) is None
+    assert own("ml") == own("#ml") == Notify(channel="ml")
+    url = "https://hooks.slack.com/services/" + SECRET
+    assert own(url) == Notify(webhook=url)
+    assert own({"events": "all"}) == Notify(events=frozenset(NotifyEvent))
+    assert {str(e) for e in frozenset(NotifyEvent)} == set(Kind) - {Kind.IDLE_ENDED}  # every notice a job can ask for
+    assert own({"events": "failed"}) == Notify(events=frozenset({NotifyEvent.FAILED}))
+    assert own(False) == Notify(events=frozenset())  # nothing for this job
+    assert own(None) is None and own(True) is None  # the cluster's default
 
 
 # --- secrecy -------------------------------------------------------------------------------------------------
@@ -308,13 +335,13 @@ def test_notify_spec_shorthands() -> None:
 async def test_webhook_url_never_appears_in_logs_or_reprs(webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     webhook.script["hook"] = [(500, {}, "x"), (429, {"Retry-After": "0"}, "rate_limited"), (403, {}, "invalid_token")]
-    own = parse_notify({"webhook": closed_port_url()})
+    mine = own({"webhook": closed_port_url()})
     cluster = ClusterNotify(webhook=webhook.url(), channels={"ml": webhook.url("ml")})
     n = Notifier(cluster, msgspec.structs.replace(FAST, max_attempts=2, queue_size=3))
     with capture_logs() as logs:
         async with running(n):
             n.notify(notice(job="a"))
-            n.notify(notice(job="b", notify=own))
+            n.notify(notice(job="b", notify=mine))
             for i in range(5):  # some are dropped
                 n.notify(notice(job=f"c{i}"))
             await webhook.wait("hook", 3)
@@ -322,7 +349,7 @@ async def test_webhook_url_never_appears_in_logs_or_reprs(webhook: Webhook, capl
     events = {e["event"] for e in logs}
     assert {"notify_retry", "notify_failed", "notify_dropped"} <= events
     seen = repr(logs) + caplog.text
-    seen += repr(own) + repr(cluster) + repr(n) + repr(notice(notify=own)) + repr(route(notice(), cluster))
+    seen += repr(mine) + repr(cluster) + repr(n) + repr(notice(notify=mine)) + repr(route(notice(), cluster))
     assert SECRET not in seen and "/services/" not in seen
     assert "webhook:" in repr(logs)  # the per-job webhook is named by its label
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import incl.controller.quota as quota
+from incl.controller import quota
 from incl.controller.quota import (
     Claim,
     Queued,
@@ -97,10 +97,10 @@ def test_bad_admin_file_says_which_key_and_why(tmp_path: Path, text: str, words:
 
 
 def test_unreadable_admin_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(QuotaConfigError, match="missing.yaml"):
+    with pytest.raises(QuotaConfigError, match=r"missing\.yaml"):
         load_quota_config(tmp_path / "missing.yaml")
     (tmp_path / "broken.yaml").write_text("users: {alice: [")
-    with pytest.raises(QuotaConfigError, match="broken.yaml"):
+    with pytest.raises(QuotaConfigError, match=r"broken\.yaml"):
         load_quota_config(tmp_path / "broken.yaml")
 
 

@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from incl.controller.aws import client_token
+from incl.controller.providers.aws import client_token
 from incl.controller.reconcile import (
     EXISTING,
     TAG_ATTEMPT,

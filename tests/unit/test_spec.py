@@ -11,12 +11,28 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 import incl
 from incl import _sdk
 from incl.proto.errors import SpecInvalid
-from incl.proto.spec import NOT_SUPPORTED_YET, JobSpec, Resources, Retry, load_spec
+from incl.proto.spec import (
+    NOT_SUPPORTED_YET,
+    CategoricalParam,
+    FloatParam,
+    GpuIdle,
+    Hpo,
+    IdleAction,
+    IntParam,
+    JobSpec,
+    Notify,
+    NotifyEvent,
+    Resources,
+    Retry,
+    check_spec,
+    load_spec,
+)
 
 
 def _refused(data: Any) -> SpecInvalid:
@@ -250,7 +266,7 @@ def test_env_cannot_override_incl_variables(name: str) -> None:
     _refused_at({"run": "x", "env": {name: "mine"}}, f"env.{name}", "INCL_", "cannot be overridden")
 
 
-CANDIDATES = ["x", "", 2, 0.5, True, False, ["x"], {"K": "v"}, "auto", [{"source": "s3://b"}]]
+CANDIDATES = ["x", "", 2, 0.5, True, False, ["x"], {"K": "v"}, {}, "auto", [{"source": "s3://b"}]]
 
 
 @pytest.mark.parametrize("path", sorted(NOT_SUPPORTED_YET))
@@ -460,3 +476,107 @@ def test_the_not_supported_message_is_grammatical() -> None:
         "not supported yet (hyperparameter search is not built)"
     assert _refused({"run": "x", "resources": {"nodes": 2}}).message == \
         "not supported yet (multi-node jobs are not built)"
+
+
+# --- gpu_idle, notify, hpo: typed here, for the CLI and the controller alike ---------------------------------
+
+
+def test_gpu_idle_takes_a_mapping_of_durations_and_a_percentage_or_false() -> None:
+    spec = load_spec({"run": "x", "gpu_idle": {"threshold": "20%", "window": "15m", "action": "stop", "grace": 0}})
+    assert spec.gpu_idle == GpuIdle(threshold=20, window=900, action=IdleAction.STOP, grace=0)
+    assert load_spec({"run": "x", "gpu_idle": {"window": 90}}).gpu_idle == GpuIdle(window=90)
+    assert load_spec({"run": "x", "gpu_idle": False}).gpu_idle is False
+    assert load_spec({"run": "x", "gpu_idle": True}).gpu_idle is None  # the cluster's policy
+    assert load_spec({"run": "x", "gpu_idle": None}).gpu_idle is None
+
+
+def test_notify_takes_a_channel_a_webhook_a_mapping_or_false() -> None:
+    url = "https://hooks.slack.com/services/T0/B0/x"
+    assert load_spec({"run": "x", "notify": "#ml-alerts"}).notify == Notify(channel="ml-alerts")
+    assert load_spec({"run": "x", "notify": url}).notify == Notify(webhook=url)
+    spec = load_spec({"run": "x", "notify": {"webhook": url, "events": ["failed", "idle"]}})
+    assert spec.notify == Notify(webhook=url, events=frozenset({NotifyEvent.FAILED, NotifyEvent.IDLE}))
+    assert load_spec({"run": "x", "notify": {"events": "all"}}).notify == Notify(events=frozenset(NotifyEvent))
+    assert load_spec({"run": "x", "notify": False}).notify == Notify(events=frozenset())
+    assert url not in repr(spec) and "hooks.slack.com" in repr(spec)  # the URL is a secret
+
+
+def test_hpo_takes_typed_distributions_and_is_then_refused_as_not_built() -> None:
+    data = {"metric": "val_loss", "direction": "maximize", "trials": 50, "parallel": 4, "sampler": "random",
+            "pruner": "median", "params": {
+                "lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+                "layers": {"type": "int", "low": 2, "high": 8, "step": 2},
+                "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+                "batch": [16, 32, 64]}}  # fmt: skip
+    exc = _refused_at({"run": "x", "hpo": data}, "hpo", "not supported yet")
+    assert exc.message == "not supported yet (hyperparameter search is not built)"
+    spec = JobSpec(run="x", hpo=Hpo(metric="val_loss", direction="maximize", trials=50, parallel=4, sampler="random",
+                                    pruner="median", params={
+                                        "lr": FloatParam(low=1e-5, high=1e-1, log=True),
+                                        "layers": IntParam(low=2, high=8, step=2),
+                                        "optimizer": CategoricalParam(choices=["adam", "sgd"]),
+                                        "batch": CategoricalParam(choices=[16, 32, 64])}))  # fmt: skip
+    assert msgspec.convert(msgspec.to_builtins(spec.hpo), Hpo) == spec.hpo  # the shape round-trips
+    with pytest.raises(SpecInvalid) as info:
+        check_spec(spec)  # the controller's check of a decoded spec says the same
+    assert (info.value.field, info.value.message) == ("hpo", exc.message)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "field", "words"),
+    [
+        ("gpu_idle", {"treshold": 10}, "gpu_idle.treshold", "did you mean 'threshold'?"),
+        ("gpu_idle", {"action": "kill"}, "gpu_idle.action", "must be one of notify, stop, not 'kill'"),
+        ("gpu_idle", {"threshold": 0}, "gpu_idle.threshold", "above 0"),
+        ("gpu_idle", {"window": "soon"}, "gpu_idle.window", "duration"),
+        ("gpu_idle", "15m", "gpu_idle", "mapping"),
+        ("notify", {"webhok": "https://hooks.slack.com/x"}, "notify.webhok", "did you mean 'webhook'?"),
+        ("notify", {"chanel": "ml"}, "notify.chanel", "did you mean 'channel'?"),
+        ("notify", {"channel": 5}, "notify.channel", "expected `str | null`"),
+        ("notify", {"events": ["failed", "succeded"]}, "notify.events", "did you mean 'succeeded'?"),
+        ("notify", {"webhook": "ftp://x/y"}, "notify.webhook", "http(s) URL"),
+        ("notify", ["ml"], "notify", "expected a mapping"),
+        ("hpo", {"metirc": "loss"}, "hpo.metirc", "did you mean 'metric'?"),
+        ("hpo", {"direction": "max"}, "hpo.direction", "must be one of minimize, maximize, not 'max'"),
+        ("hpo", {"sampler": "tpes"}, "hpo.sampler", "must be one of tpe, random, grid, cmaes"),
+        ("hpo", {"pruner": "early"}, "hpo.pruner", "must be one of none, median, hyperband"),
+        ("hpo", {"trials": 0}, "hpo.trials", "at least 1"),
+        ("hpo", {"parallel": -1}, "hpo.parallel", "at least 1"),
+        ("hpo", {"trials": "many"}, "hpo.trials", "expected `int`"),
+        ("hpo", {"metric": " "}, "hpo.metric", "metric"),
+        ("hpo", {"params": ["lr"]}, "hpo.params", "expected `object`"),
+        ("hpo", {"params": {"lr": 0.1}}, "hpo.params.lr", "distribution"),
+        ("hpo", {"params": {"lr": {"low": 0, "high": 1}}}, "hpo.params.lr.type", "needs a type"),
+        ("hpo", {"params": {"lr": {"type": "flaot"}}}, "hpo.params.lr.type", "did you mean 'float'?"),
+        ("hpo", {"params": {"lr": {"type": "float", "low": 0, "hihg": 1}}}, "hpo.params.lr.hihg",
+         "did you mean 'high'?"),
+        ("hpo", {"params": {"lr": {"type": "float", "low": 0}}}, "hpo.params.lr.high", "is required"),
+        ("hpo", {"params": {"lr": {"type": "float", "low": 1, "high": 1}}}, "hpo.params.lr", "below high"),
+        ("hpo", {"params": {"lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, "hpo.params.lr.low",
+         "greater than 0"),
+        ("hpo", {"params": {"lr": {"type": "float", "low": 1, "high": 2, "log": True, "step": 0.1}}},
+         "hpo.params.lr.step", "log"),
+        ("hpo", {"params": {"n": {"type": "int", "low": 1.5, "high": 4}}}, "hpo.params.n.low", "expected `int`"),
+        ("hpo", {"params": {"n": {"type": "int", "low": 1, "high": 4, "step": 0}}}, "hpo.params.n.step",
+         "greater than 0"),
+        ("hpo", {"params": {"n": {"type": "int", "low": 5, "high": 4}}}, "hpo.params.n", "below high"),
+        ("hpo", {"params": {"opt": {"type": "categorical", "choices": []}}}, "hpo.params.opt.choices",
+         "at least one"),
+        ("hpo", {"params": {"opt": []}}, "hpo.params.opt.choices", "at least one"),
+    ],
+    ids=repr,
+)
+def test_gpu_idle_notify_and_hpo_are_checked_whole(section: str, value: Any, field: str, words: str) -> None:
+    """Each is refused at its path with the reason, before any "not supported yet"."""
+    _refused_at({"run": "x", section: value}, field, words)
+
+
+def test_a_decoded_spec_gets_the_same_checks_as_a_loaded_one() -> None:
+    """What the controller runs on a spec off the wire (types already checked by the decoder)."""
+    with pytest.raises(SpecInvalid) as info:
+        check_spec(JobSpec(run="x", notify=Notify(webhook="hooks.slack.com/services/secret")))
+    assert info.value.field == "notify.webhook" and "secret" not in str(info.value)
+    with pytest.raises(SpecInvalid) as info:
+        check_spec(JobSpec(run="x", gpu_idle=GpuIdle(window=float("inf"))))
+    assert info.value.field == "gpu_idle.window"
+    assert check_spec(JobSpec(run="x", gpu_idle=False, notify=Notify(channel="ml"))).notify == Notify(channel="ml")

@@ -1,21 +1,18 @@
-"""The CLI's one door to INCL: request-reply to the controller, and reads of the log and metric streams."""
+"""The client library: request-reply to the controller, and reads of the log and metric streams it owns."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import nats
-from nats.aio.client import Client as Nats
-from nats.js import api
-from nats.js.errors import NotFoundError
-
+from incl.bus.connection import Bus, connect
 from incl.proto import subjects
 from incl.proto.codec import Decoder
 from incl.proto.errors import DecodeError, InclError, Unavailable
@@ -49,7 +46,8 @@ from incl.proto.messages import (
     TreeRef,
 )
 from incl.proto.spec import JobSpec
-from incl.proto.transport import request
+
+R = TypeVar("R", bound=Reply)
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -67,14 +65,10 @@ def resolve_url(explicit: str | None) -> str:
     state = incl_home() / "stack.json"
     if state.exists():
         try:
-            return json.loads(state.read_text())["nats_url"]
+            return str(json.loads(state.read_text())["nats_url"])
         except (ValueError, KeyError):
             pass
     return DEFAULT_URL
-
-
-async def _quiet(exc: Exception) -> None:
-    """nats-py logs every failed connect with a traceback; the CLI reports one clear line instead."""
 
 
 def current_user() -> str:
@@ -82,37 +76,40 @@ def current_user() -> str:
 
 
 class Client:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    """INCL's client library: what the CLI, the benchmarks, the tests (and the web UI and HPO service to come)
+    use to talk to a cluster. `async with Client(url) as client: await client.jobs()`."""
+
+    def __init__(self, url: str, timeout: float = 10.0, name: str = "incl-cli") -> None:
         self.url = url
         self.timeout = timeout
-        self._nc: Nats | None = None
+        self._name = name
+        self._bus: Bus | None = None
 
     async def __aenter__(self) -> Client:
         try:
-            # nats-py retries the first connect for ever unless attempts are bounded (0 means unbounded).
-            self._nc = await nats.connect(self.url, connect_timeout=2, max_reconnect_attempts=1,
-                                          reconnect_time_wait=0.1, allow_reconnect=False, name="incl-cli",
-                                          error_cb=_quiet)
-        except Exception:
+            self._bus = await connect(self.url, self._name, connect_timeout=2, reconnect_wait=0.1,
+                                      request_timeout=self.timeout, max_reconnect_attempts=0, quiet=True)
+        except Exception:  # noqa: BLE001 - any failure to connect means the same thing to the user
             raise Unavailable(f"cannot reach NATS at {self.url}; start the embedded stack with `incl up` "
                               "(or pass --nats URL)") from None
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._nc is not None:
-            await self._nc.close()
+        if self._bus is not None:
+            await self._bus.close()
 
     @property
-    def nc(self) -> Nats:
-        assert self._nc is not None
-        return self._nc
+    def bus(self) -> Bus:
+        """The connection itself, for what the typed calls do not cover (tests that speak the raw protocol)."""
+        assert self._bus is not None
+        return self._bus
 
     def _meta(self) -> Envelope:
         return Envelope.new(f"cli:{current_user()}")
 
-    async def _call(self, subject: str, req: Request, reply_type: type[Reply]) -> Any:
+    async def _call(self, subject: str, req: Request, reply_type: type[R]) -> R:
         try:
-            return await request(self.nc, subject, req, reply_type, self.timeout)
+            return await self.bus.request(subject, req, reply_type, self.timeout)
         except Unavailable:
             raise Unavailable(f"no controller is answering at {self.url}; start one with `incl up`") from None
 
@@ -194,43 +191,24 @@ class Client:
     async def _read(self, subject: str, type_: Any, follow_job: str | None,
                     poll: float = 0.25) -> AsyncIterator[Any]:
         """Every message on `subject`, in order; with `follow_job`, until that job has ended and all is read."""
-        js = self.nc.jetstream(timeout=self.timeout)
-        decoder = Decoder(type_)
-        try:
-            sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL,
-                                     idle_heartbeat=1.0)
-        except NotFoundError:
-            return
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=poll)
-                except nats.errors.TimeoutError:
-                    msg = None
-                if msg is not None:
-                    try:
-                        yield decoder.decode(msg.data)
-                    except DecodeError:
-                        continue
-                    if msg.metadata.num_pending > 0:
-                        continue
-                # Caught up with the stream: done, unless following a job that has not ended.
-                if follow_job is None:
+        decoder: Decoder[Any] = Decoder(type_)
+        caught_up_at_end = False
+        async for item in self.bus.follow(subject, poll):
+            if item is not None:
+                with contextlib.suppress(DecodeError):
+                    yield decoder.decode(item.data)
+                if item.pending > 0:
+                    continue
+            # Caught up with the stream: done, unless following a job that has not ended.
+            if follow_job is None:
+                return
+            if item is None:
+                if caught_up_at_end:
                     return
-                if msg is None and (await self.job(follow_job)).state in TERMINAL:
-                    info = await sub.consumer_info()
-                    if info.num_pending == 0 and sub.pending_msgs == 0:
-                        return
-        finally:
-            await sub.unsubscribe()
+                caught_up_at_end = (await self.job(follow_job)).state in TERMINAL
 
     async def has_messages(self, subject: str, stream: str) -> bool:
-        js = self.nc.jetstream(timeout=self.timeout)
-        try:
-            await js.get_last_msg(stream, subject)
-            return True
-        except NotFoundError:
-            return False
+        return await self.bus.last(stream, subject) is not None
 
     async def log_batches(self, job_id: str, follow: bool) -> AsyncIterator[LogBatch]:
         if not follow and not await self.has_messages(subjects.logs(job_id), subjects.LOGS_STREAM):

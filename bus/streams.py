@@ -1,12 +1,16 @@
-"""The JetStream streams and KV buckets INCL keeps its durable state in, created idempotently by any side."""
+"""The JetStream streams and KV buckets INCL keeps its durable state in. Only the controller creates and
+configures them (`ensure_streams`, `ensure_buckets`); every other part only uses them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError, ServerError
 
+from incl.bus.connection import Bus
+from incl.bus.kv import Bucket
 from incl.proto import subjects
 
 
@@ -20,7 +24,7 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: float = 120.0  # publish retries within it are stored once (Nats-Msg-Id)
 
 
-def _stream(name: str, prefix: str, limits: StreamLimits, **kwargs: object) -> api.StreamConfig:
+def _stream(name: str, prefix: str, limits: StreamLimits, **kwargs: Any) -> api.StreamConfig:
     return api.StreamConfig(name=name, subjects=[f"{prefix}.*"], storage=api.StorageType.FILE,
                             duplicate_window=limits.duplicate_window, **kwargs)
 
@@ -62,7 +66,7 @@ def scaled(limits: StreamLimits, factor: float) -> StreamLimits:
                                    dead_max_bytes=int(limits.dead_max_bytes * factor))
 
 
-async def ensure_streams(js: JetStreamContext, limits: StreamLimits) -> StreamLimits:
+async def ensure_streams(bus: Bus, limits: StreamLimits) -> StreamLimits:
     """Create the streams, or bring their settings in line (only the controller calls this). Streams that do not
     fit the storage JetStream has (error 10047) are sized down by halves, never below MIN_LOGS_BYTES of logs;
     returns the limits applied."""
@@ -71,7 +75,7 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits) -> StreamLi
         applied = scaled(limits, factor) if factor < 1.0 else limits
         try:
             for config in stream_configs(applied):
-                await _apply(js, config)
+                await _apply(bus.jetstream, config)
             return applied
         except ServerError as exc:
             if exc.err_code != INSUFFICIENT_STORAGE:
@@ -85,11 +89,12 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits) -> StreamLi
                     "config") from None
 
 
-async def ensure_buckets(js: JetStreamContext, submit_ttl: float = 86400.0) -> dict[str, object]:
+async def ensure_buckets(bus: Bus, submit_ttl: float = 86400.0) -> dict[str, Bucket]:
     """The controller's buckets; `submit_ttl`: how long a submit's idempotency key is remembered."""
-    buckets = {}
-    for name, ttl in ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl)):
-        buckets[name] = await js.create_key_value(
+    buckets: dict[str, Bucket] = {}
+    wanted = ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl))
+    for name, ttl in wanted:
+        buckets[name] = Bucket(await bus.jetstream.create_key_value(
             api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE, ttl=ttl)
-        )
+        ))
     return buckets

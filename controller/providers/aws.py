@@ -14,7 +14,8 @@
     spot_interrupted  whether EC2 ended an instance for a spot interruption (its state reason)
 
 Every instance carries the tags `incl:cluster`, `incl:job`, `incl:attempt`, `incl:generation`, `incl:role=agent`
-(and the config's `extra_tags`), and boots with user-data rendered from `controller/user-data.sh.tmpl`.
+(and the config's `extra_tags`), and boots with user-data rendered from `controller/user-data.sh.tmpl`. Its
+configuration and instance catalog: `catalog.py`.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ import string
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import ClientError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from incl.controller.catalog import AwsConfig, candidates
+from incl.controller.providers.base import LaunchedInstance, LaunchFailed
+from incl.controller.providers.catalog import AwsConfig, candidates
+from incl.controller.providers.catalog import shapes as catalog_shapes
 from incl.controller.reconcile import (
     EXISTING,
     ROLE_AGENT,
@@ -47,10 +49,14 @@ from incl.controller.reconcile import (
     Market,
     ObservedInstance,
 )
+from incl.proto.messages import Resources
+
+if TYPE_CHECKING:
+    from incl.controller.config import ControllerConfig
 
 log = structlog.get_logger()
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "user-data.sh.tmpl"  # package data: ships in the wheel
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "user-data.sh.tmpl"  # package data: ships in the wheel
 USER_DATA_LIMIT = 16 * 1024  # bytes, before base64: EC2's limit
 
 # RunInstances errors that mean "not this type here, now": try the next candidate.
@@ -67,10 +73,6 @@ SPOT_INTERRUPTED = frozenset({"Server.SpotInstanceTermination", "Server.SpotInst
 _FILTER_VALUES = 200  # values per filter in one Describe call
 
 
-class LaunchFailed(Exception):
-    """No instance was launched; the message says why."""
-
-
 class NoInstanceType(LaunchFailed):
     """Nothing in the catalog fits the job."""
 
@@ -84,15 +86,6 @@ class NoCapacity(LaunchFailed):
         super().__init__(f"no {launch.market} capacity for job {launch.job_id} attempt {launch.attempt} "
                          f"after {len(tried)} tries: {names}")
         self.tried = tried
-
-
-class LaunchedInstance(msgspec.Struct, frozen=True, kw_only=True):
-    instance_id: str
-    instance_type: str
-    market: Market
-    subnet_id: str | None = None
-    availability_zone: str | None = None
-    existing: bool = False  # True: an instance launched earlier for this job and attempt
 
 
 class _UserData(string.Template):
@@ -136,6 +129,8 @@ def _log_round(launch: Launch) -> Callable[[RetryCallState], None]:
 class AwsProvider:
     """`async with AwsProvider(cfg, nats_url=..., store_url=...) as aws:` — one EC2 client for its life."""
 
+    provisions = True
+
     def __init__(self, cfg: AwsConfig, *, nats_url: str, store_url: str, session: AioSession | None = None) -> None:
         self.cfg = cfg
         template = Path(cfg.user_data_template) if cfg.user_data_template else DEFAULT_TEMPLATE
@@ -143,6 +138,14 @@ class AwsProvider:
         self._session = session or get_session()
         self._stack = AsyncExitStack()
         self._ec2: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: ControllerConfig) -> AwsProvider:
+        """Instances' agents dial `agent_nats_url` (else the controller's own `nats_url`)."""
+        return cls(cfg.aws, nats_url=cfg.agent_nats_url or cfg.nats_url, store_url=cfg.store_url)
+
+    def shapes(self) -> list[Resources]:
+        return catalog_shapes(self.cfg.catalog)
 
     async def __aenter__(self) -> AwsProvider:
         cfg = self.cfg
@@ -167,7 +170,8 @@ class AwsProvider:
         if not types:
             raise NoInstanceType(f"no instance type in the catalog fits job {launch.job_id}: {launch.resources}")
         cfg = self.cfg
-        tries = [(t, s) for t in types for s in (cfg.subnets or [None])]
+        subnets: list[str | None] = [*cfg.subnets] or [None]  # None: the default subnet
+        tries = [(t, s) for t in types for s in subnets]
         tried: list[tuple[str, str | None, str]] = []
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(cfg.launch_rounds), retry=retry_if_exception_type(NoCapacity), reraise=True,

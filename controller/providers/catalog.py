@@ -79,5 +79,5 @@ def candidates(catalog: Iterable[CatalogEntry], want: Wanted) -> list[str]:
 
 
 def shapes(catalog: Iterable[CatalogEntry]) -> list[Resources]:
-    """What the provider could ever launch: the controller's `provider_shapes` (submit-time admission)."""
+    """What the provider could ever launch (`AwsProvider.shapes`, for submit-time admission)."""
     return [e.shape() for e in catalog]

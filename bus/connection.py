@@ -1,0 +1,253 @@
+"""The one connection to NATS every INCL part uses: request/reply, serving, durable publish, streams, buckets.
+
+Nothing outside `incl.bus` imports `nats`: the parts speak to each other through this module's `Bus`, so
+credentials and TLS (and any change of transport) are added here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+import structlog
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext, api
+from nats.js.errors import FetchTimeoutError, NotFoundError
+
+from incl.bus.kv import Bucket
+from incl.proto import errors
+from incl.proto.codec import Decoder, encode
+from incl.proto.messages import ErrorReply, Reply, Request
+
+log = structlog.get_logger()
+
+R = TypeVar("R", bound=Reply)
+
+_decoders: dict[Any, Decoder[Any]] = {}
+
+
+def _decoder(reply_type: type[R]) -> Decoder[R | ErrorReply]:
+    if reply_type not in _decoders:
+        _decoders[reply_type] = Decoder(reply_type | ErrorReply)
+    return _decoders[reply_type]
+
+
+def error_reply(exc: errors.InclError) -> bytes:
+    return encode(ErrorReply(code=exc.code, message=exc.message, field=exc.field))
+
+
+@dataclass(frozen=True)
+class StreamState:
+    messages: int
+    first_seq: int
+    last_seq: int
+
+
+class Delivery:
+    """One message from a durable consumer: its subject and data, and the ways to settle it."""
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.subject = msg.subject
+        self.data = msg.data
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def term(self) -> None:
+        """Never deliver it again."""
+        await self._msg.term()
+
+
+class Pull:
+    """A durable pull consumer: batches of deliveries; an empty list when nothing came within the timeout."""
+
+    def __init__(self, sub: JetStreamContext.PullSubscription) -> None:
+        self._sub = sub
+
+    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
+        try:
+            return [Delivery(m) for m in await self._sub.fetch(batch, timeout=timeout)]
+        except (TimeoutError, FetchTimeoutError):
+            return []
+
+
+@dataclass(frozen=True)
+class Followed:
+    """A message read from a stream in order, and how many more the stream held when it was read."""
+    data: bytes
+    pending: int
+
+
+Handler = Callable[[str, bytes], Awaitable[bytes | None]]
+
+
+class Bus:
+    """A live NATS connection with JetStream. Make one with `connect`; close it with `close` (or `async with`)."""
+
+    def __init__(self, nc: Nats, request_timeout: float) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=request_timeout)
+        self.request_timeout = request_timeout
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._nc.close()
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes."""
+        return int(self._nc.max_payload)
+
+    # --- request / reply ----------------------------------------------------------------------------------
+
+    async def request(self, subject: str, req: Request, reply_type: type[R], timeout: float) -> R:
+        """Send `req`, return the reply; an ErrorReply becomes its exception, silence becomes Unavailable
+        (NoResponders when NATS says nothing serves the subject)."""
+        data = await self.request_raw(subject, encode(req), timeout)
+        reply = _decoder(reply_type).decode(data)
+        if isinstance(reply, ErrorReply):
+            raise errors.from_code(reply.code, reply.message, reply.field)
+        return reply
+
+    async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
+        try:
+            msg = await self._nc.request(subject, data, timeout=timeout)
+        except NoRespondersError:
+            raise errors.NoResponders(f"nothing is serving {subject}") from None
+        except NatsTimeout:
+            raise errors.Unavailable(f"no reply on {subject} within {timeout:g}s") from None
+        return bytes(msg.data)
+
+    async def serve(self, subject: str, queue: str, handler: Handler) -> None:
+        """Answer requests on `subject` (wildcards allowed) with `handler(subject, data)`; a reply over the payload
+        limit is answered with an error saying so, and a reply that cannot be sent is dropped (the requester
+        went away). The handler must not raise."""
+        limit = self.max_payload
+
+        async def on_msg(msg: Msg) -> None:
+            reply = await handler(msg.subject, msg.data)
+            if reply is None or not msg.reply:
+                return
+            if len(reply) > limit:
+                log.warning("reply_too_large", subject=msg.subject, size=len(reply), limit=limit)
+                reply = error_reply(errors.InclError(f"the reply ({len(reply)} bytes) exceeds the NATS payload "
+                                                     f"limit ({limit} bytes); narrow the query"))
+            try:
+                await msg.respond(reply)
+            except Exception as exc:  # noqa: BLE001 - the requester went away, or the connection is down
+                log.debug("reply_failed", subject=msg.subject, error=repr(exc))
+
+        await self._nc.subscribe(subject, queue=queue, cb=on_msg)
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        """A plain (not durable) publish."""
+        await self._nc.publish(subject, data)
+        await self._nc.flush(timeout=self.request_timeout)  # type: ignore[arg-type]  # nats-py says int; it waits float seconds
+
+    # --- streams ------------------------------------------------------------------------------------------
+
+    async def publish_durable(self, subject: str, data: bytes, *, msg_id: str | None = None,
+                              timeout: float | None = None) -> None:
+        """Store `data` in the stream that holds `subject`; with `msg_id`, a retry within the stream's duplicate
+        window is stored once. One try: callers wrap it in `incl.bus.retry.forever`."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self._js.publish(subject, data, headers=headers, timeout=timeout or self.request_timeout)
+
+    async def pull(self, stream: str, subject: str, durable: str, *, ack_wait: float) -> Pull:
+        """A durable consumer of `subject` in `stream`, redelivering what is not acked within `ack_wait`."""
+        sub = await self._js.pull_subscribe(subject, durable=durable, stream=stream,
+                                            config=api.ConsumerConfig(ack_wait=ack_wait, max_deliver=-1))
+        return Pull(sub)
+
+    async def last(self, stream: str, subject: str) -> bytes | None:
+        """The newest message on `subject`, or None if it has none (or the stream does not exist)."""
+        try:
+            msg = await self._js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return None
+        return bytes(msg.data or b"")
+
+    async def get(self, stream: str, seq: int) -> bytes | None:
+        try:
+            msg = await self._js.get_msg(stream, seq)
+        except NotFoundError:
+            return None
+        return bytes(msg.data or b"")
+
+    async def state(self, stream: str) -> StreamState:
+        info = await self._js.stream_info(stream)
+        return StreamState(messages=info.state.messages, first_seq=info.state.first_seq, last_seq=info.state.last_seq)
+
+    async def purge(self, stream: str) -> None:
+        await self._js.purge_stream(stream)
+
+    async def follow(self, subject: str, poll: float) -> AsyncIterator[Followed | None]:
+        """Every message on `subject` from the first, in order; None each `poll` seconds with nothing new. Ends
+        (with nothing) if no stream holds the subject."""
+        try:
+            sub = await self._js.subscribe(subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL,
+                                           idle_heartbeat=1.0)
+        except NotFoundError:
+            return
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=poll)
+                except nats.errors.TimeoutError:
+                    yield None
+                    continue
+                yield Followed(data=bytes(msg.data), pending=msg.metadata.num_pending)
+        finally:
+            await sub.unsubscribe()
+
+    # --- buckets ------------------------------------------------------------------------------------------
+
+    async def bucket(self, name: str) -> Bucket:
+        """An existing bucket (the controller creates them all; see `incl.bus.streams.ensure_buckets`)."""
+        return Bucket(await self._js.key_value(name))
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """For `incl.bus.streams` only: stream and bucket configuration."""
+        return self._js
+
+
+async def connect(url: str, name: str, *, connect_timeout: float, reconnect_wait: float, request_timeout: float,
+                  max_reconnect_attempts: int = -1,
+                  on_disconnect: Callable[[], Awaitable[None]] | None = None,
+                  on_reconnect: Callable[[], Awaitable[None]] | None = None,
+                  quiet: bool = False) -> Bus:
+    """The one connect path. Daemons keep reconnecting for ever; the CLI (`max_reconnect_attempts=0`) does not,
+    and with `quiet` nats-py's own tracebacks for a failed connect are not printed."""
+
+    async def _quiet(exc: Exception) -> None:
+        """nats-py logs every failed connect with a traceback; the caller reports one clear line instead."""
+
+    kwargs: dict[str, Any] = {}
+    if on_disconnect is not None:
+        kwargs["disconnected_cb"] = on_disconnect
+    if on_reconnect is not None:
+        kwargs["reconnected_cb"] = on_reconnect
+    if quiet:
+        kwargs["error_cb"] = _quiet
+    nc = await nats.connect(
+        url,
+        name=name,
+        connect_timeout=connect_timeout,
+        reconnect_time_wait=reconnect_wait,
+        max_reconnect_attempts=max_reconnect_attempts if max_reconnect_attempts else 1,
+        allow_reconnect=max_reconnect_attempts != 0,
+        **kwargs,
+    )
+    return Bus(nc, request_timeout)

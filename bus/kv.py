@@ -1,0 +1,72 @@
+"""A JetStream key-value bucket, with compare-and-set writes and errors of our own (no nats type leaks out)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+log = structlog.get_logger()
+
+
+class KeyExists(Exception):
+    """`create` of a key that exists."""
+
+
+class WrongRevision(Exception):
+    """`update` of a key that changed since the revision given (another writer)."""
+
+
+class BucketUnreadable(Exception):
+    """The bucket's keys could not be listed; going on with none would forget every record."""
+
+
+class Bucket:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        """The value and its revision, or None."""
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return bytes(entry.value or b""), entry.revision or 0
+
+    async def create(self, key: str, value: bytes) -> int:
+        try:
+            return int(await self._kv.create(key, value))
+        except KeyWrongLastSequenceError:
+            raise KeyExists(key) from None
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        try:
+            return int(await self._kv.update(key, value, last=last))
+        except KeyWrongLastSequenceError:
+            raise WrongRevision(key) from None
+
+    async def put(self, key: str, value: bytes) -> int:
+        return int(await self._kv.put(key, value))
+
+    async def keys(self, attempts: int = 5, pause: float = 0.2) -> list[str]:
+        """Every key. The bucket's own message count is the check: nats-py's listing can come back empty (or
+        short) while the bucket holds records, so a short listing is retried, and an empty listing of a bucket
+        that holds records raises rather than passing for an empty store."""
+        keys: list[str] = []
+        expected = 0
+        for attempt in range(attempts):
+            expected = (await self._kv.status()).stream_info.state.messages  # history 1: one per key
+            try:
+                keys = await self._kv.keys()
+            except NoKeysError:
+                keys = []
+            if len(keys) >= expected:
+                return keys
+            log.warning("key_listing_short", keys=len(keys), expected=expected, attempt=attempt)
+            await asyncio.sleep(pause * 2 ** attempt)
+        if not keys and expected:
+            raise BucketUnreadable(f"the bucket holds {expected} records and listing them returned none "
+                                   f"{attempts} times")
+        return keys  # short but not empty: deleted keys leave markers the count includes

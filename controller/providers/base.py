@@ -1,0 +1,63 @@
+"""The seam between the controller and where its agents run: what the provisioner (the reconcile loop), the
+liveness check and the submit-time fit check ask of a provider.
+
+    Provider            a protocol; one module per provider (`local`, `aws`), chosen by the config's `provider`
+    LaunchFailed        a launch made no instance; the message says why (shown on the job while it waits)
+    LaunchedInstance    what a launch made (or found already made for the same job, attempt and generation)
+
+A provider is its own lifespan: `async with provider:` holds its clients (the EC2 client) and releases them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, Self
+
+import msgspec
+
+from incl.controller.reconcile import Launch, Market, ObservedInstance
+from incl.proto.messages import Resources
+
+
+class LaunchFailed(Exception):
+    """No instance was launched; the message says why."""
+
+
+class LaunchedInstance(msgspec.Struct, frozen=True, kw_only=True):
+    instance_id: str
+    instance_type: str
+    market: Market
+    subnet_id: str | None = None
+    availability_zone: str | None = None
+    existing: bool = False  # True: an instance launched earlier for this job and attempt
+
+
+class Provider(Protocol):
+    @property
+    def provisions(self) -> bool:
+        """True: instances come and go with demand, so the reconcile loop runs; False: agents are started by hand."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def shapes(self) -> list[Resources]:
+        """Every machine shape it could ever launch (submit-time admission: "can this job ever fit?")."""
+        ...
+
+    async def describe(self, cluster: str) -> list[ObservedInstance]:
+        """Every instance of the cluster, in any state (ended ones while the cloud still shows them)."""
+        ...
+
+    async def launch(self, launch: Launch) -> LaunchedInstance:
+        """One instance for the launch, or the one made earlier for it. Raises `LaunchFailed`."""
+        ...
+
+    async def terminate(self, cluster: str, instance_ids: Sequence[str]) -> list[str]:
+        """Terminate those of `instance_ids` that belong to the cluster; returns their ids."""
+        ...
+
+    async def spot_interrupted(self, instance_ids: Sequence[str]) -> dict[str, bool]:
+        """For each id: True if the cloud reclaimed it as a spot instance (False if not, or unknown)."""
+        ...

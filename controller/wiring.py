@@ -1,0 +1,91 @@
+"""The controller's object graph, built here and only here: each object once, handed what it depends on.
+
+    records   jobs and agents in their buckets           (loaded by the caller before `build`)
+    Shapes    agents' capacities + what could launch      Jobs asks it at submit
+    JobChanges                                            Jobs publishes; the notifier and the GPU watch hear
+    Jobs      records, bus, Shapes, wake, JobChanges
+    Notifier  the cluster's notify settings
+    GpuWatch  Jobs, Notifier
+    Agents    records, Jobs, the provider (spot reclaimed?), GpuWatch.observe
+    Provisioner  the provider, Jobs, Agents
+    Api       Jobs, Agents, GpuWatch, bus
+
+The cycles of old (Jobs needing the agents' shapes, the watch needing Jobs and Jobs telling the watch) are cut
+by the two small objects built first: `Shapes` reads the agent records, not the registry; `JobChanges` is
+subscribed to below, once its listeners exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from incl.bus.connection import Bus
+from incl.bus.kv import Bucket
+from incl.controller.agents import Agents
+from incl.controller.api import Api
+from incl.controller.config import ControllerConfig
+from incl.controller.gpuwatch import GpuWatch
+from incl.controller.jobs import JobChanges, Jobs, Listener
+from incl.controller.notify import Notice, Notifier, kinds_for
+from incl.controller.providers import Provider
+from incl.controller.provision import Provisioner
+from incl.controller.quota import load_quota_config
+from incl.controller.scheduler import Shapes
+from incl.controller.store import Records
+from incl.proto import subjects
+from incl.proto.messages import AgentRecord, Job, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    jobs: Jobs
+    agents: Agents
+    notifier: Notifier
+    watch: GpuWatch
+    provisioner: Provisioner
+    api: Api
+    provider: Provider
+
+
+def records(buckets: Mapping[str, Bucket]) -> tuple[Records[Job], Records[AgentRecord]]:
+    """The job and agent records over their buckets (not yet loaded)."""
+    jobs: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id)
+    agents: Records[AgentRecord] = Records(buckets[subjects.AGENTS_BUCKET], AgentRecord,
+                                           key=lambda a: a.info.agent_id)
+    return jobs, agents
+
+
+def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], job_records: Records[Job],
+          agent_records: Records[AgentRecord], provider: Provider, wake: asyncio.Event) -> Graph:
+    """`wake`: set to start a scheduling pass; `provider`: entered already (its lifespan is the caller's)."""
+    changes = JobChanges()
+    shapes = Shapes(agent_records, [*cfg.provider_shapes, *provider.shapes()])
+    jobs = Jobs(cfg, job_records, bus, shapes=shapes, wake=wake, changes=changes,
+                quotas=load_quota_config(cfg.quota_file), submits=buckets[subjects.SUBMITS_BUCKET])
+    notifier = Notifier(cfg.notify, cfg.notifier)
+    watch = GpuWatch(jobs, notifier, cfg.gpu_idle)
+    changes.subscribe(notify_of_changes(notifier))
+    changes.subscribe(unwatch_unless_running(watch))
+    agents = Agents(cfg, agent_records, jobs, provider, on_telemetry=watch.observe)
+    provisioner = Provisioner(cfg.reconcile, provider, jobs, agents)
+    api = Api(cfg.controller_id, jobs, agents, watch, bus, cfg.store_url, page_bytes=bus.max_payload // 2)
+    return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
+                 provider=provider)
+
+
+def notify_of_changes(notifier: Notifier) -> Listener:
+    """Each change a notification is due for (started, failed, preempted...) goes to the notifier's queue."""
+    def listener(before: Job | None, after: Job) -> None:
+        for kind in kinds_for(before, after):
+            notifier.notify(Notice.from_job(kind, after))
+    return listener
+
+
+def unwatch_unless_running(watch: GpuWatch) -> Listener:
+    """A job that stops running leaves the GPU watch (its idle episode and utilization are over)."""
+    def listener(before: Job | None, after: Job) -> None:
+        if after.state is not JobState.RUNNING:
+            watch.forget(after.id)
+    return listener

@@ -1,0 +1,100 @@
+"""The controller's buckets on a real NATS server: compare-and-set writes raise our own errors, and a key
+listing that comes back short is never taken for an empty store (which would forget every job)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from incl.bus.connection import Bus, connect
+from incl.bus.kv import Bucket, BucketUnreadable, KeyExists, WrongRevision
+from incl.bus.streams import ensure_buckets
+from incl.controller.store import Records
+from incl.proto import subjects
+from incl.proto.codec import encode
+
+
+class Item(msgspec.Struct, frozen=True):
+    n: int
+
+
+@pytest.fixture
+async def bus(nats_server: Any) -> AsyncIterator[Bus]:
+    async with await connect(nats_server.url, "test", connect_timeout=2, reconnect_wait=0.1,
+                             request_timeout=5) as bus:
+        yield bus
+
+
+@pytest.fixture
+async def buckets(bus: Bus) -> dict[str, Bucket]:
+    return await ensure_buckets(bus)
+
+
+class ShortListing:
+    """A bucket's nats KeyValue whose first `failures` key listings fail with `error` (or, with None, come back
+    empty), as nats-py's listing does now and then while the bucket holds records."""
+
+    def __init__(self, real: Any, failures: int, error: BaseException | None) -> None:
+        self._real, self._left, self._error = real, failures, error
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def keys(self) -> list[str]:
+        self.calls += 1
+        if self._left:
+            self._left -= 1
+            if self._error is not None:
+                raise self._error
+            return []
+        return list(await self._real.keys())
+
+
+async def empty_listing_error(bucket: Bucket) -> BaseException:
+    """The exception nats-py raises when it lists the keys of an empty bucket (its NoKeysError), taken from a
+    real one so that no test imports nats."""
+    with pytest.raises(Exception) as caught:
+        await bucket._kv.keys()
+    assert type(caught.value).__name__ == "NoKeysError", caught.value
+    return caught.value
+
+
+async def test_create_and_update_are_compare_and_set(buckets: dict[str, Bucket]) -> None:
+    kv = buckets[subjects.JOBS_BUCKET]
+    first = await kv.create("k", b"one")
+    with pytest.raises(KeyExists):
+        await kv.create("k", b"again")
+    second = await kv.update("k", b"two", last=first)
+    with pytest.raises(WrongRevision):
+        await kv.update("k", b"stale", last=first)
+    assert await kv.get("k") == (b"two", second)
+    assert await kv.get("missing") is None
+
+
+@pytest.mark.parametrize("fails_with", ["no_keys_error", "empty_list"])
+async def test_loading_never_takes_a_short_listing_for_an_empty_store(buckets: dict[str, Bucket],
+                                                                      fails_with: str) -> None:
+    kv = buckets[subjects.JOBS_BUCKET]
+    error = await empty_listing_error(kv) if fails_with == "no_keys_error" else None
+    for n in range(3):
+        await kv.put(f"k{n}", encode(Item(n)))
+    kv._kv = flaky = ShortListing(kv._kv, failures=1, error=error)  # type: ignore[assignment]
+    records: Records[Item] = Records(kv, Item, key=lambda i: f"k{i.n}")
+    await records.load()
+    assert sorted(i.n for i in records) == [0, 1, 2] and flaky.calls == 2
+
+
+async def test_a_bucket_whose_records_never_list_is_unreadable_not_empty(buckets: dict[str, Bucket]) -> None:
+    kv = buckets[subjects.JOBS_BUCKET]
+    await kv.put("k0", encode(Item(0)))
+    kv._kv = ShortListing(kv._kv, failures=99, error=None)  # type: ignore[assignment]
+    with pytest.raises(BucketUnreadable, match="holds 1 records"):
+        await kv.keys(attempts=3, pause=0.01)
+
+
+async def test_an_empty_bucket_lists_no_keys(buckets: dict[str, Bucket]) -> None:
+    assert await buckets[subjects.SUBMITS_BUCKET].keys(pause=0.01) == []
