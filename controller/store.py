@@ -25,9 +25,11 @@ class Conflicted(Exception):
 
 
 class Records(Generic[T]):
-    def __init__(self, kv: Bucket, type_: type[T], key: Callable[[T], str]) -> None:
+    def __init__(self, kv: Bucket, type_: type[T], key: Callable[[T], str],
+                 upgrade: Callable[[bytes], T] | None = None) -> None:
         self._kv = kv
         self._decoder: Decoder[T] = Decoder(type_)
+        self._upgrade = upgrade  # reads a record an older controller wrote, if this one's decoder cannot
         self._key = key
         self._items: dict[str, tuple[T, int]] = {}
 
@@ -50,9 +52,23 @@ class Records(Generic[T]):
         try:
             value = self._decoder.decode(data)
         except DecodeError as exc:
-            log.error("record_undecodable", key=key, error=str(exc))
-            return None
+            upgraded = self._upgraded(key, data)
+            if upgraded is None:
+                log.error("record_undecodable", key=key, error=str(exc))
+                return None
+            value = upgraded
         self._items[key] = (value, revision)
+        return value
+
+    def _upgraded(self, key: str, data: bytes) -> T | None:
+        if self._upgrade is None:
+            return None
+        try:
+            value = self._upgrade(data)
+        except Exception as exc:  # noqa: BLE001 - an old record that cannot be read is logged, never fatal
+            log.error("record_upgrade_failed", key=key, error=repr(exc))
+            return None
+        log.info("record_upgraded", key=key)
         return value
 
     def get(self, key: str) -> T | None:

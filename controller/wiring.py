@@ -28,6 +28,7 @@ from incl.controller.api import Api
 from incl.controller.config import ControllerConfig
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import JobChanges, Jobs, Listener
+from incl.controller.migrate import upgrade_job
 from incl.controller.notify import Notice, Notifier, kinds_for
 from incl.controller.providers import Provider
 from incl.controller.provision import Provisioner
@@ -51,7 +52,7 @@ class Graph:
 
 def records(buckets: Mapping[str, Bucket]) -> tuple[Records[Job], Records[AgentRecord]]:
     """The job and agent records over their buckets (not yet loaded)."""
-    jobs: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id)
+    jobs: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id, upgrade=upgrade_job)
     agents: Records[AgentRecord] = Records(buckets[subjects.AGENTS_BUCKET], AgentRecord,
                                            key=lambda a: a.info.agent_id)
     return jobs, agents

@@ -98,3 +98,22 @@ async def test_a_bucket_whose_records_never_list_is_unreadable_not_empty(buckets
 
 async def test_an_empty_bucket_lists_no_keys(buckets: dict[str, Bucket]) -> None:
     assert await buckets[subjects.SUBMITS_BUCKET].keys(pause=0.01) == []
+
+
+async def test_a_job_an_older_controller_wrote_is_read_with_its_spec_re_parsed(buckets: dict[str, Bucket]) -> None:
+    """Before issue 11, `notify` and `gpu_idle` were stored as written (a channel name, durations as text); the
+    controller reads such a record through the spec loader rather than dropping it."""
+    from incl.controller.wiring import records
+    from incl.proto.messages import JobState
+
+    old = {"id": "j-old", "user": "ann", "state": "SUCCEEDED", "submitted_at": 1.0, "updated_at": 2.0,
+           "spec": {"run": "python train.py", "notify": "ml-alerts",
+                    "gpu_idle": {"threshold": "20%", "window": "15m", "action": "stop"}}}
+    await buckets[subjects.JOBS_BUCKET].put("j-old", msgspec.msgpack.encode(old))
+    jobs, _ = records(buckets)
+    await jobs.load()
+    job = jobs.require("j-old")
+    assert job.state is JobState.SUCCEEDED and job.spec.run == "python train.py"
+    assert job.spec.notify is not None and job.spec.notify.channel == "ml-alerts"
+    assert not isinstance(job.spec.gpu_idle, bool) and job.spec.gpu_idle is not None
+    assert job.spec.gpu_idle.window == 900.0
