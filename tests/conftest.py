@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from incl.bus.client import Client
+from incl.bus.connection import Bus, connect
 from incl.cli.files import upload_workdir
 from incl.proto.messages import TERMINAL, Job
 from incl.proto.spec import load_spec
@@ -313,6 +314,14 @@ def nats_server(tmp_path: Path) -> Any:
     server = NatsServer(tmp_path).start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    """A raw connection to this test's NATS server (for tests of the bus layer itself)."""
+    async with await connect(nats_server.url, "test", connect_timeout=2, reconnect_wait=0.1,
+                             request_timeout=5) as bus:
+        yield bus
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@ listing that comes back short is never taken for an empty store (which would for
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
 
-from incl.bus.connection import Bus, connect
+from incl.bus.connection import Bus
 from incl.bus.kv import Bucket, BucketUnreadable, KeyExists, WrongRevision
 from incl.bus.streams import ensure_buckets
 from incl.controller.store import Records
@@ -19,13 +18,6 @@ from incl.proto.codec import encode
 
 class Item(msgspec.Struct, frozen=True):
     n: int
-
-
-@pytest.fixture
-async def bus(nats_server: Any) -> AsyncIterator[Bus]:
-    async with await connect(nats_server.url, "test", connect_timeout=2, reconnect_wait=0.1,
-                             request_timeout=5) as bus:
-        yield bus
 
 
 @pytest.fixture

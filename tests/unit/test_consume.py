@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
-import pytest
 
-from incl.bus.connection import Bus, connect
+from incl.bus.connection import Bus
 from incl.bus.consume import consume
 from incl.bus.streams import StreamLimits, ensure_streams
 from incl.proto import subjects
@@ -24,15 +21,8 @@ class Item(msgspec.Struct, frozen=True):
     n: int
 
 
-@pytest.fixture
-async def bus(nats_server: Any) -> AsyncIterator[Bus]:
-    async with await connect(nats_server.url, "test", connect_timeout=2, reconnect_wait=0.1,
-                             request_timeout=5) as bus:
-        await ensure_streams(bus, StreamLimits())
-        yield bus
-
-
 async def test_a_failing_handler_parks_its_message_and_the_next_ones_are_handled(bus: Bus) -> None:
+    await ensure_streams(bus, StreamLimits())
     handled: list[int] = []
 
     async def handle(item: Item) -> None:
