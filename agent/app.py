@@ -447,8 +447,11 @@ class Agent:
         """Events are durable and deduplicated: a retry after an uncertain failure is stored once. What they
         carry from the job (its tail, its failure reason) is bounded here, before it leaves the agent."""
         if isinstance(event, JobExited):
+            key = (event.job_id, event.attempt)
+            runner = self.runners.get(key)
+            fenced = key in self._fenced or (runner is not None and runner.fenced_by(self.launcher.fenced))
             event = structs.replace(event, tail=limits.bound_tail(event.tail), reason=limits.bound_reason(event.reason),
-                                    fenced=event.fenced or (event.job_id, event.attempt) in self._fenced)
+                                    fenced=event.fenced or fenced)
         # AgentInterrupted goes out on its own path (spot notices), never through publish().
         msg_id = f"{event.job_id}.{event.attempt}.{type(event).__name__}"  # type: ignore[union-attr]
         data = encode(event)

@@ -66,6 +66,11 @@ class ProcessExecution(_Stoppable):
         self._drain = drain_timeout
         self._notes: list[str] = []
 
+    @property
+    def pid(self) -> int | None:
+        """The current process's guard (it leads the job's process group)."""
+        return self._handle.pid if isinstance(self._handle, runtime.ProcessHandle) else None
+
     async def _start(self, script: str) -> runtime.ProcessHandle:
         self._handle = await self._launcher.start([self._shell, "-c", script], str(self._cwd), self._env, self._sink)
         self._on_pid(self._handle.pid)

@@ -10,6 +10,7 @@ Protocol (one JSON object per packet):
   guard -> agent      {"killed": P, "count": C, "procs": [[pid, name], ...]}   (the first few; before "exited")
   launcher -> agent   {"exited": P, "status": S}   (S as os.waitstatus_to_exitcode: -N for signal N)
   agent -> launcher   {"lease": SECONDS, "grace": G, "docker": SOCKET|null, "containers": [ID, ...], "lock": PATH}
+  launcher -> agent   {"fenced": [GUARD PID, ...], "containers": [ID, ...]}   (the lease ran out: these were stopped)
 
 The lease is the agent's fence, held here too: the agent renews it each time the controller answers. Should
 it run out (the agent cannot reach the controller, or is frozen and cannot even act: `kill -STOP`), the
@@ -292,9 +293,14 @@ class Lease:
             return None
         return max(0.0, self.deadline + (self.grace if self.stage else 0.0) - time.monotonic())
 
-    def step(self, guards):
-        """SIGTERM (checkpoint now) to every job and container; the second time, kill them all."""
+    def step(self, guards, sock=None):
+        """SIGTERM (checkpoint now) to every job and container; the second time, kill them all. The agent is
+        told first (it may be frozen: it reads this before the exits that follow), so that it reports these
+        attempts as fenced, not as failed."""
         self.stage += 1
+        if sock is not None and self.stage == 1:
+            with contextlib.suppress(OSError):  # the agent is gone
+                _send(sock, {"fenced": sorted(guards), "containers": self.containers})
         for guard in guards:
             try:
                 if self.stage == 1:
@@ -375,7 +381,7 @@ def serve(sock, agent, cgroups):
         if wake_r in ready:
             os.read(wake_r, 4096)
         if lease is not None and lease.due() == 0.0:
-            lease.step(guards)
+            lease.step(guards, sock)
         while True:  # reap every guard that ended
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)

@@ -136,6 +136,15 @@ class Runner:
     def container_id(self) -> str | None:
         return self._exec.container_id if isinstance(self._exec, ContainerExecution) else None
 
+    def fenced_by(self, stopped: set[int | str]) -> bool:
+        """Whether the fork server stopped this attempt when the lease ran out (`stopped`: the guard pids and
+        containers it names)."""
+        if isinstance(self._exec, ContainerExecution):
+            return self._exec.container_id in stopped
+        if isinstance(self._exec, ProcessExecution):
+            return self._exec.pid in stopped
+        return False
+
     def stop(self, reason: str, grace: float | None = None, cancelled: bool = False, preempted: bool = False) -> None:
         """Ask the attempt to stop: SIGTERM to all its processes, SIGKILL after the grace period. Its checkpoint
         and outputs are saved once it has ended, however it ends."""

@@ -101,6 +101,7 @@ class Launcher:
     def __init__(self, cgroups: bool = True) -> None:
         self._cgroups = cgroups
         self._lingers = False  # it outlives the agent until its lease ends (it guards containers)
+        self.fenced: set[int | str] = set()  # guard pids and container ids the fork server stopped (lease ran out)
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -144,6 +145,10 @@ class Launcher:
         loop = asyncio.get_running_loop()
         while data := await loop.sock_recv(sock, MAX_PACKET):
             msg = json.loads(data)
+            if "fenced" in msg:  # the lease ran out while the agent could not act: before the exits that follow
+                self.fenced.update(msg["fenced"])
+                self.fenced.update(msg["containers"])
+                continue
             if "killed" in msg:  # always before that guard's "exited", perhaps before its "pid"
                 self._killed[msg["killed"]] = msg
                 continue

@@ -170,3 +170,17 @@ async def test_a_job_that_signals_its_own_group_does_not_end_itself_through_its_
                                   "echo alive"], str(tmp_path), {"PATH": os.environ["PATH"]}, out.sink)
         assert await asyncio.wait_for(h.wait(5.0), 10) == 0
         assert out.data == b"alive\n"
+
+
+async def test_a_lease_that_runs_out_stops_the_jobs_and_tells_the_agent_which(tmp_path: Path) -> None:
+    """The fork server enforces the agent's lease by itself: SIGTERM at its end, and the agent learns which
+    jobs it stopped (so it reports them fenced, not failed), before their exits."""
+    out = Output()
+    async with Launcher(cgroups=False) as launcher:
+        handle = await launcher.start(["/bin/sh", "-c", "sleep 30"], str(tmp_path), {"PATH": os.environ["PATH"]},
+                                      out.sink)
+        launcher.renew(0.3, 5.0, None, [], str(tmp_path / "agent.lock"))
+        async with asyncio.timeout(10):
+            status = await handle.wait(1.0)
+        assert status == -signal.SIGTERM
+        assert handle.pid in launcher.fenced
