@@ -193,19 +193,20 @@ class Client:
         """Every message on `subject`, in order; with `follow_job`, until that job has ended and all is read."""
         decoder: Decoder[Any] = Decoder(type_)
         caught_up_at_end = False
-        async for item in self.bus.follow(subject, poll):
-            if item is not None:
-                with contextlib.suppress(DecodeError):
-                    yield decoder.decode(item.data)
-                if item.pending > 0:
-                    continue
-            # Caught up with the stream: done, unless following a job that has not ended.
-            if follow_job is None:
-                return
-            if item is None:
-                if caught_up_at_end:
+        async with contextlib.aclosing(self.bus.follow(subject, poll)) as items:
+            async for item in items:
+                if item is not None:
+                    with contextlib.suppress(DecodeError):
+                        yield decoder.decode(item.data)
+                    if item.pending > 0:
+                        continue
+                # Caught up with the stream: done, unless following a job that has not ended.
+                if follow_job is None:
                     return
-                caught_up_at_end = (await self.job(follow_job)).state in TERMINAL
+                if item is None:
+                    if caught_up_at_end:
+                        return
+                    caught_up_at_end = (await self.job(follow_job)).state in TERMINAL
 
     async def has_messages(self, subject: str, stream: str) -> bool:
         return await self.bus.last(stream, subject) is not None

@@ -6,7 +6,8 @@ credentials and TLS (and any change of transport) are added here once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -192,7 +193,7 @@ class Bus:
     async def purge(self, stream: str) -> None:
         await self._js.purge_stream(stream)
 
-    async def follow(self, subject: str, poll: float) -> AsyncIterator[Followed | None]:
+    async def follow(self, subject: str, poll: float) -> AsyncGenerator[Followed | None, None]:
         """Every message on `subject` from the first, in order; None each `poll` seconds with nothing new. Ends
         (with nothing) if no stream holds the subject."""
         try:
@@ -209,7 +210,8 @@ class Bus:
                     continue
                 yield Followed(data=bytes(msg.data), pending=msg.metadata.num_pending)
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error):  # the connection closed first: nothing to unsubscribe
+                await sub.unsubscribe()
 
     # --- buckets ------------------------------------------------------------------------------------------
 
