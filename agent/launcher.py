@@ -104,14 +104,16 @@ def _make_cgroup(parent):
     return path
 
 
-def _join_cgroup(path):
-    """In the command's process, before exec: everything it starts is born in the job's cgroup."""
+def _move_into_cgroup(path, pid):
+    """Move the command into the job's cgroup, from the guard, once the command runs: a cgroup migration takes
+    10-25 ms here, which the command's own start-up no longer waits for. What it forks meanwhile stays outside
+    the cgroup, and the subreaper still finds it."""
     if path is not None:
         try:
             with open(os.path.join(path, "cgroup.procs"), "w") as f:
-                f.write("0")
+                f.write(str(pid))
         except OSError:
-            pass  # the subreaper still finds them all
+            pass  # it has ended already, or the cgroup refused it: the subreaper still finds all
 
 
 def _remove_cgroup(path):
@@ -232,13 +234,11 @@ def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_BLOCK, GUARD_SIGNALS)
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        _cgroup = _make_cgroup(cgroups)
         if not _die_with_parent(signal.SIGUSR2, launcher):
             _die_with_launcher()
         pid = os.fork()
         if pid == 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, GUARD_SIGNALS)
-            _join_cgroup(_cgroup)
             os.dup2(out, 1)
             os.dup2(err, 2)
             null = os.open(os.devnull, os.O_RDONLY)
@@ -253,6 +253,8 @@ def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups):
         _command = pid
         os.close(out)
         os.close(err)
+        _cgroup = _make_cgroup(cgroups)
+        _move_into_cgroup(_cgroup, pid)
         status = _wait_for(pid, agent, launcher)
         killed = _sweep()
         _remove_cgroup(_cgroup)

@@ -156,7 +156,9 @@ async def test_where_cgroups_can_be_made_each_job_runs_in_its_own_and_it_is_remo
         pytest.skip("this host lets the launcher create no cgroup v2 (the subreaper tests cover it)")
     out = Output()
     async with Launcher() as launcher:
-        h = await launcher.start(["/bin/sh", "-c", "grep ^0:: /proc/self/cgroup"], str(tmp_path), {}, out.sink)
+        # The guard moves the command into the job's cgroup just after it starts (off its start-up path).
+        h = await launcher.start(["/bin/sh", "-c", "sleep 0.5; grep ^0:: /proc/self/cgroup"], str(tmp_path),
+                                 {"PATH": os.environ["PATH"]}, out.sink)
         assert await h.wait(5.0) == 0
     job_cgroup = Path(parent) / Path(out.data.decode().strip()[3:]).name
     assert job_cgroup.name.startswith("incl-job-") and not job_cgroup.exists()
