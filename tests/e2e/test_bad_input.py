@@ -85,7 +85,9 @@ async def test_invalid_specs_are_refused_with_the_field_and_nothing_is_queued(cl
         assert out.returncode == 2, (text, out.stdout, out.stderr)
         assert f"{field}:" in out.stderr and reason in out.stderr, (text, out.stderr)
     # Refused by the controller: no agent or provider could ever fit it.
-    out = run_cli(cluster, "submit", "--cpus", "512", "--", "true", cwd=tmp_path)
+    project = tmp_path / "project"  # the default workdir; not tmp_path, which holds the CLI's own $INCL_HOME
+    project.mkdir()
+    out = run_cli(cluster, "submit", "--cpus", "512", "--", "true", cwd=project)
     assert out.returncode == 1 and "can ever fit" in out.stderr, out.stderr
     listed = json.loads(run_cli(cluster, "ls", "--json").stdout)
     assert listed == []
