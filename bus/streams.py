@@ -21,6 +21,7 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     metrics_max_age: float = 90 * 86400.0
     dead_max_bytes: int = 256 * 2**20  # messages a consumer could not handle (`incl admin dead-letters`)
     dead_max_age: float = 30 * 86400.0
+    studies_max_bytes: int = 1 * 2**30  # HPO journals: kept with no age limit (every study stays readable)
     duplicate_window: float = 120.0  # publish retries within it are stored once (Nats-Msg-Id)
 
 
@@ -40,6 +41,9 @@ def stream_configs(limits: StreamLimits) -> list[api.StreamConfig]:
                 max_bytes=limits.metrics_max_bytes, max_age=limits.metrics_max_age),
         _stream(subjects.DEAD_STREAM, subjects.DEAD_PREFIX, limits, retention=keep,
                 max_bytes=limits.dead_max_bytes, max_age=limits.dead_max_age),
+        # A journal must never lose its oldest entries: past the limit, new appends are refused, not old dropped.
+        _stream(subjects.STUDIES_STREAM, subjects.STUDIES_PREFIX, limits, retention=keep,
+                max_bytes=limits.studies_max_bytes, discard=api.DiscardPolicy.NEW),
     ]
 
 
@@ -63,7 +67,8 @@ async def _apply(js: JetStreamContext, config: api.StreamConfig) -> None:
 def scaled(limits: StreamLimits, factor: float) -> StreamLimits:
     return msgspec.structs.replace(limits, logs_max_bytes=int(limits.logs_max_bytes * factor),
                                    metrics_max_bytes=int(limits.metrics_max_bytes * factor),
-                                   dead_max_bytes=int(limits.dead_max_bytes * factor))
+                                   dead_max_bytes=int(limits.dead_max_bytes * factor),
+                                   studies_max_bytes=int(limits.studies_max_bytes * factor))
 
 
 async def ensure_streams(bus: Bus, limits: StreamLimits) -> StreamLimits:
@@ -92,7 +97,8 @@ async def ensure_streams(bus: Bus, limits: StreamLimits) -> StreamLimits:
 async def ensure_buckets(bus: Bus, submit_ttl: float = 86400.0) -> dict[str, Bucket]:
     """The controller's buckets; `submit_ttl`: how long a submit's idempotency key is remembered."""
     buckets: dict[str, Bucket] = {}
-    wanted = ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl))
+    wanted = ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl),
+              (subjects.STUDIES_BUCKET, None))
     for name, ttl in wanted:
         buckets[name] = Bucket(await bus.jetstream.create_key_value(
             api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE, ttl=ttl)

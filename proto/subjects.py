@@ -13,6 +13,10 @@ ASSIGNMENT = f"{API_PREFIX}.agents.assignment"
 PING = f"{API_PREFIX}.ping"
 QUOTA = f"{API_PREFIX}.quota"
 DEAD_LETTERS = f"{API_PREFIX}.admin.dead_letters"
+SUBMIT_STUDY = f"{API_PREFIX}.studies.submit"
+LIST_STUDIES = f"{API_PREFIX}.studies.list"
+GET_STUDY = f"{API_PREFIX}.studies.get"
+STOP_STUDY = f"{API_PREFIX}.studies.stop"
 
 # Controller -> agent: a JetStream work queue, one durable consumer per agent.
 ASSIGN_STREAM = "INCL_ASSIGN"
@@ -33,10 +37,15 @@ METRICS_PREFIX = "incl.metrics"
 DEAD_STREAM = "INCL_DEAD"
 DEAD_PREFIX = "incl.dead"
 
+# HPO studies: each study's Optuna journal, one subject per study, kept as long as the study (no age limit).
+STUDIES_STREAM = "INCL_STUDIES"
+STUDIES_PREFIX = "incl.studies"
+
 # KV buckets.
 JOBS_BUCKET = "incl_jobs"
 AGENTS_BUCKET = "incl_agents"
 SUBMITS_BUCKET = "incl_submits"  # idempotency key of a submit -> the job it created
+STUDIES_BUCKET = "incl_studies"  # study id -> its record (spec, state); the trials are in its journal
 
 
 def assign(agent_id: str) -> str:
@@ -61,3 +70,7 @@ def metrics(job_id: str) -> str:
 
 def dead(source: str) -> str:
     return f"{DEAD_PREFIX}.{source}"
+
+
+def study_journal(study_id: str) -> str:
+    return f"{STUDIES_PREFIX}.{study_id}"
