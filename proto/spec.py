@@ -21,6 +21,10 @@ from urllib.parse import urlsplit
 import msgspec
 
 from incl.proto.errors import SpecInvalid
+from incl.proto.hpo import PARAM_TYPES, Budget, CategoricalParam, FloatParam, Hpo, IntParam, Param, Pruner, check_hpo
+
+__all__ = ["PARAM_TYPES", "CategoricalParam", "FloatParam", "Hpo", "IntParam", "JobSpec", "Param", "SpecInvalid",
+           "load_spec"]
 
 
 class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -98,41 +102,6 @@ class Notify(_Spec, frozen=True):
         return f"Notify(webhook={webhook}, channel={self.channel!r}, events={events})"
 
 
-class FloatParam(_Spec, tag="float", tag_field="type", frozen=True):
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-
-
-class IntParam(_Spec, tag="int", tag_field="type", frozen=True):
-    low: int
-    high: int
-    log: bool = False
-    step: int = 1
-
-
-class CategoricalParam(_Spec, tag="categorical", tag_field="type", frozen=True):
-    choices: list[str | int | float | bool | None]
-
-
-Param = FloatParam | IntParam | CategoricalParam
-PARAM_TYPES: dict[str, type[Param]] = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
-
-
-class Hpo(_Spec, frozen=True):
-    """A hyperparameter search (Optuna's names): `trials` runs of the job, each with `params` drawn from their
-    distributions, `parallel` at a time, optimizing `metric` (a name the job logs with `incl.log`)."""
-
-    metric: str | None = None
-    direction: Literal["minimize", "maximize"] = "minimize"
-    trials: int = 10
-    parallel: int = 1
-    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
-    pruner: Literal["none", "median", "hyperband"] = "none"
-    params: dict[str, Param] = {}  # name -> distribution; a list is shorthand for {type: categorical, choices}
-
-
 class JobSpec(_Spec, frozen=True):
     run: str
     name: str | None = None
@@ -155,7 +124,6 @@ class JobSpec(_Spec, frozen=True):
 
 
 NOT_SUPPORTED_YET = {
-    "hpo": "hyperparameter search is",
     "resources.nodes": "multi-node jobs are",
 }
 
@@ -364,8 +332,21 @@ def _notify(value: Any) -> Any:
 
 
 def _hpo(value: dict[str, Any]) -> dict[str, Any]:
-    """Each of `params` checked on its own, so that an error names it: `hpo.params.lr.low`."""
+    """Shorthands (`pruner: asha`, `wall: 12h`, a list of choices) expanded, and each of `params` checked on its
+    own, so that an error names it: `hpo.params.lr.low`."""
     value = _drop_nulls(value, Hpo)
+    if isinstance(value.get("pruner"), str):
+        value["pruner"] = {"type": value["pruner"]}
+    budget = value.get("budget")
+    if isinstance(budget, dict):
+        _check_keys(budget, Budget, "hpo.budget")
+        if budget.get("wall") is not None:
+            try:
+                value["budget"] = {**budget, "wall": parse_duration(budget["wall"])}
+            except ValueError as exc:
+                raise SpecInvalid(str(exc), field="hpo.budget.wall") from None
+    if isinstance(value.get("pruner"), dict):
+        _check_keys(value["pruner"], Pruner, "hpo.pruner")
     params = value.get("params")
     if not isinstance(params, dict):
         return value  # the type check names it
@@ -497,7 +478,7 @@ def _semantic_checks(spec: JobSpec) -> None:
     if spec.notify is not None:
         _check_notify(spec.notify)
     if spec.hpo is not None:
-        _check_hpo(spec.hpo)
+        check_hpo(spec.hpo, {**dict.fromkeys(spec.env, "env"), **dict.fromkeys(spec.secrets, "secrets")})
 
 
 def _check_gpu_idle(idle: GpuIdle) -> None:
@@ -519,33 +500,6 @@ def _check_notify(notify: Notify) -> None:
             raise SpecInvalid("must be an http(s) URL of a Slack incoming webhook", field="notify.webhook")
     if notify.channel is not None and not notify.channel.strip("#").strip():
         raise SpecInvalid("must be a channel name", field="notify.channel")
-
-
-def _check_hpo(hpo: Hpo) -> None:
-    if hpo.metric is not None and not hpo.metric.strip():
-        raise SpecInvalid("must name a metric the job logs with incl.log", field="hpo.metric")
-    for key in ("trials", "parallel"):
-        if not 1 <= getattr(hpo, key) <= _MAX_INT:
-            raise SpecInvalid(f"must be at least 1 (and at most {_MAX_INT})", field=f"hpo.{key}")
-    for name, dist in hpo.params.items():
-        _check_param(dist, f"hpo.params.{name}")
-
-
-def _check_param(dist: Param, here: str) -> None:
-    if isinstance(dist, CategoricalParam):
-        if not dist.choices:
-            raise SpecInvalid("needs at least one choice", field=f"{here}.choices")
-        return
-    if not (math.isfinite(dist.low) and math.isfinite(dist.high)) or max(abs(dist.low), abs(dist.high)) > _MAX_INT:
-        raise SpecInvalid("low and high must be finite numbers", field=here)
-    if dist.low > dist.high or (isinstance(dist, FloatParam) and dist.low == dist.high):
-        raise SpecInvalid(f"low ({dist.low:g}) must be below high ({dist.high:g})", field=here)
-    if dist.log and dist.low <= 0:
-        raise SpecInvalid("must be greater than 0 with log: true", field=f"{here}.low")
-    if dist.step is not None and dist.log:
-        raise SpecInvalid("cannot be combined with log: true", field=f"{here}.step")
-    if dist.step is not None and not (math.isfinite(dist.step) and dist.step > 0):
-        raise SpecInvalid("must be greater than 0", field=f"{here}.step")
 
 
 def _check_workdir(workdir: str | None) -> None:

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
 import pytest
 
 import incl
@@ -19,12 +18,8 @@ from incl import _sdk
 from incl.proto.errors import SpecInvalid
 from incl.proto.spec import (
     NOT_SUPPORTED_YET,
-    CategoricalParam,
-    FloatParam,
     GpuIdle,
-    Hpo,
     IdleAction,
-    IntParam,
     JobSpec,
     Notify,
     NotifyEvent,
@@ -472,13 +467,11 @@ def test_a_project_folder_under_a_system_folder_is_a_fine_workdir() -> None:
 
 
 def test_the_not_supported_message_is_grammatical() -> None:
-    assert _refused({"run": "x", "hpo": {"trials": 3}}).message == \
-        "not supported yet (hyperparameter search is not built)"
     assert _refused({"run": "x", "resources": {"nodes": 2}}).message == \
         "not supported yet (multi-node jobs are not built)"
 
 
-# --- gpu_idle, notify, hpo: typed here, for the CLI and the controller alike ---------------------------------
+# --- gpu_idle, notify: typed here, for the CLI and the controller alike ---------------------------------
 
 
 def test_gpu_idle_takes_a_mapping_of_durations_and_a_percentage_or_false() -> None:
@@ -501,27 +494,6 @@ def test_notify_takes_a_channel_a_webhook_a_mapping_or_false() -> None:
     assert url not in repr(spec) and "hooks.slack.com" in repr(spec)  # the URL is a secret
 
 
-def test_hpo_takes_typed_distributions_and_is_then_refused_as_not_built() -> None:
-    data = {"metric": "val_loss", "direction": "maximize", "trials": 50, "parallel": 4, "sampler": "random",
-            "pruner": "median", "params": {
-                "lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
-                "layers": {"type": "int", "low": 2, "high": 8, "step": 2},
-                "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-                "batch": [16, 32, 64]}}  # fmt: skip
-    exc = _refused_at({"run": "x", "hpo": data}, "hpo", "not supported yet")
-    assert exc.message == "not supported yet (hyperparameter search is not built)"
-    spec = JobSpec(run="x", hpo=Hpo(metric="val_loss", direction="maximize", trials=50, parallel=4, sampler="random",
-                                    pruner="median", params={
-                                        "lr": FloatParam(low=1e-5, high=1e-1, log=True),
-                                        "layers": IntParam(low=2, high=8, step=2),
-                                        "optimizer": CategoricalParam(choices=["adam", "sgd"]),
-                                        "batch": CategoricalParam(choices=[16, 32, 64])}))  # fmt: skip
-    assert msgspec.convert(msgspec.to_builtins(spec.hpo), Hpo) == spec.hpo  # the shape round-trips
-    with pytest.raises(SpecInvalid) as info:
-        check_spec(spec)  # the controller's check of a decoded spec says the same
-    assert (info.value.field, info.value.message) == ("hpo", exc.message)
-
-
 @pytest.mark.parametrize(
     ("section", "value", "field", "words"),
     [
@@ -536,37 +508,10 @@ def test_hpo_takes_typed_distributions_and_is_then_refused_as_not_built() -> Non
         ("notify", {"events": ["failed", "succeded"]}, "notify.events", "did you mean 'succeeded'?"),
         ("notify", {"webhook": "ftp://x/y"}, "notify.webhook", "http(s) URL"),
         ("notify", ["ml"], "notify", "expected a mapping"),
-        ("hpo", {"metirc": "loss"}, "hpo.metirc", "did you mean 'metric'?"),
-        ("hpo", {"direction": "max"}, "hpo.direction", "must be one of minimize, maximize, not 'max'"),
-        ("hpo", {"sampler": "tpes"}, "hpo.sampler", "must be one of tpe, random, grid, cmaes"),
-        ("hpo", {"pruner": "early"}, "hpo.pruner", "must be one of none, median, hyperband"),
-        ("hpo", {"trials": 0}, "hpo.trials", "at least 1"),
-        ("hpo", {"parallel": -1}, "hpo.parallel", "at least 1"),
-        ("hpo", {"trials": "many"}, "hpo.trials", "expected `int`"),
-        ("hpo", {"metric": " "}, "hpo.metric", "metric"),
-        ("hpo", {"params": ["lr"]}, "hpo.params", "expected `object`"),
-        ("hpo", {"params": {"lr": 0.1}}, "hpo.params.lr", "distribution"),
-        ("hpo", {"params": {"lr": {"low": 0, "high": 1}}}, "hpo.params.lr.type", "needs a type"),
-        ("hpo", {"params": {"lr": {"type": "flaot"}}}, "hpo.params.lr.type", "did you mean 'float'?"),
-        ("hpo", {"params": {"lr": {"type": "float", "low": 0, "hihg": 1}}}, "hpo.params.lr.hihg",
-         "did you mean 'high'?"),
-        ("hpo", {"params": {"lr": {"type": "float", "low": 0}}}, "hpo.params.lr.high", "is required"),
-        ("hpo", {"params": {"lr": {"type": "float", "low": 1, "high": 1}}}, "hpo.params.lr", "below high"),
-        ("hpo", {"params": {"lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, "hpo.params.lr.low",
-         "greater than 0"),
-        ("hpo", {"params": {"lr": {"type": "float", "low": 1, "high": 2, "log": True, "step": 0.1}}},
-         "hpo.params.lr.step", "log"),
-        ("hpo", {"params": {"n": {"type": "int", "low": 1.5, "high": 4}}}, "hpo.params.n.low", "expected `int`"),
-        ("hpo", {"params": {"n": {"type": "int", "low": 1, "high": 4, "step": 0}}}, "hpo.params.n.step",
-         "greater than 0"),
-        ("hpo", {"params": {"n": {"type": "int", "low": 5, "high": 4}}}, "hpo.params.n", "below high"),
-        ("hpo", {"params": {"opt": {"type": "categorical", "choices": []}}}, "hpo.params.opt.choices",
-         "at least one"),
-        ("hpo", {"params": {"opt": []}}, "hpo.params.opt.choices", "at least one"),
     ],
     ids=repr,
 )
-def test_gpu_idle_notify_and_hpo_are_checked_whole(section: str, value: Any, field: str, words: str) -> None:
+def test_gpu_idle_and_notify_are_checked_whole(section: str, value: Any, field: str, words: str) -> None:
     """Each is refused at its path with the reason, before any "not supported yet"."""
     _refused_at({"run": "x", section: value}, field, words)
 
