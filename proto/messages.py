@@ -100,6 +100,12 @@ class Attempt(_Struct, frozen=True):
     outputs: TreeRef | None = None  # what the attempt left in $INCL_OUTPUT_DIR, uploaded when it ended
 
 
+class TrialRef(_Struct, frozen=True):
+    """The HPO trial a job runs: its study and Optuna's trial number."""
+    study_id: str
+    number: int
+
+
 class Job(_Struct, frozen=True):
     id: str
     spec: JobSpec
@@ -112,6 +118,7 @@ class Job(_Struct, frozen=True):
     reason: str | None = None
     exit_code: int | None = None
     code: TreeRef | None = None  # the workdir snapshot the CLI uploaded at submit
+    trial: TrialRef | None = None  # set when the job is a trial of an HPO study
 
     @property
     def name(self) -> str:
@@ -174,6 +181,7 @@ class SubmitReply(Reply, frozen=True):
 class ListJobsRequest(Request, frozen=True):
     states: list[JobState] | None = None
     user: str | None = None
+    study: str | None = None  # only the trials of this study
     after: str | None = None  # the previous page's `next`: listings come in pages
     limit: int | None = None  # at most this many (the controller also caps a page by its size)
 
