@@ -7,6 +7,7 @@ credentials and TLS (and any change of transport) are added here once.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
-from nats.js.errors import FetchTimeoutError, NotFoundError
+from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
 
 from incl.bus.kv import Bucket
 from incl.proto import errors
@@ -86,6 +87,27 @@ class Followed:
 
 
 Handler = Callable[[str, bytes], Awaitable[bytes | None]]
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code: the subject's last sequence was not the one expected
+
+
+class WrongLastSequence(Exception):
+    """A conditional publish found another message last on its subject: another writer appended first."""
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where a conditional publish was stored; `duplicate`: its msg id was already stored (a retry), at `seq`."""
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message as its stream holds it: stream sequence, its Nats-Msg-Id (None if it had none), its data."""
+    seq: int
+    msg_id: str | None
+    data: bytes
 
 
 class Bus:
@@ -164,6 +186,65 @@ class Bus:
         window is stored once. One try: callers wrap it in `incl.bus.retry.forever`."""
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         await self._js.publish(subject, data, headers=headers, timeout=timeout or self.request_timeout)
+
+    async def publish_after(self, subject: str, data: bytes, *, last_seq: int, msg_id: str,
+                            timeout: float) -> Appended:
+        """Store `data` on `subject` only if the subject's newest message is `last_seq` (0: it has none), so that
+        appends of two writers never interleave unseen; a retry with the same `msg_id` within the stream's duplicate
+        window is stored once. Raises WrongLastSequence when another message came first. One try."""
+        headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(last_seq)}
+        try:
+            ack = await self._js.publish(subject, data, headers=headers, timeout=timeout)
+        except BadRequestError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise WrongLastSequence(subject) from None
+            raise
+        return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def last_seq(self, stream: str, subject: str, timeout: float) -> int:
+        """The stream sequence of the newest message on `subject`, 0 if it has none: one request, the cheap way to
+        learn whether a reader is behind."""
+        request = json.dumps({"last_by_subj": subject}).encode()
+        try:
+            msg = await self._nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", request, timeout=timeout)
+        except NoRespondersError:
+            raise nats.js.errors.NoStreamResponseError from None
+        reply = json.loads(msg.data)
+        error = reply.get("error")
+        if error is None:
+            return int(reply["message"]["seq"])
+        if error.get("code") == 404 and error.get("err_code") == 10037:  # no message found: the subject is empty
+            return 0
+        nats.js.errors.APIError.from_error(error)  # raises the error's own class (503: the stream is unavailable)
+        raise AssertionError("unreachable")
+
+    async def read_subject(self, stream: str, subject: str, from_seq: int, *, batch: int, timeout: float,
+                           inactive: float) -> list[Stored]:
+        """Every message on `subject` from stream sequence `from_seq` on, in order, through one short-lived
+        consumer: one request to create it (which says how many there are), then batches of `batch`. `inactive`:
+        how soon the server drops the consumer should this reader vanish before deleting it."""
+        name = self._nc.new_inbox().rsplit(".", 1)[-1]
+        config = api.ConsumerConfig(name=name, filter_subject=subject, ack_policy=api.AckPolicy.NONE,
+                                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(from_seq, 1),
+                                    inactive_threshold=inactive, mem_storage=True, num_replicas=1)
+        info = await self._js.add_consumer(stream, config, timeout=timeout)
+        out: list[Stored] = []
+        try:
+            remaining = int(info.num_pending or 0)
+            if remaining:
+                sub = await self._js.pull_subscribe_bind(consumer=name, stream=stream)
+                try:
+                    while remaining > 0:
+                        for msg in await sub.fetch(min(remaining, batch), timeout=timeout):
+                            headers = msg.headers or {}
+                            out.append(Stored(seq=msg.metadata.sequence.stream, msg_id=headers.get("Nats-Msg-Id"),
+                                              data=bytes(msg.data)))
+                            remaining -= 1
+                finally:
+                    await sub.unsubscribe()
+        finally:  # without waiting for the reply: `inactive` removes it anyway should this be lost
+            await self._nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
+        return out
 
     async def pull(self, stream: str, subject: str, durable: str, *, ack_wait: float) -> Pull:
         """A durable consumer of `subject` in `stream`, redelivering what is not acked within `ack_wait`."""

@@ -68,6 +68,7 @@ JOB_PLAIN = {
     "reason": None,
     "exit_code": None,
     "code": {"digest": "cd" * 32, "files": 2, "bytes": 5},
+    "trial": None,
 }
 
 RES = m.Resources(cpus=8.0, memory=64 * 2**30, gpus=8, gpu_model="H100")
@@ -111,7 +112,8 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
           code={"digest": "ab" * 32, "files": 3, "bytes": 10})),
     (m.SubmitReply(job=JOB), _msg(m.SubmitReply, job=JOB_PLAIN)),
     (m.ListJobsRequest(meta=ENV, states=[m.JobState.QUEUED, m.JobState.LOST], user="ann"),
-     _msg(m.ListJobsRequest, meta=ENV_PLAIN, states=["QUEUED", "LOST"], user="ann", after=None, limit=None)),
+     _msg(m.ListJobsRequest, meta=ENV_PLAIN, states=["QUEUED", "LOST"], user="ann", study=None, after=None,
+             limit=None)),
     (m.ListJobsReply(jobs=[JOB], gpu_util={"j1": 55.0}, next="c1"),
      _msg(m.ListJobsReply, jobs=[JOB_PLAIN], gpu_util={"j1": 55.0}, next="c1")),
     (m.GetJobRequest(meta=ENV, job_id="j1"), _msg(m.GetJobRequest, meta=ENV_PLAIN, job_id="j1")),
