@@ -6,6 +6,7 @@ credentials and TLS (and any change of transport) are added here once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -87,6 +88,52 @@ class Followed:
 
 
 Handler = Callable[[str, bytes], Awaitable[bytes | None]]
+
+
+class _Batches:
+    """Pull requests on one consumer whose messages a subscription callback gathers (for `Bus.read_subject`)."""
+
+    def __init__(self, nc: Nats, next_subject: str) -> None:
+        self._nc, self._next = nc, next_subject
+        self._got: list[Stored] = []
+        self._want = 0
+        self._short = False
+        self._filled = asyncio.Event()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if "Status" in headers:  # 404/408: the consumer had fewer than asked (a purge, a restart): ask again
+            self._short = True
+            self._filled.set()
+            return
+        # the ack subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<...> (9 tokens), or with
+        # <domain>.<account hash> after ACK (12 tokens)
+        tokens = msg.reply.split(".")
+        seq = int(tokens[5] if len(tokens) == 9 else tokens[7])
+        self._got.append(Stored(seq=seq, msg_id=headers.get("Nats-Msg-Id"), data=bytes(msg.data)))
+        if len(self._got) >= self._want:
+            self._filled.set()
+
+    async def read(self, count: int, out: list[Stored], batch: int, timeout: float) -> None:
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, cb=self._on_msg, pending_msgs_limit=2 * batch + 16,
+                                       pending_bytes_limit=-1)
+        try:
+            while len(self._got) < count:
+                self._want = min(len(self._got) + batch, count)
+                self._short = False
+                self._filled.clear()
+                request = {"batch": self._want - len(self._got), "no_wait": True}
+                await self._nc.publish(self._next, json.dumps(request).encode(), reply=inbox)
+                try:
+                    await asyncio.wait_for(self._filled.wait(), timeout)
+                except TimeoutError:
+                    raise NatsTimeout from None
+                if self._short and len(self._got) < self._want:
+                    raise NatsTimeout  # transient: the caller's retry reads again from where it stands
+        finally:
+            await sub.unsubscribe()
+        out.extend(self._got)
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code: the subject's last sequence was not the one expected
 
@@ -220,9 +267,10 @@ class Bus:
 
     async def read_subject(self, stream: str, subject: str, from_seq: int, *, batch: int, timeout: float,
                            inactive: float) -> list[Stored]:
-        """Every message on `subject` from stream sequence `from_seq` on, in order, through one short-lived
-        consumer: one request to create it (which says how many there are), then batches of `batch`. `inactive`:
-        how soon the server drops the consumer should this reader vanish before deleting it."""
+        """Every message on `subject` from stream sequence `from_seq` on, in order, through one short-lived pull
+        consumer: one request creates it (and says how many there are), then one request per `batch` messages,
+        gathered by a callback (nats-py's `fetch` awaits each message with its own timer: too slow for a replay).
+        `inactive`: how soon the server drops the consumer should this reader vanish before deleting it."""
         name = self._nc.new_inbox().rsplit(".", 1)[-1]
         config = api.ConsumerConfig(name=name, filter_subject=subject, ack_policy=api.AckPolicy.NONE,
                                     deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(from_seq, 1),
@@ -232,16 +280,8 @@ class Bus:
         try:
             remaining = int(info.num_pending or 0)
             if remaining:
-                sub = await self._js.pull_subscribe_bind(consumer=name, stream=stream)
-                try:
-                    while remaining > 0:
-                        for msg in await sub.fetch(min(remaining, batch), timeout=timeout):
-                            headers = msg.headers or {}
-                            out.append(Stored(seq=msg.metadata.sequence.stream, msg_id=headers.get("Nats-Msg-Id"),
-                                              data=bytes(msg.data)))
-                            remaining -= 1
-                finally:
-                    await sub.unsubscribe()
+                await _Batches(self._nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}").read(remaining, out, batch,
+                                                                                          timeout)
         finally:  # without waiting for the reply: `inactive` removes it anyway should this be lost
             await self._nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
         return out

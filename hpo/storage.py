@@ -1,0 +1,78 @@
+"""A study's Optuna storage: Optuna's own `JournalStorage` over the study's journal on the bus.
+
+No database: the study is its journal (`incl.studies.<study_id>` in stream INCL_STUDIES), so plain Optuna opens it
+from anywhere NATS is reachable:
+
+    optuna.load_study(study_name=study_id, storage=incl.hpo.storage(nats_url, study_id))
+
+The controller, which calls Optuna from worker threads while its event loop runs, uses `backend_over` on its own
+connection instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+from optuna.storages import JournalStorage
+from optuna.storages.journal import BaseJournalBackend
+from optuna.storages.journal._storage import JournalOperation
+
+from incl.bus import journal
+from incl.bus.connection import Bus
+from incl.proto import subjects
+
+_OP_CODES = frozenset(int(op) for op in JournalOperation)
+
+
+def is_optuna_log(entry: dict[str, Any]) -> bool:
+    """What Optuna's replay can apply; a journal message with anything else is skipped (it would stop the replay)."""
+    op_code = entry.get("op_code")
+    return isinstance(op_code, int) and op_code in _OP_CODES and isinstance(entry.get("worker_id"), str)
+
+
+class JetStreamJournalBackend(BaseJournalBackend):
+    """Optuna's journal backend on a study's journal: `append_logs` is one atomic, ordered append; `read_logs`
+    sees every append acknowledged before it (read-your-writes) in the one order every reader sees."""
+
+    def __init__(self, log: journal.SyncJournal) -> None:
+        self._log = log
+
+    def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
+        return self._log.read(log_number_from)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._log.append(logs)
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def backend(nats_url: str, study_id: str, *, timeout: float = 10.0) -> JetStreamJournalBackend:
+    """A backend with its own NATS connection; every wait (connecting, one append or read) is bounded by
+    `timeout`. `close()` it when done."""
+    config = journal.JournalConfig(connect_timeout=timeout, op_timeout=timeout, request_timeout=min(timeout, 5.0))
+    return JetStreamJournalBackend(journal.connect(nats_url, subjects.STUDIES_STREAM, subjects.study_journal(study_id),
+                                                   config=config, accept=is_optuna_log, name=f"incl-study-{study_id}"))
+
+
+def backend_over(bus: Bus, loop: asyncio.AbstractEventLoop, study_id: str, *,
+                 config: journal.JournalConfig | None = None) -> JetStreamJournalBackend:
+    """A backend on the controller's own connection, whose event loop `loop` runs in another thread: build and
+    use it from a worker thread (`asyncio.to_thread`), never on the loop itself."""
+    return JetStreamJournalBackend(journal.over(bus, loop, subjects.STUDIES_STREAM, subjects.study_journal(study_id),
+                                                config=config, accept=is_optuna_log))
+
+
+def storage(nats_url: str, study_id: str, *, timeout: float = 10.0) -> JournalStorage:
+    """The study's Optuna storage from anywhere NATS is reachable (a laptop, a notebook). Its connection closes
+    when the storage is garbage-collected, or at exit."""
+    log_backend = backend(nats_url, study_id, timeout=timeout)
+    try:
+        result = JournalStorage(log_backend)
+    except BaseException:
+        log_backend.close()
+        raise
+    weakref.finalize(result, log_backend.close)
+    return result
