@@ -46,6 +46,18 @@ from incl.proto.messages import (
     TreeRef,
 )
 from incl.proto.spec import JobSpec
+from incl.proto.studies import (
+    GetStudyReply,
+    GetStudyRequest,
+    ListStudiesReply,
+    ListStudiesRequest,
+    StopStudyReply,
+    StopStudyRequest,
+    Study,
+    StudySummary,
+    SubmitStudyReply,
+    SubmitStudyRequest,
+)
 
 R = TypeVar("R", bound=Reply)
 
@@ -122,10 +134,21 @@ class Client:
         answer is lost (the controller restarting) is retried with the same key, so it creates one job."""
         meta = Envelope.new(f"cli:{current_user()}", idempotency_key=key or uuid.uuid4().hex)
         req = SubmitRequest(meta=meta, spec=spec, user=user, code=code)
+        return (await self._retried(subjects.SUBMIT, req, SubmitReply, attempts)).job
+
+    async def submit_study(self, spec: JobSpec, user: str, code: TreeRef | None = None, *, key: str | None = None,
+                           attempts: int = 4) -> Study:
+        """Submit a study (a spec with `hpo:`) once, retried with one idempotency key as `submit` is."""
+        meta = Envelope.new(f"cli:{current_user()}", idempotency_key=key or uuid.uuid4().hex)
+        req = SubmitStudyRequest(meta=meta, spec=spec, user=user, code=code)
+        return (await self._retried(subjects.SUBMIT_STUDY, req, SubmitStudyReply, attempts)).study
+
+    async def _retried(self, subject: str, req: Request, reply_type: type[R], attempts: int) -> R:
+        """A request whose answer may be lost (the controller restarting), sent again as it is, key and all."""
         delay = 0.5
         for attempt in range(attempts):
             try:
-                return (await self._call(subjects.SUBMIT, req, SubmitReply)).job
+                return await self._call(subject, req, reply_type)
             except Unavailable:
                 if attempt == attempts - 1:
                     raise
@@ -139,16 +162,18 @@ class Client:
             raise InclError("the controller names no artifact store (its `store_url` is empty)")
         return url
 
-    async def jobs(self, states: list[JobState] | None = None, user: str | None = None) -> list[Job]:
-        return (await self.jobs_reply(states, user)).jobs
+    async def jobs(self, states: list[JobState] | None = None, user: str | None = None,
+                   study: str | None = None) -> list[Job]:
+        return (await self.jobs_reply(states, user, study)).jobs
 
-    async def jobs_reply(self, states: list[JobState] | None = None, user: str | None = None) -> ListJobsReply:
-        """Every matching job, oldest first, read page by page."""
+    async def jobs_reply(self, states: list[JobState] | None = None, user: str | None = None,
+                         study: str | None = None) -> ListJobsReply:
+        """Every matching job (with `study`: only that study's trials), oldest first, read page by page."""
         jobs: list[Job] = []
         util: dict[str, float] = {}
         after: str | None = None
         while True:
-            req = ListJobsRequest(meta=self._meta(), states=states, user=user, after=after)
+            req = ListJobsRequest(meta=self._meta(), states=states, user=user, study=study, after=after)
             reply: ListJobsReply = await self._call(subjects.LIST_JOBS, req, ListJobsReply)
             jobs += reply.jobs
             util.update(reply.gpu_util)
@@ -181,6 +206,29 @@ class Client:
             if reply.next is None:
                 return agents
             after = reply.next
+
+    async def studies(self, user: str | None = None) -> list[StudySummary]:
+        """Every study (with `user`: that user's), read page by page."""
+        studies: list[StudySummary] = []
+        after: str | None = None
+        while True:
+            reply: ListStudiesReply = await self._call(subjects.LIST_STUDIES,
+                                                       ListStudiesRequest(meta=self._meta(), user=user, after=after),
+                                                       ListStudiesReply)
+            studies += reply.studies
+            if reply.next is None:
+                return studies
+            after = reply.next
+
+    async def study(self, study_id: str) -> GetStudyReply:
+        """A study with its trials, best-so-far curve and parameter importances."""
+        return await self._call(subjects.GET_STUDY, GetStudyRequest(meta=self._meta(), study_id=study_id),
+                                GetStudyReply)
+
+    async def stop_study(self, study_id: str, cancel: bool = False) -> Study:
+        """No new trials; with `cancel`, the running ones are cancelled too."""
+        req = StopStudyRequest(meta=self._meta(), study_id=study_id, cancel=cancel)
+        return (await self._call(subjects.STOP_STUDY, req, StopStudyReply)).study
 
     async def dead_letters(self, limit: int = 20) -> ListDeadLettersReply:
         return await self._call(subjects.DEAD_LETTERS, ListDeadLettersRequest(meta=self._meta(), limit=limit),

@@ -41,6 +41,8 @@ LS_COLUMNS = [Column("ID"), Column("NAME", drop=3, shrink=12), Column("USER", dr
               Column("ATTEMPT", drop=7), Column("AGENT", drop=4, shrink=10), Column("SUBMITTED", drop=8),
               Column("RUNTIME", drop=2), Column("GPU", drop=6), Column("REASON", wrap=True)]
 
+TRIAL_COLUMN = Column("TRIAL", justify="right")  # `incl ls --study ID`: the trial's number in its study
+
 ATTEMPT_COLUMNS = [Column("#"), Column("AGENT", drop=3, shrink=10), Column("INSTANCE", drop=5, shrink=12),
                    Column("MARKET", drop=4), Column("STATE"), Column("ASSIGNED", drop=8), Column("STARTED", drop=7),
                    Column("ENDED", drop=6), Column("RUNTIME", drop=2), Column("EXIT", drop=1),
@@ -54,16 +56,17 @@ QUOTA_COLUMNS = [Column("KIND"), Column("NAME"), Column("GPUS IN USE", justify="
 @click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in JobState],
               case_sensitive=False), help="Only jobs in this state (repeatable).")
 @click.option("--user", help="Only this user's jobs.")
+@click.option("--study", "study_id", metavar="ID", help="Only this study's trials (with a TRIAL column).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @handles_errors
-def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, as_json: bool) -> None:
+def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, study_id: str | None, as_json: bool) -> None:
     """List jobs, oldest first."""
     wanted = [JobState(s.upper()) for s in statuses] or None
 
     async def go() -> ListJobsReply:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
-            return await client.jobs_reply(wanted, user)
+            return await client.jobs_reply(wanted, user, study_id)
 
     reply = asyncio.run(go())
     jobs = reply.jobs
@@ -71,13 +74,23 @@ def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, as_json:
         print_json([{**msgspec.to_builtins(j), "gpu_util": reply.gpu_util.get(j.id)} for j in jobs])
         return
     if not jobs:
-        console.print("no jobs" + (" match" if wanted or user else "; submit one with `incl submit`"),
+        console.print("no jobs" + (" match" if wanted or user or study_id else "; submit one with `incl submit`"),
                       markup=False)
         return
+    print_table(*ls_table(jobs, reply.gpu_util, trials=study_id is not None))
+
+
+def ls_table(jobs: list[Job], gpu_util: dict[str, float], *,
+             trials: bool = False) -> tuple[list[Column], list[list[str | Text]]]:
+    """`incl ls`'s columns and rows; `trials`: a study's jobs, each with its trial number after its id."""
     rows: list[list[str | Text]] = [[job.id, job.spec.name or "-", job.user, state(job.state), attempt_cell(job),
              job.current.agent_id if job.current else "-", ago(job.submitted_at), duration(_runtime(job)),
-             gpu_cell(job, reply.gpu_util.get(job.id)), job.reason or ""] for job in jobs]
-    print_table(LS_COLUMNS, rows)
+             gpu_cell(job, gpu_util.get(job.id)), job.reason or ""] for job in jobs]
+    if not trials:
+        return LS_COLUMNS, rows
+    for job, row in zip(jobs, rows, strict=True):
+        row.insert(1, "-" if job.trial is None else str(job.trial.number))
+    return [LS_COLUMNS[0], TRIAL_COLUMN, *LS_COLUMNS[1:]], rows
 
 
 @click.command()

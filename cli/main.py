@@ -1,4 +1,4 @@
-"""`incl`: one group, one module per verb family (up/down, submit, jobs, logs, agents)."""
+"""`incl`: one group, one module per verb family (up/down, submit, jobs, logs, agents, study)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import click
 
 from incl.bus.logsetup import configure
-from incl.cli import admin, agents, files, jobs, logs, submit, up
+from incl.cli import admin, agents, files, jobs, logs, study, submit, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +21,7 @@ def cli(ctx: click.Context, nats_url: str | None) -> None:
 
 
 for command in (up.up, up.status, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
-                logs.metrics, agents.agents, files.outputs, files.download, admin.admin):
+                logs.metrics, agents.agents, files.outputs, files.download, admin.admin, study.study):
     cli.add_command(command)
 
 

@@ -37,6 +37,9 @@ EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 STATE_STYLE = {
     "QUEUED": "yellow", "ASSIGNED": "cyan", "STARTING": "cyan", "RUNNING": "blue", "SUCCEEDED": "green",
     "FAILED": "red", "CANCELLED": "magenta", "LOST": "red", "PREEMPTED": "yellow",
+    # studies and their trials (Optuna's names)
+    "STOPPING": "magenta", "STOPPED": "magenta", "COMPLETED": "green",
+    "COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "WAITING": "yellow",
 }
 
 

@@ -1,4 +1,4 @@
-"""`incl submit`: a job from `incl.yaml` and/or flags and `-- CMD...`."""
+"""`incl submit`: a job from `incl.yaml` and/or flags and `-- CMD...`; a spec with `hpo:` submits a study."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 from incl.bus.client import Client, current_user, resolve_url
 from incl.cli.files import upload_workdir
 from incl.cli.logs import follow_logs
-from incl.cli.output import console, handles_errors, print_json
+from incl.cli.output import EXIT_USAGE, console, fail, handles_errors, print_json
 from incl.proto.errors import SpecInvalid
 from incl.proto.messages import JobState
 from incl.proto.spec import MAX_SPEC_BYTES, JobSpec, load_spec, parse_size
@@ -137,13 +137,14 @@ def _priority(value: str) -> int | str:
 @click.option("--max-workdir-size", "max_workdir_size", envvar="INCL_MAX_WORKDIR_SIZE", default="2GB",
               show_default=True, help="Refuse a workdir snapshot bigger than this (list big files in .inclignore).")
 @click.option("--follow", is_flag=True, help="Stream the job's logs until it ends; exit with its status.")
-@click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job (or study) record as JSON.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @handles_errors
 def submit(ctx: click.Context, /, file: str | None, command: tuple[str, ...], user: str | None, follow: bool,
            as_json: bool, max_workdir_size: str, **flags: Any) -> None:
-    """Submit a job: `incl submit -f incl.yaml` or `incl submit [OPTIONS] -- CMD...`."""
+    """Submit a job: `incl submit -f incl.yaml` or `incl submit [OPTIONS] -- CMD...`. A spec with an `hpo:`
+    section submits a study, whose trials are jobs; its id is printed."""
     if file is None and not command and Path("incl.yaml").exists():
         file = "incl.yaml"
     if flags.get("gpus") is not None and str(flags["gpus"]).isdigit():
@@ -155,11 +156,20 @@ def submit(ctx: click.Context, /, file: str | None, command: tuple[str, ...], us
         max_workdir = parse_size(max_workdir_size)
     except ValueError as exc:
         raise SpecInvalid(str(exc), field="--max-workdir-size") from None
+    if spec.hpo is not None and follow:
+        fail("--follow follows a job; follow a study with `incl study show ID`", EXIT_USAGE)
     url = resolve_url(ctx.obj["nats_url"])
 
     async def go() -> int:
         async with Client(url) as client:
             code = await upload_workdir(client, spec.workdir, max_workdir) if spec.workdir else None
+            if spec.hpo is not None:
+                study = await client.submit_study(spec, user or current_user(), code=code)
+                if as_json:
+                    print_json(study)
+                else:
+                    click.echo(study.id)
+                return 0
             job = await client.submit(spec, user or current_user(), code=code)
             if as_json:
                 print_json(job)
