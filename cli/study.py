@@ -202,7 +202,9 @@ def study() -> None:
 @click.pass_context
 @handles_errors
 def ls(ctx: click.Context, user: str | None, as_json: bool) -> None:
-    """List studies: trials ended and by state, the best value so far, GPU-hours used."""
+    """List studies, their progress and best value.
+
+    Each with its trials ended (of the total) and by state, its best value and trial, and GPU-hours used."""
 
     async def go() -> list[StudySummary]:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
@@ -221,7 +223,10 @@ def ls(ctx: click.Context, user: str | None, as_json: bool) -> None:
 @click.pass_context
 @handles_errors
 def show(ctx: click.Context, study_id: str, as_json: bool) -> None:
-    """Show a study: its settings, every trial, the best one, the best value so far and parameter importances."""
+    """Show a study's trials, best and importances.
+
+    Its settings, every trial (parameters, value, duration, job), the best one, a sparkline of the best value so
+    far, and parameter importances."""
 
     async def go() -> GetStudyReply:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
@@ -241,7 +246,9 @@ def show(ctx: click.Context, study_id: str, as_json: bool) -> None:
 @click.pass_context
 @handles_errors
 def stop(ctx: click.Context, study_id: str, cancel: bool, as_json: bool) -> None:
-    """Stop a study: it starts no new trials; with --cancel, its running trials are cancelled too."""
+    """Stop a study: it starts no new trials.
+
+    Its running trials finish; with --cancel, they are cancelled too."""
 
     async def go() -> Study:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
