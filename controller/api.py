@@ -13,9 +13,10 @@ from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
 from incl.controller.paging import page
+from incl.controller.studies import Studies
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
-from incl.proto.errors import InclError
+from incl.proto.errors import InclError, SpecInvalid
 from incl.proto.messages import (
     AssignmentReply,
     AssignmentRequest,
@@ -42,6 +43,16 @@ from incl.proto.messages import (
     SubmitRequest,
 )
 from incl.proto.spec import check_spec
+from incl.proto.studies import (
+    GetStudyReply,
+    GetStudyRequest,
+    ListStudiesReply,
+    ListStudiesRequest,
+    StopStudyReply,
+    StopStudyRequest,
+    SubmitStudyReply,
+    SubmitStudyRequest,
+)
 
 log = structlog.get_logger()
 
@@ -54,7 +65,7 @@ Handler = Callable[[Any], Awaitable[Reply]]
 
 
 class Api:
-    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus,
+    def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
                  store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
         self._bus = bus
         self._id = controller_id
@@ -63,6 +74,7 @@ class Api:
         self._jobs = jobs
         self._agents = agents
         self._watch = watch
+        self._studies = studies
         self.routes: dict[str, tuple[Decoder[Any], Handler]] = {
             subjects.SUBMIT: (Decoder(SubmitRequest), self.submit),
             subjects.LIST_JOBS: (Decoder(ListJobsRequest), self.list_jobs),
@@ -75,6 +87,10 @@ class Api:
             subjects.PING: (Decoder(PingRequest), self.ping),
             subjects.QUOTA: (Decoder(QuotaRequest), self.quota),
             subjects.DEAD_LETTERS: (Decoder(ListDeadLettersRequest), self.dead_letters),
+            subjects.SUBMIT_STUDY: (Decoder(SubmitStudyRequest), self.submit_study),
+            subjects.LIST_STUDIES: (Decoder(ListStudiesRequest), self.list_studies),
+            subjects.GET_STUDY: (Decoder(GetStudyRequest), self.get_study),
+            subjects.STOP_STUDY: (Decoder(StopStudyRequest), self.stop_study),
         }
 
     async def handle(self, subject: str, data: bytes) -> bytes:
@@ -96,13 +112,16 @@ class Api:
             return error_reply(InclError(f"internal error: {type(exc).__name__}"))
 
     async def submit(self, req: SubmitRequest) -> SubmitReply:
+        if req.spec.hpo is not None:
+            raise SpecInvalid("a spec with hpo: is a study: submit it as one (incl submit does)", field="hpo")
         job = await self._jobs.submit(check_spec(req.spec), req.user, req.code, key=req.meta.idempotency_key)
         return SubmitReply(job=self._jobs.view(job))
 
     async def list_jobs(self, req: ListJobsRequest) -> ListJobsReply:
         """Oldest first, in pages."""
         jobs = [j for j in self._jobs.records
-                if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)]
+                if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)
+                and (req.study is None or (j.trial is not None and j.trial.study_id == req.study))]
         chosen, cursor = page(jobs, _job_key, req.after, req.limit, self._page_bytes)
         views = [self._jobs.view(j) for j in chosen]
         util = {j.id: self._watch.util[j.id] for j in views if j.id in self._watch.util}
@@ -137,6 +156,25 @@ class Api:
         current = (job is not None and cur is not None and job.state is JobState.ASSIGNED
                    and (cur.number, cur.agent_id) == (req.attempt, req.agent_id))
         return AssignmentReply(current=current, cancel_requested=bool(job and job.cancel_requested))
+
+    # --- studies ------------------------------------------------------------------------------------------
+
+    async def submit_study(self, req: SubmitStudyRequest) -> SubmitStudyReply:
+        spec = check_spec(req.spec)
+        if spec.hpo is None:
+            raise SpecInvalid("a study needs an hpo: section (submit a plain job instead)", field="hpo")
+        study = await self._studies.submit(spec, req.user, req.code, key=req.meta.idempotency_key)
+        return SubmitStudyReply(study=self._studies.view(study))
+
+    async def list_studies(self, req: ListStudiesRequest) -> ListStudiesReply:
+        studies, cursor = await self._studies.list(req.user, req.after, req.limit, self._page_bytes)
+        return ListStudiesReply(studies=studies, next=cursor)
+
+    async def get_study(self, req: GetStudyRequest) -> GetStudyReply:
+        return await self._studies.get(req.study_id)
+
+    async def stop_study(self, req: StopStudyRequest) -> StopStudyReply:
+        return StopStudyReply(study=self._studies.view(await self._studies.stop(req.study_id, req.cancel)))
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)

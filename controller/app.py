@@ -49,12 +49,10 @@ class Controller:
                 log.warning("streams_sized_down", reason="JetStream has less storage than the configured limits",
                             logs_max_bytes=applied.logs_max_bytes, metrics_max_bytes=applied.metrics_max_bytes)
             buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(bus, cfg.idempotency_ttl))
-            job_records, agent_records = wiring.records(buckets)
-            await self._retry("load_jobs", job_records.load)
-            await self._retry("load_agents", agent_records.load)
+            stores = wiring.records(buckets)
+            await self._retry("load_records", stores.load)
             async with open_provider(cfg) as provider:
-                await self._run(bus, wiring.build(cfg, bus, buckets, job_records, agent_records, provider,
-                                                  self._wake))
+                await self._run(bus, wiring.build(cfg, bus, buckets, stores, provider, self._wake))
         finally:
             await bus.close()
 
@@ -74,6 +72,7 @@ class Controller:
             tg.create_task(self._watch_liveness(g.agents))
             tg.create_task(g.notifier.run())
             tg.create_task(g.watch.run())
+            tg.create_task(g.studies.run())
 
     async def _on_disconnect(self) -> None:
         self._connected.clear()

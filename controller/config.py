@@ -17,6 +17,15 @@ from incl.controller.reconcile import ReconcileConfig
 from incl.proto.messages import Lease, Resources
 
 
+class StudyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the controller drives HPO studies."""
+    step_interval: float = 2.0  # a study's periodic pass, besides the one each change of its trials triggers
+    report_interval: float = 0.2  # a running trial's metric points reach Optuna at most this often (in batches)
+    metric_poll: float = 0.5  # a follower of a trial's metric wakes this often with nothing new (and reports)
+    journal_timeout: float = 10.0  # one read or append of a study's journal
+    ended_cache: int = 64  # views of ended studies kept in memory
+
+
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     controller_id: str = msgspec.field(default_factory=socket.gethostname)
@@ -81,6 +90,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     notifier: NotifierConfig = NotifierConfig()
 
     streams: StreamLimits = StreamLimits()
+    studies: StudyConfig = StudyConfig()
 
 
 def load_config(path: str | Path | None = None, **overrides: object) -> ControllerConfig:

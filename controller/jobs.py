@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from incl.proto.messages import (
     JobState,
     Resources,
     TreeRef,
+    TrialRef,
 )
 from incl.proto.spec import JobSpec
 
@@ -51,13 +53,18 @@ def new_job_id() -> str:
 
 
 def job_env(job: Job) -> dict[str, str]:
-    """What the controller tells the job about itself; the agent adds its local paths."""
+    """What the controller tells the job about itself; the agent adds its local paths. A trial of a study also
+    gets its study, its number and its parameters typed as JSON (its parameters' own variables are in its env)."""
     attempt = job.current.number if job.current else 1
-    return {
+    env = {
         "INCL_JOB_ID": job.id,
         "INCL_ATTEMPT": str(attempt),
         "INCL_RESUMED": "1" if attempt > 1 else "0",
     }
+    if job.trial is not None:
+        env |= {"INCL_STUDY_ID": job.trial.study_id, "INCL_TRIAL_NUMBER": str(job.trial.number),
+                "INCL_PARAMS": json.dumps(job.trial.params, sort_keys=True)}
+    return env
 
 
 Listener = Callable[[Job | None, Job], None]
@@ -126,14 +133,18 @@ class Jobs:
         webhook URL in its `notify:` (a secret: whoever has it can post) is masked."""
         if job.state is JobState.QUEUED and job.id in self.waiting:
             job = structs.replace(job, reason=self.waiting[job.id])
-        notify = job.spec.notify
+        masked = self.masked(job.spec)
+        return job if masked is job.spec else structs.replace(job, spec=masked)
+
+    @staticmethod
+    def masked(spec: JobSpec) -> JobSpec:
+        """The spec with its secrets' values and its webhook URL hidden (the same object when it has neither)."""
+        notify = spec.notify
         if notify is not None and notify.webhook is not None:
-            notify = structs.replace(notify, webhook=WEBHOOK_HIDDEN)
-            job = structs.replace(job, spec=structs.replace(job.spec, notify=notify))
-        if job.spec.secrets:
-            hidden = dict.fromkeys(job.spec.secrets, SECRET_HIDDEN)
-            job = structs.replace(job, spec=structs.replace(job.spec, secrets=hidden))
-        return job
+            spec = structs.replace(spec, notify=structs.replace(notify, webhook=WEBHOOK_HIDDEN))
+        if spec.secrets:
+            spec = structs.replace(spec, secrets=dict.fromkeys(spec.secrets, SECRET_HIDDEN))
+        return spec
 
     # --- commands from users ------------------------------------------------------------------------------
 
@@ -155,9 +166,8 @@ class Jobs:
             raise Unschedulable(why, field="resources.gpus")
         check_channel(spec.notify, self._cfg.notify)
 
-    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, key: str | None = None) -> Job:
-        """A new QUEUED job. A submit retried with the same idempotency `key` (the client's answer was lost)
-        returns the job the first one created, however far that one got before a crash."""
+    def check(self, spec: JobSpec, user: str, code: TreeRef | None) -> None:
+        """Whether this cluster could ever run `spec` for `user`: refused now, with the reason, or never."""
         if spec.workdir and code is None:
             raise SpecInvalid("the client uploads the workdir at submit, and this request carries no snapshot of it "
                               "(an old client?)", field="workdir")
@@ -171,14 +181,20 @@ class Jobs:
                 f"{biggest.memory / 1e9:.1f} GB memory, {biggest.gpus} GPU)",
                 field="resources",
             )
-        job_id = await self._claim(user, key) if key else None
+
+    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, key: str | None = None,
+                     trial: TrialRef | None = None) -> Job:
+        """A new QUEUED job. A submit retried with the same idempotency `key` (the client's answer was lost)
+        returns the job the first one created, however far that one got before a crash."""
+        self.check(spec, user, code)
+        job_id = await self.claim(user, key, new_job_id()) if key else None
         if job_id is not None and (existing := self.records.get(job_id)) is not None:
             log.info("submit_repeated", job_id=job_id, user=user)
             return existing
         now = time.time()
         while True:
             job = Job(id=job_id or new_job_id(), spec=spec, user=user, state=JobState.QUEUED, submitted_at=now,
-                      updated_at=now, code=code)
+                      updated_at=now, code=code, trial=trial)
             try:
                 await self.records.create(job)
                 break
@@ -193,17 +209,17 @@ class Jobs:
         self.kick()
         return job
 
-    async def _claim(self, user: str, key: str) -> str:
-        """The job id for this user's idempotency key: a new one, or the one an earlier submit claimed."""
+    async def claim(self, user: str, key: str, new_id: str) -> str:
+        """The id for this user's idempotency key: `new_id`, or the one an earlier submit claimed (a job's or a
+        study's: the key is the client's, one per submit)."""
         assert self._submits is not None
         name = hashlib.sha256(f"{user}\0{key}".encode()).hexdigest()[:40]
-        job_id = new_job_id()
         try:
-            await self._submits.create(name, job_id.encode())
-            return job_id
+            await self._submits.create(name, new_id.encode())
+            return new_id
         except KeyExists:
             entry = await self._submits.get(name)
-            return (entry[0].decode() if entry else "") or job_id
+            return (entry[0].decode() if entry else "") or new_id
 
     @staticmethod
     def _check_size(spec: JobSpec) -> None:

@@ -8,7 +8,8 @@
     GpuWatch  Jobs, Notifier
     Agents    records, Jobs, the provider (spot reclaimed?), GpuWatch.observe
     Provisioner  the provider, Jobs, Agents
-    Api       Jobs, Agents, GpuWatch, bus
+    Studies   records, Jobs, bus, a study's Optuna storage   Jobs' changes wake the study whose trial changed
+    Api       Jobs, Agents, GpuWatch, Studies, bus
 
 The cycles of old (Jobs needing the agents' shapes, the watch needing Jobs and Jobs telling the watch) are cut
 by the two small objects built first: `Shapes` reads the agent records, not the registry; `JobChanges` is
@@ -18,7 +19,7 @@ subscribed to below, once its listeners exist.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from incl.bus.connection import Bus
@@ -35,8 +36,12 @@ from incl.controller.provision import Provisioner
 from incl.controller.quota import load_quota_config
 from incl.controller.scheduler import Shapes
 from incl.controller.store import Records
+from incl.controller.studies import Studies
+from incl.hpo.backend import backend_over
+from incl.hpo.engine import StudyEngine
 from incl.proto import subjects
 from incl.proto.messages import AgentRecord, Job, JobState
+from incl.proto.studies import Study
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,32 +53,60 @@ class Graph:
     provisioner: Provisioner
     api: Api
     provider: Provider
+    studies: Studies
 
 
-def records(buckets: Mapping[str, Bucket]) -> tuple[Records[Job], Records[AgentRecord]]:
-    """The job and agent records over their buckets (not yet loaded)."""
-    jobs: Records[Job] = Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id, upgrade=upgrade_job)
-    agents: Records[AgentRecord] = Records(buckets[subjects.AGENTS_BUCKET], AgentRecord,
-                                           key=lambda a: a.info.agent_id)
-    return jobs, agents
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """The controller's records over their buckets."""
+    jobs: Records[Job]
+    agents: Records[AgentRecord]
+    studies: Records[Study]
+
+    async def load(self) -> None:
+        for records in (self.jobs, self.agents, self.studies):
+            await records.load()
 
 
-def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], job_records: Records[Job],
-          agent_records: Records[AgentRecord], provider: Provider, wake: asyncio.Event) -> Graph:
+def records(buckets: Mapping[str, Bucket]) -> Stores:
+    """The job, agent and study records over their buckets (not yet loaded)."""
+    return Stores(
+        jobs=Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id, upgrade=upgrade_job),
+        agents=Records(buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id),
+        studies=Records(buckets[subjects.STUDIES_BUCKET], Study, key=lambda s: s.id),
+    )
+
+
+def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLoop) -> Callable[[Study], StudyEngine]:
+    """Opens a study's Optuna side over its journal on the controller's connection (called in a worker thread)."""
+    from optuna.storages import JournalStorage  # noqa: PLC0415 - Optuna loads with the first study
+
+    def open_engine(study: Study) -> StudyEngine:
+        assert study.spec.hpo is not None
+        storage = JournalStorage(backend_over(bus, loop, study.id))
+        return StudyEngine(storage, study.id, study.spec.hpo, study.seed)
+
+    return open_engine
+
+
+def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores: Stores, provider: Provider,
+          wake: asyncio.Event) -> Graph:
     """`wake`: set to start a scheduling pass; `provider`: entered already (its lifespan is the caller's)."""
     changes = JobChanges()
-    shapes = Shapes(agent_records, [*cfg.provider_shapes, *provider.shapes()])
-    jobs = Jobs(cfg, job_records, bus, shapes=shapes, wake=wake, changes=changes,
+    shapes = Shapes(stores.agents, [*cfg.provider_shapes, *provider.shapes()])
+    jobs = Jobs(cfg, stores.jobs, bus, shapes=shapes, wake=wake, changes=changes,
                 quotas=load_quota_config(cfg.quota_file), submits=buckets[subjects.SUBMITS_BUCKET])
     notifier = Notifier(cfg.notify, cfg.notifier)
     watch = GpuWatch(jobs, notifier, cfg.gpu_idle)
     changes.subscribe(notify_of_changes(notifier))
     changes.subscribe(unwatch_unless_running(watch))
-    agents = Agents(cfg, agent_records, jobs, provider, on_telemetry=watch.observe)
+    agents = Agents(cfg, stores.agents, jobs, provider, on_telemetry=watch.observe)
     provisioner = Provisioner(cfg.reconcile, provider, jobs, agents)
-    api = Api(cfg.controller_id, jobs, agents, watch, bus, cfg.store_url, page_bytes=bus.max_payload // 2)
+    studies = Studies(cfg.studies, stores.studies, jobs, bus, study_engines(cfg, bus, asyncio.get_running_loop()))
+    changes.subscribe(studies.job_changed)
+    api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, cfg.store_url, page_bytes=bus.max_payload // 2)
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
-                 provider=provider)
+                 provider=provider, studies=studies)
 
 
 def notify_of_changes(notifier: Notifier) -> Listener:

@@ -14,10 +14,10 @@ from typing import Any
 
 _EXPORTS = {
     "InclTPESampler": "incl.hpo.sampler",
-    "storage": "incl.hpo.storage",
+    "storage": "incl.hpo.backend",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["InclTPESampler", "storage"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ import uuid
 import msgspec
 
 from incl.proto import PROTOCOL_VERSION
+from incl.proto.hpo import Choice
 from incl.proto.spec import JobSpec
 from incl.proto.telemetry import GpuInfo, GpuTelemetry
 
@@ -104,6 +105,7 @@ class TrialRef(_Struct, frozen=True):
     """The HPO trial a job runs: its study and Optuna's trial number."""
     study_id: str
     number: int
+    params: dict[str, Choice] = {}  # its active parameters, typed (`incl.params()` reads them back)
 
 
 class Job(_Struct, frozen=True):

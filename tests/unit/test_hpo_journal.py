@@ -1,6 +1,7 @@
-"""A study's journal on JetStream (incl.bus.journal) and Optuna's storage over it (incl.hpo.storage), against a real
-NATS server: Optuna's storage contract (one order, read-your-writes, concurrent writers), a lost ack, a kill -9 of
-NATS, garbage on the subject, and plain Optuna (and optuna-dashboard) reading a study."""
+"""A study's journal on JetStream (incl.bus.journal) and Optuna's storage over it (incl.hpo.backend, whose `storage` is
+`incl.hpo.storage`), against a real NATS server: Optuna's storage contract (one order, read-your-writes, concurrent
+writers), a lost ack, a kill -9 of NATS, garbage on the subject, and plain Optuna (and optuna-dashboard) reading a
+study."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from conftest import NatsServer, free_port
 from incl.bus import journal
 from incl.bus.connection import Bus, connect
 from incl.bus.streams import StreamLimits, ensure_streams
-from incl.hpo.storage import JetStreamJournalBackend, backend, backend_over, storage
+from incl.hpo.backend import JetStreamJournalBackend, backend, backend_over, storage
 from incl.proto import subjects
 
 STREAM = subjects.STUDIES_STREAM
