@@ -103,6 +103,7 @@ class Jobs:
         self.waiting: dict[str, str] = {}  # queued job id -> why it waits (from the last scheduling pass)
         self._resent: dict[tuple[str, int], float] = {}
         self._by_agent: dict[str, set[str]] = {}  # agent id -> ids of the jobs on it (ON_AGENT states)
+        self._by_study: dict[str, dict[int, str]] = {}  # study id -> trial number -> the job that runs it
         for job in records:
             self._index(None, job)
 
@@ -111,6 +112,8 @@ class Jobs:
             self._by_agent.get(before.current.agent_id, set()).discard(before.id)
         if after.state in ON_AGENT and after.current:
             self._by_agent.setdefault(after.current.agent_id, set()).add(after.id)
+        if after.trial is not None:
+            self._by_study.setdefault(after.trial.study_id, {})[after.trial.number] = after.id
 
     def kick(self) -> None:
         """Ask for a scheduling pass now (something was submitted, ended or freed)."""
@@ -127,6 +130,11 @@ class Jobs:
         jobs = (self.records.get(job_id) for job_id in self._by_agent.get(agent_id, ()))
         return [j for j in jobs
                 if j is not None and j.state in ON_AGENT and j.current and j.current.agent_id == agent_id]
+
+    def of_study(self, study_id: str) -> dict[int, Job]:
+        """The jobs of a study's trials, by trial number."""
+        jobs = {n: self.records.get(job_id) for n, job_id in self._by_study.get(study_id, {}).items()}
+        return {n: j for n, j in jobs.items() if j is not None}
 
     def view(self, job: Job) -> Job:
         """The job as the CLI sees it: a queued job carries the scheduler's reason for waiting, and a

@@ -178,10 +178,6 @@ class Studies:
             self._trim()
         return trials, found
 
-    def _trial_jobs(self, study_id: str) -> dict[int, Job]:
-        return {j.trial.number: j for j in self._jobs.records
-                if j.trial is not None and j.trial.study_id == study_id}
-
     async def summary(self, study: Study, trials: list[FrozenTrial] | None = None) -> StudySummary:
         if trials is None:
             trials, _ = await self._read(study, importances=False)
@@ -193,7 +189,7 @@ class Studies:
         if done:
             pick = min if study.spec.hpo is None or study.spec.hpo.direction == "minimize" else max
             best = pick(done, key=lambda t: t.value or 0.0)
-        jobs = list(self._trial_jobs(study.id).values())
+        jobs = list(self._jobs.of_study(study.id).values())
         return StudySummary(study=self.view(study), counts=counts, best_value=best.value if best else None,
                             best_trial=best.number if best else None, gpu_hours=gpu_hours(jobs, time.time()))
 
@@ -206,7 +202,7 @@ class Studies:
     async def get(self, study_id: str) -> GetStudyReply:
         study = self.records.require(study_id, "study")
         trials, importances = await self._read(study, importances=True)
-        jobs = self._trial_jobs(study_id)
+        jobs = self._jobs.of_study(study_id)
         direction = study.spec.hpo.direction if study.spec.hpo else "minimize"
         return GetStudyReply(summary=await self.summary(study, trials),
                              trials=[trial_view(t, jobs.get(t.number)) for t in trials],

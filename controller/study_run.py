@@ -122,14 +122,10 @@ class StudyRun:
 
     # --- one pass -----------------------------------------------------------------------------------------
 
-    def _trial_jobs(self) -> dict[int, Job]:
-        return {j.trial.number: j for j in self._jobs.records
-                if j.trial is not None and j.trial.study_id == self.study_id}
-
     async def step(self, tg: asyncio.TaskGroup) -> None:
         assert self.engine is not None
         self.trials = await self.call(self.engine.trials)
-        jobs = self._trial_jobs()
+        jobs = self._jobs.of_study(self.study_id)
         for trial in self.trials:
             job = jobs.get(trial.number)
             if trial.state is OptunaState.RUNNING:
