@@ -277,3 +277,56 @@ async def test_an_instance_that_never_registers_is_terminated_after_the_boot_tim
     assert time.time() - started >= 2.0
     done = await world.cluster.wait_done(job.id, timeout=40)
     assert done.state == "SUCCEEDED" and done.current.instance_id != dud
+
+
+async def test_a_spot_notice_during_an_hpo_trial_resumes_it_as_the_same_trial(world: World, tmp_path: Path) -> None:
+    """A study's one trial runs on a spot instance that gets its notice: the trial's job is PREEMPTED and
+    resumes from its checkpoint on a new instance as the same job and the same trial; the study has one trial,
+    COMPLETE, with the value the resumed run logged."""
+    from incl.cli.files import upload_workdir
+    from incl.proto.spec import load_spec
+    from incl.proto.studies import STUDY_ENDED, TrialState
+
+    root = project(tmp_path, 150)
+    (root / "train.py").write_text((root / "train.py").read_text() + (
+        "import incl\nincl.log({'loss': float(os.environ['X']) + step})\n"))
+    spec = load_spec({"run": "python3 train.py", "workdir": str(root), "resources": {"spot": True},
+                      "checkpoint": {"sync_every": "1h"}, "retry": {"max_attempts": 1},
+                      "hpo": {"metric": "loss", "trials": 1, "params": {"X": {"type": "float", "low": 0, "high": 1}}}})
+    world.start_controller()
+    await world.cluster.wait_controller()
+    async with world.cluster.client() as c:
+        study = await c.submit_study(spec, user="tester", code=await upload_workdir(c, str(root)))
+    (first,) = await world.sim.wait_booted(1)
+
+    async def trial_job() -> str | None:
+        async with world.cluster.client() as c:
+            jobs = await c.jobs(study=study.id)
+        return jobs[0].id if jobs else None
+
+    job_id = await wait_for(trial_job, 20, "the trial's job")
+
+    async def past_step_30() -> bool:
+        return len(steps(await world.cluster.log_lines(job_id))) >= 30
+
+    await wait_for(past_step_30, 40, "the trial to pass step 30")
+    world.sim.interrupt(first)
+    await wait_for(lambda: _attempt_state(world, job_id, "PREEMPTED"), 20, "attempt 1 to end PREEMPTED")
+    await world.sim.reclaim(first)
+
+    async def ended() -> object:
+        async with world.cluster.client() as c:
+            reply = await c.study(study.id)
+        return reply if reply.summary.study.state in STUDY_ENDED else None
+
+    done = await wait_for(ended, 90, "the study to end")
+    (trial,) = done.trials
+    job = await world.cluster.job(job_id)
+    assert [a.state for a in job.attempts] == ["PREEMPTED", "SUCCEEDED"]  # max_attempts 1: preemption is free
+    assert trial.state is TrialState.COMPLETE and trial.job_id == job_id
+    assert trial.value == trial.params["X"] + 150
+    assert steps(await world.cluster.log_lines(job_id)) == list(range(1, 151))
+
+
+async def _attempt_state(world: World, job_id: str, state: str) -> bool:
+    return (await world.cluster.job(job_id)).attempts[0].state == state

@@ -141,3 +141,81 @@ async def test_a_bad_curve_is_pruned_and_its_process_is_gone(cluster: Cluster, t
         job = await cluster.job(t.job_id or "")
         assert job.state is JobState.CANCELLED
     assert all(t.state is TrialState.COMPLETE for t in done.trials if t.params["BAD"] is False)
+
+
+SLEEPY = (
+    "import incl, os, time\n"
+    "time.sleep(float(os.environ['SLEEP']))\n"
+    "incl.log({'loss': float(os.environ['X'])})\n"
+)
+
+
+async def test_stop_starts_no_more_trials_and_cancel_stops_the_running_ones(cluster: Cluster,
+                                                                           tmp_path: Path) -> None:
+    cluster.start_controller()
+    cluster.start_agent("a1", cpus=4)
+    await cluster.wait_agents(1)
+    spec = {**study_spec("python3 trial.py", trials=50, parallel=2, params={"X": {"type": "float", "low": 0,
+                                                                                "high": 1}}),
+            "env": {"SLEEP": "30"}}
+    created = await submit_study(cluster, spec, tmp_path, SLEEPY)
+
+    async def two_running() -> bool:
+        async with cluster.client() as c:
+            return len([j for j in await c.jobs(study=created.id) if j.state is JobState.RUNNING]) == 2
+
+    await wait_for(two_running, 30, "2 trials running")
+    stopped = cluster.cli("study", "stop", created.id, "--cancel")
+    assert stopped.returncode == 0 and created.id in stopped.stdout, stopped.stderr
+    done = await wait_study(cluster, created.id, timeout=30)
+    assert done.summary.study.state is StudyState.STOPPED and len(done.trials) == 2
+    assert all(t.state is TrialState.FAIL and "cancelled" in (t.reason or "") for t in done.trials)
+    async with cluster.client() as c:
+        assert all(j.state is JobState.CANCELLED for j in await c.jobs(study=created.id))
+    again = cluster.cli("study", "stop", created.id)
+    assert again.returncode != 0 and "already ended" in (again.stdout + again.stderr)
+
+
+async def test_a_wall_budget_stops_starting_trials_and_the_study_completes_with_the_reason(
+        cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_controller()
+    cluster.start_agent("a1", cpus=4)
+    await cluster.wait_agents(1)
+    spec = {**study_spec("python3 trial.py", trials=100, parallel=1, budget={"wall": "3s"},
+                         params={"X": {"type": "float", "low": 0, "high": 1}}), "env": {"SLEEP": "1"}}
+    created = await submit_study(cluster, spec, tmp_path, SLEEPY)
+    done = await wait_study(cluster, created.id, timeout=30)
+    assert done.summary.study.state is StudyState.COMPLETED
+    assert "budget spent" in (done.summary.study.reason or "") and 1 <= len(done.trials) <= 4
+    assert all(t.state is TrialState.COMPLETE for t in done.trials)  # running ones finished, none cut
+
+
+async def test_the_cli_submits_lists_shows_and_filters_a_study(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_controller()
+    cluster.start_agent("a1", cpus=4)
+    await cluster.wait_agents(1)
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "trial.py").write_text(QUADRATIC)
+    (work / "study.yaml").write_text(
+        "name: quad\nworkdir: .\nrun: python3 trial.py\n"
+        "hpo:\n  metric: loss\n  trials: 6\n  parallel: 2\n"
+        "  params:\n    X: {type: float, low: -4, high: 4}\n    Y: {type: float, low: -4, high: 4}\n")
+    (work / "bad.yaml").write_text("run: python3 trial.py\nhpo: {metric: loss, trials: 4, parallel: 2, params: "
+                                   "{X: {type: float, low: 1, high: 0}}}\n")
+    await cluster.wait_controller()
+    bad = cluster.cli("submit", "-f", "bad.yaml", cwd=work)
+    assert bad.returncode == 2 and "hpo.params.X" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert "no studies" in cluster.cli("study", "ls", cwd=work).stdout  # nothing was submitted
+    sub = cluster.cli("submit", "-f", "study.yaml", cwd=work)
+    assert sub.returncode == 0, sub.stderr
+    study_id = sub.stdout.strip()
+    assert study_id.startswith("s-")
+    await wait_study(cluster, study_id, timeout=60)
+    shown = cluster.cli("study", "show", study_id, env={"COLUMNS": "200"})
+    assert shown.returncode == 0 and "COMPLETED" in shown.stdout and "best: trial" in shown.stdout, shown.stdout
+    listed = json.loads(cluster.cli("study", "ls", "--json").stdout)
+    assert [s["study"]["id"] for s in listed] == [study_id] and listed[0]["counts"] == {"COMPLETE": 6}
+    trials = json.loads(cluster.cli("ls", "--study", study_id, "--json").stdout)
+    assert sorted(j["trial"]["number"] for j in trials) == list(range(6))
+    assert cluster.cli("study", "show", "s-nope").returncode == 1
