@@ -76,7 +76,7 @@ class StudyEngine:
                 trial.report(value, step)
                 seen.add(step)
                 reported = True
-        return reported and trial.should_prune()
+        return reported and bool(trial.should_prune())  # Optuna answers a numpy bool
 
     def complete(self, number: int, value: float) -> None:
         self.study.tell(number, value, skip_if_finished=True)
