@@ -10,7 +10,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${BENCH_VENV:-$ROOT/.bench-venv}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-RAY_SPEC="${RAY_SPEC:-ray[default]}"
+RAY_SPEC="${RAY_SPEC:-ray[default,tune]}"  # tune: bench/ray_tune_peer.py (the HPO overhead peer)
+OPTUNA_SPEC="${OPTUNA_SPEC:-optuna}"       # Ray Tune's OptunaSearch
 
 # keep the venv out of git
 GI="$ROOT/.gitignore"
@@ -25,10 +26,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 
-if ! "$VENV/bin/python" -c 'import ray, ray.job_submission, aiohttp' >/dev/null 2>&1; then
-    "$VENV/bin/python" -m pip install -q "$RAY_SPEC"
+if ! "$VENV/bin/python" -c 'import ray, ray.job_submission, aiohttp, ray.tune, optuna' >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install -q "$RAY_SPEC" "$OPTUNA_SPEC"
 fi
 
-"$VENV/bin/python" -c 'import ray; print("ray", ray.__version__, "in", __import__("sys").prefix)'
+"$VENV/bin/python" -c 'import ray, optuna; print("ray", ray.__version__, "optuna", optuna.__version__, "in", __import__("sys").prefix)'
 command -v unshare >/dev/null || echo "WARNING: unshare (util-linux) missing; ray_peer.py needs it" >&2
 command -v ip >/dev/null || echo "WARNING: ip (iproute2) missing; ray_peer.py needs it" >&2
