@@ -94,6 +94,8 @@ def problems(subset: str) -> list[Problem]:
     out = [_tabular("hpobench", d) for d in HPOBench.available_dataset_names]
     out += [_tabular("hpolib", d) for d in HPOLib.available_dataset_names]
     out += [_bbob(f, d) for d in (2, 5, 10) for f in range(1, 13)]
+    if subset == "none":
+        return []
     return [p for p in out if any(s in p.name for s in subset.split(","))] if subset else out
 
 
@@ -183,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=120)
-    parser.add_argument("--problems", default="", help="comma-separated name substrings, e.g. hpobench,f3-d5")
+    parser.add_argument("--problems", default="", help="comma-separated name substrings, e.g. hpobench,f3-d5; none")
     parser.add_argument("--samplers", default="incl,tpe,random,cmaes,gp")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 60 trials, 6 problems")
     parser.add_argument("--no-latency", action="store_true")
@@ -208,14 +210,16 @@ def main() -> None:
         traces = {n: [optimize(problem, SAMPLERS[n](s), args.budget, s) for s in range(args.seeds)] for n in names}
         results["problems"][problem.name] = {"suite": problem.suite, "optimum": problem.optimum, "traces": traces}
         print(f"{problem.name}: done at {time.time() - started:.0f}s", flush=True)
-    summarize(results, names)
+    if results["problems"]:
+        summarize(results, names)
     if not args.no_latency:
         results["latency_p50_s"] = {n: latency(SAMPLERS[n]) for n in ("incl", "tpe")}
         print("ask+tell p50 at 1,000 finished trials (6-D mixed): "
               + ", ".join(f"{n} {v * 1000:.1f} ms" for n, v in results["latency_p50_s"].items()))
     out = ROOT / "bench" / "results" / f"hpo_quality{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(results, indent=1))
-    plot(results, names, args.tag)
+    if results["problems"]:
+        plot(results, names, args.tag)
     print(f"wrote {out}")
 
 
