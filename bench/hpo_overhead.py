@@ -36,7 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from incl_side import CpuMeter, Stack, wait_terminal  # noqa: E402
+from incl_side import CpuMeter, Stack, start_profilers, stop_profilers, wait_terminal  # noqa: E402
 from stats import median, summary  # noqa: E402
 
 from incl.bus.client import Client  # noqa: E402
@@ -153,7 +153,13 @@ def incl_side(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]]:
         stack = Stack(args.agents, args.cpus, keep=False)
         try:
             stack.up()
-            res = asyncio.run(incl_repeat(stack, args, order))
+            prof = argparse.Namespace(profile=args.profile, mode=f"hpo-r{i}", concurrency=args.parallel,
+                                      py_spy=args.py_spy)
+            profilers = start_profilers(prof, stack)  # py-spy on the controller and local-0, with --profile
+            try:
+                res = asyncio.run(incl_repeat(stack, args, order))
+            finally:
+                stop_profilers(profilers)
             res["_stack"] = {"incl_up_s": stack.up_s, "order": order}
         finally:
             stack.down()
@@ -263,6 +269,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--skip-incl", action="store_true")
     p.add_argument("--ray-json", help="reuse the Ray runs of this earlier result file")
     p.add_argument("--incl-json", help="reuse the INCL runs of this earlier result file")
+    p.add_argument("--profile", metavar="DIR", help="py-spy the controller and agent local-0 into DIR (raw stacks)")
+    p.add_argument("--py-spy", default=str(RAY_PY.parent / "py-spy"), help="py-spy (ray[default] installs one)")
     p.add_argument("--out", default=str(HERE / "results" / "hpo_overhead.json"))
     args = p.parse_args(argv)
     args.ray_repeat = args.repeat if args.ray_repeat is None else args.ray_repeat
