@@ -24,6 +24,8 @@ class StudyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     metric_poll: float = 0.5  # a follower of a trial's metric wakes this often with nothing new (and reports)
     journal_timeout: float = 10.0  # one read or append of a study's journal
     ended_cache: int = 64  # views of ended studies kept in memory
+    retry_initial: float = 1.0  # a study whose driver failed is run again after this, doubling...
+    retry_max: float = 60.0  # ...up to this
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -101,12 +101,22 @@ class Studies:
                     tg.create_task(self._run(run))
 
     async def _run(self, run: StudyRun) -> None:
+        """Run the study to its end. A failure is that study's own: logged, and the study is run again (from its
+        journal and records, as after a restart) after a backoff that doubles up to `retry_max`."""
+        delay = self._cfg.retry_initial
         try:
-            await run.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # one study's failure is its own: logged, retried at the next start
-            log.exception("study_run_failed", study_id=run.study_id)
+            while True:
+                try:
+                    await run.run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # logged with its traceback; the other studies go on
+                    log.exception("study_run_failed", study_id=run.study_id, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._cfg.retry_max)
+                run = StudyRun(run.study_id, self.records, self._jobs, self._bus, self._open_engine, self._cfg)
+                self.runs[run.study_id] = run
         finally:
             self.runs.pop(run.study_id, None)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -41,6 +42,16 @@ def grid_size(params: dict[str, Param]) -> int:
     return size
 
 
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler calls `study.stop()` once the grid is used up, which only works inside
+    `study.optimize`. INCL asks as many trials as the grid has points (`StudyRun.total`), with no optimize loop
+    to stop."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
+                    values: Sequence[float] | None) -> None:
+        pass
+
+
 def make_sampler(hpo: Hpo, seed: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():  # Optuna marks some samplers' options experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -53,7 +64,7 @@ def make_sampler(hpo: Hpo, seed: int) -> optuna.samplers.BaseSampler:
             case "random":
                 return optuna.samplers.RandomSampler(seed=seed)
             case "grid":
-                return optuna.samplers.GridSampler(grid_of(hpo.params), seed=seed)
+                return _Grid(grid_of(hpo.params), seed=seed)
             case "cmaes":
                 return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
             case "gp":

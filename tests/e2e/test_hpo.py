@@ -125,8 +125,9 @@ async def test_a_bad_curve_is_pruned_and_its_process_is_gone(cluster: Cluster, t
     cluster.start_controller()
     cluster.start_agent("a1", cpus=4)
     await cluster.wait_agents(1)
-    # Two good trials first (the median pruner needs finished trials to compare with), then bad ones.
-    spec = study_spec("python3 trial.py", trials=4, parallel=1, sampler="grid",
+    # Two good trials first (the median pruner needs finished trials to compare with), then bad ones: the grid's
+    # order is drawn from the seed (4: good, good, bad, bad with Optuna 5.0).
+    spec = study_spec("python3 trial.py", trials=4, parallel=1, sampler="grid", seed=4,
                       pruner={"type": "median", "startup_trials": 2, "min_step": 3},
                       params={"BAD": {"type": "categorical", "choices": [False, True]},
                               "R": {"type": "int", "low": 0, "high": 1}})
@@ -140,6 +141,9 @@ async def test_a_bad_curve_is_pruned_and_its_process_is_gone(cluster: Cluster, t
         assert t.last_step is not None and t.last_step < 39  # stopped well before the end of its curve
         job = await cluster.job(t.job_id or "")
         assert job.state is JobState.CANCELLED
+        # the pruner's decision (the trial's end) to the process gone (the attempt's end): well within 2 s
+        assert job.current is not None and job.current.ended_at is not None and t.ended_at is not None
+        assert job.current.ended_at - t.ended_at < 2.0, (job.current.ended_at, t.ended_at)
     assert all(t.state is TrialState.COMPLETE for t in done.trials if t.params["BAD"] is False)
 
 

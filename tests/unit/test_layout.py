@@ -154,3 +154,12 @@ def test_the_cli_reads_streams_only_through_the_client() -> None:
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                  and node.func.attr in {"follow", "last", "pull"}]
     assert not offending, f"cli/ reads streams directly (add a Client method in incl.bus.client): {offending}"
+
+
+def test_optuna_stays_out_of_the_cli_the_agent_and_the_wire() -> None:
+    """Optuna loads in the controller and in `incl.hpo` only: the CLI starts fast and the agent stays lean (the
+    CLI gets a study's trials and importances from the controller)."""
+    offending = [f"{i.at} {i.module}" for p in SOURCE if package_of(p) is not None
+                 and not (in_folder(p, "hpo") or in_folder(p, "controller"))
+                 for i in imports(p) if i.top == "optuna"]
+    assert not offending, f"optuna imported outside hpo/ and controller/: {offending}"
