@@ -50,6 +50,8 @@ ATTEMPT_PLAIN = {
     "reason": None,
     "tail": ["hi"],
     "outputs": None,
+    "nodes": [],
+    "stopping": None,
 }
 
 JOB = m.Job(
@@ -153,7 +155,8 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
      _msg(m.AssignmentRequest, meta=ENV_PLAIN, job_id="j1", attempt=2, agent_id="a1")),
     (m.AssignmentReply(current=True), _msg(m.AssignmentReply, current=True, cancel_requested=False)),
     (m.Assign(job_id="j1", attempt=2, spec=SPEC, env={"INCL_JOB_ID": "j1"}),
-     _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None)),
+     _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None,
+          gang=None)),
     (m.CancelJob(job_id="j1", attempt=2, grace=10.0), _msg(m.CancelJob, job_id="j1", attempt=2, grace=10.0)),
     (m.JobStarting(job_id="j1", attempt=2, agent_id="a1", ts=3.5),
      _msg(m.JobStarting, job_id="j1", attempt=2, agent_id="a1", ts=3.5)),
@@ -171,13 +174,13 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
      ]),
      _msg(m.LogBatch, job_id="j1", attempt=2, seq=7,
           lines=[[1.0, 1, b"epoch 1\n", False], [1.5, 2, b"\xff\xfenot utf-8", False]],
-          stdout_total=0, stderr_total=0)),
+          rank=0, stdout_total=0, stderr_total=0)),
     (m.MetricBatch(job_id="j1", attempt=2, seq=8, points=[
         m.MetricPoint(ts=1.0, step=10, values={"loss": 0.25}),
         m.MetricPoint(ts=2.0, step=None, values={"acc": 0.5, "lr": 1e-4}),
      ]),
      _msg(m.MetricBatch, job_id="j1", attempt=2, seq=8,
-          points=[[1.0, 10, {"loss": 0.25}], [2.0, None, {"acc": 0.5, "lr": 1e-4}]])),
+          points=[[1.0, 10, {"loss": 0.25}], [2.0, None, {"acc": 0.5, "lr": 1e-4}]], rank=0)),
 ]  # fmt: skip
 
 
