@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.skip_ray:
         ray = ray_side(args)
     table = build_table(incl, ray, args.samplers)
-    text = render(table, len(incl), len([r for r in ray if r.get("mode") == "default"]))
+    text = render(table, len(incl), len([r for r in ray if r.get("mode") == "default" and not r.get("error")]))
     print(text, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from incl.proto import PROTOCOL_VERSION, errors
 from incl.proto import messages as m
+from incl.proto import studies as st_
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import BY_CODE, DecodeError, InclError, VersionMismatch, from_code
 from incl.proto.spec import JobSpec
@@ -182,6 +183,33 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
      _msg(m.MetricBatch, job_id="j1", attempt=2, seq=8,
           points=[[1.0, 10, {"loss": 0.25}], [2.0, None, {"acc": 0.5, "lr": 1e-4}]], rank=0)),
 ]  # fmt: skip
+
+STUDY = st_.Study(id="s1", spec=SPEC, user="ann", state=st_.StudyState.RUNNING, created_at=1.0, updated_at=2.0, seed=7)
+STUDY_PLAIN = {"id": "s1", "spec": SPEC_PLAIN, "user": "ann", "state": "RUNNING", "created_at": 1.0,
+               "updated_at": 2.0, "seed": 7, "code": None, "reason": None, "ended_at": None, "cancel_running": False}
+SUMMARY = st_.StudySummary(study=STUDY, counts={"COMPLETE": 2}, best_value=0.5, best_trial=1, gpu_hours=0.25)
+SUMMARY_PLAIN = {"study": STUDY_PLAIN, "counts": {"COMPLETE": 2}, "best_value": 0.5, "best_trial": 1,
+                 "gpu_hours": 0.25}
+TRIAL = st_.TrialView(number=1, state=st_.TrialState.COMPLETE, params={"LR": 0.1, "OPT": "sgd"}, value=0.5,
+                      job_id="j1", job_state=m.JobState.SUCCEEDED, started_at=1.0, ended_at=2.0, last_step=3, steps=4)
+TRIAL_PLAIN = {"number": 1, "state": "COMPLETE", "params": {"LR": 0.1, "OPT": "sgd"}, "value": 0.5, "job_id": "j1",
+               "job_state": "SUCCEEDED", "started_at": 1.0, "ended_at": 2.0, "reason": None, "last_step": 3,
+               "steps": 4}
+SAMPLES += [
+    (st_.SubmitStudyRequest(meta=ENV, spec=SPEC, user="ann"),
+     _msg(st_.SubmitStudyRequest, meta=ENV_PLAIN, spec=SPEC_PLAIN, user="ann", code=None)),
+    (st_.SubmitStudyReply(study=STUDY), _msg(st_.SubmitStudyReply, study=STUDY_PLAIN)),
+    (st_.ListStudiesRequest(meta=ENV, user="ann"),
+     _msg(st_.ListStudiesRequest, meta=ENV_PLAIN, user="ann", after=None, limit=None)),
+    (st_.ListStudiesReply(studies=[SUMMARY], next="c"), _msg(st_.ListStudiesReply, studies=[SUMMARY_PLAIN], next="c")),
+    (st_.GetStudyRequest(meta=ENV, study_id="s1"), _msg(st_.GetStudyRequest, meta=ENV_PLAIN, study_id="s1")),
+    (st_.GetStudyReply(summary=SUMMARY, trials=[TRIAL], best_so_far=[0.5], importances={"LR": 1.0}),
+     _msg(st_.GetStudyReply, summary=SUMMARY_PLAIN, trials=[TRIAL_PLAIN], best_so_far=[0.5],
+          importances={"LR": 1.0})),
+    (st_.StopStudyRequest(meta=ENV, study_id="s1", cancel=True),
+     _msg(st_.StopStudyRequest, meta=ENV_PLAIN, study_id="s1", cancel=True)),
+    (st_.StopStudyReply(study=STUDY), _msg(st_.StopStudyReply, study=STUDY_PLAIN)),
+]
 
 
 def _leaves(cls: type) -> list[type]:
