@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """HPO wall-clock speed-up: time to reach a target regret with 1, 4, 8 and 16 trials in flight on local agents.
 
-    .venv/bin/python bench/hpo_speedup.py                          # seeds 0,1,2; 1 s trials
+    .venv/bin/python bench/hpo_speedup.py                          # seeds 0-4; 1 s trials (about 6 min)
     .venv/bin/python bench/hpo_speedup.py --seeds 0,1,2,3,4 --sleep 1.0 --parallel 1,4,8,16
     .venv/bin/python bench/hpo_speedup.py --calibrate              # Optuna alone: trials to each regret, in-process
 
@@ -20,6 +20,8 @@ From the study's trials (the time each was told, Optuna's datetime_complete), pe
   trials to target = the trials told by then.
 More in flight means each new trial is sampled with fewer finished results, so trials to target rises with
 parallelism: both are reported. speed-up = median time at 1 / median time at P; efficiency = speed-up / P.
+ideal = median trials to target / P x the sleep (what those trials would take with no platform time at all);
+platform efficiency = ideal / time: the part of the shortfall that is INCL's, not the sampler's.
 Writes bench/results/hpo_speedup.json.
 """
 
@@ -101,7 +103,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]
     return out
 
 
-def table(runs: list[dict[str, Any]], parallel: list[int]) -> list[dict[str, Any]]:
+def table(runs: list[dict[str, Any]], parallel: list[int], sleep: float) -> list[dict[str, Any]]:
     rows = []
     base = None
     for p in parallel:
@@ -112,8 +114,12 @@ def table(runs: list[dict[str, Any]], parallel: list[int]) -> list[dict[str, Any
         if p == parallel[0]:
             base = t
         speed = round(base / t, 2) if base and t else None
-        rows.append({"parallel": p, "time_to_target_s": t, "trials_to_target": median(trials) if trials else None,
+        n = median(trials) if trials else None
+        # the time the trials to target would take with no platform time at all: n / p rounds of one sleep
+        ideal = round(n * sleep / p, 2) if n else None
+        rows.append({"parallel": p, "time_to_target_s": t, "trials_to_target": n,
                      "speedup": speed, "efficiency": round(speed / p * parallel[0], 2) if speed else None,
+                     "ideal_s": ideal, "platform_efficiency": round(ideal / t, 2) if ideal and t else None,
                      "reached": f"{len(times)}/{len(rs)}", "times": times, "trials": trials})
     return rows
 
@@ -121,12 +127,12 @@ def table(runs: list[dict[str, Any]], parallel: list[int]) -> list[dict[str, Any
 def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     out = [f"== HPO speed-up: time to regret <= {args.target:g}, {args.sleep:g} s trials, tpe, medians over seeds "
            f"{','.join(map(str, args.seeds))} ==",
-           f"{'in flight':>9} {'time (s)':>9} {'trials':>7} {'speed-up':>9} {'efficiency':>10} {'reached':>8}  "
-           "times / trials per seed"]
+           f"{'in flight':>9} {'time (s)':>9} {'trials':>7} {'speed-up':>9} {'efficiency':>10} {'ideal (s)':>9} "
+           f"{'platform eff':>12} {'reached':>8}  times / trials per seed"]
     for r in rows:
         out.append(f"{r['parallel']:>9} {r['time_to_target_s'] or '-':>9} {r['trials_to_target'] or '-':>7} "
                    f"{(str(r['speedup']) + 'x') if r['speedup'] else '-':>9} {r['efficiency'] or '-':>10} "
-                   f"{r['reached']:>8}  {r['times']} / {r['trials']}")
+                   f"{r['ideal_s'] or '-':>9} {r['platform_efficiency'] or '-':>12} {r['reached']:>8}  {r['times']} / {r['trials']}")
     return "\n".join(out)
 
 
@@ -159,7 +165,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     p.add_argument("--parallel", type=ints, default=[1, 4, 8, 16])
-    p.add_argument("--seeds", type=ints, default=[0, 1, 2])
+    p.add_argument("--seeds", type=ints, default=[0, 1, 2, 3, 4])
     p.add_argument("--sleep", type=float, default=1.0, help="seconds each trial sleeps before it logs")
     p.add_argument("--target", type=float, default=0.1, help="the regret to reach")
     p.add_argument("--max-trials", type=int, default=200, help="a study's trials if the target is never reached")
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = asyncio.run(measure(stack, args))
     finally:
         stack.down()
-    rows = table(runs, args.parallel)
+    rows = table(runs, args.parallel, args.sleep)
     text = render(rows, args)
     print(text, flush=True)
     out = Path(args.out)

@@ -102,7 +102,7 @@ async def test_a_job_an_older_controller_wrote_is_read_with_its_spec_re_parsed(b
            "spec": {"run": "python train.py", "notify": "ml-alerts",
                     "gpu_idle": {"threshold": "20%", "window": "15m", "action": "stop"}}}
     await buckets[subjects.JOBS_BUCKET].put("j-old", msgspec.msgpack.encode(old))
-    jobs, _ = records(buckets)
+    jobs = records(buckets).jobs
     await jobs.load()
     job = jobs.require("j-old")
     assert job.state is JobState.SUCCEEDED and job.spec.run == "python train.py"
