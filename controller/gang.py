@@ -169,7 +169,8 @@ def node_ended(job: Job, attempt: int, agent_id: str, now: float, *, to: JobStat
 def _end(job: Job, cur: Attempt, now: float) -> Job:
     """Every rank has ended: the attempt ends as its first cause says (or SUCCEEDED)."""
     ended_at = max(n.ended_at or now for n in cur.nodes)
-    rank0 = cur.nodes[0]
+    ranks = job.spec.outputs.ranks
+    rank0 = cur.nodes[ranks if isinstance(ranks, int) and ranks < len(cur.nodes) else 0]  # whose outputs it keeps
     stop = cur.stopping
     if stop is None:
         return state.exited(job, cur.number, now, exit_code=0, reason=None, cancelled=False, tail=cur.tail,
