@@ -127,7 +127,8 @@ async def run_study(client: Client, spec: dict[str, Any], timeout: float, poll: 
 
 
 async def incl_repeat(stack: Stack, args: argparse.Namespace, order: list[str]) -> dict[str, dict[str, Any]]:
-    run = f"{shlex.quote(args.trial_python)} -c {shlex.quote(TRIAL_CODE)}"
+    run = " ".join([shlex.quote(args.trial_python), *map(shlex.quote, args.trial_flags.split()), "-c",
+                    shlex.quote(TRIAL_CODE)])
     params = {"X": {"type": "float", "low": 0.0, "high": 1.0}}
     out: dict[str, dict[str, Any]] = {}
     meter = CpuMeter(stack)
@@ -264,6 +265,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--agents", type=int, default=2)
     p.add_argument("--cpus", type=float, default=4, help="CPUs each local agent offers")
     p.add_argument("--trial-python", default=sys.executable, help="the trial's interpreter")
+    p.add_argument("--trial-flags", default="", help="its options, e.g. -S (no site: a cheaper start)")
     p.add_argument("--timeout", type=float, default=600.0, help="one study or one Ray fit, s")
     p.add_argument("--skip-ray", action="store_true")
     p.add_argument("--skip-incl", action="store_true")
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"started_at": started, "command": " ".join(sys.argv), "table": table, "text": text,
               "config": {"trials": args.trials, "parallel": args.parallel, "agents": args.agents,
                          "agent_cpus": args.cpus, "trial_cpus": 1, "trial_python": args.trial_python,
+                         "trial_flags": args.trial_flags,
                          "trial": TRIAL_CODE},
               "host": {"nproc": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
               "incl": incl, "ray": ray}

@@ -39,7 +39,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from hpo_overhead import USER, log, study_spec, wait_study  # noqa: E402
+from hpo_overhead import USER, study_spec, wait_study  # noqa: E402
 from incl_side import Stack, wait_terminal  # noqa: E402
 from stats import median  # noqa: E402
 
@@ -51,6 +51,10 @@ PARAMS = {"X": {"type": "float", "low": -4.0, "high": 4.0}, "Y": {"type": "float
 TRIAL_CODE = ("import incl, os, sys, time; time.sleep(float(sys.argv[1])); "
               "x, y = float(os.environ['X']), float(os.environ['Y']); "
               "incl.log({'loss': (x - 1.5) ** 2 + (y + 0.5) ** 2})")
+
+
+def log(*a: object) -> None:
+    print("[hpo_speedup]", *a, file=sys.stderr, flush=True)
 
 
 def loss(x: float, y: float) -> float:

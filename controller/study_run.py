@@ -126,6 +126,7 @@ class StudyRun:
         assert self.engine is not None
         self.trials = await self.call(self.engine.trials)
         jobs = self._jobs.of_study(self.study_id)
+        told = False
         for trial in self.trials:
             job = jobs.get(trial.number)
             if trial.state is OptunaState.RUNNING:
@@ -135,14 +136,17 @@ class StudyRun:
                         jobs[trial.number] = submitted
                 elif job.state in TERMINAL:
                     await self._finish(trial.number, job)
+                    told = True
                 else:
                     self._follow(tg, trial.number, job.id)
             elif job is not None and job.state not in TERMINAL and not job.cancel_requested:
                 await self._cancel(job, f"its trial ended ({trial.state.name})")
-        await self._start_more(tg, jobs)
+        if not await self._start_more(tg, jobs) and told:
+            self.trials = await self.call(self.engine.trials)  # the last outcomes, so that the study ends now
         await self._maybe_end(jobs)
 
-    async def _start_more(self, tg: asyncio.TaskGroup, jobs: dict[int, Job]) -> None:
+    async def _start_more(self, tg: asyncio.TaskGroup, jobs: dict[int, Job]) -> bool:
+        """Ask and submit while there is room; whether it read the trials afresh."""
         study = self.study
         hpo = study.spec.hpo
         assert hpo is not None and self.engine is not None
@@ -151,13 +155,13 @@ class StudyRun:
                 for job in jobs.values():
                     if job.state not in TERMINAL and not job.cancel_requested:
                         await self._cancel(job, f"study {study.id} stopped with --cancel")
-            return
+            return False
         if study.state is not StudyState.RUNNING or study.reason is not None:
-            return
+            return False
         if why := budget_spent(study, list(jobs.values()), time.time()):
             log.info("study_budget_spent", study_id=study.id, reason=why)
             await self._records.update(study.id, lambda s: structs.replace(s, reason=why, updated_at=time.time()))
-            return
+            return False
         total = self.total(study)
         in_flight = sum(1 for j in jobs.values() if j.state not in TERMINAL)
         started = len(self.trials)
@@ -172,6 +176,8 @@ class StudyRun:
             self._follow(tg, ticket.number, submitted.id)
         if started > len(self.trials):
             self.trials = await self.call(self.engine.trials)
+            return True
+        return False
 
     @staticmethod
     def total(study: Study) -> int:
@@ -273,6 +279,11 @@ class StudyRun:
         return out
 
     def _follow(self, tg: asyncio.TaskGroup, number: int, job_id: str) -> None:
+        """Follow a running trial's metric for its pruner (a study without one reads the series once, at the
+        end: intermediate values would cost journal writes for nothing)."""
+        hpo = self.study.spec.hpo
+        if hpo is None or hpo.pruner.type == "none":
+            return
         if number not in self._followers or self._followers[number].done():
             self._followers[number] = tg.create_task(self._follow_metric(number, job_id))
 
