@@ -249,7 +249,8 @@ class Runner:
     def _socket_dir(self) -> Path:
         # Short (a unix socket path has ~100 bytes) and a folder of its own, so that a container that mounts it
         # sees the socket a restarted agent re-creates.
-        return Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" / f"{self.ref.job_id}-{self.ref.attempt}"
+        rank = f"-r{self.rank}" if self.rank else ""  # the ranks of one job may share a host (local agents)
+        return Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" / f"{self.ref.job_id}-{self.ref.attempt}{rank}"
 
     def _env(self, paths: dict[str, str], inherit: bool) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCL_")} if inherit else {}
