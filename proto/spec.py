@@ -40,6 +40,7 @@ class Resources(_Spec, frozen=True):
     instance_types: list[str] | None = None
     spot: bool | Literal["auto"] | None = None
     shm_size: int | None = None  # bytes of /dev/shm in the container; None: the agent's default
+    efa: bool = False  # a multi-node job on AWS: EFA network interfaces, on instance types that have them
 
 
 class DataMount(_Spec, frozen=True):
