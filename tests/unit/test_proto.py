@@ -159,6 +159,10 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
      _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None,
           gang=None)),
     (m.CancelJob(job_id="j1", attempt=2, grace=10.0), _msg(m.CancelJob, job_id="j1", attempt=2, grace=10.0)),
+    (m.GangStart(job_id="j1", attempt=2, env={"MASTER_PORT": "29500"}),
+     _msg(m.GangStart, job_id="j1", attempt=2, env={"MASTER_PORT": "29500"})),
+    (m.JobReady(job_id="j1", attempt=2, agent_id="a1", ts=3.0, rank=0, port=29500),
+     _msg(m.JobReady, job_id="j1", attempt=2, agent_id="a1", ts=3.0, rank=0, port=29500)),
     (m.JobStarting(job_id="j1", attempt=2, agent_id="a1", ts=3.5),
      _msg(m.JobStarting, job_id="j1", attempt=2, agent_id="a1", ts=3.5)),
     (m.JobRunning(job_id="j1", attempt=2, agent_id="a1", ts=3.5, pid=4242),
@@ -225,8 +229,9 @@ PLAINS = [plain for _, plain in SAMPLES]
 
 # Every decoder a subject uses, with the types it may return.
 DECODERS: list[tuple[str, Decoder[Any], tuple[type, ...]]] = [
-    ("AgentCommand", Decoder(m.AgentCommand), (m.Assign, m.CancelJob)),
-    ("AgentEvent", Decoder(m.AgentEvent), (m.JobStarting, m.JobRunning, m.JobExited, m.AgentInterrupted)),
+    ("AgentCommand", Decoder(m.AgentCommand), (m.Assign, m.CancelJob, m.GangStart)),
+    ("AgentEvent", Decoder(m.AgentEvent), (m.JobStarting, m.JobRunning, m.JobReady, m.JobExited,
+                                           m.AgentInterrupted)),
     ("LogBatch", Decoder(m.LogBatch), (m.LogBatch,)),
     ("MetricBatch", Decoder(m.MetricBatch), (m.MetricBatch,)),
     ("Job", Decoder(m.Job), (m.Job,)),  # KV records share the codec
