@@ -137,9 +137,9 @@ def print_job(reply: GetJobReply, out: Console | None = None) -> None:
             fields.add_row(key, Text(value))
     out.print(fields)
     if job.attempts:
-        rows = [row for a in job.attempts
-                for row in [_attempt_row(job, a), *(_node_row(job, n) for n in a.nodes)]]
-        print_table(_attempt_columns(job), rows, title="attempts", out=out)
+        attempts = [row for a in job.attempts
+                    for row in [_attempt_row(job, a), *(_node_row(job, n) for n in a.nodes)]]
+        print_table(_attempt_columns(job), attempts, title="attempts", out=out)
     last = job.current
     if last and last.tail and job.state is JobState.FAILED:
         out.print("last log lines:", style="bold", markup=False)
