@@ -95,6 +95,7 @@ class ObservedInstance(_Struct, frozen=True):
     tags: dict[str, str] = {}
     availability_zone: str | None = None
     state_reason: str | None = None  # e.g. Server.SpotInstanceTermination
+    launch_index: int = 0  # its place among the instances of one RunInstances (EC2's AmiLaunchIndex)
 
     @property
     def job_id(self) -> str | None:
