@@ -43,6 +43,7 @@ from incl.proto.messages import (
     TrialRef,
 )
 from incl.proto.spec import JobSpec
+from incl.proto.spec import Resources as Wanted
 
 log = structlog.get_logger()
 
@@ -105,8 +106,10 @@ class Jobs:
 
     def __init__(self, cfg: ControllerConfig, records: Records[Job], bus: Bus,
                  shapes: Callable[[], list[Resources]], wake: asyncio.Event, changes: JobChanges,
-                 quotas: quota.QuotaConfig | None = None, submits: Bucket | None = None) -> None:
+                 quotas: quota.QuotaConfig | None = None, submits: Bucket | None = None,
+                 refusal: Callable[[Wanted], str | None] = lambda _: None) -> None:
         self._cfg = cfg
+        self._refusal = refusal  # the provider's: why a job could never be launched (resources.efa without EFA)
         self._submits = submits  # idempotency keys of submits -> job ids
         self.records = records
         self.quotas = quotas or quota.QuotaConfig()
@@ -204,6 +207,8 @@ class Jobs:
                 f"{biggest.memory / 1e9:.1f} GB memory, {biggest.gpus} GPU)",
                 field="resources",
             )
+        if spec.resources.efa and (why := self._refusal(spec.resources)) is not None:
+            raise SpecInvalid(why, field="resources.efa")
 
     async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, key: str | None = None,
                      trial: TrialRef | None = None) -> Job:

@@ -416,3 +416,13 @@ async def test_controller_killed_while_launching_a_gang_leaks_nothing(world: Wor
         == [("1", "0", "0"), ("1", "0", "1")]
     await wait_for(lambda: world.live() == [] and world.sim.proxy.groups == {}, 30,
                    "every instance and placement group gone")
+
+
+async def test_efa_on_a_job_no_efa_type_fits_is_refused_at_submit(world: World) -> None:
+    """`resources.efa` where every fitting catalog type lacks EFA: SpecInvalid on resources.efa, nothing queued."""
+    from incl.proto.errors import SpecInvalid
+    world.start_controller()
+    with pytest.raises(SpecInvalid) as caught:
+        await world.cluster.submit("true", resources={"gpus": "A10G:1", "nodes": 2, "efa": True})
+    assert caught.value.field == "resources.efa" and "no instance type that fits has EFA" in str(caught.value)
+    assert world.instances() == []
