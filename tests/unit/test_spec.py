@@ -458,7 +458,7 @@ def test_a_project_folder_under_a_system_folder_is_a_fine_workdir() -> None:
     ({"resources": {"nodes": 0}}, "resources.nodes", "at least 1"),
     ({"resources": {"nodes": "two"}}, "resources.nodes", "expected `int`"),
     ({"resources": {"nodes": 1000}}, "resources.nodes", "more than the 256"),
-    ({"resources": {"nodes": 2}, "outputs": {"ranks": "some"}}, "outputs.ranks", "a rank number (the default is 0) or all"),
+    ({"resources": {"nodes": 2}, "outputs": {"ranks": "some"}}, "outputs.ranks", "a rank number"),
     ({"resources": {"nodes": 2}, "outputs": {"ranks": 2}}, "outputs.ranks", "from 0 to 1, or all"),
 ])
 def test_bad_multi_node_input_is_one_line_naming_the_field(data: dict[str, Any], field: str, words: str) -> None:
