@@ -129,7 +129,7 @@ class Controller:
         # Nothing queued (e.g. a burst of registrations): no placement pass at all.
         plan = (scheduler.plan(queued, g.agents.slots(), quotas=g.jobs.quotas, running=g.jobs.on_agent(),
                                now=time.time(), reserved_since=self._reserving,
-                               reserve_for=self.cfg.gang_reserve_for)
+                               reserve_for=self.cfg.gang_reserve_for, held_for=self._held(g))
                 if queued else scheduler.Plan(placements=[], waiting={}))
         self._reserving = dict(plan.reserving)
         g.jobs.waiting = g.provisioner.waiting(plan.waiting)  # the reasons, with each job's last launch failure
@@ -151,6 +151,15 @@ class Controller:
             raise  # the pass is retried
         except Exception:  # this job's failure, not the scheduler's
             log.exception("dispatch_failed", job_id=job_id, agent_id=agent_id)
+
+    @staticmethod
+    def _held(g: Graph) -> dict[str, str]:
+        """Agents on instances launched for a gang that still waits for the rest: that gang's only."""
+        by_instance = g.provisioner.held
+        if not by_instance:
+            return {}
+        return {r.info.agent_id: by_instance[r.info.instance_id] for r in g.agents.records
+                if r.info.instance_id in by_instance}
 
     async def _dispatch_gang(self, g: Graph, job_id: str, agent_ids: list[str]) -> None:
         infos = []

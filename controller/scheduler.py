@@ -82,13 +82,16 @@ def _gang(want: Wanted, runtime: str, slots: list[Slot]) -> tuple[list[Slot], st
 
 def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig | None = None,
          running: Iterable[Job] = (), now: float = 0.0, reserved_since: dict[str, float] | None = None,
-         reserve_for: float = 60.0) -> Plan:
+         reserve_for: float = 60.0, held_for: dict[str, str] | None = None) -> Plan:
     """`running`: the jobs holding resources now (they count against quotas). A multi-node job (a gang) starts
     only when every one of its nodes can (all or nothing). One that cannot, first in its priority class, holds
     the agents that fit it so that smaller jobs behind it do not take them, for at most `reserve_for` seconds
     since it began to (`reserved_since`, kept by the caller between passes); then it lets them go and waits as
-    any job does, with the reason."""
+    any job does, with the reason. `held_for`: agents whose instances were launched for a gang that still waits
+    (agent id -> that job): only that job goes there."""
     reserved_since = reserved_since or {}
+    held_for = held_for or {}
+    everyone = slots
     reserving: dict[str, float] = {}
     gangs: list[tuple[str, list[str]]] = []
     held_classes: set[int] = set()
@@ -106,6 +109,7 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
             continue
         want = job.spec.resources
         runtime = "docker" if job.spec.image else "process"
+        slots = [s for s in everyone if held_for.get(s.agent_id, job.id) == job.id]
         if want.nodes > 1:
             chosen, why = _gang(want, runtime, slots)
             if why is None:

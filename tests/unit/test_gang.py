@@ -145,3 +145,12 @@ def test_a_waiting_gang_holds_the_agents_it_could_use_for_a_while_then_lets_them
     later = scheduler.plan([big, small], slots(2), now=80.0, reserved_since=held.reserving, reserve_for=60.0)
     assert later.placements in ([("j2", "a0")], [("j2", "a1")])
     assert later.reserving == {}
+
+
+def test_agents_launched_for_a_waiting_gang_take_no_other_job() -> None:
+    small = Job(id="j2", spec=load_spec({"run": "x", "resources": {"cpus": 1}}), user="bob", state=S.QUEUED,
+                submitted_at=2.0, updated_at=2.0)
+    plan = scheduler.plan([small], slots(2), held_for={"a0": "j1", "a1": "j1"})
+    assert plan.placements == [] and "waiting" in plan.waiting["j2"]
+    plan = scheduler.plan([job(2)], slots(2), held_for={"a0": "j1", "a1": "j1"})
+    assert plan.gangs == [("j1", ["a0", "a1"])]
