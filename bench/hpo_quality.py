@@ -108,13 +108,23 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "incl-liar": lambda s: InclTPESampler(seed=s, pending="liar"),
     "incl-random-start": lambda s: InclTPESampler(seed=s, startup="random"),
     "incl-liar-random-start": lambda s: InclTPESampler(seed=s, pending="liar", startup="random"),
+    "incl-repel-maximin": lambda s: InclTPESampler(seed=s, pending="repel", startup="maximin"),
+    "incl-repel-random": lambda s: InclTPESampler(seed=s, pending="repel", startup="random"),
+    "incl-liar-maximin": lambda s: InclTPESampler(seed=s, pending="liar", startup="maximin"),
+    "incl-fantasy": lambda s: InclTPESampler(seed=s, pending="fantasy"),
+    "incl-late96": lambda s: InclTPESampler(seed=s, late_candidates=96),
     "incl-r0.1": lambda s: InclTPESampler(seed=s, repel_radius=0.1),
     "incl-r1": lambda s: InclTPESampler(seed=s, repel_radius=1.0),
     "tpe": lambda s: optuna.samplers.TPESampler(seed=s),
+    "tpe-alt": lambda s: optuna.samplers.TPESampler(seed=s + 100),  # the noise floor: Optuna TPE, other seeds
     "random": lambda s: optuna.samplers.RandomSampler(seed=s),
     "cmaes": lambda s: optuna.samplers.CmaEsSampler(seed=s),
     "gp": _gp,
 }
+
+
+# Optuna's seeded samplers give the same runs whatever INCL's code does: these are safe to reuse from --cache.
+CACHED = frozenset({"tpe", "tpe-alt", "random", "cmaes"})
 
 
 def optimize(problem: Problem, sampler: optuna.samplers.BaseSampler, budget: int, seed: int) -> list[float]:
@@ -190,6 +200,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 seeds, 60 trials, 6 problems")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--tag", default="", help="suffix of the JSON and PNG names")
+    parser.add_argument("--cache", type=Path, help="JSON of raw traces: Optuna's samplers' runs are reused from it")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.budget = 2, 60
@@ -204,10 +215,20 @@ def main() -> None:
             print("note: GPSampler skipped: torch is not installed")
             names.remove("gp")
 
-    results: dict[str, Any] = {"settings": vars(args) | {"in_flight": IN_FLIGHT, "samplers": names}, "problems": {}}
+    settings = vars(args) | {"in_flight": IN_FLIGHT, "samplers": names, "cache": str(args.cache or "")}
+    results: dict[str, Any] = {"settings": settings, "problems": {}}
     started = time.time()
+    cache: dict[str, list[float]] = json.loads(args.cache.read_text()) if args.cache and args.cache.exists() else {}
     for problem in problems(args.problems):
-        traces = {n: [optimize(problem, SAMPLERS[n](s), args.budget, s) for s in range(args.seeds)] for n in names}
+        traces: dict[str, list[list[float]]] = {n: [] for n in names}
+        for n in names:
+            for s in range(args.seeds):
+                key = f"{problem.name}|{n}|{s}|{args.budget}"
+                if n not in CACHED or key not in cache:
+                    cache[key] = optimize(problem, SAMPLERS[n](s), args.budget, s)
+                traces[n].append(cache[key])
+        if args.cache:
+            args.cache.write_text(json.dumps({k: v for k, v in cache.items() if k.split("|")[1] in CACHED}))
         results["problems"][problem.name] = {"suite": problem.suite, "optimum": problem.optimum, "traces": traces}
         print(f"{problem.name}: done at {time.time() - started:.0f}s", flush=True)
     if results["problems"]:
@@ -237,6 +258,7 @@ def summarize(results: dict[str, Any], names: list[str]) -> None:
         finals = {n: [r[-1] for r in regrets[n]] for n in names}
         entry["regret_curves_median"] = {n: np.median(np.array(regrets[n]), axis=0).tolist() for n in names}
         entry["median_final_regret"] = {n: float(np.median(finals[n])) for n in names}
+        entry["final_regret"] = finals
         for n, r in ranks(finals).items():
             all_ranks[n] += r
         row = f"{name:34s}" + "".join(f"{entry['median_final_regret'][n]:13.4g}" for n in names)
@@ -247,6 +269,25 @@ def summarize(results: dict[str, Any], names: list[str]) -> None:
         del entry["traces"]
     results["mean_rank"] = {n: float(np.mean(all_ranks[n])) for n in names}
     print("mean rank: " + ", ".join(f"{n} {v:.2f}" for n, v in results["mean_rank"].items()))
+    if "tpe" in names:
+        others = [n for n in names if n.startswith("incl") or n == "tpe-alt"]
+        results["against_tpe"] = {n: against_tpe(results["problems"], n) for n in others}
+        for n, verdict in results["against_tpe"].items():
+            print(f"{n} / tpe: better on {verdict['better']}, >10 % worse on {verdict['worse_10pct']}, "
+                  f"worst {verdict['worst']}")
+
+
+def against_tpe(entries: dict[str, Any], name: str) -> dict[str, Any]:
+    """The issue's second test for one sampler: on how many problems its median final regret is >10 % worse."""
+    ratios = {p: ratio(e["median_final_regret"][name], e["median_final_regret"]["tpe"]) for p, e in entries.items()}
+    worst = sorted(ratios.items(), key=lambda kv: -kv[1])[:5]
+    return {
+        "better": sum(r < 1 for r in ratios.values()),
+        "worse_10pct": sum(r > 1.1 for r in ratios.values()),
+        "worst": [(p, round(r, 2)) for p, r in worst],
+        "best": [(p, round(r, 3)) for p, r in sorted(ratios.items(), key=lambda kv: kv[1])[:5]],
+        "ratios": ratios,
+    }
 
 
 def ratio(mine: float, theirs: float) -> float:

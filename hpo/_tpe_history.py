@@ -25,11 +25,12 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 @dataclass(frozen=True)
 class Row:
-    """One trial, coded: parameter codes, the set of its parameter names, and its loss (+inf if pruned)."""
+    """One trial, coded: parameter codes, the set of its parameter names, its loss (+inf if pruned), its number."""
 
     codes: dict[str, float]
     names: frozenset[str]
     loss: float
+    number: int
 
 
 def row_of(trial: FrozenTrial, direction: StudyDirection) -> Row:
@@ -38,7 +39,7 @@ def row_of(trial: FrozenTrial, direction: StudyDirection) -> Row:
     if trial.state == TrialState.COMPLETE and trial.value is not None:
         loss = -trial.value if direction == StudyDirection.MAXIMIZE else trial.value
         loss = loss if math.isfinite(loss) else math.inf
-    return Row(codes, frozenset(codes), loss)
+    return Row(codes, frozenset(codes), loss, trial.number)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class History:
                 np.concatenate([known.num, new.num]),
                 np.concatenate([known.cat, new.cat]),
                 np.concatenate([known.loss, new.loss]),
+                np.concatenate([known.number, new.number]),
             )
         self._arrays[space] = (len(rows), new)
         return new
@@ -91,4 +93,5 @@ def observations(rows: Sequence[Row], space: Space) -> Observations:
     n, dn, dc = len(held), len(space.numeric), len(space.categorical)
     num = np.array([[r.codes[name] for name, _ in space.numeric] for r in held], dtype=float).reshape(n, dn)
     cat = np.array([[r.codes[name] for name, _ in space.categorical] for r in held], dtype=np.int64).reshape(n, dc)
-    return Observations(num, cat, np.array([r.loss for r in held], dtype=float))
+    loss = np.array([r.loss for r in held], dtype=float)
+    return Observations(num, cat, loss, np.array([r.number for r in held], dtype=np.int64))

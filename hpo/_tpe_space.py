@@ -38,6 +38,15 @@ def _to_unit(dist: Numeric, value: float) -> float:
     return min(1.0, max(0.0, (x - low) / (high - low)))
 
 
+def _codes(dist: Numeric, values: np.ndarray) -> np.ndarray:
+    """`_to_unit` over an array of values."""
+    low, high = _bounds(dist)
+    if high <= low:
+        return np.full(values.shape, 0.5)
+    x = np.log(values) if dist.log else values
+    return np.asarray(np.clip((x - low) / (high - low), 0.0, 1.0))
+
+
 def _from_unit(dist: Numeric, u: float) -> float:
     low, high = _bounds(dist)
     x = low + u * (high - low)
@@ -76,6 +85,29 @@ class Space:
         num = np.array([codes[n] for n, _ in self.numeric], dtype=float)
         cat = np.array([codes[n] for n, _ in self.categorical], dtype=np.int64)
         return num, cat
+
+    def snap(self, num: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Points' numeric codes (m, dn) moved onto their grid values, and each grid cell's edges (left, right).
+
+        A continuous dimension keeps its codes, and its cell edges equal the code (an empty cell).
+        """
+        centre, left, right = num.copy(), num.copy(), num.copy()
+        for j, (_, dist) in enumerate(self.numeric):
+            step = dist.step
+            if step is None:
+                continue
+            lo, hi = _bounds(dist)
+            x = lo + num[:, j] * (hi - lo)
+            x = np.exp(x) if dist.log else x
+            n_values = round((float(dist.high) - float(dist.low)) / step) + 1
+            index = np.clip(np.round((x - float(dist.low)) / step), 0, n_values - 1)
+            value = float(dist.low) + index * step
+            centre[:, j], left[:, j], right[:, j] = (
+                _codes(dist, value),
+                _codes(dist, value - step / 2),
+                _codes(dist, value + step / 2),
+            )
+        return centre, left, right
 
     def decode(self, num: np.ndarray, cat: np.ndarray) -> dict[str, Any]:
         """Optuna parameter values of one point."""

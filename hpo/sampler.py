@@ -5,15 +5,15 @@
 
     study = optuna.create_study(sampler=InclTPESampler(seed=0))
 
-What differs from Optuna's default `TPESampler` (see docs/hpo-sampler.md for the measurements):
+The model is Optuna's multivariate TPE (the same split, age weights, prior kernel, bandwidths, and ints scored
+by the mass on their grid cell; `test_density_matches_optunas_parzen_estimator` pins it), in numpy, with:
 
-- Trials in flight repel candidates near them (`pending="repel"`) instead of being added to the bad density as
-  if they had failed (the constant liar, `pending="liar"`); see `_tpe_propose`.
-- The first `n_startup_trials` are spread out (`startup="maximin"`): each is the farthest, of 64 random points,
-  from every trial already asked, running ones included.
-- Conditional (define-by-run) parameters are split into groups that occur in the same trials, and each group is
+- Coded observations cached between asks (`_tpe_history`), so an ask at 1,000 trials costs a few ms.
+- Conditional (define-by-run) parameters split into groups that occur in the same trials, and each group
   modelled jointly from the trials that hold it (`_tpe_space.groups`).
-- Coded observations are cached between asks (`_tpe_history`), so an ask at 1,000 trials costs a few ms.
+- Switches measured against Optuna's choices (docs/hpo-sampler.md): trials in flight as a constant liar (default,
+  Optuna's), repelling candidates (`pending="repel"`) or as fantasies (`"fantasy"`); uniform startup points
+  (default) or space-filling ones (`startup="maximin"`); more candidates late (`late_candidates`).
 
 Single-objective only; for a multi-objective study every parameter is sampled at random. Failed trials are
 ignored, pruned ones count as bad observations, enqueued parameters are used as given (Optuna's `enqueue_trial`).
@@ -38,6 +38,8 @@ Startup = Literal["random", "maximin"]
 
 __all__ = ["InclTPESampler"]
 
+_LATE = 50  # finished trials after which `late_candidates` replaces `n_candidates`
+
 
 class InclTPESampler(BaseSampler):
     """INCL's TPE sampler.
@@ -46,9 +48,10 @@ class InclTPESampler(BaseSampler):
         seed: seeds every random choice; the same seed and the same trial order give the same suggestions.
         n_startup_trials: finished trials before the model is used; until then points are space-filling.
         n_candidates: candidates drawn from the good density per ask; the best by l/g is suggested.
-        pending: how trials in flight are treated: "repel" (default) or Optuna's "liar".
-        startup: "maximin" (default) or "random" points before the model is used.
+        pending: how trials in flight are treated: Optuna's "liar" (default), "repel" or "fantasy".
+        startup: "random" (default) or "maximin" points before the model is used.
         repel_radius: with `pending="repel"`, the repulsion's reach in units of the good density's bandwidth.
+        late_candidates: if set, the candidate count once 50 trials have finished (more exploitation late).
     """
 
     def __init__(
@@ -57,9 +60,10 @@ class InclTPESampler(BaseSampler):
         seed: int | None = None,
         n_startup_trials: int = 10,
         n_candidates: int = 24,
-        pending: Pending = "repel",
-        startup: Startup = "maximin",
+        pending: Pending = "liar",
+        startup: Startup = "random",
         repel_radius: float = 0.3,
+        late_candidates: int | None = None,
     ) -> None:
         if n_startup_trials < 0 or n_candidates < 1:
             raise ValueError("n_startup_trials must be >= 0 and n_candidates >= 1")
@@ -70,6 +74,7 @@ class InclTPESampler(BaseSampler):
         self._pending: Pending = pending
         self._startup: Startup = startup
         self._radius = repel_radius
+        self._late = late_candidates
         self._histories: dict[str, History] = {}
 
     def reseed_rng(self) -> None:
@@ -120,9 +125,9 @@ class InclTPESampler(BaseSampler):
         num, cat = propose(
             obs,
             observations(pending, space),
-            space.n_choices,
+            space,
             self._rng,
-            n_candidates=self._n_candidates,
+            n_candidates=self._late if self._late and history.n_complete() >= _LATE else self._n_candidates,
             mode=self._pending,
             radius=self._radius,
         )

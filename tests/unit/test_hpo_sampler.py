@@ -168,3 +168,40 @@ def test_multi_objective_falls_back_to_random() -> None:
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=InclTPESampler(seed=0))
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1 - t.suggest_float("y", 0, 1)), n_trials=15)
     assert len(study.trials) == 15
+
+
+def test_density_matches_optunas_parzen_estimator() -> None:
+    """The fitted density equals Optuna's (ints scored by cell mass, its prior, its age weights) up to a constant."""
+    from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator, _ParzenEstimatorParameters
+    from optuna.samplers._tpe.sampler import default_weights
+
+    from incl.hpo._tpe_kde import Parzen
+    from incl.hpo._tpe_propose import weights
+    from incl.hpo._tpe_space import Space, code_of
+
+    dists: dict[str, optuna.distributions.BaseDistribution] = {
+        "x": optuna.distributions.FloatDistribution(-5, 5),
+        "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+        "n": optuna.distributions.IntDistribution(0, 5),
+        "w": optuna.distributions.IntDistribution(1, 64, log=True),
+        "c": optuna.distributions.CategoricalDistribution(["a", "b", "c"]),
+    }
+    rng = np.random.default_rng(0)
+    n = 40
+    obs = {
+        "x": rng.uniform(-5, 5, n),
+        "lr": np.exp(rng.uniform(math.log(1e-5), math.log(1e-1), n)),
+        "n": rng.integers(0, 6, n).astype(float),
+        "w": rng.integers(1, 65, n).astype(float),
+        "c": rng.integers(0, 3, n).astype(float),
+    }
+    theirs = _ParzenEstimator(obs, dists, _ParzenEstimatorParameters(1.0, True, False, default_weights, True))
+    space = Space.of(dists)
+    num = np.array([[code_of(dists[name], obs[name][i]) for name, _ in space.numeric] for i in range(n)])
+    mine = Parzen.fit(num, obs["c"].astype(np.int64)[:, None], space.n_choices, weights(np.arange(n)))
+    drawn, cat = mine.sample(np.random.default_rng(1), 200)
+    centre, left, right = space.snap(drawn)
+    points = [space.decode(centre[i], cat[i]) for i in range(200)]
+    internal = {name: np.array([dists[name].to_internal_repr(p[name]) for p in points]) for name in dists}
+    gap = mine.log_pdf(centre, cat, (left, right)) - theirs.log_pdf(internal)
+    assert np.ptp(gap) < 1e-4  # the constant: densities in unit codes rather than in the parameters' units
