@@ -42,6 +42,7 @@ from incl.proto.messages import (
     AssignmentRequest,
     CancelJob,
     Envelope,
+    GangStart,
     HeartbeatReply,
     HeartbeatRequest,
     JobExited,
@@ -308,6 +309,11 @@ class Agent:
                 if runner is not None:
                     log.info("attempt_cancel", job_id=cmd.job_id, attempt=cmd.attempt)
                     runner.stop("cancelled", grace=cmd.grace, cancelled=True)
+            case GangStart():
+                runner = self.runners.get(key)
+                if runner is not None:
+                    log.info("gang_start", job_id=cmd.job_id, attempt=cmd.attempt)
+                    runner.release(cmd.env)
             case Assign():
                 if key in self._seen:
                     log.info("assignment_duplicate", job_id=cmd.job_id, attempt=cmd.attempt)
@@ -453,7 +459,8 @@ class Agent:
             event = structs.replace(event, tail=limits.bound_tail(event.tail), reason=limits.bound_reason(event.reason),
                                     fenced=event.fenced or fenced)
         # AgentInterrupted goes out on its own path (spot notices), never through publish().
-        msg_id = f"{event.job_id}.{event.attempt}.{type(event).__name__}"  # type: ignore[union-attr]
+        # Per agent: the ranks of a multi-node attempt report the same job and attempt from several agents.
+        msg_id = f"{event.job_id}.{event.attempt}.{event.agent_id}.{type(event).__name__}"  # type: ignore[union-attr]
         data = encode(event)
         if len(data) > self._bus.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
             log.error("event_too_large", size=len(data), limit=self._bus.max_payload)

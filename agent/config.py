@@ -44,6 +44,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     # Running jobs.
     cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL (a CancelJob can say otherwise)
+    gang_start_timeout: float = 3600.0  # a multi-node rank, prepared, waits this long for the others to be ready
     output_drain_timeout: float = 3.0  # a job is over when its command exits: its output is read this much longer
     shell: str = "/bin/bash"
 

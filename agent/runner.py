@@ -12,6 +12,7 @@ import collections
 import contextlib
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,7 @@ from incl.proto.messages import (
     AgentEvent,
     Assign,
     JobExited,
+    JobReady,
     JobRef,
     JobRunning,
     JobStarting,
@@ -126,11 +128,17 @@ class Runner:
         common: dict[str, Any] = dict(max_items=cfg.batch_max_lines, max_bytes=cfg.batch_max_bytes,
                       buffer_max_bytes=cfg.buffer_max_bytes, flush_interval=cfg.flush_interval,
                       timeout=cfg.request_timeout, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max)
-        self._logs = Shipper(bus, subjects.logs(a.job_id), f"{a.job_id}.{a.attempt}.log", self._log_batch,
+        self.rank = a.gang.rank if a.gang is not None else 0
+        tag = f"{a.job_id}.{a.attempt}" + (f".r{self.rank}" if self.rank else "")  # each rank's own dedup ids
+        self._logs = Shipper(bus, subjects.logs(a.job_id), f"{tag}.log", self._log_batch,
                              first_seq=resume.log_seq, **common)
-        self._metrics = Shipper(bus, subjects.metrics(a.job_id), f"{a.job_id}.{a.attempt}.metric",
-                                lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, points=pts),
+        self._metrics = Shipper(bus, subjects.metrics(a.job_id), f"{tag}.metric",
+                                lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, points=pts,
+                                                             rank=self.rank),
                                 first_seq=resume.metric_seq, **common)
+        self._released = asyncio.Event()  # a multi-node rank: every rank is ready (GangStart)
+        self._stopped = asyncio.Event()
+        self._gang_env: dict[str, str] = {}
 
     @property
     def container_id(self) -> str | None:
@@ -151,6 +159,7 @@ class Runner:
         if self._stop_reason is not None:
             return
         self._stop_reason, self._cancelled, self._preempted = reason, cancelled, preempted
+        self._stopped.set()
         if grace is not None:
             self._grace = grace
         if self._exec is not None:
@@ -162,7 +171,7 @@ class Runner:
         for line in lines:
             if line.stream in self._totals:
                 self._totals[line.stream] += 1
-        return LogBatch(job_id=self.ref.job_id, attempt=self.ref.attempt, seq=seq, lines=lines,
+        return LogBatch(job_id=self.ref.job_id, attempt=self.ref.attempt, seq=seq, lines=lines, rank=self.rank,
                         stdout_total=self._totals[Stream.STDOUT], stderr_total=self._totals[Stream.STDERR])
 
     async def _on_output(self, stream: Stream, chunk: bytes) -> None:
@@ -212,12 +221,36 @@ class Runner:
                 link_data(self.ws.code, mount.target, source)
         return mounts
 
+    def release(self, env: dict[str, str]) -> None:
+        """Every rank is ready: start, with `env` (MASTER_ADDR, MASTER_PORT, NODE_RANK...)."""
+        self._gang_env = dict(env)
+        self._released.set()
+
+    async def _barrier(self) -> None:
+        """A rank of a multi-node attempt, prepared: say so (rank 0 with the port it keeps free for the
+        rendezvous) and wait for every other rank, or a stop, or `gang_start_timeout`."""
+        gang = self.assign.gang
+        assert gang is not None
+        port = free_port() if gang.rank == 0 else None
+        await self._publish(self._event(JobReady, rank=gang.rank, port=port))
+        await self._system(f"incl: rank {gang.rank} of {gang.nodes} ready; waiting for the others")
+        waits = [asyncio.ensure_future(self._released.wait()), asyncio.ensure_future(self._stopped.wait())]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=self.cfg.gang_start_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not done:
+            raise PrepareFailed(f"the other nodes were not all ready within {self.cfg.gang_start_timeout:g}s")
+
     # --- running ------------------------------------------------------------------------------------------
 
     def _socket_dir(self) -> Path:
         # Short (a unix socket path has ~100 bytes) and a folder of its own, so that a container that mounts it
         # sees the socket a restarted agent re-creates.
-        return Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" / f"{self.ref.job_id}-{self.ref.attempt}"
+        rank = f"-r{self.rank}" if self.rank else ""  # the ranks of one job may share a host (local agents)
+        return Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" / f"{self.ref.job_id}-{self.ref.attempt}{rank}"
 
     def _env(self, paths: dict[str, str], inherit: bool) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCL_")} if inherit else {}
@@ -225,6 +258,7 @@ class Runner:
         env.update(spec.env)
         env.update(spec.secrets)
         env.update(self.assign.env)
+        env.update(self._gang_env)
         env.update({
             "INCL_OUTPUT_DIR": paths["outputs"],
             "INCL_CHECKPOINT_DIR": paths["checkpoints"],
@@ -284,7 +318,7 @@ class Runner:
     async def _checkpointing(self, files: JobFiles | None) -> AsyncIterator[None]:
         """Sync the checkpoint dir every `checkpoint.sync_every` while the job runs."""
         every = self.assign.spec.checkpoint.sync_every
-        if files is None or every <= 0:
+        if files is None or every <= 0 or self.rank != 0:
             yield
             return
 
@@ -355,6 +389,8 @@ class Runner:
                 if self._has_preparation():
                     await self._publish(self._event(JobStarting))
                 data_mounts = await self._prepare(files)
+                if self.assign.gang is not None:
+                    await self._barrier()
             if self._stop_reason is not None and adopt is None:
                 return Outcome(None)
             self._exec = self._execution(data_mounts)
@@ -371,9 +407,18 @@ class Runner:
             log.exception("attempt_failed")
             return Outcome(None, f"agent error: {type(exc).__name__}: {exc}")
 
+    def _keeps_outputs(self) -> bool:
+        """A multi-node job keeps one rank's outputs (`outputs.ranks`, default 0), or every rank's."""
+        ranks = self.assign.spec.outputs.ranks
+        return ranks in ("all", self.rank)
+
     async def _save(self, files: JobFiles) -> TreeRef | None:
-        """However the attempt ended: its last checkpoint and its outputs go to the store."""
-        await self._sync_checkpoints(files, final=True)
+        """However the attempt ended: its last checkpoint and its outputs go to the store (a multi-node job's
+        checkpoint from rank 0, restored on every rank)."""
+        if self.rank == 0:
+            await self._sync_checkpoints(files, final=True)
+        if not self._keeps_outputs():
+            return None
         try:
             outputs = await files.upload_outputs(self.assign.spec.outputs.exclude)
         except Exception as exc:  # noqa: BLE001 - the job's result stands; the failure is shown in its logs
@@ -405,8 +450,15 @@ class Runner:
             tail=[b.decode("utf-8", "replace") for b in self._tail], outputs=outputs))
         log.info("attempt_ended", exit_code=code, reason=reason)
 
-    def _event(self, cls: type[JobStarting | JobRunning | JobExited], **fields: Any) -> AgentEvent:
+    def _event(self, cls: type[JobStarting | JobRunning | JobReady | JobExited], **fields: Any) -> AgentEvent:
         return cls(job_id=self.ref.job_id, attempt=self.ref.attempt, agent_id=self.cfg.agent_id, **fields)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the rendezvous port rank 0 offers)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
 
 
 class PrepareFailed(Exception):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import click
+import msgspec
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -25,7 +26,8 @@ from rich.text import Text
 
 from incl.artifacts import tree
 from incl.artifacts.config import TreeLimits
-from incl.artifacts.store import open_store
+from incl.artifacts.manifest import Entry
+from incl.artifacts.store import ArtifactStore, open_store
 from incl.bus.client import Client, incl_home, resolve_url
 from incl.cli.output import Column, console, err_console, handles_errors, plural, print_json, print_table, size
 from incl.proto.errors import InclError, NotFound
@@ -121,10 +123,24 @@ async def upload_workdir(client: Client, workdir: str, max_bytes: int | None = N
     return TreeRef(digest=pushed.digest, files=pushed.files, bytes=pushed.bytes)
 
 
+Trees = list[tuple[str, TreeRef]]  # (the folder it goes in, "" or "rank-K/"; the tree)
+
+
+def rank_trees(job: Job, att: Attempt) -> Trees:
+    """The trees an attempt left, each with the folder it goes in: its own outputs at the top level (a multi-node
+    attempt's: rank 0's, or the rank `outputs.ranks` names) and, with `outputs: {ranks: all}`, every other
+    rank's under `rank-K/`."""
+    kept = job.spec.outputs.ranks
+    own = kept if isinstance(kept, int) and kept < len(att.nodes) else 0
+    top = att.outputs or next((n.outputs for n in att.nodes if n.rank == own), None)
+    trees = [("", top)] if top is not None else []
+    return trees + [(f"rank-{n.rank}/", n.outputs) for n in att.nodes if n.outputs is not None and n.rank != own]
+
+
 def _attempt_with_outputs(job: Job, number: int | None) -> Attempt | None:
     """The attempt whose outputs to show; None when the job ended and left none (a normal answer)."""
     chosen = [a for a in job.attempts if (number is None or a.number == number)]
-    with_outputs = [a for a in chosen if a.outputs is not None]
+    with_outputs = [a for a in chosen if rank_trees(job, a)]
     if with_outputs:
         return with_outputs[-1]
     if number is not None and not chosen:
@@ -134,9 +150,31 @@ def _attempt_with_outputs(job: Job, number: int | None) -> Attempt | None:
     raise NotFound(f"job {job.id} has no outputs yet (they are uploaded when an attempt ends; it is {job.state})")
 
 
-async def _job_outputs(client: Client, job_id: str, attempt: int | None) -> tuple[Attempt | None, str]:
+async def _job_outputs(client: Client, job_id: str, attempt: int | None) -> tuple[Attempt | None, Trees, str]:
     job = await client.job(job_id)
-    return _attempt_with_outputs(job, attempt), await client.store_url()
+    att = _attempt_with_outputs(job, attempt)
+    return att, [] if att is None else rank_trees(job, att), await client.store_url()
+
+
+async def output_files(store: ArtifactStore, trees: Trees) -> list[Entry]:
+    """The files of `trees`, each path under its tree's folder."""
+    files: list[Entry] = []
+    for folder, ref in trees:
+        _, manifest = await tree.read_manifest(store, ref.digest)
+        files += [msgspec.structs.replace(e, path=folder + e.path) for e in manifest.entries if e.kind == "file"]
+    return files
+
+
+async def pull_outputs(store: ArtifactStore, trees: Trees, target: Path, blobs: Path,
+                       what: str) -> None:
+    """Each tree into its folder under `target` (a rank's under `rank-K/`), through one blob cache."""
+    cache = tree.BlobCache(blobs)
+    for folder, ref in trees:
+        progress = Transfer(f"downloading {what}" + (f" {folder.rstrip('/')}" if folder else ""))
+        try:
+            await tree.pull_tree(store, ref.digest, target / folder, blob_cache=cache, progress=progress)
+        finally:
+            progress.close()
 
 
 def _left_nothing(job_id: str) -> str:
@@ -150,25 +188,26 @@ def _left_nothing(job_id: str) -> str:
 @click.pass_context
 @handles_errors
 def outputs(ctx: click.Context, job_id: str, attempt: int | None, as_json: bool) -> None:
-    """List the files a job left in $INCL_OUTPUT_DIR."""
+    """List the files a job left in $INCL_OUTPUT_DIR (a multi-node job that keeps every rank's: the other ranks'
+    under rank-K/)."""
     async def go() -> None:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
-            att, url = await _job_outputs(client, job_id, attempt)
-        if att is None or att.outputs is None:
+            att, trees, url = await _job_outputs(client, job_id, attempt)
+        if att is None or not trees:
             if as_json:
                 print_json([])
             else:
                 console.print(_left_nothing(job_id), markup=False)
             return
         async with open_store(url) as store:
-            _, manifest = await tree.read_manifest(store, att.outputs.digest)
-        files = [e for e in manifest.entries if e.kind == "file"]
+            files = await output_files(store, trees)
         if as_json:
             print_json([{"path": e.path, "size": e.size, "sha256": e.digest} for e in files])
             return
+        total = sum(ref.bytes for _, ref in trees)
         print_table([Column("path", shrink=20), Column("size", justify="right")],
                     [[e.path, size(e.size)] for e in files],
-                    title=f"{job_id} attempt {att.number}: {plural(len(files), 'file')}, {size(att.outputs.bytes)}")
+                    title=f"{job_id} attempt {att.number}: {plural(len(files), 'file')}, {size(total)}")
 
     asyncio.run(go())
 
@@ -180,25 +219,20 @@ def outputs(ctx: click.Context, job_id: str, attempt: int | None, as_json: bool)
 @click.pass_context
 @handles_errors
 def download(ctx: click.Context, job_id: str, dest: str | None, attempt: int | None) -> None:
-    """Download a job's outputs."""
+    """Download a job's outputs (a multi-node job that keeps every rank's: the other ranks' into rank-K/)."""
     async def go() -> Path:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
-            att, url = await _job_outputs(client, job_id, attempt)
-        if att is None or att.outputs is None:
+            att, trees, url = await _job_outputs(client, job_id, attempt)
+        if att is None or not trees:
             raise NotFound(_left_nothing(job_id) + ": nothing to download")
         target = Path(dest or job_id)
         if target.exists() and any(target.iterdir()):  # noqa: ASYNC240 - a local check before any download
             raise InclError(f"{target} is not empty; choose another folder with --to")
-        progress = Transfer(f"downloading {job_id}")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # A blob cache only for this download (next to the target, same disk): outputs are not kept twice.
-            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".incl-download-") as blobs:
-                async with open_store(url) as store:
-                    await tree.pull_tree(store, att.outputs.digest, target, blob_cache=tree.BlobCache(Path(blobs)),
-                                         progress=progress)
-        finally:
-            progress.close()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A blob cache only for this download (next to the target, same disk): outputs are not kept twice.
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".incl-download-") as blobs:
+            async with open_store(url) as store:
+                await pull_outputs(store, trees, target, Path(blobs), job_id)
         return target
 
     target = asyncio.run(go())

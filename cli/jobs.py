@@ -7,12 +7,13 @@ import time
 
 import click
 import msgspec
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, ago, console, duration, handles_errors, print_json, print_table, state
-from incl.proto.messages import Attempt, GetJobReply, Job, JobState, ListJobsReply, QuotaLine
+from incl.proto.messages import ON_AGENT, Attempt, GetJobReply, Job, JobState, ListJobsReply, Node, QuotaLine
 
 
 def gpu_cell(job: Job, util: float | None) -> str:
@@ -106,15 +107,23 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
             return await client.job_reply(job_id)
 
     reply = asyncio.run(go())
-    job = reply.job
     if as_json:
-        print_json({**msgspec.to_builtins(job), "gpu_util": reply.gpu_util, "gpu_idle_since": reply.gpu_idle_since})
+        print_json({**msgspec.to_builtins(reply.job), "gpu_util": reply.gpu_util,
+                    "gpu_idle_since": reply.gpu_idle_since})
         return
-    spec = job.spec
-    console.print(Text.assemble((job.id, "bold"), " ", spec.name or "", "  ", state(job.state)))
+    print_job(reply)
+
+
+def print_job(reply: GetJobReply, out: Console | None = None) -> None:
+    """`incl show`'s text: the job's fields, its attempts (a multi-node attempt with a row per rank under it), and
+    the last lines of a failure."""
+    out = out or console
+    job, spec = reply.job, reply.job.spec
+    out.print(Text.assemble((job.id, "bold"), " ", spec.name or "", "  ", state(job.state)))
     rows = [("user", job.user), ("run", spec.run), ("setup", spec.setup), ("workdir", spec.workdir),
             ("resources", f"{spec.resources.cpus:g} CPU, {spec.resources.gpus} GPU"
-                          + (f", {spec.resources.memory / 1e9:.1f} GB" if spec.resources.memory else "")),
+                          + (f", {spec.resources.memory / 1e9:.1f} GB" if spec.resources.memory else "")
+                          + (f", {spec.resources.nodes} nodes" if spec.resources.nodes > 1 else "")),
             ("priority", str(spec.priority)), ("submitted", ago(job.submitted_at)),
             ("exit code", None if job.exit_code is None else str(job.exit_code)), ("reason", job.reason),
             ("cancel requested", "yes" if job.cancel_requested else None),
@@ -126,31 +135,56 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     for key, value in rows:
         if value:
             fields.add_row(key, Text(value))
-    console.print(fields)
+    out.print(fields)
     if job.attempts:
-        print_table(_attempt_columns(job), [_attempt_row(job, a) for a in job.attempts], title="attempts")
+        attempts = [row for a in job.attempts
+                    for row in [_attempt_row(job, a), *(_node_row(job, n) for n in a.nodes)]]
+        print_table(_attempt_columns(job), attempts, title="attempts", out=out)
     last = job.current
     if last and last.tail and job.state is JobState.FAILED:
-        console.print("last log lines:", style="bold", markup=False)
+        out.print("last log lines:", style="bold", markup=False)
         for line in last.tail:
-            console.print("  " + line, highlight=False, markup=False)
+            out.print("  " + line, highlight=False, markup=False)
 
 
 def _cloud(job: Job) -> bool:
     """Instance and market columns only where there are any."""
-    return any(a.instance_id for a in job.attempts)
+    return any(a.instance_id or any(n.instance_id for n in a.nodes) for a in job.attempts)
 
 
 def _attempt_columns(job: Job) -> list[Column]:
     return [c for c in ATTEMPT_COLUMNS if _cloud(job) or c.header not in ("INSTANCE", "MARKET")]
 
 
+def _instance(instance_id: str | None, instance_type: str | None) -> str:
+    return f"{instance_id} ({instance_type})" if instance_id and instance_type else instance_id or "-"
+
+
 def _attempt_row(job: Job, a: Attempt) -> list[str | Text]:
     runtime = (a.ended_at or time.time()) - a.started_at if a.started_at else None
-    instance = f"{a.instance_id} ({a.instance_type})" if a.instance_id and a.instance_type else a.instance_id
-    where = [instance or "-", a.market or "-"] if _cloud(job) else []
-    return [str(a.number), a.agent_id, *where, state(a.state), ago(a.assigned_at), ago(a.started_at),
-            ago(a.ended_at), duration(runtime), "-" if a.exit_code is None else str(a.exit_code), a.reason or ""]
+    where = [_instance(a.instance_id, a.instance_type), a.market or "-"] if _cloud(job) else []
+    if a.nodes:  # its ranks' rows say where each ran
+        where = ["" for _ in where]
+    agent = f"{len(a.nodes)} nodes" if a.nodes else a.agent_id
+    return [str(a.number), agent, *where, state(a.state), ago(a.assigned_at), ago(a.started_at),
+            ago(a.ended_at), duration(runtime), "-" if a.exit_code is None else str(a.exit_code), _why(a)]
+
+
+def _why(a: Attempt) -> str:
+    """The attempt's reason; a multi-node attempt's says which rank stopped it, and why."""
+    if a.stopping is None:
+        return a.reason or ""
+    verb = "stopping" if a.state in ON_AGENT else "stopped"
+    why = f"{verb}: {a.stopping.reason}"
+    return why if not a.reason or a.reason in a.stopping.reason else f"{why}; {a.reason}"
+
+
+def _node_row(job: Job, n: Node) -> list[str | Text]:
+    """One rank of a multi-node attempt, under its attempt's row."""
+    runtime = (n.ended_at or time.time()) - n.started_at if n.started_at else None
+    where = [_instance(n.instance_id, n.instance_type), n.market or "-"] if _cloud(job) else []
+    return [f"  rank {n.rank}", n.agent_id, *where, state(n.state), "", ago(n.started_at), ago(n.ended_at),
+            duration(runtime), "-" if n.exit_code is None else str(n.exit_code), n.reason or ""]
 
 
 @click.command()

@@ -7,6 +7,7 @@ import datetime as dt
 import math
 import sys
 from collections import defaultdict
+from typing import BinaryIO, NamedTuple, TextIO
 
 import click
 from rich.text import Text
@@ -18,67 +19,107 @@ from incl.proto.messages import Job, LogBatch, MetricPoint, Stream
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def _write_batch(batch: LogBatch, out: object, timestamps: bool, streams: set[Stream] | None) -> None:
-    """The job's own lines to `out`, byte for byte; INCL's notes about the attempt (code fetched, outputs saved,
-    why it failed) to stderr, so that stdout stays exactly what the job printed."""
-    buf = bytearray()
-    for line in batch.lines:
-        if line.stream is Stream.SYSTEM:
-            if streams is None:
-                out.write(bytes(buf))  # type: ignore[attr-defined]
-                out.flush()  # type: ignore[attr-defined]
-                buf.clear()
-                print(line.data.decode("utf-8", "replace"), file=sys.stderr, flush=True)
-            continue
-        if streams is not None and line.stream not in streams:
-            continue
-        if timestamps:
-            buf += dt.datetime.fromtimestamp(line.ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ").encode()
-        buf += line.data
-        if not line.partial:  # a long line arrives in pieces; only its last piece ends it
-            buf += b"\n"
-    out.write(bytes(buf))  # type: ignore[attr-defined]
+def multi_node(job: Job) -> bool:
+    """Whether the job's lines come from several ranks (and so are shown with a `[rank K]` prefix)."""
+    return job.spec.resources.nodes > 1 or any(a.nodes for a in job.attempts)
 
 
-async def print_logs(client: Client, job_id: str, *, follow: bool, attempt: int | None = None,
-                     timestamps: bool = False, streams: set[Stream] | None = None) -> None:
-    out = sys.stdout.buffer
-    shown_attempt: int | None = None
+class LogWriter:
+    """Batches as `incl logs` shows them: the job's own lines to `out`, byte for byte; INCL's notes about the
+    attempt (code fetched, outputs saved, why it failed) to `err`, so that stdout stays exactly what the job
+    printed. With `ranks` (a multi-node job), every line starts with `[rank K] `, the ranks interleaved in the
+    order their batches arrived; `rank` keeps one rank's lines, without the prefix."""
+
+    def __init__(self, out: BinaryIO, err: TextIO, *, attempt: int | None = None, rank: int | None = None,
+                 ranks: bool = False, timestamps: bool = False, streams: set[Stream] | None = None) -> None:
+        self._out, self._err = out, err
+        self._attempt, self._rank = attempt, rank
+        self._ranks = ranks and rank is None
+        self._timestamps, self._streams = timestamps, streams
+        self._shown: int | None = None  # the attempt whose lines were written last
+        self._open: int | None = None  # the rank whose last piece did not end its line
+
+    def write(self, batch: LogBatch) -> None:
+        if self._attempt is not None and batch.attempt != self._attempt:
+            return
+        if self._rank is not None and batch.rank != self._rank:
+            return
+        if self._rank is None and batch.rank != 0:
+            self._ranks = True  # a record without nodes, but its lines say otherwise
+        if self._shown is not None and batch.attempt != self._shown:
+            self._end_line()
+            self._out.flush()
+            print(f"--- attempt {batch.attempt} ---", file=self._err, flush=True)
+        self._shown = batch.attempt
+        self._lines(batch)
+        self._out.flush()
+
+    def _end_line(self) -> None:
+        if self._ranks and self._open is not None:
+            self._out.write(b"\n")
+        self._open = None
+
+    def _lines(self, batch: LogBatch) -> None:
+        tag = f"[rank {batch.rank}] " if self._ranks else ""
+        buf = bytearray()
+        for line in batch.lines:
+            if line.stream is Stream.SYSTEM:
+                if self._streams is None:
+                    self._out.write(bytes(buf))
+                    self._out.flush()
+                    buf.clear()
+                    print(tag + line.data.decode("utf-8", "replace"), file=self._err, flush=True)
+                continue
+            if self._streams is not None and line.stream not in self._streams:
+                continue
+            if self._open != batch.rank:  # a new line, not the rest of this rank's last one
+                if self._ranks and self._open is not None:
+                    buf += b"\n"  # another rank's line was cut off mid-way: its rest comes on a line of its own
+                buf += tag.encode()
+            if self._timestamps:
+                buf += dt.datetime.fromtimestamp(line.ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ").encode()
+            buf += line.data
+            # a long line arrives in pieces; only its last piece ends it
+            self._open = batch.rank if line.partial else None
+            if not line.partial:
+                buf += b"\n"
+        self._out.write(bytes(buf))
+
+
+async def print_logs(client: Client, job_id: str, *, follow: bool, attempt: int | None = None, rank: int | None = None,
+                     ranks: bool = False, timestamps: bool = False, streams: set[Stream] | None = None) -> None:
+    writer = LogWriter(sys.stdout.buffer, sys.stderr, attempt=attempt, rank=rank, ranks=ranks, timestamps=timestamps,
+                       streams=streams)
     async for batch in client.log_batches(job_id, follow=follow):
-        if attempt is not None and batch.attempt != attempt:
-            continue
-        if shown_attempt is not None and batch.attempt != shown_attempt:
-            out.flush()
-            print(f"--- attempt {batch.attempt} ---", file=sys.stderr, flush=True)
-        shown_attempt = batch.attempt
-        _write_batch(batch, out, timestamps, streams)
-        out.flush()
+        writer.write(batch)
 
 
-async def follow_logs(client: Client, job_id: str) -> Job:
-    await print_logs(client, job_id, follow=True)
-    return await client.job(job_id)
+async def follow_logs(client: Client, job: Job) -> Job:
+    await print_logs(client, job.id, follow=True, ranks=multi_node(job))
+    return await client.job(job.id)
 
 
 @click.command()
 @click.argument("job_id")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
 @click.option("--attempt", type=int, help="Only this attempt's lines.")
+@click.option("--rank", type=click.IntRange(min=0), help="A multi-node job: only this rank's lines (no prefix).")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time (UTC).")
 @click.option("--stream", "stream", type=click.Choice(["stdout", "stderr", "all"]), default="all",
               show_default=True)
 @click.pass_context
 @handles_errors
-def logs(ctx: click.Context, job_id: str, follow: bool, attempt: int | None, timestamps: bool,
+def logs(ctx: click.Context, job_id: str, follow: bool, attempt: int | None, rank: int | None, timestamps: bool,
          stream: str) -> None:
-    """Print a job's log lines (every attempt, in order)."""
+    """Print a job's log lines (every attempt, in order; a multi-node job's ranks interleaved, each line
+    prefixed with `[rank K]`)."""
     wanted = None if stream == "all" else {Stream.STDOUT if stream == "stdout" else Stream.STDERR}
 
     async def go() -> None:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
-            await client.job(job_id)  # unknown id: a clear error, not an empty output
-            await print_logs(client, job_id, follow=follow, attempt=attempt, timestamps=timestamps,
-                             streams=wanted)
+            job = await client.job(job_id)  # unknown id: a clear error, not an empty output
+            await print_logs(client, job_id, follow=follow, attempt=attempt, rank=rank, ranks=multi_node(job),
+                             timestamps=timestamps, streams=wanted)
 
     asyncio.run(go())
 
@@ -137,30 +178,51 @@ def _metric_row(name: str, vals: list[tuple[int | None, float]]) -> list[str | T
             sparkline(nums)]
 
 
+class RankedPoint(NamedTuple):
+    attempt: int
+    rank: int
+    point: MetricPoint
+
+
+def metric_series(points: list[RankedPoint]) -> dict[str, list[tuple[int | None, float]]]:
+    """Each metric's (step, value) series, in order. With more than one rank, a series per rank, named
+    `loss [rank 1]`, rank 0's first."""
+    ranked = len({p.rank for p in points}) > 1
+    series: dict[tuple[int, str], list[tuple[int | None, float]]] = defaultdict(list)
+    for p in points:
+        for name, value in p.point.values.items():
+            series[p.rank if ranked else 0, name].append((p.point.step, value))
+    return {(f"{name} [rank {rank}]" if ranked else name): vals for (rank, name), vals in sorted(series.items())}
+
+
+def metrics_json(points: list[RankedPoint]) -> list[dict[str, object]]:
+    return [{"attempt": p.attempt, "rank": p.rank, "ts": p.point.ts, "step": p.point.step,
+             "values": {k: json_number(v) for k, v in p.point.values.items()}} for p in points]
+
+
 @click.command()
 @click.argument("job_id")
+@click.option("--rank", type=click.IntRange(min=0), help="A multi-node job: only this rank's metrics.")
 @click.option("--json", "as_json", is_flag=True, help="Every point, as JSON (NaN and infinities as strings).")
 @click.pass_context
 @handles_errors
-def metrics(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Show a job's metrics (`incl.log`): latest value and a compact history of each."""
+def metrics(ctx: click.Context, job_id: str, rank: int | None, as_json: bool) -> None:
+    """Show a job's metrics (`incl.log`): latest value and a compact history of each (a multi-node job: of each
+    rank that logs them, rank 0's first)."""
 
-    async def go() -> list[tuple[int, MetricPoint]]:
+    async def go() -> list[RankedPoint]:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
             await client.job(job_id)
-            return [(batch.attempt, p) async for batch in client.metric_batches(job_id) for p in batch.points]
+            return [RankedPoint(batch.attempt, batch.rank, p) async for batch in client.metric_batches(job_id)
+                    if rank is None or batch.rank == rank for p in batch.points]
 
     points = asyncio.run(go())
     if as_json:
-        print_json([{"attempt": attempt, "ts": p.ts, "step": p.step,
-                     "values": {k: json_number(v) for k, v in p.values.items()}} for attempt, p in points])
+        print_json(metrics_json(points))
         return
     if not points:
-        console.print(f"no metrics for {job_id} (the job logs them with incl.log)", markup=False)
+        which = "" if rank is None else f" from rank {rank}"
+        console.print(f"no metrics{which} for {job_id} (the job logs them with incl.log)", markup=False)
         return
-    series: dict[str, list[tuple[int | None, float]]] = defaultdict(list)
-    for _, p in points:
-        for name, value in p.values.items():
-            series[name].append((p.step, value))
-    print_table(METRIC_COLUMNS, [_metric_row(name, vals) for name, vals in sorted(series.items())],
-                title=f"metrics of {job_id}")
+    print_table(METRIC_COLUMNS, [_metric_row(name, vals) for name, vals in metric_series(points).items()],
+                title=f"metrics of {job_id}" + ("" if rank is None else f" (rank {rank})"))

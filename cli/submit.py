@@ -177,7 +177,7 @@ def submit(ctx: click.Context, /, file: str | None, command: tuple[str, ...], us
                 click.echo(job.id)
             if not follow:
                 return 0
-            final = await follow_logs(client, job.id)
+            final = await follow_logs(client, job)
             if final.state is not JobState.SUCCEEDED:
                 console.print(f"job {job.id} {final.state}: {final.reason or ''}", style="red", highlight=False,
                               markup=False)

@@ -9,6 +9,7 @@ import structlog
 from msgspec import structs
 from structlog.contextvars import bound_contextvars
 
+from incl.controller import gang
 from incl.controller.config import ControllerConfig
 from incl.controller.jobs import Jobs
 from incl.controller.liveness import Deadlines
@@ -24,6 +25,7 @@ from incl.proto.messages import (
     AgentView,
     HeartbeatReply,
     HeartbeatRequest,
+    Job,
     JobRef,
     JobState,
     RegisterReply,
@@ -33,6 +35,12 @@ from incl.proto.messages import (
 from incl.proto.telemetry import GpuTelemetry
 
 log = structlog.get_logger()
+
+
+def started_on(job: Job, agent_id: str) -> bool:
+    """Whether the job's current attempt has started on this agent (it is no longer only in its queue)."""
+    node = gang.node_of(job, agent_id)
+    return (node.state if node is not None else job.state) is not JobState.ASSIGNED
 
 
 def missing_attempts(before: dict[tuple[str, int], float], missing: set[tuple[str, int]],
@@ -74,9 +82,10 @@ class Agents:
                                        runtimes=frozenset(r.info.runtimes))
                  for r in self.alive() if r.info.agent_id not in self.interrupted}
         for job in self._jobs.on_agent():
-            slot = slots.get(job.current.agent_id) if job.current else None
-            if slot is not None:
-                slot.free = subtract(slot.free, job.spec.resources)
+            for agent_id in gang.agents_of(job):  # each rank of a multi-node job holds one node's resources
+                slot = slots.get(agent_id)
+                if slot is not None:
+                    slot.free = subtract(slot.free, job.spec.resources)
         return list(slots.values())
 
     def _usable(self, rec: AgentRecord) -> Resources:
@@ -148,7 +157,7 @@ class Agents:
 
     async def _lose_unreported(self, agent_id: str, running: set[tuple[str, int]], why: str) -> None:
         on_agent = {(j.id, j.current.number): j for j in self._jobs.on_agent(agent_id) if j.current}
-        gone = {k for k, j in on_agent.items() if j.state is not JobState.ASSIGNED and k not in running}
+        gone = {k for k, j in on_agent.items() if started_on(j, agent_id) and k not in running}
         if gone:
             await self._jobs.agent_lost(agent_id, why, keep=set(on_agent) - gone)
 
@@ -176,7 +185,7 @@ class Agents:
         runs nor reports ended: their exit event was lost. Missing past `attempt_missing_after`, they are LOST."""
         reported = {(r.job_id, r.attempt) for r in [*req.running, *req.ended]}
         started = {(j.id, j.current.number) for j in self._jobs.on_agent(req.agent_id)
-                   if j.current and j.state is not JobState.ASSIGNED}
+                   if j.current and started_on(j, req.agent_id)}
         missing = missing_attempts(self._missing.get(req.agent_id, {}), started - reported, now)
         self._missing[req.agent_id] = missing
         overdue = {k for k, since in missing.items() if now - since >= self._cfg.attempt_missing_after}

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 
 from incl.bus.connection import Bus, error_reply
-from incl.controller import deadletters, quota
+from incl.controller import deadletters, gang, quota
 from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
@@ -153,8 +153,13 @@ class Api:
     async def assignment(self, req: AssignmentRequest) -> AssignmentReply:
         job = self._jobs.records.get(req.job_id)
         cur = job.current if job else None
-        current = (job is not None and cur is not None and job.state is JobState.ASSIGNED
-                   and (cur.number, cur.agent_id) == (req.attempt, req.agent_id))
+        node = gang.node_of(job, req.agent_id) if job is not None else None
+        if cur is not None and cur.nodes:  # a rank of a multi-node attempt: that rank has not started yet
+            current = (cur.number == req.attempt and node is not None and node.state is JobState.ASSIGNED
+                       and cur.stopping is None)
+        else:
+            current = (job is not None and cur is not None and job.state is JobState.ASSIGNED
+                       and (cur.number, cur.agent_id) == (req.attempt, req.agent_id))
         return AssignmentReply(current=current, cancel_requested=bool(job and job.cancel_requested))
 
     # --- studies ------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class Controller:
         self._wake = asyncio.Event()  # a scheduling pass now (set by submits, ended jobs, registrations)
         self._connected = asyncio.Event()
         self._reconnected = asyncio.Event()  # the liveness loop gives every agent a fresh deadline
+        self._reserving: dict[str, float] = {}  # gangs holding agents while they wait for the rest (scheduler)
 
     def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
         return forever(what, fn, initial=self.cfg.retry_initial, maximum=self.cfg.retry_max)
@@ -126,12 +127,18 @@ class Controller:
     async def _schedule_once(self, g: Graph) -> None:
         queued = g.jobs.queued()
         # Nothing queued (e.g. a burst of registrations): no placement pass at all.
-        plan = (scheduler.plan(queued, g.agents.slots(), quotas=g.jobs.quotas, running=g.jobs.on_agent())
+        plan = (scheduler.plan(queued, g.agents.slots(), quotas=g.jobs.quotas, running=g.jobs.on_agent(),
+                               now=time.time(), reserved_since=self._reserving,
+                               reserve_for=self.cfg.gang_reserve_for, held_for=self._held(g))
                 if queued else scheduler.Plan(placements=[], waiting={}))
+        self._reserving = dict(plan.reserving)
         g.jobs.waiting = g.provisioner.waiting(plan.waiting)  # the reasons, with each job's last launch failure
         for job_id, agent_id in plan.placements:
             with bound_contextvars(job_id=job_id, agent_id=agent_id):
                 await self._dispatch(g, job_id, agent_id)
+        for job_id, agent_ids in plan.gangs:
+            with bound_contextvars(job_id=job_id):
+                await self._dispatch_gang(g, job_id, agent_ids)
         await g.jobs.resend_stale_assignments(time.time() - self.cfg.assign_resend_after)
 
     async def _dispatch(self, g: Graph, job_id: str, agent_id: str) -> None:
@@ -144,6 +151,31 @@ class Controller:
             raise  # the pass is retried
         except Exception:  # this job's failure, not the scheduler's
             log.exception("dispatch_failed", job_id=job_id, agent_id=agent_id)
+
+    @staticmethod
+    def _held(g: Graph) -> dict[str, str]:
+        """Agents on instances launched for a gang that still waits for the rest: that gang's only."""
+        by_instance = g.provisioner.held
+        if not by_instance:
+            return {}
+        return {r.info.agent_id: by_instance[r.info.instance_id] for r in g.agents.records
+                if r.info.instance_id in by_instance}
+
+    async def _dispatch_gang(self, g: Graph, job_id: str, agent_ids: list[str]) -> None:
+        infos = []
+        for agent_id in agent_ids:
+            record = g.agents.records.get(agent_id)
+            if record is None:
+                return  # forgotten meanwhile: the next pass places the gang again
+            infos.append(record.info)
+        try:
+            await g.jobs.dispatch_gang(job_id, infos)
+        except state.IllegalTransition as exc:
+            log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
+        except TRANSIENT:
+            raise
+        except Exception:
+            log.exception("dispatch_failed", job_id=job_id, agents=agent_ids)
 
     # --- liveness -----------------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     schedule_interval: float = 2.0  # periodic pass, besides the pass every submit and event triggers
     assign_resend_after: float = 15.0  # an ASSIGNED attempt that has not started is re-sent (deduplicated)
     cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
+    gang_reserve_for: float = 120.0  # a multi-node job first in its class holds fitting agents this long for the rest
     idempotency_ttl: float = 86400.0  # a submit retried with the same key within this returns the same job
 
     # NATS.

@@ -17,7 +17,7 @@ from structlog.contextvars import bound_contextvars
 from incl.bus.connection import Bus
 from incl.bus.kv import Bucket, KeyExists
 from incl.bus.retry import TRANSIENT, forever
-from incl.controller import quota, state
+from incl.controller import gang, quota, state
 from incl.controller.config import ControllerConfig
 from incl.controller.notify import check_channel
 from incl.controller.scheduler import could_ever_fit
@@ -30,8 +30,11 @@ from incl.proto.messages import (
     AgentInfo,
     Assign,
     CancelJob,
+    Gang,
+    GangStart,
     Job,
     JobExited,
+    JobReady,
     JobRunning,
     JobStarting,
     JobState,
@@ -40,6 +43,7 @@ from incl.proto.messages import (
     TrialRef,
 )
 from incl.proto.spec import JobSpec
+from incl.proto.spec import Resources as Wanted
 
 log = structlog.get_logger()
 
@@ -70,6 +74,17 @@ def job_env(job: Job) -> dict[str, str]:
 Listener = Callable[[Job | None, Job], None]
 
 
+def rank_outcome(event: JobExited) -> JobState:
+    """How one rank ended, from its agent's report."""
+    if event.fenced:
+        return JobState.LOST
+    if event.preempted:
+        return JobState.PREEMPTED
+    if event.cancelled:
+        return JobState.CANCELLED
+    return JobState.SUCCEEDED if event.exit_code == 0 else JobState.FAILED
+
+
 class JobChanges:
     """Who hears of each job change (before, after), in the order they subscribed: the notifier, the GPU watch.
     Built before the job service and its listeners, so neither needs the other to exist first."""
@@ -91,8 +106,10 @@ class Jobs:
 
     def __init__(self, cfg: ControllerConfig, records: Records[Job], bus: Bus,
                  shapes: Callable[[], list[Resources]], wake: asyncio.Event, changes: JobChanges,
-                 quotas: quota.QuotaConfig | None = None, submits: Bucket | None = None) -> None:
+                 quotas: quota.QuotaConfig | None = None, submits: Bucket | None = None,
+                 refusal: Callable[[Wanted], str | None] = lambda _: None) -> None:
         self._cfg = cfg
+        self._refusal = refusal  # the provider's: why a job could never be launched (resources.efa without EFA)
         self._submits = submits  # idempotency keys of submits -> job ids
         self.records = records
         self.quotas = quotas or quota.QuotaConfig()
@@ -108,10 +125,12 @@ class Jobs:
             self._index(None, job)
 
     def _index(self, before: Job | None, after: Job) -> None:
-        if before is not None and before.state in ON_AGENT and before.current:
-            self._by_agent.get(before.current.agent_id, set()).discard(before.id)
-        if after.state in ON_AGENT and after.current:
-            self._by_agent.setdefault(after.current.agent_id, set()).add(after.id)
+        if before is not None and before.state in ON_AGENT:
+            for agent_id in gang.agents_of(before):
+                self._by_agent.get(agent_id, set()).discard(before.id)
+        if after.state in ON_AGENT:
+            for agent_id in gang.agents_of(after):
+                self._by_agent.setdefault(agent_id, set()).add(after.id)
         if after.trial is not None:
             self._by_study.setdefault(after.trial.study_id, {})[after.trial.number] = after.id
 
@@ -128,8 +147,7 @@ class Jobs:
         if agent_id is None:
             return [j for j in self.records if j.state in ON_AGENT]
         jobs = (self.records.get(job_id) for job_id in self._by_agent.get(agent_id, ()))
-        return [j for j in jobs
-                if j is not None and j.state in ON_AGENT and j.current and j.current.agent_id == agent_id]
+        return [j for j in jobs if j is not None and j.state in ON_AGENT and agent_id in gang.agents_of(j)]
 
     def of_study(self, study_id: str) -> dict[int, Job]:
         """The jobs of a study's trials, by trial number."""
@@ -189,6 +207,8 @@ class Jobs:
                 f"{biggest.memory / 1e9:.1f} GB memory, {biggest.gpus} GPU)",
                 field="resources",
             )
+        if spec.resources.efa and (why := self._refusal(spec.resources)) is not None:
+            raise SpecInvalid(why, field="resources.efa")
 
     async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, key: str | None = None,
                      trial: TrialRef | None = None) -> Job:
@@ -245,10 +265,16 @@ class Jobs:
         job = await self._update(job_id, lambda j: state.cancel(j, time.time(), reason))
         log.info("job_cancel_requested", job_id=job_id, state=job.state)
         if job.state in ON_AGENT and job.current:
-            await self._send(job.current.agent_id, CancelJob(job_id=job.id, attempt=job.current.number,
-                                                             grace=self._cfg.cancel_grace),
-                             msg_id=f"{job.id}.{job.current.number}.cancel")
+            await self._stop_ranks(job, gang.agents_of(job))
         return job
+
+    async def _stop_ranks(self, job: Job, agents: list[str]) -> None:
+        """CancelJob to each of `agents` for the job's current attempt (its rank there stops: SIGTERM, grace)."""
+        cur = job.current
+        assert cur is not None
+        for agent_id in agents:
+            await self._send(agent_id, CancelJob(job_id=job.id, attempt=cur.number, grace=self._cfg.cancel_grace),
+                             msg_id=f"{job.id}.{cur.number}.cancel.{agent_id}")
 
     # --- dispatch -----------------------------------------------------------------------------------------
 
@@ -259,11 +285,26 @@ class Jobs:
             log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
             await self.send_assign(job)
 
+    async def dispatch_gang(self, job_id: str, agents: list[AgentInfo]) -> None:
+        """A multi-node attempt, rank k on agents[k]: each agent gets its rank's assignment."""
+        job = await self._update(job_id, lambda j: gang.assign(j, agents, time.time()))
+        assert job.current is not None
+        with bound_contextvars(attempt=job.current.number):
+            log.info("gang_assigned", job_id=job.id, attempt=job.current.number, agents=[a.agent_id for a in agents])
+            await self.send_assign(job)
+
     async def send_assign(self, job: Job) -> None:
-        """Publish the attempt's assignment. One NATS refuses for good (not a transient failure) fails the
-        attempt with the reason: it could never be delivered."""
+        """Publish the attempt's assignment (each not-started rank's, for a multi-node attempt). One NATS refuses
+        for good (not a transient failure) fails the attempt with the reason: it could never be delivered."""
         cur = job.current
         assert cur is not None
+        if cur.nodes:
+            for node in cur.nodes:
+                if node.state is JobState.ASSIGNED:
+                    cmd = Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job), code=job.code,
+                                 gang=Gang(rank=node.rank, nodes=len(cur.nodes)))
+                    await self._send(node.agent_id, cmd, msg_id=f"{job.id}.{cur.number}.r{node.rank}")
+            return
         cmd = Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job), code=job.code)
         try:
             await self._send(cur.agent_id, cmd, msg_id=f"{job.id}.{cur.number}")
@@ -279,7 +320,8 @@ class Jobs:
         """Re-send ASSIGNED attempts not started since `older_than` (the controller may have died between
         writing the assignment and publishing it). The agent drops a copy it has already seen."""
         assigned = {(j.id, j.current.number): j for j in self.records
-                    if j.state is JobState.ASSIGNED and j.current is not None}
+                    if j.current is not None and (j.state is JobState.ASSIGNED or (
+                        j.state is JobState.STARTING and any(n.state is JobState.ASSIGNED for n in j.current.nodes)))}
         self._resent = {k: t for k, t in self._resent.items() if k in assigned}  # forget started attempts
         for key, job in assigned.items():
             assert job.current is not None  # `assigned` keeps only jobs with a current attempt
@@ -288,7 +330,7 @@ class Jobs:
                 log.info("assignment_resent", job_id=job.id, attempt=key[1])
                 await self.send_assign(job)
 
-    async def _send(self, agent_id: str, cmd: Assign | CancelJob, msg_id: str) -> None:
+    async def _send(self, agent_id: str, cmd: Assign | CancelJob | GangStart, msg_id: str) -> None:
         await forever(
             "publish_assignment",
             lambda: self._bus.publish_durable(subjects.assign(agent_id), encode(cmd), msg_id=msg_id,
@@ -299,10 +341,16 @@ class Jobs:
 
     # --- what agents report -------------------------------------------------------------------------------
 
-    async def apply(self, event: JobStarting | JobRunning | JobExited) -> None:
+    async def apply(self, event: JobStarting | JobRunning | JobReady | JobExited) -> None:
         job = self.records.get(event.job_id)
         if job is None:
             log.warning("event_for_unknown_job", job_id=event.job_id, kind=type(event).__name__)
+            return
+        if job.current is not None and job.current.nodes:
+            await self._apply_rank(job, event)
+            return
+        if isinstance(event, JobReady):
+            log.warning("event_stale", job_id=job.id, attempt=event.attempt, kind="JobReady")
             return
         cur = job.current
         if cur is None or cur.number != event.attempt or cur.agent_id != event.agent_id:
@@ -329,6 +377,53 @@ class Jobs:
         if isinstance(event, JobExited):
             self.kick()
 
+    async def _apply_rank(self, job: Job, event: JobStarting | JobRunning | JobReady | JobExited) -> None:
+        """An event from one rank of a multi-node attempt; the attempt starts when all are ready, and is stopped
+        whole when one ends other than by succeeding."""
+        now = time.time()
+        match event:
+            case JobStarting():
+                change = lambda j: gang.starting(j, event.attempt, event.agent_id, now)  # noqa: E731
+            case JobReady():
+                change = lambda j: gang.ready(j, event.attempt, event.agent_id, event.port, now)  # noqa: E731
+            case JobRunning():
+                change = lambda j: gang.running(j, event.attempt, event.agent_id, now, event.ts)  # noqa: E731
+            case JobExited():
+                to = rank_outcome(event)
+                change = lambda j: gang.node_ended(  # noqa: E731
+                    j, event.attempt, event.agent_id, event.ts, to=to, exit_code=event.exit_code,
+                    reason=event.reason, outputs=event.outputs, tail=event.tail)
+        try:
+            before = job
+            job = await self._update(job.id, change)
+        except state.IllegalTransition as exc:
+            log.warning("event_refused", job_id=job.id, attempt=event.attempt, agent_id=event.agent_id,
+                        reason=str(exc))
+            return
+        log.info("rank_event", job_id=job.id, attempt=event.attempt, agent_id=event.agent_id,
+                 kind=type(event).__name__, state=job.state)
+        await self._after_rank_change(before, job)
+        if isinstance(event, JobExited):
+            self.kick()
+
+    async def _after_rank_change(self, before: Job, after: Job) -> None:
+        """Start every rank once all are ready; stop every live rank once the attempt is stopping."""
+        cur = after.current
+        assert cur is not None
+        was_ready = before.current is not None and before.current.number == cur.number and gang.all_ready(before)
+        if gang.all_ready(after) and not was_ready:
+            env = gang.start_env(after)
+            log.info("gang_start", job_id=after.id, attempt=cur.number, master=env.get("MASTER_ADDR"),
+                     port=env.get("MASTER_PORT"))
+            for node in cur.nodes:
+                rank_env = env | {"NODE_RANK": str(node.rank), "INCL_NODE_RANK": str(node.rank)}
+                await self._send(node.agent_id, GangStart(job_id=after.id, attempt=cur.number, env=rank_env),
+                                 msg_id=f"{after.id}.{cur.number}.start.r{node.rank}")
+        if stop := gang.to_stop(before, after):
+            assert cur.stopping is not None
+            log.warning("gang_stopping", job_id=after.id, attempt=cur.number, cause=cur.stopping.reason, ranks=stop)
+            await self._stop_ranks(after, stop)
+
     async def agent_lost(self, agent_id: str, reason: str, keep: AbstractSet[tuple[str, int]] = frozenset(),
                          preempted: bool = False) -> None:
         """Every attempt on the agent (but those in `keep`) is LOST, their jobs requeued while retry allows; or,
@@ -340,8 +435,24 @@ class Jobs:
                 continue
             attempt = job.current.number
             with bound_contextvars(job_id=job.id, attempt=attempt):
-                await self._lose(job.id, attempt, agent_id, reason, change)
+                if job.current.nodes:
+                    await self._lose_rank(job, agent_id, reason, preempted)
+                else:
+                    await self._lose(job.id, attempt, agent_id, reason, change)
         self.kick()
+
+    async def _lose_rank(self, job: Job, agent_id: str, reason: str, preempted: bool) -> None:
+        """The rank on a lost agent has ended with it (its lease stopped its process): the others are stopped."""
+        assert job.current is not None
+        to, number = (JobState.PREEMPTED if preempted else JobState.LOST), job.current.number
+        try:
+            after = await self._update(job.id, lambda j: gang.node_ended(j, number, agent_id, time.time(), to=to,
+                                                                         reason=reason))
+        except state.IllegalTransition as exc:
+            log.warning("lost_refused", job_id=job.id, reason=str(exc))
+            return
+        log.warning("rank_lost", job_id=job.id, attempt=number, agent_id=agent_id, state=after.state)
+        await self._after_rank_change(job, after)
 
     async def _lose(self, job_id: str, attempt: int, agent_id: str, reason: str,
                     change: Callable[[Job, int, float, str], Job]) -> None:

@@ -4,6 +4,8 @@ provisions (`Provider.provisions`); with any provider it adds each waiting job's
 Observed state is read afresh each pass (instances by the cluster tag, agents from the registry, jobs from the
 store), so a restarted controller picks up where it left off: an instance launched for an attempt is found by
 its tags and never launched twice, and one it launched and forgot is terminated as an orphan or an idle one.
+A gang's placement group outlives its instances only until the next pass after they are gone. `held` is the
+last plan's instances of waiting gangs (for the scheduler: nothing else belongs on their agents).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Provisioner:
         self._agents = agents
         self._launching: dict[tuple[str, int, int], asyncio.Task[None]] = {}
         self.failures: dict[str, str] = {}  # job id -> why its last launch failed (shown while it waits)
+        self.held: dict[str, str] = {}  # instance id -> the waiting gang it was launched for (the last plan's)
         self._kick = asyncio.Event()
         self._waiting: set[str] = set()
 
@@ -81,12 +84,18 @@ class Provisioner:
         observed = await self._provider.describe(self.cfg.cluster)
         jobs = list(self._jobs.records)
         live = {j.id for j in jobs if j.state not in TERMINAL}
+        # A group made for a launch in flight may have no instance yet: not the plan's to delete.
+        groups = [g for g in await self._provider.placement_groups(self.cfg.cluster)
+                  if g.launch_key() not in self._launching]
         plan = reconcile.plan(self._demand(), observed, self._registered(jobs), self.cfg, time.time(),
-                              live_jobs=live)
+                              live_jobs=live, groups=groups)
+        self.held = plan.held
         if plan.terminations:
             for t in plan.terminations:
                 log.warning("instance_terminating", instance_id=t.instance_id, reason=t.reason, detail=t.detail)
             await self._provider.terminate(self.cfg.cluster, [t.instance_id for t in plan.terminations])
+        if plan.delete_groups:
+            await self._provider.delete_placement_groups(self.cfg.cluster, plan.delete_groups)
         for launch in plan.launches:
             key = (launch.job_id, launch.attempt, launch.generation)
             if key not in self._launching:
@@ -97,8 +106,9 @@ class Provisioner:
         try:
             got = await self._provider.launch(launch)
             self.failures.pop(launch.job_id, None)
-            log.info("instance_launched", job_id=launch.job_id, attempt=launch.attempt, instance_id=got.instance_id,
-                     instance_type=got.instance_type, market=launch.market, zone=got.availability_zone)
+            log.info("instance_launched", job_id=launch.job_id, attempt=launch.attempt,
+                     instance_ids=[i.instance_id for i in got], instance_type=got[0].instance_type,
+                     market=launch.market, zone=got[0].availability_zone, placement_group=got[0].placement_group)
         except LaunchFailed as exc:
             self.failures[launch.job_id] = str(exc)
             log.warning("launch_failed", job_id=launch.job_id, attempt=launch.attempt, error=str(exc))

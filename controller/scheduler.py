@@ -26,6 +26,8 @@ class Slot(msgspec.Struct, kw_only=True):
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     placements: list[tuple[str, str]]  # (job id, agent id)
     waiting: dict[str, str]  # job id -> why it is not placed
+    gangs: list[tuple[str, list[str]]] = []  # a multi-node job -> its agents, rank 0 first
+    reserving: dict[str, float] = {}  # a gang waiting at the head of its class -> since when it holds agents
 
 
 def fits(want: Wanted, have: Resources) -> bool:
@@ -66,9 +68,33 @@ def _why_waiting(want: Wanted, runtime: str, slots: list[Slot]) -> str:
     return f"waiting for an agent with {_describe(want)} free"
 
 
+def _gang(want: Wanted, runtime: str, slots: list[Slot]) -> tuple[list[Slot], str | None]:
+    """`want.nodes` distinct agents that each fit one node (fullest GPU fit first, then most free CPU), or the
+    ones that do and why the rest are missing."""
+    fitting = sorted((s for s in slots if runtime in s.runtimes and fits(want, s.free)),
+                     key=lambda s: (s.free.gpus - want.gpus != 0, -s.free.cpus, s.agent_id))
+    if len(fitting) >= want.nodes:
+        return fitting[: want.nodes], None
+    missing = want.nodes - len(fitting)
+    why = _why_waiting(want, runtime, slots).removeprefix("waiting for ")
+    return fitting, f"waiting for {missing} of {want.nodes} nodes: no {why.replace('an agent', 'agent')}"
+
+
 def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig | None = None,
-         running: Iterable[Job] = ()) -> Plan:
-    """`running`: the jobs holding resources now (they count against quotas)."""
+         running: Iterable[Job] = (), now: float = 0.0, reserved_since: dict[str, float] | None = None,
+         reserve_for: float = 60.0, held_for: dict[str, str] | None = None) -> Plan:
+    """`running`: the jobs holding resources now (they count against quotas). A multi-node job (a gang) starts
+    only when every one of its nodes can (all or nothing). One that cannot, first in its priority class, holds
+    the agents that fit it so that smaller jobs behind it do not take them, for at most `reserve_for` seconds
+    since it began to (`reserved_since`, kept by the caller between passes); then it lets them go and waits as
+    any job does, with the reason. `held_for`: agents whose instances were launched for a gang that still waits
+    (agent id -> that job): only that job goes there."""
+    reserved_since = reserved_since or {}
+    held_for = held_for or {}
+    everyone = slots
+    reserving: dict[str, float] = {}
+    gangs: list[tuple[str, list[str]]] = []
+    held_classes: set[int] = set()
     cfg = quotas or quota.QuotaConfig()
     held = quota.usage(quota.claim_of(cfg, j) for j in running)
     jobs = {j.id: j for j in queue}
@@ -83,6 +109,25 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
             continue
         want = job.spec.resources
         runtime = "docker" if job.spec.image else "process"
+        slots = [s for s in everyone if held_for.get(s.agent_id, job.id) == job.id]
+        if want.nodes > 1:
+            chosen, why = _gang(want, runtime, slots)
+            if why is None:
+                for slot in chosen:
+                    slot.free = subtract(slot.free, want)
+                held.add(q.claim)
+                gangs.append((job.id, [s.agent_id for s in chosen]))
+                continue
+            waiting[job.id] = why
+            rank = q.claim.rank
+            since = reserved_since.get(job.id, now)
+            if rank not in held_classes and chosen and now - since < reserve_for:
+                held_classes.add(rank)
+                reserving[job.id] = since
+                for slot in chosen:  # held for the gang: nothing else goes there in this pass
+                    slot.free = msgspec.structs.replace(slot.free, cpus=0.0, memory=0, gpus=0)
+                waiting[job.id] = f"{why} (holding {len(chosen)} for it)"
+            continue
         candidates = [s for s in slots if runtime in s.runtimes and fits(want, s.free)]
         if not candidates:
             waiting[job.id] = _why_waiting(want, runtime, slots)
@@ -91,7 +136,7 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
         best.free = subtract(best.free, want)
         held.add(q.claim)
         placements.append((job.id, best.agent_id))
-    return Plan(placements=placements, waiting=waiting)
+    return Plan(placements=placements, waiting=waiting, gangs=gangs, reserving=reserving)
 
 
 def could_ever_fit(want: Wanted, shapes: Iterable[Resources]) -> bool:

@@ -43,8 +43,12 @@ def _current(job: Job, attempt: int) -> Attempt:
     return cur
 
 
-def _with_attempt(job: Job, attempt: Attempt, **job_fields: object) -> Job:
+def with_attempt(job: Job, attempt: Attempt, **job_fields: object) -> Job:
+    """The job with its current attempt replaced (and `job_fields` set)."""
     return structs.replace(job, attempts=[*job.attempts[:-1], attempt], **job_fields)
+
+
+_with_attempt = with_attempt
 
 
 def assign(job: Job, agent_id: str, now: float, instance: AgentInfo | None = None) -> Job:

@@ -95,7 +95,8 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     changes = JobChanges()
     shapes = Shapes(stores.agents, [*cfg.provider_shapes, *provider.shapes()])
     jobs = Jobs(cfg, stores.jobs, bus, shapes=shapes, wake=wake, changes=changes,
-                quotas=load_quota_config(cfg.quota_file), submits=buckets[subjects.SUBMITS_BUCKET])
+                quotas=load_quota_config(cfg.quota_file), submits=buckets[subjects.SUBMITS_BUCKET],
+                refusal=provider.refusal)
     notifier = Notifier(cfg.notify, cfg.notifier)
     watch = GpuWatch(jobs, notifier, cfg.gpu_idle)
     changes.subscribe(notify_of_changes(notifier))

@@ -85,6 +85,34 @@ class TreeRef(_Struct, frozen=True):
     bytes: int = 0
 
 
+class Node(_Struct, frozen=True):
+    """One rank of a multi-node attempt: where it runs and how it went. `state` is the rank's own (ASSIGNED,
+    STARTING, RUNNING, then SUCCEEDED, FAILED, CANCELLED, LOST or PREEMPTED)."""
+    rank: int
+    agent_id: str
+    state: JobState
+    instance_id: str | None = None
+    instance_type: str | None = None
+    market: str | None = None
+    address: str | None = None  # the host's private address, where the other ranks reach it
+    ready: bool = False  # its code, image and data are in place: it waits at the start barrier
+    port: int | None = None  # rank 0: the free port its agent chose (MASTER_PORT)
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    outputs: TreeRef | None = None
+
+
+class Stopping(_Struct, frozen=True):
+    """Why a multi-node attempt is being stopped: the first rank that ended other than by succeeding (the others
+    are stopped, and the attempt ends as this says once every rank has ended)."""
+    kind: str  # "failed" | "lost" | "preempted" | "cancelled"
+    rank: int
+    reason: str
+    exit_code: int | None = None
+
+
 class Attempt(_Struct, frozen=True):
     number: int
     agent_id: str
@@ -99,6 +127,8 @@ class Attempt(_Struct, frozen=True):
     reason: str | None = None
     tail: list[str] = []
     outputs: TreeRef | None = None  # what the attempt left in $INCL_OUTPUT_DIR, uploaded when it ended
+    nodes: list[Node] = []  # a multi-node attempt's ranks, in rank order (`agent_id` above is rank 0's)
+    stopping: Stopping | None = None
 
 
 class TrialRef(_Struct, frozen=True):
@@ -311,12 +341,20 @@ class AssignmentReply(Reply, frozen=True):
 # --- controller -> agent (work queue) ---------------------------------------------------------------------
 
 
+class Gang(_Struct, frozen=True):
+    """This agent runs rank `rank` of `nodes`: it prepares, reports JobReady, and starts the job only when the
+    controller's GangStart says every rank is ready."""
+    rank: int
+    nodes: int
+
+
 class Assign(Message, frozen=True):
     job_id: str
     attempt: int
     spec: JobSpec
     env: dict[str, str] = {}
     code: TreeRef | None = None
+    gang: Gang | None = None
 
 
 class CancelJob(Message, frozen=True):
@@ -325,7 +363,14 @@ class CancelJob(Message, frozen=True):
     grace: float
 
 
-AgentCommand = Assign | CancelJob
+class GangStart(Message, frozen=True):
+    """Every rank of the attempt is ready: start, with the environment that names them all (MASTER_ADDR...)."""
+    job_id: str
+    attempt: int
+    env: dict[str, str]
+
+
+AgentCommand = Assign | CancelJob | GangStart
 
 
 # --- agent -> controller (durable events) -----------------------------------------------------------------
@@ -344,6 +389,13 @@ class JobStarting(JobEvent, frozen=True):
 
 class JobRunning(JobEvent, frozen=True):
     pid: int | None = None
+
+
+class JobReady(JobEvent, frozen=True):
+    """A rank of a multi-node attempt is prepared and waits at the start barrier. Rank 0 names the port it chose
+    for the rendezvous."""
+    rank: int = 0
+    port: int | None = None
 
 
 class JobExited(JobEvent, frozen=True):
@@ -366,7 +418,7 @@ class AgentInterrupted(Message, frozen=True):
     ts: float = msgspec.field(default_factory=time.time)
 
 
-AgentEvent = JobStarting | JobRunning | JobExited | AgentInterrupted
+AgentEvent = JobStarting | JobRunning | JobReady | JobExited | AgentInterrupted
 
 
 # --- logs and metrics -------------------------------------------------------------------------------------
@@ -390,6 +442,7 @@ class LogBatch(Message, frozen=True):
     attempt: int
     seq: int
     lines: list[LogLine]
+    rank: int = 0  # the rank of a multi-node job that wrote them
     # Lines of the job's stdout and stderr shipped for this attempt up to and including this batch: an agent
     # that re-adopts a running container replays its output and skips this many of each.
     stdout_total: int = 0
@@ -407,6 +460,7 @@ class MetricBatch(Message, frozen=True):
     attempt: int
     seq: int
     points: list[MetricPoint]
+    rank: int = 0
 
 
 # --- messages a consumer could not handle ------------------------------------------------------------------

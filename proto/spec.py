@@ -40,6 +40,7 @@ class Resources(_Spec, frozen=True):
     instance_types: list[str] | None = None
     spot: bool | Literal["auto"] | None = None
     shm_size: int | None = None  # bytes of /dev/shm in the container; None: the agent's default
+    efa: bool = False  # a multi-node job on AWS: EFA network interfaces, on instance types that have them
 
 
 class DataMount(_Spec, frozen=True):
@@ -49,6 +50,7 @@ class DataMount(_Spec, frozen=True):
 
 class Outputs(_Spec, frozen=True):
     exclude: list[str] = []  # gitignore-style patterns under $INCL_OUTPUT_DIR that are not uploaded
+    ranks: int | Literal["all"] = 0  # a multi-node job: whose outputs are kept (`all`: every rank's, under rank-K/)
 
 
 class Checkpoint(_Spec, frozen=True):
@@ -123,9 +125,9 @@ class JobSpec(_Spec, frozen=True):
     hpo: Hpo | None = None
 
 
-NOT_SUPPORTED_YET = {
-    "resources.nodes": "multi-node jobs are",
-}
+NOT_SUPPORTED_YET: dict[str, str] = {}
+
+MAX_NODES = 256  # nodes of one multi-node job
 
 # A spec travels in one NATS message (1 MiB by default): the CLI refuses a bigger spec before reading it.
 MAX_SPEC_BYTES = 1_000_000
@@ -252,6 +254,10 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
         if res.get("shm_size") is not None:
             res["shm_size"] = _size(res["shm_size"], "resources.shm_size")
         data["resources"] = res
+    outputs = data.get("outputs")
+    if isinstance(outputs, dict) and isinstance(outputs.get("ranks"), str) and outputs["ranks"] != "all":
+        raise SpecInvalid(f"must be a rank number (the default is 0) or all, not {outputs['ranks']!r}",
+                          field="outputs.ranks")
     ckpt = data.get("checkpoint")
     if isinstance(ckpt, dict) and ckpt.get("sync_every") is not None:
         try:
@@ -456,6 +462,11 @@ def _semantic_checks(spec: JobSpec) -> None:
         raise SpecInvalid("must be greater than 0", field="resources.memory")
     if r.nodes < 1:
         raise SpecInvalid("must be at least 1", field="resources.nodes")
+    if r.nodes > MAX_NODES:
+        raise SpecInvalid(f"{r.nodes} nodes is more than the {MAX_NODES} one job may span", field="resources.nodes")
+    ranks = spec.outputs.ranks
+    if ranks != "all" and not 0 <= ranks < r.nodes:
+        raise SpecInvalid(f"must be a rank from 0 to {r.nodes - 1}, or all", field="outputs.ranks")
     if spec.retry.max_attempts < 1:
         raise SpecInvalid("must be at least 1", field="retry.max_attempts")
     for section, names in (("env", spec.env), ("secrets", spec.secrets)):

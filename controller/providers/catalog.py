@@ -7,7 +7,10 @@ controller's `aws:` key):
 
     catalog:
       - {gpus: 1, gpu_model: A10G, cpus: 4, memory_gib: 16, instance_types: [g5.xlarge]}
-      - {gpus: 8, gpu_model: H100, cpus: 192, memory_gib: 2048, instance_types: [p5.48xlarge]}
+      - {gpus: 8, gpu_model: H100, cpus: 192, memory_gib: 2048, instance_types: [p5.48xlarge], efa: true}
+
+`efa: true` says every type of the entry has EFA network interfaces: a job with `resources.efa` gets only those
+(and types it names itself that the catalog does not list), launched with an EFA interface.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class CatalogEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     cpus: float
     memory_gib: float
     instance_types: list[str]  # ordered: the first is tried first
+    efa: bool = False  # every type here has EFA network interfaces
 
     def shape(self) -> Resources:
         return Resources(cpus=self.cpus, memory=int(self.memory_gib * GIB), gpus=self.gpus, gpu_model=self.gpu_model)
@@ -71,11 +75,32 @@ class AwsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 def candidates(catalog: Iterable[CatalogEntry], want: Wanted) -> list[str]:
     """Instance types that can run `want`, best first: the job's own list, else every fitting catalog entry's,
-    smallest shape first (entries of one shape keep the catalog's order)."""
+    smallest shape first (entries of one shape keep the catalog's order). With `want.efa`, only types with EFA."""
+    entries = list(catalog)
     if want.instance_types:
-        return list(dict.fromkeys(want.instance_types))
-    fitting = sorted((e for e in catalog if e.fits(want)), key=lambda e: (e.gpus, e.cpus, e.memory_gib))
-    return list(dict.fromkeys(t for e in fitting for t in e.instance_types))
+        types = list(dict.fromkeys(want.instance_types))
+    else:
+        fitting = sorted((e for e in entries if e.fits(want)), key=lambda e: (e.gpus, e.cpus, e.memory_gib))
+        types = list(dict.fromkeys(t for e in fitting for t in e.instance_types))
+    if not want.efa:
+        return types
+    efa, listed = efa_types(entries), {t for e in entries for t in e.instance_types}
+    return [t for t in types if t in efa or t not in listed]  # a type the catalog does not list: the job knows
+
+
+def efa_types(catalog: Iterable[CatalogEntry]) -> set[str]:
+    """The types the catalog says have EFA."""
+    return {t for e in catalog if e.efa for t in e.instance_types}
+
+
+def efa_refusal(catalog: Iterable[CatalogEntry], want: Wanted) -> str | None:
+    """Why a job asking for EFA can never get it here (None: it can, or it does not ask)."""
+    entries = list(catalog)
+    if not want.efa or candidates(entries, want):
+        return None
+    fitting = candidates(entries, msgspec.structs.replace(want, efa=False))
+    return (f"no instance type that fits has EFA (fitting: {', '.join(fitting) or 'none'}; "
+            f"with EFA: {', '.join(sorted(efa_types(entries))) or 'none'})")
 
 
 def shapes(catalog: Iterable[CatalogEntry]) -> list[Resources]:

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from incl.controller.providers.base import LaunchedInstance, LaunchFailed
-from incl.controller.reconcile import Launch, ObservedInstance
+from incl.controller.reconcile import Launch, ObservedGroup, ObservedInstance
 from incl.proto.messages import Resources
+from incl.proto.spec import Resources as Wanted
 
 if TYPE_CHECKING:
     from incl.controller.config import ControllerConfig
@@ -33,8 +34,17 @@ class LocalProvider:
     async def describe(self, cluster: str) -> list[ObservedInstance]:
         return []
 
-    async def launch(self, launch: Launch) -> LaunchedInstance:
+    def refusal(self, want: Wanted) -> str | None:
+        return None
+
+    async def launch(self, launch: Launch) -> list[LaunchedInstance]:
         raise LaunchFailed("the local provider launches no instances: start an agent")
+
+    async def placement_groups(self, cluster: str) -> list[ObservedGroup]:
+        return []
+
+    async def delete_placement_groups(self, cluster: str, names: Sequence[str]) -> list[str]:
+        return []
 
     async def terminate(self, cluster: str, instance_ids: Sequence[str]) -> list[str]:
         return []

@@ -330,3 +330,99 @@ async def test_a_spot_notice_during_an_hpo_trial_resumes_it_as_the_same_trial(wo
 
 async def _attempt_state(world: World, job_id: str, state: str) -> bool:
     return (await world.cluster.job(job_id)).attempts[0].state == state
+
+
+# --- gangs (multi-node jobs) ------------------------------------------------------------------------------------
+
+
+def _tags(inst: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in inst["Tags"]}
+
+
+async def test_a_two_node_gang_gets_two_instances_in_one_placement_group_and_both_ranks_run(world: World) -> None:
+    """A 2-node job: one RunInstances of two into a cluster placement group named for its launch, both in one
+    zone, tagged with the job, attempt, generation and ranks 0 and 1; their agents register, both ranks run and
+    the job SUCCEEDS; then both instances go as idle and the placement group with them."""
+    world.start_controller()
+    job = await world.cluster.submit("echo rank $NODE_RANK", resources={"gpus": "A10G:1", "nodes": 2})
+    booted = await world.sim.wait_booted(2)
+    insts = sorted(world.instances(), key=lambda i: _tags(i)["incl:rank"])
+    assert sorted(i["InstanceId"] for i in insts) == sorted(booted)
+    assert [(_tags(i)["incl:job"], _tags(i)["incl:attempt"], _tags(i)["incl:generation"], _tags(i)["incl:rank"])
+            for i in insts] == [(job.id, "1", "0", "0"), (job.id, "1", "0", "1")]
+    assert len({i["Placement"]["AvailabilityZone"] for i in insts}) == 1
+    group = f"incl-t-{job.id}-1-0"
+    assert {world.sim.proxy.placed[i] for i in booted} == {group}
+    assert world.sim.proxy.groups[group]["strategy"] == "cluster"
+    assert [(f["MinCount"], f["MaxCount"]) for f in world.sim.proxy.forms] == [("2", "2")]
+
+    done = await world.cluster.wait_done(job.id, timeout=60)
+    assert done.state == "SUCCEEDED", done.reason
+    assert sorted(n.instance_id for n in done.current.nodes) == sorted(booted)
+    assert sorted(await world.cluster.log_lines(job.id)) == [b"rank 0", b"rank 1"]
+    await wait_for(lambda: world.live() == [] and world.sim.proxy.groups == {}, 30,
+                   "both instances and the placement group gone")
+
+
+async def test_a_gang_that_came_up_partly_is_terminated_and_launched_whole_elsewhere(world: World) -> None:
+    """g5.xlarge gives only one of the gang's two instances: it is terminated at once and the gang launches whole
+    on g5.2xlarge; a rank then reclaimed while booting takes the other down and the gang is launched again, whole,
+    as generation 1; the job SUCCEEDS and nothing is left."""
+    world.sim.proxy.short["g5.xlarge"] = 1
+    world.skip_boot.add("*")  # type: ignore[attr-defined]
+    world.start_controller(reconcile={"boot_timeout": 30.0})
+    job = await world.cluster.submit("echo rank $NODE_RANK", resources={"gpus": "A10G:1", "nodes": 2,
+                                                                         "spot": True})
+
+    async def two_running() -> list[dict[str, Any]] | None:
+        live = [i for i in world.live() if i["State"]["Name"] == "running" and "incl:rank" in _tags(i)]
+        return live if len(live) == 2 else None  # ranks are tagged just after RunInstances
+
+    first = await wait_for(two_running, 20, "the gang's two instances")
+    assert {i["InstanceType"] for i in first} == {"g5.2xlarge"}
+    (partial,) = [i for i in world.instances() if i["InstanceType"] == "g5.xlarge"]
+    assert partial["State"]["Name"] in ("shutting-down", "terminated")
+    assert [r[0] for r in world.sim.proxy.runs] == ["g5.xlarge", "g5.2xlarge"]
+
+    world.skip_boot.discard("*")  # type: ignore[attr-defined]
+    world.skip_boot.update(i["InstanceId"] for i in first)  # type: ignore[attr-defined]
+    reclaimed = next(i["InstanceId"] for i in first if _tags(i)["incl:rank"] == "1")
+    world.sim.proxy.interrupted.add(reclaimed)
+    world.ec2.terminate_instances(InstanceIds=[reclaimed])
+    done = await world.cluster.wait_done(job.id, timeout=60)
+    assert done.state == "SUCCEEDED", done.reason
+    gens = {(i["InstanceId"], _tags(i)["incl:generation"]) for i in world.instances()
+            if i["InstanceType"] == "g5.2xlarge"}
+    assert {g for _, g in gens} == {"0", "1"} and len(gens) == 4
+    assert {n.instance_id for n in done.current.nodes}.isdisjoint(i["InstanceId"] for i in first)
+    await wait_for(lambda: world.live() == [] and world.sim.proxy.groups == {}, 30,
+                   "every instance and placement group gone")
+
+
+async def test_controller_killed_while_launching_a_gang_leaks_nothing(world: World) -> None:
+    """kill -9 of the controller as it launches a 2-node gang: after a restart the gang's attempt has exactly
+    one generation of two instances, the job SUCCEEDS, and every instance and placement group is gone in the end."""
+    ami = world.ec2.register_image(Name="incl-gpu-gang", RootDeviceName="/dev/sda1")["ImageId"]
+    controller = world.start_controller(aws={"ami": ami})
+    job = await world.cluster.submit("echo rank $NODE_RANK", resources={"gpus": "A10G:1", "nodes": 2})
+    await wait_for(lambda: "CreatePlacementGroup" in world.sim.proxy.actions, 20, "the gang's launch to begin")
+    controller.kill()
+    world.cluster.controller = None
+    world.start_controller(aws={"ami": ami})
+    done = await world.cluster.wait_done(job.id, timeout=60)
+    assert done.state == "SUCCEEDED", done.reason
+    mine = [i for i in world.instances() if _tags(i)["incl:job"] == job.id]
+    assert sorted((_tags(i)["incl:attempt"], _tags(i)["incl:generation"], _tags(i)["incl:rank"]) for i in mine) \
+        == [("1", "0", "0"), ("1", "0", "1")]
+    await wait_for(lambda: world.live() == [] and world.sim.proxy.groups == {}, 30,
+                   "every instance and placement group gone")
+
+
+async def test_efa_on_a_job_no_efa_type_fits_is_refused_at_submit(world: World) -> None:
+    """`resources.efa` where every fitting catalog type lacks EFA: SpecInvalid on resources.efa, nothing queued."""
+    from incl.proto.errors import SpecInvalid
+    world.start_controller()
+    with pytest.raises(SpecInvalid) as caught:
+        await world.cluster.submit("true", resources={"gpus": "A10G:1", "nodes": 2, "efa": True})
+    assert caught.value.field == "resources.efa" and "no instance type that fits has EFA" in str(caught.value)
+    assert world.instances() == []

@@ -22,14 +22,22 @@ from imds import FakeImds, Instance
 from motoserver import AWS_ENV, MotoServer
 
 from incl.controller.providers import open_provider
-from incl.controller.providers.aws import AwsProvider, LaunchFailed, NoCapacity, NoInstanceType, client_token
-from incl.controller.providers.catalog import AwsConfig, CatalogEntry, candidates, shapes
+from incl.controller.providers.aws import (
+    AwsProvider,
+    LaunchFailed,
+    NoCapacity,
+    NoInstanceType,
+    client_token,
+    placement_group_name,
+)
+from incl.controller.providers.catalog import AwsConfig, CatalogEntry, candidates, efa_refusal, shapes
 from incl.controller.reconcile import (
     EXISTING,
     TAG_ATTEMPT,
     TAG_CLUSTER,
     TAG_GENERATION,
     TAG_JOB,
+    TAG_RANK,
     TAG_ROLE,
     Launch,
     Market,
@@ -42,16 +50,16 @@ NATS_URL = "nats://user:pa$$word@10.0.0.5:4222"  # a `$` the shell must leave al
 STORE_URL = "s3://incl-artifacts/prod"
 CATALOG = [
     CatalogEntry(gpus=1, gpu_model="A10G", cpus=4, memory_gib=16, instance_types=["g5.xlarge", "g5.2xlarge"]),
-    CatalogEntry(gpus=8, gpu_model="H100", cpus=192, memory_gib=2048, instance_types=["p5.48xlarge"]),
+    CatalogEntry(gpus=8, gpu_model="H100", cpus=192, memory_gib=2048, instance_types=["p5.48xlarge"], efa=True),
     CatalogEntry(cpus=8, memory_gib=32, instance_types=["m7i.2xlarge"]),
 ]
 
 
 def launch(job: str = "j1", attempt: int = 1, market: Market = Market.SPOT, cluster: str = "c1",
-           gpus: str = "A10G:1", generation: int = 0) -> Launch:
+           gpus: str = "A10G:1", generation: int = 0, nodes: int = 1, efa: bool = False) -> Launch:
     model, _, count = gpus.partition(":")
     return Launch(cluster=cluster, job_id=job, attempt=attempt, market=market, generation=generation,
-                  resources=Resources(gpus=int(count), gpu_model=model, cpus=2))
+                  resources=Resources(gpus=int(count), gpu_model=model, cpus=2, nodes=nodes, efa=efa))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +118,7 @@ async def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
 async def test_spot_launch_has_the_type_market_tags_and_user_data(aws: Aws) -> None:
     """A spot launch: first candidate type in the first subnet, one-time spot, our tags, the rendered boot script."""
     async with aws.provider() as provider:
-        got = await provider.launch(launch())
+        (got,) = await provider.launch(launch())
     i = await aws.instance(got.instance_id)
     tags = {t["Key"]: t["Value"] for t in i["Tags"]}
     assert (i["InstanceType"], i["SubnetId"], i.get("InstanceLifecycle")) == ("g5.xlarge", aws.subnets[0], "spot")
@@ -130,8 +138,8 @@ async def test_spot_launch_has_the_type_market_tags_and_user_data(aws: Aws) -> N
 async def test_on_demand_launch_and_describe_reads_market_and_tags_back(aws: Aws) -> None:
     """On-demand has no spot lifecycle; describe() reports both instances as the reconciler sees them."""
     async with aws.provider() as provider:
-        spot = await provider.launch(launch("j1"))
-        od = await provider.launch(launch("j2", market=Market.ON_DEMAND))
+        (spot,) = await provider.launch(launch("j1"))
+        (od,) = await provider.launch(launch("j2", market=Market.ON_DEMAND))
         seen = {i.instance_id: i for i in await provider.describe("c1")}
     assert "InstanceLifecycle" not in await aws.instance(od.instance_id)
     assert {k: (v.market, v.job_id, v.attempt, v.state in EXISTING) for k, v in seen.items()} == {
@@ -141,10 +149,10 @@ async def test_on_demand_launch_and_describe_reads_market_and_tags_back(aws: Aws
 async def test_launching_one_attempt_twice_gives_one_instance(aws: Aws) -> None:
     """A controller that retries a launch (crash, lost reply) gets the instance it made, never a second one."""
     async with aws.provider() as provider:
-        first = await provider.launch(launch())
+        (first,) = await provider.launch(launch())
     async with aws.provider() as provider:  # as after a restart
-        again = await provider.launch(launch())
-        other = await provider.launch(launch(attempt=2))
+        (again,) = await provider.launch(launch())
+        (other,) = await provider.launch(launch(attempt=2))
         ours = await provider.describe("c1")
     assert again.instance_id == first.instance_id and again.existing
     assert other.instance_id != first.instance_id
@@ -157,9 +165,9 @@ async def test_a_relaunch_is_a_new_instance_and_a_retried_relaunch_is_not(aws: A
     describe() then shows the terminated generation 0 with its state reason."""
     s1 = aws.subnets[0]
     async with aws.provider() as provider:
-        first = await provider.launch(launch())
-        second = await provider.launch(launch(generation=1))
-        again = await provider.launch(launch(generation=1))
+        (first,) = await provider.launch(launch())
+        (second,) = await provider.launch(launch(generation=1))
+        (again,) = await provider.launch(launch(generation=1))
         await provider.terminate("c1", [first.instance_id])
         seen = {i.instance_id: i for i in await provider.describe("c1")}
     assert second.instance_id != first.instance_id and not second.existing
@@ -178,7 +186,7 @@ async def test_capacity_errors_fail_over_to_the_next_subnet_then_type(aws: Aws) 
     """g5.xlarge has no capacity anywhere: both subnets are tried, then g5.2xlarge launches."""
     async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
         proxy.fail = {"g5.xlarge": "InsufficientInstanceCapacity"}
-        got = await provider.launch(launch())
+        (got,) = await provider.launch(launch())
     s1, s2 = aws.subnets
     assert proxy.runs == [("g5.xlarge", s1, "InsufficientInstanceCapacity"),
                           ("g5.xlarge", s2, "InsufficientInstanceCapacity"), ("g5.2xlarge", s1, "ok")]
@@ -189,7 +197,7 @@ async def test_a_subnet_without_the_type_is_skipped(aws: Aws) -> None:
     """Unsupported in the first subnet's zone (and spot limits there): the same type launches in the second."""
     async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
         proxy.fail = {aws.subnets[0]: "Unsupported"}
-        got = await provider.launch(launch())
+        (got,) = await provider.launch(launch())
     assert (got.instance_type, got.subnet_id) == ("g5.xlarge", aws.subnets[1])
 
 
@@ -224,13 +232,121 @@ async def test_no_instance_type_fits(aws: Aws) -> None:
             await provider.launch(launch(gpus="A100:1"))
 
 
+# --- gangs: placement groups, all or none, EFA -----------------------------------------------------------------
+
+
+def _tags(i: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in i["Tags"]}
+
+
+async def test_a_gang_is_one_run_instances_into_a_cluster_placement_group_with_rank_tags(aws: Aws) -> None:
+    """A 2-node launch: its cluster placement group made first (named and tagged for the launch), then one
+    RunInstances of MinCount = MaxCount = 2 into it, in one subnet; ranks 0 and 1 tagged by launch index. Retried
+    (after a restart), it finds the same two and makes nothing."""
+    gang = launch(nodes=2)
+    name = placement_group_name(gang)
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        got = await provider.launch(gang)
+        again = await provider.launch(gang)
+        groups = await provider.placement_groups("c1")
+    (form,) = proxy.forms
+    assert (form["MinCount"], form["MaxCount"], form["Placement.GroupName"]) == ("2", "2", name)
+    assert proxy.actions.index("CreatePlacementGroup") < proxy.actions.index("RunInstances")
+    assert name == "incl-c1-j1-1-0" and proxy.groups[name]["strategy"] == "cluster"
+    assert [(g.name, g.launch_key()) for g in groups] == [(name, ("j1", 1, 0))]
+    assert [g.rank for g in got] == [0, 1] and {g.placement_group for g in got} == {name}
+    assert {proxy.placed[g.instance_id] for g in got} == {name}
+    described = [await aws.instance(g.instance_id) for g in got]
+    assert {i["SubnetId"] for i in described} == {aws.subnets[0]}
+    assert len({i["Placement"]["AvailabilityZone"] for i in described}) == 1
+    assert [_tags(i)[TAG_RANK] for i in described] == ["0", "1"]
+    assert all((_tags(i)[TAG_JOB], _tags(i)[TAG_ATTEMPT], _tags(i)[TAG_GENERATION]) == ("j1", "1", "0")
+               for i in described)
+    assert [a.instance_id for a in again] == [g.instance_id for g in got] and all(a.existing for a in again)
+    assert len(proxy.forms) == 1
+
+
+async def test_a_gang_fails_over_whole_and_a_partial_launch_is_terminated_at_once(aws: Aws) -> None:
+    """g5.xlarge has no capacity in the first subnet, and in the second only one of the two comes up: that one is
+    terminated at once and the gang launches whole on g5.2xlarge; nothing else is left."""
+    s1, s2 = aws.subnets
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        proxy.fail = {s1: "InsufficientInstanceCapacity"}
+        proxy.short = {"g5.xlarge": 1}
+        got = await provider.launch(launch(nodes=2))
+        seen = await provider.describe("c1")
+    assert proxy.runs == [("g5.xlarge", s1, "InsufficientInstanceCapacity"), ("g5.xlarge", s2, "ok"),
+                          ("g5.2xlarge", s1, "InsufficientInstanceCapacity"), ("g5.2xlarge", s2, "ok")]
+    assert [g.instance_type for g in got] == ["g5.2xlarge"] * 2 and {g.subnet_id for g in got} == {s2}
+    live = sorted(i.instance_id for i in seen if i.state in EXISTING)
+    assert live == sorted(g.instance_id for g in got) and len(seen) == 3
+    (partial,) = [i for i in seen if i.instance_id not in live]
+    assert partial.instance_type == "g5.xlarge" and partial.state == "terminated"
+
+
+async def test_a_gang_with_no_capacity_leaves_no_instance_and_no_placement_group(aws: Aws) -> None:
+    """Every candidate fails for the gang: NoCapacity, no instance, and its placement group deleted."""
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        proxy.fail = {"g5.xlarge": "InsufficientInstanceCapacity"}
+        proxy.short = {"g5.2xlarge": 1}
+        with pytest.raises(NoCapacity, match="PartialLaunch"):
+            await provider.launch(launch(nodes=2))
+        assert [i for i in await provider.describe("c1") if i.state in EXISTING] == []
+    assert proxy.groups == {} and "DeletePlacementGroup" in proxy.actions
+
+
+async def test_placement_groups_are_deleted_only_once_empty_and_only_the_clusters(aws: Aws) -> None:
+    """A group whose instances still run is kept (EC2: in use); once they are terminated it goes; another
+    cluster's group is never touched."""
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        got = await provider.launch(launch(nodes=2))
+        other = await provider.launch(launch(nodes=2, cluster="c2"))
+        name = got[0].placement_group
+        assert name is not None
+        assert await provider.delete_placement_groups("c1", [name, other[0].placement_group or ""]) == []
+        await provider.terminate("c1", [g.instance_id for g in got])
+        assert await provider.delete_placement_groups("c1", [name]) == [name]
+    assert set(proxy.groups) == {other[0].placement_group}
+
+
+async def test_efa_asks_for_an_efa_interface_on_types_that_have_it(aws: Aws) -> None:
+    """`efa` on an H100 gang: p5.48xlarge (catalog `efa: true`) launches with one EFA interface that carries the
+    subnet and security groups (none beside it, as EC2 requires); without `efa` no interface is asked for."""
+    sg = aws.cfg.security_group_ids
+    async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
+        got = await provider.launch(launch(gpus="H100:8", nodes=2, efa=True))
+        await provider.launch(launch("plain", gpus="H100:8", nodes=2))
+    efa, plain = proxy.forms
+    assert {k: v for k, v in efa.items() if k.startswith("NetworkInterface.1.")} == {
+        "NetworkInterface.1.DeviceIndex": "0", "NetworkInterface.1.NetworkCardIndex": "0",
+        "NetworkInterface.1.InterfaceType": "efa", "NetworkInterface.1.DeleteOnTermination": "true",
+        "NetworkInterface.1.SubnetId": aws.subnets[0], "NetworkInterface.1.SecurityGroupId.1": sg[0]}
+    assert "SubnetId" not in efa and "SecurityGroupId.1" not in efa
+    assert not any(k.startswith("NetworkInterface") for k in plain) and plain["SubnetId"] == aws.subnets[0]
+    assert [(await aws.instance(g.instance_id))["SubnetId"] for g in got] == [aws.subnets[0]] * 2
+
+
+def test_efa_narrows_candidates_and_is_refused_when_nothing_that_fits_has_it() -> None:
+    """With `efa`, only catalog types marked efa (or job-named types the catalog does not list); a job whose
+    fitting types have no EFA gets a reason naming them, and the provider refuses it."""
+    assert candidates(CATALOG, Resources(gpus=1, efa=True)) == ["p5.48xlarge"]
+    assert candidates(CATALOG, Resources(gpus=1, instance_types=["g5.xlarge", "p4d.24xlarge"], efa=True)) == \
+        ["p4d.24xlarge"]
+    assert efa_refusal(CATALOG, Resources(gpus=8, gpu_model="H100", efa=True)) is None
+    assert efa_refusal(CATALOG, Resources(gpus=1, gpu_model="A10G")) is None
+    why = efa_refusal(CATALOG, Resources(gpus=1, gpu_model="A10G", efa=True))
+    assert why == "no instance type that fits has EFA (fitting: g5.xlarge, g5.2xlarge; with EFA: p5.48xlarge)"
+    provider = AwsProvider(AwsConfig(catalog=CATALOG), nats_url=NATS_URL, store_url=STORE_URL)
+    assert provider.refusal(Resources(cpus=2, efa=True)) is not None
+
+
 # --- describe, terminate, interruptions -----------------------------------------------------------------------
 
 
 async def test_describe_pages_through_the_cluster_only(aws: Aws) -> None:
     """Seven instances over two pages of five, and another cluster's instance left out."""
     async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
-        ids = {(await provider.launch(launch(f"j{n}"))).instance_id for n in range(7)}
+        ids = {(await provider.launch(launch(f"j{n}")))[0].instance_id for n in range(7)}
         await provider.launch(launch("x", cluster="c2"))
         del proxy.actions[:]
         assert {i.instance_id for i in await provider.describe("c1")} == ids
@@ -240,8 +356,8 @@ async def test_describe_pages_through_the_cluster_only(aws: Aws) -> None:
 async def test_terminate_touches_only_the_clusters_instances(aws: Aws) -> None:
     """An instance without our tag, or another cluster's, survives a terminate that names it."""
     async with aws.provider() as provider:
-        ours = (await provider.launch(launch())).instance_id
-        theirs = (await provider.launch(launch(cluster="c2"))).instance_id
+        ours = (await provider.launch(launch()))[0].instance_id
+        theirs = (await provider.launch(launch(cluster="c2")))[0].instance_id
         bare = (await aws.ec2.run_instances(ImageId=aws.cfg.ami, MinCount=1, MaxCount=1,
                                             InstanceType="t3.micro"))["Instances"][0]["InstanceId"]
         assert await provider.terminate("c1", [ours, theirs, bare]) == [ours]
@@ -253,8 +369,8 @@ async def test_terminate_touches_only_the_clusters_instances(aws: Aws) -> None:
 async def test_spot_interrupted_reads_the_state_reason(aws: Aws) -> None:
     """Server.SpotInstanceTermination is an interruption; a user's terminate or an unknown id is not."""
     async with Ec2Proxy(aws.moto.url) as proxy, aws.provider(proxy.url) as provider:
-        a = (await provider.launch(launch("a"))).instance_id
-        b = (await provider.launch(launch("b"))).instance_id
+        a = (await provider.launch(launch("a")))[0].instance_id
+        b = (await provider.launch(launch("b")))[0].instance_id
         await provider.terminate("c1", [a, b])
         proxy.interrupted = {a}
         assert await provider.spot_interrupted([a, b, "i-0123456789abcdef0"]) == {
@@ -270,7 +386,7 @@ async def test_user_data_configures_the_agent_from_imdsv2(aws: Aws, tmp_path: Pa
     """The launched instance's user-data, run by bash against the IMDSv2 fake: the agent's config names the
     instance as the agent, the controller's NATS and the store, and the agent unit is restarted."""
     async with aws.provider() as provider:
-        script = await aws.user_data((await provider.launch(launch())).instance_id)
+        script = await aws.user_data((await provider.launch(launch()))[0].instance_id)
     systemctl = tmp_path / "systemctl"
     systemctl.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/systemctl.calls\n')
     systemctl.chmod(0o755)

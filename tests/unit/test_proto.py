@@ -51,6 +51,8 @@ ATTEMPT_PLAIN = {
     "reason": None,
     "tail": ["hi"],
     "outputs": None,
+    "nodes": [],
+    "stopping": None,
 }
 
 JOB = m.Job(
@@ -154,8 +156,13 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
      _msg(m.AssignmentRequest, meta=ENV_PLAIN, job_id="j1", attempt=2, agent_id="a1")),
     (m.AssignmentReply(current=True), _msg(m.AssignmentReply, current=True, cancel_requested=False)),
     (m.Assign(job_id="j1", attempt=2, spec=SPEC, env={"INCL_JOB_ID": "j1"}),
-     _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None)),
+     _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None,
+          gang=None)),
     (m.CancelJob(job_id="j1", attempt=2, grace=10.0), _msg(m.CancelJob, job_id="j1", attempt=2, grace=10.0)),
+    (m.GangStart(job_id="j1", attempt=2, env={"MASTER_PORT": "29500"}),
+     _msg(m.GangStart, job_id="j1", attempt=2, env={"MASTER_PORT": "29500"})),
+    (m.JobReady(job_id="j1", attempt=2, agent_id="a1", ts=3.0, rank=0, port=29500),
+     _msg(m.JobReady, job_id="j1", attempt=2, agent_id="a1", ts=3.0, rank=0, port=29500)),
     (m.JobStarting(job_id="j1", attempt=2, agent_id="a1", ts=3.5),
      _msg(m.JobStarting, job_id="j1", attempt=2, agent_id="a1", ts=3.5)),
     (m.JobRunning(job_id="j1", attempt=2, agent_id="a1", ts=3.5, pid=4242),
@@ -172,13 +179,13 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
      ]),
      _msg(m.LogBatch, job_id="j1", attempt=2, seq=7,
           lines=[[1.0, 1, b"epoch 1\n", False], [1.5, 2, b"\xff\xfenot utf-8", False]],
-          stdout_total=0, stderr_total=0)),
+          rank=0, stdout_total=0, stderr_total=0)),
     (m.MetricBatch(job_id="j1", attempt=2, seq=8, points=[
         m.MetricPoint(ts=1.0, step=10, values={"loss": 0.25}),
         m.MetricPoint(ts=2.0, step=None, values={"acc": 0.5, "lr": 1e-4}),
      ]),
      _msg(m.MetricBatch, job_id="j1", attempt=2, seq=8,
-          points=[[1.0, 10, {"loss": 0.25}], [2.0, None, {"acc": 0.5, "lr": 1e-4}]])),
+          points=[[1.0, 10, {"loss": 0.25}], [2.0, None, {"acc": 0.5, "lr": 1e-4}]], rank=0)),
 ]  # fmt: skip
 
 STUDY = st_.Study(id="s1", spec=SPEC, user="ann", state=st_.StudyState.RUNNING, created_at=1.0, updated_at=2.0, seed=7)
@@ -222,8 +229,9 @@ PLAINS = [plain for _, plain in SAMPLES]
 
 # Every decoder a subject uses, with the types it may return.
 DECODERS: list[tuple[str, Decoder[Any], tuple[type, ...]]] = [
-    ("AgentCommand", Decoder(m.AgentCommand), (m.Assign, m.CancelJob)),
-    ("AgentEvent", Decoder(m.AgentEvent), (m.JobStarting, m.JobRunning, m.JobExited, m.AgentInterrupted)),
+    ("AgentCommand", Decoder(m.AgentCommand), (m.Assign, m.CancelJob, m.GangStart)),
+    ("AgentEvent", Decoder(m.AgentEvent), (m.JobStarting, m.JobRunning, m.JobReady, m.JobExited,
+                                           m.AgentInterrupted)),
     ("LogBatch", Decoder(m.LogBatch), (m.LogBatch,)),
     ("MetricBatch", Decoder(m.MetricBatch), (m.MetricBatch,)),
     ("Job", Decoder(m.Job), (m.Job,)),  # KV records share the codec

@@ -15,9 +15,11 @@ from incl.controller.reconcile import (
     TAG_CLUSTER,
     TAG_GENERATION,
     TAG_JOB,
+    TAG_RANK,
     Demand,
     Launch,
     Market,
+    ObservedGroup,
     ObservedInstance,
     Plan,
     Reason,
@@ -56,6 +58,16 @@ def want(job: str = "j1", attempt: int = 1, market: Market = Market.AUTO, preemp
          max_preemptions: int | None = None) -> Demand:
     return Demand(job_id=job, attempt=attempt, resources=Resources(gpus=1), market=market, preemptions=preemptions,
                   max_preemptions=max_preemptions)
+
+
+def gang(job: str = "g", attempt: int = 1, nodes: int = 2) -> Demand:
+    return Demand(job_id=job, attempt=attempt, resources=Resources(gpus=1, nodes=nodes))
+
+
+def member(iid: str, rank: int, generation: int = 0, job: str = "g", **kw: object) -> ObservedInstance:
+    i = inst(iid, job=job, generation=generation, **kw)  # type: ignore[arg-type]
+    return ObservedInstance(**{**{f: getattr(i, f) for f in i.__struct_fields__},
+                               "tags": {**i.tags, TAG_RANK: str(rank)}})
 
 
 def reasons(p: Plan) -> dict[str, Reason]:
@@ -212,6 +224,120 @@ def test_demand_of_a_job_counts_attempts_and_preemptions() -> None:
     assert [market_of(v) for v in (True, False, "auto", None)] == \
         [Market.SPOT, Market.ON_DEMAND, Market.AUTO, Market.AUTO]
     assert market_of(None, Market.ON_DEMAND) is Market.ON_DEMAND
+
+
+# --- gangs (multi-node jobs) -----------------------------------------------------------------------------------
+
+
+def test_a_gang_is_one_launch_of_nodes_instances() -> None:
+    """A queued 2-node job: one launch (the provider makes both ranks together), generation 0; none once its
+    members exist, booting or registered."""
+    p = plan([gang()], [], [], CFG, NOW)
+    assert p.launches == [Launch(cluster="c1", job_id="g", attempt=1, market=Market.SPOT,
+                                 resources=Resources(gpus=1, nodes=2))]
+    assert p.launches[0].nodes == 2
+    both = [member("i-0", 0), member("i-1", 1)]
+    p = plan([gang()], both, [agent("i-0", idle_since=NOW - 5)], CFG, NOW)
+    assert p.launches == [] and p.terminations == [] and p.held == {"i-0": "g", "i-1": "g"}
+
+
+def test_a_gang_still_coming_up_is_left_alone() -> None:
+    """One member visible, nothing lost, younger than boot_timeout: no relaunch, no termination."""
+    p = plan([gang()], [member("i-0", 0)], [], CFG, NOW)
+    assert p.launches == [] and p.terminations == []
+
+
+def test_a_member_reclaimed_while_booting_takes_the_rest_down_and_the_gang_is_relaunched_whole() -> None:
+    """Rank 1 reclaimed before the job ran: rank 0 (registered and idle) is terminated as gang_broken and the
+    gang launched again as generation 1."""
+    gone = member("i-1", 1, state="terminated", reason="Server.SpotInstanceTermination")
+    p = plan([gang()], [member("i-0", 0), gone], [agent("i-0", idle_since=NOW - 5)], CFG, NOW)
+    assert reasons(p) == {"i-0": Reason.GANG_BROKEN} and "1 of 2 members left" in p.terminations[0].detail
+    assert [(x.job_id, x.generation, x.nodes) for x in p.launches] == [("g", 1, 2)] and p.held == {}
+
+
+def test_a_member_that_never_registers_takes_the_rest_down_in_the_same_plan() -> None:
+    """Rank 1 never registered within boot_timeout: it goes as never_registered, rank 0 (registered) as
+    gang_broken, and generation 1 is launched."""
+    old = NOW - 601
+    p = plan([gang()], [member("i-0", 0, launched=old), member("i-1", 1, launched=old)],
+             [agent("i-0", idle_since=NOW - 500)], CFG, NOW)
+    assert reasons(p) == {"i-1": Reason.NEVER_REGISTERED, "i-0": Reason.GANG_BROKEN}
+    assert [x.generation for x in p.launches] == [1]
+
+
+def test_a_gang_short_of_members_past_boot_timeout_is_relaunched() -> None:
+    """Only one member ever showed (nothing terminated) and boot_timeout passed: broken, relaunched whole."""
+    p = plan([gang()], [member("i-0", 0, launched=NOW - 600)], [agent("i-0", idle_since=NOW - 500)], CFG, NOW)
+    assert reasons(p) == {"i-0": Reason.GANG_BROKEN} and [x.generation for x in p.launches] == [1]
+
+
+def test_a_registered_member_waiting_for_its_gang_is_not_idle() -> None:
+    """Rank 0 registered long ago and idle past idle_timeout while rank 1 still boots: kept (and held). Once its
+    gang no longer waits, the idle rule applies again."""
+    members = [member("i-0", 0), member("i-1", 1, launched=NOW - 10)]
+    agents = [agent("i-0", idle_since=NOW - 400)]
+    p = plan([gang()], members, agents, CFG, NOW)
+    assert p.terminations == [] and p.held == {"i-0": "g", "i-1": "g"}
+    assert reasons(plan([], members, agents, CFG, NOW)) == {"i-0": Reason.IDLE}
+
+
+def test_a_broken_gang_never_terminates_a_member_that_runs_another_job() -> None:
+    """A member some other job was placed on survives its gang's relaunch."""
+    gone = member("i-1", 1, state="terminated")
+    p = plan([gang()], [member("i-0", 0), gone], [agent("i-0", running=1)], CFG, NOW)
+    assert p.terminations == [] and [x.generation for x in p.launches] == [1]
+
+
+def test_relaunches_of_a_gang_number_past_every_generation_and_supersede_old_members() -> None:
+    """Generation 0 terminated (two instances) and generation 1 in flight: the plan asks for generation 1 again
+    (the provisioner's in-flight launch, or the provider's idempotency, answers it), never 2; a member of an old
+    generation still up once a newer one exists goes."""
+    dead = [member("i-0", 0, state="shutting-down"), member("i-1", 1, state="terminated")]
+    assert [x.generation for x in plan([gang()], dead, [], CFG, NOW).launches] == [1]
+    new = [member("i-2", 0, generation=1), member("i-3", 1, generation=1)]
+    p = plan([gang()], [member("i-0", 0), *new], [], CFG, NOW)
+    assert reasons(p) == {"i-0": Reason.GANG_BROKEN} and p.launches == []
+    assert "superseded" in p.terminations[0].detail
+
+
+def test_placement_groups_with_no_instance_left_are_deleted() -> None:
+    """A group whose launch's instances are all gone is deleted; one with a member up, one being launched by
+    this plan, another cluster's and an untagged one are kept."""
+    def group(name: str, job: str, generation: int, cluster: str = "c1") -> ObservedGroup:
+        return ObservedGroup(name=name, tags={TAG_CLUSTER: cluster, TAG_JOB: job, TAG_ATTEMPT: "1",
+                                              TAG_GENERATION: str(generation)})
+    groups = [group("pg-old", "g", 0), group("pg-new", "g", 1), group("pg-up", "h", 0), group("pg-x", "g", 0, "c2"),
+              ObservedGroup(name="pg-bare")]
+    observed = [member("i-0", 0, state="terminated"), member("i-1", 1, state="terminated"), member("i-2", 0, job="h")]
+    p = plan([gang()], observed, [], CFG, NOW, groups=groups)
+    assert [x.generation for x in p.launches] == [1] and p.delete_groups == ["pg-old"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["pending", "running", "shutting-down", "terminated"]),
+                          st.integers(0, 2), st.sampled_from([0.0, 10.0, 600.0]),
+                          st.sampled_from(["none", "idle", "busy", "lost"])), max_size=6))
+def test_gang_invariants(members: list[tuple[str, int, float, str]]) -> None:
+    """For any state of a 2-node gang's instances: never a busy member terminated, never two launches, a launch
+    only as a generation past every one seen, and a launch exactly when no generation is whole or coming up."""
+    observed = [member(f"i-{n}", n % 2, generation=g, state=s, launched=NOW - age)
+                for n, (s, g, age, _) in enumerate(members)]
+    agents = [agent(f"i-{n}", running=int(a == "busy"), idle_since=NOW - 400 if a == "idle" else None,
+                    alive=a != "lost") for n, (_, _, _, a) in enumerate(members) if a != "none"]
+    p = plan([gang()], observed, agents, CFG, NOW)
+    busy = {f"i-{n}" for n, m in enumerate(members) if m[3] == "busy"}
+    assert not busy & {t.instance_id for t in p.terminations}
+    assert len(p.launches) <= 1 and len({t.instance_id for t in p.terminations}) == len(p.terminations)
+    for x in p.launches:
+        assert x.generation > max((g for _, g, _, _ in members), default=-1) and x.nodes == 2
+    going = {t.instance_id for t in p.terminations}
+    left = [i for i in observed if i.state in EXISTING and i.instance_id not in going]
+    if p.launches:
+        assert all(i.instance_id in busy for i in left)  # only what runs another job outlives a relaunch
+    else:
+        ids = {i.instance_id for i in left}
+        assert left and ids - busy <= set(p.held) <= ids  # the gang holds what it still has
 
 
 # --- invariants -----------------------------------------------------------------------------------------------

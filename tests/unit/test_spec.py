@@ -17,7 +17,6 @@ import incl
 from incl import _sdk
 from incl.proto.errors import SpecInvalid
 from incl.proto.spec import (
-    NOT_SUPPORTED_YET,
     GpuIdle,
     IdleAction,
     JobSpec,
@@ -264,17 +263,6 @@ def test_env_cannot_override_incl_variables(name: str) -> None:
 CANDIDATES = ["x", "", 2, 0.5, True, False, ["x"], {"K": "v"}, {}, "auto", [{"source": "s3://b"}]]
 
 
-@pytest.mark.parametrize("path", sorted(NOT_SUPPORTED_YET))
-def test_features_not_built_yet_are_refused_not_ignored(path: str) -> None:
-    """Every value at the path is refused there; the ones of the right type say "not supported yet"."""
-    said_not_supported = 0
-    for value in CANDIDATES:
-        exc = _refused(_nest(path, value))
-        assert exc.field == path or (exc.field or "").startswith((f"{path}[", f"{path}.")), f"{value!r}: {exc}"
-        said_not_supported += exc.message.startswith("not supported yet")
-    assert said_not_supported, f"no candidate value type-checks at {path}; add one to CANDIDATES"
-
-
 def test_nest_builds_the_path() -> None:
     assert _nest("resources.nodes", 2) == {"run": "python train.py", "resources": {"nodes": 2}}
     assert _nest("image", "x") == {"run": "python train.py", "image": "x"}
@@ -466,9 +454,21 @@ def test_a_project_folder_under_a_system_folder_is_a_fine_workdir() -> None:
     assert load_spec({"run": "x", "workdir": "/home/ada/project"}).workdir == "/home/ada/project"
 
 
-def test_the_not_supported_message_is_grammatical() -> None:
-    assert _refused({"run": "x", "resources": {"nodes": 2}}).message == \
-        "not supported yet (multi-node jobs are not built)"
+@pytest.mark.parametrize(("data", "field", "words"), [
+    ({"resources": {"nodes": 0}}, "resources.nodes", "at least 1"),
+    ({"resources": {"nodes": "two"}}, "resources.nodes", "expected `int`"),
+    ({"resources": {"nodes": 1000}}, "resources.nodes", "more than the 256"),
+    ({"resources": {"nodes": 2}, "outputs": {"ranks": "some"}}, "outputs.ranks", "a rank number"),
+    ({"resources": {"nodes": 2}, "outputs": {"ranks": 2}}, "outputs.ranks", "from 0 to 1, or all"),
+])
+def test_bad_multi_node_input_is_one_line_naming_the_field(data: dict[str, Any], field: str, words: str) -> None:
+    _refused_at({"run": "x", **data}, field, words)
+
+
+def test_a_multi_node_spec_loads() -> None:
+    spec = load_spec({"run": "torchrun train.py", "resources": {"nodes": 2, "gpus": "H100:8"},
+                      "outputs": {"ranks": "all"}})
+    assert (spec.resources.nodes, spec.resources.gpus, spec.outputs.ranks) == (2, 8, "all")
 
 
 # --- gpu_idle, notify: typed here, for the CLI and the controller alike ---------------------------------
