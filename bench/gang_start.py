@@ -2,7 +2,7 @@
 """Gang start: submit -> every rank's process started, for multi-node jobs of N = 2, 4, 8, 16 ranks on warm
 local agents, against starting the same N processes by hand over SSH.
 
-    PYTHONPATH=build/pkg .venv/bin/python bench/gang_start.py [--repeat 10] [--sizes 2,4,8,16]
+    .venv/bin/python bench/gang_start.py [--repeat 10] [--sizes 2,4,8,16]
 
 Prints a table and writes everything to ``bench/results/gang_start.json`` (``--out``).
 
