@@ -91,6 +91,8 @@ def ready(job: Job, attempt: int, agent_id: str, port: int | None, now: float) -
     cur, node = _node(job, attempt, agent_id)
     if node.state in NODE_ENDED:
         raise state.IllegalTransition(f"{job.id}: rank {node.rank} has already ended")
+    if node.rank == 0 and (port is None or not 1 <= port <= 65535):
+        raise state.IllegalTransition(f"{job.id}: rank 0 named no usable rendezvous port ({port!r})")
     node = structs.replace(node, ready=True, port=port if node.rank == 0 else None,
                            state=S.STARTING if node.state is S.ASSIGNED else node.state)
     job = _replace_node(job, cur, node)

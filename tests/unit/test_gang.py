@@ -108,6 +108,9 @@ def test_a_cancel_cancels_the_whole_gang() -> None:
 
 
 def test_stale_and_repeated_rank_events_change_nothing() -> None:
+    for port in (None, 0, 70000):  # rank 0 must name a port the others can reach
+        with pytest.raises(state.IllegalTransition):
+            gang.ready(assigned(), 1, "a0", port, now=3.0)
     j = running()
     with pytest.raises(state.IllegalTransition):
         gang.node_ended(j, 2, "a0", 5.0, to=S.FAILED)  # another attempt
