@@ -322,13 +322,24 @@ class Jobs:
         assigned = {(j.id, j.current.number): j for j in self.records
                     if j.current is not None and (j.state is JobState.ASSIGNED or (
                         j.state is JobState.STARTING and any(n.state is JobState.ASSIGNED for n in j.current.nodes)))}
-        self._resent = {k: t for k, t in self._resent.items() if k in assigned}  # forget started attempts
+        starting = {(j.id, -j.current.number) for j in self.records  # gang starts: keyed by the negated attempt
+                    if j.state is JobState.STARTING and j.current is not None and j.current.nodes}
+        self._resent = {k: t for k, t in self._resent.items() if k in assigned or k in starting}  # forget the rest
         for key, job in assigned.items():
             assert job.current is not None  # `assigned` keeps only jobs with a current attempt
             if job.current.assigned_at <= older_than and self._resent.get(key, 0.0) <= older_than:
                 self._resent[key] = time.time()
                 log.info("assignment_resent", job_id=job.id, attempt=key[1])
                 await self.send_assign(job)
+        # A gang whose ranks were all ready but did not start (the controller may have died before GangStart left):
+        # start it again. An agent ignores a GangStart for a rank it has already started.
+        for job in self.records:
+            cur = job.current
+            if (job.state is JobState.STARTING and cur is not None and gang.all_ready(job)
+                    and job.updated_at <= older_than and self._resent.get((job.id, -cur.number), 0.0) <= older_than):
+                self._resent[(job.id, -cur.number)] = time.time()
+                log.info("gang_start_resent", job_id=job.id, attempt=cur.number)
+                await self._start_gang(job)
 
     async def _send(self, agent_id: str, cmd: Assign | CancelJob | GangStart, msg_id: str) -> None:
         await forever(
@@ -412,17 +423,24 @@ class Jobs:
         assert cur is not None
         was_ready = before.current is not None and before.current.number == cur.number and gang.all_ready(before)
         if gang.all_ready(after) and not was_ready:
-            env = gang.start_env(after)
-            log.info("gang_start", job_id=after.id, attempt=cur.number, master=env.get("MASTER_ADDR"),
-                     port=env.get("MASTER_PORT"))
-            for node in cur.nodes:
-                rank_env = env | {"NODE_RANK": str(node.rank), "INCL_NODE_RANK": str(node.rank)}
-                await self._send(node.agent_id, GangStart(job_id=after.id, attempt=cur.number, env=rank_env),
-                                 msg_id=f"{after.id}.{cur.number}.start.r{node.rank}")
+            await self._start_gang(after)
         if stop := gang.to_stop(before, after):
             assert cur.stopping is not None
             log.warning("gang_stopping", job_id=after.id, attempt=cur.number, cause=cur.stopping.reason, ranks=stop)
             await self._stop_ranks(after, stop)
+
+    async def _start_gang(self, job: Job) -> None:
+        """GangStart to every rank that has not started yet, with the environment that names them all."""
+        cur = job.current
+        assert cur is not None
+        env = gang.start_env(job)
+        log.info("gang_start", job_id=job.id, attempt=cur.number, master=env.get("MASTER_ADDR"),
+                 port=env.get("MASTER_PORT"))
+        for node in cur.nodes:
+            if node.state in (JobState.ASSIGNED, JobState.STARTING):
+                rank_env = env | {"NODE_RANK": str(node.rank), "INCL_NODE_RANK": str(node.rank)}
+                await self._send(node.agent_id, GangStart(job_id=job.id, attempt=cur.number, env=rank_env),
+                                 msg_id=f"{job.id}.{cur.number}.start.r{node.rank}")
 
     async def agent_lost(self, agent_id: str, reason: str, keep: AbstractSet[tuple[str, int]] = frozenset(),
                          preempted: bool = False) -> None:
