@@ -210,12 +210,13 @@ def main() -> int:
     p.add_argument("--job-python", default=default_job_python(),
                    help="interpreter of the stamp, for every side (default: the system python3)")
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh reference")
+    p.add_argument("--keep-home", action="store_true", help="keep the stack's INCL_HOME (its daemons' logs)")
     p.add_argument("--out", default=str(HERE / "results" / "gang_start.json"))
     args = p.parse_args()
     py = args.job_python
     work = Path(tempfile.mkdtemp(prefix="incl-gang-", dir="/tmp"))
     agents = max(args.sizes)
-    stack, sshd = GangStack(agents, 1, keep=False), None
+    stack, sshd = GangStack(agents, 1, keep=args.keep_home), None
     results: dict = {}
     t_begin = time.time()
     try:

@@ -298,12 +298,12 @@ class Jobs:
         for good (not a transient failure) fails the attempt with the reason: it could never be delivered."""
         cur = job.current
         assert cur is not None
-        if cur.nodes:
-            for node in cur.nodes:
-                if node.state is JobState.ASSIGNED:
-                    cmd = Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job), code=job.code,
-                                 gang=Gang(rank=node.rank, nodes=len(cur.nodes)))
-                    await self._send(node.agent_id, cmd, msg_id=f"{job.id}.{cur.number}.r{node.rank}")
+        if cur.nodes:  # every rank's at once
+            await asyncio.gather(*(
+                self._send(node.agent_id, Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job),
+                                                 code=job.code, gang=Gang(rank=node.rank, nodes=len(cur.nodes))),
+                           msg_id=f"{job.id}.{cur.number}.r{node.rank}")
+                for node in cur.nodes if node.state is JobState.ASSIGNED))
             return
         cmd = Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job), code=job.code)
         try:
@@ -430,17 +430,20 @@ class Jobs:
             await self._stop_ranks(after, stop)
 
     async def _start_gang(self, job: Job) -> None:
-        """GangStart to every rank that has not started yet, with the environment that names them all."""
+        """GangStart to every rank that has not started yet, with the environment that names them all; sent to
+        all at once, so that the ranks start as close together as the agents allow."""
         cur = job.current
         assert cur is not None
         env = gang.start_env(job)
         log.info("gang_start", job_id=job.id, attempt=cur.number, master=env.get("MASTER_ADDR"),
                  port=env.get("MASTER_PORT"))
-        for node in cur.nodes:
-            if node.state in (JobState.ASSIGNED, JobState.STARTING):
-                rank_env = env | {"NODE_RANK": str(node.rank), "INCL_NODE_RANK": str(node.rank)}
-                await self._send(node.agent_id, GangStart(job_id=job.id, attempt=cur.number, env=rank_env),
-                                 msg_id=f"{job.id}.{cur.number}.start.r{node.rank}")
+        def start(rank: int) -> GangStart:
+            return GangStart(job_id=job.id, attempt=cur.number,
+                             env=env | {"NODE_RANK": str(rank), "INCL_NODE_RANK": str(rank)})
+
+        await asyncio.gather(*(
+            self._send(node.agent_id, start(node.rank), msg_id=f"{job.id}.{cur.number}.start.r{node.rank}")
+            for node in cur.nodes if node.state in (JobState.ASSIGNED, JobState.STARTING)))
 
     async def agent_lost(self, agent_id: str, reason: str, keep: AbstractSet[tuple[str, int]] = frozenset(),
                          preempted: bool = False) -> None:
