@@ -415,9 +415,10 @@ async def test_controller_killed_while_launching_a_gang_leaks_nothing(world: Wor
     assert done.state == "SUCCEEDED", done.reason
     mine = [i for i in world.instances() if _tags(i)["incl:job"] == job.id]
     # One generation of two: nothing launched twice. (The kill may fall between the launch and the rank tags,
-    # which come in a second call: the ranks then follow the launch index, and the tags may be missing.)
+    # which come in later calls: the ranks then follow the launch index, and some tags may be missing.)
     assert sorted((_tags(i)["incl:attempt"], _tags(i)["incl:generation"]) for i in mine) == [("1", "0"), ("1", "0")]
-    assert {_tags(i).get("incl:rank") for i in mine} in ({"0", "1"}, {None})
+    ranks = [_tags(i)["incl:rank"] for i in mine if "incl:rank" in _tags(i)]  # each tagged by its own call
+    assert len(set(ranks)) == len(ranks) and set(ranks) <= {"0", "1"}
     await wait_for(lambda: world.live() == [] and world.sim.proxy.groups == {}, 30,
                    "every instance and placement group gone")
 
