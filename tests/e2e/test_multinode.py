@@ -196,3 +196,37 @@ async def test_a_spot_notice_on_one_node_preempts_the_whole_gang_without_using_a
     assert done.state is JobState.SUCCEEDED, (done.reason, done.attempts)
     assert [a.state for a in done.attempts] == [JobState.PREEMPTED, JobState.SUCCEEDED]  # max_attempts: 1, untouched
     assert noticed not in {n.agent_id for n in done.attempts[1].nodes}
+
+
+async def test_forged_and_stale_rank_events_leave_the_gang_and_the_controller_running(cluster: Cluster,
+                                                                                      tmp_path: Path) -> None:
+    """While a 2-node gang runs: a JobReady with no usable port and a failing JobExited from an agent that holds
+    no rank of it, rank events of another attempt, a JobReady for a single-node job and for an unknown job. The
+    controller drops each (logged, no traceback) and the gang ends as its ranks say."""
+    from test_resilience import publish_events
+
+    from incl.proto.codec import encode
+    from incl.proto.messages import JobExited, JobReady
+
+    cluster.start_controller()
+    cluster.start_agent("a1", cpus=2)
+    cluster.start_agent("a2", cpus=2)
+    await cluster.wait_agents(2)
+    single = await cluster.wait_done((await cluster.submit("echo one")).id)
+    job = await cluster.submit("sleep 2; echo rank $NODE_RANK", resources={"nodes": 2, "cpus": 1})
+    await cluster.wait_state(job.id, {JobState.RUNNING}, timeout=30)
+    await publish_events(
+        cluster.nats.url,
+        encode(JobReady(job_id=job.id, attempt=1, agent_id="intruder", rank=0, port=70000)),
+        encode(JobExited(job_id=job.id, attempt=1, agent_id="intruder", exit_code=1, reason="forged")),
+        encode(JobExited(job_id=job.id, attempt=5, agent_id="a1", exit_code=1)),
+        encode(JobReady(job_id=single.id, attempt=1, agent_id="a1", rank=0, port=1234)),
+        encode(JobReady(job_id="j-nosuchjob", attempt=1, agent_id="a1", rank=0, port=1234)),
+    )
+    done = await cluster.wait_done(job.id, timeout=30)
+    assert done.state is JobState.SUCCEEDED and len(done.attempts) == 1, done.attempts
+    assert await cluster.job(single.id) == single
+    assert cluster.controller is not None and cluster.controller.running
+    out = cluster.controller.output()
+    assert "event_refused" in out and "event_stale" in out and "event_for_unknown_job" in out
+    assert "Traceback" not in out
