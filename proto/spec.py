@@ -1,8 +1,7 @@
 """The job spec (`incl.yaml`): the user's contract, validated before anything is queued.
 
 Every error is a `SpecInvalid` whose `field` is the path of the offending key (`resources.gpus`) and whose
-message says why. Unknown keys are errors with a "did you mean". Keys whose feature is not built yet are
-refused with "not supported yet" rather than silently ignored.
+message says why. Unknown keys are errors with a "did you mean".
 """
 
 from __future__ import annotations
@@ -124,8 +123,6 @@ class JobSpec(_Spec, frozen=True):
     team: str | None = None
     hpo: Hpo | None = None
 
-
-NOT_SUPPORTED_YET: dict[str, str] = {}
 
 MAX_NODES = 256  # nodes of one multi-node job
 
@@ -545,20 +542,9 @@ def _check_data(spec: JobSpec) -> None:
         targets.add(str(target))
 
 
-def _not_supported(spec: JobSpec) -> None:
-    defaults = {"resources.nodes": 1}
-    for path, feature in NOT_SUPPORTED_YET.items():
-        obj: Any = spec
-        for part in path.split("."):
-            obj = getattr(obj, part)
-        if obj is not None and obj != defaults.get(path):
-            raise SpecInvalid(f"not supported yet ({feature} not built)", field=path)
-
-
 def check_spec(spec: JobSpec) -> JobSpec:
     """The checks beyond types, for a JobSpec that arrived already decoded (e.g. on the wire)."""
     _semantic_checks(spec)
-    _not_supported(spec)
     return spec
 
 
