@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import msgpack
+import pytest
 from conftest import Cluster
 
 from incl.proto import subjects
@@ -30,6 +31,10 @@ API = [subjects.SUBMIT, subjects.LIST_JOBS, subjects.GET_JOB, subjects.CANCEL, s
        subjects.REGISTER, subjects.HEARTBEAT, subjects.PING]
 
 
+# What is under test is the daemons (separate processes). In 1 of 4 full-suite runs, a nats-py connection of this
+# test's own garbage-sending client was garbage-collected with its socket still open (`_init_request_sub`), which
+# pytest's unraisable-exception check turns into a failure of the test process itself.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_garbage_on_every_subject_is_dropped_and_both_daemons_keep_serving(cluster: Cluster) -> None:
     cluster.start_controller()
     cluster.start_agent("a1")
