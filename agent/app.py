@@ -25,6 +25,7 @@ from incl.agent.runtime import Launcher
 from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
 from incl.agent.workdir import WorkDirClaim
+from incl.agent.workspace import Workspace
 from incl.artifacts.store import ArtifactStore, open_store
 from incl.bus.connection import Bus, connect
 from incl.bus.consume import consume
@@ -323,6 +324,16 @@ class Agent:
                     log.info("assignment_stale", job_id=cmd.job_id, attempt=cmd.attempt)
                     return
                 self._seen.add(key)
+                if Workspace(Path(self.cfg.work_dir), cmd.job_id, cmd.attempt).assignment.exists():
+                    # A copy of an assignment whose ack was lost, redelivered to this new agent process: the
+                    # previous process started it, and its command died with that process (a container would
+                    # have been re-adopted). Running it again would run one attempt twice (and mix its output
+                    # with the first run's), so it ends here, lost, and the job goes on as a new attempt.
+                    log.warning("attempt_not_rerun", job_id=cmd.job_id, attempt=cmd.attempt)
+                    await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
+                                                 fenced=True, reason="a previous process of this agent started this "
+                                                 "attempt and was killed with it; an attempt never runs twice"))
+                    return
                 if self.interruption is not None:  # assigned before the controller heard of the notice
                     await self.publish(JobExited(job_id=cmd.job_id, attempt=cmd.attempt, agent_id=self.cfg.agent_id,
                                                  preempted=True, reason="its spot instance is being reclaimed"))
@@ -395,7 +406,7 @@ class Agent:
         found = []
         for handle in await self.docker.find({"incl.agent": self.cfg.agent_id}):
             job_id, attempt = handle.labels.get("incl.job", ""), handle.labels.get("incl.attempt", "")
-            path = Path(self.cfg.work_dir) / "jobs" / job_id / f"attempt-{attempt}" / "assign.msgpack"
+            path = Workspace(Path(self.cfg.work_dir), job_id, int(attempt) if attempt.isdigit() else 0).assignment
             try:
                 found.append((_ASSIGN.decode(path.read_bytes()), handle))
             except (OSError, DecodeError) as exc:

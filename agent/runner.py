@@ -385,7 +385,8 @@ class Runner:
         try:
             data_mounts: list[Mount] = []
             if adopt is None:
-                (self.ws.dir / "assign.msgpack").write_bytes(encode(self.assign))
+                self.ws.dir.mkdir(parents=True, exist_ok=True)
+                self.ws.assignment.write_bytes(encode(self.assign))
                 if self._has_preparation():
                     await self._publish(self._event(JobStarting))
                 data_mounts = await self._prepare(files)

@@ -2,6 +2,7 @@
 
 Layout under the agent's work dir:
 
+    jobs/<job>/attempt-<n>/assign.msgpack  the assignment, written before anything runs
     jobs/<job>/attempt-<n>/code         the code snapshot, built from the instance's blob cache
     jobs/<job>/attempt-<n>/run          entry scripts (mounted at /incl/run in a container)
     jobs/<job>/attempt-<n>/outputs      $INCL_OUTPUT_DIR, uploaded when the attempt ends
@@ -61,6 +62,9 @@ class Workspace:
         self.code, self.run = self.dir / "code", self.dir / "run"
         self.outputs, self.checkpoints = self.dir / "outputs", self.dir / "checkpoints"
         self.cache = work_dir / "cache"
+        # Written before the attempt's command starts: a later agent process that finds it knows this attempt
+        # ran here (re-adopts its container, or reports it lost: an attempt never runs twice).
+        self.assignment = self.dir / "assign.msgpack"
 
     def create(self) -> Workspace:
         for d in (self.code, self.run, self.outputs, self.checkpoints, self.cache):

@@ -1,0 +1,84 @@
+"""An attempt runs at most once, even across agent processes.
+
+An agent acks an assignment once it has started it. If that ack is lost (NATS dies just then) and the agent is
+then killed -9 before the controller heard the attempt start, the controller still sees it ASSIGNED, and the
+agent's durable queue delivers the same assignment again to the next agent process. That process must not run
+it a second time: the command died with the first process, and a second run would reuse the attempt's log and
+metric message ids (its output mixed with the first run's, lines lost). It reports the attempt lost instead,
+so the job goes on as a new attempt.
+
+The controller here is a fake served from the test (it answers the agent's three requests and always says the
+assignment is current), so the redelivery is exact, not left to a race.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from conftest import Cluster, wait_for
+
+from incl.bus.connection import Bus
+from incl.bus.streams import StreamLimits, ensure_buckets, ensure_streams
+from incl.proto import subjects
+from incl.proto.codec import Decoder, encode
+from incl.proto.messages import (
+    AgentEvent,
+    Assign,
+    AssignmentReply,
+    HeartbeatReply,
+    JobExited,
+    Lease,
+    RegisterReply,
+)
+from incl.proto.spec import load_spec
+
+
+async def fake_controller(bus: Bus, store: Path) -> None:
+    lease = Lease(duration=30.0, grace=1.0)
+    replies = {
+        subjects.REGISTER: encode(RegisterReply(heartbeat_interval=0.2, store_url=f"file://{store}", lease=lease)),
+        subjects.HEARTBEAT: encode(HeartbeatReply(heartbeat_interval=0.2, lease=lease)),
+        subjects.ASSIGNMENT: encode(AssignmentReply(current=True)),
+    }
+    for subject, reply in replies.items():
+        async def answer(_subject: str, _data: bytes, reply: bytes = reply) -> bytes:
+            return reply
+        await bus.serve(subject, "fake-controller", answer)
+
+
+async def events(bus: Bus, agent_id: str) -> list[AgentEvent]:
+    """The agent's events so far (the events stream is a work queue: read as the controller would)."""
+    decoder: Decoder[AgentEvent] = Decoder(AgentEvent)  # type: ignore[arg-type]
+    sub = await bus.pull(subjects.EVENTS_STREAM, subjects.events(agent_id), subjects.EVENTS_CONSUMER, ack_wait=60)
+    return [decoder.decode(m.data) for m in await sub.fetch(100, timeout=0.5)]
+
+
+async def test_a_redelivered_assignment_of_an_attempt_a_killed_process_started_is_not_run_again(
+        cluster: Cluster, bus: Bus, tmp_path: Path) -> None:
+    await ensure_streams(bus, StreamLimits())
+    await ensure_buckets(bus)
+    await fake_controller(bus, tmp_path / "store")
+    runs = tmp_path / "runs"
+    script = f"import os, time; open('{runs}', 'a').write(str(os.getpid()) + '\\n'); time.sleep(60)"
+    assign = Assign(job_id="j-once0001", attempt=1, spec=load_spec({"run": f'{sys.executable} -c "{script}"'}))
+    agent = cluster.start_agent("a1")
+    await bus.publish_durable(subjects.assign("a1"), encode(assign))
+    await wait_for(lambda: runs.exists() and runs.read_text(), what="the attempt to start")
+
+    agent.kill()  # its job dies with it; the assignment was acked, so the copy below stands for a lost ack
+    await bus.publish_durable(subjects.assign("a1"), encode(assign))
+    cluster.start_agent("a1")
+
+    seen: list[AgentEvent] = []
+
+    async def reported_lost() -> JobExited | None:
+        seen.extend(await events(bus, "a1"))
+        return next((e for e in seen if isinstance(e, JobExited)), None)
+
+    exited = await wait_for(reported_lost, timeout=30, what="the attempt to be reported lost")
+    assert exited.fenced, exited
+    assert (exited.job_id, exited.attempt) == ("j-once0001", 1)
+    assert "never runs twice" in (exited.reason or "")
+    assert len(runs.read_text().split()) == 1, "the attempt ran a second time"
+    assert "attempt_not_rerun" in cluster.agents["a1"].output()
