@@ -13,6 +13,7 @@ from incl.agent.metadata import MetadataConfig
 from incl.agent.spotwatch import SpotWatchConfig
 from incl.artifacts.config import StoreConfig
 from incl.bus import daemon as _daemon
+from incl.bus.connection import Servers
 
 
 def _default_id() -> str:
@@ -21,7 +22,7 @@ def _default_id() -> str:
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     agent_id: str = msgspec.field(default_factory=_default_id)
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: Servers = "nats://127.0.0.1:4222"  # a cluster's nodes: a list, or URLs separated by commas
     work_dir: str = str(Path.home() / ".incl" / "agent")
     provider: str = "local"
     labels: dict[str, str] = {}
@@ -40,6 +41,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     retry_max: float = 2.0
     assign_fetch_timeout: float = 5.0  # long-poll on the assignment queue
     assign_ack_wait: float = 60.0
+    taken_max: int = 4096  # attempts remembered, to drop re-sent copies at once (older ones: the controller says)
     ended_retention: float = 300.0  # ended attempts are reported in heartbeats this long (their exit is stored)
 
     # Running jobs.

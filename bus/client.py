@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from incl.bus.connection import Bus, connect
+from incl.bus.connection import Bus, connect, masked
 from incl.proto import subjects
 from incl.proto.codec import Decoder
 from incl.proto.errors import DecodeError, InclError, Unavailable
@@ -102,7 +102,7 @@ class Client:
             self._bus = await connect(self.url, self._name, connect_timeout=2, reconnect_wait=0.1,
                                       request_timeout=self.timeout, max_reconnect_attempts=0, quiet=True)
         except Exception:  # noqa: BLE001 - any failure to connect means the same thing to the user
-            raise Unavailable(f"cannot reach NATS at {self.url}; start the embedded stack with `incl up` "
+            raise Unavailable(f"cannot reach NATS at {masked(self.url)}; start the embedded stack with `incl up` "
                               "(or pass --nats URL)") from None
         return self
 
@@ -123,7 +123,7 @@ class Client:
         try:
             return await self.bus.request(subject, req, reply_type, self.timeout)
         except Unavailable:
-            raise Unavailable(f"no controller is answering at {self.url}; start one with `incl up`") from None
+            raise Unavailable(f"no controller is answering at {masked(self.url)}; start one with `incl up`") from None
 
     async def ping(self) -> PingReply:
         return await self._call(subjects.PING, PingRequest(meta=self._meta()), PingReply)

@@ -346,13 +346,38 @@ class Bus:
         return self._js
 
 
-async def connect(url: str, name: str, *, connect_timeout: float, reconnect_wait: float, request_timeout: float,
+Servers = str | list[str]  # one URL, several separated by commas (as NATS clients take them), or a list
+
+
+def server_list(servers: Servers) -> list[str]:
+    """Each URL in `servers`, in order, without blanks; ValueError if there is none."""
+    parts = servers.split(",") if isinstance(servers, str) else servers
+    urls = [url.strip() for url in parts if url.strip()]
+    if not urls:
+        raise ValueError(f"no NATS URL in {servers!r}")
+    return urls
+
+
+def masked(servers: Servers) -> str:
+    """The URLs for a log line or a message: any user:password or token in them shown as ***."""
+    shown = []
+    for url in server_list(servers):
+        scheme, sep, rest = url.rpartition("://")
+        authority, slash, path = rest.partition("/")
+        _, at, host = authority.rpartition("@")
+        shown.append(f"{scheme}{sep}{'***@' if at else ''}{host}{slash}{path}")
+    return ",".join(shown)
+
+
+async def connect(servers: Servers, name: str, *, connect_timeout: float, reconnect_wait: float, request_timeout: float,
                   max_reconnect_attempts: int = -1,
                   on_disconnect: Callable[[], Awaitable[None]] | None = None,
                   on_reconnect: Callable[[], Awaitable[None]] | None = None,
                   quiet: bool = False) -> Bus:
-    """The one connect path. Daemons keep reconnecting for ever; the CLI (`max_reconnect_attempts=0`) does not,
-    and with `quiet` nats-py's own tracebacks for a failed connect are not printed."""
+    """The one connect path, to any of `servers` (the nodes of a cluster; nats-py also learns the others from the
+    one it reaches, and reconnects across them all). Daemons keep reconnecting for ever; the CLI
+    (`max_reconnect_attempts=0`) does not, and with `quiet` nats-py's own tracebacks for a failed connect are not
+    printed."""
 
     async def _quiet(exc: Exception) -> None:
         """nats-py logs every failed connect with a traceback; the caller reports one clear line instead."""
@@ -365,7 +390,7 @@ async def connect(url: str, name: str, *, connect_timeout: float, reconnect_wait
     if quiet:
         kwargs["error_cb"] = _quiet
     nc = await nats.connect(
-        url,
+        servers=server_list(servers),
         name=name,
         connect_timeout=connect_timeout,
         reconnect_time_wait=reconnect_wait,

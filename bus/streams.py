@@ -1,17 +1,25 @@
 """The JetStream streams and KV buckets INCL keeps its durable state in. Only the controller creates and
-configures them (`ensure_streams`, `ensure_buckets`); every other part only uses them."""
+configures them (`ensure_streams`, `ensure_buckets`); every other part only uses them.
+
+Every stream and bucket is kept on `replicas` servers (1 on a single server, 3 on a cluster, from the controller's
+config). A stream or bucket made with another count (an R1 store from before the cluster) is brought to it in
+place: JetStream changes a stream's replicas on update."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
+import structlog
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError, ServerError
+from nats.js.errors import APIError, NotFoundError, ServerError
 
 from incl.bus.connection import Bus
 from incl.bus.kv import Bucket
 from incl.proto import subjects
+
+log = structlog.get_logger()
 
 
 class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,29 +33,31 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: float = 120.0  # publish retries within it are stored once (Nats-Msg-Id)
 
 
-def _stream(name: str, prefix: str, limits: StreamLimits, **kwargs: Any) -> api.StreamConfig:
+def _stream(name: str, prefix: str, limits: StreamLimits, replicas: int, **kwargs: Any) -> api.StreamConfig:
     return api.StreamConfig(name=name, subjects=[f"{prefix}.*"], storage=api.StorageType.FILE,
-                            duplicate_window=limits.duplicate_window, **kwargs)
+                            duplicate_window=limits.duplicate_window, num_replicas=replicas, **kwargs)
 
 
-def stream_configs(limits: StreamLimits) -> list[api.StreamConfig]:
+def stream_configs(limits: StreamLimits, replicas: int = 1) -> list[api.StreamConfig]:
     work_queue, keep = api.RetentionPolicy.WORK_QUEUE, api.RetentionPolicy.LIMITS
     return [
-        _stream(subjects.ASSIGN_STREAM, subjects.ASSIGN_PREFIX, limits, retention=work_queue),
-        _stream(subjects.EVENTS_STREAM, subjects.EVENTS_PREFIX, limits, retention=work_queue),
-        _stream(subjects.LOGS_STREAM, subjects.LOGS_PREFIX, limits, retention=keep,
+        _stream(subjects.ASSIGN_STREAM, subjects.ASSIGN_PREFIX, limits, replicas, retention=work_queue),
+        _stream(subjects.EVENTS_STREAM, subjects.EVENTS_PREFIX, limits, replicas, retention=work_queue),
+        _stream(subjects.LOGS_STREAM, subjects.LOGS_PREFIX, limits, replicas, retention=keep,
                 max_bytes=limits.logs_max_bytes, max_age=limits.logs_max_age),
-        _stream(subjects.METRICS_STREAM, subjects.METRICS_PREFIX, limits, retention=keep,
+        _stream(subjects.METRICS_STREAM, subjects.METRICS_PREFIX, limits, replicas, retention=keep,
                 max_bytes=limits.metrics_max_bytes, max_age=limits.metrics_max_age),
-        _stream(subjects.DEAD_STREAM, subjects.DEAD_PREFIX, limits, retention=keep,
+        _stream(subjects.DEAD_STREAM, subjects.DEAD_PREFIX, limits, replicas, retention=keep,
                 max_bytes=limits.dead_max_bytes, max_age=limits.dead_max_age),
         # A journal must never lose its oldest entries: past the limit, new appends are refused, not old dropped.
-        _stream(subjects.STUDIES_STREAM, subjects.STUDIES_PREFIX, limits, retention=keep,
+        _stream(subjects.STUDIES_STREAM, subjects.STUDIES_PREFIX, limits, replicas, retention=keep,
                 max_bytes=limits.studies_max_bytes, discard=api.DiscardPolicy.NEW),
     ]
 
 
 INSUFFICIENT_STORAGE = 10047  # JetStream's error code when the streams' max_bytes exceed what it may store
+NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
+NO_PEERS = 10005  # "no suitable peers for placement": fewer JetStream servers up than the replicas asked
 MIN_LOGS_BYTES = 64 * 2**20
 
 
@@ -55,13 +65,37 @@ class StorageTooSmall(Exception):
     """JetStream cannot hold even the smallest useful log retention: say so and what to change, at once."""
 
 
+class ReplicasUnavailable(Exception):
+    """The config asks for more replicas than the NATS servers can hold: a configuration error, said at once."""
+
+
+def _placement(exc: APIError, name: str, replicas: int) -> ReplicasUnavailable | None:
+    """The clear error for a stream or bucket JetStream could not place on `replicas` servers, else None."""
+    if exc.err_code == NOT_CLUSTERED:
+        return ReplicasUnavailable(f"replicas: {replicas} in the controller's config, but NATS is a single server "
+                                   f"(creating {name}: {exc.description}); set replicas: 1, or point nats_url at "
+                                   "a cluster")
+    if exc.err_code == NO_PEERS:
+        return ReplicasUnavailable(f"replicas: {replicas} in the controller's config, but fewer than {replicas} "
+                                   f"JetStream servers of the cluster are up (creating {name}: {exc.description}); "
+                                   "start the missing servers, or lower replicas to the cluster's size")
+    return None
+
+
 async def _apply(js: JetStreamContext, config: api.StreamConfig) -> None:
+    name, replicas = config.name or "", config.num_replicas or 1
     try:
-        await js.stream_info(config.name or "")
-    except NotFoundError:
-        await js.add_stream(config)
-    else:  # exists, perhaps with other settings (limits changed in the config, or sized down): bring it in line
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(config)
+            return
+        # exists, perhaps with other settings (limits changed in the config, sized down, fewer replicas): in line
         await js.update_stream(config)
+    except APIError as exc:
+        raise _placement(exc, name, replicas) or exc from None
+    if info.config.num_replicas != replicas:
+        log.info("stream_replicas_changed", stream=name, was=info.config.num_replicas, now=replicas)
 
 
 def scaled(limits: StreamLimits, factor: float) -> StreamLimits:
@@ -71,15 +105,15 @@ def scaled(limits: StreamLimits, factor: float) -> StreamLimits:
                                    studies_max_bytes=int(limits.studies_max_bytes * factor))
 
 
-async def ensure_streams(bus: Bus, limits: StreamLimits) -> StreamLimits:
-    """Create the streams, or bring their settings in line (only the controller calls this). Streams that do not
-    fit the storage JetStream has (error 10047) are sized down by halves, never below MIN_LOGS_BYTES of logs;
-    returns the limits applied."""
+async def ensure_streams(bus: Bus, limits: StreamLimits, replicas: int = 1) -> StreamLimits:
+    """Create the streams, or bring their settings in line (only the controller calls this), each on `replicas`
+    servers. Streams that do not fit the storage JetStream has (error 10047) are sized down by halves, never
+    below MIN_LOGS_BYTES of logs; returns the limits applied."""
     factor = 1.0
     while True:
         applied = scaled(limits, factor) if factor < 1.0 else limits
         try:
-            for config in stream_configs(applied):
+            for config in stream_configs(applied, replicas):
                 await _apply(bus.jetstream, config)
             return applied
         except ServerError as exc:
@@ -94,13 +128,35 @@ async def ensure_streams(bus: Bus, limits: StreamLimits) -> StreamLimits:
                     "config") from None
 
 
-async def ensure_buckets(bus: Bus, submit_ttl: float = 86400.0) -> dict[str, Bucket]:
-    """The controller's buckets; `submit_ttl`: how long a submit's idempotency key is remembered."""
+async def _rescale_bucket(js: JetStreamContext, name: str, replicas: int) -> None:
+    """A bucket made with another replica count: change its stream's, keeping every other setting (creating it
+    again with the new count would be refused as a different configuration)."""
+    stream = f"KV_{name}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return
+    if info.config.num_replicas == replicas:
+        return
+    try:
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    except APIError as exc:
+        raise _placement(exc, stream, replicas) or exc from None
+    log.info("stream_replicas_changed", stream=stream, was=info.config.num_replicas, now=replicas)
+
+
+async def ensure_buckets(bus: Bus, submit_ttl: float = 86400.0, replicas: int = 1) -> dict[str, Bucket]:
+    """The controller's buckets, each on `replicas` servers; `submit_ttl`: how long a submit's idempotency key is
+    remembered."""
     buckets: dict[str, Bucket] = {}
     wanted = ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl),
               (subjects.STUDIES_BUCKET, None))
     for name, ttl in wanted:
-        buckets[name] = Bucket(await bus.jetstream.create_key_value(
-            api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE, ttl=ttl)
-        ))
+        await _rescale_bucket(bus.jetstream, name, replicas)
+        config = api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE, ttl=ttl, replicas=replicas)
+        try:
+            kv = await bus.jetstream.create_key_value(config)
+        except APIError as exc:
+            raise _placement(exc, f"bucket {name}", replicas) or exc from None
+        buckets[name] = Bucket(kv)
     return buckets

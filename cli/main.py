@@ -11,8 +11,8 @@ from incl.cli import admin, agents, files, jobs, logs, study, submit, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--nats", "nats_url", envvar="INCL_NATS_URL", help="NATS URL of the INCL cluster "
-              "(default: the stack `incl up` started, else nats://127.0.0.1:4222).")
+@click.option("--nats", "nats_url", envvar="INCL_NATS_URL", help="NATS URL of the INCL cluster, or "
+              "its nodes' URLs separated by commas (default: the stack `incl up` started, else nats://127.0.0.1:4222).")
 @click.pass_context
 def cli(ctx: click.Context, nats_url: str | None) -> None:
     """INCL runs your training jobs on cloud GPUs with no hand work."""

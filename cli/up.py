@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from incl.bus.client import Client, incl_home
+from incl.bus.connection import masked
 from incl.cli import stack as stack_mod
 from incl.cli.output import ago, console, fail, handles_errors, print_json
 from incl.proto.errors import InclError, Unavailable
@@ -49,7 +50,8 @@ async def _wait_ready(started: stack_mod.Stack, agents: int, timeout: float) -> 
 @click.command()
 @click.option("--agents", "n_agents", default=2, show_default=True, help="Local agents to start.")
 @click.option("--port", default=4222, show_default=True, help="Port for the embedded NATS server.")
-@click.option("--nats", "nats_url", help="Use this NATS instead of starting an embedded one.")
+@click.option("--nats", "nats_url", help="Use this NATS instead of starting an embedded one: a URL, or a cluster's "
+              "URLs separated by commas.")
 @click.option("--cpus", type=float, help="CPUs each local agent offers (default: this machine's).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the stack to be ready.")
 @handles_errors
@@ -67,7 +69,7 @@ def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeo
         stack_mod.stop(started)
         stack_mod.state_file(home).unlink(missing_ok=True)
         raise
-    console.print(f"INCL is up at [bold]{started.nats_url}[/] with {ready} local agent(s); "
+    console.print(f"INCL is up at [bold]{masked(started.nats_url)}[/] with {ready} local agent(s); "
                   f"logs in {home / 'logs'}. Stop it with `incl down`.")
 
 
@@ -75,13 +77,13 @@ def _restart(home: Path, existing: stack_mod.Stack, timeout: float) -> None:
     """A stack `incl up` started is (partly) running: start again what died, with the command it had."""
     running = ", ".join(f"{p.name} (pid {p.pid})" for p in existing.procs if stack_mod.alive(p))
     if all(stack_mod.alive(p) for p in existing.procs):
-        console.print(f"INCL is already running at {existing.nats_url}: {running}. Stop it with `incl down`.")
+        console.print(f"INCL is already running at {masked(existing.nats_url)}: {running}. Stop it with `incl down`.")
         return
     stack, restarted = stack_mod.restart_dead(home, existing)
     agents = sum(1 for p in stack.procs if p.name not in ("nats", "controller"))
     asyncio.run(_wait_ready(stack, agents, timeout))  # on failure the stack stays recorded: `incl down` stops it
     names = ", ".join(f"{p.name} (pid {p.pid})" for p in restarted)
-    console.print(f"INCL was running at {stack.nats_url} with parts gone; restarted: {names}. "
+    console.print(f"INCL was running at {masked(stack.nats_url)} with parts gone; restarted: {names}. "
                   f"Still running: {running}. Logs in {home / 'logs'}.")
 
 
@@ -97,13 +99,13 @@ def status(as_json: bool) -> None:
     parts: list[dict[str, Any]] = [{"name": p.name, "pid": p.pid, "alive": stack_mod.alive(p), "log": p.log}
                                    for p in existing.procs]
     if as_json:
-        print_json({"nats_url": existing.nats_url, "parts": parts})
+        print_json({"nats_url": masked(existing.nats_url), "parts": parts})
     else:
         table = Table("PART", "PID", "STATE", "LOG", box=None)
         for part in parts:
             alive = Text("alive", "green") if part["alive"] else Text("dead", "red")
             table.add_row(Text(part["name"]), str(part["pid"]), alive, Text(part["log"]))  # paths: never markup
-        console.print(Text(f"INCL at {existing.nats_url}, started {ago(existing.started_at)}"))
+        console.print(Text(f"INCL at {masked(existing.nats_url)}, started {ago(existing.started_at)}"))
         console.print(table)
     dead = [part["name"] for part in parts if not part["alive"]]
     if dead:

@@ -44,6 +44,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import ClientError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from incl.bus.connection import server_list
 from incl.controller.providers.base import LaunchedInstance, LaunchFailed
 from incl.controller.providers.catalog import AwsConfig, candidates, efa_refusal, efa_types
 from incl.controller.providers.catalog import shapes as catalog_shapes
@@ -165,8 +166,10 @@ class AwsProvider:
 
     @classmethod
     def from_config(cls, cfg: ControllerConfig) -> AwsProvider:
-        """Instances' agents dial `agent_nats_url` (else the controller's own `nats_url`)."""
-        return cls(cfg.aws, nats_url=cfg.agent_nats_url or cfg.nats_url, store_url=cfg.store_url)
+        """Instances' agents dial `agent_nats_url` (else the controller's own `nats_url`), as one comma-separated
+        string of URLs."""
+        nats_url = ",".join(server_list(cfg.agent_nats_url or cfg.nats_url))
+        return cls(cfg.aws, nats_url=nats_url, store_url=cfg.store_url)
 
     def shapes(self) -> list[Resources]:
         return catalog_shapes(self.cfg.catalog)
