@@ -6,6 +6,7 @@ One lifespan around one TaskGroup: the heartbeat loop, the assignment consumer, 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import time
@@ -78,7 +79,9 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.runners: dict[tuple[str, int], Runner] = {}
-        self._seen: set[tuple[str, int]] = set()  # attempts this process has taken: a re-sent copy is dropped
+        # Attempts this process has taken, newest last: a re-sent copy is dropped at once. Bounded: a copy of an
+        # older one is dropped by the controller's answer instead (it is no longer ASSIGNED).
+        self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
         self._interval = cfg.heartbeat_interval
         self.job_pids = ProcessTreeJobs()
         self.sampler = GpuSampler(_gpu_source(cfg), interval=cfg.gpu_sample_interval, job_of_pid=self.job_pids)
@@ -316,14 +319,14 @@ class Agent:
                     log.info("gang_start", job_id=cmd.job_id, attempt=cmd.attempt)
                     runner.release(cmd.env)
             case Assign():
-                if key in self._seen:
+                if key in self._seen or key in self.runners:
                     log.info("assignment_duplicate", job_id=cmd.job_id, attempt=cmd.attempt)
                     return
                 check = await self._still_mine(cmd)
                 if not check.current:
                     log.info("assignment_stale", job_id=cmd.job_id, attempt=cmd.attempt)
                     return
-                self._seen.add(key)
+                self._take(key)
                 if Workspace(Path(self.cfg.work_dir), cmd.job_id, cmd.attempt).assignment.exists():
                     # A copy of an assignment whose ack was lost, redelivered to this new agent process: the
                     # previous process started it, and its command died with that process (a container would
@@ -415,9 +418,14 @@ class Agent:
                 await handle.remove()
         return found
 
+    def _take(self, key: tuple[str, int]) -> None:
+        self._seen[key] = None
+        while len(self._seen) > self.cfg.taken_max:
+            self._seen.popitem(last=False)
+
     async def _adopt(self, assign: Assign, handle: ContainerHandle) -> None:
         key = (assign.job_id, assign.attempt)
-        self._seen.add(key)
+        self._take(key)
         gpus = [int(g) for g in handle.labels.get("incl.gpus", "").split(",") if g]
         for index in gpus:
             self.gpu_alloc[index] = assign.job_id

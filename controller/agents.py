@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ import structlog
 from msgspec import structs
 from structlog.contextvars import bound_contextvars
 
-from incl.controller import gang
+from incl.controller import gang, pacing
 from incl.controller.config import ControllerConfig
 from incl.controller.jobs import Jobs
 from incl.controller.liveness import Deadlines
@@ -63,16 +64,26 @@ class Agents:
         self.telemetry: dict[str, GpuTelemetry] = {}  # agent id -> its last heartbeat's GPU readings
         self.interrupted: dict[str, float] = {}  # agent id -> when its spot instance goes (it had the notice)
         self.deadlines = Deadlines()
+        self._pacing = cfg.pacing()
+        self._rng = random.Random()
         self._running: dict[str, list[JobRef]] = {}
         self._last_seen: dict[str, float] = {}  # heartbeats stay in memory; the bucket holds registrations
         self._missing: dict[str, dict[tuple[str, int], float]] = {}  # agent -> attempt -> missing since
         self._waiting: dict[str, tuple[RegisterRequest, float]] = {}  # a new process refused while the old lived
 
     def restore(self, now: float) -> None:
-        """After a controller restart, every agent that was alive gets a fresh deadline to report in."""
-        for rec in self.records:
-            if rec.state is AgentState.ALIVE:
-                self.deadlines.beat(rec.info.agent_id, now, self._cfg.agent_lost_after)
+        """After a controller restart, every agent that was alive gets a fresh deadline to report in: the
+        longest one it may have been given."""
+        alive = [rec.info.agent_id for rec in self.records if rec.state is AgentState.ALIVE]
+        within = pacing.longest_deadline(self._pacing, len(alive))
+        for agent_id in alive:
+            self.deadlines.beat(agent_id, now, within)
+
+    def _pace(self, agent_id: str, now: float) -> pacing.Pace:
+        """The agent's next interval, deadline and lease, for the fleet as it is; its deadline starts now."""
+        pace = pacing.pace(self._pacing, len(self.deadlines), self._rng.random())
+        self.deadlines.beat(agent_id, now, pace.lost_after)
+        return pace
 
     def alive(self) -> list[AgentRecord]:
         return [r for r in self.records if r.state is AgentState.ALIVE]
@@ -145,15 +156,15 @@ class Agents:
         record = AgentRecord(info=info, state=AgentState.ALIVE, last_seen=now, instance=req.instance,
                              registered_at=now if restart or previous is None else previous.registered_at)
         await self.records.put(record)
-        self.deadlines.beat(agent_id, now, self._cfg.agent_lost_after)
+        pace = self._pace(agent_id, now)
         self._last_seen[agent_id] = now
         self._running[agent_id] = list(req.running)
         log.info("agent_registered", agent_id=agent_id, hostname=info.hostname, cpus=info.capacity.cpus,
                  gpus=info.capacity.gpus, running=len(req.running), restart=restart)
         self._jobs.kick()
-        return RegisterReply(heartbeat_interval=self._cfg.heartbeat_interval,
+        return RegisterReply(heartbeat_interval=pace.interval,
                              stop=self._stop_list(agent_id, req.running), store_url=self._cfg.store_url,
-                             lease=self._cfg.lease())
+                             lease=pace.lease)
 
     async def _lose_unreported(self, agent_id: str, running: set[tuple[str, int]], why: str) -> None:
         on_agent = {(j.id, j.current.number): j for j in self._jobs.on_agent(agent_id) if j.current}
@@ -170,15 +181,15 @@ class Agents:
         if rec is None or rec.state is not AgentState.ALIVE or req.agent_id not in self.deadlines:
             return HeartbeatReply(heartbeat_interval=interval, registered=False)
         now = time.time()
-        self.deadlines.beat(req.agent_id, now, self._cfg.agent_lost_after)
+        pace = self._pace(req.agent_id, now)
         self._last_seen[req.agent_id] = now
         self._running[req.agent_id] = list(req.running)
         if req.telemetry is not None:
             self.telemetry[req.agent_id] = req.telemetry
             self._on_telemetry(req.telemetry)
         await self._reconcile(req, now)
-        return HeartbeatReply(heartbeat_interval=interval, stop=self._stop_list(req.agent_id, req.running),
-                              lease=self._cfg.lease())
+        return HeartbeatReply(heartbeat_interval=pace.interval, stop=self._stop_list(req.agent_id, req.running),
+                              lease=pace.lease)
 
     async def _reconcile(self, req: HeartbeatRequest, now: float) -> None:
         """Attempts the controller has on this agent (started, so not waiting in its queue) that it neither
@@ -202,7 +213,7 @@ class Agents:
 
     async def _lose(self, agent_id: str, now: float) -> None:
         rec = self.records.get(agent_id)
-        log.warning("agent_lost", agent_id=agent_id, silent_for=self._cfg.agent_lost_after)
+        log.warning("agent_lost", agent_id=agent_id, silent_for=round(now - self._last_seen.get(agent_id, now), 1))
         if rec is not None:
             await self.records.put(structs.replace(rec, state=AgentState.LOST, last_seen=now))
         self._running.pop(agent_id, None)

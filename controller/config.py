@@ -12,9 +12,10 @@ from incl.bus import daemon as _daemon
 from incl.bus.streams import StreamLimits
 from incl.controller.idle import IdlePolicy
 from incl.controller.notify import ClusterNotify, NotifierConfig
+from incl.controller.pacing import PacingConfig
 from incl.controller.providers.catalog import AwsConfig
 from incl.controller.reconcile import ReconcileConfig
-from incl.proto.messages import Lease, Resources
+from incl.proto.messages import Resources
 
 
 class StudyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -33,9 +34,13 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     controller_id: str = msgspec.field(default_factory=socket.gethostname)
     log_level: str = "info"
 
-    # Liveness: the controller tells agents when to report next and owns the deadline.
+    # Liveness: the controller tells agents when to report next and owns the deadline (incl.controller.pacing).
     heartbeat_interval: float = 5.0
     agent_lost_after: float = 20.0  # no heartbeat for this long: the agent and its jobs are LOST
+    # A large fleet: the interval stretches to keep all heartbeats under this rate (2,000 agents: 10 s)...
+    max_heartbeats_per_second: float = 200.0
+    heartbeat_jitter: float = 0.25  # ...each reply's interval is stretched by up to this fraction, at random...
+    lost_after_beats: float = 2.5  # ...and a stretched interval's deadline is this many of it (never shorter)
     # Fencing: an agent that has not heard from the controller for `agent_lost_after - fence_grace -
     # fence_margin` stops its jobs, SIGKILLs them `fence_grace` later, so none runs when they are handed on.
     fence_grace: float = 5.0
@@ -76,11 +81,12 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     reconcile: ReconcileConfig = ReconcileConfig()
     agent_nats_url: str | None = None  # the NATS URL instances' agents dial (None: `nats_url`)
 
-    def lease(self) -> Lease:
-        """The agents' lease, derived so that its end plus the kill grace falls before `agent_lost_after`."""
-        grace = min(self.fence_grace, self.agent_lost_after / 4)
-        margin = min(self.fence_margin, self.agent_lost_after / 8)
-        return Lease(duration=self.agent_lost_after - grace - margin, grace=grace)
+    def pacing(self) -> PacingConfig:
+        return PacingConfig(heartbeat_interval=self.heartbeat_interval,
+                            max_heartbeats_per_second=self.max_heartbeats_per_second,
+                            heartbeat_jitter=self.heartbeat_jitter, agent_lost_after=self.agent_lost_after,
+                            lost_after_beats=self.lost_after_beats, fence_grace=self.fence_grace,
+                            fence_margin=self.fence_margin)
 
     # GPU idle monitor: the cluster default, over which a job's `gpu_idle:` applies.
     gpu_idle: IdlePolicy = IdlePolicy()
