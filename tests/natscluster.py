@@ -55,7 +55,10 @@ class Node(Daemon):
 
 
 class NatsCluster:
-    """Three nodes routed to each other. `with NatsCluster(tmp) as nodes: await nodes.wait_ready()`."""
+    """Three nodes routed to each other. `with NatsCluster(tmp) as nodes: await nodes.wait_ready()`. It stands in
+    for conftest's `NatsServer` in a `Cluster`: `url` names every node, `output` is each node's log."""
+
+    name = "nats-cluster"
 
     def __init__(self, tmp: Path, size: int = 3) -> None:
         self.nodes = [Node(tmp, f"n{i + 1}") for i in range(size)]
@@ -65,6 +68,13 @@ class NatsCluster:
     @property
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def output(self) -> str:
+        return "\n".join(f"--- {node.name}\n{node.output()[-3000:]}" for node in self.nodes)
 
     def __enter__(self) -> NatsCluster:
         for node in self.nodes:
