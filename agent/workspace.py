@@ -112,14 +112,17 @@ class JobFiles:
     async def sync_checkpoints(self, attempts: int, retry_delay: float) -> tree.PushResult | None:
         """Upload what changed in $INCL_CHECKPOINT_DIR since the last sync; None while the job has never had a
         checkpoint (most jobs that end quickly: no store round trip for them). A running job may be writing a
-        file as it is read: the snapshot is refused then (never stored half-written), and taken again."""
+        file as it is read: each file is hashed and uploaded from one open file, so one replaced by rename goes up
+        as the version that was read, and one that keeps changing in place keeps its previously stored version
+        until a later sync (push.py). Never stored half-written; what still fails (a big file rewritten in place
+        between its hash and its upload) is taken again."""
         if not self._checkpointed and _empty(self._ws.checkpoints):
             return None
         self._checkpointed = True
         for attempt in range(1, attempts + 1):
             try:
                 return await tree.push_tree(self._store, self._ws.checkpoints, ref=checkpoints_ref(self._ws.job_id),
-                                            hash_cache=self._hashes)
+                                            hash_cache=self._hashes, unsettled="keep_previous")
             except (FileChanged, UnreadableFile):
                 if attempt == attempts:
                     raise

@@ -49,4 +49,11 @@ class TreeLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     pack_keep_bytes: int = 256 * MiB  # small files' bytes kept in memory from hashing to building packs
     transfers: int = 64  # blobs and packs in flight per push or pull (the store bounds its requests itself)
     racy_window: float = 1.0  # a file modified this recently is hashed again next time (git's racy-clean rule)
+    # Reading a file for a snapshot (reading.py): reads of a file rewritten in place before it counts as
+    # changing; in a tree a running job writes (push_tree's unsettled="keep_previous"), a file modified less
+    # than settle_time ago is read once that long has passed (a write in progress sets the mtime before all
+    # its bytes have landed).
+    read_attempts: int = 3
+    settle_time: float = 0.05
+    open_files: int = 256  # big files held open from hashing to upload; past this, an upload opens the path again
     lock_poll: float = 0.05  # data cache: how often a fetch waiting on another's lock of the same source retries

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 from incl.artifacts.atomic import TEMP_PREFIX, atomic_file
 from incl.artifacts.config import StoreConfig
 from incl.artifacts.errors import FileChanged, IntegrityError, InvalidStoreUrl, NotFound
+from incl.artifacts.reading import source
 from incl.artifacts.store import ArtifactStore, ObjectInfo, check_key
 
 T = TypeVar("T")
@@ -40,8 +41,8 @@ class FileStore(ArtifactStore):
         async with self._slots:
             return await asyncio.to_thread(fn, *args)
 
-    async def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> None:
-        await self._run(self._copy_in, path, self._path(key), sha256)
+    async def put_file(self, key: str, path: Path, *, sha256: str | None = None, fd: int | None = None) -> None:
+        await self._run(self._copy_in, path, fd, self._path(key), sha256)
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await self._run(_write, self._path(key), [data], self._cfg.fsync)
@@ -66,11 +67,11 @@ class FileStore(ArtifactStore):
     async def delete(self, key: str) -> None:
         await self._run(self._path(key).unlink, True)
 
-    def _copy_in(self, src: Path, target: Path, sha256: str | None) -> None:
+    def _copy_in(self, src: Path, fd: int | None, target: Path, sha256: str | None) -> None:
         digest = hashlib.sha256()
 
         def chunks() -> Iterator[bytes]:
-            with open(src, "rb") as f:
+            with source(src, fd) as f:
                 while chunk := f.read(self._cfg.chunk_size):
                     digest.update(chunk)
                     yield chunk

@@ -18,13 +18,11 @@ a blob cache (blobcache.py), so a job never sees a byte that was not checked.
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from incl.artifacts.config import TreeLimits
-from incl.artifacts.errors import FileChanged, IntegrityError, UnreadableFile
-from incl.artifacts.snapshot import StatKey
+from incl.artifacts.errors import FileChanged, IntegrityError
 
 _ID_PREFIX = b"incl-pack-1\n"
 
@@ -68,39 +66,16 @@ def plan(sizes: Mapping[str, int], limits: TreeLimits) -> list[Pack]:
     return [Pack(pack_id(g), g) for g in grouped if g]
 
 
-def read_file(path: str, expected: StatKey) -> bytes:
-    """A small file's bytes in a few syscalls; FileChanged if its stat differs from the walk's."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise FileChanged(f"{path} was deleted while the tree was read", path=path) from None
-    except OSError as exc:
-        raise UnreadableFile(f"{path}: cannot read it ({exc.strerror})", path=path) from None
-    try:
-        before = StatKey.of(os.fstat(fd))
-        chunks = []
-        while chunk := os.read(fd, max(expected.size + 1, 1 << 16)):
-            chunks.append(chunk)
-        after = StatKey.of(os.fstat(fd))
-    finally:
-        os.close(fd)
-    if not before == after == expected:
-        raise FileChanged(f"{path} changed while it was hashed; snapshot again once nothing writes to it",
-                          path=path)
-    return b"".join(chunks)
-
-
-def build(pack: Pack, paths: Mapping[str, tuple[str, StatKey]], contents: Mapping[str, bytes]) -> bytes:
-    """The pack's bytes: `contents` kept from hashing (digest → bytes), else read from the files (digest →
-    (path, stat at the walk)) and checked against their digests: what goes up is exactly what was hashed
-    (blocking: run it in a thread). The caller compares the files' stats again once the pack is stored."""
+def build(pack: Pack, contents: Mapping[str, bytes], read: Callable[[str], tuple[str, bytes]]) -> bytes:
+    """The pack's bytes: `contents` kept from hashing (digest → bytes), else `read(digest)` (the path named in
+    errors, and the bytes, read again from the file that was hashed) checked against the digest: what goes up is
+    exactly what was hashed (blocking: run it in a thread)."""
     parts = []
     for m in pack.members:
         if (kept := contents.get(m.digest)) is not None:
             parts.append(kept)
             continue
-        path, walked = paths[m.digest]
-        data = read_file(path, walked)
+        path, data = read(m.digest)
         if len(data) != m.size or hashlib.sha256(data).hexdigest() != m.digest:
             raise FileChanged.while_uploading(path)
         parts.append(data)

@@ -1,10 +1,16 @@
 """push_tree: a local folder into the store as content-addressed blobs plus a manifest, sending only what the
 store lacks.
 
-    walk (snapshot.py) → hash what the hash cache does not know → group small files into packs if there are
-    thousands (packs.py) → manifest → if the store is known or found to hold the manifest, stop → find the
-    blobs and packs it lacks → upload them (each checked against its hash, each file's stat compared again
-    afterwards) → upload the manifest → move the ref
+    walk (snapshot.py) → hash what the hash cache does not know, each file from one open file (reading.py)
+    → group small files into packs if there are thousands (packs.py) → manifest → if the store is known or
+    found to hold the manifest, stop → find the blobs and packs it lacks → upload them (small files' bytes as
+    they were read; big files read again from the same open file, checked against their hash) → upload the
+    manifest → move the ref
+
+The snapshot holds each file as its one open file read it: a file replaced by rename meanwhile goes up as the
+version that was hashed. A file that keeps changing in place refuses the push (FileChanged), or, with
+`unsettled="keep_previous"` (periodic checkpoint syncs), keeps the version the ref's previous tree holds for
+this round (a file of its own there; a file new since, or packed there, is left out) and is taken next round.
 
 Which blobs does the store lack? Measured against moto, 5,000 files (bench/results/code_sync_strategies.*):
 one LIST of 5,000 blob keys took 2.5 s where 5,000 HEADs took 20 s; into an empty store, HEAD-then-PUT took
@@ -17,11 +23,12 @@ that last case), then HEAD the rest if the sample says they are mostly there, el
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import structlog
@@ -30,9 +37,10 @@ from incl.artifacts import manifest as mf
 from incl.artifacts import packs as pk
 from incl.artifacts.batches import each, in_threads, run_all
 from incl.artifacts.config import TreeLimits
-from incl.artifacts.errors import FileChanged, UnreadableFile
+from incl.artifacts.errors import FileChanged, NotFound, UnreadableFile
 from incl.artifacts.hashcache import HashCache
-from incl.artifacts.refs import blob_key, manifest_key, pack_key, write_ref
+from incl.artifacts.reading import read_settled, source
+from incl.artifacts.refs import blob_key, manifest_key, pack_key, read_manifest, write_ref
 from incl.artifacts.snapshot import Found, StatKey, walk_tree
 from incl.artifacts.store import ArtifactStore
 
@@ -62,9 +70,32 @@ class _Sent:
         self.seen: set[str] = set()  # digests the store was seen to hold during this push
 
 
+class _Held:
+    """Files held open from hashing to upload, by path relative to the root: at most TreeLimits.open_files, the
+    rest closed at once (their upload opens the path again, and a file replaced meanwhile refuses the push)."""
+
+    def __init__(self, limit: int) -> None:
+        self.fds: dict[str, int] = {}
+        self._limit = limit
+        self._lock = threading.Lock()  # hashing threads add to it
+
+    def keep(self, rel: str, fd: int) -> None:
+        with self._lock:
+            if len(self.fds) < self._limit:
+                self.fds[rel] = fd
+                return
+        os.close(fd)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
 async def push_tree(store: ArtifactStore, root: Path, *, gitignore: bool = False, exclude: Sequence[str] = (),
                     ref: str | None = None, hash_cache: HashCache | None = None, progress: Progress | None = None,
-                    phase: Phase | None = None, limits: TreeLimits = TreeLimits()) -> PushResult:
+                    phase: Phase | None = None, limits: TreeLimits = TreeLimits(),
+                    unsettled: Literal["refuse", "keep_previous"] = "refuse") -> PushResult:
     """Snapshot `root` into `store`; with `ref`, point that ref at it. See the module docstring."""
     real_root = os.path.realpath(root)  # noqa: ASYNC240 - resolves a local path once, before the threads start
     walked_at = time.time_ns()
@@ -74,22 +105,31 @@ async def push_tree(store: ArtifactStore, root: Path, *, gitignore: bool = False
                           biggest_shown=limits.biggest_shown, scanned=scanned),
         asyncio.to_thread(_recall, hash_cache, real_root, store.identity, limits))
     contents: dict[str, bytes] = {}
-    digests, hashed = await _hash(real_root, found, cached, phase, contents, limits)
-    data, digest, packs = await asyncio.to_thread(_manifest, found, digests, limits)
-    sent = _Sent()
+    held, sent = _Held(limits.open_files), _Sent()
+    carried: list[mf.Entry] = []
+    hashed: dict[str, str] = {}
     try:
-        if digest not in known and await _send(store, real_root, found, digests, digest, packs, contents, known,
-                                               sent, progress, limits):
+        found, digests, hashed, changing = await _hash(real_root, found, cached, phase, contents, held, limits,
+                                                       unsettled == "refuse")
+        if changing:
+            carried = await _carry(store, ref, changing)
+            log.warning("files_unsettled", root=str(root), ref=ref, files=changing[:10], count=len(changing),
+                        kept_previous=len(carried))
+        data, digest, packs = await asyncio.to_thread(_manifest, found, digests, carried, limits)
+        if digest not in known and await _send(store, real_root, found, digests, digest, packs, contents, held,
+                                               known, sent, progress, limits):
             await store.put_bytes(manifest_key(digest), data)  # last: a stored manifest implies its blobs
         sent.seen.add(digest)
         if ref is not None:
             await write_ref(store, ref, digest)
     finally:
+        held.close()
         if hash_cache is not None:
             await asyncio.to_thread(_remember, hash_cache, real_root, found, cached, hashed, store.identity,
                                     sent.seen, walked_at - int(limits.racy_window * 1e9))
     files = [f for f in found if f.kind == "file"]
-    result = PushResult(digest=digest, files=len(files), bytes=sum(f.stat.size for f in files),
+    result = PushResult(digest=digest, files=len(files) + len(carried),
+                        bytes=sum(f.stat.size for f in files) + sum(e.size for e in carried),
                         hashed_files=len(hashed), uploaded_blobs=sent.blobs, uploaded_bytes=sent.bytes,
                         packs=len(packs))
     log.info("tree_pushed", root=str(root), store=store.url, ref=ref, **msgspec.structs.asdict(result))
@@ -115,9 +155,12 @@ def _remember(cache: HashCache, real_root: str, found: list[Found], cached: dict
 
 
 async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[StatKey, str]], phase: Phase | None,
-                contents: dict[str, bytes], limits: TreeLimits) -> tuple[dict[str, str], dict[str, str]]:
-    """Every file's digest, and those of the files that had to be read for it. Small files' bytes are kept in
-    `contents` (digest → bytes, up to TreeLimits.pack_keep_bytes in all) for the packs."""
+                contents: dict[str, bytes], held: _Held, limits: TreeLimits,
+                refuse: bool) -> tuple[list[Found], dict[str, str], dict[str, str], list[str]]:
+    """The tree as read: its entries (each file's stat the one its open file had while it was read; files deleted
+    since the walk left out), every file's digest, those of the files that had to be read for it, and the files
+    that kept changing (left out; with `refuse`, FileChanged instead). Small files' bytes are kept in `contents`
+    (digest → bytes, up to TreeLimits.pack_keep_bytes in all); big files stay open in `held` for the upload."""
     digests: dict[str, str] = {}
     todo: list[Found] = []
     for f in found:
@@ -129,18 +172,29 @@ async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[Stat
                 todo.append(f)
     done = 0
     kept = 0
+    settled: dict[str, StatKey] = {}
+    changing: list[str] = []
 
     def hash_one(f: Found) -> str:
         nonlocal kept
-        path = os.path.join(real_root, f.rel)
-        if f.stat.size > limits.pack_file_max:
-            return hash_file(path, f.stat)
-        data = pk.read_file(path, f.stat)  # a few syscalls, where file_digest allocates 256 KiB per file
-        digest = hashlib.sha256(data).hexdigest()
-        if kept + len(data) <= limits.pack_keep_bytes:  # a pack built from these reads no file again
-            contents[digest] = data
-            kept += len(data)
-        return digest
+        try:
+            got = read_settled(os.path.join(real_root, f.rel), keep_max=limits.pack_file_max, settle=not refuse,
+                               limits=limits)
+        except FileChanged:
+            if refuse:
+                raise
+            changing.append(f.rel)
+            return ""
+        if got is None:  # deleted since the walk
+            return ""
+        settled[f.rel] = got.stat
+        if got.data is not None and kept + len(got.data) <= limits.pack_keep_bytes:
+            contents[got.digest] = got.data  # a pack or a blob built from these reads no file again
+            kept += len(got.data)
+            os.close(got.fd)
+        else:
+            held.keep(f.rel, got.fd)
+        return got.digest
 
     def batch_of(batch: list[Found]) -> list[str]:
         nonlocal done
@@ -151,33 +205,31 @@ async def _hash(real_root: str, found: list[Found], cached: dict[str, tuple[Stat
         return out
 
     computed = await in_threads(todo, lambda f: f.stat.size, batch_of, limits)
-    hashed = {f.rel: d for f, d in zip(todo, computed, strict=True)}
-    return digests | hashed, hashed
+    hashed = {f.rel: d for f, d in zip(todo, computed, strict=True) if d}
+    read = [f if f.kind != "file" or f.rel not in settled else f._replace(stat=settled[f.rel]) for f in found
+            if f.kind != "file" or f.rel in digests or f.rel in hashed]
+    return read, digests | hashed, hashed, sorted(changing)
 
 
-def hash_file(path: str, expected: StatKey) -> str:
-    """The file's SHA-256; FileChanged if its stat differs from the walk's, before or after reading it."""
+async def _carry(store: ArtifactStore, ref: str | None, rels: list[str]) -> list[mf.Entry]:
+    """The entries of the ref's previous tree for files that kept changing, where each is a blob of its own there
+    (so the store holds it): such a file keeps its last stored version for this round."""
+    if ref is None:
+        return []
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the `with f` below, once open succeeded
-    except FileNotFoundError:
-        raise FileChanged(f"{path} was deleted while the tree was read", path=path) from None
-    except OSError as exc:
-        raise UnreadableFile(f"{path}: cannot read it ({exc.strerror})", path=path) from None
-    with f:
-        before = StatKey.of(os.fstat(f.fileno()))
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-        after = StatKey.of(os.fstat(f.fileno()))
-    if not before == after == expected:
-        raise FileChanged(f"{path} changed while it was hashed; snapshot again once nothing writes to it",
-                          path=path)
-    return digest
+        _, previous = await read_manifest(store, ref)
+    except NotFound:
+        return []
+    wanted = set(rels)
+    return [e for e in previous.files if e.path in wanted and e.pack == -1]
 
 
-def _manifest(found: list[Found], digests: dict[str, str], limits: TreeLimits) -> tuple[bytes, str, list[pk.Pack]]:
+def _manifest(found: list[Found], digests: dict[str, str], carried: list[mf.Entry],
+              limits: TreeLimits) -> tuple[bytes, str, list[pk.Pack]]:
     """The manifest's bytes and id, and the packs it uses (blocking: a few hundred ms for 100,000 files)."""
     packs = pk.plan({digests[f.rel]: f.stat.size for f in found if f.kind == "file"}, limits)
     where = {d: (n, at) for n, p in enumerate(packs) for d, at in p.offsets().items()}
-    data, digest = mf.encode(mf.build(_entries(found, digests, where), [p.id for p in packs]))
+    data, digest = mf.encode(mf.build(_entries(found, digests, where) + carried, [p.id for p in packs]))
     return data, digest, packs
 
 
@@ -197,7 +249,7 @@ def _entries(found: list[Found], digests: dict[str, str], where: dict[str, tuple
 
 
 async def _send(store: ArtifactStore, real_root: str, found: list[Found], digests: dict[str, str], digest: str,
-                packs: list[pk.Pack], contents: dict[str, bytes], known: set[str], sent: _Sent,
+                packs: list[pk.Pack], contents: dict[str, bytes], held: _Held, known: set[str], sent: _Sent,
                 progress: Progress | None, limits: TreeLimits) -> bool:
     """Upload the blobs and packs the store lacks; False when it turns out to hold the whole tree already."""
     blobs: dict[str, Found] = {}
@@ -222,11 +274,20 @@ async def _send(store: ArtifactStore, real_root: str, found: list[Found], digest
     total = sum(f.stat.size for f in missing.values()) + sum(p.size for p in missing_packs)
     if progress is not None:
         progress(0, total)
-    paths = {digests[f.rel]: (os.path.join(real_root, f.rel), f.stat) for f in blobs.values()}
+
+    def reread(d: str) -> tuple[str, bytes]:
+        path = Path(real_root, blobs[d].rel)
+        try:
+            with source(path, held.fds.get(blobs[d].rel)) as f:
+                return str(path), f.read()
+        except FileNotFoundError:
+            raise FileChanged(f"{path} was deleted while it was uploaded", path=str(path)) from None
+
     await run_all([
-        each(missing_packs, lambda p: _put_pack(store, p, paths, contents, sent, progress, total), limits.io_workers),
-        each(missing.items(), lambda item: _put_blob(store, Path(real_root, item[1].rel), item[0], item[1].stat,
-                                                      sent, progress, total), limits.transfers)])
+        each(missing_packs, lambda p: _put_pack(store, p, contents, reread, sent, progress, total), limits.io_workers),
+        each(missing.items(), lambda item: _put_blob(store, Path(real_root, item[1].rel), item[0], item[1].stat.size,
+                                                      contents.get(item[0]), held.fds.get(item[1].rel), sent,
+                                                      progress, total), limits.transfers)])
     return True
 
 
@@ -243,28 +304,16 @@ async def _missing_packs(store: ArtifactStore, unknown: list[pk.Pack], sent: _Se
     return [p for p in unknown if not there[p.id]]
 
 
-async def _put_pack(store: ArtifactStore, pack: pk.Pack, paths: dict[str, tuple[str, StatKey]],
-                    contents: dict[str, bytes], sent: _Sent, progress: Progress | None, total: int) -> None:
-    data = await asyncio.to_thread(pk.build, pack, paths, contents)
+async def _put_pack(store: ArtifactStore, pack: pk.Pack, contents: dict[str, bytes],
+                    reread: Callable[[str], tuple[str, bytes]], sent: _Sent, progress: Progress | None,
+                    total: int) -> None:
+    data = await asyncio.to_thread(pk.build, pack, contents, reread)
     await store.put_bytes(pack_key(pack.id), data)
     sent.seen.add(pack.id)
-    await asyncio.to_thread(_unchanged, [paths[m.digest] for m in pack.members])
     sent.blobs += 1
     sent.bytes += len(data)
     if progress is not None:
         progress(sent.bytes, total)
-
-
-def _unchanged(files: list[tuple[str, StatKey]]) -> None:
-    """FileChanged unless every file still has the stat the walk saw (after its bytes went up)."""
-    for path, walked in files:
-        try:
-            after = StatKey.of(os.stat(path))
-        except FileNotFoundError:
-            raise FileChanged(f"{path} was deleted while it was uploaded", path=path) from None
-        if after != walked:
-            raise FileChanged(f"{path} changed while it was uploaded; snapshot again once nothing writes to it",
-                              path=path)
 
 
 async def _missing(store: ArtifactStore, unknown: dict[str, Found], sent: _Sent,
@@ -293,20 +342,21 @@ async def _missing(store: ArtifactStore, unknown: dict[str, Found], sent: _Sent,
     return {d: f for d, f in unknown.items() if d not in held}
 
 
-async def _put_blob(store: ArtifactStore, path: Path, digest: str, walked: StatKey, sent: _Sent,
-                    progress: Progress | None, total: int) -> None:
+async def _put_blob(store: ArtifactStore, path: Path, digest: str, size: int, data: bytes | None, fd: int | None,
+                    sent: _Sent, progress: Progress | None, total: int) -> None:
+    """The bytes kept from hashing, else the open file that was hashed (else the path: a file the hash cache
+    knew), checked against the digest as they are read."""
     try:
-        await store.put_file(blob_key(digest), path, sha256=digest)
-        after = StatKey.of(os.stat(path))
+        if data is not None:
+            await store.put_bytes(blob_key(digest), data)
+        else:
+            await store.put_file(blob_key(digest), path, sha256=digest, fd=fd)
     except FileNotFoundError:
         raise FileChanged(f"{path} was deleted while it was uploaded", path=str(path)) from None
     except PermissionError as exc:
         raise UnreadableFile(f"{path}: cannot read it ({exc.strerror})", path=str(path)) from None
     sent.seen.add(digest)
-    if after != walked:
-        raise FileChanged(f"{path} changed while it was uploaded; snapshot again once nothing writes to it",
-                          path=str(path))
     sent.blobs += 1
-    sent.bytes += walked.size
+    sent.bytes += size
     if progress is not None:
         progress(sent.bytes, total)

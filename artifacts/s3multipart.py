@@ -14,6 +14,7 @@ import structlog
 
 from incl.artifacts.batches import run_all
 from incl.artifacts.errors import FileChanged
+from incl.artifacts.reading import source
 
 if TYPE_CHECKING:
     from incl.artifacts.s3store import S3Store
@@ -59,14 +60,14 @@ class _Parts:
             self.whole.update(chunk)
 
 
-async def upload(store: S3Store, key: str, path: Path, size: int, sha256: str | None) -> None:
+async def upload(store: S3Store, key: str, path: Path, fd: int | None, size: int, sha256: str | None) -> None:
     part_size = max(store.cfg.part_size, -(-size // MAX_PARTS))
     client = await store.client()
     created = await store.call(f"start upload of {key} to", lambda: client.create_multipart_upload(
         Bucket=store.bucket, Key=key, ChecksumAlgorithm="SHA256"))
     upload_id = created["UploadId"]
     try:
-        with open(path, "rb") as f:  # noqa: ASYNC230 - opening is instant; the parts are read in a thread
+        with source(path, fd) as f:  # opening is instant; the parts are read in a thread
             parts = _Parts(f, size, part_size)
             await run_all(_send(store, key, upload_id, parts)
                           for _ in range(min(store.cfg.part_concurrency, parts.count)))

@@ -23,6 +23,7 @@ from incl.artifacts import s3multipart
 from incl.artifacts.atomic import atomic_file
 from incl.artifacts.config import StoreConfig
 from incl.artifacts.errors import FileChanged, IntegrityError, InvalidStoreUrl, NotFound
+from incl.artifacts.reading import source
 from incl.artifacts.s3multipart import b64
 from incl.artifacts.s3retry import error_code, retrying
 from incl.artifacts.store import ArtifactStore, ObjectInfo, check_key
@@ -81,17 +82,17 @@ class S3Store(ArtifactStore):
         async with self.slots:
             return await retrying(f"{what} {self.url}", fn, self.cfg)
 
-    async def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> None:
-        size = os.stat(path).st_size  # a microsecond: not worth a thread hop
+    async def put_file(self, key: str, path: Path, *, sha256: str | None = None, fd: int | None = None) -> None:
+        size = (os.stat(path) if fd is None else os.fstat(fd)).st_size  # a microsecond: not worth a thread hop
         if size > self.cfg.multipart_threshold:
-            await s3multipart.upload(self, self.key(key), path, size, sha256)
+            await s3multipart.upload(self, self.key(key), path, fd, size, sha256)
             return
 
         async def put() -> None:
             if size <= self.cfg.inline_read_max:  # microseconds from the page cache: less than a thread hop
-                data = _read_checked(path, sha256)
+                data = _read_checked(path, fd, sha256)
             else:
-                data = await asyncio.to_thread(_read_checked, path, sha256)
+                data = await asyncio.to_thread(_read_checked, path, fd, sha256)
             await self._put(self.key(key), data, sha256 or hashlib.sha256(data).hexdigest())
 
         await self.call(f"PUT {key} to", put)
@@ -180,9 +181,10 @@ class S3Store(ArtifactStore):
         await self.call(f"DELETE {key} in", delete)
 
 
-def _read_checked(path: Path, sha256: str | None) -> bytes:
+def _read_checked(path: Path, fd: int | None, sha256: str | None) -> bytes:
     """The file's bytes, which must hash to `sha256`: what goes up is exactly what was hashed."""
-    data = path.read_bytes()
+    with source(path, fd) as f:
+        data = f.read()
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise FileChanged.while_uploading(path)
     return data

@@ -39,8 +39,9 @@ class ArtifactStore(abc.ABC):
         """A name for this exact store (URL and endpoint), under which a client remembers what it holds."""
 
     @abc.abstractmethod
-    async def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> None:
-        """Store a file's bytes. With `sha256`, raise FileChanged unless what was read hashes to it."""
+    async def put_file(self, key: str, path: Path, *, sha256: str | None = None, fd: int | None = None) -> None:
+        """Store a file's bytes: read from the open file `fd` (from its start; it stays open) when given, else
+        from `path`. With `sha256`, raise FileChanged unless what was read hashes to it."""
 
     @abc.abstractmethod
     async def put_bytes(self, key: str, data: bytes) -> None: ...

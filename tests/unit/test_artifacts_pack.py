@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from test_artifacts_tree import make_tree, snapshot
 
@@ -86,11 +87,13 @@ async def test_a_corrupt_pack_is_caught_and_never_cached(store: ArtifactStore, t
 
 
 @pytest.mark.parametrize("how", ["edit", "touch"])
-async def test_a_small_file_changed_during_a_packed_upload_is_refused(store: ArtifactStore, tmp_path: Path,
-                                                                       how: str) -> None:
-    """A packed file edited or touched after it was hashed fails the push; no manifest is stored."""
+async def test_a_small_file_changed_during_a_packed_upload_goes_up_as_it_was_read(store: ArtifactStore,
+                                                                                   tmp_path: Path, how: str) -> None:
+    """A packed file edited or touched after it was hashed: the pack holds the bytes kept from that one read, so
+    the push succeeds and the snapshot is the version that was read."""
     src = many_small(tmp_path / "work")
     target = src / "many" / "d1" / "f1.py"
+    hashed = target.read_bytes()
 
     def change_before_uploads(done: int, total: int) -> None:
         if done == 0:
@@ -99,8 +102,26 @@ async def test_a_small_file_changed_during_a_packed_upload_is_refused(store: Art
             else:
                 os.utime(target, ns=(1, 1))
 
+    pushed = await push_tree(store, src, progress=change_before_uploads, limits=PACKING)
+    await pull_tree(store, pushed.digest, tmp_path / "out", blob_cache=BlobCache(tmp_path / "cache"))
+    assert (tmp_path / "out" / "many" / "d1" / "f1.py").read_bytes() == hashed
+
+
+async def test_a_small_file_edited_in_place_before_it_is_read_again_for_its_pack_is_refused(
+        store: ArtifactStore, tmp_path: Path) -> None:
+    """With no bytes kept from hashing, a pack reads its members again from their open files: one edited in place
+    meanwhile no longer matches its hash, so the push fails and no manifest is stored."""
+    src = many_small(tmp_path / "work")
+    target = src / "many" / "d1" / "f1.py"
+
+    def edit_before_uploads(done: int, total: int) -> None:
+        if done == 0:
+            with open(target, "r+b") as f:
+                f.write(b"!")
+
     with pytest.raises(FileChanged, match=r"f1\.py changed while it was uploaded"):
-        await push_tree(store, src, progress=change_before_uploads, limits=PACKING)
+        await push_tree(store, src, progress=edit_before_uploads, limits=msgspec.structs.replace(
+            PACKING, pack_keep_bytes=0))
     assert await store.list("manifests/") == []
 
 
