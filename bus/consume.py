@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import structlog
 
+from incl.bus import probe
 from incl.bus.connection import Bus, Delivery, Pull
 from incl.bus.retry import TRANSIENT
 from incl.proto import subjects
@@ -26,6 +27,7 @@ DEAD_LETTER_MAX_DATA = 64 * 1024
 async def park(bus: Bus, source: str, msg: Delivery, error: str, *, timeout: float) -> None:
     """Keep `msg` in the dead-letter stream with why it failed, and terminate it in its own stream. Parking is
     best effort (a few tries): a message that cannot even be parked is logged and terminated all the same."""
+    probe.parked(source)
     letter = DeadLetter(source=source, subject=msg.subject, error=error[:2000], data=msg.data[:DEAD_LETTER_MAX_DATA],
                         size=len(msg.data), ts=time.time())
     for attempt in range(3):
@@ -47,6 +49,7 @@ async def consume(bus: Bus, sub: Pull, source: str, decoder: Decoder[T], handle:
     fails with anything but a transient NATS error, is that message's failure: logged with the message, parked
     in the dead-letter stream, and terminated; the loop goes on. A message whose ack is lost is delivered
     again, so `handle` must be idempotent."""
+    applied = probe.applied(source)
     while True:
         try:
             msgs = await sub.fetch(batch, timeout=timeout)
@@ -69,6 +72,7 @@ async def consume(bus: Bus, sub: Pull, source: str, decoder: Decoder[T], handle:
                 log.exception("message_parked", subject=msg.subject, message=_describe(item))
                 await park(bus, source, msg, f"{type(exc).__name__}: {exc}", timeout=timeout)
                 continue
+            applied()
             try:
                 await msg.ack()
             except TRANSIENT as exc:

@@ -11,6 +11,8 @@ from nats import errors as nats_errors
 from nats.js import errors as js_errors
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from incl.bus import probe
+
 T = TypeVar("T")
 
 log = structlog.get_logger()
@@ -34,6 +36,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 def _log_retry(what: str) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        probe.retried(what)
         level = log.warning if state.attempt_number in (1, 5) or state.attempt_number % 20 == 0 else log.debug
         level("retrying", what=what, attempt=state.attempt_number, error=repr(exc))
 
@@ -45,6 +48,7 @@ async def forever(what: str, fn: Callable[[], Awaitable[T]], *, initial: float, 
     try:  # the common case, without building tenacity's machinery on a hot path
         return await fn()
     except TRANSIENT as exc:
+        probe.retried(what)
         log.debug("retrying", what=what, attempt=0, error=repr(exc))
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
