@@ -28,8 +28,10 @@ from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
 from incl.agent.workdir import WorkDirClaim
 from incl.agent.workspace import Workspace
 from incl.artifacts.store import ArtifactStore, open_store
+from incl.bus import probe
 from incl.bus.connection import Bus, connect
 from incl.bus.consume import consume
+from incl.bus.metrics import DaemonMetrics, GpuUtilization, serving
 from incl.bus.retry import TRANSIENT, forever
 from incl.proto import limits, subjects
 from incl.proto.codec import Decoder, encode
@@ -57,6 +59,7 @@ from incl.proto.messages import (
     RegisterRequest,
     Resources,
 )
+from incl.proto.telemetry import GpuTelemetry
 
 log = structlog.get_logger()
 
@@ -97,6 +100,9 @@ class Agent:
         self._fenced: set[tuple[str, int]] = set()  # attempts stopped because the lease ran out
         self.identity: InstanceIdentity | None = None  # on EC2: this instance, from IMDSv2
         self.interruption: Interruption | None = None  # the spot notice, once it came
+        self.telemetry: GpuTelemetry | None = None  # the last heartbeat's GPU readings, for the metrics too
+        self.metrics = DaemonMetrics()
+        self.metrics.registry.register(GpuUtilization(lambda: [(cfg.agent_id, self.telemetry)]))
         self._bus: Bus
         self._tg: asyncio.TaskGroup
 
@@ -139,6 +145,7 @@ class Agent:
 
     async def serve(self) -> None:
         structlog.contextvars.bind_contextvars(agent_id=self.cfg.agent_id)
+        probe.install(self.metrics)  # this lifespan's retries and consumed messages count here
         with WorkDirClaim(self.cfg.work_dir, self.instance) as self.claim:
             await self._serve()
 
@@ -151,7 +158,7 @@ class Agent:
             await self.sampler.open()
             async with open_metadata(cfg.provider, cfg.metadata) as metadata, Launcher() as self.launcher, \
                     self._docker_engine() as self.docker, contextlib.AsyncExitStack() as stores, \
-                    asyncio.TaskGroup() as tg:
+                    serving(self.metrics.registry, cfg.metrics_host, cfg.metrics_port), asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self.sampler.run())
                 if cfg.provider == "aws":
@@ -204,7 +211,7 @@ class Agent:
             await asyncio.sleep(self._interval)
             sent = time.monotonic()
             try:
-                telemetry = self.sampler.snapshot(self.gpu_alloc) if self.sampler.gpus else None
+                telemetry = self.telemetry = self.sampler.snapshot(self.gpu_alloc) if self.sampler.gpus else None
                 reply = await self._bus.request(subjects.HEARTBEAT,
                                       HeartbeatRequest(meta=Envelope.new(self.cfg.agent_id),
                                                        agent_id=self.cfg.agent_id, running=self.running(),

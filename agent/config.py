@@ -76,6 +76,11 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     spot: SpotWatchConfig = SpotWatchConfig()
     spot_upload_reserve: float = 30.0
 
+    # Prometheus metrics at http://metrics_host:metrics_port/metrics (docs/observability.md). Off by default: local
+    # agents share a host (`incl up` starts several), so a fixed port would clash; instances set one (9465).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
     def host_cpus(self) -> float:
         return self.cpus if self.cpus is not None else float(os.cpu_count() or 1)
 
