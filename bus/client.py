@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from incl.bus import health
 from incl.bus.connection import Bus, connect, masked
 from incl.proto import subjects
 from incl.proto.codec import Decoder
@@ -46,6 +47,7 @@ from incl.proto.messages import (
     TreeRef,
 )
 from incl.proto.spec import JobSpec
+from incl.proto.status import NatsServer, StatusReply, StatusRequest
 from incl.proto.studies import (
     GetStudyReply,
     GetStudyRequest,
@@ -127,6 +129,14 @@ class Client:
 
     async def ping(self) -> PingReply:
         return await self._call(subjects.PING, PingRequest(meta=self._meta()), PingReply)
+
+    def servers(self) -> list[NatsServer]:
+        """The NATS servers this connection knows: the one it is on first (`incl status`)."""
+        return health.servers(self.bus)
+
+    async def status(self, errors: int = 5) -> StatusReply:
+        """The controller's view of the system (`incl status`), with the newest `errors` dead letters."""
+        return await self._call(subjects.STATUS, StatusRequest(meta=self._meta(), errors=errors), StatusReply)
 
     async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, *, key: str | None = None,
                      attempts: int = 4) -> Job:

@@ -7,7 +7,7 @@ import os
 import click
 
 from incl.bus.logsetup import configure
-from incl.cli import admin, agents, files, jobs, logs, study, submit, up
+from incl.cli import admin, agents, files, jobs, logs, status, study, submit, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ def cli(ctx: click.Context, nats_url: str | None) -> None:
     ctx.obj = {"nats_url": nats_url}
 
 
-for command in (up.up, up.status, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
+for command in (up.up, status.status, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
                 logs.metrics, agents.agents, files.outputs, files.download, admin.admin, study.study):
     cli.add_command(command)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
+from incl.bus import health
 from incl.bus.connection import Bus, error_reply
 from incl.controller import deadletters, gang, quota
 from incl.controller.agents import Agents
@@ -43,6 +46,7 @@ from incl.proto.messages import (
     SubmitRequest,
 )
 from incl.proto.spec import check_spec
+from incl.proto.status import StatusReply, StatusRequest
 from incl.proto.studies import (
     GetStudyReply,
     GetStudyRequest,
@@ -75,6 +79,7 @@ class Api:
         self._agents = agents
         self._watch = watch
         self._studies = studies
+        self._started = time.time()
         self.routes: dict[str, tuple[Decoder[Any], Handler]] = {
             subjects.SUBMIT: (Decoder(SubmitRequest), self.submit),
             subjects.LIST_JOBS: (Decoder(ListJobsRequest), self.list_jobs),
@@ -85,6 +90,7 @@ class Api:
             subjects.HEARTBEAT: (Decoder(HeartbeatRequest), self.heartbeat),
             subjects.ASSIGNMENT: (Decoder(AssignmentRequest), self.assignment),
             subjects.PING: (Decoder(PingRequest), self.ping),
+            subjects.STATUS: (Decoder(StatusRequest), self.status),
             subjects.QUOTA: (Decoder(QuotaRequest), self.quota),
             subjects.DEAD_LETTERS: (Decoder(ListDeadLettersRequest), self.dead_letters),
             subjects.SUBMIT_STUDY: (Decoder(SubmitStudyRequest), self.submit_study),
@@ -183,3 +189,12 @@ class Api:
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)
+
+    async def status(self, req: StatusRequest) -> StatusReply:
+        """The system at a glance (`incl status`): streams, agents and jobs by state, the newest dead letters."""
+        letters = await deadletters.newest(self._bus, req.errors)
+        return StatusReply(controller_id=self._id, started_at=self._started,
+                           jobs=dict(Counter(j.state.value for j in self._jobs.records)),
+                           agents=dict(Counter(r.state.value for r in self._agents.records)),
+                           streams=await health.streams(self._bus), dead_letters=letters.total,
+                           errors=letters.letters[:max(req.errors, 0)])

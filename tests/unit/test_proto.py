@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from incl.proto import PROTOCOL_VERSION, errors
 from incl.proto import messages as m
+from incl.proto import status as status_
 from incl.proto import studies as st_
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import BY_CODE, DecodeError, InclError, VersionMismatch, from_code
@@ -213,6 +214,22 @@ SAMPLES += [
     (st_.StopStudyRequest(meta=ENV, study_id="s1", cancel=True),
      _msg(st_.StopStudyRequest, meta=ENV_PLAIN, study_id="s1", cancel=True)),
     (st_.StopStudyReply(study=STUDY), _msg(st_.StopStudyReply, study=STUDY_PLAIN)),
+]
+
+STREAM = status_.StreamStatus(name="INCL_LOGS", replicas=3, messages=5, bytes=900, leader="n1",
+                              followers=[status_.Replica(name="n2"), status_.Replica(name="n3", current=False, lag=4)])
+STREAM_PLAIN = {"name": "INCL_LOGS", "replicas": 3, "messages": 5, "bytes": 900, "leader": "n1",
+                "followers": [{"name": "n2", "current": True, "lag": 0}, {"name": "n3", "current": False, "lag": 4}]}
+LETTER = m.DeadLetterView(seq=7, letter=m.DeadLetter(source="controller-events", subject="incl.events.a1",
+                                                     error="bad", data=b"x", size=1, ts=1.0))
+LETTER_PLAIN = {"seq": 7, "letter": {"source": "controller-events", "subject": "incl.events.a1", "error": "bad",
+                                     "data": b"x", "size": 1, "ts": 1.0}}
+SAMPLES += [
+    (status_.StatusRequest(meta=ENV, errors=3), _msg(status_.StatusRequest, meta=ENV_PLAIN, errors=3)),
+    (status_.StatusReply(controller_id="c1", started_at=1.0, jobs={"QUEUED": 2}, agents={"alive": 1},
+                         streams=[STREAM], dead_letters=1, errors=[LETTER]),
+     _msg(status_.StatusReply, controller_id="c1", started_at=1.0, jobs={"QUEUED": 2}, agents={"alive": 1},
+          streams=[STREAM_PLAIN], dead_letters=1, errors=[LETTER_PLAIN])),
 ]
 
 
