@@ -224,8 +224,9 @@ class Agents:
         # re-adopted container); everything else is lost.
         keep = {(r.job_id, r.attempt) for r in self._waiting_runs(agent_id, now)}
         await self._jobs.agent_lost(agent_id, why, keep=keep, preempted=reclaimed)
-        self._missing.pop(agent_id, None)
-        self.interrupted.pop(agent_id, None)
+        # Per-agent memory goes with the agent: instances come and go for months, each with a new agent id.
+        for cache in (self._missing, self.interrupted, self.telemetry, self._last_seen):
+            cache.pop(agent_id, None)
 
     def _waiting_runs(self, agent_id: str, now: float) -> list[JobRef]:
         waiting = self._waiting.pop(agent_id, None)
