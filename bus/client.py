@@ -275,6 +275,21 @@ class Client:
         async for batch in self._read(subjects.logs(job_id), LogBatch, job_id if follow else None):
             yield batch
 
+    async def expired(self, job: Job, stream: str) -> str | None:
+        """Why `job`, which has nothing left in `stream`, has nothing there: its messages expired, said with the
+        stream's limits; None when it wrote nothing there. An attempt's record keeps the tail of its output, so
+        a job with a tail wrote lines; they are gone once the stream's oldest message is newer than its end."""
+        wrote = [a.ended_at for a in job.attempts if a.tail and a.ended_at is not None]
+        if job.state not in TERMINAL or not wrote:
+            return None
+        kept = await self.bus.retention(stream)
+        if kept.oldest is not None and kept.oldest <= max(wrote):
+            return None
+        limits = [f"{kept.max_age / 86400:g} days" if kept.max_age else "",
+                  f"{kept.max_bytes / 2**30:g} GiB" if kept.max_bytes else ""]
+        return "expired: the cluster keeps them for " + " and up to ".join(x for x in limits if x) \
+            if any(limits) else "expired"
+
     async def metric_batches(self, job_id: str) -> AsyncIterator[MetricBatch]:
         if not await self.has_messages(subjects.metrics(job_id), subjects.METRICS_STREAM):
             return

@@ -51,6 +51,13 @@ class StreamState:
     last_seq: int
 
 
+@dataclass(frozen=True)
+class Retention:
+    oldest: float | None  # unix time the stream's oldest message was stored; None: it holds none
+    max_age: float | None  # seconds
+    max_bytes: int | None
+
+
 class Delivery:
     """One message from a durable consumer: its subject and data, and the ways to settle it."""
 
@@ -306,6 +313,17 @@ class Bus:
         except NotFoundError:
             return None
         return bytes(msg.data or b"")
+
+    async def retention(self, stream: str) -> Retention:
+        """What `stream` still holds and what it keeps: when its oldest message was stored, and its limits."""
+        info = await self._js.stream_info(stream)
+        oldest = None
+        if info.state.messages:
+            with contextlib.suppress(NotFoundError):  # the oldest was just removed: the next one is newer still
+                stored = (await self._js.get_msg(stream, info.state.first_seq)).time
+                oldest = stored.timestamp() if stored is not None else None
+        return Retention(oldest=oldest, max_age=info.config.max_age or None,
+                         max_bytes=info.config.max_bytes if (info.config.max_bytes or -1) > 0 else None)
 
     async def state(self, stream: str) -> StreamState:
         info = await self._js.stream_info(stream)

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, console, handles_errors, print_json, print_table
+from incl.proto import subjects
 from incl.proto.messages import Job, LogBatch, MetricPoint, Stream
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -36,6 +37,7 @@ class LogWriter:
         self._attempt, self._rank = attempt, rank
         self._ranks = ranks and rank is None
         self._timestamps, self._streams = timestamps, streams
+        self.batches = 0  # written (after the filters)
         self._shown: int | None = None  # the attempt whose lines were written last
         self._open: int | None = None  # the rank whose last piece did not end its line
 
@@ -51,6 +53,7 @@ class LogWriter:
             self._out.flush()
             print(f"--- attempt {batch.attempt} ---", file=self._err, flush=True)
         self._shown = batch.attempt
+        self.batches += 1
         self._lines(batch)
         self._out.flush()
 
@@ -87,11 +90,13 @@ class LogWriter:
 
 
 async def print_logs(client: Client, job_id: str, *, follow: bool, attempt: int | None = None, rank: int | None = None,
-                     ranks: bool = False, timestamps: bool = False, streams: set[Stream] | None = None) -> None:
+                     ranks: bool = False, timestamps: bool = False, streams: set[Stream] | None = None) -> int:
+    """The job's batches to stdout and stderr; how many were written."""
     writer = LogWriter(sys.stdout.buffer, sys.stderr, attempt=attempt, rank=rank, ranks=ranks, timestamps=timestamps,
                        streams=streams)
     async for batch in client.log_batches(job_id, follow=follow):
         writer.write(batch)
+    return writer.batches
 
 
 async def follow_logs(client: Client, job: Job) -> Job:
@@ -118,8 +123,11 @@ def logs(ctx: click.Context, job_id: str, follow: bool, attempt: int | None, ran
     async def go() -> None:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
             job = await client.job(job_id)  # unknown id: a clear error, not an empty output
-            await print_logs(client, job_id, follow=follow, attempt=attempt, rank=rank, ranks=multi_node(job),
-                             timestamps=timestamps, streams=wanted)
+            shown = await print_logs(client, job_id, follow=follow, attempt=attempt, rank=rank,
+                                     ranks=multi_node(job), timestamps=timestamps, streams=wanted)
+            if not shown and (why := await client.expired(await client.job(job_id), subjects.LOGS_STREAM)):
+                print(f"incl: the logs of {job_id} {why}; its outputs are kept in the store "
+                      f"(incl download {job_id})", file=sys.stderr)
 
     asyncio.run(go())
 
