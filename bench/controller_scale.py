@@ -336,6 +336,8 @@ class Stack:
     def start_controller(self) -> None:
         cfg = self.tmp / "controller.yaml"
         paced = {} if self.max_hps is None else {"max_heartbeats_per_second": self.max_hps or 1e9}
+        if self.max_hps == 0:  # the fixed clock of earlier runs: no pacing, no jitter
+            paced["heartbeat_jitter"] = 0.0
         cfg.write_text(json.dumps({"nats_url": self.url, "controller_id": "bench", "heartbeat_interval": INTERVAL,
                                    "agent_lost_after": 10.0, "log_level": "warning", **paced}))  # JSON is YAML
         self._spawn("controller", [sys.executable, "-m", "incl.controller", "--config", str(cfg)],
