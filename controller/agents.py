@@ -52,15 +52,17 @@ def missing_attempts(before: dict[tuple[str, int], float], missing: set[tuple[st
 
 class Agents:
     """`provider`: asked whether a silent agent's spot instance was reclaimed; `on_telemetry`: each heartbeat's
-    GPU readings (the GPU watch)."""
+    GPU readings (the GPU watch); `on_beat`: each report (agent id, when, the interval it was given: metrics)."""
 
     def __init__(self, cfg: ControllerConfig, records: Records[AgentRecord], jobs: Jobs, provider: Provider,
-                 on_telemetry: Callable[[GpuTelemetry], None] = lambda t: None) -> None:
+                 on_telemetry: Callable[[GpuTelemetry], None] = lambda t: None,
+                 on_beat: Callable[[str, float, float], None] = lambda agent_id, now, interval: None) -> None:
         self._cfg = cfg
         self.records = records
         self._jobs = jobs
         self._provider = provider
         self._on_telemetry = on_telemetry
+        self._on_beat = on_beat
         self.telemetry: dict[str, GpuTelemetry] = {}  # agent id -> its last heartbeat's GPU readings
         self.interrupted: dict[str, float] = {}  # agent id -> when its spot instance goes (it had the notice)
         self.deadlines = Deadlines()
@@ -83,6 +85,7 @@ class Agents:
         """The agent's next interval, deadline and lease, for the fleet as it is; its deadline starts now."""
         pace = pacing.pace(self._pacing, len(self.deadlines), self._rng.random())
         self.deadlines.beat(agent_id, now, pace.lost_after)
+        self._on_beat(agent_id, now, pace.interval)
         return pace
 
     def alive(self) -> list[AgentRecord]:

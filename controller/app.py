@@ -9,14 +9,17 @@ import time
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from incl.bus.connection import Bus, connect
+from incl.bus import probe
+from incl.bus.connection import Bus, connect, masked
 from incl.bus.consume import consume
 from incl.bus.daemon import wait_event
+from incl.bus.metrics import serving
 from incl.bus.retry import TRANSIENT, forever
 from incl.bus.streams import ensure_buckets, ensure_streams
 from incl.controller import scheduler, state, wiring
 from incl.controller.agents import Agents
 from incl.controller.config import ControllerConfig
+from incl.controller.metrics import ControllerMetrics
 from incl.controller.providers import open_provider
 from incl.controller.wiring import Graph
 from incl.proto import subjects
@@ -33,27 +36,31 @@ class Controller:
         self._connected = asyncio.Event()
         self._reconnected = asyncio.Event()  # the liveness loop gives every agent a fresh deadline
         self._reserving: dict[str, float] = {}  # gangs holding agents while they wait for the rest (scheduler)
+        self.metrics = ControllerMetrics()
 
     def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
         return forever(what, fn, initial=self.cfg.retry_initial, maximum=self.cfg.retry_max)
 
     async def serve(self) -> None:
         cfg = self.cfg
+        probe.install(self.metrics)  # this lifespan's retries and consumed messages count here
         bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-controller-{cfg.controller_id}", connect_timeout=cfg.connect_timeout,
             reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
             on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect))
         self._connected.set()
         try:
-            applied = await self._retry("ensure_streams", lambda: ensure_streams(bus, cfg.streams))
+            applied = await self._retry("ensure_streams", lambda: ensure_streams(bus, cfg.streams, cfg.replicas))
             if applied != cfg.streams:
                 log.warning("streams_sized_down", reason="JetStream has less storage than the configured limits",
                             logs_max_bytes=applied.logs_max_bytes, metrics_max_bytes=applied.metrics_max_bytes)
-            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(bus, cfg.idempotency_ttl))
+            buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(bus, cfg.idempotency_ttl,
+                                                                                 cfg.replicas))
             stores = wiring.records(buckets)
             await self._retry("load_records", stores.load)
             async with open_provider(cfg) as provider:
-                await self._run(bus, wiring.build(cfg, bus, buckets, stores, provider, self._wake))
+                await self._run(bus, wiring.build(cfg, bus, buckets, stores, provider, self._wake,
+                                                      self.metrics))
         finally:
             await bus.close()
 
@@ -62,10 +69,13 @@ class Controller:
         cfg = self.cfg
         g.agents.restore(time.time())
         log.info("controller_started", controller_id=cfg.controller_id, jobs=len(g.jobs.records),
-                 agents=len(g.agents.records), nats=cfg.nats_url, provider=cfg.provider)
+                 agents=len(g.agents.records), nats=masked(cfg.nats_url), replicas=cfg.replicas,
+                 provider=cfg.provider)
         await bus.serve(f"{subjects.API_PREFIX}.>", "incl-controller", g.api.handle)
         await g.jobs.resend_stale_assignments(older_than=time.time())
-        async with asyncio.TaskGroup() as tg:
+        async with serving(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,
+                           before_scrape=lambda: self.metrics.refresh(bus), timeout=cfg.request_timeout * 2), \
+                asyncio.TaskGroup() as tg:
             if g.provider.provisions:
                 tg.create_task(g.provisioner.run())
             tg.create_task(self._apply_events(bus, g))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from incl.bus import daemon as _daemon
+from incl.bus.connection import Servers
 from incl.bus.streams import StreamLimits
 from incl.controller.idle import IdlePolicy
 from incl.controller.notify import ClusterNotify, NotifierConfig
@@ -30,7 +31,7 @@ class StudyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: Servers = "nats://127.0.0.1:4222"  # a cluster's nodes: a list, or URLs separated by commas
     controller_id: str = msgspec.field(default_factory=socket.gethostname)
     log_level: str = "info"
 
@@ -65,6 +66,8 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     events_ack_wait: float = 30.0
     retry_initial: float = 0.05  # backoff on a failing dependency (NATS, the KV store)
     retry_max: float = 2.0
+    # Servers each stream and bucket is kept on: 1 on a single NATS server, 3 on a 3-node cluster (at most 5).
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
 
     # The artifact store (code snapshots, outputs, checkpoints): file://DIR or s3://bucket/prefix. The CLI and
     # the agents learn it from the controller.
@@ -79,7 +82,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     provider: Literal["local", "aws"] = "local"
     aws: AwsConfig = AwsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
-    agent_nats_url: str | None = None  # the NATS URL instances' agents dial (None: `nats_url`)
+    agent_nats_url: Servers | None = None  # the NATS URL(s) instances' agents dial (None: `nats_url`)
 
     def pacing(self) -> PacingConfig:
         return PacingConfig(heartbeat_interval=self.heartbeat_interval,
@@ -100,6 +103,13 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     streams: StreamLimits = StreamLimits()
     studies: StudyConfig = StudyConfig()
+
+    # Prometheus metrics at http://metrics_host:metrics_port/metrics (docs/observability.md); None or 0: none.
+    # On by default: one controller per cluster is the process an operator always watches, and a fixed port
+    # lets a scrape config find it with no change here. Loopback by default (the endpoint has no
+    # authentication): a deployment opens it with `metrics_host: 0.0.0.0`. A port in use is logged, not fatal.
+    metrics_port: int | None = 9464
+    metrics_host: str = "127.0.0.1"
 
 
 def load_config(path: str | Path | None = None, **overrides: object) -> ControllerConfig:

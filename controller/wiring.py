@@ -2,11 +2,11 @@
 
     records   jobs and agents in their buckets           (loaded by the caller before `build`)
     Shapes    agents' capacities + what could launch      Jobs asks it at submit
-    JobChanges                                            Jobs publishes; the notifier and the GPU watch hear
+    JobChanges                                            Jobs publishes; the notifier, GPU watch, metrics hear
     Jobs      records, bus, Shapes, wake, JobChanges
     Notifier  the cluster's notify settings
     GpuWatch  Jobs, Notifier
-    Agents    records, Jobs, the provider (spot reclaimed?), GpuWatch.observe
+    Agents    records, Jobs, the provider (spot reclaimed?), GpuWatch.observe, ControllerMetrics.beat
     Provisioner  the provider, Jobs, Agents
     Studies   records, Jobs, bus, a study's Optuna storage   Jobs' changes wake the study whose trial changed
     Api       Jobs, Agents, GpuWatch, Studies, bus
@@ -29,6 +29,7 @@ from incl.controller.api import Api
 from incl.controller.config import ControllerConfig
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import JobChanges, Jobs, Listener
+from incl.controller.metrics import ControllerMetrics
 from incl.controller.migrate import upgrade_job
 from incl.controller.notify import Notice, Notifier, kinds_for
 from incl.controller.providers import Provider
@@ -90,8 +91,9 @@ def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLo
 
 
 def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores: Stores, provider: Provider,
-          wake: asyncio.Event) -> Graph:
-    """`wake`: set to start a scheduling pass; `provider`: entered already (its lifespan is the caller's)."""
+          wake: asyncio.Event, metrics: ControllerMetrics) -> Graph:
+    """`wake`: set to start a scheduling pass; `provider`: entered already (its lifespan is the caller's);
+    `metrics`: told of job changes and heartbeats, and reads jobs and agents at scrape time."""
     changes = JobChanges()
     shapes = Shapes(stores.agents, [*cfg.provider_shapes, *provider.shapes()])
     jobs = Jobs(cfg, stores.jobs, bus, shapes=shapes, wake=wake, changes=changes,
@@ -101,7 +103,10 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     watch = GpuWatch(jobs, notifier, cfg.gpu_idle)
     changes.subscribe(notify_of_changes(notifier))
     changes.subscribe(unwatch_unless_running(watch))
-    agents = Agents(cfg, stores.agents, jobs, provider, on_telemetry=watch.observe)
+    changes.subscribe(metrics.job_changed)
+    agents = Agents(cfg, stores.agents, jobs, provider, on_telemetry=watch.observe, on_beat=metrics.beat)
+    metrics.watch(lambda: (j.state for j in jobs.records), lambda: (r.state for r in agents.records),
+                  lambda: ((r.info.agent_id, agents.telemetry.get(r.info.agent_id)) for r in agents.alive()))
     provisioner = Provisioner(cfg.reconcile, provider, jobs, agents)
     studies = Studies(cfg.studies, stores.studies, jobs, bus, study_engines(cfg, bus, asyncio.get_running_loop()))
     changes.subscribe(studies.job_changed)
