@@ -1,7 +1,8 @@
 """The measure of issue 9: 300 jobs with numbered lines while the controller, the agents and NATS are killed
 (-9) and frozen (SIGSTOP) at random, and bad messages arrive. Every job ends exactly once, no attempt runs
 while another of the same job does, no attempt runs twice (in two agent processes, one after the other), the
-succeeding attempt's every line and point is there once and in order, and no daemon stays down. Bounded in time; marked slow. Figures: docs/reliability.md."""
+succeeding attempt's every line and point is there once and in order, and no daemon stays down. Bounded in
+time; marked slow. Figures: docs/reliability.md."""
 
 from __future__ import annotations
 
