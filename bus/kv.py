@@ -11,6 +11,9 @@ from nats.js.kv import KeyValue
 log = structlog.get_logger()
 
 
+MARKER_TTL = 1.0  # seconds a deleted key's marker lives (JetStream's smallest per-message TTL)
+
+
 class KeyExists(Exception):
     """`create` of a key that exists."""
 
@@ -49,6 +52,12 @@ class Bucket:
 
     async def put(self, key: str, value: bytes) -> int:
         return int(await self._kv.put(key, value))
+
+    async def delete(self, key: str, marker_ttl: float = MARKER_TTL) -> None:
+        """Remove the key. Its purge marker expires after `marker_ttl` in a bucket made to allow it (see
+        `incl.bus.streams.ensure_buckets`), so a bucket whose keys come and go does not fill with markers;
+        elsewhere the marker stays."""
+        await self._kv.purge(key, msg_ttl=marker_ttl)
 
     async def keys(self, attempts: int = 5, pause: float = 0.2) -> list[str]:
         """Every key. The bucket's own message count is the check: nats-py's listing can come back empty (or

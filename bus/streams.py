@@ -16,7 +16,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServerError
 
 from incl.bus.connection import Bus
-from incl.bus.kv import Bucket
+from incl.bus.kv import MARKER_TTL, Bucket
 from incl.proto import subjects
 
 log = structlog.get_logger()
@@ -151,9 +151,13 @@ async def ensure_buckets(bus: Bus, submit_ttl: float = 86400.0, replicas: int = 
     buckets: dict[str, Bucket] = {}
     wanted = ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl),
               (subjects.STUDIES_BUCKET, None))
-    for name, ttl in wanted:
+    # Buckets whose keys come and go: a deleted key's marker expires (`Bucket.delete`), so they stay bounded.
+    passing = ((subjects.IDLE_BUCKET, None), (subjects.NOTICES_BUCKET, None))
+    for name, ttl in (*wanted, *passing):
         await _rescale_bucket(bus.jetstream, name, replicas)
-        config = api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE, ttl=ttl, replicas=replicas)
+        markers = MARKER_TTL if (name, ttl) in passing else None
+        config = api.KeyValueConfig(bucket=name, history=1, storage=api.StorageType.FILE, ttl=ttl, replicas=replicas,
+                                    limit_marker_ttl=markers)
         try:
             kv = await bus.jetstream.create_key_value(config)
         except APIError as exc:

@@ -99,6 +99,10 @@ class Records(Generic[T]):
         self._items[key] = (value, revision)
         return value
 
+    async def delete(self, key: str) -> None:
+        await self._kv.delete(key)
+        self._items.pop(key, None)
+
     async def update(self, key: str, change: Callable[[T], T], attempts: int = 5) -> T:
         """Apply `change` to the current record with compare-and-set; re-read and retry on a conflict."""
         for _ in range(attempts):
