@@ -5,11 +5,17 @@ A job is idle when every utilization sample reported for it in the last `window`
 the job started do not count. An idle episode gives one `IdleStarted`; the first sample at or above the
 threshold ends it with one `IdleEnded`, and a new episode needs a whole new window below the threshold.
 
+An episode already alerted is kept (`Episode`, in its bucket: see `controller/gpuwatch.py`) until it or the
+attempt ends, so that a restarted controller resumes it (`track(..., alerted_since=...)`) rather than alerting
+a second time once a new window has passed.
+
 The job's `gpu_idle:` (`proto.spec.GpuIdle`, validated at submit) applies key by key over the cluster's
 `IdlePolicy`; `gpu_idle: false` turns the monitor off for the job.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -60,6 +66,23 @@ class IdleEnded(msgspec.Struct, frozen=True, kw_only=True):
 IdleEvent = IdleStarted | IdleEnded
 
 
+class Episode(msgspec.Struct, frozen=True, kw_only=True):
+    """An idle episode whose alert went out: one per job at most (the monitor watches the current attempt)."""
+
+    job_id: str
+    attempt: int
+    since: float  # the episode's first sample
+    alerted_at: float
+    notice_id: str  # the alert that was sent
+    detail: str
+
+
+def stale_episodes(episodes: Iterable[Episode], running: Mapping[str, int]) -> list[str]:
+    """The jobs whose kept episode is over: the job no longer runs, or runs another attempt (`running`: job id ->
+    the attempt running now). Pure: the caller deletes them."""
+    return [e.job_id for e in episodes if running.get(e.job_id) != e.attempt]
+
+
 class _Track:
     __slots__ = ("alerted", "last_ts", "low_count", "low_since", "low_sum", "policy", "started_at")
 
@@ -77,12 +100,17 @@ class IdleMonitor:
     def __init__(self) -> None:
         self._jobs: dict[str, _Track] = {}
 
-    def track(self, job_id: str, started_at: float, policy: IdlePolicy | None) -> None:
-        """Watch a job that started running at `started_at`; `policy` None (gpu_idle: false) watches nothing."""
+    def track(self, job_id: str, started_at: float, policy: IdlePolicy | None,
+              alerted_since: float | None = None) -> None:
+        """Watch a job that started running at `started_at`; `policy` None (gpu_idle: false) watches nothing.
+        `alerted_since`: the start of an episode already alerted (before a restart), which goes on, silent, until
+        a busy sample ends it."""
         if policy is None:
             self._jobs.pop(job_id, None)
         elif job_id not in self._jobs or self._jobs[job_id].started_at != started_at:
-            self._jobs[job_id] = _Track(policy, started_at)
+            t = self._jobs[job_id] = _Track(policy, started_at)
+            if alerted_since is not None:
+                t.low_since, t.alerted = alerted_since, True
 
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)

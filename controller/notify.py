@@ -6,6 +6,17 @@ the queue is full). `Notifier.run()`, a task in the controller's TaskGroup, hand
 per webhook, so a slow or dead webhook delays nobody else. A worker paces its posts (`rate_per_s`), retries
 5xx answers and connection errors with exponential backoff and honours a 429's Retry-After.
 
+A notice survives a controller restart (kill -9 included) through the outbox, a KV bucket of notices not yet
+delivered: the dispatcher puts each notice there before its first post, the worker deletes it after the last
+(sent, refused, or out of attempts), and a starting notifier queues again whatever the bucket still holds. What
+that can and cannot promise, with an incoming webhook that takes no idempotency key:
+- a notice put in the outbox is delivered after a restart if it was not before: nothing is lost once kept;
+- one notice is queued once per controller (by its id, made from the job, attempt, kind and, for idle alerts,
+  the episode), so one raised again while it waits is not sent twice;
+- a notice the webhook accepted in the moment before a kill, when the delete had not yet landed, is sent again
+  after the restart: Slack cannot be asked whether it already has it, so delivery is at least once;
+- a notice raised in the moment before a kill, not yet taken off the in-memory queue, is lost.
+
 Webhook URLs are secrets (the path is the token): no log line and no repr shows one; logs name a webhook by
 its label ("default", "channel:ml-alerts", "webhook:3fa2c19b").
 
@@ -25,6 +36,7 @@ import logging
 import random
 import re
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +46,7 @@ import structlog
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from incl.controller.idle import format_duration
+from incl.controller.store import Records
 from incl.proto.errors import SpecInvalid
 from incl.proto.messages import Job, JobState
 from incl.proto.spec import Notify
@@ -105,9 +118,12 @@ class Notice(msgspec.Struct, frozen=True, kw_only=True):
     detail: str | None = None  # e.g. the idle monitor's description
     log_tail: list[str] = []
     notify: Notify | None = None
+    id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)  # the outbox's key; see `notice_id`
 
     @classmethod
-    def from_job(cls, kind: Kind, job: Job, now: float | None = None, detail: str | None = None) -> Notice:
+    def from_job(cls, kind: Kind, job: Job, now: float | None = None, detail: str | None = None,
+                 episode: float | None = None) -> Notice:
+        """`episode`: for idle notices, when the idle episode began (one alert per episode)."""
         now = time.time() if now is None else now
         res = job.spec.resources
         gpus = res.gpus * res.nodes
@@ -129,7 +145,13 @@ class Notice(msgspec.Struct, frozen=True, kw_only=True):
             detail=detail,
             log_tail=list(cur.tail) if cur is not None and kind == Kind.FAILED else [],
             notify=job.spec.notify,
+            id=notice_id(job.id, cur.number if cur is not None else 0, kind, episode),
         )
+
+
+def notice_id(job_id: str, attempt: int, kind: Kind, episode: float | None = None) -> str:
+    """The same notice raised twice (a replayed change, an alert raised again) gets the same id."""
+    return f"{job_id}.{attempt}.{kind}" + (f".{round(episode * 1000)}" if episode is not None else "")
 
 
 # Which notice a job's new state gives (RUNNING after a preemption is a resume: see `Notice` callers).
@@ -247,11 +269,16 @@ _SLACK_ERROR = re.compile(r"^[a-z_]{1,64}$")  # Slack answers errors as short co
 
 
 class Notifier:
-    def __init__(self, cluster: ClusterNotify, config: NotifierConfig | None = None) -> None:
+    """`outbox`: the notices not yet delivered, loaded (see the module's docstring); None keeps them in memory."""
+
+    def __init__(self, cluster: ClusterNotify, config: NotifierConfig | None = None,
+                 outbox: Records[Notice] | None = None) -> None:
         self._cluster, self._config = cluster, config or NotifierConfig()
         self._queue: asyncio.Queue[tuple[Route, Notice]] = asyncio.Queue(self._config.queue_size)
         self._routes: dict[str, asyncio.Queue[Notice]] = {}  # by URL, which is never logged
         self._session: aiohttp.ClientSession | None = None
+        self._outbox = outbox
+        self._pending: set[str] = set()  # ids of the notices queued or being delivered
 
     def __repr__(self) -> str:
         return f"Notifier(routes={len(self._routes)}, queued={self._queue.qsize()})"
@@ -261,11 +288,14 @@ class Notifier:
         where = route(notice, self._cluster)
         if where is None:
             return False
+        if notice.id in self._pending:
+            return True
         try:
             self._queue.put_nowait((where, notice))
         except asyncio.QueueFull:
             log.warning("notify_dropped", job_id=notice.job_id, kind=str(notice.kind), webhook=where.label)
             return False
+        self._pending.add(notice.id)
         return True
 
     async def run(self) -> None:
@@ -273,8 +303,10 @@ class Notifier:
         timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as tg:
             self._session = session
+            await self._resume()
             while True:
                 where, notice = await self._queue.get()
+                await self._keep(notice)
                 lane = self._routes.get(where.url)
                 if lane is None:
                     lane = self._routes[where.url] = asyncio.Queue(self._config.route_queue_size)
@@ -283,6 +315,37 @@ class Notifier:
                     lane.put_nowait(notice)
                 except asyncio.QueueFull:
                     log.warning("notify_dropped", job_id=notice.job_id, kind=str(notice.kind), webhook=where.label)
+                    await self._done(notice)
+
+    async def _resume(self) -> None:
+        """Queue again the notices an earlier controller kept and did not deliver."""
+        for notice in list(self._outbox or ()):
+            if self.notify(notice):
+                log.info("notify_resumed", job_id=notice.job_id, kind=str(notice.kind))
+            else:  # no longer wanted (the cluster's settings changed) or no room
+                await self._done(notice)
+
+    async def _keep(self, notice: Notice) -> None:
+        """Put the notice in the outbox before its first post. If the bucket cannot take it, the notice is still
+        sent, and only a restart before then loses it."""
+        if self._outbox is None or self._outbox.get(notice.id) is not None:
+            return
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                await self._outbox.put(notice)
+        except Exception as exc:  # noqa: BLE001 - the outbox failing must not stop the notice itself
+            log.warning("notice_not_kept", job_id=notice.job_id, kind=str(notice.kind), error=repr(exc))
+
+    async def _done(self, notice: Notice) -> None:
+        """The notice's last post is over (sent, refused or out of attempts): it leaves the outbox."""
+        self._pending.discard(notice.id)
+        if self._outbox is None or self._outbox.get(notice.id) is None:
+            return
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                await self._outbox.delete(notice.id)
+        except Exception as exc:  # noqa: BLE001 - left in the outbox, it is sent once more after a restart
+            log.warning("notice_not_cleared", job_id=notice.job_id, kind=str(notice.kind), error=repr(exc))
 
     async def _worker(self, where: Route, lane: asyncio.Queue[Notice]) -> None:
         client = AsyncWebhookClient(
@@ -299,6 +362,7 @@ class Notifier:
                     return
                 continue
             next_post = await self._deliver(client, where, notice, next_post)
+            await self._done(notice)
 
     async def _deliver(self, client: AsyncWebhookClient, where: Route, notice: Notice, next_post: float) -> float:
         """Post one notice with retries; returns the earliest time the next post to this webhook may start."""

@@ -1,6 +1,7 @@
 """The controller's object graph, built here and only here: each object once, handed what it depends on.
 
-    records   jobs and agents in their buckets           (loaded by the caller before `build`)
+    records   jobs and agents in their buckets           (loaded by the caller before `build`); also studies,
+              idle episodes already alerted (GpuWatch) and notices not yet delivered (the Notifier's outbox)
     Shapes    agents' capacities + what could launch      Jobs asks it at submit
     JobChanges                                            Jobs publishes; the notifier, GPU watch, metrics hear
     Jobs      records, bus, Shapes, wake, JobChanges
@@ -28,6 +29,7 @@ from incl.controller.agents import Agents
 from incl.controller.api import Api
 from incl.controller.config import ControllerConfig
 from incl.controller.gpuwatch import GpuWatch
+from incl.controller.idle import Episode
 from incl.controller.jobs import JobChanges, Jobs, Listener
 from incl.controller.metrics import ControllerMetrics
 from incl.controller.migrate import upgrade_job
@@ -63,9 +65,11 @@ class Stores:
     jobs: Records[Job]
     agents: Records[AgentRecord]
     studies: Records[Study]
+    episodes: Records[Episode]  # idle episodes already alerted
+    outbox: Records[Notice]  # notices not yet delivered
 
     async def load(self) -> None:
-        for records in (self.jobs, self.agents, self.studies):
+        for records in (self.jobs, self.agents, self.studies, self.episodes, self.outbox):
             await records.load()
 
 
@@ -75,6 +79,8 @@ def records(buckets: Mapping[str, Bucket]) -> Stores:
         jobs=Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id, upgrade=upgrade_job),
         agents=Records(buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id),
         studies=Records(buckets[subjects.STUDIES_BUCKET], Study, key=lambda s: s.id),
+        episodes=Records(buckets[subjects.IDLE_BUCKET], Episode, key=lambda e: e.job_id),
+        outbox=Records(buckets[subjects.NOTICES_BUCKET], Notice, key=lambda n: n.id),
     )
 
 
@@ -99,8 +105,8 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     jobs = Jobs(cfg, stores.jobs, bus, shapes=shapes, wake=wake, changes=changes,
                 quotas=load_quota_config(cfg.quota_file), submits=buckets[subjects.SUBMITS_BUCKET],
                 refusal=provider.refusal)
-    notifier = Notifier(cfg.notify, cfg.notifier)
-    watch = GpuWatch(jobs, notifier, cfg.gpu_idle)
+    notifier = Notifier(cfg.notify, cfg.notifier, stores.outbox)
+    watch = GpuWatch(jobs, notifier, cfg.gpu_idle, stores.episodes)
     changes.subscribe(notify_of_changes(notifier))
     changes.subscribe(unwatch_unless_running(watch))
     changes.subscribe(metrics.job_changed)

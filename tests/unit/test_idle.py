@@ -7,12 +7,14 @@ import pytest
 from incl.controller.idle import (
     DEFAULT_POLICY,
     Action,
+    Episode,
     IdleEnded,
     IdleMonitor,
     IdlePolicy,
     IdleStarted,
     format_duration,
     policy_for,
+    stale_episodes,
 )
 from incl.proto.errors import SpecInvalid
 from incl.proto.spec import load_spec, parse_duration
@@ -176,3 +178,21 @@ def test_bad_policy_is_refused_naming_the_key(raw: object, field: str, words: st
     with pytest.raises(SpecInvalid) as err:
         load_spec({"run": "x", "gpu_idle": raw})
     assert err.value.field == field and words in err.value.message
+
+
+def test_a_resumed_alerted_episode_stays_silent_until_busy_then_ends_with_its_own_start() -> None:
+    m = IdleMonitor()
+    m.track("j", 0.0, POLICY, alerted_since=100.0)  # alerted before a restart
+    assert m.idle_since("j") == 100.0
+    events = feed(m, "j", [(t, 0.0) for t in range(200, 400, 10)] + [(400, 90.0)])
+    assert [(ts, type(e)) for ts, e in events] == [(400, IdleEnded)]
+    assert events[0][1].since == 100.0  # type: ignore[attr-defined]
+    assert [type(e) for _, e in feed(m, "j", [(t, 0.0) for t in range(410, 480, 5)])] == [IdleStarted]
+
+
+def test_kept_episodes_of_jobs_no_longer_running_that_attempt_are_stale() -> None:
+    def ep(job_id: str, attempt: int) -> Episode:
+        return Episode(job_id=job_id, attempt=attempt, since=1.0, alerted_at=2.0, notice_id="n", detail="")
+
+    kept = [ep("running", 1), ep("retried", 1), ep("ended", 2)]
+    assert stale_episodes(kept, {"running": 1, "retried": 2}) == ["retried", "ended"]
