@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from typing import TYPE_CHECKING
 
 import click
 
-from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, console, handles_errors, plural, print_json, print_table, size
 from incl.proto.messages import ListDeadLettersReply
+
+if TYPE_CHECKING:
+    pass
 
 DEAD_COLUMNS = [Column("SEQ"), Column("WHEN", drop=2), Column("SOURCE", drop=1), Column("SUBJECT", drop=3, shrink=20),
                 Column("SIZE", drop=4, justify="right"), Column("ERROR", wrap=True)]
@@ -27,6 +30,7 @@ def admin() -> None:
 @handles_errors
 def dead_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Messages a daemon could not handle: parked (not retried into a crash loop), with the reason."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> ListDeadLettersReply:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:

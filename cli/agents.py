@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import click
 from rich.text import Text
 
-from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, ago, console, handles_errors, print_json, print_table, size
 from incl.proto.messages import AgentView
 from incl.proto.telemetry import GpuStats
+
+if TYPE_CHECKING:
+    pass
 
 AGENT_COLUMNS = [Column("ID"), Column("HOST", drop=3, shrink=12), Column("STATE"), Column("CPUS", drop=1),
                  Column("MEMORY", drop=2), Column("GPUS", drop=1), Column("JOBS", drop=4),
@@ -27,6 +30,7 @@ GPU_COLUMNS = [Column("AGENT"), Column("GPU"), Column("UTIL"), Column("MEM UTIL"
 @handles_errors
 def agents(ctx: click.Context, as_json: bool) -> None:
     """List agents."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> list[AgentView]:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:

@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
@@ -24,14 +25,15 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from incl.artifacts import tree
-from incl.artifacts.config import TreeLimits
-from incl.artifacts.manifest import Entry
-from incl.artifacts.store import ArtifactStore, open_store
-from incl.bus.client import Client, incl_home, resolve_url
 from incl.cli.output import Column, console, err_console, handles_errors, plural, print_json, print_table, size
 from incl.proto.errors import InclError, NotFound
 from incl.proto.messages import TERMINAL, Attempt, Job, TreeRef
+
+if TYPE_CHECKING:
+    from incl.artifacts import tree
+    from incl.artifacts.manifest import Entry
+    from incl.artifacts.store import ArtifactStore
+    from incl.bus.client import Client
 
 PROGRESS_AFTER = 1.0  # seconds: a transfer shorter than this draws no bar
 PLAIN_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal (CI logs, nohup)
@@ -103,11 +105,16 @@ class Transfer:
 
 def hash_cache() -> tree.HashCache:
     """File hashes and the blobs each store is known to hold: what makes an unchanged resubmit cost nothing."""
+    from incl.artifacts import tree  # noqa: PLC0415 - lazy: nats, structlog, boto
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog, boto
     return tree.HashCache(incl_home() / "cache" / "hashes.sqlite")
 
 
 async def upload_workdir(client: Client, workdir: str, max_bytes: int | None = None) -> TreeRef:
     """Snapshot the workdir (.gitignore and .inclignore apply) into the store; only blobs it lacks are sent."""
+    from incl.artifacts import tree  # noqa: PLC0415 - lazy: nats, structlog, boto
+    from incl.artifacts.config import TreeLimits  # noqa: PLC0415 - lazy: nats, structlog, boto
+    from incl.artifacts.store import open_store  # noqa: PLC0415 - lazy: nats, structlog, boto
     async with open_store(await client.store_url()) as store:
         progress = Transfer(f"uploading {escape(workdir)}")  # the bar reads its description as markup
         try:
@@ -158,6 +165,7 @@ async def _job_outputs(client: Client, job_id: str, attempt: int | None) -> tupl
 
 async def output_files(store: ArtifactStore, trees: Trees) -> list[Entry]:
     """The files of `trees`, each path under its tree's folder."""
+    from incl.artifacts import tree  # noqa: PLC0415 - lazy: nats, structlog, boto
     files: list[Entry] = []
     for folder, ref in trees:
         _, manifest = await tree.read_manifest(store, ref.digest)
@@ -168,6 +176,7 @@ async def output_files(store: ArtifactStore, trees: Trees) -> list[Entry]:
 async def pull_outputs(store: ArtifactStore, trees: Trees, target: Path, blobs: Path,
                        what: str) -> None:
     """Each tree into its folder under `target` (a rank's under `rank-K/`), through one blob cache."""
+    from incl.artifacts import tree  # noqa: PLC0415 - lazy: nats, structlog, boto
     cache = tree.BlobCache(blobs)
     for folder, ref in trees:
         progress = Transfer(f"downloading {what}" + (f" {folder.rstrip('/')}" if folder else ""))
@@ -190,6 +199,8 @@ def _left_nothing(job_id: str) -> str:
 def outputs(ctx: click.Context, job_id: str, attempt: int | None, as_json: bool) -> None:
     """List the files a job left in $INCL_OUTPUT_DIR (a multi-node job that keeps every rank's: the other ranks'
     under rank-K/)."""
+    from incl.artifacts.store import open_store  # noqa: PLC0415 - lazy: nats, structlog, boto
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
     async def go() -> None:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
             att, trees, url = await _job_outputs(client, job_id, attempt)
@@ -220,6 +231,8 @@ def outputs(ctx: click.Context, job_id: str, attempt: int | None, as_json: bool)
 @handles_errors
 def download(ctx: click.Context, job_id: str, dest: str | None, attempt: int | None) -> None:
     """Download a job's outputs (a multi-node job that keeps every rank's: the other ranks' into rank-K/)."""
+    from incl.artifacts.store import open_store  # noqa: PLC0415 - lazy: nats, structlog, boto
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
     async def go() -> Path:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
             att, trees, url = await _job_outputs(client, job_id, attempt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
@@ -11,9 +12,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, ago, console, duration, handles_errors, print_json, print_table, state
 from incl.proto.messages import ON_AGENT, Attempt, GetJobReply, Job, JobState, ListJobsReply, Node, QuotaLine
+
+if TYPE_CHECKING:
+    pass
 
 
 def gpu_cell(job: Job, util: float | None) -> str:
@@ -63,6 +66,7 @@ QUOTA_COLUMNS = [Column("KIND"), Column("NAME"), Column("GPUS IN USE", justify="
 @handles_errors
 def ls(ctx: click.Context, statuses: tuple[str, ...], user: str | None, study_id: str | None, as_json: bool) -> None:
     """List jobs, oldest first."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
     wanted = [JobState(s.upper()) for s in statuses] or None
 
     async def go() -> ListJobsReply:
@@ -101,6 +105,7 @@ def ls_table(jobs: list[Job], gpu_util: dict[str, float], *,
 @handles_errors
 def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show one job: its spec, state, every attempt, and the last lines of a failure."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> GetJobReply:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
@@ -193,6 +198,7 @@ def _node_row(job: Job, n: Node) -> list[str | Text]:
 @handles_errors
 def cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job: SIGTERM to its processes, SIGKILL after the grace period."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> Job:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
@@ -211,6 +217,7 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 @handles_errors
 def quota(ctx: click.Context, as_json: bool) -> None:
     """GPUs each user and team holds now, against their quota."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> list[QuotaLine]:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:

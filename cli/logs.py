@@ -7,15 +7,17 @@ import datetime as dt
 import math
 import sys
 from collections import defaultdict
-from typing import BinaryIO, NamedTuple, TextIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TextIO
 
 import click
 from rich.text import Text
 
-from incl.bus.client import Client, resolve_url
 from incl.cli.output import Column, console, handles_errors, print_json, print_table
 from incl.proto import subjects
 from incl.proto.messages import Job, LogBatch, MetricPoint, Stream
+
+if TYPE_CHECKING:
+    from incl.bus.client import Client
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -118,6 +120,7 @@ def logs(ctx: click.Context, job_id: str, follow: bool, attempt: int | None, ran
          stream: str) -> None:
     """Print a job's log lines (every attempt, in order; a multi-node job's ranks interleaved, each line
     prefixed with `[rank K]`)."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
     wanted = None if stream == "all" else {Stream.STDOUT if stream == "stdout" else Stream.STDERR}
 
     async def go() -> None:
@@ -217,6 +220,7 @@ def metrics_json(points: list[RankedPoint]) -> list[dict[str, object]]:
 def metrics(ctx: click.Context, job_id: str, rank: int | None, as_json: bool) -> None:
     """Show a job's metrics (`incl.log`): latest value and a compact history of each (a multi-node job: of each
     rank that logs them, rank 0's first)."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> list[RankedPoint]:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from incl.bus.logsetup import configure
 from incl.cli import admin, agents, files, jobs, logs, status, study, submit, up
 
 
@@ -16,7 +13,6 @@ from incl.cli import admin, agents, files, jobs, logs, status, study, submit, up
 @click.pass_context
 def cli(ctx: click.Context, nats_url: str | None) -> None:
     """INCL runs your training jobs on cloud GPUs with no hand work."""
-    configure(os.environ.get("INCL_LOG_LEVEL", "warning"))  # the library's own log lines: only trouble, to stderr
     ctx.obj = {"nats_url": nats_url}
 
 

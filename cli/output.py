@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,6 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from incl.artifacts.errors import ArtifactError
 from incl.proto.errors import InclError, SpecInvalid, Unavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,6 +57,12 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # Imported here, as the command runs, so that `--help` loads neither structlog nor the artifact store (whose
+        # package brings structlog): see tests/unit/test_cli_startup.py.
+        from incl.artifacts.errors import ArtifactError  # noqa: PLC0415 - lazy
+        from incl.bus.logsetup import configure  # noqa: PLC0415 - lazy
+
+        configure(os.environ.get("INCL_LOG_LEVEL", "warning"))  # the library's own log lines: only trouble, to stderr
         try:
             return fn(*args, **kwargs)
         except SpecInvalid as exc:

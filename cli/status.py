@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from incl.bus.client import Client, incl_home, resolve_url
 from incl.cli import stack as stack_mod
 from incl.cli.output import (
     Column,
@@ -31,6 +31,9 @@ from incl.cli.output import (
 from incl.proto.errors import Unavailable
 from incl.proto.messages import DeadLetterView, JobState
 from incl.proto.status import NatsServer, StatusReply, StreamStatus
+
+if TYPE_CHECKING:
+    pass
 
 ERRORS_SHOWN = 5
 STREAM_COLUMNS = [Column("STREAM"), Column("REPLICAS"), Column("MESSAGES", drop=2), Column("BYTES"),
@@ -66,6 +69,7 @@ class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 async def gather(url: str, parts: list[Part] | None) -> SystemStatus:
     """What NATS and the controller say, and what is missing."""
+    from incl.bus.client import Client  # noqa: PLC0415 - lazy: nats, structlog, boto
     problems = []
     if parts is not None and (dead := [p.name for p in parts if not p.alive]):
         problems.append(f"not running: {', '.join(dead)}")
@@ -87,6 +91,7 @@ async def gather(url: str, parts: list[Part] | None) -> SystemStatus:
 
 def local_parts(url: str) -> list[Part] | None:
     """The processes of the stack `incl up` started here, when `url` is that stack's."""
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog, boto
     existing = stack_mod.load(incl_home())
     if existing is None or existing.nats_url != url:
         return None
@@ -99,6 +104,7 @@ def local_parts(url: str) -> list[Part] | None:
 @handles_errors
 def status(ctx: click.Context, as_json: bool) -> None:
     """The health of the whole system: NATS, streams, controller, agents, queue, last errors."""
+    from incl.bus.client import resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
     url = resolve_url(ctx.obj["nats_url"])
     report = asyncio.run(gather(url, local_parts(url)))
     if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -11,11 +12,13 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from incl.bus.client import Client, resolve_url
 from incl.cli.logs import number, sparkline
 from incl.cli.output import Column, ago, console, duration, handles_errors, print_json, print_table, state
 from incl.proto.hpo import Choice, Hpo, Pruner
 from incl.proto.studies import GetStudyReply, Study, StudyState, StudySummary, TrialState, TrialView
+
+if TYPE_CHECKING:
+    pass
 
 LS_COLUMNS = [Column("ID"), Column("NAME", drop=2, shrink=12), Column("USER", drop=4, shrink=8), Column("STATE"),
               Column("TRIALS", justify="right"), Column("BY STATE", drop=5), Column("BEST", justify="right"),
@@ -205,6 +208,7 @@ def ls(ctx: click.Context, user: str | None, as_json: bool) -> None:
     """List studies, their progress and best value.
 
     Each with its trials ended (of the total) and by state, its best value and trial, and GPU-hours used."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> list[StudySummary]:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
@@ -227,6 +231,7 @@ def show(ctx: click.Context, study_id: str, as_json: bool) -> None:
 
     Its settings, every trial (parameters, value, duration, job), the best one, a sparkline of the best value so
     far, and parameter importances."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> GetStudyReply:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
@@ -249,6 +254,7 @@ def stop(ctx: click.Context, study_id: str, cancel: bool, as_json: bool) -> None
     """Stop a study: it starts no new trials.
 
     Its running trials finish; with --cancel, they are cancelled too."""
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
 
     async def go() -> Study:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:

@@ -7,19 +7,21 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
 import yaml
 
-from incl.bus.client import Client, current_user, resolve_url
 from incl.cli.files import upload_workdir
 from incl.cli.logs import follow_logs
 from incl.cli.output import EXIT_USAGE, console, fail, handles_errors, print_json
 from incl.proto.errors import SpecInvalid
 from incl.proto.messages import JobState
 from incl.proto.spec import MAX_SPEC_BYTES, JobSpec, load_spec, parse_size
+
+if TYPE_CHECKING:
+    pass
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -145,6 +147,7 @@ def submit(ctx: click.Context, /, file: str | None, command: tuple[str, ...], us
            as_json: bool, max_workdir_size: str, **flags: Any) -> None:
     """Submit a job: `incl submit -f incl.yaml` or `incl submit [OPTIONS] -- CMD...`. A spec with an `hpo:`
     section submits a study, whose trials are jobs; its id is printed."""
+    from incl.bus.client import Client, current_user, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
     if file is None and not command and Path("incl.yaml").exists():
         file = "incl.yaml"
     if flags.get("gpus") is not None and str(flags["gpus"]).isdigit():

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from incl.bus.client import Client, incl_home
-from incl.bus.connection import masked
 from incl.cli import stack as stack_mod
 from incl.cli.output import ago, console, fail, handles_errors, print_json
 from incl.proto.errors import InclError, Unavailable
+
+if TYPE_CHECKING:
+    pass
 
 
 def _died(started: stack_mod.Stack) -> None:
@@ -29,6 +30,7 @@ def _died(started: stack_mod.Stack) -> None:
 
 async def _wait_ready(started: stack_mod.Stack, agents: int, timeout: float) -> int:
     """Until the controller answers and `agents` agents are alive; the number alive."""
+    from incl.bus.client import Client, incl_home  # noqa: PLC0415 - lazy: nats, structlog, boto
     url = started.nats_url
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -57,6 +59,8 @@ async def _wait_ready(started: stack_mod.Stack, agents: int, timeout: float) -> 
 @handles_errors
 def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeout: float) -> None:
     """Start NATS (embedded, with JetStream), the controller and local agents."""
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog, boto
+    from incl.bus.connection import masked  # noqa: PLC0415 - lazy: nats, structlog, boto
     home = incl_home()
     existing = stack_mod.load(home)
     if existing is not None and any(stack_mod.alive(p) for p in existing.procs):
@@ -75,6 +79,7 @@ def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeo
 
 def _restart(home: Path, existing: stack_mod.Stack, timeout: float) -> None:
     """A stack `incl up` started is (partly) running: start again what died, with the command it had."""
+    from incl.bus.connection import masked  # noqa: PLC0415 - lazy: nats, structlog, boto
     running = ", ".join(f"{p.name} (pid {p.pid})" for p in existing.procs if stack_mod.alive(p))
     if all(stack_mod.alive(p) for p in existing.procs):
         console.print(f"INCL is already running at {masked(existing.nats_url)}: {running}. Stop it with `incl down`.")
@@ -92,6 +97,8 @@ def _restart(home: Path, existing: stack_mod.Stack, timeout: float) -> None:
 @handles_errors
 def status(as_json: bool) -> None:
     """Each part of the stack `incl up` started, and whether it is alive (exit 1 if any is not)."""
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog, boto
+    from incl.bus.connection import masked  # noqa: PLC0415 - lazy: nats, structlog, boto
     existing = stack_mod.load(incl_home())
     if existing is None:
         fail("INCL is not running (no stack started by `incl up`); start one with `incl up`")
@@ -116,6 +123,7 @@ def status(as_json: bool) -> None:
 @handles_errors
 def down() -> None:
     """Stop exactly what `incl up` started."""
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog, boto
     home = incl_home()
     existing = stack_mod.load(home)
     if existing is None:

@@ -1,0 +1,29 @@
+"""`incl --help` and `incl <cmd> --help` stay lean: no NATS client, structlog, S3 client or Optuna is imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("nats", "structlog", "aiobotocore", "botocore", "optuna")
+
+PROBE = """
+import sys
+from incl.cli.main import cli
+try:
+    cli.main(sys.argv[1:], prog_name="incl", standalone_mode=False)
+except SystemExit:
+    pass
+print("loaded:", *[m for m in {heavy!r} if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["submit", "--help"], ["status", "--help"], ["download", "--help"],
+                                  ["study", "--help"]])
+def test_help_imports_none_of_the_heavy_libraries(args: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "Usage:" in out  # the help itself was printed
+    assert out.splitlines()[-1] == "loaded:", out
