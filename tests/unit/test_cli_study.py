@@ -13,7 +13,6 @@ import msgspec
 import pytest
 from click.testing import CliRunner, Result
 
-from incl.cli import jobs, main, study, submit
 from incl.cli.main import cli
 from incl.proto.errors import NotFound
 from incl.proto.messages import Attempt, Job, JobState, ListJobsReply, TrialRef
@@ -102,10 +101,10 @@ class FakeClient:
 def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     # The CLI configures structlog for the process (cached loggers): in-process, that would hide later tests' logs
     # from structlog's capture_logs.
-    monkeypatch.setattr(main, "configure", lambda level: None)
+    # The commands import both as they run (a lean `--help`), so the patch goes where they import them from.
+    monkeypatch.setattr("incl.bus.logsetup.configure", lambda level: None)
     FakeClient.calls = []
-    for module in (study, submit, jobs):
-        monkeypatch.setattr(module, "Client", FakeClient)
+    monkeypatch.setattr("incl.bus.client.Client", FakeClient)
     return FakeClient.calls
 
 
