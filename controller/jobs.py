@@ -293,21 +293,26 @@ class Jobs:
             log.info("gang_assigned", job_id=job.id, attempt=job.current.number, agents=[a.agent_id for a in agents])
             await self.send_assign(job)
 
-    async def send_assign(self, job: Job) -> None:
+    async def send_assign(self, job: Job, copy: str = "") -> None:
         """Publish the attempt's assignment (each not-started rank's, for a multi-node attempt). One NATS refuses
-        for good (not a transient failure) fails the attempt with the reason: it could never be delivered."""
+        for good (not a transient failure) fails the attempt with the reason: it could never be delivered.
+
+        `copy` names a deliberate re-send: a message id of its own, so that the stream stores it even though the
+        first copy is stored (its delivery may be what was lost: a NATS node died with it in flight, and the
+        stream would hand it out again only after the agent's ack wait). The agent drops a copy of an attempt it
+        has taken."""
         cur = job.current
         assert cur is not None
         if cur.nodes:  # every rank's at once
             await asyncio.gather(*(
                 self._send(node.agent_id, Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job),
                                                  code=job.code, gang=Gang(rank=node.rank, nodes=len(cur.nodes))),
-                           msg_id=f"{job.id}.{cur.number}.r{node.rank}")
+                           msg_id=f"{job.id}.{cur.number}.r{node.rank}{copy}")
                 for node in cur.nodes if node.state is JobState.ASSIGNED))
             return
         cmd = Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job), code=job.code)
         try:
-            await self._send(cur.agent_id, cmd, msg_id=f"{job.id}.{cur.number}")
+            await self._send(cur.agent_id, cmd, msg_id=f"{job.id}.{cur.number}{copy}")
         except TRANSIENT:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. over the payload limit: this job's failure
@@ -330,7 +335,7 @@ class Jobs:
             if job.current.assigned_at <= older_than and self._resent.get(key, 0.0) <= older_than:
                 self._resent[key] = time.time()
                 log.info("assignment_resent", job_id=job.id, attempt=key[1])
-                await self.send_assign(job)
+                await self.send_assign(job, copy=f".copy{self._resent[key]:.3f}")
         # A gang whose ranks were all ready but did not start (the controller may have died before GangStart left):
         # start it again. An agent ignores a GangStart for a rank it has already started.
         for job in self.records:

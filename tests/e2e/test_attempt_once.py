@@ -82,3 +82,26 @@ async def test_a_redelivered_assignment_of_an_attempt_a_killed_process_started_i
     assert "never runs twice" in (exited.reason or "")
     assert len(runs.read_text().split()) == 1, "the attempt ran a second time"
     assert "attempt_not_rerun" in cluster.agents["a1"].output()
+
+
+async def test_an_assignment_whose_delivery_was_lost_is_sent_again_long_before_the_ack_wait(
+        cluster: Cluster, bus: Bus, tmp_path: Path) -> None:
+    """A NATS node that dies with a delivery in flight: the queue holds the assignment as delivered and hands it
+    out again only after the agent's ack wait (60 s). The controller's re-send is a copy with a message id of its
+    own, so the stream stores it and the agent gets it at once (and would drop it, had the first come through)."""
+    cluster.start_controller()
+    agent = cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    agent.kill()
+    job = await cluster.submit("echo ran")
+    sub = await bus.pull(subjects.ASSIGN_STREAM, subjects.assign("a1"), subjects.assign_consumer("a1"), ack_wait=60)
+
+    async def taken() -> bool:  # delivered, never acked: what a delivery lost on its way looks like
+        return bool(await sub.fetch(1, timeout=0.5))
+
+    await wait_for(taken, timeout=20, what="the assignment to be delivered")
+    cluster.start_agent("a1")
+    done = await cluster.wait_done(job.id, timeout=30)
+    assert done.state.value == "SUCCEEDED", done
+    assert done.current is not None and done.current.number == 1  # the same attempt, not one handed on
+    assert await cluster.log_lines(job.id) == [b"ran"]
