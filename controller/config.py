@@ -38,8 +38,8 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # Liveness: the controller tells agents when to report next and owns the deadline (incl.controller.pacing).
     heartbeat_interval: float = 5.0
     agent_lost_after: float = 20.0  # no heartbeat for this long: the agent and its jobs are LOST
-    # A large fleet: the interval stretches to keep all heartbeats under this rate (2,000 agents: 10 s)...
-    max_heartbeats_per_second: float = 200.0
+    # A large fleet: the interval stretches to keep all heartbeats under this rate (10,000 agents: 25 s)...
+    max_heartbeats_per_second: float = 400.0
     heartbeat_jitter: float = 0.25  # ...each reply's interval is stretched by up to this fraction, at random...
     lost_after_beats: float = 2.5  # ...and a stretched interval's deadline is this many of it (never shorter)
     # Fencing: an agent that has not heard from the controller for `agent_lost_after - fence_grace -

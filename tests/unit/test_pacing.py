@@ -8,7 +8,7 @@ from incl.controller import pacing
 from incl.controller.config import ControllerConfig
 from incl.controller.liveness import Deadlines
 
-CFG = ControllerConfig().pacing()  # 5 s interval, 20 s deadline, 200 heartbeats/s, jitter 0.25, 2.5 beats
+CFG = ControllerConfig().pacing()  # 5 s interval, 20 s deadline, 400 heartbeats/s, jitter 0.25, 2.5 beats
 
 
 def test_a_small_fleet_keeps_the_configured_interval_deadline_and_lease() -> None:
