@@ -55,7 +55,8 @@ async def _fetch(store: ArtifactStore, prefix: str, cache: Path, limits: TreeLim
         listing = [o for o in await store.list(prefix) if not o.key.endswith("/")]
         if not listing:  # a typo in a data source should not look like an empty data set
             raise NotFound(f"{store.url.rstrip('/')}/{prefix}: no objects there", path=prefix)
-        view = cache / "views" / _id(source, msgspec.json.encode(listing).decode())
+        # Named by key, ETag and size (not the time written): the same objects give the same view.
+        view = cache / "views" / _id(source, msgspec.json.encode([o[:3] for o in listing]).decode())
         if view.is_dir():
             log.info("data_cached", source=store.url, prefix=prefix, objects=len(listing))
             return view

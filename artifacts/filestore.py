@@ -123,6 +123,6 @@ def _list(root: Path, base: Path, prefix: str) -> list[ObjectInfo]:
                     st = os.stat(path)
                 except FileNotFoundError:  # deleted meanwhile
                     continue
-                found.append(ObjectInfo(key, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}"))
+                found.append(ObjectInfo(key, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime))
     found.sort()
     return found

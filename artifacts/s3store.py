@@ -159,7 +159,7 @@ class S3Store(ArtifactStore):
         while limit is None or len(found) < limit:
             page = await self.call(f"LIST {prefix}* in",
                                    functools.partial(self._list_page, root + prefix, token, limit))
-            found += [ObjectInfo(o["Key"][len(root):], o["Size"], o["ETag"].strip('"'))
+            found += [ObjectInfo(o["Key"][len(root):], o["Size"], o["ETag"].strip('"'), o["LastModified"].timestamp())
                       for o in page.get("Contents", [])]
             token = page.get("NextContinuationToken")
             if not token:

@@ -26,6 +26,7 @@ class ObjectInfo(NamedTuple):
     key: str  # relative to the store's root
     size: int
     etag: str  # changes whenever the object's content does (S3's ETag; size and mtime for file://)
+    mtime: float = 0.0  # when it was last written, seconds since the epoch (S3's LastModified; the file's mtime)
 
 
 class ArtifactStore(abc.ABC):
