@@ -57,3 +57,15 @@ class TreeLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     settle_time: float = 0.05
     open_files: int = 256  # big files held open from hashing to upload; past this, an upload opens the path again
     lock_poll: float = 0.05  # data cache: how often a fetch waiting on another's lock of the same source retries
+
+
+class GcConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Garbage collection of the store (gc.py, `incl gc`)."""
+
+    # A job's trees stay this long after it ended (running and queued jobs' trees always stay).
+    retention: float = 30 * 24 * 3600.0
+    # An object unreferenced this long (and written at least this long ago) goes. At least TreeLimits.known_ttl:
+    # a client trusts its record that the store holds a blob for that long, and does not upload it again.
+    grace: float = 24 * 3600.0
+    manifest_reads: int = 32  # manifests read at once while marking
+    deletes: int = 32  # objects deleted at once
