@@ -66,6 +66,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Files: the artifact store (None: the one the controller names at registration) and the Docker runtime.
     store_url: str | None = None
     store: StoreConfig = StoreConfig()
+    # The blob and data caches together stay under this many bytes, least recently used evicted first; what a
+    # running job uses (its code's blobs, its data views) is never evicted. None: no limit.
+    cache_max_bytes: int | None = None
     checkpoint_sync_attempts: int = 5  # a file the job writes while it is read: snapshot again, this many times
     checkpoint_retry_delay: float = 0.2
     docker: DockerSettings = DockerSettings()

@@ -355,7 +355,8 @@ class Runner:
         structlog.contextvars.bind_contextvars(job_id=self.ref.job_id, attempt=self.ref.attempt)
         self._logs.start()
         self._metrics.start()
-        files = JobFiles(self._store, self.ws.create(), self.cfg.store) if self._store is not None else None
+        files = (JobFiles(self._store, self.ws.create(), self.cfg.store, self.cfg.cache_max_bytes)
+                 if self._store is not None else None)
         try:
             outcome = await self._attempt(files, adopt)
         except asyncio.CancelledError:

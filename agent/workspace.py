@@ -7,7 +7,9 @@ Layout under the agent's work dir:
     jobs/<job>/attempt-<n>/run          entry scripts (mounted at /incl/run in a container)
     jobs/<job>/attempt-<n>/outputs      $INCL_OUTPUT_DIR, uploaded when the attempt ends
     jobs/<job>/attempt-<n>/checkpoints  $INCL_CHECKPOINT_DIR: restored from the store, synced while it runs
-    cache/                              blobs, file hashes and data, shared by every job on the instance
+    cache/                              blobs, file hashes and data, shared by every job on the instance, kept
+                                        under AgentConfig.cache_max_bytes (artifacts/cachetrim.py): an
+                                        attempt pins its code's blobs and its data views in attempt-<n>/pins
     trash/                              removed attempts' folders, deleted by a worker thread
 
 An attempt's folder is removed once its results are in the store: the store, not an instance's disk, is where a
@@ -26,13 +28,17 @@ import threading
 import uuid
 from pathlib import Path, PurePosixPath
 
+import structlog
+
 import incl
-from incl.artifacts import datacache, tree
+from incl.artifacts import cachetrim, datacache, tree
 from incl.artifacts.config import StoreConfig
 from incl.artifacts.errors import FileChanged, UnreadableFile
 from incl.artifacts.store import ArtifactStore
 from incl.proto.messages import TreeRef
 from incl.proto.spec import DataMount
+
+log = structlog.get_logger()
 
 
 def outputs_ref(job_id: str, attempt: int) -> str:
@@ -90,15 +96,27 @@ class Workspace:
 class JobFiles:
     """The attempt's trips to the artifact store: code in, checkpoints both ways, outputs out, data in."""
 
-    def __init__(self, store: ArtifactStore, ws: Workspace, config: StoreConfig) -> None:
+    def __init__(self, store: ArtifactStore, ws: Workspace, config: StoreConfig,
+                 cache_max_bytes: int | None = None) -> None:
         self._store, self._config = store, config
         self._checkpointed = False  # restored or synced once: from then on an empty folder is a change too
         self._ws = ws
-        self._blobs = tree.BlobCache(ws.cache / "blobs")
+        self._max = cache_max_bytes
+        self._blobs = tree.BlobCache(ws.cache / "blobs", pin_in=None if self._max is None else ws.dir)
         self._hashes = tree.HashCache(ws.cache / "hashes.sqlite")
 
     async def fetch_code(self, code: TreeRef) -> tree.PullResult:
-        return await tree.pull_tree(self._store, code.digest, self._ws.code, blob_cache=self._blobs)
+        async with cachetrim.sharing(self._ws.cache):  # pins its blobs before it looks (cachetrim.py)
+            got = await tree.pull_tree(self._store, code.digest, self._ws.code, blob_cache=self._blobs)
+        await self.trim()
+        return got
+
+    async def trim(self) -> None:
+        """The caches back under their size, if they have one: the least recently used unpinned entries go."""
+        if self._max is not None:
+            done = await asyncio.to_thread(cachetrim.trim, self._ws.cache, self._ws.root / "jobs", self._max)
+            if done.evicted:
+                log.info("cache_trimmed", evicted=done.evicted, freed_bytes=done.freed, cache_bytes=done.total)
 
     async def restore_checkpoints(self) -> tree.PullResult | None:
         """The job's last stored checkpoint into $INCL_CHECKPOINT_DIR; None when there is none (always on a
@@ -107,7 +125,8 @@ class JobFiles:
         if self._ws.attempt == 1 or await tree.resolve_ref(self._store, ref) is None:
             return None
         self._checkpointed = True
-        return await tree.pull_tree(self._store, ref, self._ws.checkpoints, blob_cache=self._blobs)
+        async with cachetrim.sharing(self._ws.cache):
+            return await tree.pull_tree(self._store, ref, self._ws.checkpoints, blob_cache=self._blobs)
 
     async def sync_checkpoints(self, attempts: int, retry_delay: float) -> tree.PushResult | None:
         """Upload what changed in $INCL_CHECKPOINT_DIR since the last sync; None while the job has never had a
@@ -140,7 +159,12 @@ class JobFiles:
     async def fetch_data(self, mount: DataMount) -> Path:
         """The host folder to mount read-only: an s3:// prefix copied into the instance cache, or a host path."""
         if mount.source.startswith("s3://"):
-            return await datacache.fetch_prefix(mount.source, self._ws.cache / "data", config=self._config)
+            async with cachetrim.sharing(self._ws.cache):  # no trim between the fetch and the pin
+                view = await datacache.fetch_prefix(mount.source, self._ws.cache / "data", config=self._config)
+                if self._max is not None:
+                    await asyncio.to_thread(_pin_view, self._ws.dir, view)
+            await self.trim()
+            return view
         path = Path(mount.source)
         if not path.exists():  # noqa: ASYNC240 - one stat of a local path
             raise FileNotFoundError(f"data source {mount.source} does not exist on this instance")
@@ -155,6 +179,11 @@ def _empty_trash(trash: Path) -> None:
     with _trash_lock, contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(trash):
             shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _pin_view(attempt_dir: Path, view: Path) -> None:
+    cachetrim.pin(attempt_dir, [view])
+    os.utime(view)  # used now: the last to be evicted
 
 
 def _empty(folder: Path) -> bool:

@@ -9,6 +9,9 @@ pulls fetching the same one at once both succeed. Jobs get copies, never hard li
 code in place (in a container it runs as root, so no mode bit stops it), and through a link that would change
 the cache under every later job. Copies stay cheap: small files come out of a pack already in memory, big
 ones are reflinked where the filesystem can (pull.py).
+
+A cache kept under a size (cachetrim.py) is given the attempt folder to pin in (`pin_in`): a fill then lists what
+it needs there before it looks, and touches what it finds, so the least recently used go first.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
+from incl.artifacts import cachetrim
 from incl.artifacts import packs as pk
 from incl.artifacts.atomic import TEMP_PREFIX
 from incl.artifacts.batches import each
@@ -29,8 +33,9 @@ Members = list[tuple[int, int, str]]  # a pack's members a tree uses: (offset, s
 
 
 class BlobCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, pin_in: Path | None = None) -> None:
         self.root = Path(root)
+        self.pin_in = pin_in
 
     def __repr__(self) -> str:
         return f"BlobCache({str(self.root)!r})"
@@ -41,11 +46,15 @@ class BlobCache:
     def pack_path(self, pack: str) -> Path:
         return self.root / "packs" / pack[:2] / pack
 
-    def _lacks(self, wanted: Iterable[tuple[Path, str, int]]) -> dict[str, int]:
+    def _lacks(self, wanted: list[tuple[Path, str, int]]) -> dict[str, int]:
+        if self.pin_in is not None:
+            cachetrim.pin(self.pin_in, (path for path, _, _ in wanted))
         lacking = {}
         for path, name, size in wanted:
             try:
                 if os.stat(path).st_size == size:
+                    if self.pin_in is not None:
+                        os.utime(path)  # used now: the last to be evicted
                     continue
             except FileNotFoundError:
                 pass
