@@ -206,10 +206,10 @@ class Bus:
             raise errors.Unavailable(f"no reply on {subject} within {timeout:g}s") from None
         return bytes(msg.data)
 
-    async def serve(self, subject: str, queue: str, handler: Handler) -> None:
+    async def serve(self, subject: str, queue: str, handler: Handler) -> Callable[[], Awaitable[None]]:
         """Answer requests on `subject` (wildcards allowed) with `handler(subject, data)`; a reply over the payload
         limit is answered with an error saying so, and a reply that cannot be sent is dropped (the requester
-        went away). The handler must not raise."""
+        went away). The handler must not raise. Returns what stops serving."""
         limit = self.max_payload
 
         async def on_msg(msg: Msg) -> None:
@@ -225,7 +225,13 @@ class Bus:
             except Exception as exc:  # noqa: BLE001 - the requester went away, or the connection is down
                 log.debug("reply_failed", subject=msg.subject, error=repr(exc))
 
-        await self._nc.subscribe(subject, queue=queue, cb=on_msg)
+        sub = await self._nc.subscribe(subject, queue=queue, cb=on_msg)
+
+        async def stop() -> None:
+            with contextlib.suppress(nats.errors.Error):  # the connection closed first: nothing to unsubscribe
+                await sub.unsubscribe()
+
+        return stop
 
     async def publish(self, subject: str, data: bytes) -> None:
         """A plain (not durable) publish."""

@@ -41,7 +41,9 @@ class Bucket:
     async def create(self, key: str, value: bytes) -> int:
         try:
             return int(await self._kv.create(key, value))
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            # KeyNotFoundError: the key was there when the create was refused and gone (expired) when nats-py looked
+            # whether it was a deleted one: a lost race, to be tried again like any existing key.
             raise KeyExists(key) from None
 
     async def update(self, key: str, value: bytes, last: int) -> int:
@@ -58,6 +60,13 @@ class Bucket:
         `incl.bus.streams.ensure_buckets`), so a bucket whose keys come and go does not fill with markers;
         elsewhere the marker stays."""
         await self._kv.purge(key, msg_ttl=marker_ttl)
+
+    async def listing(self) -> list[str]:
+        """The keys as one listing finds them, unchecked: for what is only shown (a short listing is possible)."""
+        try:
+            return list(await self._kv.keys())
+        except NoKeysError:
+            return []
 
     async def keys(self, attempts: int = 5, pause: float = 0.2) -> list[str]:
         """Every key. The bucket's own message count is the check: nats-py's listing can come back empty (or

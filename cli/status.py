@@ -51,6 +51,7 @@ class Part(msgspec.Struct, frozen=True):
 class Controller(msgspec.Struct, frozen=True):
     controller_id: str
     started_at: float
+    role: str = "leader"  # or "standby"
 
 
 class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,7 +84,9 @@ async def gather(url: str, parts: list[Part] | None) -> SystemStatus:
         problems.append(str(exc))
     if reply is None:
         return SystemStatus(nats_url=url, nats=servers, parts=parts, problems=problems)
-    return SystemStatus(nats_url=url, nats=servers, controllers=[Controller(reply.controller_id, reply.started_at)],
+    controllers = [Controller(m.controller_id, m.started_at, "leader" if m.leader else "standby")
+                   for m in reply.controllers] or [Controller(reply.controller_id, reply.started_at)]
+    return SystemStatus(nats_url=url, nats=servers, controllers=controllers,
                         streams=reply.streams, agents=reply.agents, jobs=reply.jobs,
                         queued=reply.jobs.get(JobState.QUEUED, 0), dead_letters=reply.dead_letters,
                         errors=reply.errors, parts=parts, problems=problems)
@@ -118,9 +121,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def show(s: SystemStatus) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_row(Text("NATS", style="bold"), Text(_servers(s)))
-    controllers = (f"{plural(len(s.controllers), 'controller')} answering: "
-                   + ", ".join(f"{c.controller_id} (up {duration(time.time() - c.started_at)})" for c in s.controllers)
-                   if s.controllers else "none answering")
+    controllers = (", ".join(f"{c.controller_id} ({c.role}, up {duration(time.time() - c.started_at)})"
+                             for c in s.controllers) if s.controllers else "none answering")
     grid.add_row(Text("CONTROLLER", style="bold"), Text(controllers))
     if s.controllers:
         grid.add_row(Text("AGENTS", style="bold"), _counts(s.agents, "no agents registered", Text))

@@ -216,9 +216,9 @@ class Agents:
 
     async def _lose(self, agent_id: str, now: float) -> None:
         rec = self.records.get(agent_id)
-        log.warning("agent_lost", agent_id=agent_id, silent_for=round(now - self._last_seen.get(agent_id, now), 1))
         if rec is not None:
             await self.records.put(structs.replace(rec, state=AgentState.LOST, last_seen=now))
+        log.warning("agent_lost", agent_id=agent_id, silent_for=round(now - self._last_seen.get(agent_id, now), 1))
         self._running.pop(agent_id, None)
         reclaimed = await self._reclaimed(agent_id, rec)
         why = (f"spot instance {rec.info.instance_id if rec else '?'} reclaimed" if reclaimed

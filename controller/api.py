@@ -11,7 +11,7 @@ import structlog
 
 from incl.bus import health
 from incl.bus.connection import Bus, error_reply
-from incl.controller import deadletters, gang, quota
+from incl.controller import deadletters, gang, leader, quota
 from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
@@ -46,7 +46,7 @@ from incl.proto.messages import (
     SubmitRequest,
 )
 from incl.proto.spec import check_spec
-from incl.proto.status import StatusReply, StatusRequest
+from incl.proto.status import ControllerMember, StatusReply, StatusRequest
 from incl.proto.studies import (
     GetStudyReply,
     GetStudyRequest,
@@ -193,7 +193,12 @@ class Api:
     async def status(self, req: StatusRequest) -> StatusReply:
         """The system at a glance (`incl status`): streams, agents and jobs by state, the newest dead letters."""
         letters = await deadletters.newest(self._bus, req.errors)
-        return StatusReply(controller_id=self._id, started_at=self._started,
+        running = await leader.members(await self._bus.bucket(subjects.LEADER_BUCKET))
+        members = [ControllerMember(controller_id=m.controller_id, started_at=m.started,
+                                    leader=m.controller_id == self._id) for m in running]
+        if not any(m.leader for m in members):  # not announced yet: this controller answers, so it leads
+            members.insert(0, ControllerMember(controller_id=self._id, started_at=self._started, leader=True))
+        return StatusReply(controller_id=self._id, started_at=self._started, controllers=members,
                            jobs=dict(Counter(j.state.value for j in self._jobs.records)),
                            agents=dict(Counter(r.state.value for r in self._agents.records)),
                            streams=await health.streams(self._bus), dead_letters=letters.total,

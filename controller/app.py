@@ -1,10 +1,13 @@
-"""The controller daemon: one lifespan around one TaskGroup (API, event applier, scheduler, liveness, and the
-provisioner when the provider provisions). Its objects are built in `wiring`, once."""
+"""The controller daemon: one lifespan; within it, each term as the leader is one TaskGroup (API, event
+applier, scheduler, liveness, and the provisioner when the provider provisions) beside the lease's renewal.
+Between terms it stands by (`incl.controller.leader`). A term's objects are built in `wiring`, once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable, Mapping
 
 import structlog
 from structlog.contextvars import bound_contextvars
@@ -13,12 +16,14 @@ from incl.bus import probe
 from incl.bus.connection import Bus, connect, masked
 from incl.bus.consume import consume
 from incl.bus.daemon import wait_event
+from incl.bus.kv import Bucket
 from incl.bus.metrics import serving
 from incl.bus.retry import TRANSIENT, forever
 from incl.bus.streams import ensure_buckets, ensure_streams
-from incl.controller import scheduler, state, wiring
+from incl.controller import leader, scheduler, state, wiring
 from incl.controller.agents import Agents
 from incl.controller.config import ControllerConfig
+from incl.controller.leader import Leadership, NotLeader
 from incl.controller.metrics import ControllerMetrics
 from incl.controller.providers import open_provider
 from incl.controller.wiring import Graph
@@ -36,6 +41,7 @@ class Controller:
         self._connected = asyncio.Event()
         self._reconnected = asyncio.Event()  # the liveness loop gives every agent a fresh deadline
         self._reserving: dict[str, float] = {}  # gangs holding agents while they wait for the rest (scheduler)
+        self._fence: Callable[[], None] = lambda: None  # raises NotLeader once this controller may not act
         self.metrics = ControllerMetrics()
 
     def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
@@ -49,6 +55,7 @@ class Controller:
             reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
             on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect))
         self._connected.set()
+        leadership: Leadership | None = None
         try:
             applied = await self._retry("ensure_streams", lambda: ensure_streams(bus, cfg.streams, cfg.replicas))
             if applied != cfg.streams:
@@ -56,34 +63,69 @@ class Controller:
                             logs_max_bytes=applied.logs_max_bytes, metrics_max_bytes=applied.metrics_max_bytes)
             buckets = await self._retry("ensure_buckets", lambda: ensure_buckets(bus, cfg.idempotency_ttl,
                                                                                  cfg.replicas))
-            stores = wiring.records(buckets)
-            await self._retry("load_records", stores.load)
-            async with open_provider(cfg) as provider:
-                await self._run(bus, wiring.build(cfg, bus, buckets, stores, provider, self._wake,
-                                                      self.metrics))
+            lease = await self._retry("lease_bucket", lambda: leader.open_bucket(bus, cfg.leader_ttl, cfg.replicas))
+            leadership = Leadership(lease, cfg.controller_id, leader.LeaseTimes(
+                ttl=cfg.leader_ttl, renew=cfg.leader_renew, poll=cfg.leader_poll, margin=cfg.leader_margin))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(leadership.announce())
+                tg.create_task(self._lead_whenever_elected(bus, buckets, leadership))
         finally:
+            if leadership is not None:
+                with contextlib.suppress(Exception):  # a clean stop hands over at once; a failed one by the TTL
+                    await asyncio.wait_for(leadership.release(), timeout=cfg.request_timeout)
             await bus.close()
 
+    async def _lead_whenever_elected(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership) -> None:
+        """Stand by until elected, lead until the lease is lost, stand by again: for as long as the daemon runs."""
+        while True:
+            await leadership.acquire()
+            try:
+                await self._lead(bus, buckets, leadership)
+            except* NotLeader as lost:
+                log.warning("leadership_lost", reason=str(lost.exceptions[0]))
+            self._reserving = {}
+
+    async def _lead(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership) -> None:
+        """One term as the leader: the records read afresh (a standby's view is not kept), every loop run, the
+        lease renewed beside them; NotLeader from the renewal, from any write, or from the check at the start of
+        each pass (a leader that wakes from a pause acts on nothing) ends the term."""
+        cfg = self.cfg
+        self._fence = leadership.check
+        stores = wiring.records(buckets, fence=leadership.check)
+        await self._retry("load_records", stores.load)
+        leadership.check()  # loading took longer than the lease: another controller may lead by now
+        async with open_provider(cfg) as provider, asyncio.TaskGroup() as tg:
+            tg.create_task(leadership.hold())
+            tg.create_task(self._run(bus, wiring.build(cfg, bus, buckets, stores, provider, self._wake,
+                                                       self.metrics)))
+
     async def _run(self, bus: Bus, g: Graph) -> None:
-        """Serve the API, then run every loop until cancelled."""
+        """Serve the API, then run every loop until cancelled (the API stops with them: a standby answers
+        nothing, so every request reaches the leader)."""
         cfg = self.cfg
         g.agents.restore(time.time())
         log.info("controller_started", controller_id=cfg.controller_id, jobs=len(g.jobs.records),
                  agents=len(g.agents.records), nats=masked(cfg.nats_url), replicas=cfg.replicas,
                  provider=cfg.provider)
-        await bus.serve(f"{subjects.API_PREFIX}.>", "incl-controller", g.api.handle)
-        await g.jobs.resend_stale_assignments(older_than=time.time())
-        async with serving(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,
-                           before_scrape=lambda: self.metrics.refresh(bus), timeout=cfg.request_timeout * 2), \
-                asyncio.TaskGroup() as tg:
-            if g.provider.provisions:
-                tg.create_task(g.provisioner.run())
-            tg.create_task(self._apply_events(bus, g))
-            tg.create_task(self._schedule(g))
-            tg.create_task(self._watch_liveness(g.agents))
-            tg.create_task(g.notifier.run())
-            tg.create_task(g.watch.run())
-            tg.create_task(g.studies.run())
+        # No queue group: a leader paused past its lease still holds its subscription until NATS drops the
+        # connection (minutes), and a queue group would hand it half the requests, unanswered. Without one, each
+        # request reaches every controller that serves; the live leader answers first, a deposed one is fenced.
+        stop_serving = await bus.serve(f"{subjects.API_PREFIX}.>", "", g.api.handle)
+        try:
+            await g.jobs.resend_stale_assignments(older_than=time.time())
+            async with serving(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,
+                               before_scrape=lambda: self.metrics.refresh(bus), timeout=cfg.request_timeout * 2), \
+                    asyncio.TaskGroup() as tg:
+                if g.provider.provisions:
+                    tg.create_task(g.provisioner.run())
+                tg.create_task(self._apply_events(bus, g))
+                tg.create_task(self._schedule(g))
+                tg.create_task(self._watch_liveness(g.agents))
+                tg.create_task(g.notifier.run())
+                tg.create_task(g.watch.run())
+                tg.create_task(g.studies.run())
+        finally:
+            await stop_serving()
 
     async def _on_disconnect(self) -> None:
         self._connected.clear()
@@ -105,6 +147,7 @@ class Controller:
             ack_wait=cfg.events_ack_wait))
 
         async def handle(event: AgentEvent) -> None:
+            self._fence()
             ids = ({"agent_id": event.agent_id} if isinstance(event, AgentInterrupted) else
                    {"job_id": event.job_id, "attempt": event.attempt, "agent_id": event.agent_id})
             with bound_contextvars(**ids):
@@ -128,6 +171,7 @@ class Controller:
             self._wake.clear()
             await self._connected.wait()
             try:
+                self._fence()
                 await self._schedule_once(g)
             except TRANSIENT as exc:
                 log.warning("schedule_pass_failed", error=repr(exc))
@@ -201,6 +245,7 @@ class Controller:
                 self._reconnected.clear()
                 agents.restore(time.time())
             try:
+                self._fence()
                 await agents.expire(time.time())
             except TRANSIENT as exc:
                 log.warning("liveness_pass_failed", error=repr(exc))

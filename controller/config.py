@@ -50,6 +50,14 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # its exit event was lost; the attempt is LOST (and the job requeued while retry allows).
     attempt_missing_after: float = 10.0
 
+    # Several controllers: one leads (a lease in KV), the others stand by (incl.controller.leader). A standby
+    # takes over at most leader_ttl + leader_poll after the leader stopped renewing; the leader stops acting
+    # leader_margin before its lease can expire. `controller_id` must differ between controllers.
+    leader_ttl: float = 2.5
+    leader_renew: float = 0.5
+    leader_poll: float = 0.2
+    leader_margin: float = 0.5
+
     # Scheduling and dispatch.
     schedule_interval: float = 2.0  # periodic pass, besides the pass every submit and event triggers
     assign_resend_after: float = 15.0  # an ASSIGNED attempt that has not started is re-sent (deduplicated)

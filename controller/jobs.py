@@ -347,6 +347,7 @@ class Jobs:
                 await self._start_gang(job)
 
     async def _send(self, agent_id: str, cmd: Assign | CancelJob | GangStart, msg_id: str) -> None:
+        self.records.fence()  # a controller that no longer leads sends no agent anything
         await forever(
             "publish_assignment",
             lambda: self._bus.publish_durable(subjects.assign(agent_id), encode(cmd), msg_id=msg_id,

@@ -26,8 +26,9 @@ class Conflicted(Exception):
 
 class Records(Generic[T]):
     def __init__(self, kv: Bucket, type_: type[T], key: Callable[[T], str],
-                 upgrade: Callable[[bytes], T] | None = None) -> None:
+                 upgrade: Callable[[bytes], T] | None = None, fence: Callable[[], None] = lambda: None) -> None:
         self._kv = kv
+        self.fence = fence  # called before every write: raises when this controller may no longer write
         self._decoder: Decoder[T] = Decoder(type_)
         self._upgrade = upgrade  # reads a record an older controller wrote, if this one's decoder cannot
         self._key = key
@@ -89,17 +90,20 @@ class Records(Generic[T]):
 
     async def create(self, value: T) -> T:
         key = self._key(value)
+        self.fence()
         revision = await self._kv.create(key, encode(value))
         self._items[key] = (value, revision)
         return value
 
     async def put(self, value: T) -> T:
         key = self._key(value)
+        self.fence()
         revision = await self._kv.put(key, encode(value))
         self._items[key] = (value, revision)
         return value
 
     async def delete(self, key: str) -> None:
+        self.fence()
         await self._kv.delete(key)
         self._items.pop(key, None)
 
@@ -113,6 +117,7 @@ class Records(Generic[T]):
             new = change(current)
             if new is current:
                 return current
+            self.fence()
             try:
                 new_revision = await self._kv.update(key, encode(new), last=revision)
             except WrongRevision:

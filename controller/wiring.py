@@ -73,14 +73,15 @@ class Stores:
             await records.load()
 
 
-def records(buckets: Mapping[str, Bucket]) -> Stores:
-    """The job, agent and study records over their buckets (not yet loaded)."""
+def records(buckets: Mapping[str, Bucket], fence: Callable[[], None] = lambda: None) -> Stores:
+    """The job, agent and study records over their buckets (not yet loaded); `fence` is called before every
+    write (the leader's lease check: a deposed leader writes nothing)."""
     return Stores(
-        jobs=Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id, upgrade=upgrade_job),
-        agents=Records(buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id),
-        studies=Records(buckets[subjects.STUDIES_BUCKET], Study, key=lambda s: s.id),
-        episodes=Records(buckets[subjects.IDLE_BUCKET], Episode, key=lambda e: e.job_id),
-        outbox=Records(buckets[subjects.NOTICES_BUCKET], Notice, key=lambda n: n.id),
+        jobs=Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id, upgrade=upgrade_job, fence=fence),
+        agents=Records(buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id, fence=fence),
+        studies=Records(buckets[subjects.STUDIES_BUCKET], Study, key=lambda s: s.id, fence=fence),
+        episodes=Records(buckets[subjects.IDLE_BUCKET], Episode, key=lambda e: e.job_id, fence=fence),
+        outbox=Records(buckets[subjects.NOTICES_BUCKET], Notice, key=lambda n: n.id, fence=fence),
     )
 
 

@@ -40,6 +40,13 @@ class StreamStatus(_Struct, frozen=True):
     followers: list[Replica] = []  # on a cluster: the other replicas and whether they are caught up
 
 
+class ControllerMember(_Struct, frozen=True):
+    """A running controller, from the controllers' lease bucket: the leader or a standby."""
+    controller_id: str
+    started_at: float
+    leader: bool = False
+
+
 class StatusRequest(Request, frozen=True):
     errors: int = 5  # how many of the newest dead letters to include
 
@@ -52,3 +59,4 @@ class StatusReply(Reply, frozen=True):
     streams: list[StreamStatus]
     dead_letters: int  # messages parked in the dead-letter stream
     errors: list[DeadLetterView]  # the newest, data cut to a preview
+    controllers: list[ControllerMember] = msgspec.field(default_factory=list)  # leader (this one) and standbys

@@ -48,6 +48,7 @@ AGENTS_BUCKET = "incl_agents"
 SUBMITS_BUCKET = "incl_submits"  # idempotency key of a submit -> the job it created
 STUDIES_BUCKET = "incl_studies"  # study id -> its record (spec, state); the trials are in its journal
 IDLE_BUCKET = "incl_idle"  # job id -> its idle-GPU episode already alerted (deleted when the episode ends)
+LEADER_BUCKET = "incl_leader"  # the controllers' lease (`leader`) and who runs (`member.<id>`); entries expire
 NOTICES_BUCKET = "incl_notices"  # notice id -> a Slack notice not yet delivered (deleted once it is)
 
 

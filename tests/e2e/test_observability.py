@@ -71,7 +71,7 @@ async def test_status_shows_the_system_then_its_errors_then_a_missing_controller
 
     out = cluster.cli("status")
     assert out.returncode == 0, out.stderr
-    assert "1 controller answering" in out.stdout and "1 alive" in out.stdout and "1 SUCCEEDED" in out.stdout
+    assert "(leader, up" in out.stdout and "1 alive" in out.stdout and "1 SUCCEEDED" in out.stdout
     assert subjects.EVENTS_STREAM in out.stdout and "0 dead-lettered messages" in out.stdout
 
     async with cluster.client() as c:  # something no agent would send: parked by the controller

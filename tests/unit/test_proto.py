@@ -227,9 +227,13 @@ LETTER_PLAIN = {"seq": 7, "letter": {"source": "controller-events", "subject": "
 SAMPLES += [
     (status_.StatusRequest(meta=ENV, errors=3), _msg(status_.StatusRequest, meta=ENV_PLAIN, errors=3)),
     (status_.StatusReply(controller_id="c1", started_at=1.0, jobs={"QUEUED": 2}, agents={"alive": 1},
-                         streams=[STREAM], dead_letters=1, errors=[LETTER]),
+                         streams=[STREAM], dead_letters=1, errors=[LETTER],
+                         controllers=[status_.ControllerMember(controller_id="c1", started_at=1.0, leader=True),
+                                      status_.ControllerMember(controller_id="c2", started_at=2.0)]),
      _msg(status_.StatusReply, controller_id="c1", started_at=1.0, jobs={"QUEUED": 2}, agents={"alive": 1},
-          streams=[STREAM_PLAIN], dead_letters=1, errors=[LETTER_PLAIN])),
+          streams=[STREAM_PLAIN], dead_letters=1, errors=[LETTER_PLAIN],
+          controllers=[{"controller_id": "c1", "started_at": 1.0, "leader": True},
+                       {"controller_id": "c2", "started_at": 2.0, "leader": False}])),
 ]
 
 
