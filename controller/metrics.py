@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from incl.bus import health
 from incl.bus.connection import Bus
@@ -60,13 +61,19 @@ class ControllerMetrics(DaemonMetrics):
                             "(one replica's worth)", ["stream"], registry=r)
         self._due: dict[str, float] = {}  # agent id -> when its next heartbeat is due
         self._prune_at = PRUNE_MIN
+        self._watched: list[Collector] = []  # this term's scrape-time readers
 
     def watch(self, job_states: Callable[[], Iterable[str]], agent_states: Callable[[], Iterable[str]],
               gpu_readings: Callable[[], Iterable[tuple[str, GpuTelemetry | None]]]) -> None:
-        """Read these at scrape time: the state of every job and agent, and the live agents' GPU readings."""
-        self.registry.register(ByState("incl_jobs", "Jobs by state", [s.value for s in JobState], job_states))
-        self.registry.register(ByState("incl_agents", "Agents by state", [s.value for s in AgentState], agent_states))
-        self.registry.register(GpuUtilization(gpu_readings))
+        """Read these at scrape time: the state of every job and agent, and the live agents' GPU readings. Each
+        term as the leader reads its own records: a new term's readers replace the last one's."""
+        for old in self._watched:
+            self.registry.unregister(old)
+        self._watched = [ByState("incl_jobs", "Jobs by state", [s.value for s in JobState], job_states),
+                         ByState("incl_agents", "Agents by state", [s.value for s in AgentState], agent_states),
+                         GpuUtilization(gpu_readings)]
+        for collector in self._watched:
+            self.registry.register(collector)
 
     def job_changed(self, before: Job | None, after: Job) -> None:
         """A listener of every job change (`incl.controller.jobs.JobChanges`)."""

@@ -4,6 +4,7 @@ nothing; a standby answers nothing, so every request reaches the leader."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -193,3 +194,23 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_after_the_takeover(
 
 async def _holds(bus: Bus, controller_id: str) -> bool:
     return await lease_holder(bus) == controller_id
+
+
+@pytest.mark.timeout(90)
+async def test_a_lone_leader_paused_past_its_lease_leads_again_on_waking(cluster: Cluster, controllers: Controllers,
+                                                                         bus: Bus) -> None:
+    """No standby: on waking it finds its lease run out, stands down, takes its own lease back and leads a new
+    term, with the records read afresh (a second term in one process, as the chaos test's freezes cause)."""
+    only = controllers.start("c1", agent_lost_after=10.0)
+    assert await wait_for(lambda: lease_holder(bus), what="a leader") == "c1"
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    assert only.proc is not None
+    os.kill(only.proc.pid, signal.SIGSTOP)
+    await asyncio.sleep(3.0)  # the pause itself: past leader_ttl - leader_margin (2 s)
+    os.kill(only.proc.pid, signal.SIGCONT)
+    await wait_for(lambda: only.output().count('"leader_elected"') >= 2, timeout=15, what="a second term")
+    assert "leadership_lost" in only.output()
+    job = await cluster.submit("echo again")
+    assert (await cluster.wait_done(job.id, timeout=30)).state is JobState.SUCCEEDED
+    assert only.running

@@ -173,6 +173,14 @@ def test_states_and_gpus_are_read_at_scrape_time() -> None:
     assert value("incl_gpu_utilization_percent", {"agent": "a1", "gpu": "1"}) is None  # no reading: no guess
 
 
+def test_a_new_term_as_leader_reads_its_own_records_in_place_of_the_last_ones() -> None:
+    metrics = ControllerMetrics()  # one per daemon; a controller that stood by and leads again watches anew
+    metrics.watch(lambda: [JobState.QUEUED], lambda: [], lambda: [])
+    metrics.watch(lambda: [JobState.SUCCEEDED] * 3, lambda: [], lambda: [])
+    value = metrics.registry.get_sample_value
+    assert value("incl_jobs", {"state": "SUCCEEDED"}) == 3 and value("incl_jobs", {"state": "QUEUED"}) == 0
+
+
 def exported(registry: CollectorRegistry) -> set[str]:
     """Every series name a scrape of `registry` can hold."""
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
