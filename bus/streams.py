@@ -164,3 +164,20 @@ async def ensure_buckets(bus: Bus, submit_ttl: float = 86400.0, replicas: int = 
             raise _placement(exc, f"bucket {name}", replicas) or exc from None
         buckets[name] = Bucket(kv)
     return buckets
+
+
+async def ensure_expiring_bucket(bus: Bus, name: str, ttl: float, replicas: int) -> Bucket:
+    """A bucket whose entries live `ttl` seconds past their last write (the controllers' lease), on file storage
+    so that a NATS restart ends no lease; made again in place if it exists with another TTL or replica count."""
+    config = api.KeyValueConfig(bucket=name, history=1, ttl=ttl, replicas=replicas, storage=api.StorageType.FILE,
+                                limit_marker_ttl=MARKER_TTL)  # a removed key leaves no marker for long
+    js = bus.jetstream
+    try:
+        return Bucket(await js.create_key_value(config))
+    except APIError:
+        info = await js.stream_info(f"KV_{name}")
+        try:
+            await js.update_stream(dataclasses.replace(info.config, max_age=ttl, num_replicas=replicas))
+        except APIError as exc:
+            raise _placement(exc, f"bucket {name}", replicas) or exc from None
+        return Bucket(await js.key_value(name))

@@ -31,12 +31,11 @@ from typing import NoReturn
 
 import msgspec
 import structlog
-from nats.js import api
-from nats.js.errors import APIError
 
 from incl.bus.connection import Bus
-from incl.bus.kv import MARKER_TTL, Bucket, KeyExists, WrongRevision
+from incl.bus.kv import Bucket, KeyExists, WrongRevision
 from incl.bus.retry import TRANSIENT
+from incl.bus.streams import ensure_expiring_bucket
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import DecodeError
@@ -81,17 +80,8 @@ class LeaseTimes:
 
 
 async def open_bucket(bus: Bus, ttl: float, replicas: int) -> Bucket:
-    """The lease bucket, its entries living `ttl` seconds (brought in line if it exists with another TTL)."""
-    config = api.KeyValueConfig(bucket=subjects.LEADER_BUCKET, history=1, ttl=ttl, replicas=replicas,
-                                storage=api.StorageType.FILE,  # a NATS restart does not end the lease
-                                limit_marker_ttl=MARKER_TTL)  # a released lease leaves no marker for long
-    js = bus.jetstream
-    try:
-        return Bucket(await js.create_key_value(config))
-    except APIError:  # made before with another TTL or replica count: change its stream's
-        info = await js.stream_info(f"KV_{subjects.LEADER_BUCKET}")
-        await js.update_stream(dataclasses.replace(info.config, max_age=ttl, num_replicas=replicas))
-        return Bucket(await js.key_value(subjects.LEADER_BUCKET))
+    """The lease bucket, its entries living `ttl` seconds."""
+    return await ensure_expiring_bucket(bus, subjects.LEADER_BUCKET, ttl, replicas)
 
 
 class Leadership:
