@@ -213,7 +213,19 @@ class Bus:
         limit = self.max_payload
 
         async def on_msg(msg: Msg) -> None:
-            reply = await handler(msg.subject, msg.data)
+            try:
+                reply = await handler(msg.subject, msg.data)
+            except asyncio.CancelledError:
+                # Raised by something the handler awaited (a worker's future cancelled under it), not by a cancel
+                # of this task: nats-py would end the subscription's loop on it, and nothing would be served again.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                log.error("handler_interrupted", subject=msg.subject)
+                reply = error_reply(errors.Unavailable("the request was interrupted; try again"))
+            except Exception:  # the handler must not raise; if it does, one request fails, never the serving
+                log.exception("handler_failed", subject=msg.subject)
+                reply = error_reply(errors.InclError("internal error"))
             if reply is None or not msg.reply:
                 return
             if len(reply) > limit:

@@ -176,8 +176,15 @@ class Studies:
         """The study's trials (and, if asked, importances): the running study's last pass, or read once from
         the journal when it has ended (a study that is not running and not ended is read afresh)."""
         if (run := self.runs.get(study.id)) is not None and run.engine is not None:
-            found = await run.call(run.engine.importances) if importances else {}
-            return run.trials, found
+            try:
+                found = await run.call(run.engine.importances) if importances else {}
+                return run.trials, found
+            except RuntimeError:  # its worker shut down: the study ended meanwhile, read it as an ended one
+                pass
+            except asyncio.CancelledError:  # the same, with the call queued: its future was cancelled
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
         if study.id in self._ended:
             return self._ended[study.id]
         engine = await asyncio.to_thread(self._open_engine, study)
