@@ -128,6 +128,17 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def wait_listening(daemon: Daemon, port: int, timeout: float = 10.0) -> None:
+    """Until `daemon` accepts connections on `port` on loopback; if it never does, its output says why."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"{daemon.name} did not start:\n{daemon.output()}")
+
+
 class NatsServer(Daemon):
     def __init__(self, tmp: Path) -> None:
         self.port = free_port()
@@ -138,13 +149,8 @@ class NatsServer(Daemon):
 
     def start(self) -> NatsServer:
         super().start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.02)
-        raise RuntimeError(f"nats-server did not start:\n{self.output()}")
+        wait_listening(self, self.port)
+        return self
 
 
 class Cluster:

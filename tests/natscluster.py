@@ -5,12 +5,10 @@ kill -9 and start again with the same store."""
 from __future__ import annotations
 
 import json
-import socket
-import time
 import urllib.request
 from pathlib import Path
 
-from conftest import NATS_SERVER, Daemon, free_port, wait_for
+from conftest import NATS_SERVER, Daemon, free_port, wait_for, wait_listening
 
 from incl.bus.connection import connect
 
@@ -40,13 +38,8 @@ class Node(Daemon):
 
     def start(self) -> Node:
         super().start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name} did not start:\n{self.output()}")
+        wait_listening(self, self.port)
+        return self
 
     def connection_names(self) -> list[str]:
         """The names of the clients connected to this node now (its monitoring endpoint /connz)."""

@@ -45,6 +45,13 @@ class Controllers:
         self.running[controller_id] = daemon
         return daemon
 
+    async def pair(self, bus: Bus, **overrides: Any) -> tuple[str, str]:
+        """c1 and c2 running: (the one that leads, the one standing by)."""
+        for cid in ("c1", "c2"):
+            self.start(cid, **overrides)
+        first = await wait_for(lambda: lease_holder(bus), what="a leader")
+        return first, "c2" if first == "c1" else "c1"
+
 
 @pytest.fixture
 def controllers(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Controllers]:
@@ -104,10 +111,7 @@ async def test_the_standby_takes_over_within_5s_of_the_leader_killed_mid_burst(
         cluster: Cluster, controllers: Controllers, bus: Bus, tmp_path: Path) -> None:
     ticks = tmp_path / "ticks"
     ticks.mkdir()
-    for cid in ("c1", "c2"):
-        controllers.start(cid)
-    first = await wait_for(lambda: lease_holder(bus), what="a leader")
-    other = "c2" if first == "c1" else "c1"
+    first, other = await controllers.pair(bus)
     for agent in ("a1", "a2"):
         cluster.start_agent(agent, cpus=4)
     await cluster.wait_agents(2)
@@ -157,10 +161,7 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_after_the_takeover(
     ticks.mkdir()
     # While the leader is paused, agents' heartbeats go unanswered (not refused: its subscription lives on), so
     # their lease must outlast the takeover, as it does with the defaults (20 s; the tests' 4 s is too short).
-    for cid in ("c1", "c2"):
-        controllers.start(cid, agent_lost_after=10.0)
-    first = await wait_for(lambda: lease_holder(bus), what="a leader")
-    other = "c2" if first == "c1" else "c1"
+    first, other = await controllers.pair(bus, agent_lost_after=10.0)
     cluster.start_agent("a1", cpus=4)
     await cluster.wait_agents(1)
     before = [(await cluster.submit(job_script(ticks), name=f"before{n}")).id for n in range(3)]
