@@ -13,20 +13,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from msgspec import structs
-from optuna.trial import FrozenTrial
-from optuna.trial import TrialState as OptunaState
 
 from incl.bus.connection import Bus
 from incl.controller.config import StudyConfig
 from incl.controller.jobs import Jobs
 from incl.controller.paging import page
 from incl.controller.store import Records
-from incl.controller.study_run import StudyRun, gpu_hours
-from incl.hpo.engine import StudyEngine, job_of, reason_of
-from incl.hpo.factory import missing_dependency
 from incl.proto.errors import Conflict, SpecInvalid
 from incl.proto.messages import Job, TreeRef
 from incl.proto.spec import JobSpec
@@ -40,6 +36,12 @@ from incl.proto.studies import (
     TrialView,
 )
 
+if TYPE_CHECKING:  # Optuna (and numpy under it) loads with the first study, not with every controller
+    from optuna.trial import FrozenTrial
+
+    from incl.controller.study_run import StudyRun
+    from incl.hpo.engine import StudyEngine
+
 log = structlog.get_logger()
 
 
@@ -52,6 +54,9 @@ def _ts(moment: object) -> float | None:
 
 
 def trial_view(trial: FrozenTrial, job: Job | None) -> TrialView:
+    from optuna.trial import TrialState as OptunaState  # noqa: PLC0415 - lazy: see TYPE_CHECKING above
+
+    from incl.hpo.engine import job_of, reason_of  # noqa: PLC0415
     value = trial.value if trial.state is OptunaState.COMPLETE else None
     return TrialView(number=trial.number, state=TrialState(trial.state.name), params=dict(trial.params),
                      value=value if value is None or math.isfinite(value) else None,
@@ -61,6 +66,7 @@ def trial_view(trial: FrozenTrial, job: Job | None) -> TrialView:
 
 
 def best_so_far(trials: list[FrozenTrial], direction: str) -> list[float]:
+    from optuna.trial import TrialState as OptunaState  # noqa: PLC0415 - lazy: see TYPE_CHECKING above
     """The best value after each completed trial, in the order they completed."""
     done = sorted((t for t in trials if t.state is OptunaState.COMPLETE and t.value is not None),
                   key=lambda t: (_ts(t.datetime_complete) or 0.0, t.number))
@@ -96,7 +102,7 @@ class Studies:
             while True:
                 study_id = await self._new.get()
                 if study_id not in self.runs:
-                    run = StudyRun(study_id, self.records, self._jobs, self._bus, self._open_engine, self._cfg)
+                    run = _study_run(study_id, self.records, self._jobs, self._bus, self._open_engine, self._cfg)
                     self.runs[study_id] = run
                     tg.create_task(self._run(run))
 
@@ -115,7 +121,7 @@ class Studies:
                     log.exception("study_run_failed", study_id=run.study_id, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._cfg.retry_max)
-                run = StudyRun(run.study_id, self.records, self._jobs, self._bus, self._open_engine, self._cfg)
+                run = _study_run(run.study_id, self.records, self._jobs, self._bus, self._open_engine, self._cfg)
                 self.runs[run.study_id] = run
         finally:
             self.runs.pop(run.study_id, None)
@@ -140,6 +146,8 @@ class Studies:
     async def submit(self, spec: JobSpec, user: str, code: TreeRef | None, key: str | None) -> Study:
         hpo = spec.hpo
         assert hpo is not None  # the API routes only specs with `hpo:` here
+        from incl.hpo.factory import missing_dependency  # noqa: PLC0415 - lazy: see TYPE_CHECKING above
+
         if (why := missing_dependency(hpo.sampler)) is not None:
             raise SpecInvalid(why, field="hpo.sampler")
         self._jobs.check(structs.replace(spec, hpo=None), user, code)  # what each trial's job will be
@@ -201,6 +209,10 @@ class Studies:
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        from optuna.trial import TrialState as OptunaState  # noqa: PLC0415 - lazy: see TYPE_CHECKING above
+
+        from incl.controller.study_run import gpu_hours  # noqa: PLC0415
+
         done = [t for t in trials if t.state is OptunaState.COMPLETE and t.value is not None]
         best = None
         if done:
@@ -224,3 +236,9 @@ class Studies:
         return GetStudyReply(summary=await self.summary(study, trials),
                              trials=[trial_view(t, jobs.get(t.number)) for t in trials],
                              best_so_far=best_so_far(trials, direction), importances=importances)
+
+
+def _study_run(*args: Any) -> StudyRun:
+    from incl.controller.study_run import StudyRun  # noqa: PLC0415 - lazy: see TYPE_CHECKING above
+
+    return StudyRun(*args)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from incl.bus.connection import Bus
 from incl.bus.kv import Bucket
@@ -40,11 +41,12 @@ from incl.controller.quota import load_quota_config
 from incl.controller.scheduler import Shapes
 from incl.controller.store import Records
 from incl.controller.studies import Studies
-from incl.hpo.backend import backend_over
-from incl.hpo.engine import StudyEngine
 from incl.proto import subjects
 from incl.proto.messages import AgentRecord, Job, JobState
 from incl.proto.studies import Study
+
+if TYPE_CHECKING:
+    from incl.hpo.engine import StudyEngine
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,9 @@ def records(buckets: Mapping[str, Bucket], fence: Callable[[], None] = lambda: N
 def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLoop) -> Callable[[Study], StudyEngine]:
     """Opens a study's Optuna side over its journal on the controller's connection (called in a worker thread)."""
     from optuna.storages import JournalStorage  # noqa: PLC0415 - Optuna loads with the first study
+
+    from incl.hpo.backend import backend_over  # noqa: PLC0415 - Optuna's too
+    from incl.hpo.engine import StudyEngine  # noqa: PLC0415
 
     def open_engine(study: Study) -> StudyEngine:
         assert study.spec.hpo is not None

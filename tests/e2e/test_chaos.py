@@ -39,7 +39,7 @@ def job_script(ticks: Path) -> str:
         "    f.write(a + ' ' + repr(time.time()) + '\\n')\n"
         "    print('line', i, flush=True)\n"
         "    incl.log({'i': i}, step=i)\n"
-        "    time.sleep(0.05)\n"
+        "    time.sleep(0.025)\n"
         "f.write(a + ' ' + repr(time.time()) + '\\n')\n"
     )
     return f"{PY} -c \"{script}\""

@@ -140,7 +140,7 @@ async def test_a_dead_agents_container_stops_before_its_attempt_runs_elsewhere(
     cluster.start_controller()
     docker_agent(cluster, "d1", docker_engine)
     await cluster.wait_agents(1)
-    job = await cluster.submit("i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo tick-$i; sleep 0.05; done",
+    job = await cluster.submit("i=0; while [ $i -lt 160 ]; do i=$((i+1)); echo tick-$i; sleep 0.05; done",
                                image=busybox_image)
     await cluster.wait_state(job.id, {"RUNNING"})
     cluster.agents["d1"].kill()
