@@ -89,15 +89,17 @@ class Controller:
         """One term as the leader: the records read afresh (a standby's view is not kept), every loop run, the
         lease renewed beside them; NotLeader from the renewal, from any write, or from the check at the start of
         each pass (a leader that wakes from a pause acts on nothing) ends the term."""
-        cfg = self.cfg
         self._fence = leadership.check
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(leadership.hold())  # renewed from the start: loading a large store takes a while
+            tg.create_task(self._term(bus, buckets, leadership))
+
+    async def _term(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership) -> None:
+        cfg = self.cfg
         stores = wiring.records(buckets, fence=leadership.check)
         await self._retry("load_records", stores.load)
-        leadership.check()  # loading took longer than the lease: another controller may lead by now
-        async with open_provider(cfg) as provider, asyncio.TaskGroup() as tg:
-            tg.create_task(leadership.hold())
-            tg.create_task(self._run(bus, wiring.build(cfg, bus, buckets, stores, provider, self._wake,
-                                                       self.metrics)))
+        async with open_provider(cfg) as provider:
+            await self._run(bus, wiring.build(cfg, bus, buckets, stores, provider, self._wake, self.metrics))
 
     async def _run(self, bus: Bus, g: Graph) -> None:
         """Serve the API, then run every loop until cancelled (the API stops with them: a standby answers

@@ -20,9 +20,12 @@ from conftest import CONTROLLER_CFG, Cluster, Daemon, wait_for
 
 from incl.bus.connection import Bus
 from incl.bus.kv import Bucket
+from incl.bus.streams import ensure_buckets
 from incl.controller import leader
 from incl.proto import subjects
-from incl.proto.messages import JobState
+from incl.proto.codec import encode
+from incl.proto.messages import Attempt, Job, JobState
+from incl.proto.spec import load_spec
 
 PY = sys.executable
 LINES = 10
@@ -215,3 +218,27 @@ async def test_a_lone_leader_paused_past_its_lease_leads_again_on_waking(cluster
     job = await cluster.submit("echo again")
     assert (await cluster.wait_done(job.id, timeout=30)).state is JobState.SUCCEEDED
     assert only.running
+
+
+@pytest.mark.timeout(90)
+async def test_a_leader_loading_a_store_longer_than_its_lease_keeps_it(cluster: Cluster, controllers: Controllers,
+                                                                       bus: Bus) -> None:
+    """The lease is renewed from the start of a term: reading thousands of records must not cost the lease (it
+    would stand down after every load, for ever)."""
+    kv = (await ensure_buckets(bus))[subjects.JOBS_BUCKET]
+    spec, now = load_spec({"run": "true"}), time.time()
+    old = Attempt(number=1, agent_id="gone", state=JobState.SUCCEEDED, assigned_at=now - 3, started_at=now - 2,
+                  ended_at=now - 1, exit_code=0)
+    await asyncio.gather(*(kv.put(f"j-old{k:05d}", encode(Job(
+        id=f"j-old{k:05d}", spec=spec, user="t", state=JobState.SUCCEEDED, submitted_at=now - 4, updated_at=now - 1,
+        attempts=[old], exit_code=0))) for k in range(1500)))
+    times = {"leader_ttl": 0.5, "leader_renew": 0.1, "leader_poll": 0.05, "leader_margin": 0.1}
+    only = controllers.start("c1", **times)
+    started = time.monotonic()
+    await cluster.wait_controller(timeout=60)
+    loading = time.monotonic() - started
+    assert loading > times["leader_ttl"], f"loaded in {loading:.2f} s: the store is too small to test this"
+    cluster.start_agent("a1")
+    job = await cluster.submit("echo still")
+    assert (await cluster.wait_done(job.id, timeout=30)).state is JobState.SUCCEEDED
+    assert "leadership_lost" not in only.output()
