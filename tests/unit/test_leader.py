@@ -67,3 +67,18 @@ async def test_a_leader_cut_off_from_nats_stops_before_its_lease_can_expire(bus:
         first.check()
     nats_server.start()
     await wait_for(lambda: bus.bucket("incl_leader"), what="the connection to come back")  # for a clean close
+
+
+async def test_garbage_in_the_lease_bucket_delays_an_election_by_at_most_the_ttl_and_is_never_read_as_a_member(
+        bus: Bus) -> None:
+    """What a hostile or broken peer can write there (until identities exist: issue 15): an undecodable `leader`
+    is waited out like any holder, never taken for this controller's own; an undecodable member is skipped."""
+    kv = await leader.open_bucket(bus, TIMES.ttl, 1)
+    await kv.put(leader.LEADER_KEY, b"\xc1 not a lease")
+    await kv.put(leader.MEMBER_PREFIX + "evil", b"\xc1")
+    started = time.monotonic()
+    first = await lead(bus, "c1")
+    await asyncio.wait_for(first.acquire(), timeout=3 * TIMES.ttl)
+    assert time.monotonic() - started >= TIMES.ttl - TIMES.margin  # it waited for the garbage to expire
+    assert first.leading and (await leader.holder(kv)).controller_id == "c1"  # type: ignore[union-attr]
+    assert [m.controller_id for m in await leader.members(kv)] == []
