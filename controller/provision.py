@@ -48,6 +48,7 @@ class Provisioner:
         self._jobs = jobs
         self._agents = agents
         self._launching: dict[tuple[str, int, int], asyncio.Task[None]] = {}
+        self._landed: set[tuple[str, int]] = set()  # (job, attempt) of launches ended since this pass began
         self.failures: dict[str, str] = {}  # job id -> why its last launch failed (shown while it waits)
         self.held: dict[str, str] = {}  # instance id -> the waiting gang it was launched for (the last plan's)
         self._kick = asyncio.Event()
@@ -81,14 +82,16 @@ class Provisioner:
                 for r in cloud]
 
     async def once(self, tg: asyncio.TaskGroup) -> reconcile.Plan:
+        self._landed.clear()  # a launch that ended before this describe is in it
         observed = await self._provider.describe(self.cfg.cluster)
         jobs = list(self._jobs.records)
         live = {j.id for j in jobs if j.state not in TERMINAL}
         # A group made for a launch in flight may have no instance yet: not the plan's to delete.
         groups = [g for g in await self._provider.placement_groups(self.cfg.cluster)
                   if g.launch_key() not in self._launching]
+        launching = self._landed | {(job, attempt) for job, attempt, _ in self._launching}
         plan = reconcile.plan(self._demand(), observed, self._registered(jobs), self.cfg, time.time(),
-                              live_jobs=live, groups=groups)
+                              live_jobs=live, groups=groups, launching=launching)
         self.held = plan.held
         if plan.terminations:
             for t in plan.terminations:
@@ -117,6 +120,7 @@ class Provisioner:
             log.exception("launch_error", job_id=launch.job_id)
         finally:
             self._launching.pop(key, None)
+            self._landed.add(key[:2])
             self.kick()
 
     def waiting(self, waiting: dict[str, str]) -> dict[str, str]:

@@ -291,9 +291,11 @@ def _ours(observed: Iterable[ObservedInstance], cluster: str) -> list[ObservedIn
 
 def plan(desired: Iterable[Demand], observed: Iterable[ObservedInstance], agents: Iterable[RegisteredAgent],
          config: ReconcileConfig, now: float, *, live_jobs: Collection[str] = (),
-         groups: Iterable[ObservedGroup] = ()) -> Plan:
+         groups: Iterable[ObservedGroup] = (), launching: Collection[tuple[str, int]] = ()) -> Plan:
     """`live_jobs`: ids of jobs that are not over (assigned, running...) besides the desired ones; `groups`: the
-    placement groups the provider shows."""
+    placement groups the provider shows; `launching`: (job, attempt) of each launch in flight or ended since
+    `observed` was read. The view of those may be stale (a gang's launch that terminated a partial set of its
+    instances shows those alone), so none of them is launched again by this plan."""
     wanted = {(d.job_id, d.attempt): d for d in desired}
     live = {*live_jobs, *(job for job, _ in wanted)}
     # An instance whose agent was lost and registered again has two records: the alive one sorts last and wins.
@@ -318,12 +320,12 @@ def plan(desired: Iterable[Demand], observed: Iterable[ObservedInstance], agents
             terminations += gang.victims
             going.update(t.instance_id for t in gang.victims)
             held.update(dict.fromkeys(gang.held, d.job_id))
-            if gang.launch:
+            if gang.launch and key not in launching:
                 launches.append(Launch(cluster=config.cluster, job_id=d.job_id, attempt=d.attempt,
                                        market=launch_market(d, config), resources=d.resources,
                                        generation=next_gang_generation(found)))
             continue
-        if any(i.state in EXISTING and i.instance_id not in going for i in found):
+        if key in launching or any(i.state in EXISTING and i.instance_id not in going for i in found):
             continue  # launched already: booting, or an agent the scheduler can use
         launches.append(Launch(cluster=config.cluster, job_id=d.job_id, attempt=d.attempt,
                                market=launch_market(d, config), resources=d.resources,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
 from incl.controller import state
-from incl.controller.provision import idle_since
+from incl.controller.providers.base import LaunchedInstance
+from incl.controller.provision import Provisioner, idle_since
+from incl.controller.reconcile import ReconcileConfig
 from incl.proto.messages import AgentInfo, AgentRecord, AgentState, Job, JobState, Resources
 from incl.proto.spec import load_spec
 
@@ -27,3 +32,38 @@ def test_busy_agents_have_no_idle_time_and_idle_ones_count_from_their_last_attem
     since = idle_since([record("busy", 1), record("done", 2), record("new", 3), record("old", 4)],
                        [running, done, lost_then_moved])
     assert since == {"busy": None, "done": 40.0, "new": 3, "old": 30}
+
+
+async def test_a_launch_that_lands_while_a_pass_reads_the_provider_is_not_launched_again() -> None:
+    """Pass 2 reads the provider while generation 0 of a gang is launching and gets an answer from before it
+    landed (nothing tagged yet): the launch is over by the time pass 2 plans, and pass 2 still launches nothing."""
+    gang = Job(id="g", spec=load_spec({"run": "true", "resources": {"gpus": 1, "nodes": 2}}), user="u",
+               state=JobState.QUEUED, submitted_at=0, updated_at=0)
+    jobs = SimpleNamespace(waiting={"g"}, queued=lambda: [gang], records=[gang])
+    agents = SimpleNamespace(records=[])
+    landed, reading = asyncio.Event(), asyncio.Event()
+    launches: list[int] = []
+
+    class Stale:
+        async def describe(self, cluster: str) -> list[object]:
+            if launches:  # pass 2: the answer predates the launch, which lands before the plan
+                reading.set()
+                await landed.wait()
+            return []
+
+        async def placement_groups(self, cluster: str) -> list[object]:
+            return []
+
+        async def launch(self, launch: object) -> list[LaunchedInstance]:
+            launches.append(launch.generation)  # type: ignore[attr-defined]
+            await reading.wait()
+            landed.set()
+            return [LaunchedInstance(instance_id=f"i-{r}", instance_type="g5.xlarge", market=launch.market,  # type: ignore[attr-defined]
+                                     rank=r) for r in range(2)]
+
+    prov = Provisioner(ReconcileConfig(cluster="c1"), Stale(), jobs, agents)  # type: ignore[arg-type]
+    async with asyncio.TaskGroup() as tg:
+        first = await prov.once(tg)
+        await asyncio.sleep(0)  # the launch begins
+        second = await prov.once(tg)
+    assert [x.generation for x in first.launches] == [0] and second.launches == [] and launches == [0]

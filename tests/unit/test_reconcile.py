@@ -301,6 +301,18 @@ def test_relaunches_of_a_gang_number_past_every_generation_and_supersede_old_mem
     assert "superseded" in p.terminations[0].detail
 
 
+def test_a_gang_whose_launch_is_in_flight_or_landed_after_the_observation_is_not_launched_again() -> None:
+    """The provider's view read while generation 1 was launching shows only the partial set that launch terminated
+    (tagged generation 1): without the in-flight mark the plan would launch generation 2 and supersede generation 1
+    once it landed (seen in CI). Marked as launching, nothing is launched; a single-node job the same."""
+    stale = [member("i-0", 0, state="terminated"), member("i-1", 1, state="terminated"),
+             member("i-2", 0, state="shutting-down", generation=1)]
+    assert [x.generation for x in plan([gang()], stale, [], CFG, NOW).launches] == [2]
+    assert plan([gang()], stale, [], CFG, NOW, launching={("g", 1)}).launches == []
+    assert plan([want()], [], [], CFG, NOW, launching={("j1", 1)}).launches == []
+    assert len(plan([want()], [], [], CFG, NOW, launching={("j1", 2)}).launches) == 1
+
+
 def test_placement_groups_with_no_instance_left_are_deleted() -> None:
     """A group whose launch's instances are all gone is deleted; one with a member up, one being launched by
     this plan, another cluster's and an untagged one are kept."""
