@@ -1,4 +1,4 @@
-"""`python -m incl.agent [--config FILE] [--id ID] [--nats URL] [--work-dir DIR]`: run an agent."""
+"""`python -m incl.agent [--config FILE] [--id ID] [--nats URL] [--creds FILE] [--work-dir DIR]`: run an agent."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from incl.bus.logsetup import configure
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--id", "agent_id")
 @click.option("--nats", "nats_url")
+@click.option("--creds", help="This agent's credential file.")
 @click.option("--work-dir", "work_dir")
 @click.option("--cpus", type=float)
-def main(config_path: str | None, agent_id: str | None, nats_url: str | None, work_dir: str | None,
-         cpus: float | None) -> None:
-    cfg = load_config(config_path, agent_id=agent_id, nats_url=nats_url, work_dir=work_dir, cpus=cpus)
+def main(config_path: str | None, agent_id: str | None, nats_url: str | None, creds: str | None,
+         work_dir: str | None, cpus: float | None) -> None:
+    cfg = load_config(config_path, agent_id=agent_id, nats_url=nats_url, creds=creds, work_dir=work_dir, cpus=cpus)
     configure(cfg.log_level)
     run_until_signalled(Agent(cfg).serve)
 

@@ -153,7 +153,8 @@ class Agent:
         cfg = self.cfg
         self._bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-agent-{cfg.agent_id}", connect_timeout=cfg.connect_timeout,
-            reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout))
+            reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
+            creds=Path(cfg.creds) if cfg.creds else None, inbox_prefix=subjects.agent_inbox(cfg.agent_id)))
         try:
             await self.sampler.open()
             async with open_metadata(cfg.provider, cfg.metadata) as metadata, Launcher() as self.launcher, \
@@ -185,7 +186,7 @@ class Agent:
         while True:
             sent = time.monotonic()
             try:
-                reply = await self._bus.request(subjects.REGISTER,
+                reply = await self._bus.request(subjects.agent_api(self.cfg.agent_id, subjects.REGISTER),
                                       RegisterRequest(meta=Envelope.new(self.cfg.agent_id), info=self.info(),
                                                       running=self.running(), instance=self.instance,
                                                       previous_instance=self.claim.previous),
@@ -212,7 +213,7 @@ class Agent:
             sent = time.monotonic()
             try:
                 telemetry = self.telemetry = self.sampler.snapshot(self.gpu_alloc) if self.sampler.gpus else None
-                reply = await self._bus.request(subjects.HEARTBEAT,
+                reply = await self._bus.request(subjects.agent_api(self.cfg.agent_id, subjects.HEARTBEAT),
                                       HeartbeatRequest(meta=Envelope.new(self.cfg.agent_id),
                                                        agent_id=self.cfg.agent_id, running=self.running(),
                                                        telemetry=telemetry, instance=self.instance,
@@ -469,7 +470,8 @@ class Agent:
         delay = self.cfg.retry_initial
         while True:
             try:
-                return await self._bus.request(subjects.ASSIGNMENT, req, AssignmentReply, self.cfg.request_timeout)
+                return await self._bus.request(subjects.agent_api(self.cfg.agent_id, subjects.ASSIGNMENT), req,
+                                               AssignmentReply, self.cfg.request_timeout)
             except (Unavailable, *TRANSIENT) as exc:  # type: ignore[misc]  # mypy cannot type a starred except tuple
                 log.info("assignment_check_waiting", job_id=cmd.job_id, error=str(exc))
                 await asyncio.sleep(delay)

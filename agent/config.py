@@ -23,6 +23,7 @@ def _default_id() -> str:
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     agent_id: str = msgspec.field(default_factory=_default_id)
     nats_url: Servers = "nats://127.0.0.1:4222"  # a cluster's nodes: a list, or URLs separated by commas
+    creds: str | None = None  # this agent's credential file (incl.auth.keys); None: a server without authentication
     work_dir: str = str(Path.home() / ".incl" / "agent")
     provider: str = "local"
     labels: dict[str, str] = {}

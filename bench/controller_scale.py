@@ -172,7 +172,7 @@ class SimAgent:
         for _ in range(attempts):
             try:
                 req = RegisterRequest(meta=Envelope.new(agent_id(self.i)), info=agent_info(self.i))
-                reply = await self.bus.request(subjects.REGISTER, req, RegisterReply, TIMEOUT)
+                reply = await self.bus.request(subjects.agent_api(agent_id(self.i), subjects.REGISTER), req, RegisterReply, TIMEOUT)
                 self.interval = reply.heartbeat_interval
                 return True
             except errors.InclError as exc:
@@ -211,7 +211,7 @@ class SimAgent:
                                telemetry=telemetry(self.rng, self.last, now))
         self.last, sent, t = now, time.time(), time.perf_counter()
         try:
-            reply = await self.bus.request(subjects.HEARTBEAT, req, HeartbeatReply, TIMEOUT)
+            reply = await self.bus.request(subjects.agent_api(agent_id(self.i), subjects.HEARTBEAT), req, HeartbeatReply, TIMEOUT)
         except errors.Unavailable:
             reply, kind = None, "timeout"
         except Exception as exc:  # noqa: BLE001  a failure is counted, never fatal
@@ -382,7 +382,7 @@ async def wait_ping(url: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                await bus.request(subjects.PING, PingRequest(meta=Envelope.new("bench")), PingReply, 1.0)
+                await bus.request(subjects.user_api("bench", subjects.PING), PingRequest(meta=Envelope.new("bench")), PingReply, 1.0)
                 return
             except errors.Unavailable:
                 if time.monotonic() > deadline:
@@ -416,7 +416,7 @@ async def check_agents(url: str, n: int) -> dict:
     t, views, size, pages, after = time.perf_counter(), [], 0, 0, None
     try:
         while True:  # raw, to measure the replies' size
-            data = await bus.request_raw(subjects.LIST_AGENTS, encode(ListAgentsRequest(
+            data = await bus.request_raw(subjects.user_api("bench", subjects.LIST_AGENTS), encode(ListAgentsRequest(
                 meta=Envelope.new("bench"), after=after)), timeout=10.0)
             reply = Decoder(ListAgentsReply | ErrorReply).decode(data)
             if not isinstance(reply, ListAgentsReply):
@@ -447,19 +447,19 @@ async def detect_loss(url: str) -> dict:
     try:
         probe = "probe-agent"
         info = AgentInfo(agent_id=probe, hostname="probe", capacity=Resources(cpus=1, memory=1 << 30))
-        reply = await bus.request(subjects.REGISTER, RegisterRequest(meta=Envelope.new(probe), info=info,
+        reply = await bus.request(subjects.agent_api(probe, subjects.REGISTER), RegisterRequest(meta=Envelope.new(probe), info=info,
                                                                      instance="first"), RegisterReply, TIMEOUT)
         interval = reply.heartbeat_interval
         for _ in range(2):
             await asyncio.sleep(interval)
-            beat = await bus.request(subjects.HEARTBEAT, HeartbeatRequest(
+            beat = await bus.request(subjects.agent_api(probe, subjects.HEARTBEAT), HeartbeatRequest(
                 meta=Envelope.new(probe), agent_id=probe, instance="first"), HeartbeatReply, TIMEOUT)
             interval = beat.heartbeat_interval
         silent_from = time.time()
         while True:
             await asyncio.sleep(0.25)
             try:
-                await bus.request(subjects.REGISTER, RegisterRequest(meta=Envelope.new(probe), info=info,
+                await bus.request(subjects.agent_api(probe, subjects.REGISTER), RegisterRequest(meta=Envelope.new(probe), info=info,
                                                                      instance="second"), RegisterReply, TIMEOUT)
                 break
             except errors.Conflict:

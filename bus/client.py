@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from incl.auth.keys import read_creds
 from incl.bus import health
-from incl.bus.connection import Bus, connect, masked
+from incl.bus.connection import AuthFailed, Bus, connect, masked
 from incl.proto import subjects
 from incl.proto.codec import Decoder
 from incl.proto.errors import DecodeError, InclError, Unavailable
@@ -89,20 +90,57 @@ def current_user() -> str:
     return os.environ.get("INCL_USER") or getpass.getuser()
 
 
+def login_file() -> Path:
+    """Where `incl login --creds FILE` keeps the credentials the CLI uses."""
+    return incl_home() / "creds" / "login.nk"
+
+
+def resolve_creds(explicit: Path | None = None) -> Path | None:
+    """The credential file to connect with: `explicit`, then $INCL_CREDS, then the one `incl login` stored, then
+    the local admin's that `incl up` made; None when there is none (a server without authentication)."""
+    if explicit is not None:
+        return explicit
+    if env := os.environ.get("INCL_CREDS"):
+        return Path(env)
+    for path in (login_file(), incl_home() / "creds" / f"user-{current_user()}.nk"):
+        if path.exists():
+            return path
+    return None
+
+
 class Client:
     """INCL's client library: what the CLI, the benchmarks, the tests (and the web UI and HPO service to come)
     use to talk to a cluster. `async with Client(url) as client: await client.jobs()`."""
 
-    def __init__(self, url: str, timeout: float = 10.0, name: str = "incl-cli") -> None:
+    def __init__(self, url: str, timeout: float = 10.0, name: str = "incl-cli", *, creds: Path | None = None,
+                 user: str | None = None) -> None:
+        """`creds`: the user's credential file (default: `resolve_creds`); `user`: whom this client speaks for
+        (default: the user the credentials name, else `current_user`). On a server with authentication the two
+        must agree: the server lets these credentials ask only under their own name."""
         self.url = url
         self.timeout = timeout
         self._name = name
+        self.creds = resolve_creds(creds)
+        named = None
+        if self.creds is not None:
+            try:
+                named = read_creds(self.creds).name
+            except (OSError, ValueError) as exc:
+                raise InclError(f"cannot use the credentials in {self.creds}: {exc}") from None
+        self.user = user or named or current_user()
+        try:
+            self._inbox = subjects.user_inbox(self.user)
+        except ValueError as exc:
+            raise InclError(f"{exc}; set INCL_USER to a name without them") from None
         self._bus: Bus | None = None
 
     async def __aenter__(self) -> Client:
         try:
             self._bus = await connect(self.url, self._name, connect_timeout=2, reconnect_wait=0.1,
-                                      request_timeout=self.timeout, max_reconnect_attempts=0, quiet=True)
+                                      request_timeout=self.timeout, max_reconnect_attempts=0, quiet=True,
+                                      creds=self.creds, inbox_prefix=self._inbox)
+        except AuthFailed:
+            raise
         except Exception:  # noqa: BLE001 - any failure to connect means the same thing to the user
             raise Unavailable(f"cannot reach NATS at {masked(self.url)}; start the embedded stack with `incl up` "
                               "(or pass --nats URL)") from None
@@ -119,9 +157,11 @@ class Client:
         return self._bus
 
     def _meta(self) -> Envelope:
-        return Envelope.new(f"cli:{current_user()}")
+        return Envelope.new(f"cli:{self.user}")
 
-    async def _call(self, subject: str, req: Request, reply_type: type[R]) -> R:
+    async def _call(self, verb: str, req: Request, reply_type: type[R], as_user: str | None = None) -> R:
+        """Ask the controller `verb`, under this client's user (or `as_user`: a submit names its user)."""
+        subject = subjects.user_api(as_user or self.user, verb)
         try:
             return await self.bus.request(subject, req, reply_type, self.timeout)
         except Unavailable:
@@ -138,27 +178,31 @@ class Client:
         """The controller's view of the system (`incl status`), with the newest `errors` dead letters."""
         return await self._call(subjects.STATUS, StatusRequest(meta=self._meta(), errors=errors), StatusReply)
 
-    async def submit(self, spec: JobSpec, user: str, code: TreeRef | None = None, *, key: str | None = None,
-                     attempts: int = 4) -> Job:
-        """Submit once: the request carries an idempotency key (one per call, unless given), and a submit whose
-        answer is lost (the controller restarting) is retried with the same key, so it creates one job."""
-        meta = Envelope.new(f"cli:{current_user()}", idempotency_key=key or uuid.uuid4().hex)
+    async def submit(self, spec: JobSpec, user: str | None = None, code: TreeRef | None = None, *,
+                     key: str | None = None, attempts: int = 4) -> Job:
+        """Submit once, as `user` (default: this client's): the request carries an idempotency key (one per call,
+        unless given), and a submit whose answer is lost (the controller restarting) is retried with the same key,
+        so it creates one job."""
+        user = user or self.user
+        meta = Envelope.new(f"cli:{self.user}", idempotency_key=key or uuid.uuid4().hex)
         req = SubmitRequest(meta=meta, spec=spec, user=user, code=code)
-        return (await self._retried(subjects.SUBMIT, req, SubmitReply, attempts)).job
+        return (await self._retried(subjects.SUBMIT, req, SubmitReply, attempts, user)).job
 
-    async def submit_study(self, spec: JobSpec, user: str, code: TreeRef | None = None, *, key: str | None = None,
-                           attempts: int = 4) -> Study:
-        """Submit a study (a spec with `hpo:`) once, retried with one idempotency key as `submit` is."""
-        meta = Envelope.new(f"cli:{current_user()}", idempotency_key=key or uuid.uuid4().hex)
+    async def submit_study(self, spec: JobSpec, user: str | None = None, code: TreeRef | None = None, *,
+                           key: str | None = None, attempts: int = 4) -> Study:
+        """Submit a study (a spec with `hpo:`) once, as `user` (default: this client's), retried with one
+        idempotency key as `submit` is."""
+        user = user or self.user
+        meta = Envelope.new(f"cli:{self.user}", idempotency_key=key or uuid.uuid4().hex)
         req = SubmitStudyRequest(meta=meta, spec=spec, user=user, code=code)
-        return (await self._retried(subjects.SUBMIT_STUDY, req, SubmitStudyReply, attempts)).study
+        return (await self._retried(subjects.SUBMIT_STUDY, req, SubmitStudyReply, attempts, user)).study
 
-    async def _retried(self, subject: str, req: Request, reply_type: type[R], attempts: int) -> R:
+    async def _retried(self, verb: str, req: Request, reply_type: type[R], attempts: int, as_user: str) -> R:
         """A request whose answer may be lost (the controller restarting), sent again as it is, key and all."""
         delay = 0.5
         for attempt in range(attempts):
             try:
-                return await self._call(subject, req, reply_type)
+                return await self._call(verb, req, reply_type, as_user)
             except Unavailable:
                 if attempt == attempts - 1:
                     raise

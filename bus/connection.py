@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -22,8 +23,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
 
+from incl.auth.keys import read_creds
 from incl.bus.kv import Bucket
-from incl.proto import errors
+from incl.proto import errors, subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.messages import ErrorReply, Reply, Request
 
@@ -164,13 +166,50 @@ class Stored:
     data: bytes
 
 
+class Refusals:
+    """Permission violations the server reported, matched to the requests waiting on their subjects.
+
+    The server answers a refused publish with an `-ERR` that names only the subject, after the fact; without this a
+    refused request would look like a controller that never answers (a timeout). Each is also logged, as one line
+    that names the subject (never the credentials)."""
+
+    PREFIX = "permissions violation for publish to "
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+
+    def report(self, error: str) -> None:
+        text = error.removeprefix("nats: ").strip("'")
+        log.warning("nats_refused", error=text)
+        lower = text.lower()
+        if lower.startswith(self.PREFIX):
+            subject = text[len(self.PREFIX):].strip().strip('"')
+            for waiter in self._waiting.get(subject, ()):
+                if not waiter.done():
+                    waiter.set_result(text)
+
+    @contextlib.contextmanager
+    def watch(self, subject: str) -> Iterator[asyncio.Future[str]]:
+        """A future that gets the server's refusal of a publish to `subject` made while it is watched."""
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(subject, set()).add(waiter)
+        try:
+            yield waiter
+        finally:
+            waiting = self._waiting[subject]
+            waiting.discard(waiter)
+            if not waiting:
+                del self._waiting[subject]
+
+
 class Bus:
     """A live NATS connection with JetStream. Make one with `connect`; close it with `close` (or `async with`)."""
 
-    def __init__(self, nc: Nats, request_timeout: float) -> None:
+    def __init__(self, nc: Nats, request_timeout: float, refusals: Refusals | None = None) -> None:
         self._nc = nc
         self._js = nc.jetstream(timeout=request_timeout)
         self.request_timeout = request_timeout
+        self._refusals = refusals or Refusals()
 
     async def __aenter__(self) -> Bus:
         return self
@@ -198,12 +237,23 @@ class Bus:
         return reply
 
     async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
-        try:
-            msg = await self._nc.request(subject, data, timeout=timeout)
-        except NoRespondersError:
-            raise errors.NoResponders(f"nothing is serving {subject}") from None
-        except NatsTimeout:
-            raise errors.Unavailable(f"no reply on {subject} within {timeout:g}s") from None
+        """The reply's data; NotAllowed at once if the server refuses this connection to publish on `subject`."""
+        with self._refusals.watch(subject) as refused:
+            asked = asyncio.ensure_future(self._nc.request(subject, data, timeout=timeout))
+            try:
+                await asyncio.wait((asked, refused), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not asked.done():
+                    asked.cancel()
+            if refused.done() and not (asked.done() and not asked.cancelled() and asked.exception() is None):
+                raise errors.NotAllowed(f"not allowed: the NATS server refused these credentials a request on "
+                                        f"{subject}")
+            try:
+                msg = asked.result()
+            except NoRespondersError:
+                raise errors.NoResponders(f"nothing is serving {subject}") from None
+            except NatsTimeout:
+                raise errors.Unavailable(f"no reply on {subject} within {timeout:g}s") from None
         return bytes(msg.data)
 
     async def serve(self, subject: str, queue: str, handler: Handler) -> Callable[[], Awaitable[None]]:
@@ -405,27 +455,60 @@ def masked(servers: Servers) -> str:
     return ",".join(shown)
 
 
+def _inbox_of(kind: str | None, name: str | None) -> str | None:
+    """The reply inbox the server lets this identity subscribe to (None: the default, `_INBOX`)."""
+    if name is None:
+        return None
+    if kind == "user":
+        return subjects.user_inbox(name)
+    if kind == "agent":
+        return subjects.agent_inbox(name)
+    return None
+
+
+class AuthFailed(errors.InclError):
+    """The server refused the credentials at connect (none given, a wrong key, or one revoked)."""
+
+
 async def connect(servers: Servers, name: str, *, connect_timeout: float, reconnect_wait: float, request_timeout: float,
                   max_reconnect_attempts: int = -1,
                   on_disconnect: Callable[[], Awaitable[None]] | None = None,
                   on_reconnect: Callable[[], Awaitable[None]] | None = None,
-                  quiet: bool = False) -> Bus:
+                  quiet: bool = False, creds: Path | None = None, inbox_prefix: str | None = None) -> Bus:
     """The one connect path, to any of `servers` (the nodes of a cluster; nats-py also learns the others from the
     one it reaches, and reconnects across them all). Daemons keep reconnecting for ever; the CLI
     (`max_reconnect_attempts=0`) does not, and with `quiet` nats-py's own tracebacks for a failed connect are not
-    printed."""
+    printed. `creds`: the identity's credential file (`incl.auth.keys`); `inbox_prefix`: where its replies come
+    (the server lets an identity subscribe only to its own). A server that refuses the credentials raises
+    AuthFailed at once, for daemons too: retrying the same key cannot help."""
+    refusals = Refusals()
+    refused = asyncio.Event()
 
-    async def _quiet(exc: Exception) -> None:
-        """nats-py logs every failed connect with a traceback; the caller reports one clear line instead."""
+    async def on_error(exc: Exception) -> None:
+        """One line per error, no traceback (nats-py's default); a permission violation goes to the request
+        waiting on it."""
+        text = str(exc)
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
+            refused.set()
+            log.warning("nats_auth_failed", servers=masked(servers), creds=str(creds) if creds else None)
+            return
+        if "permissions violation" in text.lower():
+            refusals.report(text)
+        elif not quiet:
+            log.warning("nats_error", error=repr(exc), servers=masked(servers))
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"error_cb": on_error}
     if on_disconnect is not None:
         kwargs["disconnected_cb"] = on_disconnect
     if on_reconnect is not None:
         kwargs["reconnected_cb"] = on_reconnect
-    if quiet:
-        kwargs["error_cb"] = _quiet
-    nc = await nats.connect(
+    if creds is not None:
+        held = read_creds(creds)
+        kwargs["nkeys_seed_str"] = held.seed
+        inbox_prefix = inbox_prefix or _inbox_of(held.kind, held.name)
+    if inbox_prefix is not None:
+        kwargs["inbox_prefix"] = inbox_prefix
+    connecting = asyncio.ensure_future(nats.connect(
         servers=server_list(servers),
         name=name,
         connect_timeout=connect_timeout,
@@ -433,5 +516,22 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
         max_reconnect_attempts=max_reconnect_attempts if max_reconnect_attempts else 1,
         allow_reconnect=max_reconnect_attempts != 0,
         **kwargs,
-    )
-    return Bus(nc, request_timeout)
+    ))
+    # A daemon's first connect retries for ever; a refusal of its credentials ends it at once.
+    watching = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait((connecting, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+    if refused.is_set() or (connecting.done() and not connecting.cancelled()
+                            and isinstance(connecting.exception(), nats.errors.AuthorizationError)):
+        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+            await connecting.result().close()
+        raise AuthFailed(f"authentication failed: the NATS server at {masked(servers)} refused "
+                         + (f"the credentials in {creds}" if creds else "a connection without credentials")
+                         + "; `incl login --creds FILE` stores yours")
+    return Bus(connecting.result(), request_timeout, refusals)

@@ -135,7 +135,8 @@ def _priority(value: str) -> int | str:
 @click.option("--gpus", help="Count, MODEL (one of it) or MODEL:COUNT such as A100:8.")
 @click.option("--priority", help="A priority class (high, normal, low or the admin's) or a rank (an integer).")
 @click.option("--retry", type=int, help="Attempts in all if the agent is lost (retry.max_attempts).")
-@click.option("--user", help="Submit as this user (default: $INCL_USER or your login).")
+@click.option("--user", help="Submit as this user (default: the user your credentials name, else $INCL_USER or "
+              "your login).")
 @click.option("--max-workdir-size", "max_workdir_size", envvar="INCL_MAX_WORKDIR_SIZE", default="2GB",
               show_default=True, help="Refuse a workdir snapshot bigger than this (list big files in .inclignore).")
 @click.option("--follow", is_flag=True, help="Stream the job's logs until it ends; exit with its status.")
@@ -147,7 +148,7 @@ def submit(ctx: click.Context, /, file: str | None, command: tuple[str, ...], us
            as_json: bool, max_workdir_size: str, **flags: Any) -> None:
     """Submit a job: `incl submit -f incl.yaml` or `incl submit [OPTIONS] -- CMD...`. A spec with an `hpo:`
     section submits a study, whose trials are jobs; its id is printed."""
-    from incl.bus.client import Client, current_user, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog, boto
     if file is None and not command and Path("incl.yaml").exists():
         file = "incl.yaml"
     if flags.get("gpus") is not None and str(flags["gpus"]).isdigit():
@@ -167,13 +168,13 @@ def submit(ctx: click.Context, /, file: str | None, command: tuple[str, ...], us
         async with Client(url) as client:
             code = await upload_workdir(client, spec.workdir, max_workdir) if spec.workdir else None
             if spec.hpo is not None:
-                study = await client.submit_study(spec, user or current_user(), code=code)
+                study = await client.submit_study(spec, user, code=code)
                 if as_json:
                     print_json(study)
                 else:
                     click.echo(study.id)
                 return 0
-            job = await client.submit(spec, user or current_user(), code=code)
+            job = await client.submit(spec, user, code=code)
             if as_json:
                 print_json(job)
             else:

@@ -11,7 +11,7 @@ import structlog
 
 from incl.bus import health
 from incl.bus.connection import Bus, error_reply
-from incl.controller import deadletters, gang, leader, quota
+from incl.controller import callers, deadletters, gang, leader, quota
 from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
@@ -19,7 +19,7 @@ from incl.controller.paging import page
 from incl.controller.studies import Studies
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
-from incl.proto.errors import InclError, SpecInvalid
+from incl.proto.errors import InclError, NotAllowed, SpecInvalid
 from incl.proto.messages import (
     AssignmentReply,
     AssignmentRequest,
@@ -80,35 +80,46 @@ class Api:
         self._watch = watch
         self._studies = studies
         self._started = time.time()
-        self.routes: dict[str, tuple[Decoder[Any], Handler]] = {
-            subjects.SUBMIT: (Decoder(SubmitRequest), self.submit),
-            subjects.LIST_JOBS: (Decoder(ListJobsRequest), self.list_jobs),
-            subjects.GET_JOB: (Decoder(GetJobRequest), self.get_job),
-            subjects.CANCEL: (Decoder(CancelRequest), self.cancel),
-            subjects.LIST_AGENTS: (Decoder(ListAgentsRequest), self.list_agents),
-            subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
-            subjects.HEARTBEAT: (Decoder(HeartbeatRequest), self.heartbeat),
-            subjects.ASSIGNMENT: (Decoder(AssignmentRequest), self.assignment),
-            subjects.PING: (Decoder(PingRequest), self.ping),
-            subjects.STATUS: (Decoder(StatusRequest), self.status),
-            subjects.QUOTA: (Decoder(QuotaRequest), self.quota),
-            subjects.DEAD_LETTERS: (Decoder(ListDeadLettersRequest), self.dead_letters),
-            subjects.SUBMIT_STUDY: (Decoder(SubmitStudyRequest), self.submit_study),
-            subjects.LIST_STUDIES: (Decoder(ListStudiesRequest), self.list_studies),
-            subjects.GET_STUDY: (Decoder(GetStudyRequest), self.get_study),
-            subjects.STOP_STUDY: (Decoder(StopStudyRequest), self.stop_study),
+        # Per kind of caller: an agent's credentials cannot submit, and a user's cannot register an agent.
+        self.routes: dict[str, dict[str, tuple[Decoder[Any], Handler]]] = {
+            subjects.USER: {
+                subjects.SUBMIT: (Decoder(SubmitRequest), self.submit),
+                subjects.LIST_JOBS: (Decoder(ListJobsRequest), self.list_jobs),
+                subjects.GET_JOB: (Decoder(GetJobRequest), self.get_job),
+                subjects.CANCEL: (Decoder(CancelRequest), self.cancel),
+                subjects.LIST_AGENTS: (Decoder(ListAgentsRequest), self.list_agents),
+                subjects.PING: (Decoder(PingRequest), self.ping),
+                subjects.STATUS: (Decoder(StatusRequest), self.status),
+                subjects.QUOTA: (Decoder(QuotaRequest), self.quota),
+                subjects.DEAD_LETTERS: (Decoder(ListDeadLettersRequest), self.dead_letters),
+                subjects.SUBMIT_STUDY: (Decoder(SubmitStudyRequest), self.submit_study),
+                subjects.LIST_STUDIES: (Decoder(ListStudiesRequest), self.list_studies),
+                subjects.GET_STUDY: (Decoder(GetStudyRequest), self.get_study),
+                subjects.STOP_STUDY: (Decoder(StopStudyRequest), self.stop_study),
+            },
+            subjects.AGENT: {
+                subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
+                subjects.HEARTBEAT: (Decoder(HeartbeatRequest), self.heartbeat),
+                subjects.ASSIGNMENT: (Decoder(AssignmentRequest), self.assignment),
+            },
         }
 
     async def handle(self, subject: str, data: bytes) -> bytes:
-        """Decode, serve, reply. A bad message is answered with its error and logged; nothing stops. (The bus
-        answers a reply over the payload limit with an error saying so.)"""
-        route = self.routes.get(subject)
-        if route is None:
+        """Decode, check the caller the subject names, serve, reply. A bad message is answered with its error and
+        logged; nothing stops. (The bus answers a reply over the payload limit with an error saying so.)"""
+        who = subjects.caller(subject)
+        route = self.routes.get(who.kind, {}).get(who.verb) if who is not None else None
+        if who is None or route is None:
             log.warning("api_unknown_subject", subject=subject)
             return error_reply(InclError(f"unknown subject {subject}"))
         decoder, handler = route
         try:
-            return encode(await handler(decoder.decode(data)))
+            req = decoder.decode(data)
+            callers.check(who, req)
+            return encode(await handler(req))
+        except NotAllowed as exc:
+            log.warning("api_refused", subject=subject, error=str(exc))
+            return error_reply(exc)
         except InclError as exc:
             if exc.code in ("decode_error", "version_mismatch"):
                 log.warning("message_dropped", subject=subject, error=str(exc))

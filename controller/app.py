@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import structlog
 from structlog.contextvars import bound_contextvars
@@ -53,7 +54,8 @@ class Controller:
         bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-controller-{cfg.controller_id}", connect_timeout=cfg.connect_timeout,
             reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
-            on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect))
+            on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect,
+            creds=Path(cfg.creds) if cfg.creds else None))
         self._connected.set()
         leadership: Leadership | None = None
         try:

@@ -9,7 +9,9 @@
     │   ├── SpecInvalid       spec_invalid       the job spec is refused; `field` names the path
     │   └── Unschedulable     unschedulable      no agent or provider could ever fit the job
     ├── NotFound              not_found          unknown job or agent id
-    └── Conflict              conflict           e.g. cancelling a job that has already finished
+    ├── Conflict              conflict           e.g. cancelling a job that has already finished
+    └── NotAllowed            not_allowed        the caller may not do this (the server's permissions, or a request
+                                                 that names another identity than its subject)
 
 Receivers match on the class (or `code`), never on the message text.
 """
@@ -63,6 +65,10 @@ class NotFound(InclError):
 
 class Conflict(InclError):
     code = "conflict"
+
+
+class NotAllowed(InclError):
+    code = "not_allowed"
 
 
 def _all_subclasses(cls: type[InclError]) -> list[type[InclError]]:

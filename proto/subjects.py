@@ -1,23 +1,35 @@
 """NATS subject, stream, consumer and bucket names: the only place they are spelled."""
 
-# Request-reply, served by the controller.
+from typing import NamedTuple
+
+# Request-reply, served by the controller. A request's subject names its caller, `incl.api.user.<name>.<verb>` or
+# `incl.api.agent.<agent_id>.<verb>`, so that the NATS server's permissions (each identity may publish only under its
+# own name) make the subject the proof of who asks: the controller reads the caller from it, never from the payload.
 API_PREFIX = "incl.api"
-SUBMIT = f"{API_PREFIX}.submit"
-LIST_JOBS = f"{API_PREFIX}.jobs.list"
-GET_JOB = f"{API_PREFIX}.jobs.get"
-CANCEL = f"{API_PREFIX}.jobs.cancel"
-LIST_AGENTS = f"{API_PREFIX}.agents.list"
-REGISTER = f"{API_PREFIX}.agents.register"
-HEARTBEAT = f"{API_PREFIX}.agents.heartbeat"
-ASSIGNMENT = f"{API_PREFIX}.agents.assignment"
-PING = f"{API_PREFIX}.ping"
-STATUS = f"{API_PREFIX}.status"
-QUOTA = f"{API_PREFIX}.quota"
-DEAD_LETTERS = f"{API_PREFIX}.admin.dead_letters"
-SUBMIT_STUDY = f"{API_PREFIX}.studies.submit"
-LIST_STUDIES = f"{API_PREFIX}.studies.list"
-GET_STUDY = f"{API_PREFIX}.studies.get"
-STOP_STUDY = f"{API_PREFIX}.studies.stop"
+USER = "user"
+AGENT = "agent"
+# What users ask (verbs: the subject's tokens after the caller).
+SUBMIT = "submit"
+LIST_JOBS = "jobs.list"
+GET_JOB = "jobs.get"
+CANCEL = "jobs.cancel"
+LIST_AGENTS = "agents.list"
+PING = "ping"
+STATUS = "status"
+QUOTA = "quota"
+DEAD_LETTERS = "admin.dead_letters"
+SUBMIT_STUDY = "studies.submit"
+LIST_STUDIES = "studies.list"
+GET_STUDY = "studies.get"
+STOP_STUDY = "studies.stop"
+# What agents ask.
+REGISTER = "agents.register"
+HEARTBEAT = "agents.heartbeat"
+ASSIGNMENT = "agents.assignment"
+
+# Reply inboxes, one prefix per identity, so that nobody may subscribe to another's replies.
+INBOX_PREFIX = "_INBOX"
+
 
 # Controller -> agent: a JetStream work queue, one durable consumer per agent.
 ASSIGN_STREAM = "INCL_ASSIGN"
@@ -78,3 +90,42 @@ def dead(source: str) -> str:
 
 def study_journal(study_id: str) -> str:
     return f"{STUDIES_PREFIX}.{study_id}"
+
+
+class Caller(NamedTuple):
+    """Who asks (`kind` USER or AGENT, and the name) and what (`verb`), as a request's subject says."""
+    kind: str
+    name: str
+    verb: str
+
+
+def name_token(name: str) -> str:
+    """`name` as one subject token; ValueError for a name NATS cannot carry in one (empty, a dot, a wildcard,
+    white space)."""
+    if not name or any(c in name for c in ".*> \t\r\n"):
+        raise ValueError(f"{name!r} cannot name an identity on the bus (no dots, wildcards or spaces)")
+    return name
+
+
+def user_api(user: str, verb: str) -> str:
+    return f"{API_PREFIX}.{USER}.{name_token(user)}.{verb}"
+
+
+def agent_api(agent_id: str, verb: str) -> str:
+    return f"{API_PREFIX}.{AGENT}.{name_token(agent_id)}.{verb}"
+
+
+def caller(subject: str) -> Caller | None:
+    """The caller and verb a request subject names; None for a subject that is not a well-formed request."""
+    parts = subject.split(".", 4)
+    if len(parts) != 5 or f"{parts[0]}.{parts[1]}" != API_PREFIX or parts[2] not in (USER, AGENT):
+        return None
+    return Caller(kind=parts[2], name=parts[3], verb=parts[4])
+
+
+def user_inbox(user: str) -> str:
+    return f"{INBOX_PREFIX}.u.{name_token(user)}"
+
+
+def agent_inbox(agent_id: str) -> str:
+    return f"{INBOX_PREFIX}.a.{name_token(agent_id)}"

@@ -44,7 +44,7 @@ async def fake_controller(bus: Bus, store: Path) -> None:
     for subject, reply in replies.items():
         async def answer(_subject: str, _data: bytes, reply: bytes = reply) -> bytes:
             return reply
-        await bus.serve(subject, "fake-controller", answer)
+        await bus.serve(f"{subjects.API_PREFIX}.{subjects.AGENT}.*.{subject}", "fake-controller", answer)
 
 
 async def events(bus: Bus, agent_id: str) -> list[AgentEvent]:

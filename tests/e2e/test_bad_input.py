@@ -27,8 +27,9 @@ GARBAGE = [
     b"\x92" * 10_000,  # deeply nested arrays
 ]
 
-API = [subjects.SUBMIT, subjects.LIST_JOBS, subjects.GET_JOB, subjects.CANCEL, subjects.LIST_AGENTS,
-       subjects.REGISTER, subjects.HEARTBEAT, subjects.PING]
+API = [*(subjects.user_api("tester", verb) for verb in (subjects.SUBMIT, subjects.LIST_JOBS, subjects.GET_JOB,
+                                                      subjects.CANCEL, subjects.LIST_AGENTS, subjects.PING)),
+       *(subjects.agent_api("a1", verb) for verb in (subjects.REGISTER, subjects.HEARTBEAT))]
 
 
 # What is under test is the daemons (separate processes). In 1 of 4 full-suite runs, a nats-py connection of this
@@ -51,7 +52,7 @@ async def test_garbage_on_every_subject_is_dropped_and_both_daemons_keep_serving
             await bus.publish_durable(subjects.events("a1"), payload)
             await bus.publish_durable(subjects.logs("j-nosuchjob"), payload)
             await bus.publish_durable(subjects.metrics("j-nosuchjob"), payload)
-            await bus.publish(subjects.HEARTBEAT, payload)  # no reply subject at all
+            await bus.publish(subjects.agent_api("a1", subjects.HEARTBEAT), payload)  # no reply subject at all
     job = await cluster.submit("echo still alive")
     done = await cluster.wait_done(job.id)
     assert done.state is JobState.SUCCEEDED

@@ -53,8 +53,8 @@ async def bad_messages(url: str, job_ids: list[str]) -> None:
                      encode(JobExited(job_id=victim, attempt=1, agent_id="intruder", exit_code=1))):
             await client.bus.publish_durable(subjects.events("intruder"), data)
         info = AgentInfo(agent_id=random.choice(AGENTS), hostname="evil", capacity=Resources(cpus=64, memory=1 << 40))
-        await client.bus.request_raw(subjects.REGISTER, encode(RegisterRequest(meta=Envelope.new("evil"), info=info,
-                                                                               instance="forged")), timeout=1)
+        forged = RegisterRequest(meta=Envelope.new("evil"), info=info, instance="forged")
+        await client.bus.request_raw(subjects.agent_api(info.agent_id, subjects.REGISTER), encode(forged), timeout=1)
 
 
 class Chaos:

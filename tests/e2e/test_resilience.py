@@ -129,7 +129,7 @@ async def test_forged_registers_and_a_duplicate_agent_cost_a_running_job_nothing
         info = AgentInfo(agent_id="a1", hostname="evil", capacity=Resources(cpus=1, memory=1 << 30))
         for n in range(3):
             with pytest.raises(Conflict, match="held by a live agent process"):
-                await client.bus.request(subjects.REGISTER,
+                await client.bus.request(subjects.agent_api("a1", subjects.REGISTER),
                                          RegisterRequest(meta=Envelope.new("evil"), info=info, instance=f"forged{n}"),
                                          RegisterReply, 5.0)
     cfg = cluster._config("a1-dup", {**AGENT_CFG, "agent_id": "a1", "nats_url": cluster.nats.url,
@@ -195,8 +195,8 @@ async def test_listings_come_in_pages_past_the_payload_limit(cluster: Cluster) -
         for n in range(80):
             info = AgentInfo(agent_id=f"fake{n:02d}", hostname="h", capacity=Resources(cpus=1, memory=1 << 30),
                              labels=labels)
-            await c.bus.request(subjects.REGISTER, RegisterRequest(meta=Envelope.new("t"), info=info, instance="i"),
-                                RegisterReply, 5.0)
+            req = RegisterRequest(meta=Envelope.new("t"), info=info, instance="i")
+            await c.bus.request(subjects.agent_api(info.agent_id, subjects.REGISTER), req, RegisterReply, 5.0)
     ls = cluster.cli("ls", "--json", timeout=120)
     assert ls.returncode == 0, ls.stderr
     assert len(json.loads(ls.stdout)) == 1200

@@ -517,6 +517,7 @@ DOCUMENTED_PARENTS = {
     errors.Unschedulable: errors.BadRequest,
     errors.NotFound: errors.InclError,
     errors.Conflict: errors.InclError,
+    errors.NotAllowed: errors.InclError,
 }
 
 
