@@ -181,9 +181,9 @@ class Refusals:
     def report(self, error: str) -> None:
         text = error.removeprefix("nats: ").strip("'")
         log.warning("nats_refused", error=text)
-        lower = text.lower()
+        lower = text.lower()  # nats-py lowers the server's whole line, the subject in it too
         if lower.startswith(self.PREFIX):
-            subject = text[len(self.PREFIX):].strip().strip('"')
+            subject = lower[len(self.PREFIX):].strip().strip('"')
             for waiter in self._waiting.get(subject, ()):
                 if not waiter.done():
                     waiter.set_result(text)
@@ -192,14 +192,15 @@ class Refusals:
     def watch(self, subject: str) -> Iterator[asyncio.Future[str]]:
         """A future that gets the server's refusal of a publish to `subject` made while it is watched."""
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(subject, set()).add(waiter)
+        key = subject.lower()
+        self._waiting.setdefault(key, set()).add(waiter)
         try:
             yield waiter
         finally:
-            waiting = self._waiting[subject]
+            waiting = self._waiting[key]
             waiting.discard(waiter)
             if not waiting:
-                del self._waiting[subject]
+                del self._waiting[key]
 
 
 class Bus:
@@ -490,7 +491,8 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
         text = str(exc)
         if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
             refused.set()
-            log.warning("nats_auth_failed", servers=masked(servers), creds=str(creds) if creds else None)
+            if not quiet:  # the caller reports AuthFailed in one line of its own
+                log.warning("nats_auth_failed", servers=masked(servers), creds=str(creds) if creds else None)
             return
         if "permissions violation" in text.lower():
             refusals.report(text)
@@ -508,7 +510,8 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
         inbox_prefix = inbox_prefix or _inbox_of(held.kind, held.name)
     if inbox_prefix is not None:
         kwargs["inbox_prefix"] = inbox_prefix
-    connecting = asyncio.ensure_future(nats.connect(
+    nc = Nats()
+    connecting = asyncio.ensure_future(nc.connect(
         servers=server_list(servers),
         name=name,
         connect_timeout=connect_timeout,
@@ -527,11 +530,14 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await connecting
-    if refused.is_set() or (connecting.done() and not connecting.cancelled()
-                            and isinstance(connecting.exception(), nats.errors.AuthorizationError)):
-        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
-            await connecting.result().close()
+    failed = connecting.cancelled() or connecting.exception() is not None
+    if refused.is_set() or failed:
+        with contextlib.suppress(Exception):  # its socket, should the cancel have left it open
+            await nc.close()
+    if refused.is_set() or isinstance(connecting.exception() if not connecting.cancelled() else None,
+                                      nats.errors.AuthorizationError):
         raise AuthFailed(f"authentication failed: the NATS server at {masked(servers)} refused "
                          + (f"the credentials in {creds}" if creds else "a connection without credentials")
                          + "; `incl login --creds FILE` stores yours")
-    return Bus(connecting.result(), request_timeout, refusals)
+    connecting.result()  # any other failure to connect, raised as nats-py raised it
+    return Bus(nc, request_timeout, refusals)

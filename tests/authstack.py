@@ -1,0 +1,82 @@
+"""A nats-server configured exactly as INCL renders it (identities, nkeys, permissions), for the auth tests.
+
+Identities made once per test (key generation is cheap): the controller, users `alice` (admin, team vision) and `bob`
+(team nlp), agents `a1` and `a2`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import nats
+from conftest import NATS_SERVER, Daemon, free_port, wait_listening
+from nats.aio.client import Client as Nats
+
+from incl.auth import identities, serverconf
+
+USERS = {"alice": (["vision"], True), "bob": (["nlp"], False)}
+AGENTS = ("a1", "a2")
+
+
+class AuthNats(Daemon):
+    """nats-server started with `-c` the configuration INCL renders from the identities under `home`."""
+
+    def __init__(self, home: Path, tmp: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.conf = home / "auth" / "nats.conf"
+        self.store = tmp / "nats-store"
+        self.render()
+        super().__init__("nats", [str(NATS_SERVER), "-c", str(self.conf)], tmp / "nats.log")
+
+    def render(self) -> None:
+        serverconf.write(self.conf, identities.load(self.home), host="127.0.0.1", port=self.port,
+                         store_dir=self.store)
+
+    def start(self) -> AuthNats:
+        super().start()
+        wait_listening(self, self.port)
+        return self
+
+    def reload(self) -> None:
+        """Render the identities again and have the running server read them (what `incl admin` does)."""
+        self.render()
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGHUP)
+
+    def creds(self, kind: str, name: str) -> Path:
+        return identities.creds_file(self.home, kind, name)
+
+
+def make_identities(home: Path) -> None:
+    identities.add(home, "controller", "controller")
+    for user, (teams, admin) in USERS.items():
+        identities.add(home, "user", user, teams=teams, admin=admin)
+    for agent in AGENTS:
+        identities.add(home, "agent", agent)
+
+
+class Errors:
+    """What the server told one raw connection (`-ERR` lines: permission violations), in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def record(self, exc: Exception) -> None:
+        """nats-py's `error_cb`."""
+        self.seen.append(str(exc).lower())
+
+    def refused(self, what: str, subject: str) -> bool:
+        """The server refused `what` ('publish' or 'subscription') to `subject`."""
+        return f'permissions violation for {what} to "{subject.lower()}"' in " ".join(self.seen)
+
+
+async def raw(url: str, creds: Path | None, inbox: str, errors: Errors) -> Nats:
+    """A plain nats-py connection with these credentials (no INCL code between the test and the server)."""
+    from incl.auth.keys import read_creds
+    seed = read_creds(creds).seed if creds is not None else None
+    return await nats.connect(url, nkeys_seed_str=seed, inbox_prefix=inbox, error_cb=errors.record,
+                              allow_reconnect=False, connect_timeout=2)

@@ -1,0 +1,171 @@
+"""The attacks of issue 15 against a real nats-server configured exactly as INCL renders it: each one fails closed,
+refused by the server itself (not by a check the controller hopes every client runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from authstack import AuthNats, Errors, make_identities, raw
+from conftest import Cluster, wait_for
+
+from incl.auth import identities, keys
+from incl.bus.client import Client
+from incl.bus.connection import AuthFailed, Bus, connect
+from incl.bus.streams import StreamLimits, ensure_buckets, ensure_streams
+from incl.proto import subjects
+from incl.proto.codec import encode
+from incl.proto.errors import NotAllowed
+from incl.proto.messages import JobState, LogBatch, LogLine
+from incl.proto.spec import load_spec
+
+
+@pytest.fixture
+def auth_nats(tmp_path: Path) -> Iterator[AuthNats]:
+    home = tmp_path / "home"
+    make_identities(home)
+    server = AuthNats(home, tmp_path).start()
+    yield server
+    server.kill()
+
+
+async def dial(server: AuthNats, kind: str | None, name: str | None, creds: Path | None = None) -> Bus:
+    path = creds or (server.creds(kind, name) if kind and name else None)
+    return await connect(server.url, "test", connect_timeout=2, reconnect_wait=0.1, request_timeout=5,
+                         max_reconnect_attempts=0, quiet=True, creds=path)
+
+
+@pytest.fixture
+async def controller_bus(auth_nats: AuthNats) -> AsyncIterator[Bus]:
+    """The controller's identity, with the streams and buckets it creates (no controller process: cheaper)."""
+    async with await dial(auth_nats, "controller", "controller") as bus:
+        await ensure_streams(bus, StreamLimits())
+        buckets = await ensure_buckets(bus)
+        await buckets[subjects.JOBS_BUCKET].put("j-1", b"a record with secrets")
+        yield bus
+
+
+async def test_no_wrong_or_revoked_credentials_are_refused_at_connect(auth_nats: AuthNats, tmp_path: Path) -> None:
+    with pytest.raises(AuthFailed, match=r"authentication failed: .* without credentials"):
+        await dial(auth_nats, None, None)
+    stranger = keys.write_creds(tmp_path / "stranger.nk", "user", "alice", keys.new_seed())  # the right name only
+    with pytest.raises(AuthFailed, match="authentication failed"):
+        await dial(auth_nats, None, None, creds=stranger)
+
+    errors = Errors()
+    bob = await raw(auth_nats.url, auth_nats.creds("user", "bob"), "_INBOX.u.bob", errors)
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    bob._closed_cb = on_closed  # nats-py calls it when the server drops the connection
+    bob_file = auth_nats.creds("user", "bob")
+    seed = bob_file.read_text()
+    assert identities.remove(auth_nats.home, "user", "bob")
+    auth_nats.reload()
+    await asyncio.wait_for(closed.wait(), 10)  # revoked at once: the live connection is closed by the server
+    bob_file.write_text(seed)  # even holding the old file, bob is no longer let in
+    with pytest.raises(AuthFailed):
+        await dial(auth_nats, None, None, creds=bob_file)
+
+
+def test_the_cli_says_authentication_failed_in_one_line(auth_nats: AuthNats, tmp_path: Path) -> None:
+    import subprocess
+    wrong = keys.write_creds(tmp_path / "wrong.nk", "user", "bob", keys.new_seed())
+    result = subprocess.run([sys.executable, "-m", "incl.cli", "--nats", auth_nats.url, "ls"], capture_output=True,
+                            text=True, timeout=60, env={"INCL_CREDS": str(wrong), "INCL_HOME": str(tmp_path / "h"),
+                                                        "PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "authentication failed" in result.stderr, result.stderr
+
+
+async def test_a_user_cannot_forge_events_sniff_assignments_or_read_the_buckets(auth_nats: AuthNats,
+                                                                             controller_bus: Bus) -> None:
+    errors = Errors()
+    nc = await raw(auth_nats.url, auth_nats.creds("user", "bob"), "_INBOX.u.bob", errors)
+    try:
+        await nc.publish(subjects.events("a1"), b"forged JobExited")
+        await nc.publish(subjects.agent_api("a1", subjects.HEARTBEAT), b"forged heartbeat")
+        await nc.publish("$KV.incl_jobs.j-1", b"rewritten")
+        await nc.subscribe(f"{subjects.ASSIGN_PREFIX}.>")
+        await nc.subscribe("_INBOX.u.alice.>")
+        await nc.flush()
+        for what, subject in (("publish", subjects.events("a1")),
+                              ("publish", subjects.agent_api("a1", subjects.HEARTBEAT)),
+                              ("publish", "$KV.incl_jobs.j-1"), ("subscription", "incl.assign.>"),
+                              ("subscription", "_INBOX.u.alice.>")):
+            await wait_for(lambda w=what, s=subject: errors.refused(w, s), 5, f"the server to refuse {what} {subject}")
+    finally:
+        await nc.close()
+    async with await dial(auth_nats, "user", "bob") as bob:
+        for subject in ("$JS.API.STREAM.INFO.KV_incl_jobs", "$JS.API.STREAM.MSG.GET.KV_incl_jobs",
+                        "$JS.API.DIRECT.GET.KV_incl_jobs.$KV.incl_jobs.j-1", "$JS.API.DIRECT.GET.KV_incl_jobs",
+                        "$JS.API.CONSUMER.CREATE.KV_incl_jobs", "$JS.API.STREAM.INFO.INCL_ASSIGN",
+                        "$JS.API.CONSUMER.CREATE.INCL_EVENTS", "$JS.API.STREAM.PURGE.INCL_LOGS",
+                        subjects.user_api("alice", subjects.PING)):
+            with pytest.raises(NotAllowed, match="not allowed"):
+                await bob.request_raw(subject, b'{"last_by_subj": "$KV.incl_jobs.j-1"}', timeout=5)
+        # What bob may do works: read the logs stream as the client library reads it.
+        info = json.loads(await bob.request_raw("$JS.API.STREAM.INFO.INCL_LOGS", b"", timeout=5))
+        assert info["config"]["name"] == subjects.LOGS_STREAM
+
+
+async def test_a_user_reads_logs_the_way_the_client_does(auth_nats: AuthNats, controller_bus: Bus) -> None:
+    batch = LogBatch(job_id="j-1", attempt=1, seq=0, lines=[LogLine(stream=1, data=b"hello", ts=1.0)])
+    async with await dial(auth_nats, "agent", "a1") as agent:
+        await agent.publish_durable(subjects.logs("j-1"), encode(batch))
+    async with Client(auth_nats.url, creds=auth_nats.creds("user", "bob")) as bob:
+        assert bob.user == "bob"
+        assert [b.lines[0].data async for b in bob.log_batches("j-1", follow=False)] == [b"hello"]
+
+
+async def test_an_agent_cannot_submit_or_take_another_agents_assignments(auth_nats: AuthNats,
+                                                                         controller_bus: Bus) -> None:
+    await controller_bus.publish_durable(subjects.assign("a1"), b"for a1")
+    async with await dial(auth_nats, "agent", "a1") as a1:
+        for subject in (subjects.user_api("a1", subjects.SUBMIT), subjects.agent_api("a2", subjects.HEARTBEAT),
+                        "$JS.API.CONSUMER.INFO.INCL_ASSIGN.agent-a2", "$JS.API.CONSUMER.MSG.NEXT.INCL_ASSIGN.agent-a2",
+                        "$JS.API.CONSUMER.CREATE.INCL_ASSIGN.agent-a1.incl.assign.a2",  # its name, a2's subject
+                        "$JS.API.CONSUMER.DURABLE.CREATE.INCL_ASSIGN.agent-a1", "$JS.API.CONSUMER.CREATE.INCL_ASSIGN",
+                        "$JS.API.STREAM.MSG.GET.INCL_ASSIGN", "$JS.API.STREAM.INFO.KV_incl_jobs"):
+            with pytest.raises(NotAllowed):
+                await a1.request_raw(subject, b"{}", timeout=5)
+        # Its own consumer works, as the agent makes it: it gets its assignment and acks it.
+        mine = await a1.pull(subjects.ASSIGN_STREAM, subjects.assign("a1"), subjects.assign_consumer("a1"), ack_wait=5)
+        got = await mine.fetch(1, timeout=5)
+        assert [m.data for m in got] == [b"for a1"]
+        await got[0].ack()
+
+
+@pytest.fixture
+async def authed_cluster(auth_nats: AuthNats, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
+    monkeypatch.setenv("INCL_HOME", str(auth_nats.home))
+    monkeypatch.setenv("INCL_CREDS", str(auth_nats.creds("user", "alice")))
+    cluster = Cluster(tmp_path, auth_nats)  # type: ignore[arg-type]  # an AuthNats serves as its NatsServer
+    yield cluster
+    cluster.close()
+
+
+async def test_a_stack_with_auth_runs_a_job_as_the_user_its_credentials_name(authed_cluster: Cluster,
+                                                                            auth_nats: AuthNats) -> None:
+    authed_cluster.start_controller(creds=str(auth_nats.creds("controller", "controller")))
+    authed_cluster.start_agent("a1", creds=str(auth_nats.creds("agent", "a1")))
+    await authed_cluster.wait_agents(1)
+    async with authed_cluster.client() as alice:
+        job = await alice.submit(load_spec({"run": "echo hi from $INCL_JOB_ID"}))
+    done = await authed_cluster.wait_done(job.id)
+    assert done.state is JobState.SUCCEEDED, authed_cluster.dump()
+    listed = authed_cluster.cli("ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(j["id"], j["user"]) for j in json.loads(listed.stdout)] == [(job.id, "alice")]
+    shown = authed_cluster.cli("logs", job.id)
+    assert shown.returncode == 0 and f"hi from {job.id}" in shown.stdout, shown.stdout + shown.stderr
+    async with authed_cluster.client() as alice:  # a submit naming someone else is refused by the server
+        with pytest.raises(NotAllowed):
+            await alice.submit(load_spec({"run": "true"}), user="bob")
