@@ -12,8 +12,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import nkeys
-
 HEADER = "# incl"
 KINDS = ("user", "agent", "controller")
 
@@ -31,11 +29,13 @@ class Creds:
 
 def new_seed() -> str:
     """A fresh user nkey seed (`SU...`): 32 random bytes, encoded as NATS encodes seeds."""
+    import nkeys  # noqa: PLC0415 - lazy: its crypto library loads only when a key is made, not for `incl --help`
     return str(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode())
 
 
 def public_key(seed: str) -> str:
     """The public nkey (`U...`) the server config lists for the holder of `seed`."""
+    import nkeys  # noqa: PLC0415 - lazy, as above
     pair = nkeys.from_seed(bytearray(seed.encode()))
     try:
         return str(pair.public_key.decode())

@@ -510,12 +510,12 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
         inbox_prefix = inbox_prefix or _inbox_of(held.kind, held.name)
     if inbox_prefix is not None:
         kwargs["inbox_prefix"] = inbox_prefix
-    nc = Nats()
+    # nats-py's `connect` says int seconds; it waits float seconds. Passed as kwargs, as `nats.connect` passes them.
+    kwargs.update(connect_timeout=connect_timeout, reconnect_time_wait=reconnect_wait)
+    nc = Nats()  # made here, not by `nats.connect`, so that a connect abandoned on a refusal can still be closed
     connecting = asyncio.ensure_future(nc.connect(
         servers=server_list(servers),
         name=name,
-        connect_timeout=connect_timeout,
-        reconnect_time_wait=reconnect_wait,
         max_reconnect_attempts=max_reconnect_attempts if max_reconnect_attempts else 1,
         allow_reconnect=max_reconnect_attempts != 0,
         **kwargs,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from incl.cli import users
 from incl.cli.output import Column, console, handles_errors, plural, print_json, print_table, size
 from incl.proto.messages import ListDeadLettersReply
 
@@ -21,6 +22,9 @@ DEAD_COLUMNS = [Column("SEQ"), Column("WHEN", drop=2), Column("SOURCE", drop=1),
 @click.group()
 def admin() -> None:
     """Operator commands."""
+
+
+admin.add_command(users.user)
 
 
 @admin.command("dead-letters")

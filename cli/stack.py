@@ -6,6 +6,10 @@ merely reuses a pid, and `incl up` can start again, with the same command, a par
 
 Every part runs with `$INCL_HOME` as its working directory and Python's `-P`: the directory `incl up` was run
 from is never on a daemon's `sys.path` (a folder named `incl` there would shadow the package).
+
+The embedded NATS server requires credentials: on first start this makes the identities it needs (the local user as
+an admin, the controller, each local agent; see `incl.auth`), renders the server's configuration from them, and gives
+each daemon its own credential file. The CLI finds the local admin's file by itself.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
+from incl.auth import identities, serverconf
 from incl.proto.errors import InclError
 
 
@@ -120,13 +125,50 @@ def _spawn(name: str, argv: list[str], marker: str, logs: Path) -> Proc:
     return proc
 
 
+def server_conf(home: Path) -> Path:
+    return home / "auth" / "nats.conf"
+
+
+def render_conf(home: Path, port: int) -> Path:
+    """The embedded server's configuration, from the identities registered now."""
+    return serverconf.write(server_conf(home), identities.load(home), host="127.0.0.1", port=port,
+                            store_dir=home / "nats")
+
+
+def ensure_identities(home: Path, agents: int) -> dict[str, Path]:
+    """The credential file of each part `incl up` starts (`controller`, `local-<i>`), and of the local user as an
+    admin (`user`), made on first start and kept."""
+    from incl.bus.client import current_user  # noqa: PLC0415 - lazy: nats, structlog
+    user = current_user()
+    try:
+        made = {"user": identities.ensure(home, identities.USER, user, admin=True),
+                "controller": identities.ensure(home, identities.CONTROLLER, "controller")}
+    except ValueError as exc:
+        raise InclError(f"{exc}; set INCL_USER to a name without them") from None
+    for i in range(agents):
+        made[f"local-{i}"] = identities.ensure(home, identities.AGENT, f"local-{i}")
+    return made
+
+
+def reload_auth(home: Path) -> bool:
+    """Render the server configuration again and have the running embedded server read it (revoking removed
+    identities at once: the server closes their connections). False if no embedded server of `incl up` runs."""
+    stack = load(home)
+    nats = next((p for p in stack.procs if p.name == "nats"), None) if stack is not None else None
+    if stack is None or nats is None or not alive(nats):
+        return False
+    render_conf(home, int(stack.nats_url.rsplit(":", 1)[1]))
+    os.kill(nats.pid, signal.SIGHUP)  # nats-server's reload signal
+    return True
+
+
 def _start_nats(home: Path, port: int) -> Proc:
     if not port_free(port):
         raise InclError(f"port {port} on 127.0.0.1 is in use; pass --port or --nats URL")
-    store = home / "nats"
-    # The marker names this home's store: another stack's nats-server that reuses the pid is not ours.
-    proc = _spawn("nats", [str(nats_server_binary()), "-js", "-sd", str(store), "-a", "127.0.0.1",
-                           "-p", str(port), "-n", "incl"], f"nats-server -js -sd {store} ", home / "logs")
+    conf = render_conf(home, port)
+    # The marker names this home's configuration: another stack's nats-server that reuses the pid is not ours.
+    proc = _spawn("nats", [str(nats_server_binary()), "-c", str(conf), "-n", "incl"], f"nats-server -c {conf} ",
+                  home / "logs")
     if not wait_port(port, 10.0):
         stop(Stack(nats_url="", embedded_nats=True, procs=[proc], started_at=time.time()))
         raise InclError(f"nats-server did not start; see {proc.log}")
@@ -138,7 +180,9 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[Proc] = []
+    creds: dict[str, Path] = {}
     if nats_url is None:
+        creds = ensure_identities(home, agents)
         procs.append(_start_nats(home, port))
         url = f"nats://127.0.0.1:{port}"
     else:
@@ -151,17 +195,22 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
                                                   "store_url": f"file://{home / 'store'}"}))
     py = sys.executable
     procs.append(_spawn("controller", [py, "-P", "-m", "incl.controller", "--config", str(controller_cfg),
-                                       "--nats", url], f"incl.controller --config {controller_cfg} ", logs))
+                                       "--nats", url, *_creds_args(creds, "controller")],
+                        f"incl.controller --config {controller_cfg} ", logs))
     for i in range(agents):
         agent_id = f"local-{i}"
         work_dir = home / "agents" / agent_id
         argv = [py, "-P", "-m", "incl.agent", "--id", agent_id, "--nats", url, "--work-dir", str(work_dir),
-                "--cpus", str(cpus)]
+                "--cpus", str(cpus), *_creds_args(creds, agent_id)]
         procs.append(_spawn(agent_id, argv, f"incl.agent --id {agent_id} --nats {url} --work-dir {work_dir} ",
                             logs))
     stack = Stack(nats_url=url, embedded_nats=nats_url is None, procs=procs, started_at=time.time())
     save(home, stack)
     return stack
+
+
+def _creds_args(creds: dict[str, Path], part: str) -> list[str]:
+    return ["--creds", str(creds[part])] if part in creds else []
 
 
 def save(home: Path, stack: Stack) -> None:

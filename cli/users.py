@@ -1,0 +1,85 @@
+"""`incl admin user add|remove|ls`: who may use the embedded stack, with what rights.
+
+The registry and the credential files live under `$INCL_HOME` on the machine that runs the embedded NATS server
+(`incl.auth`); a change re-renders the server's configuration and reloads the running server, so a removed user is
+cut off at once (the server closes their connections) and a new one can connect now.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import click
+
+from incl.cli.output import Column, console, handles_errors, print_json, print_table
+from incl.proto.errors import InclError
+
+USER_COLUMNS = [Column("KIND"), Column("NAME"), Column("TEAMS", drop=2), Column("ADMIN", drop=1),
+                Column("CREATED", drop=3), Column("PUBLIC KEY", drop=4, shrink=16)]
+
+
+def _applied(reloaded: bool) -> str:
+    return "the running server reloaded it" if reloaded else \
+        "no embedded server runs; it applies at the next `incl up`"
+
+
+@click.group("user")
+def user() -> None:
+    """Users of the embedded stack and their credentials."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--team", "teams", multiple=True, help="A team the user belongs to (repeat for several).")
+@click.option("--admin", is_flag=True, help="A cluster admin (may do anything).")
+@handles_errors
+def add(name: str, teams: tuple[str, ...], admin: bool) -> None:
+    """Create NAME's identity and write their credentials to a file (printed), to hand to them privately."""
+    from incl.auth import identities  # noqa: PLC0415 - lazy: its key library
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
+    from incl.cli import stack  # noqa: PLC0415 - lazy
+    home = incl_home()
+    try:
+        path = identities.add(home, identities.USER, name, teams=list(teams), admin=admin)
+    except ValueError as exc:
+        raise InclError(str(exc)) from None
+    console.print(f"user {name} added; credentials in {path} (mode 0600): give them to {name}, who runs "
+                  f"`incl login --creds FILE`; {_applied(stack.reload_auth(home))}", markup=False, highlight=False)
+
+
+@user.command("remove")
+@click.argument("name")
+@handles_errors
+def remove(name: str) -> None:
+    """Revoke NAME's credentials at once: the running server drops their connections and refuses new ones."""
+    from incl.auth import identities  # noqa: PLC0415 - lazy: its key library
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
+    from incl.cli import stack  # noqa: PLC0415 - lazy
+    home = incl_home()
+    if not identities.remove(home, identities.USER, name):
+        raise InclError(f"no user {name}")
+    console.print(f"user {name} removed; {_applied(stack.reload_auth(home))}", markup=False, highlight=False)
+
+
+@user.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def ls(as_json: bool) -> None:
+    """Every identity allowed on the embedded stack: users, agents, the controller."""
+    from incl.auth import identities  # noqa: PLC0415 - lazy: its key library
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
+    registry = identities.load(incl_home())
+    if as_json:
+        print_json(registry.identities)
+        return
+    if not registry.identities:
+        console.print("no identities yet (`incl up` makes the local ones)", markup=False)
+        return
+    order = {identities.USER: 0, identities.AGENT: 1, identities.CONTROLLER: 2}
+    rows = [[i.kind, i.name, ",".join(i.teams) or "-", "yes" if i.admin else "", _when(i.created_at), i.public_key]
+            for i in sorted(registry.identities, key=lambda i: (order.get(i.kind, 3), i.name))]
+    print_table(USER_COLUMNS, rows)
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
