@@ -14,7 +14,8 @@ import nats
 from conftest import NATS_SERVER, Daemon, free_port, wait_listening
 from nats.aio.client import Client as Nats
 
-from incl.auth import identities, serverconf
+from incl.auth import identities
+from incl.cli import stack
 
 USERS = {"alice": (["vision"], True), "bob": (["nlp"], False)}
 AGENTS = ("a1", "a2")
@@ -27,14 +28,12 @@ class AuthNats(Daemon):
         self.home = home
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
-        self.conf = home / "auth" / "nats.conf"
-        self.store = tmp / "nats-store"
+        self.conf = stack.server_conf(home)
         self.render()
         super().__init__("nats", [str(NATS_SERVER), "-c", str(self.conf)], tmp / "nats.log")
 
     def render(self) -> None:
-        serverconf.write(self.conf, identities.load(self.home), host="127.0.0.1", port=self.port,
-                         store_dir=self.store)
+        stack.render_conf(self.home, self.port)  # as `incl up` renders it (a reload cannot move the store)
 
     def start(self) -> AuthNats:
         super().start()

@@ -4,7 +4,9 @@ refused by the server itself (not by a check the controller hopes every client r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -75,7 +77,6 @@ async def test_no_wrong_or_revoked_credentials_are_refused_at_connect(auth_nats:
 
 
 def test_the_cli_says_authentication_failed_in_one_line(auth_nats: AuthNats, tmp_path: Path) -> None:
-    import subprocess
     wrong = keys.write_creds(tmp_path / "wrong.nk", "user", "bob", keys.new_seed())
     result = subprocess.run([sys.executable, "-m", "incl.cli", "--nats", auth_nats.url, "ls"], capture_output=True,
                             text=True, timeout=60, env={"INCL_CREDS": str(wrong), "INCL_HOME": str(tmp_path / "h"),
@@ -169,3 +170,47 @@ async def test_a_stack_with_auth_runs_a_job_as_the_user_its_credentials_name(aut
     async with authed_cluster.client() as alice:  # a submit naming someone else is refused by the server
         with pytest.raises(NotAllowed):
             await alice.submit(load_spec({"run": "true"}), user="bob")
+
+
+async def test_admin_user_add_lets_a_user_in_and_remove_cuts_them_off_at_once(auth_nats: AuthNats,
+                                                                               tmp_path: Path) -> None:
+    """The CLI's path: the registry changes, the config is rendered again, the server `incl up` recorded reloads."""
+    import msgspec
+
+    from incl.cli import stack
+    assert auth_nats.proc is not None
+    conf = stack.server_conf(auth_nats.home)
+    recorded = stack.Stack(nats_url=auth_nats.url, embedded_nats=True, started_at=0.0, procs=[
+        stack.Proc(name="nats", pid=auth_nats.proc.pid, marker=f"nats-server -c {conf}", log="")])
+    stack.state_file(auth_nats.home).write_bytes(msgspec.json.encode(recorded))
+    env = {"INCL_HOME": str(auth_nats.home), "PATH": "/usr/bin:/bin"}
+
+    def incl(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "incl.cli", *args], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    added = incl("admin", "user", "add", "carol", "--team", "vision")
+    assert "the running server reloaded it" in added
+    carol_file = auth_nats.creds("user", "carol")
+
+    async def let_in() -> Bus | None:
+        with contextlib.suppress(AuthFailed):  # the reload signal is applied a moment after it is sent
+            return await dial(auth_nats, None, None, creds=carol_file)
+        return None
+
+    async with await wait_for(let_in, 10, "carol to be let in") as carol:
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        carol._nc._closed_cb = on_closed  # the server's disconnect ends this connection (no reconnects)
+        seed = carol_file.read_text()
+        assert "the running server reloaded it" in incl("admin", "user", "remove", "carol")
+        await asyncio.wait_for(closed.wait(), 10)
+    assert identities.load(auth_nats.home).find("user", "carol") is None
+    carol_file.write_text(seed)
+    with pytest.raises(AuthFailed):
+        await dial(auth_nats, None, None, creds=carol_file)

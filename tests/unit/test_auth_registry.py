@@ -90,3 +90,18 @@ def test_nats_server_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     assert mode(conf) == 0o600
     checked = subprocess.run([str(NATS_SERVER), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_admin_user_ls_lists_every_identity_without_a_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from incl.cli.main import cli
+    monkeypatch.setenv("INCL_HOME", str(tmp_path))
+    identities.add(tmp_path, "user", "ann", teams=["vision"], admin=True)
+    path = identities.add(tmp_path, "agent", "local-0")
+    result = CliRunner().invoke(cli, ["admin", "user", "ls"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["user", "ann"], ["agent", "local-0"]]
+    assert rows[0][2:4] == ["vision", "yes"] and rows[1][2] == "-"
+    assert keys.read_creds(path).seed not in result.output
