@@ -7,6 +7,7 @@ credentials and TLS (and any change of transport) are added here once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -177,9 +178,11 @@ class Refusals:
 
     def __init__(self) -> None:
         self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+        self.recent: collections.deque[str] = collections.deque(maxlen=64)  # the newest refusals, as the server said
 
     def report(self, error: str) -> None:
         text = error.removeprefix("nats: ").strip("'")
+        self.recent.append(text)
         log.warning("nats_refused", error=text)
         lower = text.lower()  # nats-py lowers the server's whole line, the subject in it too
         if lower.startswith(self.PREFIX):
@@ -220,6 +223,12 @@ class Bus:
 
     async def close(self) -> None:
         await self._nc.close()
+
+    @property
+    def refused(self) -> list[str]:
+        """What the server refused this connection lately (publishes, subscriptions), newest last, as it said it:
+        `permissions violation for publish to "<subject>"` (nats-py lowers the line)."""
+        return list(self._refusals.recent)
 
     @property
     def max_payload(self) -> int:

@@ -10,9 +10,7 @@ import os
 import signal
 from pathlib import Path
 
-import nats
 from conftest import NATS_SERVER, Daemon, free_port, wait_listening
-from nats.aio.client import Client as Nats
 
 from incl.auth import identities
 from incl.cli import stack
@@ -56,26 +54,3 @@ def make_identities(home: Path) -> None:
         identities.add(home, "user", user, teams=teams, admin=admin)
     for agent in AGENTS:
         identities.add(home, "agent", agent)
-
-
-class Errors:
-    """What the server told one raw connection (`-ERR` lines: permission violations), in order."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    async def record(self, exc: Exception) -> None:
-        """nats-py's `error_cb`."""
-        self.seen.append(str(exc).lower())
-
-    def refused(self, what: str, subject: str) -> bool:
-        """The server refused `what` ('publish' or 'subscription') to `subject`."""
-        return f'permissions violation for {what} to "{subject.lower()}"' in " ".join(self.seen)
-
-
-async def raw(url: str, creds: Path | None, inbox: str, errors: Errors) -> Nats:
-    """A plain nats-py connection with these credentials (no INCL code between the test and the server)."""
-    from incl.auth.keys import read_creds
-    seed = read_creds(creds).seed if creds is not None else None
-    return await nats.connect(url, nkeys_seed_str=seed, inbox_prefix=inbox, error_cb=errors.record,
-                              allow_reconnect=False, connect_timeout=2)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from authstack import AuthNats, Errors, make_identities, raw
+from authstack import AuthNats, make_identities
 from conftest import Cluster, wait_for
 
 from incl.auth import identities, keys
@@ -35,10 +35,22 @@ def auth_nats(tmp_path: Path) -> Iterator[AuthNats]:
     server.kill()
 
 
-async def dial(server: AuthNats, kind: str | None, name: str | None, creds: Path | None = None) -> Bus:
+async def dial(server: AuthNats, kind: str | None, name: str | None, creds: Path | None = None,
+               dropped: asyncio.Event | None = None) -> Bus:
+    """A connection as `kind` `name` (or with the file `creds`); `dropped` is set when the server closes it."""
     path = creds or (server.creds(kind, name) if kind and name else None)
+
+    async def on_disconnect() -> None:
+        if dropped is not None:
+            dropped.set()
+
     return await connect(server.url, "test", connect_timeout=2, reconnect_wait=0.1, request_timeout=5,
-                         max_reconnect_attempts=0, quiet=True, creds=path)
+                         max_reconnect_attempts=0, quiet=True, creds=path, on_disconnect=on_disconnect)
+
+
+def refused(bus: Bus, what: str, subject: str) -> bool:
+    """The server refused `bus` `what` ('publish' or 'subscription') to `subject`."""
+    return f'permissions violation for {what} to "{subject.lower()}"' in bus.refused
 
 
 @pytest.fixture
@@ -58,19 +70,14 @@ async def test_no_wrong_or_revoked_credentials_are_refused_at_connect(auth_nats:
     with pytest.raises(AuthFailed, match="authentication failed"):
         await dial(auth_nats, None, None, creds=stranger)
 
-    errors = Errors()
-    bob = await raw(auth_nats.url, auth_nats.creds("user", "bob"), "_INBOX.u.bob", errors)
     closed = asyncio.Event()
-
-    async def on_closed() -> None:
-        closed.set()
-
-    bob._closed_cb = on_closed  # nats-py calls it when the server drops the connection
+    bob = await dial(auth_nats, "user", "bob", dropped=closed)
     bob_file = auth_nats.creds("user", "bob")
     seed = bob_file.read_text()
     assert identities.remove(auth_nats.home, "user", "bob")
     auth_nats.reload()
     await asyncio.wait_for(closed.wait(), 10)  # revoked at once: the live connection is closed by the server
+    await bob.close()
     bob_file.write_text(seed)  # even holding the old file, bob is no longer let in
     with pytest.raises(AuthFailed):
         await dial(auth_nats, None, None, creds=bob_file)
@@ -87,22 +94,26 @@ def test_the_cli_says_authentication_failed_in_one_line(auth_nats: AuthNats, tmp
 
 async def test_a_user_cannot_forge_events_sniff_assignments_or_read_the_buckets(auth_nats: AuthNats,
                                                                              controller_bus: Bus) -> None:
-    errors = Errors()
-    nc = await raw(auth_nats.url, auth_nats.creds("user", "bob"), "_INBOX.u.bob", errors)
-    try:
-        await nc.publish(subjects.events("a1"), b"forged JobExited")
-        await nc.publish(subjects.agent_api("a1", subjects.HEARTBEAT), b"forged heartbeat")
-        await nc.publish("$KV.incl_jobs.j-1", b"rewritten")
-        await nc.subscribe(f"{subjects.ASSIGN_PREFIX}.>")
-        await nc.subscribe("_INBOX.u.alice.>")
-        await nc.flush()
+    sniffed: list[str] = []
+
+    async def never(subject: str, _data: bytes) -> bytes | None:
+        sniffed.append(subject)
+        return None
+
+    async with await dial(auth_nats, "user", "bob") as bob:
+        await bob.publish(subjects.events("a1"), b"forged JobExited")
+        await bob.publish(subjects.agent_api("a1", subjects.HEARTBEAT), b"forged heartbeat")
+        await bob.publish("$KV.incl_jobs.j-1", b"rewritten")
+        await bob.serve(f"{subjects.ASSIGN_PREFIX}.>", "", never)
+        await bob.serve("_INBOX.u.alice.>", "", never)
+        await controller_bus.publish_durable(subjects.assign("a1"), b"an assignment with secrets")
         for what, subject in (("publish", subjects.events("a1")),
                               ("publish", subjects.agent_api("a1", subjects.HEARTBEAT)),
                               ("publish", "$KV.incl_jobs.j-1"), ("subscription", "incl.assign.>"),
                               ("subscription", "_INBOX.u.alice.>")):
-            await wait_for(lambda w=what, s=subject: errors.refused(w, s), 5, f"the server to refuse {what} {subject}")
-    finally:
-        await nc.close()
+            await wait_for(lambda w=what, s=subject: refused(bob, w, s), 5, f"the server to refuse {what} {subject}")
+        await bob.publish(subjects.user_api("bob", subjects.PING), b"")  # a round trip after the assignment
+        assert sniffed == []
     async with await dial(auth_nats, "user", "bob") as bob:
         for subject in ("$JS.API.STREAM.INFO.KV_incl_jobs", "$JS.API.STREAM.MSG.GET.KV_incl_jobs",
                         "$JS.API.DIRECT.GET.KV_incl_jobs.$KV.incl_jobs.j-1", "$JS.API.DIRECT.GET.KV_incl_jobs",
@@ -195,18 +206,14 @@ async def test_admin_user_add_lets_a_user_in_and_remove_cuts_them_off_at_once(au
     assert "the running server reloaded it" in added
     carol_file = auth_nats.creds("user", "carol")
 
+    closed = asyncio.Event()
+
     async def let_in() -> Bus | None:
         with contextlib.suppress(AuthFailed):  # the reload signal is applied a moment after it is sent
-            return await dial(auth_nats, None, None, creds=carol_file)
+            return await dial(auth_nats, None, None, creds=carol_file, dropped=closed)
         return None
 
-    async with await wait_for(let_in, 10, "carol to be let in") as carol:
-        closed = asyncio.Event()
-
-        async def on_closed() -> None:
-            closed.set()
-
-        carol._nc._closed_cb = on_closed  # the server's disconnect ends this connection (no reconnects)
+    async with await wait_for(let_in, 10, "carol to be let in"):
         seed = carol_file.read_text()
         assert "the running server reloaded it" in incl("admin", "user", "remove", "carol")
         await asyncio.wait_for(closed.wait(), 10)
