@@ -8,7 +8,7 @@ tree=build/typecheck
 rm -rf "$tree" && mkdir -p "$tree/incl"
 root=$PWD
 for f in sdk/*; do ln -s "$root/$f" "$tree/incl/"; done
-for d in proto bus controller agent cli artifacts hpo auth; do ln -s "$root/$d" "$tree/incl/$d"; done
+for d in proto bus controller agent cli artifacts hpo auth web; do ln -s "$root/$d" "$tree/incl/$d"; done
 # Errors name the real files (sdk/_sdk.py, agent/app.py), not the links.
 MYPYPATH=$tree .venv/bin/mypy --config-file pyproject.toml -p incl "$@" \
-  | sed -E "s#^$tree/incl/(proto|bus|controller|agent|cli|artifacts|hpo|auth)/#\\1/#; s#^$tree/incl/#sdk/#"
+  | sed -E "s#^$tree/incl/(proto|bus|controller|agent|cli|artifacts|hpo|auth|web)/#\\1/#; s#^$tree/incl/#sdk/#"

@@ -1,0 +1,146 @@
+"""The JSON API under /api/: what the pages show and do, read and done through the bus client.
+
+    GET  /api/jobs                 the jobs list: ?user=&state=&q=&sort=&limit=&cursor= (cursor pages)
+    GET  /api/jobs/{id}            the job with its attempts (its secrets masked, as the controller masks them)
+    GET  /api/jobs/{id}/logs       the whole log, streamed as a text download
+    GET  /api/jobs/{id}/metrics    points per metric: ?points=&from=&to=&x=step|time
+    GET  /api/jobs/{id}/stream     live events (server-sent events; see incl.web.stream)
+    POST /api/jobs/{id}/cancel     cancel the job (header X-INCL required: incl.web.guard)
+    GET  /api/openapi.json         this, as OpenAPI 3
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncGenerator
+from typing import cast
+
+import msgspec
+from aiohttp import web
+
+from incl.bus.client import Client
+from incl.proto import errors
+from incl.proto.messages import Job, LogBatch, MetricBatch
+from incl.web import listing, openapi
+from incl.web import metrics as charts
+from incl.web.config import WebConfig
+from incl.web.errors import BadQuery
+from incl.web.logtext import LogText
+from incl.web.snapshot import JobsSnapshot
+from incl.web.stream import JobStream, parse_since
+
+CLIENT = web.AppKey("client", Client)
+CONFIG = web.AppKey("config", WebConfig)
+SNAPSHOT = web.AppKey("snapshot", JobsSnapshot)
+
+routes = web.RouteTableDef()
+
+
+def _json(value: object) -> web.Response:
+    return web.Response(body=msgspec.json.encode(value), content_type="application/json")
+
+
+async def _job(request: web.Request) -> Job:
+    """The job the path names; NotFound (404) saying so when the controller has none by that id."""
+    job_id = request.match_info["job_id"]
+    try:
+        return await request.app[CLIENT].job(job_id)
+    except errors.NotFound:
+        raise errors.NotFound(f"no job {job_id}") from None
+
+
+@routes.get("/api/jobs")
+async def jobs(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    query = listing.parse(request.query, cfg.page_default, cfg.page_max)
+    page = listing.select(await request.app[SNAPSHOT].rows(), query)
+    return _json({"jobs": page.rows, "total": page.total, "next": page.next})
+
+
+@routes.get("/api/jobs/{job_id}")
+async def job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    try:
+        reply = await request.app[CLIENT].job_reply(job_id)
+    except errors.NotFound:
+        raise errors.NotFound(f"no job {job_id}") from None
+    return _json({"job": reply.job, "gpu_util": reply.gpu_util, "gpu_idle_since": reply.gpu_idle_since})
+
+
+@routes.post("/api/jobs/{job_id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    try:
+        return _json({"job": await request.app[CLIENT].cancel(job_id)})
+    except errors.NotFound:
+        raise errors.NotFound(f"no job {job_id}") from None
+
+
+@routes.get("/api/jobs/{job_id}/logs")
+async def logs(request: web.Request) -> web.StreamResponse:
+    """The whole log, one batch at a time from the stream to the socket: never whole in memory."""
+    found = await _job(request)
+    client = request.app[CLIENT]
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/plain; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="{found.id}.log"',
+    })
+    await resp.prepare(request)
+    text = LogText(ranks=found.spec.resources.nodes > 1 or any(a.nodes for a in found.attempts))
+    async with contextlib.aclosing(cast(AsyncGenerator[LogBatch, None],
+                                        client.log_batches(found.id, follow=False))) as batches:
+        async for batch in batches:
+            if chunk := text.chunk(batch):
+                await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+def _bound(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadQuery(name, "not a number") from None
+    if not math.isfinite(value):
+        raise BadQuery(name, "not a finite number")
+    return value
+
+
+@routes.get("/api/jobs/{job_id}/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    x = request.query.get("x", "step")
+    if x not in ("step", "time"):
+        raise BadQuery("x", "one of step, time")
+    try:
+        points = int(request.query.get("points", cfg.metric_points))
+    except ValueError:
+        raise BadQuery("points", "not a number") from None
+    if not 3 <= points <= cfg.metric_points_max:
+        raise BadQuery("points", f"must be between 3 and {cfg.metric_points_max}")
+    lo, hi = _bound(request, "from"), _bound(request, "to")
+    found = await _job(request)
+    collector = charts.Collector(by_time=x == "time")
+    async with contextlib.aclosing(cast(AsyncGenerator[MetricBatch, None],
+                                        request.app[CLIENT].metric_batches(found.id))) as read:
+        async for batch in read:
+            collector.add(batch)
+    return _json({"x": x, "batches": collector.batches,
+                  "metrics": {name: charts.chart(s, points, lo, hi) for name, s in collector.series().items()}})
+
+
+@routes.get("/api/jobs/{job_id}/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    since = parse_since(request.headers.get("Last-Event-ID"), "Last-Event-ID") \
+        if "Last-Event-ID" in request.headers else parse_since(request.query.get("since"), "since")
+    found = await _job(request)
+    return await JobStream(request.app[CLIENT], request.app[CONFIG], found.id, since).run(request)
+
+
+@routes.get("/api/openapi.json")
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.DOCUMENT)

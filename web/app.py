@@ -1,0 +1,60 @@
+"""The web server: one aiohttp application around one bus client, and `serve`, its lifespan as a daemon."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from incl.bus.client import Client
+from incl.bus.connection import masked
+from incl.web import api, errors, guard, pages
+from incl.web.config import WebConfig
+from incl.web.snapshot import JobsSnapshot
+
+log = structlog.get_logger()
+
+
+def make_app(cfg: WebConfig) -> web.Application:
+    app = web.Application(middlewares=[guard.middleware(guard.host_names(cfg.host, cfg.allowed_hosts)),
+                                       errors.middleware])
+    app[api.CONFIG] = cfg
+
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
+        """The bus client lives as long as the application: connected before the first request, closed after
+        the last."""
+        async with Client(cfg.nats_url, timeout=cfg.request_timeout, name="incl-web",
+                          creds=Path(cfg.creds) if cfg.creds else None) as client:
+            snapshot = JobsSnapshot(client, cfg.jobs_cache_ttl)
+            app[api.CLIENT], app[api.SNAPSHOT] = client, snapshot
+            try:
+                yield
+            finally:
+                await snapshot.close()
+
+    app.cleanup_ctx.append(lifespan)
+    app.on_response_prepare.append(pages.secure_headers)
+    app.add_routes(api.routes)
+    pages.add_routes(app)
+    return app
+
+
+async def serve(cfg: WebConfig) -> None:
+    """Serve until cancelled (SIGTERM through `run_until_signalled`), then close every connection."""
+    runner = web.AppRunner(make_app(cfg), shutdown_timeout=cfg.shutdown_grace, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, cfg.host, cfg.port)
+        await site.start()
+        log.info("web_serving", url=url_of(cfg.host, cfg.port), nats=masked(cfg.nats_url))
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def url_of(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"

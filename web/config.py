@@ -1,0 +1,44 @@
+"""The web server's configuration: every timeout, interval and bound, with its default here and only here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from incl.bus import daemon
+
+
+class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    creds: str | None = None  # whose rights the server acts with (default: the CLI's, `resolve_creds`)
+    host: str = "127.0.0.1"
+    port: int = 8470
+    # Host headers the server answers besides its own address and localhost (a DNS name it is published under).
+    # A page on another site cannot pass the checks by pointing its own name at this address (DNS rebinding).
+    allowed_hosts: list[str] = []
+    log_level: str = "info"
+
+    request_timeout: float = 10.0  # one request to the controller
+    # The jobs listing is read whole from the controller (its pages are oldest first, with no text filter) and
+    # shared by every request for this long, so that many tabs refreshing cost one read.
+    jobs_cache_ttl: float = 2.0
+    page_default: int = 50  # jobs per page of /api/jobs
+    page_max: int = 500
+    metric_points: int = 2000  # above this, a metric's points are reduced to min/max per bucket
+    metric_points_max: int = 20000  # the most a client may ask for with ?points=
+
+    # Live events (server-sent events): each client has its own queue of at most `stream_queue_bytes` of events; a
+    # client that leaves it full for `slow_client_after` seconds is dropped (it reconnects with Last-Event-ID).
+    stream_queue_bytes: int = 4 * 2**20
+    slow_client_after: float = 5.0
+    stream_poll: float = 0.25  # a follower of a stream wakes this often with nothing new
+    state_poll: float = 1.0  # how often a stream reads the job's record for state changes
+    stream_keepalive: float = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+    stream_retry_ms: int = 1000  # how soon a browser reconnects a dropped stream
+    shutdown_grace: float = 2.0  # open responses get this long to finish when the server stops
+
+
+def load_config(path: str | Path | None, **overrides: Any) -> WebConfig:
+    return daemon.load_config(WebConfig, path, overrides)

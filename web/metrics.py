@@ -1,0 +1,123 @@
+"""A job's metrics as charts need them (pure): one series per metric, reduced to min/max per bucket.
+
+x is the point's step, or for points logged without one, the count of that metric's points before it (as the
+SDK's users read a step-less series); with `by_time`, x is the time it was logged. A multi-node job's ranks
+are series of their own, `loss [rank 1]`, as `incl metrics` shows them.
+
+A chart `points` wide cannot show more than two values per pixel column, the lowest and the highest; keeping
+exactly those per bucket of consecutive points draws the same picture as the full series (spikes and NaNs
+included) from a few thousand points, whatever the series' length. Zooming asks again for a range of x, which
+then comes at full resolution once few enough points fall in it.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable
+
+import msgspec
+
+from incl.proto.messages import MetricBatch
+
+
+class Series:
+    """One metric's points, in the order they were logged (compact: 16 bytes a point)."""
+
+    __slots__ = ("x", "y")
+
+    def __init__(self) -> None:
+        self.x: array[float] = array("d")
+        self.y: array[float] = array("d")
+
+
+class Collector:
+    """Batches in, in order, one at a time (never all held at once); `series()` out."""
+
+    def __init__(self, by_time: bool = False) -> None:
+        self._by_time = by_time
+        self._out: dict[tuple[int, str], Series] = {}
+        self.batches = 0
+
+    def add(self, batch: MetricBatch) -> None:
+        self.batches += 1
+        for p in batch.points:
+            for name, value in p.values.items():
+                s = self._out.get((batch.rank, name))
+                if s is None:
+                    s = self._out[batch.rank, name] = Series()
+                s.x.append(p.ts if self._by_time else float(p.step if p.step is not None else len(s.x)))
+                s.y.append(value)
+
+    def series(self) -> dict[str, Series]:
+        ranked = len({rank for rank, _ in self._out}) > 1
+        return {(f"{name} [rank {rank}]" if ranked else name): s for (rank, name), s in sorted(self._out.items())}
+
+
+def series(batches: Iterable[MetricBatch], by_time: bool = False) -> dict[str, Series]:
+    collector = Collector(by_time)
+    for batch in batches:
+        collector.add(batch)
+    return collector.series()
+
+
+def window(s: Series, lo: float | None, hi: float | None) -> tuple[list[float], list[float]]:
+    """The points with lo <= x <= hi (either bound may be open)."""
+    if lo is None and hi is None:
+        return list(s.x), list(s.y)
+    keep = [i for i, x in enumerate(s.x) if (lo is None or x >= lo) and (hi is None or x <= hi)]
+    return [s.x[i] for i in keep], [s.y[i] for i in keep]
+
+
+def downsample(xs: list[float], ys: list[float], points: int) -> tuple[list[float], list[float]]:
+    """At most `points` of the points: per bucket of consecutive points, the lowest and the highest (in their
+    order), and the first NaN or infinity where the bucket has one, so a chart still shows the gap or the
+    blow-up (so a third of `points` buckets)."""
+    n = len(xs)
+    if n <= points:
+        return xs, ys
+    buckets = max(points // 3, 1)
+    ox: list[float] = []
+    oy: list[float] = []
+    for b in range(buckets):
+        start, end = b * n // buckets, (b + 1) * n // buckets
+        lo = hi = -1
+        odd = -1
+        for i in range(start, end):
+            v = ys[i]
+            if not math.isfinite(v):
+                odd = i if odd < 0 else odd
+                continue
+            if lo < 0 or v < ys[lo]:
+                lo = i
+            if hi < 0 or v > ys[hi]:
+                hi = i
+        for i in sorted({i for i in (lo, hi, odd) if i >= 0}):
+            ox.append(xs[i])
+            oy.append(ys[i])
+    return ox, oy
+
+
+def json_number(value: float) -> float | str:
+    """JSON has no NaN or infinity: "NaN", "Infinity", "-Infinity", as `incl metrics --json` writes them."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+class Chart(msgspec.Struct, frozen=True):
+    """What one metric's chart gets: its points (maybe reduced), how many the range holds, and how many the
+    metric has in all (a live chart numbers step-less points on from there)."""
+    x: list[float]
+    y: list[float | str]
+    points: int
+    total: int
+    downsampled: bool
+
+
+def chart(s: Series, points: int, lo: float | None, hi: float | None) -> Chart:
+    xs, ys = window(s, lo, hi)
+    dx, dy = downsample(xs, ys, points)
+    return Chart(x=dx, y=[json_number(v) for v in dy], points=len(xs), total=len(s.x), downsampled=len(dx) < len(xs))

@@ -1,0 +1,111 @@
+"""The API's OpenAPI 3 document, written by hand next to the routes it describes (incl.web.api)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}, "example": "j-1a2b3c4d"}
+_ERROR = {"description": "an error",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_NOT_FOUND = {"404": {**_ERROR, "description": "no job by that id"}}
+_BAD_QUERY = {"400": {**_ERROR, "description": "a query parameter the server cannot read (named in `parameter`)"}}
+
+
+def _query(name: str, description: str, type_: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": type_}, "description": description}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"200": {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+_ROW = {"type": "object", "required": ["id", "name", "user", "state", "submitted_at", "updated_at"], "properties": {
+    "id": {"type": "string"}, "name": {"type": "string"}, "user": {"type": "string"},
+    "state": {"type": "string", "enum": ["QUEUED", "ASSIGNED", "STARTING", "RUNNING", "SUCCEEDED", "FAILED",
+                                         "CANCELLED", "PREEMPTED", "LOST"]},
+    "submitted_at": {"type": "number", "description": "unix time"}, "updated_at": {"type": "number"},
+    "attempts": {"type": "integer"}, "recoveries": {"type": "integer"}, "run": {"type": "string"},
+    "exit_code": {"type": ["integer", "null"]}, "reason": {"type": ["string", "null"]},
+    "study": {"type": ["string", "null"]}, "gpu_util": {"type": ["number", "null"]},
+}}
+_CHART = {"type": "object", "properties": {
+    "x": {"type": "array", "items": {"type": "number"}},
+    "y": {"type": "array", "items": {"oneOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}},
+    "points": {"type": "integer", "description": "points in the range asked for"},
+    "total": {"type": "integer", "description": "points of the metric in all"},
+    "downsampled": {"type": "boolean", "description": "min/max per bucket stand for the points"},
+}}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "INCL web API", "version": "1",
+             "description": "What the INCL web UI shows and does. Everything is read from the controller through "
+                            "the bus client; requests that change state need the `X-INCL` header and a same-origin "
+                            "`Origin`."},
+    "paths": {
+        "/api/jobs": {"get": {
+            "summary": "Jobs, a page at a time",
+            "parameters": [
+                _query("user", "only these users' jobs (comma-separated)"),
+                _query("state", "only jobs in these states (comma-separated)"),
+                _query("q", "text in the id, name, user, command or study"),
+                _query("sort", "submitted, updated, name, user or state; a leading - for descending "
+                               "(default -submitted)"),
+                _query("limit", "jobs per page", "integer"),
+                _query("cursor", "the previous page's `next`"),
+            ],
+            "responses": {**_json({"type": "object", "properties": {
+                "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobRow"}},
+                "total": {"type": "integer", "description": "jobs matching the filters"},
+                "next": {"type": ["string", "null"], "description": "cursor of the next page; null on the last"},
+            }}, "a page of jobs"), **_BAD_QUERY},
+        }},
+        "/api/jobs/{job_id}": {"get": {
+            "summary": "One job with every attempt; secret values are shown as <secret>",
+            "parameters": [_JOB_ID],
+            "responses": {**_json({"type": "object", "properties": {
+                "job": {"type": "object", "description": "the job record, as `incl show --json` prints it"},
+                "gpu_util": {"type": ["number", "null"]}, "gpu_idle_since": {"type": ["number", "null"]},
+            }}, "the job"), **_NOT_FOUND},
+        }},
+        "/api/jobs/{job_id}/logs": {"get": {
+            "summary": "The whole log as a download: stdout and stderr in order, --- attempt N --- between attempts",
+            "parameters": [_JOB_ID],
+            "responses": {"200": {"description": "the log", "content": {"text/plain": {}}}, **_NOT_FOUND},
+        }},
+        "/api/jobs/{job_id}/metrics": {"get": {
+            "summary": "Each metric's points, reduced to min/max per bucket above `points`",
+            "parameters": [_JOB_ID, _query("points", "at most about this many per metric", "integer"),
+                           _query("from", "only x >= this", "number"), _query("to", "only x <= this", "number"),
+                           _query("x", "step (default) or time")],
+            "responses": {**_json({"type": "object", "properties": {
+                "x": {"type": "string"}, "batches": {"type": "integer",
+                                                     "description": "metric batches read: `since` for /stream"},
+                "metrics": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Chart"}},
+            }}, "the metrics"), **_NOT_FOUND, **_BAD_QUERY},
+        }},
+        "/api/jobs/{job_id}/stream": {"get": {
+            "summary": "Live events (server-sent events): `log`, `metric`, `job` (the record when it changes) and "
+                       "`end`. Event ids are <logs>.<metrics>; reconnecting with Last-Event-ID resumes after it. "
+                       "A client that does not keep up is disconnected.",
+            "parameters": [_JOB_ID, _query("since", "skip this many log and metric batches: <logs>.<metrics>")],
+            "responses": {"200": {"description": "the event stream", "content": {"text/event-stream": {}}},
+                          **_NOT_FOUND, **_BAD_QUERY},
+        }},
+        "/api/jobs/{job_id}/cancel": {"post": {
+            "summary": "Cancel the job",
+            "parameters": [_JOB_ID, {"name": "X-INCL", "in": "header", "required": True,
+                                     "schema": {"type": "string"}}],
+            "responses": {**_json({"type": "object"}, "the job, cancel requested"), **_NOT_FOUND,
+                          "403": {**_ERROR, "description": "a cross-site request"},
+                          "409": {**_ERROR, "description": "the job has already ended"}},
+        }},
+        "/api/openapi.json": {"get": {"summary": "This document", "responses": _json({"type": "object"}, "it")}},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {
+            "error": {"type": "string"}, "parameter": {"type": "string"}}},
+        "JobRow": _ROW,
+        "Chart": _CHART,
+    }},
+}

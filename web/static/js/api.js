@@ -1,0 +1,25 @@
+// The JSON API. State-changing requests carry X-INCL, which the server requires (a cross-site form cannot).
+
+export class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function answer(resp) {
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new ApiError(resp.status, body.error || `${resp.status} ${resp.statusText}`);
+  return body;
+}
+
+export async function get(path, params) {
+  const query = params ? "?" + new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v != null)) : "";
+  return answer(await fetch(path + query, { headers: { Accept: "application/json" } }));
+}
+
+export async function post(path) {
+  return answer(await fetch(path, { method: "POST", headers: { "X-INCL": "1", Accept: "application/json" } }));
+}
+
+// JSON has no NaN or infinity: the server sends them as strings; a chart shows them as gaps.
+export function num(v) {
+  return typeof v === "number" ? v : null;
+}

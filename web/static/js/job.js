@@ -1,0 +1,120 @@
+// The Job page: state, attempts, spec (secrets come masked from the server), params, live logs and charts,
+// cancel. Live updates arrive over one EventSource; the browser resumes it by itself after a drop.
+import { get, post } from "./api.js";
+import { Charts } from "./charts.js";
+import { clear, duration, el, showError, stateBadge, when } from "./dom.js";
+import { LogView } from "./logview.js";
+
+const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
+const ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"];
+let current = null;
+
+function render(job) {
+  current = job;
+  const name = job.spec.name || job.id;
+  document.title = `${name} · INCL`;
+  document.getElementById("title").textContent = name;
+  const state = document.getElementById("state");
+  state.className = `state ${job.state}`;
+  state.textContent = job.state;
+  const sub = document.getElementById("subtitle");
+  clear(sub);
+  const lastEnd = ENDED.includes(job.state) ? job.updated_at : null;
+  sub.append(`${job.id} · by ${job.user} · submitted ${when(job.submitted_at)} · ${duration(job.submitted_at, lastEnd)}`,
+    job.reason ? ` · ${job.reason}` : "", job.exit_code != null ? ` · exit ${job.exit_code}` : "");
+  const cancel = document.getElementById("cancel");
+  cancel.hidden = ENDED.includes(job.state) || job.cancel_requested;
+  renderAttempts(job.attempts);
+  renderSpec(job.spec);
+  renderParams(job);
+}
+
+function renderAttempts(attempts) {
+  const body = document.getElementById("attempts");
+  clear(body);
+  for (const a of attempts) {
+    body.append(el("tr", {},
+      el("td", { text: a.number }), el("td", {}, stateBadge(a.state)), el("td", { text: a.agent_id }),
+      el("td", { text: [a.instance_id, a.instance_type].filter(Boolean).join(" · ") || "–" }),
+      el("td", { text: a.market || "–" }), el("td", { text: when(a.assigned_at) }),
+      el("td", { text: when(a.started_at) }), el("td", { text: when(a.ended_at) }),
+      el("td", { class: "num", text: a.exit_code ?? "–" }), el("td", { text: a.reason || "" })));
+  }
+  if (!attempts.length) body.append(el("tr", {}, el("td", { colspan: 10, class: "muted", text: "Not started yet." })));
+}
+
+function kv(dl, pairs) {
+  clear(dl);
+  for (const [key, value] of pairs) {
+    if (value === undefined || value === null || value === "" || (typeof value === "object" && !Object.keys(value).length)) continue;
+    dl.append(el("dt", { text: key }), el("dd", { text: typeof value === "object" ? JSON.stringify(value) : value }));
+  }
+}
+
+function renderSpec(spec) {
+  const r = spec.resources || {};
+  kv(document.getElementById("spec"), [
+    ["run", spec.run], ["setup", spec.setup], ["image", spec.image || "(process on the agent)"], ["workdir", spec.workdir],
+    ["resources", `${r.cpus ?? "?"} CPUs · ${r.memory ?? "?"} memory · ${r.gpus || 0} GPUs${r.nodes > 1 ? ` · ${r.nodes} nodes` : ""}`],
+    ["priority", spec.priority], ["team", spec.team], ["retry", spec.retry], ["secrets", spec.secrets],
+  ]);
+}
+
+function renderParams(job) {
+  const pairs = Object.entries(job.trial?.params || {}).map(([k, v]) => [k, String(v)]);
+  if (job.trial) pairs.unshift(["study", `${job.trial.study_id} · trial ${job.trial.number}`]);
+  for (const [k, v] of Object.entries(job.spec.env || {})) pairs.push([`$${k}`, v]);
+  kv(document.getElementById("params"), pairs);
+  if (!pairs.length) document.getElementById("params").append(el("dd", { class: "muted", text: "none" }));
+}
+
+function setupCancel() {
+  const button = document.getElementById("cancel");
+  let armed = false;
+  button.addEventListener("click", async () => {
+    if (!armed) { // two clicks, no dialog: a stray click cancels nothing
+      armed = true;
+      button.textContent = "Click again to cancel";
+      setTimeout(() => { armed = false; button.textContent = "Cancel job"; }, 4000);
+      return;
+    }
+    button.disabled = true;
+    try {
+      render((await post(`/api/jobs/${encodeURIComponent(jobId)}/cancel`)).job);
+    } catch (err) {
+      showError(`Could not cancel: ${err.message}`);
+    } finally {
+      button.disabled = false;
+      button.textContent = "Cancel job";
+      armed = false;
+    }
+  });
+}
+
+async function main() {
+  document.getElementById("download").href = `/api/jobs/${encodeURIComponent(jobId)}/logs`;
+  try {
+    render((await get(`/api/jobs/${encodeURIComponent(jobId)}`)).job);
+  } catch (err) {
+    showError(err.message);
+    document.getElementById("title").textContent = jobId;
+    return;
+  }
+  setupCancel();
+  const logs = new LogView(document.getElementById("log"), document.getElementById("follow"), document.getElementById("lognote"));
+  const charts = new Charts(document.getElementById("charts"), document.getElementById("nometrics"), jobId);
+  let batches = 0;
+  try {
+    batches = await charts.load();
+  } catch (err) {
+    showError(`Could not load metrics: ${err.message}`);
+  }
+  const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/stream?since=0.${batches}`);
+  events.addEventListener("log", (e) => logs.add(JSON.parse(e.data)));
+  events.addEventListener("metric", (e) => charts.add(JSON.parse(e.data)));
+  events.addEventListener("job", (e) => render(JSON.parse(e.data)));
+  events.addEventListener("end", () => { events.close(); document.body.dataset.streamEnded = "1"; });
+  document.body.dataset.ready = "1";
+}
+
+main();
