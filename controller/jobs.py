@@ -27,6 +27,7 @@ from incl.proto.codec import encode
 from incl.proto.errors import SpecInvalid, Unschedulable
 from incl.proto.messages import (
     ON_AGENT,
+    TERMINAL,
     AgentInfo,
     Assign,
     CancelJob,
@@ -119,12 +120,18 @@ class Jobs:
         self._wake = wake
         self.waiting: dict[str, str] = {}  # queued job id -> why it waits (from the last scheduling pass)
         self._resent: dict[tuple[str, int], float] = {}
+        self._resend_checked = 0.0  # when resend_stale_assignments last looked
         self._by_agent: dict[str, set[str]] = {}  # agent id -> ids of the jobs on it (ON_AGENT states)
         self._by_study: dict[str, dict[int, str]] = {}  # study id -> trial number -> the job that runs it
+        # Ids of the jobs not over (a superset: one that ended leaves at the next `live()`). A scheduling pass runs
+        # at every submit and event: over every record, its cost grew with every job the cluster ever ran.
+        self._live: dict[str, None] = {}
         for job in records:
             self._index(None, job)
 
     def _index(self, before: Job | None, after: Job) -> None:
+        if after.state not in TERMINAL:
+            self._live[after.id] = None
         if before is not None and before.state in ON_AGENT:
             for agent_id in gang.agents_of(before):
                 self._by_agent.get(agent_id, set()).discard(before.id)
@@ -140,12 +147,23 @@ class Jobs:
 
     # --- queries ------------------------------------------------------------------------------------------
 
+    def live(self) -> list[Job]:
+        """The jobs not over, in the order they were first seen; O(live jobs), not O(every record)."""
+        jobs = []
+        for job_id in list(self._live):
+            job = self.records.get(job_id)
+            if job is None or job.state in TERMINAL:
+                del self._live[job_id]
+            else:
+                jobs.append(job)
+        return jobs
+
     def queued(self) -> list[Job]:
-        return [j for j in self.records if j.state is JobState.QUEUED]
+        return [j for j in self.live() if j.state is JobState.QUEUED]
 
     def on_agent(self, agent_id: str | None = None) -> list[Job]:
         if agent_id is None:
-            return [j for j in self.records if j.state in ON_AGENT]
+            return [j for j in self.live() if j.state in ON_AGENT]
         jobs = (self.records.get(job_id) for job_id in self._by_agent.get(agent_id, ()))
         return [j for j in jobs if j is not None and j.state in ON_AGENT and agent_id in gang.agents_of(j)]
 
@@ -323,11 +341,17 @@ class Jobs:
 
     async def resend_stale_assignments(self, older_than: float) -> None:
         """Re-send ASSIGNED attempts not started since `older_than` (the controller may have died between
-        writing the assignment and publishing it). The agent drops a copy it has already seen."""
-        assigned = {(j.id, j.current.number): j for j in self.records
+        writing the assignment and publishing it). The agent drops a copy it has already seen. Called at every
+        scheduling pass, it looks at most four times per resend period: nothing comes due sooner than that."""
+        now = time.time()
+        if now - self._resend_checked < (now - older_than) / 4:
+            return
+        self._resend_checked = now
+        live = self.live()
+        assigned = {(j.id, j.current.number): j for j in live
                     if j.current is not None and (j.state is JobState.ASSIGNED or (
                         j.state is JobState.STARTING and any(n.state is JobState.ASSIGNED for n in j.current.nodes)))}
-        starting = {(j.id, -j.current.number) for j in self.records  # gang starts: keyed by the negated attempt
+        starting = {(j.id, -j.current.number) for j in live  # gang starts: keyed by the negated attempt
                     if j.state is JobState.STARTING and j.current is not None and j.current.nodes}
         self._resent = {k: t for k, t in self._resent.items() if k in assigned or k in starting}  # forget the rest
         for key, job in assigned.items():
@@ -338,7 +362,7 @@ class Jobs:
                 await self.send_assign(job, copy=f".copy{self._resent[key]:.3f}")
         # A gang whose ranks were all ready but did not start (the controller may have died before GangStart left):
         # start it again. An agent ignores a GangStart for a rank it has already started.
-        for job in self.records:
+        for job in live:
             cur = job.current
             if (job.state is JobState.STARTING and cur is not None and gang.all_ready(job)
                     and job.updated_at <= older_than and self._resent.get((job.id, -cur.number), 0.0) <= older_than):

@@ -102,6 +102,9 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
               for j in jobs.values()]
     placements: list[tuple[str, str]] = []
     waiting: dict[str, str] = {}
+    # Free resources only shrink during a pass: a single-node job that found no agent says why, and every later
+    # one with the same request and runtime waits for the same reason (a long queue costs one check per shape).
+    no_room: dict[tuple[float, int, int, str | None, str], str] = {}
     for q in quota.fair_order(queued, held):
         job = jobs[q.job_id]
         if (why := quota.check(cfg, q.claim, held)) is not None:
@@ -109,7 +112,11 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
             continue
         want = job.spec.resources
         runtime = "docker" if job.spec.image else "process"
-        slots = [s for s in everyone if held_for.get(s.agent_id, job.id) == job.id]
+        shape = (want.cpus, want.memory or 0, want.gpus, want.gpu_model, runtime)
+        if want.nodes == 1 and shape in no_room:
+            waiting[job.id] = no_room[shape]
+            continue
+        slots = [s for s in everyone if held_for.get(s.agent_id, job.id) == job.id] if held_for else everyone
         if want.nodes > 1:
             chosen, why = _gang(want, runtime, slots)
             if why is None:
@@ -131,6 +138,8 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
         candidates = [s for s in slots if runtime in s.runtimes and fits(want, s.free)]
         if not candidates:
             waiting[job.id] = _why_waiting(want, runtime, slots)
+            if not held_for:  # with agents held for a gang, another job sees other slots
+                no_room[shape] = waiting[job.id]
             continue
         best = max(candidates, key=lambda s: (s.free.gpus - want.gpus == 0, s.free.cpus, s.agent_id))
         best.free = subtract(best.free, want)

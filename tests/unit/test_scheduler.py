@@ -37,6 +37,15 @@ def test_a_big_job_waits_while_smaller_ones_behind_it_run() -> None:
     assert p.placements == [("small", "a")] and "8 CPU" in p.waiting["big"]
 
 
+def test_a_long_queue_of_one_shape_that_fits_nowhere_still_says_why_each_waits() -> None:
+    """1,000 queued 8-CPU jobs and a 4-CPU agent: each waits with the same reason (one fit check per shape in a
+    pass), and a 1-CPU job queued behind them all is still placed."""
+    queue = [job(f"big{i}", i, cpus=8) for i in range(1000)] + [job("small", 2000)]
+    p = plan(queue, [slot("a", 4)])
+    assert p.placements == [("small", "a")] and len(p.waiting) == 1000
+    assert set(p.waiting.values()) == {"waiting for an agent with 8 CPU free"}
+
+
 def test_gpu_jobs_go_to_gpu_agents_and_cpu_jobs_prefer_cpu_agents() -> None:
     p = plan([job("g", 1, gpus=1), job("c", 2)], [slot("gpu", 8, gpus=1), slot("cpu", 8)])
     assert dict(p.placements) == {"g": "gpu", "c": "cpu"}
