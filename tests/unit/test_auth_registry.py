@@ -97,6 +97,8 @@ def test_admin_user_ls_lists_every_identity_without_a_seed(tmp_path: Path, monke
 
     from incl.cli.main import cli
     monkeypatch.setenv("INCL_HOME", str(tmp_path))
+    # In-process, the CLI's structlog set-up would hide later tests' logs from capture_logs (as in test_cli_study).
+    monkeypatch.setattr("incl.bus.logsetup.configure", lambda level: None)
     identities.add(tmp_path, "user", "ann", teams=["vision"], admin=True)
     path = identities.add(tmp_path, "agent", "local-0")
     result = CliRunner().invoke(cli, ["admin", "user", "ls"], env={"COLUMNS": "200"})
