@@ -15,6 +15,8 @@ import msgspec
 import structlog
 import yaml
 
+from incl.bus.connection import AuthFailed
+
 C = TypeVar("C", bound=msgspec.Struct)
 
 log = structlog.get_logger()
@@ -56,6 +58,9 @@ def run_until_signalled(serve: Callable[[], Awaitable[None]]) -> None:
         if signalled:
             return
         log.error("daemon_cancelled")
+        sys.exit(1)
+    except AuthFailed as exc:  # the server refuses its key: one line, no traceback (retrying cannot help)
+        log.error("daemon_refused", error=str(exc))
         sys.exit(1)
     except Exception:  # the last word of a dying daemon
         log.exception("daemon_failed")

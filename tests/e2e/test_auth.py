@@ -221,3 +221,14 @@ async def test_admin_user_add_lets_a_user_in_and_remove_cuts_them_off_at_once(au
     carol_file.write_text(seed)
     with pytest.raises(AuthFailed):
         await dial(auth_nats, None, None, creds=carol_file)
+
+
+def test_a_daemon_refused_at_connect_says_so_in_one_line_without_its_seed(auth_nats: AuthNats, tmp_path: Path) -> None:
+    seed = keys.new_seed()
+    wrong = keys.write_creds(tmp_path / "a9.nk", "agent", "a9", seed)
+    done = subprocess.run([sys.executable, "-m", "incl.agent", "--id", "a9", "--nats", auth_nats.url, "--creds",
+                           str(wrong), "--work-dir", str(tmp_path / "a9")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    events = [json.loads(line) for line in (done.stdout + done.stderr).splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events if e["level"] == "error"] == ["daemon_refused"]
+    assert "authentication failed" in events[-1]["error"] and seed not in done.stdout + done.stderr
