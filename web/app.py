@@ -11,6 +11,7 @@ from aiohttp import web
 
 from incl.bus.client import Client
 from incl.bus.connection import masked
+from incl.proto.errors import InclError
 from incl.web import api, errors, guard, pages
 from incl.web.config import WebConfig
 from incl.web.snapshot import JobsSnapshot
@@ -45,7 +46,11 @@ def make_app(cfg: WebConfig) -> web.Application:
 async def serve(cfg: WebConfig) -> None:
     """Serve until cancelled (SIGTERM through `run_until_signalled`), then close every connection."""
     runner = web.AppRunner(make_app(cfg), shutdown_timeout=cfg.shutdown_grace, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except InclError as exc:  # NATS unreachable, refused credentials: one line, not a traceback
+        log.error("web_cannot_start", error=str(exc))
+        raise SystemExit(1) from None
     try:
         site = web.TCPSite(runner, cfg.host, cfg.port)
         await site.start()

@@ -55,9 +55,18 @@ function renderSpec(spec) {
   const r = spec.resources || {};
   kv(document.getElementById("spec"), [
     ["run", spec.run], ["setup", spec.setup], ["image", spec.image || "(process on the agent)"], ["workdir", spec.workdir],
-    ["resources", `${r.cpus ?? "?"} CPUs · ${r.memory ?? "?"} memory · ${r.gpus || 0} GPUs${r.nodes > 1 ? ` · ${r.nodes} nodes` : ""}`],
+    ["resources", resources(r)],
     ["priority", spec.priority], ["team", spec.team], ["retry", spec.retry], ["secrets", spec.secrets],
   ]);
+}
+
+// The spec comes without the fields left at their defaults (1 CPU, the agent's memory, no GPU, one node).
+function resources(r) {
+  const gpus = r.gpus ? `${r.gpus}×${r.gpu_model || "GPU"}` : "no GPU";
+  const memory = r.memory ? `${(r.memory / 2 ** 30).toFixed(r.memory % 2 ** 30 ? 1 : 0)} GiB` : "default memory";
+  const extra = [r.nodes > 1 ? `${r.nodes} nodes` : "", r.spot != null ? `spot: ${r.spot}` : "",
+    (r.instance_types || []).join(", ")].filter(Boolean);
+  return [`${r.cpus ?? 1} CPU`, memory, gpus, ...extra].join(" · ");
 }
 
 function renderParams(job) {
