@@ -12,6 +12,7 @@ then comes at full resolution once few enough points fall in it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from collections.abc import Iterable
@@ -24,11 +25,18 @@ from incl.proto.messages import MetricBatch
 class Series:
     """One metric's points, in the order they were logged (compact: 16 bytes a point)."""
 
-    __slots__ = ("x", "y")
+    __slots__ = ("ordered", "x", "y")
 
     def __init__(self) -> None:
         self.x: array[float] = array("d")
         self.y: array[float] = array("d")
+        self.ordered = True  # x never decreases (the usual case): a range is found by bisection
+
+    def append(self, x: float, y: float) -> None:
+        if self.x and x < self.x[-1]:
+            self.ordered = False
+        self.x.append(x)
+        self.y.append(y)
 
 
 class Collector:
@@ -46,8 +54,7 @@ class Collector:
                 s = self._out.get((batch.rank, name))
                 if s is None:
                     s = self._out[batch.rank, name] = Series()
-                s.x.append(p.ts if self._by_time else float(p.step if p.step is not None else len(s.x)))
-                s.y.append(value)
+                s.append(p.ts if self._by_time else float(p.step if p.step is not None else len(s.x)), value)
 
     def series(self) -> dict[str, Series]:
         ranked = len({rank for rank, _ in self._out}) > 1
@@ -65,6 +72,10 @@ def window(s: Series, lo: float | None, hi: float | None) -> tuple[list[float], 
     """The points with lo <= x <= hi (either bound may be open)."""
     if lo is None and hi is None:
         return list(s.x), list(s.y)
+    if s.ordered:
+        start = 0 if lo is None else bisect.bisect_left(s.x, lo)
+        end = len(s.x) if hi is None else bisect.bisect_right(s.x, hi)
+        return list(s.x[start:end]), list(s.y[start:end])
     keep = [i for i, x in enumerate(s.x) if (lo is None or x >= lo) and (hi is None or x <= hi)]
     return [s.x[i] for i in keep], [s.y[i] for i in keep]
 
@@ -81,6 +92,13 @@ def downsample(xs: list[float], ys: list[float], points: int) -> tuple[list[floa
     oy: list[float] = []
     for b in range(buckets):
         start, end = b * n // buckets, (b + 1) * n // buckets
+        seg = ys[start:end]
+        if math.isfinite(sum(seg)):  # no NaN or infinity in it: min and max at C speed
+            picked = {start + seg.index(min(seg)), start + seg.index(max(seg))}
+            for i in sorted(picked):
+                ox.append(xs[i])
+                oy.append(ys[i])
+            continue
         lo = hi = -1
         odd = -1
         for i in range(start, end):
