@@ -21,8 +21,8 @@ from incl.bus.connection import AuthFailed, Bus, connect
 from incl.bus.streams import StreamLimits, ensure_buckets, ensure_streams
 from incl.proto import subjects
 from incl.proto.codec import encode
-from incl.proto.errors import NotAllowed
-from incl.proto.messages import JobState, LogBatch, LogLine
+from incl.proto.errors import InclError, NotAllowed
+from incl.proto.messages import Envelope, JobState, LogBatch, LogLine, SubmitReply, SubmitRequest
 from incl.proto.spec import load_spec
 
 
@@ -178,9 +178,16 @@ async def test_a_stack_with_auth_runs_a_job_as_the_user_its_credentials_name(aut
     assert [(j["id"], j["user"]) for j in json.loads(listed.stdout)] == [(job.id, "alice")]
     shown = authed_cluster.cli("logs", job.id)
     assert shown.returncode == 0 and f"hi from {job.id}" in shown.stdout, shown.stdout + shown.stderr
-    async with authed_cluster.client() as alice:  # a submit naming someone else is refused by the server
-        with pytest.raises(NotAllowed):
+    async with authed_cluster.client() as alice:
+        with pytest.raises(NotAllowed, match="NATS server refused"):  # under bob's subject: the server refuses
             await alice.submit(load_spec({"run": "true"}), user="bob")
+        forged = SubmitRequest(meta=Envelope.new("x"), spec=load_spec({"run": "true"}), user="bob")
+        with pytest.raises(NotAllowed, match="names user 'bob' but comes from user 'alice'"):  # the controller does
+            await alice.bus.request(subjects.user_api("alice", subjects.SUBMIT), forged, SubmitReply, 5)
+        with pytest.raises(InclError, match="unknown subject"):  # an agent's verb under a user's name
+            await alice.bus.request(subjects.user_api("alice", subjects.REGISTER), forged, SubmitReply, 5)
+        assert len(await alice.jobs()) == 1
+    assert authed_cluster.controller is not None and "api_refused" in authed_cluster.controller.output()
 
 
 async def test_admin_user_add_lets_a_user_in_and_remove_cuts_them_off_at_once(auth_nats: AuthNats,
