@@ -107,3 +107,22 @@ def test_admin_user_ls_lists_every_identity_without_a_seed(tmp_path: Path, monke
     assert [row[:2] for row in rows] == [["user", "ann"], ["agent", "local-0"]]
     assert rows[0][2:4] == ["vision", "yes"] and rows[1][2] == "-"
     assert keys.read_creds(path).seed not in result.output
+
+
+def test_login_keeps_the_file_private_and_the_client_then_speaks_as_its_user(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from incl.bus.client import Client, login_file, resolve_creds
+    from incl.cli.main import cli
+    monkeypatch.setenv("INCL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("INCL_CREDS", raising=False)
+    monkeypatch.setattr("incl.bus.logsetup.configure", lambda level: None)  # see the test above
+    given = identities.add(tmp_path / "admin", "user", "bob")
+    result = CliRunner().invoke(cli, ["login", "--creds", str(given)])
+    assert result.exit_code == 0 and "logged in as bob" in result.output, result.output
+    assert resolve_creds() == login_file() and mode(login_file()) == 0o600
+    assert Client("nats://127.0.0.1:1").user == "bob"
+    (tmp_path / "junk.nk").write_text("not a key\n")
+    refused = CliRunner().invoke(cli, ["login", "--creds", str(tmp_path / "junk.nk")])
+    assert refused.exit_code == 1 and "holds no nkey seed" in refused.output
