@@ -51,7 +51,7 @@ from incl_side import Stack, free_port, wait_terminal  # noqa: E402
 from stamp import STAMP_CODE  # noqa: E402
 from stats import summary  # noqa: E402
 
-from incl.bus.client import Client  # noqa: E402
+from incl.bus.client import Client, current_user  # noqa: E402
 from incl.proto.messages import JobState  # noqa: E402
 from incl.proto.spec import load_spec  # noqa: E402
 
@@ -102,7 +102,7 @@ async def incl_gangs(url: str, n: int, reps: int, warmup: int, py: str, work: Pa
             folder.mkdir()
             spec = load_spec({"run": stamp_cmd(py, folder, "$NODE_RANK"), "resources": {"nodes": n, "cpus": 1}})
             t0 = time.time()
-            job = await client.submit(spec, "bench")
+            job = await client.submit(spec, current_user())
             job = await wait_terminal(client, job.id, 0.02)
             stamps = read_stamps(folder, n)
             if i < warmup:

@@ -39,11 +39,11 @@ sys.path.insert(0, str(HERE))
 from incl_side import CpuMeter, Stack, start_profilers, stop_profilers, wait_terminal  # noqa: E402
 from stats import median, summary  # noqa: E402
 
-from incl.bus.client import Client  # noqa: E402
+from incl.bus.client import Client, current_user  # noqa: E402
 from incl.proto.spec import load_spec  # noqa: E402
 from incl.proto.studies import STUDY_ENDED, StudyState  # noqa: E402
 
-USER = "bench-hpo"
+USER = current_user()  # the stack has auth: a client speaks as the identity its credentials name
 RAY_PY = ROOT / ".bench-venv" / "bin" / "python"
 RAY_PEER = HERE / "ray_tune_peer.py"
 TARGET_RATE = 20.0

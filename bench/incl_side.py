@@ -73,12 +73,12 @@ sys.path.insert(0, str(HERE))
 from stamp import STAMP_CODE, direct_entrypoint_baseline, read_stamp, stamp_entrypoint  # noqa: E402
 from stats import rate, summary  # noqa: E402  (bench/stats.py, shared with the Ray side)
 
-from incl.bus.client import Client  # noqa: E402
+from incl.bus.client import Client, current_user  # noqa: E402
 from incl.proto.messages import TERMINAL, JobState, Stream  # noqa: E402
 from incl.proto.spec import load_spec  # noqa: E402
 
 NOT_TERMINAL = [s for s in JobState if s not in TERMINAL]
-USER = "bench"
+USER = current_user()  # the stack has auth: a client speaks as the identity its credentials name
 _real_stdout_fd: int | None = None
 
 
@@ -143,6 +143,8 @@ class Stack:
             self.port = free_port()
         else:
             raise RuntimeError(f"incl up failed {tries} times ({p.returncode}): {p.stdout.strip()}")
+        # The in-process client finds the local admin's credentials (which `incl up` made) under INCL_HOME.
+        os.environ["INCL_HOME"] = str(self.home)
         state = json.loads((self.home / "stack.json").read_text())
         self.url = state["nats_url"]
         self.pids = {proc["name"]: proc["pid"] for proc in state["procs"]}
@@ -508,7 +510,7 @@ async def run_mode(args, stack: Stack, work: Path) -> dict:
     meter = CpuMeter(stack)
     async with Client(stack.url, timeout=30.0) as client:
         for _i in range(args.warmup_jobs):  # every mode: a warm stack (connections, imports, streams)
-            j = await client.submit(load_spec({"run": "true"}), "warmup")
+            j = await client.submit(load_spec({"run": "true"}), USER)
             await wait_terminal(client, j.id, 0.01)
         if args.mode == "dispatch":
             res = await mode_dispatch(client, args, work, meter)
@@ -517,7 +519,7 @@ async def run_mode(args, stack: Stack, work: Path) -> dict:
         else:
             meter.start()
             res = await throughput_once(client, args.n, args.concurrency, args.tput_poll,
-                                        f"tput-c{args.concurrency}", time.time() + args.budget_s)
+                                        USER, time.time() + args.budget_s)  # a fresh stack: its only jobs
     if res.get("cpu_s") is None:
         res["cpu_s"] = meter.stop()
     return res
