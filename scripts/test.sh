@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 install_incl dev
 .venv/bin/ruff check .
 scripts/typecheck.sh
-exec .venv/bin/python -m pytest --durations=15 "$@"
+# Two workers (pytest-xdist): most end-to-end tests wait on the clock (leases, heartbeats, back-offs) more than
+# they compute. INCL_TEST_WORKERS=0 runs in one process; conftest keeps each file, and the Docker tests, whole.
+exec .venv/bin/python -m pytest -n "${INCL_TEST_WORKERS:-2}" --dist loadgroup --durations=15 "$@"

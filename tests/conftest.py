@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import dockerd
 import pytest
+import structlog
 import yaml
 
 from incl.bus.client import Client
@@ -24,6 +25,28 @@ from incl.proto.messages import TERMINAL, Job
 from incl.proto.spec import load_spec
 
 T = TypeVar("T")
+
+
+def _uncached_structlog() -> None:
+    """Daemons cache their loggers on first use; in a test process that would bind each module's logger to the
+    configuration of whichever test logged first (a CLI test configures it), and `capture_logs` in a later test
+    would see nothing. Which tests come first depends on the pytest-xdist worker, so no test may rely on it."""
+    configure = structlog.configure
+
+    def uncached(**settings: Any) -> None:
+        configure(**{**settings, "cache_logger_on_first_use": False})
+
+    structlog.configure = uncached  # type: ignore[assignment]
+
+
+_uncached_structlog()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> None:
+    """Each test starts from structlog's defaults: a CLI test that configured the level to `warning` would
+    otherwise hide the info lines a later test captures (`capture_logs` replaces the processors, not the level)."""
+    structlog.reset_defaults()
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
 
@@ -281,7 +304,14 @@ DOCKER_FIXTURES = {"docker_engine", "busybox_image", "python_image"}
 _rootfs_build: dockerd.BackgroundRootfs | None = None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`scripts/test.sh` runs two workers, `--dist loadgroup`) each file runs whole on one
+    worker (its module fixtures, a moto server for instance, start once), and every Docker test on the same
+    worker (one dockerd, one import of the python image)."""
+    for item in items:
+        docker = DOCKER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.xdist_group("docker" if docker else item.nodeid.split("::")[0]))
     if not config.pluginmanager.hasplugin("timeout"):
         return
     for item in items:

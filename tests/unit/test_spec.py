@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -348,7 +349,7 @@ def test_params_come_from_the_environment(channel: _sdk._Channel, monkeypatch: p
         ({"loss": 0.5}, "1"),
         ({"loss": 0.5}, True),
     ],
-    ids=repr,
+    ids=lambda v: re.sub(r" at 0x[0-9a-f]+", "", repr(v)),  # the same ids in every pytest-xdist worker
 )
 def test_log_refuses_what_is_not_a_number(channel: _sdk._Channel, values: Any, step: Any) -> None:
     """Even outside INCL, so a mistake shows on the laptop, not on the cluster."""
