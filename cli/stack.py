@@ -43,6 +43,7 @@ class Stack(msgspec.Struct):
     embedded_nats: bool
     procs: list[Proc]
     started_at: float
+    web_url: str | None = None  # where the web UI serves (None: started without one, or by an older INCL)
 
 
 def state_file(home: Path) -> Path:
@@ -175,7 +176,18 @@ def _start_nats(home: Path, port: int) -> Proc:
     return proc
 
 
-def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpus: float | None) -> Stack:
+def web_port(wanted: int) -> int:
+    """`wanted` when nothing listens there, else a free port: a second stack on this machine still gets a UI."""
+    if port_free(wanted):
+        return wanted
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpus: float | None,
+          web: int | None = None) -> Stack:
+    """`web`: the port for the web UI (another if taken); None: no web UI."""
     home = home.resolve()  # the daemons run in it: every path they are given must be absolute
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -204,7 +216,14 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
                 "--cpus", str(cpus), *_creds_args(creds, agent_id)]
         procs.append(_spawn(agent_id, argv, f"incl.agent --id {agent_id} --nats {url} --work-dir {work_dir} ",
                             logs))
-    stack = Stack(nats_url=url, embedded_nats=nats_url is None, procs=procs, started_at=time.time())
+    web_url = None
+    if web is not None:
+        web = web_port(web)
+        procs.append(_spawn("web", [py, "-P", "-m", "incl.web", "--nats", url, "--port", str(web),
+                                    *_creds_args(creds, "user")],
+                            f"incl.web --nats {url} --port {web} ", logs))
+        web_url = f"http://127.0.0.1:{web}/"
+    stack = Stack(nats_url=url, embedded_nats=nats_url is None, procs=procs, started_at=time.time(), web_url=web_url)
     save(home, stack)
     return stack
 

@@ -49,6 +49,16 @@ async def _wait_ready(started: stack_mod.Stack, agents: int, timeout: float) -> 
                       f"{incl_home() / 'logs'}")
 
 
+def _wait_web(started: stack_mod.Stack, timeout: float) -> None:
+    """Until the web UI `incl up` started listens (its port is in its URL)."""
+    if not started.web_url:
+        return
+    port = int(started.web_url.rstrip("/").rsplit(":", 1)[1])
+    if not stack_mod.wait_port(port, timeout):
+        _died(started)
+        raise Unavailable(f"the web UI did not listen on port {port} within {timeout:g}s")
+
+
 @click.command()
 @click.option("--agents", "n_agents", default=2, show_default=True, help="Local agents to start.")
 @click.option("--port", default=4222, show_default=True, help="Port for the embedded NATS server.")
@@ -56,8 +66,10 @@ async def _wait_ready(started: stack_mod.Stack, agents: int, timeout: float) -> 
               "URLs separated by commas.")
 @click.option("--cpus", type=float, help="CPUs each local agent offers (default: this machine's).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the stack to be ready.")
+@click.option("--web-port", default=8470, show_default=True,
+              help="Port for the web UI (another free one if taken); 0: no web UI.")
 @handles_errors
-def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeout: float) -> None:
+def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeout: float, web_port: int) -> None:
     """Start NATS (embedded, with JetStream), the controller and local agents."""
     from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog, boto
     from incl.bus.connection import masked  # noqa: PLC0415 - lazy: nats, structlog, boto
@@ -66,15 +78,19 @@ def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeo
     if existing is not None and any(stack_mod.alive(p) for p in existing.procs):
         _restart(home, existing, timeout)
         return
-    started = stack_mod.start(home, nats_url=nats_url, port=port, agents=n_agents, agent_cpus=cpus)
+    started = stack_mod.start(home, nats_url=nats_url, port=port, agents=n_agents, agent_cpus=cpus,
+                              web=web_port or None)
     try:
         ready = asyncio.run(_wait_ready(started, n_agents, timeout))
+        _wait_web(started, timeout)
     except InclError:
         stack_mod.stop(started)
         stack_mod.state_file(home).unlink(missing_ok=True)
         raise
     console.print(f"INCL is up at [bold]{masked(started.nats_url)}[/] with {ready} local agent(s); "
                   f"logs in {home / 'logs'}. Stop it with `incl down`.")
+    if started.web_url:
+        console.print(f"Web UI: [bold]{started.web_url}[/]")
 
 
 def _restart(home: Path, existing: stack_mod.Stack, timeout: float) -> None:
@@ -83,10 +99,13 @@ def _restart(home: Path, existing: stack_mod.Stack, timeout: float) -> None:
     running = ", ".join(f"{p.name} (pid {p.pid})" for p in existing.procs if stack_mod.alive(p))
     if all(stack_mod.alive(p) for p in existing.procs):
         console.print(f"INCL is already running at {masked(existing.nats_url)}: {running}. Stop it with `incl down`.")
+        if existing.web_url:
+            console.print(f"Web UI: [bold]{existing.web_url}[/]")
         return
     stack, restarted = stack_mod.restart_dead(home, existing)
-    agents = sum(1 for p in stack.procs if p.name not in ("nats", "controller"))
+    agents = sum(1 for p in stack.procs if p.name not in ("nats", "controller", "web"))
     asyncio.run(_wait_ready(stack, agents, timeout))  # on failure the stack stays recorded: `incl down` stops it
+    _wait_web(stack, timeout)
     names = ", ".join(f"{p.name} (pid {p.pid})" for p in restarted)
     console.print(f"INCL was running at {masked(stack.nats_url)} with parts gone; restarted: {names}. "
                   f"Still running: {running}. Logs in {home / 'logs'}.")

@@ -30,6 +30,14 @@ def web(ctx: click.Context, host: str | None, port: int | None, config_path: str
     """Serve the web UI (jobs, live logs and charts) for this cluster, until Ctrl-C."""
     record = _record()
     if show_url:
+        from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
+        from incl.cli import stack as stack_mod  # noqa: PLC0415
+
+        stack = stack_mod.load(incl_home())
+        web = next((p for p in stack.procs if p.name == "web"), None) if stack is not None else None
+        if stack is not None and stack.web_url and web is not None and stack_mod.alive(web):
+            click.echo(stack.web_url)  # the one `incl up` started
+            return
         try:
             url = json.loads(record.read_text())["url"]
         except (OSError, ValueError, KeyError):

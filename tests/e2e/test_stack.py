@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,17 +38,24 @@ def parts(home: Path) -> dict[str, dict[str, object]]:
 async def test_up_twice_submit_down_stops_exactly_what_it_started(tmp_path: Path) -> None:
     home = tmp_path / "home"
     port = free_port()
-    up = incl(home, "up", "--agents", "2", "--port", str(port))
+    web = free_port()
+    up = incl(home, "up", "--agents", "2", "--port", str(port), "--web-port", str(web))
     try:
         assert up.returncode == 0, up.stderr
         assert f"nats://127.0.0.1:{port}" in up.stdout and "2 local agent" in up.stdout
+        assert f"Web UI: http://127.0.0.1:{web}/" in up.stdout
         state = json.loads((home / "stack.json").read_text())
         pids = [p["pid"] for p in state["procs"]]
-        assert [p["name"] for p in state["procs"]] == ["nats", "controller", "local-0", "local-1"]
+        assert [p["name"] for p in state["procs"]] == ["nats", "controller", "local-0", "local-1", "web"]
         again = incl(home, "up", "--port", str(port))
-        assert again.returncode == 0 and "already running" in again.stdout
+        assert again.returncode == 0 and "already running" in again.stdout and f":{web}/" in again.stdout
         sub = incl(home, "submit", "--follow", "--", "echo", "from the embedded stack")
         assert sub.returncode == 0 and "from the embedded stack" in sub.stdout, sub.stderr
+        # The web UI `incl up` started acts as the local user: it lists that job.
+        assert incl(home, "web", "--url").stdout.strip() == f"http://127.0.0.1:{web}/"
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/jobs", timeout=10) as reply:
+            assert [j["id"] for j in json.loads(reply.read())["jobs"]] == [
+                j["id"] for j in json.loads(incl(home, "ls", "--json").stdout)]
         agents = json.loads(incl(home, "agents", "--json").stdout)
         assert sorted(a["record"]["info"]["agent_id"] for a in agents) == ["local-0", "local-1"]
         bystander = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])  # not ours: must survive
@@ -77,7 +85,7 @@ async def test_up_restarts_the_parts_that_died_and_status_names_each(tmp_path: P
     """After kill -9 of the controller and an agent, `incl status` names them dead, `incl up` starts exactly
     those again and says so, jobs run, and `incl down` stops every part."""
     home = tmp_path / "home"
-    up = incl(home, "up", "--agents", "2", "--port", str(free_port()))
+    up = incl(home, "up", "--agents", "2", "--port", str(free_port()), "--web-port", "0")
     try:
         assert up.returncode == 0, up.stderr
         before = json.loads((home / "stack.json").read_text())["procs"]
@@ -144,7 +152,7 @@ async def test_up_from_a_folder_holding_an_incl_package_runs_jobs(tmp_path: Path
     def user(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([INCL, *args], capture_output=True, text=True, timeout=90, env=env, cwd=project)
 
-    up = user("up", "--agents", "1", "--port", str(free_port()))
+    up = user("up", "--agents", "1", "--port", str(free_port()), "--web-port", "0")
     try:
         assert up.returncode == 0, up.stderr
         sub = user("submit", "--follow", "--", "python3", "-c", "print('ran fine')")
