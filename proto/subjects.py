@@ -22,6 +22,10 @@ SUBMIT_STUDY = "studies.submit"
 LIST_STUDIES = "studies.list"
 GET_STUDY = "studies.get"
 STOP_STUDY = "studies.stop"
+REGISTER_MODEL = "models.register"
+LIST_MODELS = "models.list"
+GET_MODEL = "models.get"
+ALIAS_MODEL = "models.alias"
 # What agents ask.
 REGISTER = "agents.register"
 HEARTBEAT = "agents.heartbeat"
@@ -62,6 +66,7 @@ STUDIES_BUCKET = "incl_studies"  # study id -> its record (spec, state); the tri
 IDLE_BUCKET = "incl_idle"  # job id -> its idle-GPU episode already alerted (deleted when the episode ends)
 LEADER_BUCKET = "incl_leader"  # the controllers' lease (`leader`) and who runs (`member.<id>`); entries expire
 NOTICES_BUCKET = "incl_notices"  # notice id -> a Slack notice not yet delivered (deleted once it is)
+MODELS_BUCKET = "incl_models"  # <model>/v/<N> -> a registered version, <model>/a/<alias> -> where an alias points
 
 
 def assign(agent_id: str) -> str:
