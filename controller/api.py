@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -15,6 +15,7 @@ from incl.controller import callers, deadletters, gang, leader, quota
 from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
+from incl.controller.models import Models
 from incl.controller.paging import page
 from incl.controller.studies import Studies
 from incl.proto import subjects
@@ -45,6 +46,17 @@ from incl.proto.messages import (
     SubmitReply,
     SubmitRequest,
 )
+from incl.proto.registry import (
+    AliasModelReply,
+    AliasModelRequest,
+    GetModelReply,
+    GetModelRequest,
+    ListModelsReply,
+    ListModelsRequest,
+    ModelRef,
+    RegisterModelReply,
+    RegisterModelRequest,
+)
 from incl.proto.spec import check_spec
 from incl.proto.status import ControllerMember, StatusReply, StatusRequest
 from incl.proto.studies import (
@@ -68,9 +80,15 @@ def _job_key(job: Job) -> str:
 Handler = Callable[[Any], Awaitable[Reply]]
 
 
+class ByCaller(NamedTuple):
+    """A handler told who asks, as the subject names the caller (the registry records who registered a version;
+    the payload is never asked)."""
+    serve: Callable[[Any, subjects.Caller], Awaitable[Reply]]
+
+
 class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
-                 store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
+                 models: Models, store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
         self._bus = bus
         self._id = controller_id
         self._page_bytes = page_bytes  # a listing's page, encoded, stays under this (half the payload limit)
@@ -79,9 +97,10 @@ class Api:
         self._agents = agents
         self._watch = watch
         self._studies = studies
+        self._models = models
         self._started = time.time()
         # Per kind of caller: an agent's credentials cannot submit, and a user's cannot register an agent.
-        self.routes: dict[str, dict[str, tuple[Decoder[Any], Handler]]] = {
+        self.routes: dict[str, dict[str, tuple[Decoder[Any], Handler | ByCaller]]] = {
             subjects.USER: {
                 subjects.SUBMIT: (Decoder(SubmitRequest), self.submit),
                 subjects.LIST_JOBS: (Decoder(ListJobsRequest), self.list_jobs),
@@ -96,6 +115,10 @@ class Api:
                 subjects.LIST_STUDIES: (Decoder(ListStudiesRequest), self.list_studies),
                 subjects.GET_STUDY: (Decoder(GetStudyRequest), self.get_study),
                 subjects.STOP_STUDY: (Decoder(StopStudyRequest), self.stop_study),
+                subjects.REGISTER_MODEL: (Decoder(RegisterModelRequest), ByCaller(self.register_model)),
+                subjects.LIST_MODELS: (Decoder(ListModelsRequest), self.list_models),
+                subjects.GET_MODEL: (Decoder(GetModelRequest), self.get_model),
+                subjects.ALIAS_MODEL: (Decoder(AliasModelRequest), ByCaller(self.alias_model)),
             },
             subjects.AGENT: {
                 subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
@@ -116,7 +139,7 @@ class Api:
         try:
             req = decoder.decode(data)
             callers.check(who, req)
-            return encode(await handler(req))
+            return encode(await (handler.serve(req, who) if isinstance(handler, ByCaller) else handler(req)))
         except NotAllowed as exc:
             log.warning("api_refused", subject=subject, error=str(exc))
             return error_reply(exc)
@@ -197,6 +220,20 @@ class Api:
 
     async def stop_study(self, req: StopStudyRequest) -> StopStudyReply:
         return StopStudyReply(study=self._studies.view(await self._studies.stop(req.study_id, req.cancel)))
+
+    # --- the model registry -------------------------------------------------------------------------------
+
+    async def register_model(self, req: RegisterModelRequest, who: subjects.Caller) -> RegisterModelReply:
+        return RegisterModelReply(version=await self._models.register(req, who.name))
+
+    async def list_models(self, req: ListModelsRequest) -> ListModelsReply:
+        return ListModelsReply(models=await self._models.list())
+
+    async def get_model(self, req: GetModelRequest) -> GetModelReply:
+        return await self._models.get(ModelRef(req.name, req.version, req.alias))
+
+    async def alias_model(self, req: AliasModelRequest, who: subjects.Caller) -> AliasModelReply:
+        return await self._models.alias(req.name, req.version, req.alias, who.name)
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)

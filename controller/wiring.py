@@ -34,6 +34,7 @@ from incl.controller.idle import Episode
 from incl.controller.jobs import JobChanges, Jobs, Listener
 from incl.controller.metrics import ControllerMetrics
 from incl.controller.migrate import upgrade_job
+from incl.controller.models import Models
 from incl.controller.notify import Notice, Notifier, kinds_for
 from incl.controller.providers import Provider
 from incl.controller.provision import Provisioner
@@ -122,7 +123,9 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     provisioner = Provisioner(cfg.reconcile, provider, jobs, agents)
     studies = Studies(cfg.studies, stores.studies, jobs, bus, study_engines(cfg, bus, asyncio.get_running_loop()))
     changes.subscribe(studies.job_changed)
-    api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, cfg.store_url, page_bytes=bus.max_payload // 2)
+    models = Models(buckets[subjects.MODELS_BUCKET], stores.jobs, bus, cfg.store_url, fence=stores.jobs.fence)
+    api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, cfg.store_url,
+              page_bytes=bus.max_payload // 2)
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
                  provider=provider, studies=studies)
 
