@@ -28,6 +28,7 @@ from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
 from incl.agent.workdir import WorkDirClaim
 from incl.agent.workspace import Workspace
 from incl.artifacts.store import ArtifactStore, open_store
+from incl.auth.sealing import AgentKey
 from incl.bus import probe
 from incl.bus.connection import Bus, connect
 from incl.bus.consume import consume
@@ -69,6 +70,7 @@ class AgentSuperseded(Exception):
 
 
 _ASSIGN: Decoder[Assign] = Decoder(Assign)
+SEAL_KEY = "seal.key"  # the agent's X25519 key (incl.auth.sealing), in its work dir, mode 0600
 
 
 def _gpu_source(cfg: AgentConfig) -> RecordedSource | None:
@@ -103,6 +105,7 @@ class Agent:
         self.telemetry: GpuTelemetry | None = None  # the last heartbeat's GPU readings, for the metrics too
         self.metrics = DaemonMetrics()
         self.metrics.registry.register(GpuUtilization(lambda: [(cfg.agent_id, self.telemetry)]))
+        self.seal_key: AgentKey | None = None  # read (made the first time) once this process holds the work dir
         self._bus: Bus
         self._tg: asyncio.TaskGroup
 
@@ -114,6 +117,7 @@ class Agent:
             capacity=Resources(cpus=cfg.host_cpus(), memory=cfg.host_memory(), gpus=len(gpus),
                                gpu_model=gpus[0].model if gpus else None),
             gpus=gpus, runtimes=["process", "docker"] if self.docker is not None else ["process"],
+            seal_key=self.seal_key.public if self.seal_key is not None else None,
             **self._instance_fields(),  # type: ignore[arg-type]  # mypy cannot match a **dict's values field by field
         )
 
@@ -147,6 +151,8 @@ class Agent:
         structlog.contextvars.bind_contextvars(agent_id=self.cfg.agent_id)
         probe.install(self.metrics)  # this lifespan's retries and consumed messages count here
         with WorkDirClaim(self.cfg.work_dir, self.instance) as self.claim:
+            # Kept in the work dir: a restarted agent opens the secrets of a container it re-adopts.
+            self.seal_key = AgentKey.load(Path(self.cfg.work_dir) / SEAL_KEY)
             await self._serve()
 
     async def _serve(self) -> None:
@@ -359,7 +365,7 @@ class Agent:
     def _start(self, assign: Assign, gpus: list[int] | None, adopt: ContainerHandle | None = None,
                resume: Resume | None = None) -> None:
         runner = Runner(self.cfg, self._bus, self.publish, assign, launcher=self.launcher, docker=self.docker,
-                        store=self.store, gpus=gpus, job_pids=self.job_pids, resume=resume)
+                        store=self.store, gpus=gpus, job_pids=self.job_pids, resume=resume, key=self.seal_key)
         self.runners[(assign.job_id, assign.attempt)] = runner
         self._tg.create_task(self._run(runner, adopt))
 

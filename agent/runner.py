@@ -31,6 +31,7 @@ from incl.agent.shipper import LineSplitter, Shipper
 from incl.agent.telemetry import ProcessTreeJobs
 from incl.agent.workspace import JobFiles, Workspace, link_data
 from incl.artifacts.store import ArtifactStore
+from incl.auth.sealing import AgentKey, SealError, seal
 from incl.bus.connection import Bus
 from incl.proto import subjects
 from incl.proto.codec import encode
@@ -105,13 +106,15 @@ class Runner:
     def __init__(self, cfg: AgentConfig, bus: Bus, publish: Publish, assign: Assign, *,
                  launcher: runtime.Launcher, docker: DockerRuntime | None = None,
                  store: ArtifactStore | None = None, gpus: list[int] | None = None,
-                 job_pids: ProcessTreeJobs | None = None, resume: Resume | None = None) -> None:
+                 job_pids: ProcessTreeJobs | None = None, resume: Resume | None = None,
+                 key: AgentKey | None = None) -> None:
         self.cfg = cfg
         self._launcher, self._docker, self._store = launcher, docker, store
         self._gpus = gpus  # None: this host has no GPUs to hand out
         self._job_pids = job_pids
         self._publish = publish
-        self.assign = assign
+        self.assign = at_rest(assign, key)
+        self._secrets, self._unopened = opened(assign, key)  # clear only in memory: the env and the redactor
         self.ref = JobRef(job_id=assign.job_id, attempt=assign.attempt)
         self.ws = Workspace(Path(cfg.work_dir), assign.job_id, assign.attempt)
         self._exec: Execution | None = None
@@ -120,7 +123,7 @@ class Runner:
         self._grace = cfg.cancel_grace
         self._tail: collections.deque[bytes] = collections.deque(maxlen=cfg.tail_lines)
         self._splitter = LineSplitter(cfg.max_line_bytes)
-        self._redact = Redactor(assign.spec.secrets)
+        self._redact = Redactor(self._secrets)
         resume = resume or Resume()
         self._skip = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}  # replayed lines to drop
         self._totals = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}
@@ -256,7 +259,7 @@ class Runner:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCL_")} if inherit else {}
         spec = self.assign.spec
         env.update(spec.env)
-        env.update(spec.secrets)
+        env.update(self._secrets)
         env.update(self.assign.env)
         env.update(self._gang_env)
         env.update({
@@ -293,7 +296,7 @@ class Runner:
             raise PrepareFailed(f"the job needs Docker for image {spec.image}, and agent {self.cfg.agent_id} "
                                 "has no Docker engine")
         return ContainerExecution(self._docker, self._container_spec(data_mounts), self.ws.run, self._on_output,
-                                  auth=_registry_auth(spec.secrets), progress=self._system,
+                                  auth=_registry_auth(self._secrets), progress=self._system,
                                   poll_interval=self.cfg.docker.poll_interval)
 
     def _container_spec(self, data_mounts: list[Mount]) -> ContainerSpec:
@@ -386,8 +389,9 @@ class Runner:
         try:
             data_mounts: list[Mount] = []
             if adopt is None:
-                self.ws.dir.mkdir(parents=True, exist_ok=True)
-                self.ws.assignment.write_bytes(encode(self.assign))
+                self.ws.write_assignment(encode(self.assign))  # sealed: no clear secret on this disk
+                if self._unopened is not None:
+                    return Outcome(None, self._unopened)
                 if self._has_preparation():
                     await self._publish(self._event(JobStarting))
                 data_mounts = await self._prepare(files)
@@ -484,6 +488,28 @@ async def _fetch_data(files: JobFiles | None, mount: DataMount) -> Path:
 
 async def _noop(pid: int | None) -> None:
     return None
+
+
+def opened(assign: Assign, key: AgentKey | None) -> tuple[dict[str, str], str | None]:
+    """The assignment's secret values in clear, and why they could not be opened (None when they were)."""
+    if assign.sealed is None:
+        return dict(assign.spec.secrets), None  # no secrets, or from an older controller: in the spec
+    if key is None:
+        return {}, "the job's secrets are sealed and this agent has no key to open them"
+    try:
+        return {name: key.open(data) for name, data in assign.sealed.items()}, None
+    except SealError as exc:
+        return {}, f"the job's secrets could not be opened on agent: {exc} (was its key file replaced?)"
+
+
+def at_rest(assign: Assign, key: AgentKey | None) -> Assign:
+    """The assignment as this agent keeps it (in memory and in assign.msgpack): an older controller's clear
+    values sealed to the agent's own key, like the rest."""
+    if assign.sealed is not None or not assign.spec.secrets or key is None:
+        return assign
+    return msgspec.structs.replace(
+        assign, spec=msgspec.structs.replace(assign.spec, secrets=dict.fromkeys(assign.spec.secrets, "")),
+        sealed={name: seal(key.public, value) for name, value in assign.spec.secrets.items()})
 
 
 def _registry_auth(secrets: dict[str, str]) -> dict[str, str] | None:

@@ -72,6 +72,15 @@ class Workspace:
         # ran here (re-adopts its container, or reports it lost: an attempt never runs twice).
         self.assignment = self.dir / "assign.msgpack"
 
+    def write_assignment(self, data: bytes) -> None:
+        """assign.msgpack, mode 0600 from its first byte: only the agent's user reads which job ran here, and the
+        secrets in it are sealed besides."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.assignment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        self.assignment.chmod(0o600)  # a file an older agent left (0644) keeps its mode through O_CREAT
+
     def create(self) -> Workspace:
         for d in (self.code, self.run, self.outputs, self.checkpoints, self.cache):
             d.mkdir(parents=True, exist_ok=True)

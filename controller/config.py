@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -82,6 +83,10 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # the agents learn it from the controller.
     store_url: str = "file://" + str(Path.home() / ".incl" / "store")
 
+    # The key that encrypts job secrets at rest in the jobs bucket (incl.auth.sealing.Vault), made on first start,
+    # mode 0600. Every controller of a cluster must read the same file. None: $INCL_HOME/controller/secrets.key.
+    secrets_key_file: str | None = None
+
     # Shapes agents could come in, besides the provider's own: a job that fits none of these, no known agent and
     # nothing the provider could launch is refused at submit.
     provider_shapes: list[Resources] = []
@@ -92,6 +97,11 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     aws: AwsConfig = AwsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     agent_nats_url: Servers | None = None  # the NATS URL(s) instances' agents dial (None: `nats_url`)
+
+    def secrets_key_path(self) -> Path:
+        if self.secrets_key_file is not None:
+            return Path(self.secrets_key_file)
+        return Path(os.environ.get("INCL_HOME", Path.home() / ".incl")) / "controller" / "secrets.key"
 
     def pacing(self) -> PacingConfig:
         return PacingConfig(heartbeat_interval=self.heartbeat_interval,

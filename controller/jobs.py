@@ -14,10 +14,11 @@ import structlog
 from msgspec import structs
 from structlog.contextvars import bound_contextvars
 
+from incl.auth.sealing import Vault
 from incl.bus.connection import Bus
 from incl.bus.kv import Bucket, KeyExists
 from incl.bus.retry import TRANSIENT, forever
-from incl.controller import gang, quota, state
+from incl.controller import gang, jobsecrets, quota, state
 from incl.controller.config import ControllerConfig
 from incl.controller.notify import check_channel
 from incl.controller.scheduler import could_ever_fit
@@ -103,13 +104,17 @@ class JobChanges:
 
 class Jobs:
     """`shapes`: every shape a job could ever run on (the submit-time fit check); `wake`: starts a scheduling
-    pass; `changes`: told of every job change."""
+    pass; `changes`: told of every job change; `vault`: locks secret values in the records (by default from the
+    key file the config names); `agent_key`: an agent's public key, to seal an assignment's secrets to."""
 
     def __init__(self, cfg: ControllerConfig, records: Records[Job], bus: Bus,
                  shapes: Callable[[], list[Resources]], wake: asyncio.Event, changes: JobChanges,
                  quotas: quota.QuotaConfig | None = None, submits: Bucket | None = None,
-                 refusal: Callable[[Wanted], str | None] = lambda _: None) -> None:
+                 refusal: Callable[[Wanted], str | None] = lambda _: None, vault: Vault | None = None,
+                 agent_key: Callable[[str], bytes | None] = lambda _: None) -> None:
         self._cfg = cfg
+        self._vault = vault or Vault.load(cfg.secrets_key_path())
+        self._agent_key = agent_key
         self._refusal = refusal  # the provider's: why a job could never be launched (resources.efa without EFA)
         self._submits = submits  # idempotency keys of submits -> job ids
         self.records = records
@@ -178,7 +183,9 @@ class Jobs:
         if job.state is JobState.QUEUED and job.id in self.waiting:
             job = structs.replace(job, reason=self.waiting[job.id])
         masked = self.masked(job.spec)
-        return job if masked is job.spec else structs.replace(job, spec=masked)
+        if masked is job.spec and job.locked_secrets is None:
+            return job
+        return structs.replace(job, spec=masked, locked_secrets=None)  # ciphertext is of no use to a reader
 
     @staticmethod
     def masked(spec: JobSpec) -> JobSpec:
@@ -193,9 +200,10 @@ class Jobs:
     # --- commands from users ------------------------------------------------------------------------------
 
     async def _update(self, job_id: str, change: Callable[[Job], Job]) -> Job:
-        """The one way a job changes: compare-and-set in the store, then tell whoever listens."""
+        """The one way a job changes: compare-and-set in the store, then tell whoever listens. A record an older
+        controller wrote with its secret values in clear is stored locked from its first change on."""
         before = self.records.get(job_id)
-        after = await self.records.update(job_id, change)
+        after = await self.records.update(job_id, lambda j: jobsecrets.locked(change(j), self._vault))
         if after is not before:
             self._index(before, after)
             self._changes.publish(before, after)
@@ -239,8 +247,8 @@ class Jobs:
             return existing
         now = time.time()
         while True:
-            job = Job(id=job_id or new_job_id(), spec=spec, user=user, state=JobState.QUEUED, submitted_at=now,
-                      updated_at=now, code=code, trial=trial)
+            job = jobsecrets.locked(Job(id=job_id or new_job_id(), spec=spec, user=user, state=JobState.QUEUED,
+                                        submitted_at=now, updated_at=now, code=code, trial=trial), self._vault)
             try:
                 await self.records.create(job)
                 break
@@ -296,7 +304,19 @@ class Jobs:
 
     # --- dispatch -----------------------------------------------------------------------------------------
 
+    def _refuse_keyless(self, job_id: str, agent_ids: list[str]) -> bool:
+        """A job with secrets is never handed to an agent that cannot open them sealed: it waits, saying why."""
+        job = self.records.get(job_id)
+        keyless = [a for a in agent_ids if self._agent_key(a) is None]
+        if job is None or not job.spec.secrets or not keyless:
+            return False
+        self.waiting[job_id] = jobsecrets.refusal(keyless[0])
+        log.warning("dispatch_refused_no_seal_key", job_id=job_id, agent_id=keyless[0])
+        return True
+
     async def dispatch(self, job_id: str, agent_id: str, instance: AgentInfo | None = None) -> None:
+        if self._refuse_keyless(job_id, [agent_id]):
+            return
         job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time(), instance))
         assert job.current is not None  # state.assign starts an attempt
         with bound_contextvars(attempt=job.current.number):
@@ -305,6 +325,8 @@ class Jobs:
 
     async def dispatch_gang(self, job_id: str, agents: list[AgentInfo]) -> None:
         """A multi-node attempt, rank k on agents[k]: each agent gets its rank's assignment."""
+        if self._refuse_keyless(job_id, [a.agent_id for a in agents]):
+            return
         job = await self._update(job_id, lambda j: gang.assign(j, agents, time.time()))
         assert job.current is not None
         with bound_contextvars(attempt=job.current.number):
@@ -323,14 +345,12 @@ class Jobs:
         assert cur is not None
         if cur.nodes:  # every rank's at once
             await asyncio.gather(*(
-                self._send(node.agent_id, Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job),
-                                                 code=job.code, gang=Gang(rank=node.rank, nodes=len(cur.nodes))),
+                self._send(node.agent_id, self._assign(job, node.agent_id, Gang(rank=node.rank, nodes=len(cur.nodes))),
                            msg_id=f"{job.id}.{cur.number}.r{node.rank}{copy}")
                 for node in cur.nodes if node.state is JobState.ASSIGNED))
             return
-        cmd = Assign(job_id=job.id, attempt=cur.number, spec=job.spec, env=job_env(job), code=job.code)
         try:
-            await self._send(cur.agent_id, cmd, msg_id=f"{job.id}.{cur.number}{copy}")
+            await self._send(cur.agent_id, self._assign(job, cur.agent_id), msg_id=f"{job.id}.{cur.number}{copy}")
         except TRANSIENT:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. over the payload limit: this job's failure
@@ -338,6 +358,13 @@ class Jobs:
             why = limits.bound_reason(f"the assignment could not be sent to agent {cur.agent_id}: {exc!r}")
             await self._update(job.id, lambda j: state.exited(j, cur.number, time.time(), exit_code=None, reason=why,
                                                               cancelled=False, tail=[], ended_at=time.time()))
+
+    def _assign(self, job: Job, agent_id: str, rank: Gang | None = None) -> Assign:
+        """The assignment for `agent_id`, its secret values sealed to that agent's key (only it can open them)."""
+        assert job.current is not None
+        spec, sealed = jobsecrets.sealed_for(job, self._vault, agent_id, self._agent_key(agent_id))
+        return Assign(job_id=job.id, attempt=job.current.number, spec=spec, env=job_env(job), code=job.code,
+                      gang=rank, sealed=sealed)
 
     async def resend_stale_assignments(self, older_than: float) -> None:
         """Re-send ASSIGNED attempts not started since `older_than` (the controller may have died between

@@ -151,6 +151,10 @@ class Job(_Struct, frozen=True):
     exit_code: int | None = None
     code: TreeRef | None = None  # the workdir snapshot the CLI uploaded at submit
     trial: TrialRef | None = None  # set when the job is a trial of an HPO study
+    # The values of `spec.secrets`, each encrypted with the controller's vault key (`incl.auth.sealing`); the
+    # spec then keeps the names with empty values, so the jobs bucket holds no clear value. None: a record an
+    # older controller wrote, whose spec still holds the values (sealed at its next write).
+    locked_secrets: dict[str, bytes] | None = None
 
     @property
     def name(self) -> str:
@@ -182,6 +186,9 @@ class AgentInfo(_Struct, frozen=True):
     runtimes: list[str] = msgspec.field(default_factory=lambda: ["process"])
     gpus: list[GpuInfo] = []
     version: str = ""
+    # The agent's X25519 public key: the controller seals each secret value of an assignment to it. None: an
+    # older agent, which is given no job that has secrets.
+    seal_key: bytes | None = None
 
 
 class AgentState(enum.StrEnum):
@@ -355,6 +362,9 @@ class Assign(Message, frozen=True):
     env: dict[str, str] = {}
     code: TreeRef | None = None
     gang: Gang | None = None
+    # The values of `spec.secrets`, each sealed to the agent's key (only it opens them); the spec then keeps the
+    # names with empty values. None: no secrets, or an assignment from an older controller (values in the spec).
+    sealed: dict[str, bytes] | None = None
 
 
 class CancelJob(Message, frozen=True):
