@@ -111,7 +111,7 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     shapes = Shapes(stores.agents, [*cfg.provider_shapes, *provider.shapes()])
     jobs = Jobs(cfg, stores.jobs, bus, shapes=shapes, wake=wake, changes=changes,
                 quotas=load_quota_config(cfg.quota_file), submits=buckets[subjects.SUBMITS_BUCKET],
-                refusal=provider.refusal)
+                refusal=provider.refusal, agent_key=lambda agent_id: seal_key(stores.agents, agent_id))
     notifier = Notifier(cfg.notify, cfg.notifier, stores.outbox)
     watch = GpuWatch(jobs, notifier, cfg.gpu_idle, stores.episodes)
     changes.subscribe(notify_of_changes(notifier))
@@ -128,6 +128,12 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
               page_bytes=bus.max_payload // 2)
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
                  provider=provider, studies=studies)
+
+
+def seal_key(agents: Records[AgentRecord], agent_id: str) -> bytes | None:
+    """The public key the agent registered with, to seal its assignments' secrets to (None: none sent)."""
+    record = agents.get(agent_id)
+    return record.info.seal_key if record is not None else None
 
 
 def notify_of_changes(notifier: Notifier) -> Listener:
