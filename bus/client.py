@@ -47,6 +47,19 @@ from incl.proto.messages import (
     SubmitRequest,
     TreeRef,
 )
+from incl.proto.registry import (
+    AliasModelReply,
+    AliasModelRequest,
+    GetModelReply,
+    GetModelRequest,
+    ListModelsReply,
+    ListModelsRequest,
+    ModelRef,
+    ModelSummary,
+    ModelVersion,
+    RegisterModelReply,
+    RegisterModelRequest,
+)
 from incl.proto.spec import JobSpec
 from incl.proto.status import NatsServer, StatusReply, StatusRequest
 from incl.proto.studies import (
@@ -287,6 +300,27 @@ class Client:
     async def dead_letters(self, limit: int = 20) -> ListDeadLettersReply:
         return await self._call(subjects.DEAD_LETTERS, ListDeadLettersRequest(meta=self._meta(), limit=limit),
                                 ListDeadLettersReply)
+
+    # --- the model registry -------------------------------------------------------------------------------
+
+    async def register_model(self, name: str, job_id: str, paths: list[str] | None = None, alias: str | None = None,
+                             note: str | None = None) -> ModelVersion:
+        """A new version of model `name` made of the job's outputs (or the files and folders `paths` name)."""
+        req = RegisterModelRequest(meta=self._meta(), name=name, job_id=job_id, paths=paths or [], alias=alias,
+                                   note=note)
+        return (await self._call(subjects.REGISTER_MODEL, req, RegisterModelReply)).version
+
+    async def models(self) -> list[ModelSummary]:
+        return (await self._call(subjects.LIST_MODELS, ListModelsRequest(meta=self._meta()), ListModelsReply)).models
+
+    async def model(self, ref: ModelRef) -> GetModelReply:
+        """The version `ref` names (its latest without a version or alias), with the model's versions and aliases."""
+        req = GetModelRequest(meta=self._meta(), name=ref.name, version=ref.version, alias=ref.alias)
+        return await self._call(subjects.GET_MODEL, req, GetModelReply)
+
+    async def alias_model(self, name: str, version: int, alias: str) -> AliasModelReply:
+        req = AliasModelRequest(meta=self._meta(), name=name, version=version, alias=alias)
+        return await self._call(subjects.ALIAS_MODEL, req, AliasModelReply)
 
     # --- streams ------------------------------------------------------------------------------------------
 

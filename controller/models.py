@@ -75,6 +75,14 @@ def aliases_in(keys: list[str], name: str) -> list[str]:
     return sorted(k[len(prefix):] for k in keys if k.startswith(prefix))
 
 
+def known(keys: list[str], name: str) -> list[int]:
+    """The versions of `name`; NotFound for a model never registered."""
+    versions = versions_in(keys, name)
+    if not versions:
+        raise NotFound(f"no model named {name!r} (incl model ls lists them)")
+    return versions
+
+
 def names_in(keys: list[str]) -> list[str]:
     return sorted({k.split("/", 1)[0] for k in keys if "/v/" in k})
 
@@ -145,6 +153,7 @@ class Models:
     async def alias(self, name: str, version: int, alias: str, caller: str) -> AliasModelReply:
         check_name(name)
         check_name(alias, "alias")
+        known(await self._kv.keys(), name)
         await self._version(name, version)  # NotFound for a version that does not exist
         previous = await self._alias(name, alias)
         record = ModelAlias(name=name, alias=alias, version=version, set_by=caller, set_at=time.time())
@@ -168,9 +177,7 @@ class Models:
     async def get(self, ref: ModelRef) -> GetModelReply:
         check_name(ref.name)
         keys = await self._kv.keys()
-        versions = versions_in(keys, ref.name)
-        if not versions:
-            raise NotFound(f"no model named {ref.name!r} (incl model ls lists them)")
+        versions = known(keys, ref.name)
         aliases = {a: r.version for a in aliases_in(keys, ref.name) if (r := await self._alias(ref.name, a))}
         number = versions[-1]
         if ref.version is not None:
