@@ -66,8 +66,8 @@ class Redactor:
     """Replaces each secret's value in job output with `<secret:NAME>` before it leaves the agent.
 
     Exact byte matches of values at least MIN_LENGTH long (a shorter one, such as "1", would mangle the log and
-    hide little); the longest value wins where one contains another. A line over `max_line_bytes` is shipped in
-    pieces, and a value split across two pieces is not found."""
+    hide little); the longest value wins where one contains another. A value split across two writes is found:
+    the line splitter redacts whole lines, and holds back `longest - 1` bytes where it cuts a very long one."""
 
     MIN_LENGTH = 3
 
@@ -78,6 +78,7 @@ class Redactor:
             if len(raw) >= self.MIN_LENGTH:
                 self._names.setdefault(raw, f"<secret:{name}>".encode())
         longest_first = sorted(self._names, key=len, reverse=True)
+        self.longest = len(longest_first[0]) if longest_first else 0
         self._pattern = re.compile(b"|".join(map(re.escape, longest_first))) if longest_first else None
 
     def __call__(self, data: bytes) -> bytes:
@@ -122,8 +123,8 @@ class Runner:
         self._cancelled = self._preempted = False
         self._grace = cfg.cancel_grace
         self._tail: collections.deque[bytes] = collections.deque(maxlen=cfg.tail_lines)
-        self._splitter = LineSplitter(cfg.max_line_bytes)
         self._redact = Redactor(self._secrets)
+        self._splitter = LineSplitter(cfg.max_line_bytes, self._redact, hold=self._redact.longest - 1)
         resume = resume or Resume()
         self._skip = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}  # replayed lines to drop
         self._totals = {Stream.STDOUT: resume.stdout, Stream.STDERR: resume.stderr}

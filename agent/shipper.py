@@ -107,19 +107,25 @@ class Shipper:
 
 
 class LineSplitter:
-    """Turns raw output chunks into LogLines: split on newlines, carry partial lines, cap very long ones."""
+    """Turns raw output chunks into LogLines: split on newlines, carry partial lines, cap very long ones.
 
-    def __init__(self, max_line: int) -> None:
+    `redact` (the job's secrets, `runner.Redactor`) is applied to the text before it is cut, and `hold` bytes of a
+    very long line are kept back at each cut: a value up to `hold + 1` bytes long that a cut (or a chunk boundary)
+    would split is whole when the next chunk arrives, and is found."""
+
+    def __init__(self, max_line: int, redact: Callable[[bytes], bytes] | None = None, hold: int = 0) -> None:
         self._max = max_line
+        self._redact = redact or (lambda data: data)
+        self._hold = max(hold, 0)
         self._partial: dict[Stream, bytes] = {}
 
     def feed(self, stream: Stream, chunk: bytes, now: float | None = None) -> list[LogLine]:
         ts = time.time() if now is None else now
         data = self._partial.pop(stream, b"") + chunk
-        parts = data.split(b"\n")
+        parts = [self._redact(p) for p in data.split(b"\n")]
         rest = parts.pop()
         lines = [LogLine(ts=ts, stream=stream, data=p, partial=partial) for p, partial in self._cap(parts)]
-        while len(rest) > self._max:  # an endless line is shipped in pieces, not held for ever
+        while len(rest) > self._max + self._hold:  # an endless line is shipped in pieces, not held for ever
             lines.append(LogLine(ts=ts, stream=stream, data=rest[: self._max], partial=True))
             rest = rest[self._max:]
         if rest:
@@ -128,7 +134,7 @@ class LineSplitter:
 
     def flush(self, now: float | None = None) -> list[LogLine]:
         ts = time.time() if now is None else now
-        out = [LogLine(ts=ts, stream=s, data=d) for s, d in self._partial.items()]
+        out = [LogLine(ts=ts, stream=s, data=self._redact(d)) for s, d in self._partial.items()]
         self._partial.clear()
         return out
 
