@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from incl.proto import PROTOCOL_VERSION, errors
 from incl.proto import messages as m
+from incl.proto import registry as rg
 from incl.proto import status as status_
 from incl.proto import studies as st_
 from incl.proto.codec import Decoder, encode
@@ -234,6 +235,36 @@ SAMPLES += [
           streams=[STREAM_PLAIN], dead_letters=1, errors=[LETTER_PLAIN],
           controllers=[{"controller_id": "c1", "started_at": 1.0, "leader": True},
                        {"controller_id": "c2", "started_at": 2.0, "leader": False}])),
+]
+
+TREE = m.TreeRef(digest="ef" * 32, files=1, bytes=5)
+TREE_PLAIN = {"digest": "ef" * 32, "files": 1, "bytes": 5}
+LINEAGE = rg.Lineage(job_id="j1", job_name="bert", job_state=m.JobState.SUCCEEDED, attempt=1, user="ann",
+                     metrics={"loss": 0.25})
+LINEAGE_PLAIN = {"job_id": "j1", "job_name": "bert", "job_state": "SUCCEEDED", "attempt": 1, "user": "ann",
+                 "code": None, "image": None, "env": {}, "params": {}, "study_id": None, "metrics": {"loss": 0.25}}
+VERSION = rg.ModelVersion(name="bert", version=2, tree=TREE, lineage=LINEAGE, registered_by="bob",
+                          registered_at=3.0, paths=["model.pt"])
+VERSION_PLAIN = {"name": "bert", "version": 2, "tree": TREE_PLAIN, "lineage": LINEAGE_PLAIN, "registered_by": "bob",
+                 "registered_at": 3.0, "paths": ["model.pt"], "note": None}
+ALIAS = rg.ModelAlias(name="bert", alias="prod", version=2, set_by="bob", set_at=4.0)
+ALIAS_PLAIN = {"name": "bert", "alias": "prod", "version": 2, "set_by": "bob", "set_at": 4.0}
+SAMPLES += [
+    (rg.RegisterModelRequest(meta=ENV, name="bert", job_id="j1", paths=["model.pt"], alias="prod"),
+     _msg(rg.RegisterModelRequest, meta=ENV_PLAIN, name="bert", job_id="j1", paths=["model.pt"], alias="prod",
+          note=None)),
+    (rg.RegisterModelReply(version=VERSION), _msg(rg.RegisterModelReply, version=VERSION_PLAIN)),
+    (rg.ListModelsRequest(meta=ENV), _msg(rg.ListModelsRequest, meta=ENV_PLAIN)),
+    (rg.ListModelsReply(models=[rg.ModelSummary(name="bert", versions=2, latest=VERSION, aliases={"prod": 2})]),
+     _msg(rg.ListModelsReply, models=[{"name": "bert", "versions": 2, "latest": VERSION_PLAIN,
+                                       "aliases": {"prod": 2}}])),
+    (rg.GetModelRequest(meta=ENV, name="bert", alias="prod"),
+     _msg(rg.GetModelRequest, meta=ENV_PLAIN, name="bert", version=None, alias="prod")),
+    (rg.GetModelReply(version=VERSION, versions=[1, 2], aliases={"prod": 2}),
+     _msg(rg.GetModelReply, version=VERSION_PLAIN, versions=[1, 2], aliases={"prod": 2})),
+    (rg.AliasModelRequest(meta=ENV, name="bert", version=2, alias="prod"),
+     _msg(rg.AliasModelRequest, meta=ENV_PLAIN, name="bert", version=2, alias="prod")),
+    (rg.AliasModelReply(alias=ALIAS, previous=1), _msg(rg.AliasModelReply, alias=ALIAS_PLAIN, previous=1)),
 ]
 
 
