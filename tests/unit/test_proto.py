@@ -74,6 +74,7 @@ JOB_PLAIN = {
     "exit_code": None,
     "code": {"digest": "cd" * 32, "files": 2, "bytes": 5},
     "trial": None,
+    "locked_secrets": None,
 }
 
 RES = m.Resources(cpus=8.0, memory=64 * 2**30, gpus=8, gpu_model="H100")
@@ -81,7 +82,7 @@ RES_PLAIN = {"cpus": 8.0, "memory": 64 * 2**30, "gpus": 8, "gpu_model": "H100"}
 
 INFO = m.AgentInfo(agent_id="a1", hostname="gpu-1", capacity=RES, labels={"zone": "eu"}, version="0.1.0",
                    provider="aws", instance_id="i-0abc", instance_type="p4d.24xlarge", market="spot",
-                   zone="us-east-1a", address="10.0.3.7")
+                   zone="us-east-1a", address="10.0.3.7", seal_key=b"k" * 32)
 INFO_PLAIN = {
     "agent_id": "a1",
     "hostname": "gpu-1",
@@ -96,6 +97,7 @@ INFO_PLAIN = {
     "runtimes": ["process"],
     "version": "0.1.0",
     "gpus": [],
+    "seal_key": b"k" * 32,
 }
 
 REF = m.JobRef(job_id="j1", attempt=2)
@@ -157,9 +159,9 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
     (m.AssignmentRequest(meta=ENV, job_id="j1", attempt=2, agent_id="a1"),
      _msg(m.AssignmentRequest, meta=ENV_PLAIN, job_id="j1", attempt=2, agent_id="a1")),
     (m.AssignmentReply(current=True), _msg(m.AssignmentReply, current=True, cancel_requested=False)),
-    (m.Assign(job_id="j1", attempt=2, spec=SPEC, env={"INCL_JOB_ID": "j1"}),
+    (m.Assign(job_id="j1", attempt=2, spec=SPEC, env={"INCL_JOB_ID": "j1"}, sealed={"TOKEN": b"\x00sealed"}),
      _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None,
-          gang=None)),
+          gang=None, sealed={"TOKEN": b"\x00sealed"})),
     (m.CancelJob(job_id="j1", attempt=2, grace=10.0), _msg(m.CancelJob, job_id="j1", attempt=2, grace=10.0)),
     (m.GangStart(job_id="j1", attempt=2, env={"MASTER_PORT": "29500"}),
      _msg(m.GangStart, job_id="j1", attempt=2, env={"MASTER_PORT": "29500"})),

@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nats
-
 from incl.auth import identities, serverconf
+from incl.bus.connection import connect
+from incl.bus.streams import ensure_buckets
+from incl.proto import subjects
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
 
@@ -45,14 +46,13 @@ async def test_the_rendered_server_keeps_no_clear_value_on_disk(tmp_path: Path) 
     try:
         for _ in range(100):
             try:
-                nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
+                bus = await connect(f"nats://127.0.0.1:{port}", "test", connect_timeout=1.0, reconnect_wait=0.1,
+                                    request_timeout=5.0, max_reconnect_attempts=0, quiet=True)
                 break
             except Exception:  # noqa: BLE001 - not listening yet
                 await asyncio.sleep(0.05)
-        kv = await nc.jetstream().create_key_value(bucket="T")
-        await kv.put("k", b"CLEAR-VALUE-93ab")
-        await nc.flush()
-        await nc.close()
+        async with bus:
+            await (await ensure_buckets(bus))[subjects.JOBS_BUCKET].put("k", b"CLEAR-VALUE-93ab")
     finally:
         server.terminate()
         server.wait(10)
