@@ -42,6 +42,7 @@ class Controller:
         self._connected = asyncio.Event()
         self._reconnected = asyncio.Event()  # the liveness loop gives every agent a fresh deadline
         self._reserving: dict[str, float] = {}  # gangs holding agents while they wait for the rest (scheduler)
+        self._planning = 0.0  # CPU seconds the last placement plan took (spaces the next: `schedule_duty`)
         self._fence: Callable[[], None] = lambda: None  # raises NotLeader once this controller may not act
         self.metrics = ControllerMetrics()
 
@@ -171,6 +172,8 @@ class Controller:
 
     async def _schedule(self, g: Graph) -> None:
         while True:
+            # A plan that took t seconds of CPU is followed by t (1/duty - 1) seconds in which none starts.
+            await asyncio.sleep(self._planning * (1 / self.cfg.schedule_duty - 1))
             await wait_event(self._wake, self.cfg.schedule_interval)
             self._wake.clear()
             await self._connected.wait()
@@ -183,6 +186,7 @@ class Controller:
                 self._wake.set()
 
     async def _schedule_once(self, g: Graph) -> None:
+        started = time.thread_time()  # the event loop's own CPU (not a study's worker threads)
         queued = g.jobs.queued()
         # Nothing queued (e.g. a burst of registrations): no placement pass at all.
         plan = (scheduler.plan(queued, g.agents.slots(), quotas=g.jobs.quotas, running=g.jobs.on_agent(),
@@ -191,6 +195,7 @@ class Controller:
                 if queued else scheduler.Plan(placements=[], waiting={}))
         self._reserving = dict(plan.reserving)
         g.jobs.waiting = g.provisioner.waiting(plan.waiting)  # the reasons, with each job's last launch failure
+        self._planning = time.thread_time() - started
         for job_id, agent_id in plan.placements:
             with bound_contextvars(job_id=job_id, agent_id=agent_id):
                 await self._dispatch(g, job_id, agent_id)

@@ -62,6 +62,9 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     # Scheduling and dispatch.
     schedule_interval: float = 2.0  # periodic pass, besides the pass every submit and event triggers
+    # At most this share of the controller's time goes to planning placements: with a long queue each plan takes
+    # longer, and passes are spaced out so that submits, events and heartbeats still get their turn.
+    schedule_duty: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     assign_resend_after: float = 15.0  # an ASSIGNED attempt that has not started is re-sent (deduplicated)
     cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
     gang_reserve_for: float = 120.0  # a multi-node job first in its class holds fitting agents this long for the rest

@@ -96,10 +96,18 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
     gangs: list[tuple[str, list[str]]] = []
     held_classes: set[int] = set()
     cfg = quotas or quota.QuotaConfig()
-    held = quota.usage(quota.claim_of(cfg, j) for j in running)
+    claims: dict[tuple[str, str | None, int | str | None, int], quota.Claim] = {}
+
+    def claim_of(j: Job) -> quota.Claim:
+        """A job's claim depends on these four only: a long queue from a few users resolves a few."""
+        key = (j.user, j.spec.team, j.spec.priority, j.spec.resources.gpus * j.spec.resources.nodes)
+        if (found := claims.get(key)) is None:
+            found = claims[key] = quota.claim_of(cfg, j)
+        return found
+
+    held = quota.usage(claim_of(j) for j in running)
     jobs = {j.id: j for j in queue}
-    queued = [quota.Queued(job_id=j.id, claim=quota.claim_of(cfg, j), submitted_at=j.submitted_at)
-              for j in jobs.values()]
+    queued = [quota.Queued(job_id=j.id, claim=claim_of(j), submitted_at=j.submitted_at) for j in jobs.values()]
     placements: list[tuple[str, str]] = []
     waiting: dict[str, str] = {}
     # Free resources only shrink during a pass: a single-node job that found no agent says why, and every later
