@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from incl.cli import admin, agents, files, gc, jobs, login, logs, status, study, submit, up, web
+from incl.cli import admin, agents, files, gc, jobs, login, logs, models, status, study, submit, up, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +17,7 @@ def cli(ctx: click.Context, nats_url: str | None) -> None:
 
 
 for command in (up.up, status.status, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
-                logs.metrics, agents.agents, files.outputs, files.download, admin.admin, study.study, gc.gc,
+                logs.metrics, agents.agents, files.outputs, files.download, admin.admin, study.study, models.model, gc.gc,
                 login.login, web.web):
     cli.add_command(command)
 

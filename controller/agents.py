@@ -93,7 +93,7 @@ class Agents:
 
     def slots(self) -> list[Slot]:
         slots = {r.info.agent_id: Slot(agent_id=r.info.agent_id, free=self._usable(r),
-                                       runtimes=frozenset(r.info.runtimes))
+                                       runtimes=frozenset(r.info.runtimes), seals=r.info.seal_key is not None)
                  for r in self.alive() if r.info.agent_id not in self.interrupted}
         for job in self._jobs.on_agent():
             for agent_id in gang.agents_of(job):  # each rank of a multi-node job holds one node's resources

@@ -21,6 +21,7 @@ class Slot(msgspec.Struct, kw_only=True):
     agent_id: str
     free: Resources
     runtimes: frozenset[str] = frozenset({"process"})
+    seals: bool = True  # the agent sent a sealing key: it can receive a job's secrets (incl.auth.sealing)
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,23 +61,25 @@ def _describe(want: Wanted) -> str:
     return ", ".join(parts)
 
 
-def _why_waiting(want: Wanted, runtime: str, slots: list[Slot]) -> str:
+def _why_waiting(want: Wanted, runtime: str, slots: list[Slot], secrets: bool = False) -> str:
     if not slots:
         return "waiting for an agent to register"
+    if secrets and not any(s.seals for s in slots):
+        return "waiting for an agent that can receive secrets (none sent a sealing key: an older agent)"
     if not any(runtime in s.runtimes for s in slots):
         return "waiting for an agent with Docker (the job names an image)"
     return f"waiting for an agent with {_describe(want)} free"
 
 
-def _gang(want: Wanted, runtime: str, slots: list[Slot]) -> tuple[list[Slot], str | None]:
+def _gang(want: Wanted, runtime: str, slots: list[Slot], secrets: bool = False) -> tuple[list[Slot], str | None]:
     """`want.nodes` distinct agents that each fit one node (fullest GPU fit first, then most free CPU), or the
     ones that do and why the rest are missing."""
-    fitting = sorted((s for s in slots if runtime in s.runtimes and fits(want, s.free)),
+    fitting = sorted((s for s in slots if runtime in s.runtimes and fits(want, s.free) and (s.seals or not secrets)),
                      key=lambda s: (s.free.gpus - want.gpus != 0, -s.free.cpus, s.agent_id))
     if len(fitting) >= want.nodes:
         return fitting[: want.nodes], None
     missing = want.nodes - len(fitting)
-    why = _why_waiting(want, runtime, slots).removeprefix("waiting for ")
+    why = _why_waiting(want, runtime, slots, secrets).removeprefix("waiting for ")
     return fitting, f"waiting for {missing} of {want.nodes} nodes: no {why.replace('an agent', 'agent')}"
 
 
@@ -112,7 +115,7 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
     waiting: dict[str, str] = {}
     # Free resources only shrink during a pass: a single-node job that found no agent says why, and every later
     # one with the same request and runtime waits for the same reason (a long queue costs one check per shape).
-    no_room: dict[tuple[float, int, int, str | None, str], str] = {}
+    no_room: dict[tuple[float, int, int, str | None, str, bool], str] = {}
     for q in quota.fair_order(queued, held):
         job = jobs[q.job_id]
         if (why := quota.check(cfg, q.claim, held)) is not None:
@@ -120,13 +123,14 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
             continue
         want = job.spec.resources
         runtime = "docker" if job.spec.image else "process"
-        shape = (want.cpus, want.memory or 0, want.gpus, want.gpu_model, runtime)
+        secrets = bool(job.spec.secrets)
+        shape = (want.cpus, want.memory or 0, want.gpus, want.gpu_model, runtime, secrets)
         if want.nodes == 1 and shape in no_room:
             waiting[job.id] = no_room[shape]
             continue
         slots = [s for s in everyone if held_for.get(s.agent_id, job.id) == job.id] if held_for else everyone
         if want.nodes > 1:
-            chosen, why = _gang(want, runtime, slots)
+            chosen, why = _gang(want, runtime, slots, secrets)
             if why is None:
                 for slot in chosen:
                     slot.free = subtract(slot.free, want)
@@ -143,9 +147,9 @@ def plan(queue: Iterable[Job], slots: list[Slot], *, quotas: quota.QuotaConfig |
                     slot.free = msgspec.structs.replace(slot.free, cpus=0.0, memory=0, gpus=0)
                 waiting[job.id] = f"{why} (holding {len(chosen)} for it)"
             continue
-        candidates = [s for s in slots if runtime in s.runtimes and fits(want, s.free)]
+        candidates = [s for s in slots if runtime in s.runtimes and fits(want, s.free) and (s.seals or not secrets)]
         if not candidates:
-            waiting[job.id] = _why_waiting(want, runtime, slots)
+            waiting[job.id] = _why_waiting(want, runtime, slots, secrets)
             if not held_for:  # with agents held for a gang, another job sees other slots
                 no_room[shape] = waiting[job.id]
             continue

@@ -62,3 +62,15 @@ def test_could_ever_fit() -> None:
     assert could_ever_fit(job("a", 0, cpus=8, gpus=2).spec.resources, shapes)
     assert not could_ever_fit(job("a", 0, cpus=16).spec.resources, shapes)
     assert not could_ever_fit(load_spec({"run": "x", "resources": {"gpus": "H100:1"}}).resources, shapes)
+
+
+def test_a_job_with_secrets_goes_only_to_an_agent_that_sent_a_sealing_key() -> None:
+    """An older agent (no key) gets jobs without secrets, never one with them: that one waits, saying why, when no
+    agent with a key has room."""
+    secret = Job(id="s", spec=load_spec({"run": "x", "secrets": {"TOKEN": "v"}}), user="u", state=JobState.QUEUED,
+                 submitted_at=1, updated_at=1)
+    old = Slot(agent_id="old", free=Resources(cpus=4, memory=10**12), seals=False)
+    p = plan([secret, job("plain", 2)], [old])
+    assert p.placements == [("plain", "old")] and "can receive secrets" in p.waiting["s"]
+    p = plan([secret], [old, slot("new", 1)])
+    assert p.placements == [("s", "new")]
