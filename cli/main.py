@@ -17,8 +17,8 @@ def cli(ctx: click.Context, nats_url: str | None) -> None:
 
 
 for command in (up.up, status.status, up.down, submit.submit, jobs.ls, jobs.show, jobs.cancel, jobs.quota, logs.logs,
-                logs.metrics, agents.agents, files.outputs, files.download, admin.admin, study.study, models.model, gc.gc,
-                login.login, web.web):
+                logs.metrics, agents.agents, files.outputs, files.download, admin.admin, study.study, models.model,
+                gc.gc, login.login, web.web):
     cli.add_command(command)
 
 
