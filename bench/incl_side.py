@@ -111,8 +111,13 @@ def r(x: float | None, nd: int = 3) -> float | None:
 # --------------------------------------------------------------------------
 
 class Stack:
-    def __init__(self, agents: int, cpus: float, keep: bool) -> None:
-        self.agents, self.cpus, self.keep = agents, cpus, keep
+    """`auth=False`: the benchmark starts a plain nats-server (no authentication) and `incl up --nats` on it, the
+    same daemons without credentials: the side-by-side for what authentication costs."""
+
+    def __init__(self, agents: int, cpus: float, keep: bool, auth: bool = True) -> None:
+        self.agents, self.cpus, self.keep, self.auth = agents, cpus, keep, auth
+        self.plain_nats: subprocess.Popen | None = None
+        self.plain_url = ""
         self.home = Path(tempfile.mkdtemp(prefix="incl-bench-", dir="/tmp"))
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if k != "INCL_NATS_URL"}
@@ -131,8 +136,9 @@ class Stack:
         self.up_retries = 0
         for attempt in range(tries):
             t = time.time()
-            p = self._incl("up", "--agents", str(self.agents), "--port", str(self.port), "--cpus",
-                           f"{self.cpus:g}", timeout=120)
+            where = ["--port", str(self.port)] if self.auth else ["--nats", self._start_plain_nats()]
+            p = self._incl("up", "--agents", str(self.agents), *where, "--cpus", f"{self.cpus:g}", "--web-port", "0",
+                           timeout=120)
             self.up_s = time.time() - t
             if p.returncode == 0:
                 break
@@ -148,7 +154,22 @@ class Stack:
         state = json.loads((self.home / "stack.json").read_text())
         self.url = state["nats_url"]
         self.pids = {proc["name"]: proc["pid"] for proc in state["procs"]}
+        if self.plain_nats is not None:
+            self.pids["nats"] = self.plain_nats.pid
         log(f"stack up in {self.up_s:.1f}s at {self.url}, home {self.home}")
+
+    def _start_plain_nats(self) -> str:
+        from incl.cli.stack import nats_server_binary, wait_port
+
+        if self.plain_nats is None:  # started once: a retried `incl up` reuses it
+            self.plain_url = f"nats://127.0.0.1:{self.port}"
+            store = self.home / "plain-nats"
+            self.plain_nats = subprocess.Popen(
+                [str(nats_server_binary()), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if not wait_port(self.port, 10.0):
+                raise RuntimeError("the plain nats-server did not start")
+        return self.plain_url
 
     def down(self) -> float | None:
         if not self._started:
@@ -161,6 +182,10 @@ class Stack:
                 log("incl down:", p.stdout.strip())
         except subprocess.TimeoutExpired:
             log("incl down timed out")
+        if self.plain_nats is not None:
+            self.plain_nats.terminate()
+            self.plain_nats.wait(30)
+            self.plain_nats = None
         dt = time.time() - t
         if not self.keep:
             shutil.rmtree(self.home, ignore_errors=True)
@@ -536,7 +561,7 @@ def bench_main(args) -> int:
     runs = []
     try:
         for c in concs:
-            stack = Stack(args.agents, args.cpus, args.keep_home)
+            stack = Stack(args.agents, args.cpus, args.keep_home, auth=not args.no_auth)
             try:
                 stack.up()
                 args.concurrency = c
@@ -606,6 +631,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--profile", metavar="DIR", help="py-spy the controller and agent local-0 into DIR")
     p.add_argument("--py-spy", default=os.environ.get("PY_SPY", shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy"))
     p.add_argument("--keep-home", action="store_true", help="keep INCL_HOME (logs) for inspection")
+    p.add_argument("--no-auth", action="store_true",
+                   help="a plain nats-server without authentication (incl up --nats), to compare with auth on")
     return p.parse_args(argv)
 
 
