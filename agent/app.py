@@ -26,7 +26,7 @@ from incl.agent.runtime import Launcher
 from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
 from incl.agent.telemetry import GpuSampler, ProcessTreeJobs, RecordedSource
 from incl.agent.workdir import WorkDirClaim
-from incl.agent.workspace import Workspace
+from incl.agent.workspace import Workspace, prune_ran
 from incl.artifacts.store import ArtifactStore, open_store
 from incl.auth.sealing import AgentKey
 from incl.bus import probe
@@ -100,6 +100,7 @@ class Agent:
         self._lease: Lease | None = None
         self._contact = time.monotonic()  # when the last request the controller answered was sent
         self._fenced: set[tuple[str, int]] = set()  # attempts stopped because the lease ran out
+        self._runs_ended = 0
         self.identity: InstanceIdentity | None = None  # on EC2: this instance, from IMDSv2
         self.interruption: Interruption | None = None  # the spot notice, once it came
         self.telemetry: GpuTelemetry | None = None  # the last heartbeat's GPU readings, for the metrics too
@@ -153,6 +154,7 @@ class Agent:
         with WorkDirClaim(self.cfg.work_dir, self.instance) as self.claim:
             # Kept in the work dir: a restarted agent opens the secrets of a container it re-adopts.
             self.seal_key = AgentKey.load(Path(self.cfg.work_dir) / SEAL_KEY)
+            prune_ran(Path(self.cfg.work_dir), time.time() - self.cfg.ran_kept_for)
             await self._serve()
 
     async def _serve(self) -> None:
@@ -341,7 +343,7 @@ class Agent:
                     log.info("assignment_stale", job_id=cmd.job_id, attempt=cmd.attempt)
                     return
                 self._take(key)
-                if Workspace(Path(self.cfg.work_dir), cmd.job_id, cmd.attempt).assignment.exists():
+                if Workspace(Path(self.cfg.work_dir), cmd.job_id, cmd.attempt).started:
                     # A copy of an assignment whose ack was lost, redelivered to this new agent process: the
                     # previous process started it, and its command died with that process (a container would
                     # have been re-adopted). Running it again would run one attempt twice (and mix its output
@@ -378,6 +380,9 @@ class Agent:
             self.runners.pop(key, None)
             self._fenced.discard(key)
             self._release_gpus(runner.ref.job_id)
+            self._runs_ended += 1
+            if self._runs_ended % 1000 == 0:  # a long-lived agent forgets old "started here" marks as it goes
+                await asyncio.to_thread(prune_ran, Path(self.cfg.work_dir), time.time() - self.cfg.ran_kept_for)
 
     # --- spot interruption ----------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     assign_fetch_timeout: float = 5.0  # long-poll on the assignment queue
     assign_ack_wait: float = 60.0
     taken_max: int = 4096  # attempts remembered, to drop re-sent copies at once (older ones: the controller says)
+    ran_kept_for: float = 86400.0  # an attempt's "started here" mark (work_dir/ran/) outlives its folder this long
     ended_retention: float = 300.0  # ended attempts are reported in heartbeats this long (their exit is stored)
 
     # Running jobs.

@@ -71,11 +71,21 @@ class Workspace:
         # Written before the attempt's command starts: a later agent process that finds it knows this attempt
         # ran here (re-adopts its container, or reports it lost: an attempt never runs twice).
         self.assignment = self.dir / "assign.msgpack"
+        # An empty file made with it, which outlives the attempt's folder: a copy of the assignment that reaches a
+        # later agent process after the attempt ended here (and its folder went) must not run it again.
+        self.ran = work_dir / RAN / f"{job_id}.{attempt}"
+
+    @property
+    def started(self) -> bool:
+        """This attempt was started on this instance, by this agent process or an earlier one."""
+        return self.ran.exists() or self.assignment.exists()
 
     def write_assignment(self, data: bytes) -> None:
         """assign.msgpack, mode 0600 from its first byte: only the agent's user reads which job ran here, and the
         secrets in it are sealed besides."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.ran.parent.mkdir(exist_ok=True)
+        self.ran.touch()
         fd = os.open(self.assignment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -181,6 +191,20 @@ class JobFiles:
 
 
 _trash_lock = threading.Lock()
+RAN = "ran"  # under the work dir: one empty file per attempt started here, `<job>.<attempt>`
+
+
+def prune_ran(work_dir: Path, older_than: float) -> int:
+    """Forget attempts started here before `older_than` (a time.time()): by then the controller has long recorded
+    how each ended, and no copy of their assignments is still on its way. Returns how many were forgotten."""
+    gone = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(work_dir / RAN) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < older_than:
+                    os.unlink(entry.path)
+                    gone += 1
+    return gone
 
 
 def _empty_trash(trash: Path) -> None:

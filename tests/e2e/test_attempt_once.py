@@ -84,6 +84,42 @@ async def test_a_redelivered_assignment_of_an_attempt_a_killed_process_started_i
     assert "attempt_not_rerun" in cluster.agents["a1"].output()
 
 
+async def test_a_copy_of_an_assignment_that_ended_and_was_cleaned_up_is_not_run_by_the_next_process(
+        cluster: Cluster, bus: Bus, tmp_path: Path) -> None:
+    """The attempt ran to its end here and its folder (with assign.msgpack) is gone; the agent is then killed
+    and a copy of the assignment reaches the next process (the controller had not yet heard the attempt end, so
+    it still says current): the "started here" mark that outlives the folder keeps it from running again (seen
+    in the chaos test: one attempt, two processes)."""
+    await ensure_streams(bus, StreamLimits())
+    await ensure_buckets(bus)
+    await fake_controller(bus, tmp_path / "store")
+    runs = tmp_path / "runs"
+    script = f"import os; open('{runs}', 'a').write(str(os.getpid()) + '\\n')"
+    assign = Assign(job_id="j-once0002", attempt=1, spec=load_spec({"run": f'{sys.executable} -c "{script}"'}))
+    agent = cluster.start_agent("a1")
+    await bus.publish_durable(subjects.assign("a1"), encode(assign))
+    seen: list[AgentEvent] = []
+
+    async def exits() -> list[JobExited] | None:
+        seen.extend(await events(bus, "a1"))
+        ended = [e for e in seen if isinstance(e, JobExited)]
+        return ended or None
+
+    first = await wait_for(exits, timeout=30, what="the attempt to end")
+    assert not first[0].fenced and first[0].exit_code == 0, first
+    work = cluster.tmp / "agents" / "a1"
+    await wait_for(lambda: not (work / "jobs" / "j-once0002").exists(), what="the attempt's folder to go")
+
+    agent.kill()
+    await bus.publish_durable(subjects.assign("a1"), encode(assign))
+    cluster.start_agent("a1")
+
+    # Its report of the copy carries the attempt's exit message id: the events stream keeps the real exit only.
+    await wait_for(lambda: "attempt_not_rerun" in cluster.agents["a1"].output(), timeout=30,
+                   what="the copy to be refused")
+    assert len(runs.read_text().split()) == 1, "the attempt ran a second time"
+
+
 async def test_an_assignment_whose_delivery_was_lost_is_sent_again_long_before_the_ack_wait(
         cluster: Cluster, bus: Bus, tmp_path: Path) -> None:
     """A NATS node that dies with a delivery in flight: the queue holds the assignment as delivered and hands it
