@@ -8,7 +8,7 @@ import getpass
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -347,10 +347,12 @@ class Client:
     async def has_messages(self, subject: str, stream: str) -> bool:
         return await self.bus.last(stream, subject) is not None
 
-    async def log_batches(self, job_id: str, follow: bool) -> AsyncIterator[LogBatch]:
+    async def log_batches(self, job_id: str, follow: bool, poll: float = 0.25) -> AsyncGenerator[LogBatch, None]:
+        """The job's log batches from the first; with `follow`, until the job has ended and all is read (waking
+        every `poll` seconds with nothing new)."""
         if not follow and not await self.has_messages(subjects.logs(job_id), subjects.LOGS_STREAM):
             return
-        async for batch in self._read(subjects.logs(job_id), LogBatch, job_id if follow else None):
+        async for batch in self._read(subjects.logs(job_id), LogBatch, job_id if follow else None, poll):
             yield batch
 
     async def expired(self, job: Job, stream: str) -> str | None:
@@ -368,8 +370,10 @@ class Client:
         return "expired: the cluster keeps them for " + " and up to ".join(x for x in limits if x) \
             if any(limits) else "expired"
 
-    async def metric_batches(self, job_id: str) -> AsyncIterator[MetricBatch]:
-        if not await self.has_messages(subjects.metrics(job_id), subjects.METRICS_STREAM):
+    async def metric_batches(self, job_id: str, follow: bool = False,
+                             poll: float = 0.25) -> AsyncGenerator[MetricBatch, None]:
+        """The job's metric batches, as `log_batches` reads its log."""
+        if not follow and not await self.has_messages(subjects.metrics(job_id), subjects.METRICS_STREAM):
             return
-        async for batch in self._read(subjects.metrics(job_id), MetricBatch, None):
+        async for batch in self._read(subjects.metrics(job_id), MetricBatch, job_id if follow else None, poll):
             yield batch

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncGenerator
-from typing import cast
 
 import msgspec
 from aiohttp import web
 
 from incl.bus.client import Client
 from incl.proto import errors
-from incl.proto.messages import Job, LogBatch, MetricBatch
+from incl.proto.messages import Job
 from incl.web import listing, openapi
 from incl.web import metrics as charts
 from incl.web.config import WebConfig
@@ -88,8 +86,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     })
     await resp.prepare(request)
     text = LogText(ranks=found.spec.resources.nodes > 1 or any(a.nodes for a in found.attempts))
-    async with contextlib.aclosing(cast(AsyncGenerator[LogBatch, None],
-                                        client.log_batches(found.id, follow=False))) as batches:
+    async with contextlib.aclosing(client.log_batches(found.id, follow=False)) as batches:
         async for batch in batches:
             if chunk := text.chunk(batch):
                 await resp.write(chunk)
@@ -125,8 +122,7 @@ async def metrics(request: web.Request) -> web.Response:
     lo, hi = _bound(request, "from"), _bound(request, "to")
     found = await _job(request)
     collector = charts.Collector(by_time=x == "time")
-    async with contextlib.aclosing(cast(AsyncGenerator[MetricBatch, None],
-                                        request.app[CLIENT].metric_batches(found.id))) as read:
+    async with contextlib.aclosing(request.app[CLIENT].metric_batches(found.id)) as read:
         async for batch in read:
             collector.add(batch)
     return _json({"x": x, "batches": collector.batches,

@@ -23,11 +23,9 @@ import structlog
 from aiohttp import web
 
 from incl.bus.client import Client
-from incl.proto import subjects
 from incl.proto.messages import TERMINAL, LogBatch, MetricBatch
 from incl.web.config import WebConfig
 from incl.web.errors import BadQuery
-from incl.web.follow import follow
 from incl.web.metrics import json_number
 
 log = structlog.get_logger()
@@ -165,10 +163,10 @@ class JobStream:
         poll = self._cfg.stream_poll
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._batches("log", follow(self._client, subjects.logs(self._job_id), LogBatch,
-                                                           self._job_id, poll), self._since.logs))
-                tg.create_task(self._batches("metric", follow(self._client, subjects.metrics(self._job_id),
-                                                              MetricBatch, self._job_id, poll), self._since.metrics))
+                tg.create_task(self._batches("log", self._client.log_batches(self._job_id, True, poll),
+                                             self._since.logs))
+                tg.create_task(self._batches("metric", self._client.metric_batches(self._job_id, True, poll),
+                                             self._since.metrics))
                 tg.create_task(self._states())
                 tg.create_task(self._write(resp))
         except* SlowClient:
