@@ -27,9 +27,13 @@ GARBAGE = [
     b"\x92" * 10_000,  # deeply nested arrays
 ]
 
-API = [*(subjects.user_api("tester", verb) for verb in (subjects.SUBMIT, subjects.LIST_JOBS, subjects.GET_JOB,
-                                                      subjects.CANCEL, subjects.LIST_AGENTS, subjects.PING)),
-       *(subjects.agent_api("a1", verb) for verb in (subjects.REGISTER, subjects.HEARTBEAT))]
+USER_VERBS = (subjects.SUBMIT, subjects.LIST_JOBS, subjects.GET_JOB, subjects.CANCEL, subjects.LIST_AGENTS,
+              subjects.PING, subjects.STATUS, subjects.QUOTA, subjects.DEAD_LETTERS, subjects.SUBMIT_STUDY,
+              subjects.LIST_STUDIES, subjects.GET_STUDY, subjects.STOP_STUDY, subjects.REGISTER_MODEL,
+              subjects.LIST_MODELS, subjects.GET_MODEL, subjects.ALIAS_MODEL)
+AGENT_VERBS = (subjects.REGISTER, subjects.HEARTBEAT, subjects.ASSIGNMENT)
+API = [*(subjects.user_api("tester", verb) for verb in USER_VERBS),
+       *(subjects.agent_api("a1", verb) for verb in AGENT_VERBS)]
 
 
 # What is under test is the daemons (separate processes). In 1 of 4 full-suite runs, a nats-py connection of this
