@@ -22,6 +22,7 @@ from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import InclError, NotAllowed, SpecInvalid
 from incl.proto.messages import (
+    TERMINAL,
     AssignmentReply,
     AssignmentRequest,
     CancelReply,
@@ -158,8 +159,10 @@ class Api:
         return SubmitReply(job=self._jobs.view(job))
 
     async def list_jobs(self, req: ListJobsRequest) -> ListJobsReply:
-        """Oldest first, in pages."""
-        jobs = [j for j in self._jobs.records
+        """Oldest first, in pages. Asked for states of jobs not over only (a poller's "what is still running"),
+        it reads the jobs not over, not every record the cluster kept."""
+        live_only = bool(req.states) and not TERMINAL.intersection(req.states or ())
+        jobs = [j for j in (self._jobs.live() if live_only else self._jobs.records)
                 if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)
                 and (req.study is None or (j.trial is not None and j.trial.study_id == req.study))]
         chosen, cursor = page(jobs, _job_key, req.after, req.limit, self._page_bytes)
