@@ -111,11 +111,14 @@ async def test_a_copy_of_an_assignment_that_ended_and_was_cleaned_up_is_not_run_
     await wait_for(lambda: not (work / "jobs" / "j-once0002").exists(), what="the attempt's folder to go")
 
     agent.kill()
+    restarted = cluster.start_agent("a1")
+    # The copy goes out once the next process pulls: published sooner, the server may still hand it to the dead
+    # process's last pull request, and it would wait out the ack wait (60 s) before reaching the new one.
+    await wait_for(lambda: "agent_registered" in restarted.output(), what="the next agent process")
     await bus.publish_durable(subjects.assign("a1"), encode(assign))
-    cluster.start_agent("a1")
 
     # Its report of the copy carries the attempt's exit message id: the events stream keeps the real exit only.
-    await wait_for(lambda: "attempt_not_rerun" in cluster.agents["a1"].output(), timeout=30,
+    await wait_for(lambda: "attempt_not_rerun" in cluster.agents["a1"].output(), timeout=90,
                    what="the copy to be refused")
     assert len(runs.read_text().split()) == 1, "the attempt ran a second time"
 
