@@ -448,16 +448,17 @@ class Agent:
         gpus = [int(g) for g in handle.labels.get("incl.gpus", "").split(",") if g]
         for index in gpus:
             self.gpu_alloc[index] = assign.job_id
-        resume = await self._resume_point(assign.job_id, assign.attempt)
+        resume = await self._resume_point(assign)
         log.info("container_adopted", job_id=assign.job_id, attempt=assign.attempt, container=handle.id,
                  shipped_lines=resume.stdout + resume.stderr)
         self._start(assign, gpus if self.sampler.gpus else None, adopt=handle, resume=resume)
 
-    async def _resume_point(self, job_id: str, attempt: int) -> Resume:
+    async def _resume_point(self, assign: Assign) -> Resume:
         """How far the previous agent process got shipping this attempt's output (the streams are the truth)."""
         resume = Resume()
-        for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(job_id), LogBatch),
-                                     (subjects.METRICS_STREAM, subjects.metrics(job_id), MetricBatch)):
+        attempt = assign.attempt
+        for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(assign), LogBatch),
+                                     (subjects.METRICS_STREAM, subjects.metrics(assign), MetricBatch)):
             data = await self._retry("last_batch", lambda s=stream, subj=subject: self._bus.last(s, subj))
             if data is None:
                 continue

@@ -24,7 +24,8 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     name: str
     public_key: str
     teams: list[str] = []
-    admin: bool = False
+    team_admin: list[str] = []  # teams whose jobs this user may cancel (a team admin is in the team)
+    admin: bool = False  # a cluster admin: may do anything
     created_at: float = 0.0
 
 
@@ -48,7 +49,10 @@ def creds_file(home: Path, kind: str, name: str) -> Path:
 
 def load(home: Path) -> Registry:
     """The registry, empty if there is none yet."""
-    path = registry_file(home)
+    return load_file(registry_file(home))
+
+
+def load_file(path: Path) -> Registry:
     if not path.exists():
         return Registry()
     return msgspec.json.decode(path.read_bytes(), type=Registry)
@@ -59,7 +63,8 @@ def save(home: Path, registry: Registry) -> None:
     keys.write_private(registry_file(home), msgspec.json.format(msgspec.json.encode(registry).decode()) + "\n")
 
 
-def add(home: Path, kind: str, name: str, *, teams: list[str] | None = None, admin: bool = False) -> Path:
+def add(home: Path, kind: str, name: str, *, teams: list[str] | None = None, team_admin: list[str] | None = None,
+        admin: bool = False) -> Path:
     """A new identity with a fresh key: its credential file written, the registry saved. Returns the file.
     ValueError if it exists already or its name cannot be a subject token."""
     if kind not in keys.KINDS:
@@ -70,8 +75,11 @@ def add(home: Path, kind: str, name: str, *, teams: list[str] | None = None, adm
         raise ValueError(f"{kind} {name} exists already")
     seed = keys.new_seed()
     path = keys.write_creds(creds_file(home, kind, name), kind, name, seed)
-    identity = Identity(kind=kind, name=name, public_key=keys.public_key(seed), teams=sorted(set(teams or [])),
-                        admin=admin, created_at=time.time())
+    for team in [*(teams or []), *(team_admin or [])]:
+        subjects.name_token(team)
+    identity = Identity(kind=kind, name=name, public_key=keys.public_key(seed),
+                        teams=sorted(set(teams or []) | set(team_admin or [])),
+                        team_admin=sorted(set(team_admin or [])), admin=admin, created_at=time.time())
     save(home, Registry(identities=[*registry.identities, identity]))
     return path
 

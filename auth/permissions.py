@@ -4,14 +4,18 @@ Everything not allowed is denied (the server's allow lists are closed). The JetS
 subjects, `$JS.API.<verb>.<stream>[.<consumer>[.<filter>]]`, so allowing a verb on one stream is allowing that subject.
 
 - The controller: everything (it owns the buckets and streams and answers every inbox).
-- A user: requests under their own name; reading the logs, metrics and study-journal streams the way the client
-  library reads them (ordered push consumers, short-lived pull consumers, last-message gets, stream info); replies
-  only on their own inbox. Never events, assignments, the KV buckets (`$KV.>`, the `KV_*` streams, direct gets) or any
-  stream but those three.
+- A user: requests under their own name; the output (logs, metrics) of the jobs they may read, as the policy says
+  (`incl.controller.policy`): their own jobs', `incl.logs.*.<user>.>`, and their teams', `incl.logs.<team>.>`
+  (a cluster admin: every job's). The output is read through consumers whose filter is in the API subject
+  (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`: the server refuses a payload whose filter differs) and by
+  direct gets whose subject names the subject read; the forms that carry what they read in the payload
+  (`CONSUMER.CREATE.<stream>`, `STREAM.MSG.GET`, `DIRECT.GET.<stream>` by sequence, `STREAM.INFO`) are denied.
+  Studies' journals (`incl.hpo.storage`) are read the way the journal reads them. Replies only on their own inbox.
+  Never events, assignments, the KV buckets (`$KV.>`, the `KV_*` streams, direct gets) or any other stream.
 - An agent: requests under its own id; its own events subject; log and metric batches (of any job for now: narrowing
-  to the jobs assigned to it is phase 2); its own dead letters; its own assignment consumer only, created with its
-  own subject as the filter (the subject pins it), fetched from and acked; the last log or metric batch of a job
-  (where a restarted agent resumes shipping); replies only on its own inbox.
+  to the jobs assigned to it needs per-job credentials); its own dead letters; its own assignment consumer only,
+  created with its own subject as the filter (the subject pins it), fetched from and acked; the last log or metric
+  batch of a job by direct get (where a restarted agent resumes shipping); replies only on its own inbox.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from incl.auth.identities import AGENT, CONTROLLER, USER, Identity
 from incl.proto import subjects
 
 JS = "$JS.API"
-# The streams a user reads: log lines, metric points, and HPO studies' journals (`incl.hpo.storage`).
-USER_READABLE = (subjects.LOGS_STREAM, subjects.METRICS_STREAM, subjects.STUDIES_STREAM)
+# The streams of jobs' output, one subject per job, `<prefix>.<team>.<owner>.<job>` (`subjects.logs`).
+OUTPUT = ((subjects.LOGS_STREAM, subjects.LOGS_PREFIX), (subjects.METRICS_STREAM, subjects.METRICS_PREFIX))
 
 
 def _stream_reader(stream: str) -> list[str]:
@@ -42,10 +46,27 @@ def _stream_reader(stream: str) -> list[str]:
     ]
 
 
-def _user(name: str) -> dict[str, Any]:
+def output_scopes(identity: Identity) -> list[str]:
+    """The `<team>.<owner>.<job>` subjects (wildcards) of the jobs whose output a user may read."""
+    if identity.admin:
+        return [">"]
+    return [f"*.{identity.name}.*", *(f"{team}.*.*" for team in sorted(set(identity.teams) | set(identity.team_admin)))]
+
+
+def _output_reader(stream: str, prefix: str, scopes: list[str]) -> list[str]:
+    """Reading `stream`'s subjects that `scopes` match, and nothing else of it (see the module's docstring)."""
+    allowed = [f"{JS}.CONSUMER.MSG.NEXT.{stream}.*", f"{JS}.CONSUMER.DELETE.{stream}.*"]
+    for scope in scopes:
+        allowed += [f"{JS}.CONSUMER.CREATE.{stream}.*.{prefix}.{scope}", f"{JS}.DIRECT.GET.{stream}.{prefix}.{scope}"]
+    return allowed
+
+
+def _user(identity: Identity) -> dict[str, Any]:
+    name = identity.name
     publish = [f"{subjects.API_PREFIX}.{subjects.USER}.{name}.>", f"{JS}.STREAM.NAMES"]
-    for stream in USER_READABLE:
-        publish += _stream_reader(stream)
+    for stream, prefix in OUTPUT:
+        publish += _output_reader(stream, prefix, output_scopes(identity))
+    publish += _stream_reader(subjects.STUDIES_STREAM)
     return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{subjects.user_inbox(name)}.>"]}}
 
 
@@ -55,11 +76,11 @@ def _agent(agent_id: str) -> dict[str, Any]:
     publish = [
         f"{subjects.API_PREFIX}.{subjects.AGENT}.{agent_id}.>",
         subjects.events(agent_id),
-        f"{subjects.LOGS_PREFIX}.*",
-        f"{subjects.METRICS_PREFIX}.*",
+        f"{subjects.LOGS_PREFIX}.>",
+        f"{subjects.METRICS_PREFIX}.>",
         subjects.dead(consumer),
-        f"{JS}.STREAM.MSG.GET.{subjects.LOGS_STREAM}",
-        f"{JS}.STREAM.MSG.GET.{subjects.METRICS_STREAM}",
+        f"{JS}.DIRECT.GET.{subjects.LOGS_STREAM}.{subjects.LOGS_PREFIX}.>",
+        f"{JS}.DIRECT.GET.{subjects.METRICS_STREAM}.{subjects.METRICS_PREFIX}.>",
         f"{JS}.CONSUMER.INFO.{own}",
         f"{JS}.CONSUMER.CREATE.{own}.{subjects.assign(agent_id)}",
         f"{JS}.CONSUMER.MSG.NEXT.{own}",
@@ -73,7 +94,7 @@ def permissions(identity: Identity) -> dict[str, Any]:
     if identity.kind == CONTROLLER:
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
     if identity.kind == USER:
-        return _user(identity.name)
+        return _user(identity)
     if identity.kind == AGENT:
         return _agent(identity.name)
     raise ValueError(f"unknown kind of identity {identity.kind!r}")

@@ -324,12 +324,12 @@ class Client:
 
     # --- streams ------------------------------------------------------------------------------------------
 
-    async def _read(self, subject: str, type_: Any, follow_job: str | None,
+    async def _read(self, stream: str, subject: str, type_: Any, follow_job: str | None,
                     poll: float = 0.25) -> AsyncIterator[Any]:
         """Every message on `subject`, in order; with `follow_job`, until that job has ended and all is read."""
         decoder: Decoder[Any] = Decoder(type_)
         caught_up_at_end = False
-        async with contextlib.aclosing(self.bus.follow(subject, poll)) as items:
+        async with contextlib.aclosing(self.bus.follow(stream, subject, poll)) as items:
             async for item in items:
                 if item is not None:
                     with contextlib.suppress(DecodeError):
@@ -347,33 +347,29 @@ class Client:
     async def has_messages(self, subject: str, stream: str) -> bool:
         return await self.bus.last(stream, subject) is not None
 
-    async def log_batches(self, job_id: str, follow: bool, poll: float = 0.25) -> AsyncGenerator[LogBatch, None]:
-        """The job's log batches from the first; with `follow`, until the job has ended and all is read (waking
-        every `poll` seconds with nothing new)."""
-        if not follow and not await self.has_messages(subjects.logs(job_id), subjects.LOGS_STREAM):
-            return
-        async for batch in self._read(subjects.logs(job_id), LogBatch, job_id if follow else None, poll):
+    async def _output(self, job: Job | str, stream: str, type_: Any, follow: bool,
+                      poll: float) -> AsyncGenerator[Any, None]:
+        """A job's batches on `stream` (its subject names the job's team and owner: the record says them, and
+        asking for it is where a caller who may not read the job is told so)."""
+        record = job if isinstance(job, Job) else await self.job(job)
+        subject = subjects.logs(record) if stream == subjects.LOGS_STREAM else subjects.metrics(record)
+        async for batch in self._read(stream, subject, type_, record.id if follow else None, poll):
             yield batch
 
-    async def expired(self, job: Job, stream: str) -> str | None:
-        """Why `job`, which has nothing left in `stream`, has nothing there: its messages expired, said with the
-        stream's limits; None when it wrote nothing there. An attempt's record keeps the tail of its output, so
-        a job with a tail wrote lines; they are gone once the stream's oldest message is newer than its end."""
-        wrote = [a.ended_at for a in job.attempts if a.tail and a.ended_at is not None]
-        if job.state not in TERMINAL or not wrote:
-            return None
-        kept = await self.bus.retention(stream)
-        if kept.oldest is not None and kept.oldest <= max(wrote):
-            return None
-        limits = [f"{kept.max_age / 86400:g} days" if kept.max_age else "",
-                  f"{kept.max_bytes / 2**30:g} GiB" if kept.max_bytes else ""]
-        return "expired: the cluster keeps them for " + " and up to ".join(x for x in limits if x) \
-            if any(limits) else "expired"
+    async def log_batches(self, job: Job | str, follow: bool, poll: float = 0.25) -> AsyncGenerator[LogBatch, None]:
+        """The job's log batches from the first; with `follow`, until the job has ended and all is read (waking
+        every `poll` seconds with nothing new). `job`: its record, or its id."""
+        async for batch in self._output(job, subjects.LOGS_STREAM, LogBatch, follow, poll):
+            yield batch
 
-    async def metric_batches(self, job_id: str, follow: bool = False,
+    async def expired(self, job_id: str) -> str | None:
+        """Why the job has nothing left in the logs stream, when its lines expired (said with the cluster's
+        retention); None when it wrote none. The controller tells: readers may not inspect the stream itself."""
+        return (await self._call(subjects.GET_JOB, GetJobRequest(meta=self._meta(), job_id=job_id, why_no_logs=True),
+                                 GetJobReply)).logs_expired
+
+    async def metric_batches(self, job: Job | str, follow: bool = False,
                              poll: float = 0.25) -> AsyncGenerator[MetricBatch, None]:
         """The job's metric batches, as `log_batches` reads its log."""
-        if not follow and not await self.has_messages(subjects.metrics(job_id), subjects.METRICS_STREAM):
-            return
-        async for batch in self._read(subjects.metrics(job_id), MetricBatch, job_id if follow else None, poll):
+        async for batch in self._output(job, subjects.METRICS_STREAM, MetricBatch, follow, poll):
             yield batch

@@ -25,6 +25,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
 
 from incl.auth.keys import read_creds
+from incl.bus.follow import Followed, Follower
 from incl.bus.kv import Bucket
 from incl.proto import errors, subjects
 from incl.proto.codec import Decoder, encode
@@ -33,6 +34,7 @@ from incl.proto.messages import ErrorReply, Reply, Request
 log = structlog.get_logger()
 
 R = TypeVar("R", bound=Reply)
+T = TypeVar("T")
 
 _decoders: dict[Any, Decoder[Any]] = {}
 
@@ -88,13 +90,6 @@ class Pull:
             return [Delivery(m) for m in await self._sub.fetch(batch, timeout=timeout)]
         except (TimeoutError, FetchTimeoutError):
             return []
-
-
-@dataclass(frozen=True)
-class Followed:
-    """A message read from a stream in order, and how many more the stream held when it was read."""
-    data: bytes
-    pending: int
 
 
 Handler = Callable[[str, bytes], Awaitable[bytes | None]]
@@ -246,6 +241,21 @@ class Bus:
             raise errors.from_code(reply.code, reply.message, reply.field)
         return reply
 
+    async def refusable(self, subject: str, call: Awaitable[T]) -> T:
+        """`call`, a request on `subject` made some other way (a JetStream API call); NotAllowed at once if the
+        server refuses it, rather than its timeout."""
+        with self._refusals.watch(subject) as refused:
+            asked = asyncio.ensure_future(call)
+            try:
+                await asyncio.wait((asked, refused), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not asked.done():
+                    asked.cancel()
+            if refused.done() and not (asked.done() and not asked.cancelled() and asked.exception() is None):
+                raise errors.NotAllowed(f"not allowed: the NATS server refused these credentials a request on "
+                                        f"{subject}")
+            return asked.result()
+
     async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
         """The reply's data; NotAllowed at once if the server refuses this connection to publish on `subject`."""
         with self._refusals.watch(subject) as refused:
@@ -379,9 +389,10 @@ class Bus:
 
     async def last(self, stream: str, subject: str) -> bytes | None:
         """The newest message on `subject`, or None if it has none (or the stream does not exist)."""
-        try:
-            msg = await self._js.get_last_msg(stream, subject)
-        except NotFoundError:
+        try:  # a direct get whose subject names the subject read: permissions can scope it (the streams allow it)
+            msg = await self.refusable(f"$JS.API.DIRECT.GET.{stream}.{subject}",
+                                       self._js.get_last_msg(stream, subject, direct=True))
+        except (NotFoundError, NoRespondersError):  # nothing on the subject / no such stream
             return None
         return bytes(msg.data or b"")
 
@@ -410,25 +421,14 @@ class Bus:
     async def purge(self, stream: str) -> None:
         await self._js.purge_stream(stream)
 
-    async def follow(self, subject: str, poll: float) -> AsyncGenerator[Followed | None, None]:
-        """Every message on `subject` from the first, in order; None each `poll` seconds with nothing new. Ends
-        (with nothing) if no stream holds the subject."""
-        try:
-            sub = await self._js.subscribe(subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL,
-                                           idle_heartbeat=1.0)
-        except NotFoundError:
-            return
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=poll)
-                except nats.errors.TimeoutError:
-                    yield None
-                    continue
-                yield Followed(data=bytes(msg.data), pending=msg.metadata.num_pending)
-        finally:
-            with contextlib.suppress(nats.errors.Error):  # the connection closed first: nothing to unsubscribe
-                await sub.unsubscribe()
+    async def follow(self, stream: str, subject: str, poll: float) -> AsyncGenerator[Followed | None, None]:
+        """Every message on `subject` of `stream` from the first, in order; None each `poll` seconds with nothing
+        new. Ends (with nothing) if the stream does not exist. (`incl.bus.follow`: scoped by subject.)"""
+        follower = Follower(self._nc, self._js, stream, subject, poll=poll, timeout=self.request_timeout,
+                            guard=self.refusable)
+        async with contextlib.aclosing(follower.run()) as items:
+            async for item in items:
+                yield item
 
     # --- buckets ------------------------------------------------------------------------------------------
 

@@ -33,8 +33,9 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: float = 120.0  # publish retries within it are stored once (Nats-Msg-Id)
 
 
-def _stream(name: str, prefix: str, limits: StreamLimits, replicas: int, **kwargs: Any) -> api.StreamConfig:
-    return api.StreamConfig(name=name, subjects=[f"{prefix}.*"], storage=api.StorageType.FILE,
+def _stream(name: str, prefix: str, limits: StreamLimits, replicas: int, tokens: str = "*",
+            **kwargs: Any) -> api.StreamConfig:
+    return api.StreamConfig(name=name, subjects=[f"{prefix}.{tokens}"], storage=api.StorageType.FILE,
                             duplicate_window=limits.duplicate_window, num_replicas=replicas, **kwargs)
 
 
@@ -43,10 +44,12 @@ def stream_configs(limits: StreamLimits, replicas: int = 1) -> list[api.StreamCo
     return [
         _stream(subjects.ASSIGN_STREAM, subjects.ASSIGN_PREFIX, limits, replicas, retention=work_queue),
         _stream(subjects.EVENTS_STREAM, subjects.EVENTS_PREFIX, limits, replicas, retention=work_queue),
-        _stream(subjects.LOGS_STREAM, subjects.LOGS_PREFIX, limits, replicas, retention=keep,
-                max_bytes=limits.logs_max_bytes, max_age=limits.logs_max_age),
-        _stream(subjects.METRICS_STREAM, subjects.METRICS_PREFIX, limits, replicas, retention=keep,
-                max_bytes=limits.metrics_max_bytes, max_age=limits.metrics_max_age),
+        # A job's output: `<team>.<owner>.<job>` (`subjects.logs`). Direct gets: a reader's "the last batch of this
+        # job" is a request whose subject names the job's subject, so the server's permissions can scope it.
+        _stream(subjects.LOGS_STREAM, subjects.LOGS_PREFIX, limits, replicas, tokens=">", retention=keep,
+                max_bytes=limits.logs_max_bytes, max_age=limits.logs_max_age, allow_direct=True),
+        _stream(subjects.METRICS_STREAM, subjects.METRICS_PREFIX, limits, replicas, tokens=">", retention=keep,
+                max_bytes=limits.metrics_max_bytes, max_age=limits.metrics_max_age, allow_direct=True),
         _stream(subjects.DEAD_STREAM, subjects.DEAD_PREFIX, limits, replicas, retention=keep,
                 max_bytes=limits.dead_max_bytes, max_age=limits.dead_max_age),
         # A journal must never lose its oldest entries: past the limit, new appends are refused, not old dropped.

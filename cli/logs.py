@@ -13,7 +13,6 @@ import click
 from rich.text import Text
 
 from incl.cli.output import Column, console, handles_errors, print_json, print_table
-from incl.proto import subjects
 from incl.proto.messages import Job, LogBatch, MetricPoint, Stream
 
 if TYPE_CHECKING:
@@ -91,18 +90,19 @@ class LogWriter:
         self._out.write(bytes(buf))
 
 
-async def print_logs(client: Client, job_id: str, *, follow: bool, attempt: int | None = None, rank: int | None = None,
-                     ranks: bool = False, timestamps: bool = False, streams: set[Stream] | None = None) -> int:
+async def print_logs(client: Client, job: Job | str, *, follow: bool, attempt: int | None = None,
+                     rank: int | None = None, ranks: bool = False, timestamps: bool = False,
+                     streams: set[Stream] | None = None) -> int:
     """The job's batches to stdout and stderr; how many were written."""
     writer = LogWriter(sys.stdout.buffer, sys.stderr, attempt=attempt, rank=rank, ranks=ranks, timestamps=timestamps,
                        streams=streams)
-    async for batch in client.log_batches(job_id, follow=follow):
+    async for batch in client.log_batches(job, follow=follow):
         writer.write(batch)
     return writer.batches
 
 
 async def follow_logs(client: Client, job: Job) -> Job:
-    await print_logs(client, job.id, follow=True, ranks=multi_node(job))
+    await print_logs(client, job, follow=True, ranks=multi_node(job))
     return await client.job(job.id)
 
 
@@ -126,9 +126,9 @@ def logs(ctx: click.Context, job_id: str, follow: bool, attempt: int | None, ran
     async def go() -> None:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
             job = await client.job(job_id)  # unknown id: a clear error, not an empty output
-            shown = await print_logs(client, job_id, follow=follow, attempt=attempt, rank=rank,
+            shown = await print_logs(client, job, follow=follow, attempt=attempt, rank=rank,
                                      ranks=multi_node(job), timestamps=timestamps, streams=wanted)
-            if not shown and (why := await client.expired(await client.job(job_id), subjects.LOGS_STREAM)):
+            if not shown and (why := await client.expired(job_id)):
                 print(f"incl: the logs of {job_id} {why}; its outputs are kept in the store "
                       f"(incl download {job_id})", file=sys.stderr)
 
@@ -224,8 +224,8 @@ def metrics(ctx: click.Context, job_id: str, rank: int | None, as_json: bool) ->
 
     async def go() -> list[RankedPoint]:
         async with Client(resolve_url(ctx.obj["nats_url"])) as client:
-            await client.job(job_id)
-            return [RankedPoint(batch.attempt, batch.rank, p) async for batch in client.metric_batches(job_id)
+            job = await client.job(job_id)
+            return [RankedPoint(batch.attempt, batch.rank, p) async for batch in client.metric_batches(job)
                     if rank is None or batch.rank == rank for p in batch.points]
 
     points = asyncio.run(go())

@@ -14,7 +14,7 @@ import click
 from incl.cli.output import Column, console, handles_errors, print_json, print_table
 from incl.proto.errors import InclError
 
-USER_COLUMNS = [Column("KIND"), Column("NAME"), Column("TEAMS", drop=2), Column("ADMIN", drop=1),
+USER_COLUMNS = [Column("KIND"), Column("NAME"), Column("TEAMS (* admin)", drop=2), Column("ADMIN", drop=1),
                 Column("CREATED", drop=3), Column("PUBLIC KEY", drop=4, shrink=16)]
 
 
@@ -30,17 +30,22 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("name")
-@click.option("--team", "teams", multiple=True, help="A team the user belongs to (repeat for several).")
+@click.option("--team", "teams", multiple=True, help="A team the user belongs to (repeat for several): they see its "
+              "jobs, logs, metrics and outputs.")
+@click.option("--team-admin", "team_admin", multiple=True, metavar="TEAM",
+              help="A team the user administers (repeat for several): a member who may also cancel its jobs.")
 @click.option("--admin", is_flag=True, help="A cluster admin (may do anything).")
 @handles_errors
-def add(name: str, teams: tuple[str, ...], admin: bool) -> None:
-    """Create NAME's identity and write their credentials to a file (printed), to hand to them privately."""
+def add(name: str, teams: tuple[str, ...], team_admin: tuple[str, ...], admin: bool) -> None:
+    """Create NAME's identity and write their credentials to a file (printed), to hand to them privately.
+    A user sees and cancels their own jobs; a team's members see its jobs; its admins may cancel them."""
     from incl.auth import identities  # noqa: PLC0415 - lazy: its key library
     from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
     from incl.cli import stack  # noqa: PLC0415 - lazy
     home = incl_home()
     try:
-        path = identities.add(home, identities.USER, name, teams=list(teams), admin=admin)
+        path = identities.add(home, identities.USER, name, teams=list(teams), team_admin=list(team_admin),
+                              admin=admin)
     except ValueError as exc:
         raise InclError(str(exc)) from None
     console.print(f"user {name} added; credentials in {path} (mode 0600): give them to {name}, who runs "
@@ -76,7 +81,8 @@ def ls(as_json: bool) -> None:
         console.print("no identities yet (`incl up` makes the local ones)", markup=False)
         return
     order = {identities.USER: 0, identities.AGENT: 1, identities.CONTROLLER: 2}
-    rows = [[i.kind, i.name, ",".join(i.teams) or "-", "yes" if i.admin else "", _when(i.created_at), i.public_key]
+    rows = [[i.kind, i.name, ",".join(t + ("*" if t in i.team_admin else "") for t in i.teams) or "-",
+             "yes" if i.admin else "", _when(i.created_at), i.public_key]
             for i in sorted(registry.identities, key=lambda i: (order.get(i.kind, 3), i.name))]
     print_table(USER_COLUMNS, rows)
 

@@ -7,16 +7,19 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+import msgspec
 import structlog
 
 from incl.bus import health
 from incl.bus.connection import Bus, error_reply
-from incl.controller import callers, deadletters, gang, leader, quota
+from incl.controller import callers, deadletters, gang, leader, policy, quota
 from incl.controller.agents import Agents
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
 from incl.controller.models import Models
 from incl.controller.paging import page
+from incl.controller.policy import Principal
+from incl.controller.principals import Principals
 from incl.controller.studies import Studies
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
@@ -58,7 +61,7 @@ from incl.proto.registry import (
     RegisterModelReply,
     RegisterModelRequest,
 )
-from incl.proto.spec import check_spec
+from incl.proto.spec import JobSpec, check_spec
 from incl.proto.status import ControllerMember, StatusReply, StatusRequest
 from incl.proto.studies import (
     GetStudyReply,
@@ -78,19 +81,38 @@ def _job_key(job: Job) -> str:
     """Submission order, then id: a stable cursor for `incl ls` pages."""
     return f"{job.submitted_at:020.6f}/{job.id}"
 
+async def logs_expired(bus: Bus, job: Job) -> str | None:
+    """Why `job`, which has nothing left in the logs stream, has nothing there: its lines expired, said with the
+    stream's limits; None when it wrote none. An attempt's record keeps the tail of its output, so a job with a
+    tail wrote lines; they are gone once the stream's oldest message is newer than its end. (The controller
+    answers this: readers may not inspect the stream itself.)"""
+    wrote = [a.ended_at for a in job.attempts if a.tail and a.ended_at is not None]
+    if job.state not in TERMINAL or not wrote:
+        return None
+    kept = await bus.retention(subjects.LOGS_STREAM)
+    if kept.oldest is not None and kept.oldest <= max(wrote):
+        return None
+    limits = [f"{kept.max_age / 86400:g} days" if kept.max_age else "",
+              f"{kept.max_bytes / 2**30:g} GiB" if kept.max_bytes else ""]
+    return "expired: the cluster keeps them for " + " and up to ".join(x for x in limits if x) \
+        if any(limits) else "expired"
+
+
 Handler = Callable[[Any], Awaitable[Reply]]
 
 
 class ByCaller(NamedTuple):
-    """A handler told who asks, as the subject names the caller (the registry records who registered a version;
-    the payload is never asked)."""
-    serve: Callable[[Any, subjects.Caller], Awaitable[Reply]]
+    """A handler told who asks: the user the subject names, as the identities registry has them (their teams and
+    rights, `incl.controller.policy`); the payload is never asked."""
+    serve: Callable[[Any, Principal], Awaitable[Reply]]
 
 
 class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
-                 models: Models, store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
+                 models: Models, store_url: str | None = None, page_bytes: int = 512 * 1024,
+                 principals: Principals | None = None) -> None:
         self._bus = bus
+        self._principals = principals or Principals(None)
         self._id = controller_id
         self._page_bytes = page_bytes  # a listing's page, encoded, stays under this (half the payload limit)
         self._store_url = store_url
@@ -103,19 +125,19 @@ class Api:
         # Per kind of caller: an agent's credentials cannot submit, and a user's cannot register an agent.
         self.routes: dict[str, dict[str, tuple[Decoder[Any], Handler | ByCaller]]] = {
             subjects.USER: {
-                subjects.SUBMIT: (Decoder(SubmitRequest), self.submit),
-                subjects.LIST_JOBS: (Decoder(ListJobsRequest), self.list_jobs),
-                subjects.GET_JOB: (Decoder(GetJobRequest), self.get_job),
-                subjects.CANCEL: (Decoder(CancelRequest), self.cancel),
+                subjects.SUBMIT: (Decoder(SubmitRequest), ByCaller(self.submit)),
+                subjects.LIST_JOBS: (Decoder(ListJobsRequest), ByCaller(self.list_jobs)),
+                subjects.GET_JOB: (Decoder(GetJobRequest), ByCaller(self.get_job)),
+                subjects.CANCEL: (Decoder(CancelRequest), ByCaller(self.cancel)),
                 subjects.LIST_AGENTS: (Decoder(ListAgentsRequest), self.list_agents),
                 subjects.PING: (Decoder(PingRequest), self.ping),
                 subjects.STATUS: (Decoder(StatusRequest), self.status),
                 subjects.QUOTA: (Decoder(QuotaRequest), self.quota),
-                subjects.DEAD_LETTERS: (Decoder(ListDeadLettersRequest), self.dead_letters),
-                subjects.SUBMIT_STUDY: (Decoder(SubmitStudyRequest), self.submit_study),
-                subjects.LIST_STUDIES: (Decoder(ListStudiesRequest), self.list_studies),
-                subjects.GET_STUDY: (Decoder(GetStudyRequest), self.get_study),
-                subjects.STOP_STUDY: (Decoder(StopStudyRequest), self.stop_study),
+                subjects.DEAD_LETTERS: (Decoder(ListDeadLettersRequest), ByCaller(self.dead_letters)),
+                subjects.SUBMIT_STUDY: (Decoder(SubmitStudyRequest), ByCaller(self.submit_study)),
+                subjects.LIST_STUDIES: (Decoder(ListStudiesRequest), ByCaller(self.list_studies)),
+                subjects.GET_STUDY: (Decoder(GetStudyRequest), ByCaller(self.get_study)),
+                subjects.STOP_STUDY: (Decoder(StopStudyRequest), ByCaller(self.stop_study)),
                 subjects.REGISTER_MODEL: (Decoder(RegisterModelRequest), ByCaller(self.register_model)),
                 subjects.LIST_MODELS: (Decoder(ListModelsRequest), self.list_models),
                 subjects.GET_MODEL: (Decoder(GetModelRequest), self.get_model),
@@ -140,7 +162,9 @@ class Api:
         try:
             req = decoder.decode(data)
             callers.check(who, req)
-            return encode(await (handler.serve(req, who) if isinstance(handler, ByCaller) else handler(req)))
+            if isinstance(handler, ByCaller):
+                return encode(await handler.serve(req, self._principals.get(who.name)))
+            return encode(await handler(req))
         except NotAllowed as exc:
             log.warning("api_refused", subject=subject, error=str(exc))
             return error_reply(exc)
@@ -152,34 +176,49 @@ class Api:
             log.exception("api_handler_failed", subject=subject)
             return error_reply(InclError(f"internal error: {type(exc).__name__}"))
 
-    async def submit(self, req: SubmitRequest) -> SubmitReply:
+    def _with_team(self, spec: JobSpec, who: Principal) -> JobSpec:
+        """The spec with the team the job belongs to (`policy.team_for`): fixed at submit, it names the job's
+        output subjects, and so who may read them."""
+        gpus = spec.resources.gpus * spec.resources.nodes
+        quota_team = quota.resolve(self._jobs.quotas, user=who.name, gpus=gpus).team if spec.team is None else None
+        teams = self._jobs.quotas.teams
+        team = policy.team_for(spec, who, quota_team, lambda t: not teams or t in teams)
+        return spec if team == spec.team else msgspec.structs.replace(spec, team=team)
+
+    async def submit(self, req: SubmitRequest, who: Principal) -> SubmitReply:
         if req.spec.hpo is not None:
             raise SpecInvalid("a spec with hpo: is a study: submit it as one (incl submit does)", field="hpo")
-        job = await self._jobs.submit(check_spec(req.spec), req.user, req.code, key=req.meta.idempotency_key)
+        spec = self._with_team(check_spec(req.spec), who)
+        job = await self._jobs.submit(spec, req.user, req.code, key=req.meta.idempotency_key)
         return SubmitReply(job=self._jobs.view(job))
 
-    async def list_jobs(self, req: ListJobsRequest) -> ListJobsReply:
-        """Oldest first, in pages. Asked for states of jobs not over only (a poller's "what is still running"),
-        it reads the jobs not over, not every record the cluster kept."""
+    async def list_jobs(self, req: ListJobsRequest, who: Principal) -> ListJobsReply:
+        """Oldest first, in pages, of the jobs the caller may see. Asked for states of jobs not over only (a
+        poller's "what is still running"), it reads the jobs not over, not every record the cluster kept."""
         live_only = bool(req.states) and not TERMINAL.intersection(req.states or ())
         jobs = [j for j in (self._jobs.live() if live_only else self._jobs.records)
                 if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)
-                and (req.study is None or (j.trial is not None and j.trial.study_id == req.study))]
+                and (req.study is None or (j.trial is not None and j.trial.study_id == req.study))
+                and policy.may_read(who, j.user, j.spec.team)]
         chosen, cursor = page(jobs, _job_key, req.after, req.limit, self._page_bytes)
         views = [self._jobs.view(j) for j in chosen]
         util = {j.id: self._watch.util[j.id] for j in views if j.id in self._watch.util}
         return ListJobsReply(jobs=views, gpu_util=util, next=cursor)
 
-    async def get_job(self, req: GetJobRequest) -> GetJobReply:
+    async def get_job(self, req: GetJobRequest, who: Principal) -> GetJobReply:
         job = self._jobs.view(self._jobs.records.require(req.job_id, "job"))
+        policy.check_read(who, "job", job.id, job.user, job.spec.team)
+        expired = await logs_expired(self._bus, job) if req.why_no_logs else None
         return GetJobReply(job=job, gpu_util=self._watch.util.get(job.id),
-                           gpu_idle_since=self._watch.monitor.idle_since(job.id))
+                           gpu_idle_since=self._watch.monitor.idle_since(job.id), logs_expired=expired)
 
     async def quota(self, req: QuotaRequest) -> QuotaReply:
         held = quota.usage(quota.claim_of(self._jobs.quotas, j) for j in self._jobs.on_agent())
         return QuotaReply(lines=quota.report(self._jobs.quotas, held))
 
-    async def cancel(self, req: CancelRequest) -> CancelReply:
+    async def cancel(self, req: CancelRequest, who: Principal) -> CancelReply:
+        job = self._jobs.records.require(req.job_id, "job")
+        policy.check_change(who, "job", job.id, job.user, job.spec.team)
         return CancelReply(job=await self._jobs.cancel(req.job_id))
 
     async def list_agents(self, req: ListAgentsRequest) -> ListAgentsReply:
@@ -190,7 +229,8 @@ class Api:
     async def heartbeat(self, req: HeartbeatRequest) -> Reply:
         return await self._agents.heartbeat(req)
 
-    async def dead_letters(self, req: ListDeadLettersRequest) -> ListDeadLettersReply:
+    async def dead_letters(self, req: ListDeadLettersRequest, who: Principal) -> ListDeadLettersReply:
+        policy.check_admin(who, "reading dead letters (they hold messages as sent)")
         return await deadletters.newest(self._bus, req.limit)
 
     async def assignment(self, req: AssignmentRequest) -> AssignmentReply:
@@ -207,26 +247,33 @@ class Api:
 
     # --- studies ------------------------------------------------------------------------------------------
 
-    async def submit_study(self, req: SubmitStudyRequest) -> SubmitStudyReply:
-        spec = check_spec(req.spec)
+    async def submit_study(self, req: SubmitStudyRequest, who: Principal) -> SubmitStudyReply:
+        spec = self._with_team(check_spec(req.spec), who)
         if spec.hpo is None:
             raise SpecInvalid("a study needs an hpo: section (submit a plain job instead)", field="hpo")
         study = await self._studies.submit(spec, req.user, req.code, key=req.meta.idempotency_key)
         return SubmitStudyReply(study=self._studies.view(study))
 
-    async def list_studies(self, req: ListStudiesRequest) -> ListStudiesReply:
-        studies, cursor = await self._studies.list(req.user, req.after, req.limit, self._page_bytes)
+    async def list_studies(self, req: ListStudiesRequest, who: Principal) -> ListStudiesReply:
+        studies, cursor = await self._studies.list(req.user, req.after, req.limit, self._page_bytes,
+                                                   lambda s: policy.may_read(who, s.user, s.spec.team))
         return ListStudiesReply(studies=studies, next=cursor)
 
-    async def get_study(self, req: GetStudyRequest) -> GetStudyReply:
+    async def get_study(self, req: GetStudyRequest, who: Principal) -> GetStudyReply:
+        study = self._studies.records.require(req.study_id, "study")
+        policy.check_read(who, "study", study.id, study.user, study.spec.team)
         return await self._studies.get(req.study_id)
 
-    async def stop_study(self, req: StopStudyRequest) -> StopStudyReply:
+    async def stop_study(self, req: StopStudyRequest, who: Principal) -> StopStudyReply:
+        study = self._studies.records.require(req.study_id, "study")
+        policy.check_change(who, "study", study.id, study.user, study.spec.team)
         return StopStudyReply(study=self._studies.view(await self._studies.stop(req.study_id, req.cancel)))
 
     # --- the model registry -------------------------------------------------------------------------------
 
-    async def register_model(self, req: RegisterModelRequest, who: subjects.Caller) -> RegisterModelReply:
+    async def register_model(self, req: RegisterModelRequest, who: Principal) -> RegisterModelReply:
+        job = self._jobs.records.require(req.job_id, "job")  # a version is made of the job's outputs: read them
+        policy.check_read(who, "job", job.id, job.user, job.spec.team)
         return RegisterModelReply(version=await self._models.register(req, who.name))
 
     async def list_models(self, req: ListModelsRequest) -> ListModelsReply:
@@ -235,7 +282,7 @@ class Api:
     async def get_model(self, req: GetModelRequest) -> GetModelReply:
         return await self._models.get(ModelRef(req.name, req.version, req.alias))
 
-    async def alias_model(self, req: AliasModelRequest, who: subjects.Caller) -> AliasModelReply:
+    async def alias_model(self, req: AliasModelRequest, who: Principal) -> AliasModelReply:
         return await self._models.alias(req.name, req.version, req.alias, who.name)
 
     async def ping(self, req: PingRequest) -> PingReply:

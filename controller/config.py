@@ -90,6 +90,12 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # mode 0600. Every controller of a cluster must read the same file. None: $INCL_HOME/controller/secrets.key.
     secrets_key_file: str | None = None
 
+    # Who the users are (teams, team admins, cluster admins: `incl.controller.policy`): the identities registry
+    # the NATS server's configuration is rendered from, read again whenever it changes. None: with `creds` set
+    # (a server with authentication), $INCL_HOME/auth/identities.json; without, no policy (a server without
+    # authentication cannot tell callers apart: every caller is trusted).
+    identities_file: str | None = None
+
     # Shapes agents could come in, besides the provider's own: a job that fits none of these, no known agent and
     # nothing the provider could launch is refused at submit.
     provider_shapes: list[Resources] = []
@@ -105,6 +111,13 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         if self.secrets_key_file is not None:
             return Path(self.secrets_key_file)
         return Path(os.environ.get("INCL_HOME", Path.home() / ".incl")) / "controller" / "secrets.key"
+
+    def identities_path(self) -> Path | None:
+        if self.identities_file is not None:
+            return Path(self.identities_file)
+        if self.creds is None:
+            return None
+        return Path(os.environ.get("INCL_HOME", Path.home() / ".incl")) / "auth" / "identities.json"
 
     def pacing(self) -> PacingConfig:
         return PacingConfig(heartbeat_interval=self.heartbeat_interval,

@@ -364,7 +364,7 @@ class Jobs:
         assert job.current is not None
         spec, sealed = jobsecrets.sealed_for(job, self._vault, agent_id, self._agent_key(agent_id))
         return Assign(job_id=job.id, attempt=job.current.number, spec=spec, env=job_env(job), code=job.code,
-                      gang=rank, sealed=sealed)
+                      gang=rank, sealed=sealed, owner=job.user)
 
     async def resend_stale_assignments(self, older_than: float) -> None:
         """Re-send ASSIGNED attempts not started since `older_than` (the controller may have died between

@@ -111,7 +111,7 @@ class Models:
         job = self._jobs.require(req.job_id, "job")
         attempt, outputs = outputs_of(job)
         tree = await self._store_tree(name, job.id, outputs, req.paths)
-        metrics = await self._final_metrics(job.id)
+        metrics = await self._final_metrics(job)
         for _ in range(CLAIM_ATTEMPTS):
             number = max(versions_in(await self._kv.keys(), name), default=0) + 1
             version = ModelVersion(name=name, version=number, tree=tree, paths=list(req.paths),
@@ -199,15 +199,13 @@ class Models:
         entry = await self._kv.get(alias_key(name, alias))
         return self._aliases.decode(entry[0]) if entry else None
 
-    async def _final_metrics(self, job_id: str) -> dict[str, float]:
+    async def _final_metrics(self, job: Job) -> dict[str, float]:
         """The last value of each metric the job logged, read in order batch by batch (an attempt's exit event
         comes after its metrics, so an ended job's are all in the stream)."""
-        subject = subjects.metrics(job_id)
+        subject = subjects.metrics(job)
         last: dict[str, float] = {}
-        if await self._bus.last(subjects.METRICS_STREAM, subject) is None:
-            return last
         decoder: Decoder[MetricBatch] = Decoder(MetricBatch)
-        async with contextlib.aclosing(self._bus.follow(subject, self._metric_poll)) as items:
+        async with contextlib.aclosing(self._bus.follow(subjects.METRICS_STREAM, subject, self._metric_poll)) as items:
             async for item in items:
                 if item is None:
                     break

@@ -222,9 +222,9 @@ class Studies:
         return StudySummary(study=self.view(study), counts=counts, best_value=best.value if best else None,
                             best_trial=best.number if best else None, gpu_hours=gpu_hours(jobs, time.time()))
 
-    async def list(self, user: str | None, after: str | None, limit: int | None,
-                   page_bytes: int) -> tuple[list[StudySummary], str | None]:
-        studies = [s for s in self.records if user is None or s.user == user]
+    async def list(self, user: str | None, after: str | None, limit: int | None, page_bytes: int,
+                   visible: Callable[[Study], bool] = lambda s: True) -> tuple[list[StudySummary], str | None]:
+        studies = [s for s in self.records if (user is None or s.user == user) and visible(s)]
         chosen, cursor = page(studies, lambda s: f"{s.created_at:020.6f}/{s.id}", after, limit, page_bytes)
         return [await self.summary(s) for s in chosen], cursor
 

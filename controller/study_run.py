@@ -138,7 +138,7 @@ class StudyRun:
                     await self._finish(trial.number, job)
                     told = True
                 else:
-                    self._follow(tg, trial.number, job.id)
+                    self._follow(tg, trial.number, job)
             elif job is not None and job.state not in TERMINAL and not job.cancel_requested:
                 await self._cancel(job, f"its trial ended ({trial.state.name})")
         if not await self._start_more(tg, jobs) and told:
@@ -173,7 +173,7 @@ class StudyRun:
                 break
             jobs[ticket.number] = submitted
             in_flight += 1
-            self._follow(tg, ticket.number, submitted.id)
+            self._follow(tg, ticket.number, submitted)
         if started > len(self.trials):
             self.trials = await self.call(self.engine.trials)
             return True
@@ -230,7 +230,7 @@ class StudyRun:
         assert hpo is not None and hpo.metric is not None
         self._unfollow(number)
         if job.state is JobState.SUCCEEDED:
-            series = [v for _, v in await self._series(job.id, hpo.metric)]
+            series = [v for _, v in await self._series(job, hpo.metric)]
             try:
                 value = trial_value(series, hpo.metric, hpo.objective, hpo.direction)
             except NoValue as exc:
@@ -264,12 +264,13 @@ class StudyRun:
                 count[0] += 1
         return out
 
-    async def _series(self, job_id: str, metric: str) -> list[tuple[int, float]]:
+    async def _series(self, job: Job, metric: str) -> list[tuple[int, float]]:
         """Every point of `metric` the job logged, in order (all its attempts; the events stream holds an
         attempt's exit only after its metrics, so the series is whole once the job has ended)."""
         out: list[tuple[int, float]] = []
         count = [0]
-        async with contextlib.aclosing(self._bus.follow(subjects.metrics(job_id), self._cfg.metric_poll)) as items:
+        async with contextlib.aclosing(self._bus.follow(subjects.METRICS_STREAM, subjects.metrics(job),
+                                                        self._cfg.metric_poll)) as items:
             async for item in items:
                 if item is None:
                     break
@@ -278,21 +279,21 @@ class StudyRun:
                     break
         return out
 
-    def _follow(self, tg: asyncio.TaskGroup, number: int, job_id: str) -> None:
+    def _follow(self, tg: asyncio.TaskGroup, number: int, job: Job) -> None:
         """Follow a running trial's metric for its pruner (a study without one reads the series once, at the
         end: intermediate values would cost journal writes for nothing)."""
         hpo = self.study.spec.hpo
         if hpo is None or hpo.pruner.type == "none":
             return
         if number not in self._followers or self._followers[number].done():
-            self._followers[number] = tg.create_task(self._follow_metric(number, job_id))
+            self._followers[number] = tg.create_task(self._follow_metric(number, job))
 
     def _unfollow(self, number: int) -> None:
         task = self._followers.pop(number, None)
         if task is not None:
             task.cancel()
 
-    async def _follow_metric(self, number: int, job_id: str) -> None:
+    async def _follow_metric(self, number: int, job: Job) -> None:
         """The trial's intermediate values, as the job logs them (in batches, at most every `report_interval`);
         when the pruner says so, the trial is PRUNED and its job cancelled."""
         hpo = self.study.spec.hpo
@@ -301,7 +302,8 @@ class StudyRun:
         count = [0]
         next_report = 0.0
         try:
-            async with contextlib.aclosing(self._bus.follow(subjects.metrics(job_id), self._cfg.metric_poll)) as items:
+            async with contextlib.aclosing(self._bus.follow(subjects.METRICS_STREAM, subjects.metrics(job),
+                                                            self._cfg.metric_poll)) as items:
                 async for item in items:
                     if item is not None:
                         pending += self._points(item.data, hpo.metric, count)
@@ -312,12 +314,12 @@ class StudyRun:
                     points, pending = pending, []
                     next_report = time.monotonic() + self._cfg.report_interval
                     if await self.call(self.engine.report, number, points):
-                        await self._prune(number, job_id, points[-1][0])
+                        await self._prune(number, job.id, points[-1][0])
                         return
         except asyncio.CancelledError:
             raise
         except Exception:  # one trial's metric must never stop the study
-            log.exception("trial_follow_failed", study_id=self.study_id, trial=number, job_id=job_id)
+            log.exception("trial_follow_failed", study_id=self.study_id, trial=number, job_id=job.id)
 
     async def _prune(self, number: int, job_id: str, step: int) -> None:
         assert self.engine is not None

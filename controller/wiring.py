@@ -36,6 +36,7 @@ from incl.controller.metrics import ControllerMetrics
 from incl.controller.migrate import upgrade_job
 from incl.controller.models import Models
 from incl.controller.notify import Notice, Notifier, kinds_for
+from incl.controller.principals import Principals
 from incl.controller.providers import Provider
 from incl.controller.provision import Provisioner
 from incl.controller.quota import load_quota_config
@@ -125,7 +126,7 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     changes.subscribe(studies.job_changed)
     models = Models(buckets[subjects.MODELS_BUCKET], stores.jobs, bus, cfg.store_url, fence=stores.jobs.fence)
     api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, cfg.store_url,
-              page_bytes=bus.max_payload // 2)
+              page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()))
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
                  provider=provider, studies=studies)
 

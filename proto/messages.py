@@ -160,6 +160,19 @@ class Job(_Struct, frozen=True):
     def name(self) -> str:
         return self.spec.name or self.id
 
+    # What names the job's output subjects (`subjects.logs`): the same on a record and on its assignment.
+    @property
+    def job_id(self) -> str:
+        return self.id
+
+    @property
+    def owner(self) -> str:
+        return self.user
+
+    @property
+    def team(self) -> str | None:
+        return self.spec.team
+
     @property
     def current(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
@@ -233,12 +246,16 @@ class ListJobsReply(Reply, frozen=True):
 
 class GetJobRequest(Request, frozen=True):
     job_id: str
+    why_no_logs: bool = False  # also say whether the job's log lines expired (`logs_expired`): a stream read
+
+
 
 
 class GetJobReply(Reply, frozen=True):
     job: Job
     gpu_util: float | None = None
     gpu_idle_since: float | None = None  # set while the idle monitor considers the job idle
+    logs_expired: str | None = None  # asked `why_no_logs`: "expired: the cluster keeps them for 30 days", or None
 
 
 class CancelRequest(Request, frozen=True):
@@ -365,6 +382,11 @@ class Assign(Message, frozen=True):
     # The values of `spec.secrets`, each sealed to the agent's key (only it opens them); the spec then keeps the
     # names with empty values. None: no secrets, or an assignment from an older controller (values in the spec).
     sealed: dict[str, bytes] | None = None
+    owner: str = ""  # who submitted the job: with `spec.team`, it names the job's output subjects
+
+    @property
+    def team(self) -> str | None:
+        return self.spec.team
 
 
 class CancelJob(Message, frozen=True):

@@ -442,6 +442,9 @@ def _convert(data: dict[str, Any], tp: Any = JobSpec, prefix: str = "") -> Any:
         raise SpecInvalid(reason.lower() if reason[:1].isupper() else reason, field=field) from None
 
 
+_TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 def _semantic_checks(spec: JobSpec) -> None:
     if not spec.run.strip():
         raise SpecInvalid("must be a non-empty command", field="run")
@@ -466,6 +469,8 @@ def _semantic_checks(spec: JobSpec) -> None:
         raise SpecInvalid(f"must be a rank from 0 to {r.nodes - 1}, or all", field="outputs.ranks")
     if spec.retry.max_attempts < 1:
         raise SpecInvalid("must be at least 1", field="retry.max_attempts")
+    if spec.team is not None and not _TEAM_NAME.fullmatch(spec.team):
+        raise SpecInvalid("must be a team name: letters, digits, '-' and '_', at most 64", field="team")
     for section, names in (("env", spec.env), ("secrets", spec.secrets)):
         for key in names:
             if not _ENV_NAME.match(key):

@@ -1,6 +1,6 @@
 """NATS subject, stream, consumer and bucket names: the only place they are spelled."""
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 # Request-reply, served by the controller. A request's subject names its caller, `incl.api.user.<name>.<verb>` or
 # `incl.api.agent.<agent_id>.<verb>`, so that the NATS server's permissions (each identity may publish only under its
@@ -44,7 +44,9 @@ EVENTS_STREAM = "INCL_EVENTS"
 EVENTS_PREFIX = "incl.events"
 EVENTS_CONSUMER = "controller"
 
-# Agent -> readers: log lines and metric points, one subject per job.
+# Agent -> readers: log lines and metric points, one subject per job, `incl.logs.<team>.<owner>.<job>`: the team
+# and the owner in the subject let the NATS server's permissions give each user their own jobs' output and their
+# teams' (`incl.auth.permissions`), and nobody else's. A job of no team has the team token NO_TEAM.
 LOGS_STREAM = "INCL_LOGS"
 LOGS_PREFIX = "incl.logs"
 METRICS_STREAM = "INCL_METRICS"
@@ -81,12 +83,31 @@ def events(agent_id: str) -> str:
     return f"{EVENTS_PREFIX}.{agent_id}"
 
 
-def logs(job_id: str) -> str:
-    return f"{LOGS_PREFIX}.{job_id}"
+NO_TEAM = "_"
 
 
-def metrics(job_id: str) -> str:
-    return f"{METRICS_PREFIX}.{job_id}"
+class Owned(Protocol):
+    """What names a job's output subjects: a job record, or an assignment (which carries its owner)."""
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def team(self) -> str | None: ...
+
+
+def scope(owner: str, team: str | None) -> str:
+    """The `<team>.<owner>` tokens of a job's output subjects (an assignment from an older controller names no
+    owner: `_`, which only the controller and cluster admins read)."""
+    return f"{name_token(team) if team else NO_TEAM}.{name_token(owner) if owner else NO_TEAM}"
+
+
+def logs(job: Owned) -> str:
+    return f"{LOGS_PREFIX}.{scope(job.owner, job.team)}.{job.job_id}"
+
+
+def metrics(job: Owned) -> str:
+    return f"{METRICS_PREFIX}.{scope(job.owner, job.team)}.{job.job_id}"
 
 
 def dead(source: str) -> str:

@@ -86,7 +86,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     })
     await resp.prepare(request)
     text = LogText(ranks=found.spec.resources.nodes > 1 or any(a.nodes for a in found.attempts))
-    async with contextlib.aclosing(client.log_batches(found.id, follow=False)) as batches:
+    async with contextlib.aclosing(client.log_batches(found, follow=False)) as batches:
         async for batch in batches:
             if chunk := text.chunk(batch):
                 await resp.write(chunk)
@@ -122,7 +122,7 @@ async def metrics(request: web.Request) -> web.Response:
     lo, hi = _bound(request, "from"), _bound(request, "to")
     found = await _job(request)
     collector = charts.Collector(by_time=x == "time")
-    async with contextlib.aclosing(request.app[CLIENT].metric_batches(found.id)) as read:
+    async with contextlib.aclosing(request.app[CLIENT].metric_batches(found)) as read:
         async for batch in read:
             collector.add(batch)
     return _json({"x": x, "batches": collector.batches,

@@ -22,7 +22,7 @@ from incl.bus.streams import StreamLimits, ensure_buckets, ensure_streams
 from incl.proto import subjects
 from incl.proto.codec import encode
 from incl.proto.errors import InclError, NotAllowed
-from incl.proto.messages import Envelope, JobState, LogBatch, LogLine, SubmitReply, SubmitRequest
+from incl.proto.messages import Envelope, Job, JobState, LogBatch, LogLine, SubmitReply, SubmitRequest
 from incl.proto.spec import load_spec
 
 
@@ -119,21 +119,51 @@ async def test_a_user_cannot_forge_events_sniff_assignments_or_read_the_buckets(
                         "$JS.API.DIRECT.GET.KV_incl_jobs.$KV.incl_jobs.j-1", "$JS.API.DIRECT.GET.KV_incl_jobs",
                         "$JS.API.CONSUMER.CREATE.KV_incl_jobs", "$JS.API.STREAM.INFO.INCL_ASSIGN",
                         "$JS.API.CONSUMER.CREATE.INCL_EVENTS", "$JS.API.STREAM.PURGE.INCL_LOGS",
-                        subjects.user_api("alice", subjects.PING)):
+                        subjects.user_api("alice", subjects.PING),
+                        # The forms of reading the output streams that carry what they read in the payload:
+                        "$JS.API.STREAM.INFO.INCL_LOGS", "$JS.API.STREAM.MSG.GET.INCL_LOGS",
+                        "$JS.API.DIRECT.GET.INCL_LOGS", "$JS.API.CONSUMER.CREATE.INCL_LOGS",
+                        "$JS.API.CONSUMER.CREATE.INCL_METRICS.x", "$JS.API.STREAM.MSG.GET.INCL_METRICS"):
             with pytest.raises(NotAllowed, match="not allowed"):
                 await bob.request_raw(subject, b'{"last_by_subj": "$KV.incl_jobs.j-1"}', timeout=5)
-        # What bob may do works: read the logs stream as the client library reads it.
-        info = json.loads(await bob.request_raw("$JS.API.STREAM.INFO.INCL_LOGS", b"", timeout=5))
-        assert info["config"]["name"] == subjects.LOGS_STREAM
 
 
-async def test_a_user_reads_logs_the_way_the_client_does(auth_nats: AuthNats, controller_bus: Bus) -> None:
-    batch = LogBatch(job_id="j-1", attempt=1, seq=0, lines=[LogLine(stream=1, data=b"hello", ts=1.0)])
+def _job(job_id: str, user: str, team: str | None) -> Job:
+    spec = load_spec({"run": "true", **({"team": team} if team else {})})
+    return Job(id=job_id, spec=spec, user=user, state=JobState.SUCCEEDED, submitted_at=1.0, updated_at=1.0)
+
+
+async def test_a_user_reads_their_own_and_their_teams_output_and_nobody_elses(auth_nats: AuthNats,
+                                                                             controller_bus: Bus) -> None:
+    """The server's own rule, with no controller to ask: bob (team nlp) reads his jobs' output and team nlp's,
+    as the client reads it (a consumer with its filter in the subject, a direct get), and never team vision's."""
+    jobs = {"own": _job("j-1", "bob", None), "team": _job("j-2", "carol", "nlp"),
+            "other": _job("j-3", "alice", "vision"), "own-in-other-team": _job("j-4", "bob", "vision")}
     async with await dial(auth_nats, "agent", "a1") as agent:
-        await agent.publish_durable(subjects.logs("j-1"), encode(batch))
+        for name, job in jobs.items():
+            for subject in (subjects.logs(job), subjects.metrics(job)):
+                await agent.publish_durable(subject, encode(LogBatch(job_id=job.id, attempt=1, seq=0, lines=[
+                    LogLine(stream=1, data=name.encode(), ts=1.0)])))
     async with Client(auth_nats.url, creds=auth_nats.creds("user", "bob")) as bob:
         assert bob.user == "bob"
-        assert [b.lines[0].data async for b in bob.log_batches("j-1", follow=False)] == [b"hello"]
+        for name in ("own", "team", "own-in-other-team"):
+            assert [b.lines[0].data async for b in bob.log_batches(jobs[name], follow=False)] == [name.encode()]
+        for read in (bob.log_batches, bob.metric_batches):
+            with pytest.raises(NotAllowed, match="refused these credentials"):
+                [b async for b in read(jobs["other"], follow=False)]
+        # A consumer named for his own subject whose payload asks for alice's: the server refuses the mismatch.
+        own, other = subjects.logs(jobs["own"]), subjects.logs(jobs["other"])
+        config = {"stream_name": subjects.LOGS_STREAM, "config": {
+            "name": "sneaky", "filter_subject": other, "ack_policy": "none", "deliver_policy": "all"}}
+        reply = json.loads(await bob.bus.request_raw(f"$JS.API.CONSUMER.CREATE.{subjects.LOGS_STREAM}.sneaky.{own}",
+                                                     json.dumps(config).encode(), timeout=5))
+        assert "error" in reply, reply
+        # Wildcards in the filter token match only what the rights match literally.
+        for filter_ in ("incl.logs.>", "incl.logs.*.*.*", "incl.logs.vision.>"):
+            with pytest.raises(NotAllowed, match="refused"):
+                await bob.bus.request_raw(f"$JS.API.CONSUMER.CREATE.{subjects.LOGS_STREAM}.w.{filter_}", b"{}", 5)
+    async with Client(auth_nats.url, creds=auth_nats.creds("user", "alice")) as alice:  # a cluster admin
+        assert [b.lines[0].data async for b in alice.log_batches(jobs["team"], follow=False)] == [b"team"]
 
 
 async def test_an_agent_cannot_submit_or_take_another_agents_assignments(auth_nats: AuthNats,

@@ -12,7 +12,10 @@ import pytest
 from conftest import Cluster
 
 from incl.proto import subjects
-from incl.proto.messages import JobState
+from incl.proto.messages import Assign, JobState
+from incl.proto.spec import load_spec
+
+NO_SUCH_JOB = Assign(job_id="j-nosuchjob", attempt=1, spec=load_spec({"run": "true"}), owner="tester")
 
 PY = sys.executable
 
@@ -54,8 +57,8 @@ async def test_garbage_on_every_subject_is_dropped_and_both_daemons_keep_serving
         for payload in GARBAGE:
             await bus.publish_durable(subjects.assign("a1"), payload)
             await bus.publish_durable(subjects.events("a1"), payload)
-            await bus.publish_durable(subjects.logs("j-nosuchjob"), payload)
-            await bus.publish_durable(subjects.metrics("j-nosuchjob"), payload)
+            await bus.publish_durable(subjects.logs(NO_SUCH_JOB), payload)
+            await bus.publish_durable(subjects.metrics(NO_SUCH_JOB), payload)
             await bus.publish(subjects.agent_api("a1", subjects.HEARTBEAT), payload)  # no reply subject at all
     job = await cluster.submit("echo still alive")
     done = await cluster.wait_done(job.id)

@@ -1,0 +1,104 @@
+"""Who may see and change which job, through a real controller and a real nats-server configured as INCL renders
+it: own jobs, the team's (read; cancel only for team admins), cluster admins everything; one clear line each."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from authstack import AuthNats
+from conftest import Cluster
+
+from incl.auth import identities
+from incl.bus.client import Client
+from incl.proto.errors import NotAllowed, SpecInvalid
+from incl.proto.messages import JobState
+from incl.proto.spec import load_spec
+
+# name: (teams, team_admin, admin)
+PEOPLE = {"alice": (["vision"], [], False), "carol": (["vision"], [], False), "dave": ([], ["vision"], False),
+          "bob": (["nlp"], [], False), "root": ([], [], True)}
+
+
+@pytest.fixture
+def team_nats(tmp_path: Path) -> Iterator[AuthNats]:
+    home = tmp_path / "home"
+    identities.add(home, "controller", "controller")
+    identities.add(home, "agent", "a1")
+    for name, (teams, team_admin, admin) in PEOPLE.items():
+        identities.add(home, "user", name, teams=teams, team_admin=team_admin, admin=admin)
+    server = AuthNats(home, tmp_path).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def cluster(team_nats: AuthNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
+    monkeypatch.setenv("INCL_HOME", str(team_nats.home))
+    cluster = Cluster(tmp_path, team_nats)  # type: ignore[arg-type]  # an AuthNats serves as its NatsServer
+    cluster.start_controller(creds=str(team_nats.creds("controller", "controller")))
+    cluster.start_agent("a1", creds=str(team_nats.creds("agent", "a1")))
+    yield cluster
+    cluster.close()
+
+
+def as_user(server: AuthNats, name: str) -> Client:
+    return Client(server.url, creds=server.creds("user", name), timeout=5.0)
+
+
+async def test_own_team_and_admin_rights_each_refusal_one_line(cluster: Cluster, team_nats: AuthNats) -> None:
+    await cluster.wait_agents(1)
+    async with as_user(team_nats, "alice") as alice:
+        job = await alice.submit(load_spec({"run": "echo secret-result-of-alice; sleep 60"}))
+        assert job.spec.team == "vision"  # her only team: the job is the team's
+        await cluster.wait_state(job.id, {JobState.RUNNING})
+        mine = await alice.job(job.id)
+        assert mine.user == "alice"
+    belongs = f"not allowed: job {job.id} belongs to alice (team vision)"
+
+    async with as_user(team_nats, "bob") as bob:  # another team: nothing, each refusal at once and in one line
+        for call in (bob.job(job.id), bob.cancel(job.id)):
+            with pytest.raises(NotAllowed) as refused:
+                await call
+            assert str(refused.value) == belongs
+        with pytest.raises(NotAllowed, match=re.escape(belongs)):
+            [b async for b in bob.log_batches(job.id, follow=False)]
+        assert await bob.jobs() == []
+        with pytest.raises(SpecInvalid, match="bob is not in team vision") as bad:  # nor submit as the team
+            await bob.submit(load_spec({"run": "true", "team": "vision"}))
+        assert bad.value.field == "team"
+        with pytest.raises(NotAllowed, match="cluster admins"):
+            await bob.dead_letters()
+
+    async with as_user(team_nats, "carol") as carol:  # the same team: reads, but may not cancel
+        assert [j.id for j in await carol.jobs()] == [job.id]
+        lines = b"".join(line.data for b in [b async for b in carol.log_batches(job.id, follow=False)]
+                         for line in b.lines)
+        assert b"secret-result-of-alice" in lines
+        with pytest.raises(NotAllowed) as refused:
+            await carol.cancel(job.id)
+        assert str(refused.value) == f"{belongs}; only team vision's admins may change it"
+
+    async with as_user(team_nats, "dave") as dave:  # the team's admin cancels
+        await dave.cancel(job.id)
+    assert (await cluster.wait_done(job.id)).state is JobState.CANCELLED
+
+    async with as_user(team_nats, "root") as root:  # a cluster admin sees all, bob's too
+        async with as_user(team_nats, "bob") as bob:
+            own = await bob.submit(load_spec({"run": "echo bobs"}))
+            assert own.spec.team == "nlp"
+            assert [j.id for j in await bob.jobs()] == [own.id]
+        assert {j.id for j in await root.jobs()} == {job.id, own.id}
+        await root.dead_letters()
+
+    listed = cluster.cli("ls", "--json", env={"INCL_CREDS": str(team_nats.creds("user", "bob"))})
+    assert listed.returncode == 0, listed.stderr
+    assert [j["id"] for j in json.loads(listed.stdout)] == [own.id]
+    shown = cluster.cli("logs", job.id, env={"INCL_CREDS": str(team_nats.creds("user", "bob"))})
+    assert shown.returncode != 0 and belongs in shown.stderr and "Traceback" not in shown.stderr, shown.stderr
+    assert cluster.controller is not None
+    refusals = [line for line in cluster.controller.output().splitlines() if "api_refused" in line]
+    assert refusals and not any("SU" in line for line in refusals)  # logged, and never a seed (seeds start SU)
