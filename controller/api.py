@@ -11,14 +11,16 @@ import structlog
 
 from incl.bus import health
 from incl.bus.connection import Bus, error_reply
-from incl.controller import callers, deadletters, gang, leader, quota
+from incl.controller import audit, callers, deadletters, gang, leader, quota
 from incl.controller.agents import Agents
+from incl.controller.audit import Audit
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
 from incl.controller.models import Models
 from incl.controller.paging import page
 from incl.controller.studies import Studies
 from incl.proto import subjects
+from incl.proto.audit import AuditRequest, UserChangedReply, UserChangedRequest
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import InclError, NotAllowed, SpecInvalid
 from incl.proto.messages import (
@@ -89,8 +91,9 @@ class ByCaller(NamedTuple):
 
 class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
-                 models: Models, store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
+                 models: Models, audit: Audit, store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
         self._bus = bus
+        self._audit = audit
         self._id = controller_id
         self._page_bytes = page_bytes  # a listing's page, encoded, stays under this (half the payload limit)
         self._store_url = store_url
@@ -120,6 +123,9 @@ class Api:
                 subjects.LIST_MODELS: (Decoder(ListModelsRequest), self.list_models),
                 subjects.GET_MODEL: (Decoder(GetModelRequest), self.get_model),
                 subjects.ALIAS_MODEL: (Decoder(AliasModelRequest), ByCaller(self.alias_model)),
+                subjects.AUDIT: (Decoder(AuditRequest), ByCaller(self._audit.read)),
+                subjects.USERS_ADDED: (Decoder(UserChangedRequest), self.users_changed),
+                subjects.USERS_REMOVED: (Decoder(UserChangedRequest), self.users_changed),
             },
             subjects.AGENT: {
                 subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
@@ -127,6 +133,14 @@ class Api:
                 subjects.ASSIGNMENT: (Decoder(AssignmentRequest), self.assignment),
             },
         }
+
+    async def answer(self, subject: str, data: bytes) -> bytes:
+        """What `handle` answers; a user's state-changing request (`audit.AUDITED`) is first recorded with it."""
+        answer = await self.handle(subject, data)
+        who = subjects.caller(subject)
+        if who is not None and who.kind == subjects.USER and who.verb in audit.AUDITED:
+            await self._audit.answered(who, self.routes[who.kind][who.verb][0], data, answer)
+        return answer
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         """Decode, check the caller the subject names, serve, reply. A bad message is answered with its error and
@@ -237,6 +251,11 @@ class Api:
 
     async def alias_model(self, req: AliasModelRequest, who: subjects.Caller) -> AliasModelReply:
         return await self._models.alias(req.name, req.version, req.alias, who.name)
+
+    async def users_changed(self, req: UserChangedRequest) -> UserChangedReply:
+        """`incl admin user add|remove` reports a change it made to the registry: answering is all (`answer`
+        records it, with who reported it)."""
+        return UserChangedReply()
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)
