@@ -86,6 +86,10 @@ async def test_state_changing_requests_are_recorded_with_who_when_what_and_where
     async with Client(auth_nats.url, creds=auth_nats.creds("user", "bob")) as bob:
         with pytest.raises(InclError, match="no model named"):
             await bob.alias_model("nothing", 1, "production")
+        for subject in ("$JS.API.STREAM.INFO.INCL_AUDIT", "$JS.API.STREAM.MSG.GET.INCL_AUDIT",
+                        "$JS.API.CONSUMER.CREATE.INCL_AUDIT", "incl.audit.user.bob.submit"):
+            with pytest.raises(NotAllowed):  # only the controller reads or writes the trail
+                await bob.bus.request_raw(subject, b"{}", timeout=5)
     added = authed_cluster.cli("admin", "user", "add", "carol", "--team", "nlp")  # as alice: INCL_CREDS
     assert added.returncode == 0 and "audit" not in added.stderr, added.stdout + added.stderr
 
