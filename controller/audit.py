@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -97,9 +98,11 @@ def entry_of(who: subjects.Caller, req: object | None, reply: object, at: float)
 
 
 class Audit:
-    def __init__(self, bus: Bus, cfg: AuditConfig, *, retry_initial: float, retry_max: float,
-                 page_bytes: int) -> None:
-        self._bus, self._cfg = bus, cfg
+    def __init__(self, bus: Bus, cfg: AuditConfig, *, retry_initial: float, retry_max: float, page_bytes: int,
+                 fence: Callable[[], None] = lambda: None) -> None:
+        """`fence`: called before every entry is written, as before every record (the leader's lease check: a
+        deposed leader's late answer is not recorded twice, its NotLeader ends its term)."""
+        self._bus, self._cfg, self._fence = bus, cfg, fence
         self._retry = (retry_initial, retry_max)
         self._page_bytes = page_bytes
 
@@ -117,6 +120,7 @@ class Audit:
 
     async def record(self, entry: AuditEntry) -> None:
         """Store `entry` (once, whatever the retries), or log it whole as lost after `record_timeout`."""
+        self._fence()
         data, subject = msgspec.msgpack.encode(entry), audit.subject(entry)
         initial, maximum = self._retry
 

@@ -127,7 +127,7 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     changes.subscribe(studies.job_changed)
     models = Models(buckets[subjects.MODELS_BUCKET], stores.jobs, bus, cfg.store_url, fence=stores.jobs.fence)
     audit = Audit(bus, cfg.audit, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max,
-                  page_bytes=bus.max_payload // 2)
+                  page_bytes=bus.max_payload // 2, fence=stores.jobs.fence)
     api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, audit, cfg.store_url,
               page_bytes=bus.max_payload // 2)
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,

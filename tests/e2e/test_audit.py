@@ -25,6 +25,7 @@ from incl.bus.connection import Bus
 from incl.bus.streams import StreamLimits, ensure_streams
 from incl.controller import auditread
 from incl.controller.audit import Audit, AuditConfig
+from incl.controller.leader import NotLeader
 from incl.proto import subjects
 from incl.proto.audit import Actor, AuditEntry, AuditRequest, Outcome
 from incl.proto.errors import InclError, NotAllowed
@@ -206,3 +207,16 @@ async def test_a_failing_publish_is_retried_until_stored_once_and_logged_whole_w
     assert time.monotonic() - started < 2  # the API is not held for long
     lost = [e for e in logs if e["event"] == "audit_lost"]
     assert len(lost) == 1 and lost[0]["who"] == {"kind": "user", "name": "alice"} and lost[0]["verb"] == "jobs.cancel"
+
+
+async def test_a_deposed_leader_writes_no_entry(bus: Bus) -> None:
+    """Writing an entry is a write like any other: the lease is checked first, and a deposed leader stops there."""
+    await ensure_streams(bus, StreamLimits())
+
+    def deposed() -> None:
+        raise NotLeader("the lease is another controller's")
+
+    audit = Audit(bus, AuditConfig(), retry_initial=0.02, retry_max=0.1, page_bytes=10**5, fence=deposed)
+    with pytest.raises(NotLeader):
+        await audit.record(entry("alice", time.time()))
+    assert (await bus.state(subjects.AUDIT_STREAM)).messages == 0
