@@ -26,7 +26,7 @@ from incl.proto import audit, subjects
 from incl.proto.audit import Actor, AuditEntry, AuditReply, AuditRequest, Outcome, UserChangedRequest
 from incl.proto.codec import Decoder
 from incl.proto.errors import DecodeError, InclError, NotAllowed, Unavailable
-from incl.proto.messages import CancelReply, CancelRequest, ErrorReply, SubmitReply, SubmitRequest
+from incl.proto.messages import CancelReply, CancelRequest, ErrorReply, Origin, SubmitReply, SubmitRequest
 from incl.proto.registry import AliasModelReply, AliasModelRequest, RegisterModelReply, RegisterModelRequest
 from incl.proto.studies import StopStudyReply, StopStudyRequest, SubmitStudyReply, SubmitStudyRequest
 
@@ -93,8 +93,16 @@ def entry_of(who: subjects.Caller, req: object | None, reply: object, at: float)
     meta = getattr(req, "meta", None)
     return AuditEntry(id=uuid.uuid4().hex, at=at, who=Actor(kind=who.kind, name=who.name), verb=who.verb,
                       outcome=outcome, target=target, reason=reason, detail=detail,
-                      origin=meta.origin if meta is not None else None,
-                      request_id=meta.request_id if meta is not None else None)
+                      origin=_bounded(meta.origin) if meta is not None else None,
+                      request_id=audit.cut(meta.request_id, audit.ORIGIN_MAX_CHARS) if meta is not None else None)
+
+
+def _bounded(origin: Origin | None) -> Origin | None:
+    """The client's word on where it is, cut to size: it is whatever the client sent."""
+    if origin is None:
+        return None
+    address = audit.cut(origin.address, audit.ORIGIN_MAX_CHARS) if origin.address is not None else None
+    return Origin(host=audit.cut(origin.host, audit.ORIGIN_MAX_CHARS), address=address)
 
 
 class Audit:

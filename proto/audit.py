@@ -20,6 +20,7 @@ from incl.proto.messages import Origin, Reply, Request
 
 REASON_MAX_CHARS = 500  # a refusal's or error's reason, as recorded
 DETAIL_MAX_CHARS = 200  # each value of an entry's detail
+ORIGIN_MAX_CHARS = 255  # the host and address a client reports, and its request id
 
 
 class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

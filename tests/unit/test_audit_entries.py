@@ -73,6 +73,11 @@ def test_an_entry_says_who_what_on_what_from_where_and_how_it_went() -> None:
                     ErrorReply(code="not_found", message="x" * 5000), NOW)
     assert (long.outcome, long.target, len(long.reason or "")) == (Outcome.ERROR, "j-9", audit.REASON_MAX_CHARS)
 
+    boastful = SubmitRequest(meta=Envelope.new("x", origin=Origin(host="h" * 10**5, address="a" * 10**5)), spec=spec,
+                             user="alice")
+    cut = entry_of(ALICE, boastful, SubmitReply(job=_job("j-8")), NOW).origin
+    assert cut is not None and len(cut.host) == len(cut.address or "") == audit.ORIGIN_MAX_CHARS
+
     garbage = entry_of(ALICE, None, ErrorReply(code="decode_error", message="undecodable message"), NOW)
     assert (garbage.outcome, garbage.target, garbage.origin, garbage.verb) == (Outcome.ERROR, None, None, "submit")
 
