@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import json
 import os
+import socket
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from incl.auth.keys import read_creds
 from incl.bus import health
 from incl.bus.connection import AuthFailed, Bus, connect, masked
 from incl.proto import subjects
+from incl.proto.audit import AuditEntry, AuditReply, AuditRequest, UserChangedReply, UserChangedRequest
 from incl.proto.codec import Decoder
 from incl.proto.errors import DecodeError, InclError, Unavailable
 from incl.proto.messages import (
@@ -36,6 +38,7 @@ from incl.proto.messages import (
     ListJobsRequest,
     LogBatch,
     MetricBatch,
+    Origin,
     PingReply,
     PingRequest,
     QuotaLine,
@@ -146,6 +149,7 @@ class Client:
         except ValueError as exc:
             raise InclError(f"{exc}; set INCL_USER to a name without them") from None
         self._bus: Bus | None = None
+        self._origin: Origin | None = None
 
     async def __aenter__(self) -> Client:
         try:
@@ -157,6 +161,8 @@ class Client:
         except Exception:  # noqa: BLE001 - any failure to connect means the same thing to the user
             raise Unavailable(f"cannot reach NATS at {masked(self.url)}; start the embedded stack with `incl up` "
                               "(or pass --nats URL)") from None
+        # Where requests come from, for the audit trail: self-reported (NATS does not tell the controller).
+        self._origin = Origin(host=socket.gethostname(), address=self._bus.client_ip)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -169,8 +175,8 @@ class Client:
         assert self._bus is not None
         return self._bus
 
-    def _meta(self) -> Envelope:
-        return Envelope.new(f"cli:{self.user}")
+    def _meta(self, idempotency_key: str | None = None) -> Envelope:
+        return Envelope.new(f"cli:{self.user}", idempotency_key=idempotency_key, origin=self._origin)
 
     async def _call(self, verb: str, req: Request, reply_type: type[R], as_user: str | None = None) -> R:
         """Ask the controller `verb`, under this client's user (or `as_user`: a submit names its user)."""
@@ -197,7 +203,7 @@ class Client:
         unless given), and a submit whose answer is lost (the controller restarting) is retried with the same key,
         so it creates one job."""
         user = user or self.user
-        meta = Envelope.new(f"cli:{self.user}", idempotency_key=key or uuid.uuid4().hex)
+        meta = self._meta(idempotency_key=key or uuid.uuid4().hex)
         req = SubmitRequest(meta=meta, spec=spec, user=user, code=code)
         return (await self._retried(subjects.SUBMIT, req, SubmitReply, attempts, user)).job
 
@@ -206,7 +212,7 @@ class Client:
         """Submit a study (a spec with `hpo:`) once, as `user` (default: this client's), retried with one
         idempotency key as `submit` is."""
         user = user or self.user
-        meta = Envelope.new(f"cli:{self.user}", idempotency_key=key or uuid.uuid4().hex)
+        meta = self._meta(idempotency_key=key or uuid.uuid4().hex)
         req = SubmitStudyRequest(meta=meta, spec=spec, user=user, code=code)
         return (await self._retried(subjects.SUBMIT_STUDY, req, SubmitStudyReply, attempts, user)).study
 
@@ -321,6 +327,30 @@ class Client:
     async def alias_model(self, name: str, version: int, alias: str) -> AliasModelReply:
         req = AliasModelRequest(meta=self._meta(), name=name, version=version, alias=alias)
         return await self._call(subjects.ALIAS_MODEL, req, AliasModelReply)
+
+    # --- the audit trail ---------------------------------------------------------------------------------
+
+    async def audit(self, user: str | None = None, since: float | None = None, verb: str | None = None,
+                    limit: int = 50) -> list[AuditEntry]:
+        """The newest `limit` entries of the audit trail first (by `user`, of `verb`, since unix time `since`), read
+        page by page."""
+        entries: list[AuditEntry] = []
+        cursor: int | None = None
+        while len(entries) < limit:
+            req = AuditRequest(meta=self._meta(), user=user, since=since, verb=verb, limit=limit - len(entries),
+                               cursor=cursor)
+            reply: AuditReply = await self._call(subjects.AUDIT, req, AuditReply)
+            entries += reply.entries
+            if reply.next is None:
+                break
+            cursor = reply.next
+        return entries
+
+    async def users_changed(self, verb: str, name: str, teams: list[str] | None = None, admin: bool = False) -> None:
+        """Tell the controller of a change `incl admin user` made to the registry (`verb`: subjects.USERS_ADDED or
+        USERS_REMOVED), so that the audit trail records it."""
+        req = UserChangedRequest(meta=self._meta(), name=name, teams=teams or [], admin=admin)
+        await self._call(verb, req, UserChangedReply)
 
     # --- streams ------------------------------------------------------------------------------------------
 

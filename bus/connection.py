@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -98,11 +99,12 @@ Handler = Callable[[str, bytes], Awaitable[bytes | None]]
 class _Batches:
     """Pull requests on one consumer whose messages a subscription callback gathers (for `Bus.read_subject`)."""
 
-    def __init__(self, nc: Nats, next_subject: str) -> None:
-        self._nc, self._next = nc, next_subject
+    def __init__(self, nc: Nats, next_subject: str, until: int | None = None) -> None:
+        self._nc, self._next, self._until = nc, next_subject, until
         self._got: list[Stored] = []
         self._want = 0
         self._short = False
+        self._past = False  # a message past `until` came: nothing more is wanted
         self._filled = asyncio.Event()
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -115,6 +117,10 @@ class _Batches:
         # <domain>.<account hash> after ACK (12 tokens)
         tokens = msg.reply.split(".")
         seq = int(tokens[5] if len(tokens) == 9 else tokens[7])
+        if self._past or (self._until is not None and seq > self._until):
+            self._past = True
+            self._filled.set()
+            return
         self._got.append(Stored(seq=seq, msg_id=headers.get("Nats-Msg-Id"), data=bytes(msg.data)))
         if len(self._got) >= self._want:
             self._filled.set()
@@ -124,7 +130,7 @@ class _Batches:
         sub = await self._nc.subscribe(inbox, cb=self._on_msg, pending_msgs_limit=2 * batch + 16,
                                        pending_bytes_limit=-1)
         try:
-            while len(self._got) < count:
+            while len(self._got) < count and not self._past:
                 self._want = min(len(self._got) + batch, count)
                 self._short = False
                 self._filled.clear()
@@ -134,7 +140,7 @@ class _Batches:
                     await asyncio.wait_for(self._filled.wait(), timeout)
                 except TimeoutError:
                     raise NatsTimeout from None
-                if self._short and len(self._got) < self._want:
+                if self._short and not self._past and len(self._got) < self._want:
                     raise NatsTimeout  # transient: the caller's retry reads again from where it stands
         finally:
             await sub.unsubscribe()
@@ -224,6 +230,11 @@ class Bus:
         """What the server refused this connection lately (publishes, subscriptions), newest last, as it said it:
         `permissions violation for publish to "<subject>"` (nats-py lowers the line)."""
         return list(self._refusals.recent)
+
+    @property
+    def client_ip(self) -> str | None:
+        """This client's address as the server saw it connect (from the server's INFO)."""
+        return self._nc.client_ip
 
     @property
     def max_payload(self) -> int:
@@ -361,11 +372,12 @@ class Bus:
         raise AssertionError("unreachable")
 
     async def read_subject(self, stream: str, subject: str, from_seq: int, *, batch: int, timeout: float,
-                           inactive: float) -> list[Stored]:
-        """Every message on `subject` from stream sequence `from_seq` on, in order, through one short-lived pull
-        consumer: one request creates it (and says how many there are), then one request per `batch` messages,
-        gathered by a callback (nats-py's `fetch` awaits each message with its own timer: too slow for a replay).
-        `inactive`: how soon the server drops the consumer should this reader vanish before deleting it."""
+                           inactive: float, to_seq: int | None = None) -> list[Stored]:
+        """Every message on `subject` (wildcards allowed) from stream sequence `from_seq` on (up to `to_seq`), in
+        order, through one short-lived pull consumer: one request creates it (and says how many there are), then one
+        request per `batch` messages, gathered by a callback (nats-py's `fetch` awaits each message with its own
+        timer: too slow for a replay). `inactive`: how soon the server drops the consumer should this reader vanish
+        before deleting it."""
         name = self._nc.new_inbox().rsplit(".", 1)[-1]
         config = api.ConsumerConfig(name=name, filter_subject=subject, ack_policy=api.AckPolicy.NONE,
                                     deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(from_seq, 1),
@@ -375,11 +387,25 @@ class Bus:
         try:
             remaining = int(info.num_pending or 0)
             if remaining:
-                await _Batches(self._nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}").read(remaining, out, batch,
-                                                                                          timeout)
+                await _Batches(self._nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}", to_seq).read(
+                    remaining, out, batch, timeout)
         finally:  # without waiting for the reply: `inactive` removes it anyway should this be lost
             await self._nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
         return out
+
+    async def seq_at(self, stream: str, ts: float, timeout: float) -> int | None:
+        """The sequence of the first message `stream` stored at or after unix time `ts`; None if none is that new."""
+        at = datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat().replace("+00:00", "Z")
+        msg = await self._nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps({"start_time": at}).encode(),
+                                     timeout=timeout)
+        reply = json.loads(msg.data)
+        error = reply.get("error")
+        if error is None:
+            return int(reply["message"]["seq"])
+        if error.get("code") == 404 and error.get("err_code") == 10037:  # no message found
+            return None
+        nats.js.errors.APIError.from_error(error)  # raises the error's own class
+        raise AssertionError("unreachable")
 
     async def pull(self, stream: str, subject: str, durable: str, *, ack_wait: float) -> Pull:
         """A durable consumer of `subject` in `stream`, redelivering what is not acked within `ack_wait`."""

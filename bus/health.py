@@ -14,7 +14,7 @@ from incl.proto.status import NatsServer, Replica, StreamStatus
 
 # A KV bucket is a stream named KV_<bucket> (a JetStream convention).
 STREAMS = (subjects.ASSIGN_STREAM, subjects.EVENTS_STREAM, subjects.LOGS_STREAM, subjects.METRICS_STREAM,
-           subjects.DEAD_STREAM, subjects.STUDIES_STREAM,
+           subjects.DEAD_STREAM, subjects.STUDIES_STREAM, subjects.AUDIT_STREAM,
            *(f"KV_{b}" for b in (subjects.JOBS_BUCKET, subjects.AGENTS_BUCKET, subjects.SUBMITS_BUCKET,
                                  subjects.STUDIES_BUCKET)))
 

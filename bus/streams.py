@@ -30,10 +30,12 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     dead_max_bytes: int = 256 * 2**20  # messages a consumer could not handle (`incl admin dead-letters`)
     dead_max_age: float = 30 * 86400.0
     studies_max_bytes: int = 1 * 2**30  # HPO journals: kept with no age limit (every study stays readable)
+    audit_max_age: float = 365 * 86400.0  # the audit trail (`incl admin audit`): entries older than this go...
+    audit_max_bytes: int = 1 * 2**30  # ...and the oldest go past this size
     duplicate_window: float = 120.0  # publish retries within it are stored once (Nats-Msg-Id)
 
 
-def _stream(name: str, prefix: str, limits: StreamLimits, replicas: int, tokens: str = "*",
+def _stream(name: str, prefix: str, limits: StreamLimits, replicas: int, *, tokens: str = "*",
             **kwargs: Any) -> api.StreamConfig:
     return api.StreamConfig(name=name, subjects=[f"{prefix}.{tokens}"], storage=api.StorageType.FILE,
                             duplicate_window=limits.duplicate_window, num_replicas=replicas, **kwargs)
@@ -55,6 +57,9 @@ def stream_configs(limits: StreamLimits, replicas: int = 1) -> list[api.StreamCo
         # A journal must never lose its oldest entries: past the limit, new appends are refused, not old dropped.
         _stream(subjects.STUDIES_STREAM, subjects.STUDIES_PREFIX, limits, replicas, retention=keep,
                 max_bytes=limits.studies_max_bytes, discard=api.DiscardPolicy.NEW),
+        # `incl.audit.<kind>.<name>.<verb>`, the verb of one or more tokens
+        _stream(subjects.AUDIT_STREAM, subjects.AUDIT_PREFIX, limits, replicas, tokens=">", retention=keep,
+                max_bytes=limits.audit_max_bytes, max_age=limits.audit_max_age),
     ]
 
 
@@ -105,7 +110,8 @@ def scaled(limits: StreamLimits, factor: float) -> StreamLimits:
     return msgspec.structs.replace(limits, logs_max_bytes=int(limits.logs_max_bytes * factor),
                                    metrics_max_bytes=int(limits.metrics_max_bytes * factor),
                                    dead_max_bytes=int(limits.dead_max_bytes * factor),
-                                   studies_max_bytes=int(limits.studies_max_bytes * factor))
+                                   studies_max_bytes=int(limits.studies_max_bytes * factor),
+                                   audit_max_bytes=int(limits.audit_max_bytes * factor))
 
 
 async def ensure_streams(bus: Bus, limits: StreamLimits, replicas: int = 1) -> StreamLimits:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from incl.cli import users
+from incl.cli import audit, users
 from incl.cli.output import Column, console, handles_errors, plural, print_json, print_table, size
 from incl.proto.messages import ListDeadLettersReply
 
@@ -25,6 +25,7 @@ def admin() -> None:
 
 
 admin.add_command(users.user)
+admin.add_command(audit.audit)
 
 
 @admin.command("dead-letters")

@@ -2,7 +2,8 @@
 
 The registry and the credential files live under `$INCL_HOME` on the machine that runs the embedded NATS server
 (`incl.auth`); a change re-renders the server's configuration and reloads the running server, so a removed user is
-cut off at once (the server closes their connections) and a new one can connect now.
+cut off at once (the server closes their connections) and a new one can connect now. Each change is then reported to
+the controller, which records it in the audit trail (as asked by whoever these credentials name).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import datetime
 
 import click
 
-from incl.cli.output import Column, console, handles_errors, print_json, print_table
+from incl.cli.output import Column, console, err_console, handles_errors, print_json, print_table
 from incl.proto.errors import InclError
 
 USER_COLUMNS = [Column("KIND"), Column("NAME"), Column("TEAMS (* admin)", drop=2), Column("ADMIN", drop=1),
@@ -35,8 +36,9 @@ def user() -> None:
 @click.option("--team-admin", "team_admin", multiple=True, metavar="TEAM",
               help="A team the user administers (repeat for several): a member who may also cancel its jobs.")
 @click.option("--admin", is_flag=True, help="A cluster admin (may do anything).")
+@click.pass_context
 @handles_errors
-def add(name: str, teams: tuple[str, ...], team_admin: tuple[str, ...], admin: bool) -> None:
+def add(ctx: click.Context, name: str, teams: tuple[str, ...], team_admin: tuple[str, ...], admin: bool) -> None:
     """Create NAME's identity and write their credentials to a file (printed), to hand to them privately.
     A user sees and cancels their own jobs; a team's members see its jobs; its admins may cancel them."""
     from incl.auth import identities  # noqa: PLC0415 - lazy: its key library
@@ -50,12 +52,14 @@ def add(name: str, teams: tuple[str, ...], team_admin: tuple[str, ...], admin: b
         raise InclError(str(exc)) from None
     console.print(f"user {name} added; credentials in {path} (mode 0600): give them to {name}, who runs "
                   f"`incl login --creds FILE`; {_applied(stack.reload_auth(home))}", markup=False, highlight=False)
+    _report(ctx, "added", name, sorted(set(teams)), admin)
 
 
 @user.command("remove")
 @click.argument("name")
+@click.pass_context
 @handles_errors
-def remove(name: str) -> None:
+def remove(ctx: click.Context, name: str) -> None:
     """Revoke NAME's credentials at once: the running server drops their connections and refuses new ones."""
     from incl.auth import identities  # noqa: PLC0415 - lazy: its key library
     from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
@@ -64,6 +68,29 @@ def remove(name: str) -> None:
     if not identities.remove(home, identities.USER, name):
         raise InclError(f"no user {name}")
     console.print(f"user {name} removed; {_applied(stack.reload_auth(home))}", markup=False, highlight=False)
+    _report(ctx, "removed", name, [], False)
+
+
+REPORT_TIMEOUT = 5.0  # seconds the controller is given to record a change
+
+
+def _report(ctx: click.Context, change: str, name: str, teams: list[str], admin: bool) -> None:
+    """Tell the controller, for its audit trail; the change is made either way, so a failure is a warning."""
+    import asyncio  # noqa: PLC0415
+
+    from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog
+    from incl.proto import subjects  # noqa: PLC0415
+
+    verb = subjects.USERS_ADDED if change == "added" else subjects.USERS_REMOVED
+
+    async def go() -> None:
+        async with Client(resolve_url(ctx.obj["nats_url"] if ctx.obj else None), timeout=REPORT_TIMEOUT) as client:
+            await client.users_changed(verb, name, teams, admin)
+
+    try:
+        asyncio.run(go())
+    except InclError as exc:
+        err_console.print(f"warning: the change is not in the audit trail: {exc}", markup=False, highlight=False)
 
 
 @user.command("ls")

@@ -12,8 +12,9 @@ import structlog
 
 from incl.bus import health
 from incl.bus.connection import Bus, error_reply
-from incl.controller import callers, deadletters, gang, leader, policy, quota
+from incl.controller import audit, callers, deadletters, gang, leader, policy, quota
 from incl.controller.agents import Agents
+from incl.controller.audit import Audit
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
 from incl.controller.models import Models
@@ -22,6 +23,7 @@ from incl.controller.policy import Principal
 from incl.controller.principals import Principals
 from incl.controller.studies import Studies
 from incl.proto import subjects
+from incl.proto.audit import AuditRequest, UserChangedReply, UserChangedRequest
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import InclError, NotAllowed, SpecInvalid
 from incl.proto.messages import (
@@ -109,9 +111,10 @@ class ByCaller(NamedTuple):
 
 class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
-                 models: Models, store_url: str | None = None, page_bytes: int = 512 * 1024,
+                 models: Models, audit: Audit, store_url: str | None = None, page_bytes: int = 512 * 1024,
                  principals: Principals | None = None) -> None:
         self._bus = bus
+        self._audit = audit
         self._principals = principals or Principals(None)
         self._id = controller_id
         self._page_bytes = page_bytes  # a listing's page, encoded, stays under this (half the payload limit)
@@ -142,6 +145,9 @@ class Api:
                 subjects.LIST_MODELS: (Decoder(ListModelsRequest), self.list_models),
                 subjects.GET_MODEL: (Decoder(GetModelRequest), self.get_model),
                 subjects.ALIAS_MODEL: (Decoder(AliasModelRequest), ByCaller(self.alias_model)),
+                subjects.AUDIT: (Decoder(AuditRequest), ByCaller(self._audit.read)),
+                subjects.USERS_ADDED: (Decoder(UserChangedRequest), ByCaller(self.users_changed)),
+                subjects.USERS_REMOVED: (Decoder(UserChangedRequest), ByCaller(self.users_changed)),
             },
             subjects.AGENT: {
                 subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
@@ -149,6 +155,14 @@ class Api:
                 subjects.ASSIGNMENT: (Decoder(AssignmentRequest), self.assignment),
             },
         }
+
+    async def answer(self, subject: str, data: bytes) -> bytes:
+        """What `handle` answers; a user's state-changing request (`audit.AUDITED`) is first recorded with it."""
+        answer = await self.handle(subject, data)
+        who = subjects.caller(subject)
+        if who is not None and who.kind == subjects.USER and who.verb in audit.AUDITED:
+            await self._audit.answered(who, self.routes[who.kind][who.verb][0], data, answer)
+        return answer
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         """Decode, check the caller the subject names, serve, reply. A bad message is answered with its error and
@@ -284,6 +298,12 @@ class Api:
 
     async def alias_model(self, req: AliasModelRequest, who: Principal) -> AliasModelReply:
         return await self._models.alias(req.name, req.version, req.alias, who.name)
+
+    async def users_changed(self, req: UserChangedRequest, who: Principal) -> UserChangedReply:
+        """`incl admin user add|remove` reports a change it made to the registry: answering is all (`answer`
+        records it, with who reported it). Only a cluster admin changes users, so only one may report it."""
+        policy.check_admin(who, "changing users")
+        return UserChangedReply()
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)

@@ -115,7 +115,7 @@ class Controller:
         # No queue group: a leader paused past its lease still holds its subscription until NATS drops the
         # connection (minutes), and a queue group would hand it half the requests, unanswered. Without one, each
         # request reaches every controller that serves; the live leader answers first, a deposed one is fenced.
-        stop_serving = await bus.serve(f"{subjects.API_PREFIX}.>", "", g.api.handle)
+        stop_serving = await bus.serve(f"{subjects.API_PREFIX}.>", "", g.api.answer)
         try:
             await g.jobs.resend_stale_assignments(older_than=time.time())
             async with serving(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,

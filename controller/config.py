@@ -12,6 +12,7 @@ import msgspec
 from incl.bus import daemon as _daemon
 from incl.bus.connection import Servers
 from incl.bus.streams import StreamLimits
+from incl.controller.audit import AuditConfig
 from incl.controller.idle import IdlePolicy
 from incl.controller.notify import ClusterNotify, NotifierConfig
 from incl.controller.pacing import PacingConfig
@@ -136,8 +137,9 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     notify: ClusterNotify = ClusterNotify()
     notifier: NotifierConfig = NotifierConfig()
 
-    streams: StreamLimits = StreamLimits()
+    streams: StreamLimits = StreamLimits()  # its audit_max_age and audit_max_bytes: the audit trail's retention
     studies: StudyConfig = StudyConfig()
+    audit: AuditConfig = AuditConfig()  # recording and reading the audit trail (incl.controller.audit)
 
     # Prometheus metrics at http://metrics_host:metrics_port/metrics (docs/observability.md); None or 0: none.
     # On by default: one controller per cluster is the process an operator always watches, and a fixed port

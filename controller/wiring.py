@@ -10,7 +10,8 @@
     Agents    records, Jobs, the provider (spot reclaimed?), GpuWatch.observe, ControllerMetrics.beat
     Provisioner  the provider, Jobs, Agents
     Studies   records, Jobs, bus, a study's Optuna storage   Jobs' changes wake the study whose trial changed
-    Api       Jobs, Agents, GpuWatch, Studies, bus
+    Audit     bus                                        the API records state-changing requests in it
+    Api       Jobs, Agents, GpuWatch, Studies, Audit, bus
 
 The cycles of old (Jobs needing the agents' shapes, the watch needing Jobs and Jobs telling the watch) are cut
 by the two small objects built first: `Shapes` reads the agent records, not the registry; `JobChanges` is
@@ -28,6 +29,7 @@ from incl.bus.connection import Bus
 from incl.bus.kv import Bucket
 from incl.controller.agents import Agents
 from incl.controller.api import Api
+from incl.controller.audit import Audit
 from incl.controller.config import ControllerConfig
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.idle import Episode
@@ -125,7 +127,9 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     studies = Studies(cfg.studies, stores.studies, jobs, bus, study_engines(cfg, bus, asyncio.get_running_loop()))
     changes.subscribe(studies.job_changed)
     models = Models(buckets[subjects.MODELS_BUCKET], stores.jobs, bus, cfg.store_url, fence=stores.jobs.fence)
-    api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, cfg.store_url,
+    audit = Audit(bus, cfg.audit, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max,
+                  page_bytes=bus.max_payload // 2, fence=stores.jobs.fence)
+    api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, audit, cfg.store_url,
               page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()))
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
                  provider=provider, studies=studies)

@@ -29,15 +29,23 @@ class Message(_Struct, tag=True, frozen=True):
 # --- shared envelope --------------------------------------------------------------------------------------
 
 
+class Origin(_Struct, frozen=True):
+    """Where a request comes from, as its client says: its host name, and the address the NATS server saw it
+    connect from (the server's INFO tells the client). Self-reported: NATS does not tell a responder."""
+    host: str
+    address: str | None = None
+
+
 class Envelope(_Struct, frozen=True):
     request_id: str
     sender: str
     version: int = PROTOCOL_VERSION
     idempotency_key: str | None = None
+    origin: Origin | None = None  # None: a client from before the audit trail, or one that does not say
 
     @classmethod
-    def new(cls, sender: str, idempotency_key: str | None = None) -> Envelope:
-        return cls(request_id=uuid.uuid4().hex, sender=sender, idempotency_key=idempotency_key)
+    def new(cls, sender: str, idempotency_key: str | None = None, origin: Origin | None = None) -> Envelope:
+        return cls(request_id=uuid.uuid4().hex, sender=sender, idempotency_key=idempotency_key, origin=origin)
 
 
 class Request(Message, frozen=True):

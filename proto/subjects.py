@@ -155,3 +155,12 @@ def user_inbox(user: str) -> str:
 
 def agent_inbox(agent_id: str) -> str:
     return f"{INBOX_PREFIX}.a.{name_token(agent_id)}"
+
+
+# The audit trail (incl.proto.audit): entries on `incl.audit.<kind>.<name>.<verb>`, written by the controller only;
+# `admin.audit` reads them, `users.added` / `users.removed` report a change of the identity registry.
+AUDIT_STREAM = "INCL_AUDIT"
+AUDIT_PREFIX = "incl.audit"
+AUDIT = "admin.audit"
+USERS_ADDED = "users.added"
+USERS_REMOVED = "users.removed"

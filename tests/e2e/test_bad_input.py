@@ -12,6 +12,7 @@ import pytest
 from conftest import Cluster
 
 from incl.proto import subjects
+from incl.proto.audit import Outcome
 from incl.proto.messages import Assign, JobState
 from incl.proto.spec import load_spec
 
@@ -33,7 +34,8 @@ GARBAGE = [
 USER_VERBS = (subjects.SUBMIT, subjects.LIST_JOBS, subjects.GET_JOB, subjects.CANCEL, subjects.LIST_AGENTS,
               subjects.PING, subjects.STATUS, subjects.QUOTA, subjects.DEAD_LETTERS, subjects.SUBMIT_STUDY,
               subjects.LIST_STUDIES, subjects.GET_STUDY, subjects.STOP_STUDY, subjects.REGISTER_MODEL,
-              subjects.LIST_MODELS, subjects.GET_MODEL, subjects.ALIAS_MODEL)
+              subjects.LIST_MODELS, subjects.GET_MODEL, subjects.ALIAS_MODEL, subjects.AUDIT, subjects.USERS_ADDED,
+              subjects.USERS_REMOVED)
 AGENT_VERBS = (subjects.REGISTER, subjects.HEARTBEAT, subjects.ASSIGNMENT)
 API = [*(subjects.user_api("tester", verb) for verb in USER_VERBS),
        *(subjects.agent_api("a1", verb) for verb in AGENT_VERBS)]
@@ -60,6 +62,9 @@ async def test_garbage_on_every_subject_is_dropped_and_both_daemons_keep_serving
             await bus.publish_durable(subjects.logs(NO_SUCH_JOB), payload)
             await bus.publish_durable(subjects.metrics(NO_SUCH_JOB), payload)
             await bus.publish(subjects.agent_api("a1", subjects.HEARTBEAT), payload)  # no reply subject at all
+        # Garbage on a verb that changes something is in the audit trail, as an error of the caller the subject names.
+        recorded = await client.audit(user="tester", verb=subjects.SUBMIT, limit=100)
+        assert len(recorded) == len(GARBAGE) and {e.outcome for e in recorded} == {Outcome.ERROR}, recorded
     job = await cluster.submit("echo still alive")
     done = await cluster.wait_done(job.id)
     assert done.state is JobState.SUCCEEDED

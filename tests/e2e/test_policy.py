@@ -70,8 +70,9 @@ async def test_own_team_and_admin_rights_each_refusal_one_line(cluster: Cluster,
         with pytest.raises(SpecInvalid, match="bob is not in team vision") as bad:  # nor submit as the team
             await bob.submit(load_spec({"run": "true", "team": "vision"}))
         assert bad.value.field == "team"
-        with pytest.raises(NotAllowed, match="cluster admins"):
-            await bob.dead_letters()
+        for admins_only in (bob.dead_letters(), bob.audit()):
+            with pytest.raises(NotAllowed, match="cluster admins"):
+                await admins_only
 
     async with as_user(team_nats, "carol") as carol:  # the same team: reads, but may not cancel
         assert [j.id for j in await carol.jobs()] == [job.id]
@@ -93,6 +94,8 @@ async def test_own_team_and_admin_rights_each_refusal_one_line(cluster: Cluster,
             assert [j.id for j in await bob.jobs()] == [own.id]
         assert {j.id for j in await root.jobs()} == {job.id, own.id}
         await root.dead_letters()
+        trail = await root.audit(user="bob")  # bob's refusals are on record, with who and what
+        assert any(e.verb == "jobs.cancel" and e.target == job.id and e.outcome == "refused" for e in trail), trail
 
     listed = cluster.cli("ls", "--json", env={"INCL_CREDS": str(team_nats.creds("user", "bob"))})
     assert listed.returncode == 0, listed.stderr

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from incl.proto import PROTOCOL_VERSION, errors
+from incl.proto import audit as au
 from incl.proto import messages as m
 from incl.proto import registry as rg
 from incl.proto import status as status_
@@ -22,7 +23,8 @@ from incl.proto.spec import Resources as SpecResources
 # --- samples: one per message class, with the plain structure msgpack sees ---------------------------------
 
 ENV = m.Envelope(request_id="r1", sender="cli@laptop", idempotency_key="k1")
-ENV_PLAIN = {"request_id": "r1", "sender": "cli@laptop", "version": PROTOCOL_VERSION, "idempotency_key": "k1"}
+ENV_PLAIN = {"request_id": "r1", "sender": "cli@laptop", "version": PROTOCOL_VERSION, "idempotency_key": "k1",
+             "origin": None}
 
 SPEC = JobSpec(
     run="python train.py",
@@ -269,6 +271,31 @@ SAMPLES += [
      _msg(rg.AliasModelRequest, meta=ENV_PLAIN, name="bert", version=2, alias="prod")),
     (rg.AliasModelReply(alias=ALIAS, previous=1), _msg(rg.AliasModelReply, alias=ALIAS_PLAIN, previous=1)),
 ]
+
+# The audit trail: a request that says where it comes from, and an entry.
+ORIGIN_ENV = m.Envelope(request_id="r2", sender="cli:ann", origin=m.Origin(host="laptop", address="10.0.0.7"))
+ORIGIN_ENV_PLAIN = {"request_id": "r2", "sender": "cli:ann", "version": PROTOCOL_VERSION, "idempotency_key": None,
+                    "origin": {"host": "laptop", "address": "10.0.0.7"}}
+ENTRY = au.AuditEntry(id="e1", at=5.0, who=au.Actor(kind="user", name="ann"), verb="jobs.cancel",
+                      outcome=au.Outcome.REFUSED, target="j1", reason="not allowed", detail={"name": "bert"},
+                      origin=ORIGIN_ENV.origin, request_id="r2")
+ENTRY_PLAIN = {"id": "e1", "at": 5.0, "who": {"kind": "user", "name": "ann"}, "verb": "jobs.cancel",
+               "outcome": "refused", "target": "j1", "reason": "not allowed", "detail": {"name": "bert"},
+               "origin": {"host": "laptop", "address": "10.0.0.7"}, "request_id": "r2"}
+SAMPLES += [
+    (au.AuditRequest(meta=ORIGIN_ENV, user="ann", since=1.0, verb="submit", limit=10, cursor=7),
+     _msg(au.AuditRequest, meta=ORIGIN_ENV_PLAIN, user="ann", since=1.0, verb="submit", limit=10, cursor=7)),
+    (au.AuditReply(entries=[ENTRY], next=3), _msg(au.AuditReply, entries=[ENTRY_PLAIN], next=3)),
+    (au.UserChangedRequest(meta=ENV, name="carol", teams=["nlp"], admin=True),
+     _msg(au.UserChangedRequest, meta=ENV_PLAIN, name="carol", teams=["nlp"], admin=True)),
+    (au.UserChangedReply(), _msg(au.UserChangedReply)),
+]
+
+
+def test_an_envelope_from_before_the_audit_trail_still_decodes() -> None:
+    """A client that sends no origin (older than the audit trail) is understood."""
+    old = {k: v for k, v in ENV_PLAIN.items() if k != "origin"}
+    assert Decoder(m.PingRequest).decode(msgpack.packb(_msg(m.PingRequest, meta=old))) == m.PingRequest(meta=ENV)
 
 
 def _leaves(cls: type) -> list[type]:
