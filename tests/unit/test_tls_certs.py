@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import ssl
 import stat
+import subprocess
 from pathlib import Path
 
+from conftest import NATS_SERVER
 from cryptography import x509
 
-from incl.auth import tls
+from incl.auth import identities, serverconf, tls
 
 
 def mode(path: Path) -> int:
@@ -82,3 +84,13 @@ def _handshake(server: ssl.SSLContext, ca: Path, hostname: str) -> ssl.SSLError 
         except ssl.SSLError as exc:
             return exc
     raise AssertionError("no handshake")
+
+
+def test_nats_server_accepts_the_rendered_configuration_with_tls(tmp_path: Path) -> None:
+    identities.add(tmp_path, "controller", "controller")
+    files = tls.ensure(tmp_path)
+    conf = serverconf.write(tmp_path / "auth" / "nats.conf", identities.load(tmp_path), host="127.0.0.1", port=4999,
+                            store_dir=tmp_path / "store", tls=files, tls_timeout=3.0)
+    assert f'"cert_file": "{files.cert}"' in conf.read_text() and '"timeout": 3.0' in conf.read_text()
+    checked = subprocess.run([str(NATS_SERVER), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
