@@ -54,9 +54,9 @@ def ensure(home: Path, extra_names: Iterable[str] = ()) -> TlsFiles:
     files = TlsFiles(cert=folder / "server.pem", key=folder / "server.key", ca=folder / "ca.pem")
     ca_key_file = folder / "ca.key"
     if not (files.ca.exists() and ca_key_file.exists()):
-        ca_key, ca_cert = make_ca(f"INCL local CA ({socket.gethostname()})")
-        keys.write_private(ca_key_file, _key_pem(ca_key))
-        keys.write_private(files.ca, _cert_pem(ca_cert))
+        new_key, new_cert = make_ca(f"INCL local CA ({socket.gethostname()})")
+        keys.write_private(ca_key_file, _key_pem(new_key))
+        keys.write_private(files.ca, _cert_pem(new_cert))
         files.cert.unlink(missing_ok=True)  # signed by a CA that is gone
     names = default_names(extra_names)
     if files.cert.exists() and files.key.exists() and set(names) <= set(subject_names(files.cert)):
