@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from incl.auth.tls import TlsFiles
 
 
+LOOPBACK = "127.0.0.1"
+
+
 class Proc(msgspec.Struct):
     name: str
     pid: int
@@ -53,6 +56,7 @@ class Stack(msgspec.Struct):
     started_at: float
     web_url: str | None = None  # where the web UI serves (None: started without one, or by an older INCL)
     tls_ca: str | None = None  # the CA the daemons verify the server's certificate against (None: no TLS)
+    listen: str = LOOPBACK  # the address the embedded server listens on
 
 
 def state_file(home: Path) -> Path:
@@ -99,26 +103,42 @@ def nats_server_binary() -> Path:
     return candidate
 
 
-def port_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:`port`. Connections in TIME_WAIT do not count: nats-server binds with
+_EVERYWHERE = ("0.0.0.0", "::")  # listening on every interface: what `--listen 0.0.0.0` asks
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def port_free(port: int, host: str = LOOPBACK) -> bool:
+    """Nothing listens on `host`:`port`. Connections in TIME_WAIT do not count: nats-server binds with
     SO_REUSEADDR, so this check does too."""
-    with socket.socket() as s:
+    with socket.socket(_family(host)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
             return True
         except OSError:
             return False
 
 
-def wait_port(port: int, timeout: float) -> bool:
+def wait_port(port: int, timeout: float, host: str = LOOPBACK) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+        with socket.socket(_family(host)) as s:
+            if s.connect_ex((host, port)) == 0:
                 return True
         time.sleep(0.05)
     return False
+
+
+def dial_host(listen: str) -> str:
+    """Where this machine's own parts reach a server listening on `listen`: loopback when it listens everywhere."""
+    return LOOPBACK if listen in _EVERYWHERE else listen
+
+
+def is_loopback(listen: str) -> bool:
+    return listen in ("127.0.0.1", "::1", "localhost")
 
 
 def _spawn(name: str, argv: list[str], marker: str, logs: Path) -> Proc:
@@ -193,10 +213,10 @@ def _tls_files(choice: TlsChoice | None) -> TlsFiles | None:
     return TlsFiles(cert=Path(choice.cert), key=Path(choice.key), ca=Path(choice.ca))
 
 
-def render_conf(home: Path, port: int) -> Path:
+def render_conf(home: Path, port: int, listen: str = LOOPBACK) -> Path:
     """The embedded server's configuration, from the identities registered now and the home's TLS choice."""
     choice = load_tls(home)
-    return serverconf.write(server_conf(home), identities.load(home), host="127.0.0.1", port=port,
+    return serverconf.write(server_conf(home), identities.load(home), host=listen, port=port,
                             store_dir=home / "nats", tls=_tls_files(choice),
                             tls_timeout=choice.timeout if choice else 5.0)
 
@@ -223,19 +243,21 @@ def reload_auth(home: Path) -> bool:
     nats = next((p for p in stack.procs if p.name == "nats"), None) if stack is not None else None
     if stack is None or nats is None or not alive(nats):
         return False
-    render_conf(home, int(stack.nats_url.rsplit(":", 1)[1]))
+    render_conf(home, int(stack.nats_url.rsplit(":", 1)[1]), stack.listen)
     os.kill(nats.pid, signal.SIGHUP)  # nats-server's reload signal
     return True
 
 
-def _start_nats(home: Path, port: int) -> Proc:
-    if not port_free(port):
-        raise InclError(f"port {port} on 127.0.0.1 is in use; pass --port or --nats URL")
-    conf = render_conf(home, port)
+def _start_nats(home: Path, port: int, listen: str) -> Proc:
+    if not is_loopback(listen) and load_tls(home) is None:
+        raise InclError(f"listening on {listen} lets other hosts connect: that needs TLS (add --tls)")
+    if not port_free(port, dial_host(listen)):
+        raise InclError(f"port {port} on {dial_host(listen)} is in use; pass --port or --nats URL")
+    conf = render_conf(home, port, listen)
     # The marker names this home's configuration: another stack's nats-server that reuses the pid is not ours.
     proc = _spawn("nats", [str(nats_server_binary()), "-c", str(conf), "-n", "incl"], f"nats-server -c {conf} ",
                   home / "logs")
-    if not wait_port(port, 10.0):
+    if not wait_port(port, 10.0, dial_host(listen)):
         stop(Stack(nats_url="", embedded_nats=True, procs=[proc], started_at=time.time()))
         raise InclError(f"nats-server did not start; see {proc.log}")
     return proc
@@ -251,9 +273,10 @@ def web_port(wanted: int) -> int:
 
 
 def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpus: float | None,
-          web: int | None = None, tls_ca: Path | None = None) -> Stack:
-    """`web`: the port for the web UI (another if taken); None: no web UI. The embedded server uses TLS as
-    `choose_tls` left the home; `tls_ca`: the CA a server INCL does not start (`nats_url`) is verified against."""
+          web: int | None = None, tls_ca: Path | None = None, listen: str = LOOPBACK) -> Stack:
+    """`web`: the port for the web UI (another if taken); None: no web UI. The embedded server listens on `listen`
+    (beyond loopback only with TLS) and uses TLS as `choose_tls` left the home; `tls_ca`: the CA a server INCL does
+    not start (`nats_url`) is verified against."""
     home = home.resolve()  # the daemons run in it: every path they are given must be absolute
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -261,9 +284,10 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
     creds: dict[str, Path] = {}
     if nats_url is None:
         creds = ensure_identities(home, agents)
-        procs.append(_start_nats(home, port))
+        procs.append(_start_nats(home, port, listen))
         choice = load_tls(home)
-        url = f"{'tls' if choice else 'nats'}://127.0.0.1:{port}"
+        host = dial_host(listen)
+        url = f"{'tls' if choice else 'nats'}://{f'[{host}]' if ':' in host else host}:{port}"
         ca = choice.ca if choice else None
     else:
         url = nats_url
@@ -294,7 +318,7 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
                             f"incl.web --nats {url} --port {web} ", logs))
         web_url = f"http://127.0.0.1:{web}/"
     stack = Stack(nats_url=url, embedded_nats=nats_url is None, procs=procs, started_at=time.time(), web_url=web_url,
-                  tls_ca=ca)
+                  tls_ca=ca, listen=listen)
     save(home, stack)
     return stack
 
@@ -322,7 +346,7 @@ def restart_dead(home: Path, stack: Stack) -> tuple[Stack, list[Proc]]:
                 raise InclError(f"{proc.name} is not running and this stack.json (from an older INCL) does not "
                                 "say how to start it; run `incl down`, then `incl up`")
             if proc.name == "nats":
-                procs[i] = _start_nats(home, int(stack.nats_url.rsplit(":", 1)[1]))
+                procs[i] = _start_nats(home, int(stack.nats_url.rsplit(":", 1)[1]), stack.listen)
             else:
                 procs[i] = _spawn(proc.name, proc.argv, proc.marker, home / "logs")
             restarted.append(procs[i])

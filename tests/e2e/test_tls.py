@@ -125,17 +125,20 @@ def incl(home: Path, *args: str, timeout: float = 90) -> subprocess.CompletedPro
 
 async def test_incl_up_tls_hands_out_a_tls_url_and_a_later_up_keeps_it(tmp_path: Path) -> None:
     """`incl up --tls`: the daemons and the CLI use TLS with the CA it made; after `incl down`, a plain `incl up`
-    on the same home starts TLS again."""
+    on the same home starts TLS again. Listening beyond loopback needs TLS."""
+    bare = incl(tmp_path / "bare", "up", "--listen", "0.0.0.0", "--web-port", "0")
+    assert bare.returncode == 1 and "listening on 0.0.0.0 lets other hosts connect: that needs TLS" in bare.stderr
     home = tmp_path / "home"
     port = free_port()
     pids: list[int] = []
     try:
-        for flags in (["--tls"], []):
+        for flags in (["--tls", "--listen", "0.0.0.0"], []):
             up = incl(home, "up", "--agents", "1", "--port", str(port), "--web-port", "0", *flags)
             assert up.returncode == 0, up.stdout + up.stderr
             assert f"tls://127.0.0.1:{port}" in up.stdout
             state = json.loads((home / "stack.json").read_text())
             pids += [p["pid"] for p in state["procs"]]
+            assert state["listen"] == ("0.0.0.0" if flags else "127.0.0.1")
             assert state["tls_ca"] == str(home / "tls" / "ca.pem")
             listed = incl(home, "agents", "--json")
             assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, listed.stderr
