@@ -520,7 +520,9 @@ def _tls_refusal(exc: ssl.SSLError, servers: Servers, ca: Path | None) -> str:
     code = getattr(exc, "verify_code", None)
     said = getattr(exc, "verify_message", None) or exc.reason or str(exc)
     where = f"the server's certificate at {masked(servers)}"
-    trusted = f"the CA in {ca}" if ca is not None else "a CA this client trusts (no CA file given: --tls-ca FILE)"
+    trusted = (f"the CA in {ca}" if ca is not None else
+               "a CA this client trusts (no CA file given: `incl login --ca FILE`, $INCL_TLS_CA, or tls_ca: in a "
+               "daemon's config)")
     if code in _NOT_SIGNED:
         return f"TLS: {where} is not signed by {trusted} (certificate verify failed: {said})"
     if isinstance(exc, ssl.SSLCertVerificationError):
