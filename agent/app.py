@@ -162,7 +162,8 @@ class Agent:
         self._bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-agent-{cfg.agent_id}", connect_timeout=cfg.connect_timeout,
             reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
-            creds=Path(cfg.creds) if cfg.creds else None, inbox_prefix=subjects.agent_inbox(cfg.agent_id)))
+            creds=Path(cfg.creds) if cfg.creds else None, inbox_prefix=subjects.agent_inbox(cfg.agent_id),
+            tls_ca=Path(cfg.tls_ca) if cfg.tls_ca else None))
         try:
             await self.sampler.open()
             async with open_metadata(cfg.provider, cfg.metadata) as metadata, Launcher() as self.launcher, \

@@ -24,6 +24,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     agent_id: str = msgspec.field(default_factory=_default_id)
     nats_url: Servers = "nats://127.0.0.1:4222"  # a cluster's nodes: a list, or URLs separated by commas
     creds: str | None = None  # this agent's credential file (incl.auth.keys); None: a server without authentication
+    tls_ca: str | None = None  # the CA certificate the NATS server's is verified against (None: the system's CAs)
     work_dir: str = str(Path.home() / ".incl" / "agent")
     provider: str = "local"
     labels: dict[str, str] = {}

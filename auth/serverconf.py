@@ -9,6 +9,9 @@ The JetStream store is encrypted at rest (ChaCha20-Poly1305, nats-server's own `
 was rendered before (an unencrypted store, perhaps a server running now) gets no key here: a reload cannot change
 the encryption settings of a running server, so this never makes one behind its back. Deleting the rendered file
 before the next `incl up` makes the key; nats-server 2.15 then encrypts the existing store as it starts.
+
+With a certificate (`incl.auth.tls`), the server requires TLS of every client: one that does not speak TLS, or does
+not trust the certificate, never gets as far as presenting its credentials.
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from incl.auth import keys
 from incl.auth.identities import Registry
 from incl.auth.permissions import permissions
 
+if TYPE_CHECKING:
+    from incl.auth.tls import TlsFiles  # not at run time: `cryptography` loads only where certificates are made
+
 STORE_KEY = "jetstream.key"
 
 
 def render(registry: Registry, *, host: str, port: int, store_dir: Path, server_name: str = "incl",
-           store_key: str | None = None) -> str:
+           store_key: str | None = None, tls: TlsFiles | None = None, tls_timeout: float = 5.0) -> str:
     """The configuration text. Values are written as JSON, which nats-server's configuration format accepts.
-    `store_key`: encrypt the JetStream store with it (None: unencrypted)."""
+    `store_key`: encrypt the JetStream store with it (None: unencrypted). `tls`: require TLS of clients, with this
+    certificate and key; `tls_timeout`: seconds a client has to finish its TLS handshake."""
     users = [{"nkey": i.public_key, "permissions": permissions(i)} for i in registry.identities]
     jetstream = f"store_dir: {json.dumps(str(store_dir))}"
     if store_key is not None:
@@ -38,16 +46,24 @@ def render(registry: Registry, *, host: str, port: int, store_dir: Path, server_
         f"host: {json.dumps(host)}",
         f"port: {port}",
         f"jetstream: {{{jetstream}}}",
+        *([_tls_block(tls, tls_timeout)] if tls is not None else []),
         f"authorization: {{users: {json.dumps(users, indent=2)}}}",
         "",
     ])
 
 
-def write(path: Path, registry: Registry, *, host: str, port: int, store_dir: Path) -> Path:
+def _tls_block(tls: TlsFiles, timeout: float) -> str:
+    block = {"cert_file": str(tls.cert), "key_file": str(tls.key), "timeout": timeout}
+    return f"tls: {json.dumps(block)}"
+
+
+def write(path: Path, registry: Registry, *, host: str, port: int, store_dir: Path, tls: TlsFiles | None = None,
+          tls_timeout: float = 5.0) -> Path:
     """Render into `path` (mode 0600: it lists who may connect and holds the store's key)."""
     keys.private_dir(path.parent)
     store_key = _store_key(path.parent / STORE_KEY, first_render=not path.exists())
-    keys.write_private(path, render(registry, host=host, port=port, store_dir=store_dir, store_key=store_key))
+    keys.write_private(path, render(registry, host=host, port=port, store_dir=store_dir, store_key=store_key, tls=tls,
+                                    tls_timeout=tls_timeout))
     return path
 
 

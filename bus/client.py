@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from incl.auth.keys import read_creds
 from incl.bus import health
-from incl.bus.connection import AuthFailed, Bus, connect, masked
+from incl.bus.connection import AuthFailed, Bus, TlsFailed, connect, masked
 from incl.proto import subjects
 from incl.proto.audit import AuditEntry, AuditReply, AuditRequest, UserChangedReply, UserChangedRequest
 from incl.proto.codec import Decoder
@@ -124,19 +124,47 @@ def resolve_creds(explicit: Path | None = None) -> Path | None:
     return None
 
 
+def login_ca_file() -> Path:
+    """Where `incl login --ca FILE` keeps the CA certificate the CLI verifies the server's against."""
+    return incl_home() / "creds" / "ca.pem"
+
+
+def resolve_ca(explicit: Path | None = None) -> Path | None:
+    """The CA certificate to verify a TLS server against: `explicit`, then $INCL_TLS_CA, then the one `incl login
+    --ca` stored, then the one of the stack `incl up --tls` started; None: the system's CAs (a server without TLS
+    needs none)."""
+    if explicit is not None:
+        return explicit
+    if env := os.environ.get("INCL_TLS_CA"):
+        return Path(env)
+    if login_ca_file().exists():
+        return login_ca_file()
+    state = incl_home() / "stack.json"
+    if state.exists():
+        try:
+            local = json.loads(state.read_text()).get("tls_ca")
+        except ValueError:
+            local = None
+        if local:
+            return Path(local)
+    return None
+
+
 class Client:
     """INCL's client library: what the CLI, the benchmarks, the tests (and the web UI and HPO service to come)
     use to talk to a cluster. `async with Client(url) as client: await client.jobs()`."""
 
     def __init__(self, url: str, timeout: float = 10.0, name: str = "incl-cli", *, creds: Path | None = None,
-                 user: str | None = None) -> None:
-        """`creds`: the user's credential file (default: `resolve_creds`); `user`: whom this client speaks for
+                 user: str | None = None, tls_ca: Path | None = None) -> None:
+        """`creds`: the user's credential file (default: `resolve_creds`); `tls_ca`: the CA certificate a TLS
+        server's is verified against (default: `resolve_ca`); `user`: whom this client speaks for
         (default: the user the credentials name, else `current_user`). On a server with authentication the two
         must agree: the server lets these credentials ask only under their own name."""
         self.url = url
         self.timeout = timeout
         self._name = name
         self.creds = resolve_creds(creds)
+        self.tls_ca = resolve_ca(tls_ca)
         named = None
         if self.creds is not None:
             try:
@@ -155,8 +183,8 @@ class Client:
         try:
             self._bus = await connect(self.url, self._name, connect_timeout=2, reconnect_wait=0.1,
                                       request_timeout=self.timeout, max_reconnect_attempts=0, quiet=True,
-                                      creds=self.creds, inbox_prefix=self._inbox)
-        except AuthFailed:
+                                      creds=self.creds, inbox_prefix=self._inbox, tls_ca=self.tls_ca)
+        except (AuthFailed, TlsFailed):
             raise
         except Exception:  # noqa: BLE001 - any failure to connect means the same thing to the user
             raise Unavailable(f"cannot reach NATS at {masked(self.url)}; start the embedded stack with `incl up` "

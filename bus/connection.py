@@ -11,6 +11,8 @@ import collections
 import contextlib
 import datetime
 import json
+import logging
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,16 @@ from incl.proto.codec import Decoder, encode
 from incl.proto.messages import ErrorReply, Reply, Request
 
 log = structlog.get_logger()
+
+
+def _not_eof_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns at each TLS connection's end that the stream protocol nats-py reads through (the standard
+    library's own) asks to keep the socket half open, which TLS cannot do: harmless, and it would follow every CLI
+    command over TLS."""
+    return not record.getMessage().startswith("returning true from eof_received() has no effect when using ssl")
+
+
+logging.getLogger("asyncio").addFilter(_not_eof_noise)
 
 R = TypeVar("R", bound=Reply)
 T = TypeVar("T")
@@ -502,28 +514,78 @@ def _inbox_of(kind: str | None, name: str | None) -> str | None:
     return None
 
 
+def _abort(nc: Nats) -> None:
+    """Drop the connection's socket at once."""
+    writer = getattr(nc._transport, "_bare_io_writer", None)  # nats-py has no public handle on it
+    if writer is not None:
+        writer.transport.abort()
+
+
 class AuthFailed(errors.InclError):
     """The server refused the credentials at connect (none given, a wrong key, or one revoked)."""
+
+
+class TlsFailed(errors.InclError):
+    """TLS failed at connect: the server's certificate did not verify against the CA, or a `tls://` server did not
+    speak TLS. Retrying cannot help, so daemons end on it as on AuthFailed."""
+
+
+def tls_context(ca: Path | None) -> ssl.SSLContext:
+    """Verify the server's certificate chain against the CA in `ca` (None: the system's CAs) and its host name."""
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsFailed(f"TLS: cannot read a CA certificate from {ca}: {exc}") from None
+
+
+_NOT_SIGNED = {18, 19, 20, 21}  # OpenSSL: self-signed leaf, self-signed in chain, no local issuer, cannot verify leaf
+
+
+def _tls_refusal(exc: ssl.SSLError, servers: Servers, ca: Path | None) -> str:
+    """One line that says which server, which CA file, and what OpenSSL said."""
+    code = getattr(exc, "verify_code", None)
+    said = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+    where = f"the server's certificate at {masked(servers)}"
+    trusted = (f"the CA in {ca}" if ca is not None else
+               "a CA this client trusts (no CA file given: `incl login --ca FILE`, $INCL_TLS_CA, or tls_ca: in a "
+               "daemon's config)")
+    if code in _NOT_SIGNED:
+        return f"TLS: {where} is not signed by {trusted} (certificate verify failed: {said})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {where} does not verify against {trusted} (certificate verify failed: {said})"
+    return f"TLS: the handshake with {masked(servers)} failed ({said})"
 
 
 async def connect(servers: Servers, name: str, *, connect_timeout: float, reconnect_wait: float, request_timeout: float,
                   max_reconnect_attempts: int = -1,
                   on_disconnect: Callable[[], Awaitable[None]] | None = None,
                   on_reconnect: Callable[[], Awaitable[None]] | None = None,
-                  quiet: bool = False, creds: Path | None = None, inbox_prefix: str | None = None) -> Bus:
+                  quiet: bool = False, creds: Path | None = None, inbox_prefix: str | None = None,
+                  tls_ca: Path | None = None) -> Bus:
     """The one connect path, to any of `servers` (the nodes of a cluster; nats-py also learns the others from the
     one it reaches, and reconnects across them all). Daemons keep reconnecting for ever; the CLI
     (`max_reconnect_attempts=0`) does not, and with `quiet` nats-py's own tracebacks for a failed connect are not
     printed. `creds`: the identity's credential file (`incl.auth.keys`); `inbox_prefix`: where its replies come
     (the server lets an identity subscribe only to its own). A server that refuses the credentials raises
-    AuthFailed at once, for daemons too: retrying the same key cannot help."""
+    AuthFailed at once, for daemons too: retrying the same key cannot help.
+
+    TLS: a server that requires it is verified against the CA certificate in `tls_ca` (None: the system's CAs),
+    host name included; a `tls://` URL also requires that the server speak TLS. A certificate that does not verify
+    raises TlsFailed at once, as a refusal does."""
     refusals = Refusals()
     refused = asyncio.Event()
+    tls_failed: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         """One line per error, no traceback (nats-py's default); a permission violation goes to the request
         waiting on it."""
         text = str(exc)
+        if isinstance(exc, ssl.SSLError):
+            tls_failed.append(_tls_refusal(exc, servers, tls_ca))
+            refused.set()
+            if not quiet:  # the caller reports TlsFailed in one line of its own
+                log.warning("nats_tls_failed", error=tls_failed[-1])
+            return
         if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
             refused.set()
             if not quiet:  # the caller reports AuthFailed in one line of its own
@@ -534,7 +596,10 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
         elif not quiet:
             log.warning("nats_error", error=repr(exc), servers=masked(servers))
 
+    urls = server_list(servers)
     kwargs: dict[str, Any] = {"error_cb": on_error}
+    if tls_ca is not None:  # else nats-py verifies against the system's CAs, should the server ask for TLS
+        kwargs["tls"] = tls_context(tls_ca)
     if on_disconnect is not None:
         kwargs["disconnected_cb"] = on_disconnect
     if on_reconnect is not None:
@@ -549,7 +614,7 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
     kwargs.update(connect_timeout=connect_timeout, reconnect_time_wait=reconnect_wait)
     nc = Nats()  # made here, not by `nats.connect`, so that a connect abandoned on a refusal can still be closed
     connecting = asyncio.ensure_future(nc.connect(
-        servers=server_list(servers),
+        servers=urls,
         name=name,
         max_reconnect_attempts=max_reconnect_attempts if max_reconnect_attempts else 1,
         allow_reconnect=max_reconnect_attempts != 0,
@@ -566,6 +631,9 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await connecting
     failed = connecting.cancelled() or connecting.exception() is not None
+    if tls_failed:  # before CONNECT: nothing of nats-py's runs yet but the socket, which its close would wait on
+        _abort(nc)  # for ever (the plain stream a failed handshake took over never reports closing)
+        raise TlsFailed(tls_failed[-1])
     if refused.is_set() or failed:
         with contextlib.suppress(Exception):  # its socket, should the cancel have left it open
             await nc.close()
@@ -575,4 +643,7 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
                          + (f"the credentials in {creds}" if creds else "a connection without credentials")
                          + "; `incl login --creds FILE` stores yours")
     connecting.result()  # any other failure to connect, raised as nats-py raised it
+    if any(url.startswith("tls://") for url in urls) and not nc._server_info.get("tls_required"):
+        await nc.close()
+        raise TlsFailed(f"TLS: the server at {masked(servers)} does not speak TLS, but the URL asks for it (tls://)")
     return Bus(nc, request_timeout, refusals)

@@ -15,7 +15,7 @@ import msgspec
 import structlog
 import yaml
 
-from incl.bus.connection import AuthFailed
+from incl.bus.connection import AuthFailed, TlsFailed
 
 C = TypeVar("C", bound=msgspec.Struct)
 
@@ -59,7 +59,8 @@ def run_until_signalled(serve: Callable[[], Awaitable[None]]) -> None:
             return
         log.error("daemon_cancelled")
         sys.exit(1)
-    except AuthFailed as exc:  # the server refuses its key: one line, no traceback (retrying cannot help)
+    except (AuthFailed, TlsFailed) as exc:  # refused, or the server's certificate did not verify: one line, no
+        # traceback (retrying cannot help)
         log.error("daemon_refused", error=str(exc))
         sys.exit(1)
     except Exception:  # the last word of a dying daemon

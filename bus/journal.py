@@ -243,16 +243,18 @@ def over(bus: Bus, loop: asyncio.AbstractEventLoop, stream: str, subject: str, *
 
 
 def connect(url: str, stream: str, subject: str, *, config: JournalConfig | None = None,
-            accept: Accept | None = None, name: str = "incl-journal", creds: Path | None = None) -> SyncJournal:
-    """A journal with its own NATS connection (reconnecting for ever, with the identity in `creds`) on its own
-    loop in a daemon thread; `close()` it when done."""
+            accept: Accept | None = None, name: str = "incl-journal", creds: Path | None = None,
+            tls_ca: Path | None = None) -> SyncJournal:
+    """A journal with its own NATS connection (reconnecting for ever, with the identity in `creds`, a TLS server
+    verified against `tls_ca`) on its own loop in a daemon thread; `close()` it when done."""
     cfg = config or JournalConfig()
     runner = _LoopThread()
 
     async def dial() -> Bus:
         return await asyncio.wait_for(
             bus_connect(url, name, connect_timeout=cfg.connect_timeout, reconnect_wait=cfg.reconnect_wait,
-                        request_timeout=cfg.request_timeout, max_reconnect_attempts=-1, quiet=True, creds=creds),
+                        request_timeout=cfg.request_timeout, max_reconnect_attempts=-1, quiet=True, creds=creds,
+                        tls_ca=tls_ca),
             cfg.connect_timeout)
 
     try:

@@ -1,4 +1,5 @@
-"""`incl login --creds FILE`: keep the credentials an admin gave you, for every later command."""
+"""`incl login --creds FILE [--ca FILE]`: keep the credentials an admin gave you, and the CA certificate the cluster's
+server is verified against, for every later command."""
 
 from __future__ import annotations
 
@@ -11,11 +12,22 @@ from incl.proto.errors import InclError
 
 
 @click.command()
-@click.option("--creds", "creds", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--creds", "creds", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The credential file `incl admin user add` wrote for you.")
+@click.option("--ca", "ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA certificate of a cluster that uses TLS (`incl up --tls` makes $INCL_HOME/tls/ca.pem).")
 @handles_errors
-def login(creds: Path) -> None:
-    """Store FILE (mode 0600) as the credentials the CLI connects with."""
+def login(creds: Path | None, ca: Path | None) -> None:
+    """Store the credentials FILE (mode 0600) the CLI connects with, and the CA it verifies the server against."""
+    if creds is None and ca is None:
+        raise InclError("nothing to store: pass --creds FILE, --ca FILE, or both")
+    if ca is not None:
+        _store_ca(ca)
+    if creds is not None:
+        _store_creds(creds)
+
+
+def _store_creds(creds: Path) -> None:
     from incl.auth import keys  # noqa: PLC0415 - lazy
     from incl.bus.client import login_file  # noqa: PLC0415 - lazy: nats, structlog
     try:
@@ -26,3 +38,19 @@ def login(creds: Path) -> None:
         raise InclError(f"{creds} names no INCL user (it should start with `# incl user NAME`)")
     target = keys.write_creds(login_file(), held.kind, held.name, held.seed)
     console.print(f"logged in as {held.name}; credentials kept in {target}", markup=False, highlight=False)
+
+
+def _store_ca(ca: Path) -> None:
+    import ssl  # noqa: PLC0415 - lazy
+
+    from incl.auth import keys  # noqa: PLC0415 - lazy
+    from incl.bus.client import login_ca_file  # noqa: PLC0415 - lazy: nats, structlog
+    try:
+        text = ca.read_text()
+        ssl.create_default_context(cadata=text)  # refuse now what would fail every later connect
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise InclError(f"cannot use {ca} as a CA certificate: {exc}") from None
+    target = login_ca_file()
+    keys.private_dir(target.parent)
+    keys.write_private(target, text)
+    console.print(f"the server will be verified against the CA kept in {target}", markup=False, highlight=False)

@@ -37,7 +37,7 @@ async def _wait_ready(started: stack_mod.Stack, agents: int, timeout: float) -> 
     while time.monotonic() < deadline:
         _died(started)
         try:
-            async with Client(url, timeout=2.0) as client:
+            async with Client(url, timeout=2.0, tls_ca=Path(started.tls_ca) if started.tls_ca else None) as client:
                 await client.ping()
                 alive = [a for a in await client.agents() if a.record.state == "alive"]
                 if len(alive) >= agents:
@@ -68,8 +68,24 @@ def _wait_web(started: stack_mod.Stack, timeout: float) -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the stack to be ready.")
 @click.option("--web-port", default=8470, show_default=True,
               help="Port for the web UI (another free one if taken); 0: no web UI.")
+@click.option("--tls/--no-tls", "tls", default=None,
+              help="The embedded NATS requires TLS of clients, with a throwaway CA and certificate made in "
+              "$INCL_HOME/tls (unless --tls-cert/--tls-key/--tls-ca are given). Kept for later `incl up` until "
+              "--no-tls.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The server's certificate (PEM) instead of a throwaway one.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The key of --tls-cert (PEM).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA certificate clients verify the server's against (with --nats: the CA of that server).")
+@click.option("--tls-name", "tls_names", multiple=True,
+              help="Another name or address the throwaway certificate is valid for (repeatable).")
+@click.option("--listen", default="127.0.0.1", show_default=True,
+              help="Address the embedded NATS listens on; beyond loopback (0.0.0.0: everywhere) only with TLS.")
 @handles_errors
-def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeout: float, web_port: int) -> None:
+def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeout: float, web_port: int,
+       tls: bool | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
+       tls_names: tuple[str, ...], listen: str) -> None:
     """Start NATS (embedded, with JetStream), the controller and local agents."""
     from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog, boto
     from incl.bus.connection import masked  # noqa: PLC0415 - lazy: nats, structlog, boto
@@ -78,8 +94,14 @@ def up(n_agents: int, port: int, nats_url: str | None, cpus: float | None, timeo
     if existing is not None and any(stack_mod.alive(p) for p in existing.procs):
         _restart(home, existing, timeout)
         return
+    if nats_url is None:
+        extra = () if stack_mod.dial_host(listen) == stack_mod.LOOPBACK else (listen,)  # the address it is dialled at
+        stack_mod.choose_tls(home, tls=tls, cert=tls_cert, key=tls_key, ca=tls_ca, names=tls_names + extra)
+    elif tls or tls_cert or tls_key or tls_names:
+        raise InclError("--tls and its certificate configure the NATS server `incl up` starts; with --nats URL, pass "
+                        "--tls-ca FILE (the CA that server's certificate is verified against) and a tls:// URL")
     started = stack_mod.start(home, nats_url=nats_url, port=port, agents=n_agents, agent_cpus=cpus,
-                              web=web_port or None)
+                              web=web_port or None, tls_ca=tls_ca if nats_url else None, listen=listen)
     try:
         ready = asyncio.run(_wait_ready(started, n_agents, timeout))
         _wait_web(started, timeout)

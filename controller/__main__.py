@@ -1,4 +1,5 @@
-"""`python -m incl.controller [--config FILE] [--nats URL] [--creds FILE]`: run the controller until SIGTERM/SIGINT."""
+"""`python -m incl.controller [--config FILE] [--nats URL] [--creds FILE] [--tls-ca FILE]`: run the controller until
+SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from incl.controller.config import load_config
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--nats", "nats_url")
 @click.option("--creds", help="The controller's credential file.")
-def main(config_path: str | None, nats_url: str | None, creds: str | None) -> None:
-    cfg = load_config(config_path, nats_url=nats_url, creds=creds)
+@click.option("--tls-ca", "tls_ca", help="The CA certificate the NATS server's is verified against.")
+def main(config_path: str | None, nats_url: str | None, creds: str | None, tls_ca: str | None) -> None:
+    cfg = load_config(config_path, nats_url=nats_url, creds=creds, tls_ca=tls_ca)
     configure(cfg.log_level)
     run_until_signalled(Controller(cfg).serve)
 

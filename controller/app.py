@@ -56,7 +56,7 @@ class Controller:
             cfg.nats_url, f"incl-controller-{cfg.controller_id}", connect_timeout=cfg.connect_timeout,
             reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
             on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect,
-            creds=Path(cfg.creds) if cfg.creds else None))
+            creds=Path(cfg.creds) if cfg.creds else None, tls_ca=Path(cfg.tls_ca) if cfg.tls_ca else None))
         self._connected.set()
         leadership: Leadership | None = None
         try:

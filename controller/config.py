@@ -35,6 +35,7 @@ class StudyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats_url: Servers = "nats://127.0.0.1:4222"  # a cluster's nodes: a list, or URLs separated by commas
     creds: str | None = None  # the controller's credential file (incl.auth.keys); None: a server without authentication
+    tls_ca: str | None = None  # the CA certificate the NATS server's is verified against (None: the system's CAs)
     controller_id: str = msgspec.field(default_factory=socket.gethostname)
     log_level: str = "info"
 

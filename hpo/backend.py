@@ -21,7 +21,7 @@ from optuna.storages.journal import BaseJournalBackend
 from optuna.storages.journal._storage import JournalOperation
 
 from incl.bus import journal
-from incl.bus.client import resolve_creds
+from incl.bus.client import resolve_ca, resolve_creds
 from incl.bus.connection import Bus
 from incl.proto import subjects
 
@@ -52,13 +52,14 @@ class JetStreamJournalBackend(BaseJournalBackend):
 
 
 def backend(nats_url: str, study_id: str, *, timeout: float = 10.0,
-            creds: Path | None = None) -> JetStreamJournalBackend:
-    """A backend with its own NATS connection, as the identity in `creds` (default: the CLI's, `resolve_creds`);
-    every wait (connecting, one append or read) is bounded by `timeout`. `close()` it when done."""
+            creds: Path | None = None, tls_ca: Path | None = None) -> JetStreamJournalBackend:
+    """A backend with its own NATS connection, as the identity in `creds` (default: the CLI's, `resolve_creds`),
+    verifying a TLS server against `tls_ca` (default: the CLI's, `resolve_ca`); every wait (connecting, one append
+    or read) is bounded by `timeout`. `close()` it when done."""
     config = journal.JournalConfig(connect_timeout=timeout, op_timeout=timeout, request_timeout=min(timeout, 5.0))
     return JetStreamJournalBackend(journal.connect(nats_url, subjects.STUDIES_STREAM, subjects.study_journal(study_id),
                                                    config=config, accept=is_optuna_log, name=f"incl-study-{study_id}",
-                                                   creds=resolve_creds(creds)))
+                                                   creds=resolve_creds(creds), tls_ca=resolve_ca(tls_ca)))
 
 
 def backend_over(bus: Bus, loop: asyncio.AbstractEventLoop, study_id: str, *,
@@ -69,10 +70,11 @@ def backend_over(bus: Bus, loop: asyncio.AbstractEventLoop, study_id: str, *,
                                                 config=config, accept=is_optuna_log))
 
 
-def storage(nats_url: str, study_id: str, *, timeout: float = 10.0, creds: Path | None = None) -> JournalStorage:
+def storage(nats_url: str, study_id: str, *, timeout: float = 10.0, creds: Path | None = None,
+            tls_ca: Path | None = None) -> JournalStorage:
     """The study's Optuna storage from anywhere NATS is reachable (a laptop, a notebook). Its connection closes
     when the storage is garbage-collected, or at exit."""
-    log_backend = backend(nats_url, study_id, timeout=timeout, creds=creds)
+    log_backend = backend(nats_url, study_id, timeout=timeout, creds=creds, tls_ca=tls_ca)
     try:
         result = JournalStorage(log_backend)
     except BaseException:

@@ -28,7 +28,8 @@ def make_app(cfg: WebConfig) -> web.Application:
         """The bus client lives as long as the application: connected before the first request, closed after
         the last."""
         async with Client(cfg.nats_url, timeout=cfg.request_timeout, name="incl-web",
-                          creds=Path(cfg.creds) if cfg.creds else None) as client:
+                          creds=Path(cfg.creds) if cfg.creds else None,
+                          tls_ca=Path(cfg.tls_ca) if cfg.tls_ca else None) as client:
             snapshot = JobsSnapshot(client, cfg.jobs_cache_ttl)
             app[api.CLIENT], app[api.SNAPSHOT] = client, snapshot
             try:

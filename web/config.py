@@ -13,6 +13,7 @@ from incl.bus import daemon
 class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     creds: str | None = None  # whose rights the server acts with (default: the CLI's, `resolve_creds`)
+    tls_ca: str | None = None  # the CA the NATS server's certificate is verified against (default: the CLI's)
     host: str = "127.0.0.1"
     port: int = 8470
     # Host headers the server answers besides its own address and localhost (a DNS name it is published under).

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -108,9 +109,20 @@ class _UserData(string.Template):
     delimiter = "@@"  # `$` belongs to the shell script
 
 
-def render_user_data(template: str, *, nats_url: str, store_url: str) -> str:
-    """The boot script. Values go in as JSON strings, which YAML reads as quoted scalars."""
-    text = _UserData(template).substitute(nats_url=json.dumps(nats_url), store_url=json.dumps(store_url))
+_SECRET_ID = re.compile(r"[A-Za-z0-9/_+=.@:-]*")  # what Secrets Manager allows in a name or ARN
+_REGION = re.compile(r"[a-z0-9-]+")
+
+
+def render_user_data(template: str, *, nats_url: str, store_url: str, agent_secret: str | None = None,
+                     region: str = "us-east-1") -> str:
+    """The boot script. URLs go in as JSON strings, which YAML reads as quoted scalars; the secret's id and the
+    region go in single quotes, so they are checked to hold nothing the shell would read."""
+    if not _SECRET_ID.fullmatch(agent_secret or ""):
+        raise LaunchFailed(f"aws.agent_secret {agent_secret!r} is not a Secrets Manager name or ARN")
+    if not _REGION.fullmatch(region):
+        raise LaunchFailed(f"aws.region {region!r} is not a region name")
+    text = _UserData(template).substitute(nats_url=json.dumps(nats_url), store_url=json.dumps(store_url),
+                                          agent_secret=agent_secret or "", region=region)
     if len(text.encode()) > USER_DATA_LIMIT:
         raise LaunchFailed(f"user-data is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")
     return text
@@ -159,7 +171,8 @@ class AwsProvider:
     def __init__(self, cfg: AwsConfig, *, nats_url: str, store_url: str, session: AioSession | None = None) -> None:
         self.cfg = cfg
         template = Path(cfg.user_data_template) if cfg.user_data_template else DEFAULT_TEMPLATE
-        self.user_data = render_user_data(template.read_text(), nats_url=nats_url, store_url=store_url)
+        self.user_data = render_user_data(template.read_text(), nats_url=nats_url, store_url=store_url,
+                                          agent_secret=cfg.agent_secret, region=cfg.region)
         self._session = session or get_session()
         self._stack = AsyncExitStack()
         self._ec2: Any = None

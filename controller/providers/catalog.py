@@ -58,6 +58,9 @@ class AwsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     spot_max_price: str | None = None  # None: capped at the on-demand price, AWS's default
     imds_hop_limit: int = 1  # 1: containers on a bridge network cannot reach the instance role's credentials
     user_data_template: str | None = None  # None: the package's user-data.sh.tmpl (controller/ in the repo)
+    # A Secrets Manager secret (name or ARN) the boot script reads with the instance role: JSON with the agent's
+    # NATS credential file (`creds`) and the CA its server is verified against (`ca`). None: agents get neither.
+    agent_secret: str | None = None
     catalog: list[CatalogEntry] = []
 
     # The EC2 API: every call has a timeout; botocore retries throttling and 5xx this many times in all.

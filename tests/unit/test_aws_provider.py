@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from ec2proxy import Ec2Proxy
 from imds import FakeImds, Instance
 from motoserver import AWS_ENV, MotoServer
 
+from incl.auth import keys
 from incl.controller.providers import open_provider
 from incl.controller.providers.aws import (
     AwsProvider,
@@ -407,6 +409,52 @@ async def test_user_data_configures_the_agent_from_imdsv2(aws: Aws, tmp_path: Pa
     assert (tmp_path / "systemctl.calls").read_text() == "restart incl-agent.service\n"
 
 
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:incl/agents-AbCdEf"
+
+
+async def test_user_data_fetches_the_agents_secret_and_never_holds_it(aws: Aws, tmp_path: Path) -> None:
+    """With `aws.agent_secret`, the instance's user-data names the secret and reads it at boot with the instance
+    role (the AWS CLI, faked here): the credential file and the CA land next to the agent's config, mode 0600, and
+    the config names them. The user-data itself holds no key material."""
+    seed = keys.new_seed()
+    creds_text = f"# incl agent i-0abc123\n{seed}\n"
+    ca_text = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    async with aws.provider(agent_secret=SECRET_ARN) as provider:
+        script = await aws.user_data((await provider.launch(launch()))[0].instance_id)
+    assert f"agent_secret='{SECRET_ARN}'" in script and "region='us-east-1'" in script
+    assert seed not in script and "BEGIN CERTIFICATE" not in script
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"creds": creds_text, "ca": ca_text}))
+    fake_aws = tmp_path / "aws"  # answers exactly the call the script must make, as the AWS CLI prints it
+    call = (f"secretsmanager get-secret-value --region us-east-1 --secret-id {SECRET_ARN} --query SecretString "
+            "--output text")
+    fake_aws.write_text(f'#!/bin/sh\n[ "$*" = "{call}" ] || {{ echo "bad call: $*" >&2; exit 2; }}\ncat {secret}\n')
+    fake_aws.chmod(0o755)
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text("#!/bin/sh\ntrue\n")
+    systemctl.chmod(0o755)
+    etc = tmp_path / "etc"
+    async with FakeImds() as imds:
+        endpoint = await imds.add(Instance(instance_id="i-0abc123", instance_type="g5.xlarge"))
+        env = {"PATH": os.environ["PATH"], "INCL_IMDS_ENDPOINT": endpoint, "INCL_CONFIG_DIR": str(etc),
+               "INCL_SYSTEMCTL": str(systemctl), "INCL_AWS": str(fake_aws), "INCL_PYTHON": sys.executable}
+        proc = await asyncio.create_subprocess_exec("bash", "-c", script, env=env, stdout=PIPE, stderr=PIPE)
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    config = yaml.safe_load((etc / "agent.yaml").read_text())
+    assert (config["agent_id"], config["creds"], config["tls_ca"]) == ("i-0abc123", str(etc / "agent.nk"),
+                                                                       str(etc / "ca.pem"))
+    assert (etc / "agent.nk").read_text() == creds_text and (etc / "ca.pem").read_text() == ca_text
+    assert {p.name: p.stat().st_mode & 0o777 for p in etc.iterdir()} == {"agent.yaml": 0o600, "agent.nk": 0o600,
+                                                                         "ca.pem": 0o600}
+    assert seed not in out.decode() + err.decode()
+
+
+def test_an_agent_secret_the_shell_could_misread_is_refused() -> None:
+    with pytest.raises(LaunchFailed, match="not a Secrets Manager name or ARN"):
+        AwsProvider(AwsConfig(agent_secret="x'; rm -rf /"), nats_url=NATS_URL, store_url=STORE_URL)
+
+
 # --- catalog, deploy files ------------------------------------------------------------------------------------
 
 
@@ -467,6 +515,8 @@ def test_iam_policies_are_least_privilege_and_match_the_tags_the_provider_writes
                for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
     actions = {a for s in _statements("instance-policy.json")
                for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    assert actions and all(a.startswith("s3:") for a in actions)
+    assert actions and all(a.startswith("s3:") for a in actions - {"secretsmanager:GetSecretValue"})
+    reads = next(s for s in _statements("instance-policy.json") if s["Sid"] == "ReadAgentSecret")
+    assert reads["Resource"] == "arn:aws:secretsmanager:REGION:ACCOUNT_ID:secret:AGENT_SECRET-*"  # that one only
     trust = _statements("instance-trust-policy.json")
     assert trust == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]
