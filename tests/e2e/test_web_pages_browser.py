@@ -97,6 +97,15 @@ def test_compare_overlays_two_runs_and_marks_the_param_that_differs(stack: WebSt
     assert wb.XSS in page.locator("#legend").text_content()  # the name as text
     assert page.locator("main img").count() == 0 and dialogs == []
     page.screenshot(path=shots / "compare.png", full_page=True)
+    # A dragged range is fetched again for both jobs; a double-click goes back to the whole runs.
+    over = loss.locator(".u-over").bounding_box()
+    page.mouse.move(over["x"] + over["width"] * 0.2, over["y"] + over["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(over["x"] + over["width"] * 0.6, over["y"] + over["height"] / 2, steps=5)
+    page.mouse.up()
+    loss.locator(".note", has_text="zoomed: full resolution").wait_for()
+    page.mouse.dblclick(over["x"] + over["width"] / 2, over["y"] + over["height"] / 2)
+    loss.locator(".note", has_text="2 of 2 jobs log it").wait_for()
     page.check("#onlydiff")
     assert not page.locator("tr[data-key='env:MODE']").is_visible()
 

@@ -2,7 +2,7 @@
 // each job's reduced points), and their params, env and final metrics side by side, differences marked.
 import { get, num } from "./api.js";
 import { clear, el, showError, stateBadge } from "./dom.js";
-import { PALETTE, chartBox, chartWidth, fitOnResize, overlay } from "./plots.js";
+import { PALETTE, chartBox, chartWidth, fitOnResize, joined, overlay } from "./plots.js";
 
 const POINTS = 1000;
 const KINDS = { job: "Job", param: "HPO params", env: "Environment", metric: "Final metrics (the last value logged)" };
@@ -39,26 +39,53 @@ function table(jobs, rows) {
   }
 }
 
+const metricsOf = (job, range) => get(`/api/jobs/${encodeURIComponent(job.id)}/metrics`, { points: POINTS, ...range });
+
+function chart(container, width, name, jobs, bodies) {
+  const series = [];
+  bodies.forEach((b, i) => {
+    const c = b.metrics[name];
+    if (c) series.push({ job: jobs[i], label: label(jobs[i]), colour: colour(i), x: c.x, y: c.y.map(num), downsampled: c.downsampled });
+  });
+  const whole = `${series.length} of ${jobs.length} jobs log it` + (series.some((s) => s.downsampled) ? " · long runs drawn from min/max per bucket" : "");
+  const { box, plot } = chartBox(container, name, whole);
+  const note = box.querySelector(".note");
+  let asked = 0; // the latest zoom: an older answer that comes late is dropped
+  const zoom = {
+    // A dragged range, fetched again for every job: at full resolution once few enough points fall in it.
+    async range(u, lo, hi) {
+      const mine = ++asked;
+      note.textContent = "zooming…";
+      try {
+        const parts = await Promise.all(series.map((s) => metricsOf(s.job, { from: lo, to: hi })));
+        if (mine !== asked) return;
+        const cs = parts.map((p) => p.metrics[name] || { x: [], y: [], downsampled: false });
+        u.setData(joined(cs.map((c, i) => ({ ...series[i], x: c.x, y: c.y.map(num) }))), false);
+        u.setScale("x", { min: lo, max: hi });
+        note.textContent = `zoomed: ${cs.some((c) => c.downsampled) ? "min/max per bucket" : "full resolution"} · double-click to reset`;
+      } catch (err) {
+        note.textContent = `could not zoom: ${err.message}`;
+      }
+    },
+    reset(u) {
+      asked += 1;
+      u.setData(joined(series));
+      note.textContent = whole;
+    },
+  };
+  return overlay(plot, width, series, { zoom });
+}
+
 async function draw(jobs) {
-  const bodies = await Promise.all(jobs.map((job) =>
-    get(`/api/jobs/${encodeURIComponent(job.id)}/metrics`, { points: POINTS }).catch((err) => {
-      showError(`Could not load the metrics of ${job.id}: ${err.message}`);
-      return { metrics: {} };
-    })));
+  const bodies = await Promise.all(jobs.map((job) => metricsOf(job, {}).catch((err) => {
+    showError(`Could not load the metrics of ${job.id}: ${err.message}`);
+    return { metrics: {} };
+  })));
   const container = document.getElementById("charts");
   const names = [...new Set(bodies.flatMap((b) => Object.keys(b.metrics)))].sort();
   if (names.length) clear(container);
   const width = chartWidth(container);
-  for (const name of names) {
-    const series = [];
-    bodies.forEach((b, i) => {
-      const c = b.metrics[name];
-      if (c) series.push({ label: label(jobs[i]), colour: colour(i), x: c.x, y: c.y.map(num), downsampled: c.downsampled });
-    });
-    const reduced = series.some((s) => s.downsampled) ? " · long runs drawn from min/max per bucket" : "";
-    const { plot } = chartBox(container, name, `${series.length} of ${jobs.length} jobs log it${reduced}`);
-    charts.push(overlay(plot, width, series));
-  }
+  for (const name of names) charts.push(chart(container, width, name, jobs, bodies));
   fitOnResize(container, charts);
 }
 

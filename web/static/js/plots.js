@@ -32,11 +32,28 @@ export function chartBox(container, title, note) {
   return { box, plot };
 }
 
-// Lines sharing one x scale. `series`: one {label, colour, x, y} each (x sorted); joined so that a point one
-// series lacks is spanned (undefined), while a null it has (NaN, infinity) stays a gap (uPlot's default).
-export function overlay(target, width, series, xLabel = "step") {
+// Lines sharing one x scale. `series`: one {label, colour, x, y} each; joined so that a point one series lacks
+// is spanned (undefined), while a null it has (NaN, infinity) stays a gap (uPlot's default). With `zoom`, a
+// dragged range calls zoom.range(u, lo, hi) (to fetch it again) and a double-click zoom.reset(u).
+export function joined(series) {
   const tables = series.map((s) => [s.x, s.y]);
-  const data = tables.length === 1 ? tables[0] : uPlot.join(tables);
+  return tables.length === 1 ? tables[0] : uPlot.join(tables);
+}
+
+export function overlay(target, width, series, { xLabel = "step", zoom = null } = {}) {
+  const cursor = { drag: { x: true, y: false } };
+  const hooks = {};
+  if (zoom) {
+    cursor.drag.setScale = false;
+    cursor.bind = { dblclick: (u) => () => { zoom.reset(u); return null; } };
+    hooks.setSelect = [(u) => {
+      if (u.select.width < 5) return;
+      const lo = u.posToVal(u.select.left, "x"), hi = u.posToVal(u.select.left + u.select.width, "x");
+      u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+      u.setScale("x", { min: lo, max: hi });
+      zoom.range(u, lo, hi);
+    }];
+  }
   return new uPlot({
     width, height: 240,
     scales: { x: { time: false } },
@@ -45,8 +62,9 @@ export function overlay(target, width, series, xLabel = "step") {
     }))],
     axes: [{ grid: GRID }, { grid: GRID, size: 60 }],
     legend: { live: true },
-    cursor: { drag: { x: true, y: false } },
-  }, data, target);
+    cursor,
+    hooks,
+  }, joined(series), target);
 }
 
 // Charts in a grid that keep filling its width as the window changes.
