@@ -40,6 +40,10 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     stream_retry_ms: int = 1000  # how soon a browser reconnects a dropped stream
     shutdown_grace: float = 2.0  # open responses get this long to finish when the server stops
 
+    # The Compare, Study and Cluster pages (incl.web.views).
+    compare_max: int = 10  # jobs one /api/compare may name
+    cluster_idle_reads: int = 16  # job records read at once to find idle GPUs for /api/cluster
+
 
 def load_config(path: str | Path | None, **overrides: Any) -> WebConfig:
     return daemon.load_config(WebConfig, path, overrides)

@@ -109,3 +109,45 @@ DOCUMENT: dict[str, Any] = {
         "Chart": _CHART,
     }},
 }
+
+# The Compare, Study and Cluster pages (incl.web.views).
+_STUDY_ID = {"name": "study_id", "in": "path", "required": True, "schema": {"type": "string"}, "example": "s-1a2b3c4d"}
+_OBJECT = {"type": "object"}
+DOCUMENT["paths"].update({
+    "/api/compare": {"get": {
+        "summary": "Jobs side by side: who and what each is, HPO params, env and final metrics (the last value "
+                   "logged), one row each, `differs` where the values shown differ. Charts: /api/jobs/{id}/metrics",
+        "parameters": [{**_query("jobs", "job ids, comma-separated (at most `compare_max`, 10)"), "required": True}],
+        "responses": {**_json({"type": "object", "properties": {
+            "jobs": {"type": "array", "items": _OBJECT, "description": "id, name, state, user, study, in order"},
+            "rows": {"type": "array", "items": {"type": "object", "properties": {
+                "kind": {"type": "string", "enum": ["job", "param", "env", "metric"]}, "key": {"type": "string"},
+                "values": {"type": "array", "items": {"type": "string"}, "description": "one per job"},
+                "differs": {"type": "boolean"}}}},
+            "final": {"type": "array", "description": "per job: metric -> {value, step, points}",
+                      "items": {"type": "object", "additionalProperties": _OBJECT}},
+        }}, "the comparison"), **{"404": {**_ERROR, "description": "no job by one of the ids (named)"}},
+            **_BAD_QUERY},
+    }},
+    "/api/studies": {"get": {
+        "summary": "HPO studies, newest first: each with its trial counts by state, best value and trial, GPU hours",
+        "parameters": [_query("user", "only this user's studies")],
+        "responses": _json({"type": "object", "properties": {"studies": {"type": "array", "items": _OBJECT}}},
+                           "the studies"),
+    }},
+    "/api/studies/{study_id}": {"get": {
+        "summary": "One study: `summary` (as in the list), `trials` (number, state, params, value, job_id, ...), "
+                   "`best_so_far` (the best value after each finished trial), `importances` (param -> weight, once "
+                   "4 trials finished)",
+        "parameters": [_STUDY_ID],
+        "responses": {**_json(_OBJECT, "the study"), "404": {**_ERROR, "description": "no study by that id"}},
+    }},
+    "/api/cluster": {"get": {
+        "summary": "The agents (capacity, what is allocated, their jobs, each GPU's last readings), the jobs whose "
+                   "GPUs are idle (`idle`: since when), and quota use per user and team",
+        "responses": _json({"type": "object", "properties": {
+            "now": {"type": "number"}, "agents": {"type": "array", "items": _OBJECT},
+            "idle": {"type": "array", "items": _OBJECT}, "quota": {"type": "array", "items": _OBJECT}}},
+            "the cluster"),
+    }},
+})

@@ -46,4 +46,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", home)
     app.router.add_get("/jobs", _page("jobs.html"))
     app.router.add_get("/jobs/{job_id}", _page("job.html"))
+    # Compare, Study, Cluster
+    app.router.add_get("/compare", _page("compare.html"))
+    app.router.add_get("/studies", _page("studies.html"))
+    app.router.add_get("/studies/{study_id}", _page("study.html"))
+    app.router.add_get("/cluster", _page("cluster.html"))
     app.router.add_static("/static/", STATIC)

@@ -22,6 +22,9 @@ function render(job) {
   const lastEnd = ENDED.includes(job.state) ? job.updated_at : null;
   sub.append(`${job.id} · by ${job.user} · submitted ${when(job.submitted_at)} · ${duration(job.submitted_at, lastEnd)}`,
     job.reason ? ` · ${job.reason}` : "", job.exit_code != null ? ` · exit ${job.exit_code}` : "");
+  if (job.trial) {
+    sub.append(" · ", el("a", { href: `/studies/${encodeURIComponent(job.trial.study_id)}`, text: `trial #${job.trial.number} of ${job.trial.study_id}` }));
+  }
   const cancel = document.getElementById("cancel");
   cancel.hidden = ENDED.includes(job.state) || job.cancel_requested;
   renderAttempts(job.attempts);

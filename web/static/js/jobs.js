@@ -13,6 +13,8 @@ const view = {
   cursors: [""], // the cursor of each page seen, for "First"
 };
 let timer = null;
+const picked = new Set(); // jobs ticked for Compare, kept across refreshes and pages
+const COMPARE_MAX = 10;
 
 function syncUrl() {
   const u = new URL(location.href);
@@ -25,17 +27,34 @@ function syncUrl() {
 
 function row(job) {
   const link = el("a", { href: `/jobs/${encodeURIComponent(job.id)}`, text: job.id });
-  const name = job.name || job.run;
+  const name = el("td", { class: "name", title: job.run, text: job.name || job.run });
+  if (job.study) {
+    name.append(" ", el("a", { class: "tag", href: `/studies/${encodeURIComponent(job.study)}`, text: job.study, title: "its HPO study" }));
+  }
+  const box = el("input", { type: "checkbox", "aria-label": `compare ${job.id}` });
+  box.checked = picked.has(job.id);
+  box.addEventListener("change", () => {
+    if (box.checked) picked.add(job.id); else picked.delete(job.id);
+    markCompare();
+  });
   return el("tr", {},
+    el("td", { class: "pick" }, box),
     el("td", {}, stateBadge(job.state)),
     el("td", { class: "id" }, link),
-    el("td", { class: "name", title: job.run, text: name }),
+    name,
     el("td", { text: job.user }),
     el("td", { title: when(job.submitted_at), text: ago(job.submitted_at) }),
     el("td", { text: ["QUEUED", "ASSIGNED"].includes(job.state) ? "–" : duration(job.submitted_at, isEnded(job) ? job.updated_at : null) }),
     el("td", { class: "num", text: job.gpu_util == null ? "–" : `${Math.round(job.gpu_util)}%` }),
     el("td", { class: "num", text: job.recoveries || "" }),
   );
+}
+
+function markCompare() {
+  const button = document.getElementById("compare");
+  button.disabled = picked.size < 2 || picked.size > COMPARE_MAX;
+  button.textContent = picked.size ? `Compare ${picked.size}` : "Compare";
+  button.title = picked.size > COMPARE_MAX ? `at most ${COMPARE_MAX} jobs` : "tick two jobs or more";
 }
 
 function isEnded(job) {
@@ -50,7 +69,7 @@ async function load() {
     const body = document.getElementById("rows");
     clear(body);
     body.append(...page.jobs.map(row));
-    if (!page.jobs.length) body.append(el("tr", {}, el("td", { colspan: 8, class: "muted", text: "No jobs match." })));
+    if (!page.jobs.length) body.append(el("tr", {}, el("td", { colspan: 9, class: "muted", text: "No jobs match." })));
     const start = (view.cursors.length - 1) * PAGE;
     document.getElementById("count").textContent = page.total
       ? `${start + 1}–${start + page.jobs.length} of ${page.total.toLocaleString()}` : "";
@@ -105,5 +124,8 @@ document.getElementById("next").addEventListener("click", (e) => {
   load();
 });
 document.getElementById("first").addEventListener("click", () => { view.cursors = [""]; load(); });
+document.getElementById("compare").addEventListener("click", () => {
+  location.href = `/compare?jobs=${[...picked].map(encodeURIComponent).join(",")}`;
+});
 markSort();
 load();
