@@ -95,6 +95,7 @@ async def test_a_finished_study_reads_back_with_trials_curve_and_importances(
 
 async def test_cluster_lists_agents_gpu_readings_the_idle_job_and_quota(stack: WebStack,
                                                                        http: aiohttp.ClientSession) -> None:
+    await stack.cluster.wait_agents(2)  # the GPU agent registered (the fixture only started it)
     job = await stack.cluster.submit("sleep 60", name="napper", resources={"gpus": 1}, gpu_idle=IDLE)
     await stack.cluster.wait_state(job.id, {"RUNNING"})
 

@@ -112,6 +112,7 @@ def test_compare_overlays_two_runs_and_marks_the_param_that_differs(stack: WebSt
 
 def test_cluster_page_lists_the_agents_gpu_readings_and_the_idle_job(stack: WebStack, study_id: str, page: Any,
                                                                      shots: Path) -> None:
+    wb.on_own_loop(lambda: stack.cluster.wait_agents(2))  # the GPU agent registered (the fixture only started it)
     job_id = wb.submit(stack, "sleep 60", name="napper", resources={"gpus": 1}, gpu_idle=IDLE)
     page.goto(f"{stack.url}/cluster")
     page.locator("tr[data-agent='a1']").wait_for()
