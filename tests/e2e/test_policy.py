@@ -8,12 +8,15 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 from authstack import AuthNats
 from conftest import Cluster
+from test_bad_input import GARBAGE, USER_VERBS
 
 from incl.auth import identities
 from incl.bus.client import Client
+from incl.proto import subjects
 from incl.proto.errors import NotAllowed, SpecInvalid
 from incl.proto.messages import JobState
 from incl.proto.spec import load_spec
@@ -105,3 +108,27 @@ async def test_own_team_and_admin_rights_each_refusal_one_line(cluster: Cluster,
     assert cluster.controller is not None
     refusals = [line for line in cluster.controller.output().splitlines() if "api_refused" in line]
     assert refusals and not any("SU" in line for line in refusals)  # logged, and never a seed (seeds start SU)
+
+
+async def test_garbage_and_oversized_messages_from_an_authenticated_user_never_stop_a_daemon(
+        cluster: Cluster, team_nats: AuthNats) -> None:
+    """The fuzz of test_bad_input with authentication on: bob's credentials, his own subjects, every verb; then a
+    payload over the server's limit, and a flood of them. Every request is answered with an error, and afterwards
+    both daemons still serve him and run his job."""
+    await cluster.wait_agents(1)
+    async with as_user(team_nats, "bob") as bob:
+        for verb in USER_VERBS:
+            for payload in GARBAGE:
+                answer = msgpack.unpackb(await bob.bus.request_raw(subjects.user_api("bob", verb), payload, 5))
+                assert answer["type"] == "ErrorReply" and answer["code"] in ("decode_error", "version_mismatch")
+        too_big = b"\x00" * (bob.bus.max_payload + 1)
+        with pytest.raises(Exception):  # noqa: B017 - refused by the client or the server, whichever first
+            await bob.bus.request_raw(subjects.user_api("bob", subjects.SUBMIT), too_big, 5)
+    async with as_user(team_nats, "bob") as bob:  # a new connection: the server may have closed the last
+        for _ in range(200):
+            await bob.bus.publish(subjects.user_api("bob", subjects.SUBMIT), b"\xc1" * 60_000)
+        job = await bob.submit(load_spec({"run": "echo still here"}))
+    assert (await cluster.wait_done(job.id)).state is JobState.SUCCEEDED
+    assert cluster.controller is not None and cluster.controller.proc is not None
+    assert cluster.controller.proc.poll() is None and all(a.proc is not None and a.proc.poll() is None
+                                                          for a in cluster.agents.values())
