@@ -20,6 +20,7 @@ from msgspec import structs
 
 from incl.agent.config import AgentConfig
 from incl.agent.docker import ContainerHandle, DockerRuntime
+from incl.agent.jobuser import JobUsers
 from incl.agent.metadata import InstanceIdentity, open_metadata
 from incl.agent.runner import Resume, Runner
 from incl.agent.runtime import Launcher
@@ -89,6 +90,7 @@ class Agent:
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
         self._interval = cfg.heartbeat_interval
         self.job_pids = ProcessTreeJobs()
+        self.job_users = JobUsers(cfg.job_user, Path(cfg.work_dir), cfg.job_uid_base, cfg.job_uid_range)
         self.sampler = GpuSampler(_gpu_source(cfg), interval=cfg.gpu_sample_interval, job_of_pid=self.job_pids)
         self.gpu_alloc: dict[int, str] = {}  # GPU index -> the job holding it
         self.docker: DockerRuntime | None = None
@@ -166,6 +168,7 @@ class Agent:
             tls_ca=Path(cfg.tls_ca) if cfg.tls_ca else None))
         try:
             await self.sampler.open()
+            self.job_users.announce()
             async with open_metadata(cfg.provider, cfg.metadata) as metadata, Launcher() as self.launcher, \
                     self._docker_engine() as self.docker, contextlib.AsyncExitStack() as stores, \
                     serving(self.metrics.registry, cfg.metrics_host, cfg.metrics_port), asyncio.TaskGroup() as tg:
@@ -368,7 +371,8 @@ class Agent:
     def _start(self, assign: Assign, gpus: list[int] | None, adopt: ContainerHandle | None = None,
                resume: Resume | None = None) -> None:
         runner = Runner(self.cfg, self._bus, self.publish, assign, launcher=self.launcher, docker=self.docker,
-                        store=self.store, gpus=gpus, job_pids=self.job_pids, resume=resume, key=self.seal_key)
+                        store=self.store, gpus=gpus, job_pids=self.job_pids, resume=resume, key=self.seal_key,
+                        job_users=self.job_users)
         self.runners[(assign.job_id, assign.attempt)] = runner
         self._tg.create_task(self._run(runner, adopt))
 

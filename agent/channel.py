@@ -48,8 +48,9 @@ class MetricChannel:
     `on_error` (into the job's own log); the connection and the other lines go on."""
 
     def __init__(self, path: str, sink: Callable[[MetricPoint], Awaitable[None]],
-                 on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 on_error: Callable[[str], Awaitable[None]] | None = None, owner: int | None = None) -> None:
         self.path = path
+        self._owner = owner  # a job running as its own user: the socket and its folder are that user's alone
         self._sink = sink
         self._on_error = on_error
         self._errors = 0
@@ -61,6 +62,11 @@ class MetricChannel:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         self._server = await asyncio.start_unix_server(self._serve, self.path, limit=READ_CHUNK)
+        if self._owner is not None:
+            folder = os.path.dirname(self.path)
+            for path in (folder, self.path):
+                os.chown(path, self._owner, self._owner)
+            os.chmod(folder, 0o700)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -52,6 +53,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     gang_start_timeout: float = 3600.0  # a multi-node rank, prepared, waits this long for the others to be ready
     output_drain_timeout: float = 3.0  # a job is over when its command exits: its output is read this much longer
     shell: str = "/bin/bash"
+    # Whom process jobs run as (incl.agent.jobuser): "auto" — an agent running as root starts each job as a
+    # fresh uid of its own (never root; no job reads another's files or environment) when others can reach
+    # work_dir; "agent" — the agent's own user.
+    job_user: Literal["auto", "agent"] = "auto"
+    job_uid_base: int = 1_000_000  # jobs' uids and gids: from here...
+    job_uid_range: int = 65_536  # ...round robin over this many (a uid comes back after that many jobs)
 
     # GPU telemetry (NVML; no GPU or no driver means no GPUs, never a crash).
     gpu_sample_interval: float = 1.0

@@ -59,7 +59,8 @@ class ProcessExecution(_Stoppable):
 
     def __init__(self, launcher: runtime.Launcher, shell: str, setup: str | None, run: str, cwd: Path,
                  env: dict[str, str], sink: runtime.OutputSink, on_pid: Callable[[int], None], *,
-                 drain_timeout: float) -> None:
+                 drain_timeout: float, uid: int | None = None) -> None:
+        self._uid = uid  # run as this user (and its own group), None: the agent's
         self._launcher, self._shell = launcher, shell
         self._setup, self._run = setup, run
         self._cwd, self._env, self._sink, self._on_pid = cwd, env, sink, on_pid
@@ -72,7 +73,8 @@ class ProcessExecution(_Stoppable):
         return self._handle.pid if isinstance(self._handle, runtime.ProcessHandle) else None
 
     async def _start(self, script: str) -> runtime.ProcessHandle:
-        self._handle = await self._launcher.start([self._shell, "-c", script], str(self._cwd), self._env, self._sink)
+        self._handle = await self._launcher.start([self._shell, "-c", script], str(self._cwd), self._env, self._sink,
+                                                  uid=self._uid)
         self._on_pid(self._handle.pid)
         self._stopping = None  # setup's process is done: a stop now is for this one
         self._apply_stop()  # stopped while it was starting

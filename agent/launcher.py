@@ -5,7 +5,8 @@ SOCK_SEQPACKET socket pair whose other end the agent holds. Starting a Python in
 about 15 ms of CPU; forking this small, already-running process costs well under one.
 
 Protocol (one JSON object per packet):
-  agent -> launcher   {"id": N, "argv": [...], "cwd": "...", "env": {...}}  with two fds: stdout, stderr
+  agent -> launcher   {"id": N, "argv": [...], "cwd": "...", "env": {...}, "uid": N|null}  with two fds: stdout,
+                      stderr (uid: the command runs as that user and a group of the same number, no other groups)
   launcher -> agent   {"id": N, "pid": P}  or  {"id": N, "error": "..."}
   guard -> agent      {"killed": P, "count": C, "procs": [[pid, name], ...]}   (the first few; before "exited")
   launcher -> agent   {"exited": P, "status": S}   (S as os.waitstatus_to_exitcode: -N for signal N)
@@ -225,7 +226,7 @@ def _wait_for(pid, agent, launcher):
                 return status
 
 
-def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups):
+def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups, uid=None):
     """In the forked child: lead a new group, run argv in it, end the job as it exits. Never returns."""
     global _cgroup, _command  # noqa: PLW0603 - the forked child's signal handlers read them
     try:
@@ -245,6 +246,10 @@ def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups):
             os.dup2(null, 0)
             os.closerange(3, 65536)
             try:
+                if uid is not None:  # the job's own user: no groups of root's, and no way back
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
                 os.chdir(cwd)
                 os.execvpe(argv[0], argv, env)
             except OSError as exc:
@@ -418,7 +423,7 @@ def serve(sock, agent, cgroups):
                 os.close(wake_r)
                 os.close(wake_w)
                 _guard(request["argv"], request["cwd"], request["env"], fds[0], fds[1], agent, me, sock,
-                       cgroups)
+                       cgroups, request.get("uid"))
             guards.add(pid)
             for fd in fds:
                 os.close(fd)

@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 
-from incl.agent import runtime
+from incl.agent import jobuser, runtime
 from incl.agent.channel import MetricChannel
 from incl.agent.config import AgentConfig
 from incl.agent.docker import ContainerHandle, ContainerSpec, DockerRuntime, Mount
 from incl.agent.execution import ContainerExecution, Execution, Outcome, ProcessExecution
+from incl.agent.jobuser import JobUsers
 from incl.agent.shipper import LineSplitter, Shipper
 from incl.agent.telemetry import ProcessTreeJobs
 from incl.agent.workspace import JobFiles, Workspace, link_data
@@ -108,8 +109,10 @@ class Runner:
                  launcher: runtime.Launcher, docker: DockerRuntime | None = None,
                  store: ArtifactStore | None = None, gpus: list[int] | None = None,
                  job_pids: ProcessTreeJobs | None = None, resume: Resume | None = None,
-                 key: AgentKey | None = None) -> None:
+                 key: AgentKey | None = None, job_users: JobUsers | None = None) -> None:
         self.cfg = cfg
+        self._job_users = job_users
+        self._uid: int | None = None  # a process job's own user (incl.agent.jobuser), None: the agent's
         self._launcher, self._docker, self._store = launcher, docker, store
         self._gpus = gpus  # None: this host has no GPUs to hand out
         self._job_pids = job_pids
@@ -290,9 +293,16 @@ class Runner:
                 if self._job_pids is not None:
                     self._job_pids.add(self.ref.job_id, pid)
 
-            return ProcessExecution(self._launcher, self.cfg.shell, spec.setup, spec.run, self.ws.code,
-                                    self._env(self._host_paths(), inherit=True), self._on_output, on_pid,
-                                    drain_timeout=self.cfg.output_drain_timeout)
+            env = self._env(self._host_paths(), inherit=True)
+            self._uid = self._job_users.allocate() if self._job_users is not None else None
+            if self._uid is not None:  # its own folders, home and tmp: nothing of root's or another job's
+                home, tmp = self.ws.dir / "home", self.ws.dir / "tmp"
+                jobuser.hand_over(self._uid, self.ws.dir, [self.ws.code, self.ws.outputs, self.ws.checkpoints,
+                                                           self.ws.run, home, tmp])
+                env.update(HOME=str(home), TMPDIR=str(tmp), USER=f"incl-{self._uid}", LOGNAME=f"incl-{self._uid}")
+            return ProcessExecution(self._launcher, self.cfg.shell, spec.setup, spec.run, self.ws.code, env,
+                                    self._on_output, on_pid, drain_timeout=self.cfg.output_drain_timeout,
+                                    uid=self._uid)
         if self._docker is None:
             raise PrepareFailed(f"the job needs Docker for image {spec.image}, and agent {self.cfg.agent_id} "
                                 "has no Docker engine")
@@ -403,7 +413,8 @@ class Runner:
             self._exec = self._execution(data_mounts)
             if self._stop_reason is not None:
                 self._exec.stop(self._grace)
-            async with MetricChannel(str(self._socket_dir() / "m.sock"), self._on_metric, self._system), \
+            async with MetricChannel(str(self._socket_dir() / "m.sock"), self._on_metric, self._system,
+                                     owner=self._uid), \
                     self._checkpointing(files):
                 if isinstance(self._exec, ContainerExecution):
                     return await self._exec.run(_noop if adopt else self._running, adopt=adopt)

@@ -190,8 +190,10 @@ class Launcher:
         with contextlib.suppress(BlockingIOError):  # the next renewal will do
             self._sock.send(packet)
 
-    async def start(self, argv: list[str], cwd: str, env: dict[str, str], sink: OutputSink) -> ProcessHandle:
-        """Start `argv` in a new process group; its output goes to `sink`."""
+    async def start(self, argv: list[str], cwd: str, env: dict[str, str], sink: OutputSink,
+                    uid: int | None = None) -> ProcessHandle:
+        """Start `argv` in a new process group, as user `uid` with its own group (None: the agent's user); its
+        output goes to `sink`."""
         if self._sock is None:
             await self._spawn()
         assert self._sock is not None
@@ -200,7 +202,7 @@ class Launcher:
         reply = self._replies[request_id] = loop.create_future()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        packet = json.dumps({"id": request_id, "argv": argv, "cwd": cwd, "env": env}).encode()
+        packet = json.dumps({"id": request_id, "argv": argv, "cwd": cwd, "env": env, "uid": uid}).encode()
         try:
             while True:
                 try:
