@@ -17,6 +17,7 @@ from incl.controller.gpuwatch import GpuWatch
 from incl.controller.jobs import Jobs
 from incl.controller.models import Models
 from incl.controller.paging import page
+from incl.controller.shares import Shares
 from incl.controller.studies import Studies
 from incl.proto import subjects
 from incl.proto.codec import Decoder, encode
@@ -58,6 +59,16 @@ from incl.proto.registry import (
     RegisterModelReply,
     RegisterModelRequest,
 )
+from incl.proto.shares import (
+    CreateShareReply,
+    CreateShareRequest,
+    ListSharesReply,
+    ListSharesRequest,
+    ResolveShareReply,
+    ResolveShareRequest,
+    RevokeShareReply,
+    RevokeShareRequest,
+)
 from incl.proto.spec import check_spec
 from incl.proto.status import ControllerMember, StatusReply, StatusRequest
 from incl.proto.studies import (
@@ -89,7 +100,8 @@ class ByCaller(NamedTuple):
 
 class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
-                 models: Models, store_url: str | None = None, page_bytes: int = 512 * 1024) -> None:
+                 models: Models, store_url: str | None = None, page_bytes: int = 512 * 1024,
+                 shares: Shares | None = None) -> None:
         self._bus = bus
         self._id = controller_id
         self._page_bytes = page_bytes  # a listing's page, encoded, stays under this (half the payload limit)
@@ -99,6 +111,7 @@ class Api:
         self._watch = watch
         self._studies = studies
         self._models = models
+        self._shares = shares
         self._started = time.time()
         # Per kind of caller: an agent's credentials cannot submit, and a user's cannot register an agent.
         self.routes: dict[str, dict[str, tuple[Decoder[Any], Handler | ByCaller]]] = {
@@ -120,6 +133,10 @@ class Api:
                 subjects.LIST_MODELS: (Decoder(ListModelsRequest), self.list_models),
                 subjects.GET_MODEL: (Decoder(GetModelRequest), self.get_model),
                 subjects.ALIAS_MODEL: (Decoder(AliasModelRequest), ByCaller(self.alias_model)),
+                subjects.CREATE_SHARE: (Decoder(CreateShareRequest), ByCaller(self.create_share)),
+                subjects.LIST_SHARES: (Decoder(ListSharesRequest), ByCaller(self.list_shares)),
+                subjects.REVOKE_SHARE: (Decoder(RevokeShareRequest), ByCaller(self.revoke_share)),
+                subjects.RESOLVE_SHARE: (Decoder(ResolveShareRequest), self.resolve_share),
             },
             subjects.AGENT: {
                 subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
@@ -237,6 +254,25 @@ class Api:
 
     async def alias_model(self, req: AliasModelRequest, who: subjects.Caller) -> AliasModelReply:
         return await self._models.alias(req.name, req.version, req.alias, who.name)
+
+    # --- share links ---------------------------------------------------------------------------------------
+
+    def _shares_on(self) -> Shares:
+        if self._shares is None:
+            raise InclError("this controller serves no share links")
+        return self._shares
+
+    async def create_share(self, req: CreateShareRequest, who: subjects.Caller) -> CreateShareReply:
+        return await self._shares_on().create(req, who.name)
+
+    async def list_shares(self, req: ListSharesRequest, who: subjects.Caller) -> ListSharesReply:
+        return ListSharesReply(shares=await self._shares_on().list(who.name))
+
+    async def revoke_share(self, req: RevokeShareRequest, who: subjects.Caller) -> RevokeShareReply:
+        return RevokeShareReply(share=await self._shares_on().revoke(req.share_id, who.name))
+
+    async def resolve_share(self, req: ResolveShareRequest) -> ResolveShareReply:
+        return await self._shares_on().resolve(req.token)
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)

@@ -40,6 +40,7 @@ from incl.controller.providers import Provider
 from incl.controller.provision import Provisioner
 from incl.controller.quota import load_quota_config
 from incl.controller.scheduler import Shapes
+from incl.controller.shares import Shares, load_key
 from incl.controller.store import Records
 from incl.controller.studies import Studies
 from incl.proto import subjects
@@ -124,8 +125,10 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     studies = Studies(cfg.studies, stores.studies, jobs, bus, study_engines(cfg, bus, asyncio.get_running_loop()))
     changes.subscribe(studies.job_changed)
     models = Models(buckets[subjects.MODELS_BUCKET], stores.jobs, bus, cfg.store_url, fence=stores.jobs.fence)
+    shares = Shares(buckets[subjects.SHARES_BUCKET], stores.jobs, models, cfg.store_url,
+                    load_key(cfg.shares.key_path()), cfg.shares, fence=stores.jobs.fence)
     api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, cfg.store_url,
-              page_bytes=bus.max_payload // 2)
+              page_bytes=bus.max_payload // 2, shares=shares)
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
                  provider=provider, studies=studies)
 
