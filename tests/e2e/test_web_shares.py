@@ -204,3 +204,47 @@ async def test_share_requests_are_checked_and_cross_site_ones_refused(stack: Web
         share = (await resp.json())["share"]
     assert share["kind"] == "folder" and share["expires_at"] - share["created_at"] == pytest.approx(86400)
     assert share["files"] == len(job["files"])
+
+
+def test_incl_share_prints_a_link_lists_it_and_revokes_it_and_shares_a_model_version(
+        stack: WebStack, job: dict[str, Any]) -> None:
+    from click.testing import CliRunner
+
+    from incl.cli.share import share
+
+    def incl_share(*args: str) -> Any:
+        result = CliRunner().invoke(share, list(args), obj={"nats_url": stack.cluster.nats.url})
+        assert result.exit_code == 0, (result.output, result.stderr)
+        return result
+
+    made = json.loads(incl_share(f"{job['id']}:ckpt/best/model.pt", "--expires", "24h", "--json",
+                                 "--web-url", stack.url + "/").output)
+    assert made["url"].startswith(f"{stack.url}/s/sh-") and made["share"]["kind"] == "output"
+    printed = incl_share(job["id"], "--web-url", stack.url)
+    assert printed.stdout.strip().startswith(f"{stack.url}/s/sh-") and "folder" in printed.stderr
+
+    async def fetch(url: str) -> tuple[int, bytes]:
+        async with aiohttp.ClientSession() as s, s.get(url) as resp:
+            return resp.status, await resp.read()
+
+    assert asyncio.run(fetch(made["url"] + "/download")) == (200, job["files"]["ckpt/best/model.pt"])
+    listed = json.loads(incl_share("ls", "--json").output)
+    assert made["share"]["id"] in [s["id"] for s in listed]
+    assert made["share"]["id"] in incl_share("ls").output
+    assert "no longer opens" in incl_share("--revoke", made["share"]["id"]).output
+    assert asyncio.run(fetch(made["url"] + "/download"))[0] == 410
+
+    async def register() -> None:
+        async with stack.cluster.client() as client:
+            await client.register_model("sharenet", job["id"], paths=["ckpt/best"], alias="production")
+
+    asyncio.run(register())
+    model = json.loads(incl_share("model", "sharenet@production", "--json", "--web-url", stack.url).output)
+    assert model["share"]["kind"] == "model" and model["share"]["target"]["version"] == 1
+    status, data = asyncio.run(fetch(model["url"] + "/download"))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert status == 200 and got == {"sharenet-v1/ckpt/best/model.pt": job["files"]["ckpt/best/model.pt"]}
+    bad = CliRunner().invoke(share, ["j-nothere"], obj={"nats_url": stack.cluster.nats.url},
+                             env={"INCL_WEB_URL": stack.url})
+    assert bad.exit_code != 0 and "j-nothere" in bad.stderr
