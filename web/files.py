@@ -87,13 +87,19 @@ async def _stream(request: web.Request, chunks: AsyncGenerator[bytes, None], siz
                   content_type: str) -> web.StreamResponse:
     """The first chunk is read before anything is sent, so a missing object is still a clean 404; a failure
     later (corrupt bytes, the store gone) cuts the connection short of its Content-Length."""
+    headers = {"Content-Type": content_type, "Content-Disposition": disposition(filename), "Cache-Control": "no-store"}
+    if request.method == "HEAD":  # what a GET would send, without reading a byte of it
+        await chunks.aclose()
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = size
+        await resp.prepare(request)
+        return resp
     async with contextlib.aclosing(chunks) as read:
         try:
             first = await anext(read, b"")
         except store_errors.NotFound as exc:
             raise errors.NotFound(f"the stored files are gone from the artifact store ({exc.path})") from None
-        resp = web.StreamResponse(headers={"Content-Type": content_type, "Content-Disposition": disposition(filename),
-                                           "Cache-Control": "no-store"})
+        resp = web.StreamResponse(headers=headers)
         resp.content_length = size
         await resp.prepare(request)
         try:

@@ -100,6 +100,8 @@ async def test_outputs_are_listed_and_each_file_downloads_byte_identical(job: di
         name = path.rsplit("/", 1)[-1]
         assert resp.headers["Content-Disposition"].startswith("attachment; filename=")
         assert "UTF-8''" + quote(name, safe="") in resp.headers["Content-Disposition"]
+    async with http.head(f"/api/jobs/{job['id']}/outputs/ckpt") as resp:
+        assert resp.status == 200 and resp.content_length > 24 * MiB and not await resp.read()
     for bad in ["nothere.txt", "ckpt/shard", "..%2Fsecret.txt"]:
         assert (await body(http, f"/api/jobs/{job['id']}/outputs/{bad}", 404))[0]
     assert (await body(http, "/api/jobs/j-nothere/outputs", 404))[0]
