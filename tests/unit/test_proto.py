@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from incl.proto import PROTOCOL_VERSION, errors
 from incl.proto import messages as m
 from incl.proto import registry as rg
+from incl.proto import shares as sh
 from incl.proto import status as status_
 from incl.proto import studies as st_
 from incl.proto.codec import Decoder, encode
@@ -267,6 +268,29 @@ SAMPLES += [
     (rg.AliasModelRequest(meta=ENV, name="bert", version=2, alias="prod"),
      _msg(rg.AliasModelRequest, meta=ENV_PLAIN, name="bert", version=2, alias="prod")),
     (rg.AliasModelReply(alias=ALIAS, previous=1), _msg(rg.AliasModelReply, alias=ALIAS_PLAIN, previous=1)),
+]
+
+# Share links (proto/shares.py).
+TARGET, TARGET_PLAIN = sh.ShareTarget(job_id="j1", path="ckpt"), {"job_id": "j1", "path": "ckpt", "model": None,
+                                                                  "version": None}
+SHARE = sh.Share(id="sh-0123456789abcdef", kind="folder", target=TARGET, trees=[sh.SharedTree(folder="",
+                 digest="ab" * 32)], created_by="ann", created_at=1.0, expires_at=2.0, files=3, bytes=40)
+SHARE_PLAIN = {"id": "sh-0123456789abcdef", "kind": "folder", "target": TARGET_PLAIN,
+               "trees": [{"folder": "", "digest": "ab" * 32}], "created_by": "ann", "created_at": 1.0,
+               "expires_at": 2.0, "files": 3, "bytes": 40, "revoked": False, "revoked_at": None, "revoked_by": None}
+SAMPLES += [
+    (sh.CreateShareRequest(meta=ENV, target=TARGET, expires_in=60.0),
+     _msg(sh.CreateShareRequest, meta=ENV_PLAIN, target=TARGET_PLAIN, expires_in=60.0)),
+    (sh.CreateShareReply(share=SHARE, token="sh-0123456789abcdef.sig"),
+     _msg(sh.CreateShareReply, share=SHARE_PLAIN, token="sh-0123456789abcdef.sig")),
+    (sh.ListSharesRequest(meta=ENV), _msg(sh.ListSharesRequest, meta=ENV_PLAIN)),
+    (sh.ListSharesReply(shares=[SHARE]), _msg(sh.ListSharesReply, shares=[SHARE_PLAIN])),
+    (sh.RevokeShareRequest(meta=ENV, share_id=SHARE.id), _msg(sh.RevokeShareRequest, meta=ENV_PLAIN,
+                                                               share_id=SHARE.id)),
+    (sh.RevokeShareReply(share=SHARE), _msg(sh.RevokeShareReply, share=SHARE_PLAIN)),
+    (sh.ResolveShareRequest(meta=ENV, token="t"), _msg(sh.ResolveShareRequest, meta=ENV_PLAIN, token="t")),
+    (sh.ResolveShareReply(state="expired", ended_at=2.0),
+     _msg(sh.ResolveShareReply, state="expired", share=None, ended_at=2.0)),
 ]
 
 
