@@ -2,9 +2,10 @@
 streamed (checked against its SHA-256 as they go), and a folder as a tar archive written chunk by chunk.
 
 Nothing here holds a file, let alone a folder, in memory: each chunk read from the store is handed on before the
-next is read (StoreConfig.chunk_size), so a 5 GB output costs the reader one chunk of memory. Bytes that do not
-hash to the file's digest end the stream with IntegrityError after the last chunk: the bytes already sent cannot
-be taken back, but the download is cut short (its Content-Length is not reached), never silently wrong.
+next is read (StoreConfig.chunk_size), so a 5 GB output costs the reader two chunks of memory. Each file's last
+chunk is held back until the whole file has hashed to its digest; bytes that do not end the stream with
+IntegrityError instead: what was sent cannot be taken back, but the download stops short of its Content-Length
+(a failed download), never a complete-looking wrong file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import NamedTuple
 
 from incl.artifacts import manifest as mf
@@ -77,8 +78,8 @@ def under(listing: list[Item], path: str) -> list[Item]:
     return chosen
 
 
-async def read(store: ArtifactStore, item: Item) -> AsyncIterator[bytes]:
-    """The file's bytes, chunk by chunk; IntegrityError after the last one unless they hash to its digest."""
+async def read(store: ArtifactStore, item: Item) -> AsyncGenerator[bytes, None]:
+    """The file's bytes, chunk by chunk; IntegrityError instead of the last one unless they hash to its digest."""
     e = item.entry
     if e.size == 0:
         chunks: AsyncIterator[bytes] | None = None
@@ -87,14 +88,19 @@ async def read(store: ArtifactStore, item: Item) -> AsyncIterator[bytes]:
     else:
         chunks = store.stream(pack_key(item.pack), offset=e.offset, length=e.size)
     digest, size = hashlib.sha256(), 0
+    held: bytes | None = None  # the last chunk goes out only once the whole file has hashed right
     if chunks is not None:
         async for chunk in chunks:
             digest.update(chunk)
             size += len(chunk)
-            yield chunk
+            if held is not None:
+                yield held
+            held = chunk
     if size != e.size or digest.hexdigest() != e.digest:
         raise IntegrityError(f"{item.path}: the stored bytes do not hash to its digest {e.digest[:12]}: the stored "
                              "copy is corrupt", path=item.path)
+    if held is not None:
+        yield held
 
 
 def _info(item: Item, name: str, mtime: float) -> tarfile.TarInfo:
@@ -125,7 +131,7 @@ class Archive:
         body = sum(len(h) + _padded(i.size if i.kind == "file" else 0) for i, h in self._headers) + 2 * BLOCK
         self.size = _padded(body, RECORD)
 
-    async def chunks(self, store: ArtifactStore) -> AsyncIterator[bytes]:
+    async def chunks(self, store: ArtifactStore) -> AsyncGenerator[bytes, None]:
         written = 0
         for item, header in self._headers:
             yield header

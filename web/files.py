@@ -99,6 +99,8 @@ async def _stream(request: web.Request, chunks: AsyncGenerator[bytes, None], siz
             first = await anext(read, b"")
         except store_errors.NotFound as exc:
             raise errors.NotFound(f"the stored files are gone from the artifact store ({exc.path})") from None
+        except store_errors.ArtifactError as exc:  # corrupt, or the store unreachable: nothing sent yet
+            raise errors.InclError(str(exc)) from None
         resp = web.StreamResponse(headers=headers)
         resp.content_length = size
         await resp.prepare(request)
@@ -106,11 +108,13 @@ async def _stream(request: web.Request, chunks: AsyncGenerator[bytes, None], siz
             await resp.write(first)
             async for chunk in read:
                 await resp.write(chunk)
-        except (store_errors.ArtifactError, OSError) as exc:
-            log.warning("web_download_cut", path=request.path, error=str(exc))
+        except store_errors.ArtifactError as exc:  # a browser that goes away is no error of ours: not caught
+            # the route, not the path: a share link's path is its secret
+            resource = request.match_info.route.resource
+            log.warning("web_download_cut", route=resource.canonical if resource else "", error=str(exc))
             if request.transport is not None:
-                request.transport.abort()
-            raise ConnectionResetError(str(exc)) from None
+                request.transport.abort()  # short of Content-Length: the browser sees a failed download
+            return resp
     await resp.write_eof()
     return resp
 

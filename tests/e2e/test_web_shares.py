@@ -250,3 +250,28 @@ def test_incl_share_prints_a_link_lists_it_and_revokes_it_and_shares_a_model_ver
     bad = CliRunner().invoke(share, ["j-nothere"], obj={"nats_url": stack.cluster.nats.url},
                              env={"INCL_WEB_URL": stack.url})
     assert bad.exit_code != 0 and "j-nothere" in bad.stderr
+
+
+async def test_a_corrupt_stored_file_cuts_its_download_short_instead_of_sending_wrong_bytes(
+        stack: WebStack, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    (tmp_path / "w.py").write_text("import os, pathlib\n"
+                                   "(pathlib.Path(os.environ['INCL_OUTPUT_DIR']) / 'big.bin')"
+                                   ".write_bytes(os.urandom(3 * 2**20))\n")
+    done = await stack.cluster.wait_done((await stack.cluster.submit(f"{PY} {tmp_path / 'w.py'}")).id, 60)
+    listed, _ = await body(http, f"/api/jobs/{done.id}/outputs")
+    async with stack.cluster.client() as client:
+        root = Path((await client.store_url()).removeprefix("file://"))
+    tree = next(a.outputs for a in done.attempts if a.outputs)
+    assert tree is not None and json.loads(listed)["files"][0]["size"] == 3 * MiB
+    from incl.artifacts.manifest import decode
+    from incl.artifacts.refs import blob_key, manifest_key
+
+    [entry] = decode((root / manifest_key(tree.digest)).read_bytes(), tree.digest).files
+    blob = root / blob_key(entry.digest)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # the last chunk: most of the file is sent before the check fails
+    blob.write_bytes(bytes(data))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.get(f"/api/jobs/{done.id}/outputs/big.bin") as resp:
+            assert resp.status == 200 and resp.content_length == 3 * MiB
+            await resp.read()
