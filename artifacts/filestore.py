@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -55,6 +55,25 @@ class FileStore(ArtifactStore):
             return await self._run(self._path(key).read_bytes)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{self.url}: no object {key}", path=key) from None
+
+    async def stream(self, key: str, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            f = await self._run(open, path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{self.url}: no object {key}", path=key) from None
+        try:
+            left = length
+            while left is None or left > 0:
+                size = self._cfg.chunk_size if left is None else min(left, self._cfg.chunk_size)
+                chunk = await self._run(os.pread, f.fileno(), size, offset)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                left = None if left is None else left - len(chunk)
+                yield chunk
+        finally:
+            f.close()
 
     async def exists(self, key: str) -> bool:
         return await self._run(self._path(key).is_file)

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,9 +130,22 @@ class S3Store(ArtifactStore):
 
         return await self.call(f"GET {key} from", get)
 
-    async def _get(self, key: str) -> Any:
+    async def stream(self, key: str, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """One GET (retried until it answers; a failure mid-body ends the stream with its error: the bytes sent
+        so far cannot be taken back)."""
+        if length == 0:
+            return
+        span = f"bytes={offset}-" + (str(offset + length - 1) if length is not None else "")
+        resp = await self.call(f"GET {key} from", lambda: self._get(key, None if span == "bytes=0-" else span))
+        async with resp["Body"] as body:
+            while chunk := await body.read(self.cfg.chunk_size):
+                yield chunk
+
+    async def _get(self, key: str, span: str | None = None) -> Any:
         client = await self.client()
         try:
+            if span is not None:
+                return await client.get_object(Bucket=self.bucket, Key=self.key(key), Range=span)
             return await client.get_object(Bucket=self.bucket, Key=self.key(key))
         except ClientError as exc:
             if error_code(exc)[0] in MISSING:

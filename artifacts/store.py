@@ -57,6 +57,11 @@ class ArtifactStore(abc.ABC):
         """The object's bytes; NotFound when there is none."""
 
     @abc.abstractmethod
+    def stream(self, key: str, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The object's bytes from `offset` (`length` of them, or to the end), chunk by chunk (StoreConfig.
+        chunk_size): never whole in memory. NotFound, before the first chunk, when there is no such object."""
+
+    @abc.abstractmethod
     async def exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod

@@ -29,7 +29,7 @@ class SealError(Exception):
     """A sealed value could not be opened (another key, or damaged bytes); the message never holds a value."""
 
 
-def _key_file(path: Path, size: int) -> bytes:
+def key_file(path: Path, size: int) -> bytes:
     """The `size` bytes in `path`, made (random, mode 0600) when it does not exist yet. Two processes racing to
     make it both end with the one that was written first (O_EXCL)."""
     try:
@@ -59,7 +59,7 @@ class AgentKey:
     @classmethod
     def load(cls, path: Path) -> AgentKey:
         """The key kept in `path`, made on first use."""
-        return cls(PrivateKey(_key_file(path, PrivateKey.SIZE)))
+        return cls(PrivateKey(key_file(path, PrivateKey.SIZE)))
 
     def open(self, sealed: bytes) -> str:
         try:
@@ -85,7 +85,7 @@ class Vault:
     @classmethod
     def load(cls, path: Path) -> Vault:
         """The key kept in `path`, made on first use."""
-        return cls(_key_file(path, SecretBox.KEY_SIZE))
+        return cls(key_file(path, SecretBox.KEY_SIZE))
 
     def lock(self, value: str) -> bytes:
         """`value` encrypted with a fresh random nonce (40 bytes longer): the same value twice differs."""

@@ -63,6 +63,18 @@ from incl.proto.registry import (
     RegisterModelReply,
     RegisterModelRequest,
 )
+from incl.proto.shares import (
+    CreateShareReply,
+    CreateShareRequest,
+    ListSharesReply,
+    ListSharesRequest,
+    ResolveShareReply,
+    ResolveShareRequest,
+    RevokeShareReply,
+    RevokeShareRequest,
+    Share,
+    ShareTarget,
+)
 from incl.proto.spec import JobSpec
 from incl.proto.status import NatsServer, StatusReply, StatusRequest
 from incl.proto.studies import (
@@ -379,6 +391,25 @@ class Client:
         USERS_REMOVED), so that the audit trail records it."""
         req = UserChangedRequest(meta=self._meta(), name=name, teams=teams or [], admin=admin)
         await self._call(verb, req, UserChangedReply)
+
+    # --- share links ---------------------------------------------------------------------------------------
+
+    async def create_share(self, target: ShareTarget, expires_in: float | None = None) -> CreateShareReply:
+        """A link to `target` (its token: the link is <web url>/s/<token>); `expires_in` seconds (None: 7 days)."""
+        req = CreateShareRequest(meta=self._meta(), target=target, expires_in=expires_in)
+        return await self._call(subjects.CREATE_SHARE, req, CreateShareReply)
+
+    async def shares(self) -> list[Share]:
+        return (await self._call(subjects.LIST_SHARES, ListSharesRequest(meta=self._meta()), ListSharesReply)).shares
+
+    async def revoke_share(self, share_id: str) -> Share:
+        req = RevokeShareRequest(meta=self._meta(), share_id=share_id)
+        return (await self._call(subjects.REVOKE_SHARE, req, RevokeShareReply)).share
+
+    async def resolve_share(self, token: str) -> ResolveShareReply:
+        """What a link's token opens (NotFound for a token the controller did not sign)."""
+        return await self._call(subjects.RESOLVE_SHARE, ResolveShareRequest(meta=self._meta(), token=token),
+                                ResolveShareReply)
 
     # --- streams ------------------------------------------------------------------------------------------
 

@@ -159,7 +159,8 @@ async def ensure_buckets(bus: Bus, submit_ttl: float = 86400.0, replicas: int = 
     remembered."""
     buckets: dict[str, Bucket] = {}
     wanted = ((subjects.JOBS_BUCKET, None), (subjects.AGENTS_BUCKET, None), (subjects.SUBMITS_BUCKET, submit_ttl),
-              (subjects.STUDIES_BUCKET, None), (subjects.MODELS_BUCKET, None))
+              (subjects.STUDIES_BUCKET, None), (subjects.MODELS_BUCKET, None),
+              (subjects.SHARES_BUCKET, None))
     # Buckets whose keys come and go: a deleted key's marker expires (`Bucket.delete`), so they stay bounded.
     passing = ((subjects.IDLE_BUCKET, None), (subjects.NOTICES_BUCKET, None))
     for name, ttl in (*wanted, *passing):

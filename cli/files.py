@@ -27,7 +27,8 @@ from rich.text import Text
 
 from incl.cli.output import Column, console, err_console, handles_errors, plural, print_json, print_table, size
 from incl.proto.errors import InclError, NotFound
-from incl.proto.messages import TERMINAL, Attempt, Job, TreeRef
+from incl.proto.messages import Attempt, TreeRef
+from incl.proto.outputs import Trees, attempt_with_outputs, rank_trees
 
 if TYPE_CHECKING:
     from incl.artifacts import tree
@@ -130,36 +131,9 @@ async def upload_workdir(client: Client, workdir: str, max_bytes: int | None = N
     return TreeRef(digest=pushed.digest, files=pushed.files, bytes=pushed.bytes)
 
 
-Trees = list[tuple[str, TreeRef]]  # (the folder it goes in, "" or "rank-K/"; the tree)
-
-
-def rank_trees(job: Job, att: Attempt) -> Trees:
-    """The trees an attempt left, each with the folder it goes in: its own outputs at the top level (a multi-node
-    attempt's: rank 0's, or the rank `outputs.ranks` names) and, with `outputs: {ranks: all}`, every other
-    rank's under `rank-K/`."""
-    kept = job.spec.outputs.ranks
-    own = kept if isinstance(kept, int) and kept < len(att.nodes) else 0
-    top = att.outputs or next((n.outputs for n in att.nodes if n.rank == own), None)
-    trees = [("", top)] if top is not None else []
-    return trees + [(f"rank-{n.rank}/", n.outputs) for n in att.nodes if n.outputs is not None and n.rank != own]
-
-
-def _attempt_with_outputs(job: Job, number: int | None) -> Attempt | None:
-    """The attempt whose outputs to show; None when the job ended and left none (a normal answer)."""
-    chosen = [a for a in job.attempts if (number is None or a.number == number)]
-    with_outputs = [a for a in chosen if rank_trees(job, a)]
-    if with_outputs:
-        return with_outputs[-1]
-    if number is not None and not chosen:
-        raise NotFound(f"job {job.id} has no attempt {number}")
-    if job.state in TERMINAL:
-        return None
-    raise NotFound(f"job {job.id} has no outputs yet (they are uploaded when an attempt ends; it is {job.state})")
-
-
 async def _job_outputs(client: Client, job_id: str, attempt: int | None) -> tuple[Attempt | None, Trees, str]:
     job = await client.job(job_id)
-    att = _attempt_with_outputs(job, attempt)
+    att = attempt_with_outputs(job, attempt)
     return att, [] if att is None else rank_trees(job, att), await client.store_url()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from incl.cli import admin, agents, files, gc, jobs, login, logs, models, status, study, submit, up, web
+from incl.cli import admin, agents, files, gc, jobs, login, logs, models, share, status, study, submit, up, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +20,7 @@ for command in (up.up, status.status, up.down, submit.submit, jobs.ls, jobs.show
                 logs.metrics, agents.agents, files.outputs, files.download, admin.admin, study.study, models.model,
                 gc.gc, login.login, web.web):
     cli.add_command(command)
+cli.add_command(share.share)  # incl share: read-only links to outputs and model versions
 
 
 def main() -> None:

@@ -18,6 +18,21 @@ def _record() -> Path:
     return incl_home() / "web.json"
 
 
+def running_url() -> str | None:
+    """Where the web UI running here serves: the one `incl up` started, else one `incl web` runs; None: none."""
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
+    from incl.cli import stack as stack_mod  # noqa: PLC0415
+
+    stack = stack_mod.load(incl_home())
+    web = next((p for p in stack.procs if p.name == "web"), None) if stack is not None else None
+    if stack is not None and stack.web_url and web is not None and stack_mod.alive(web):
+        return stack.web_url
+    try:
+        return str(json.loads(_record().read_text())["url"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @click.command()
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8470).")
@@ -30,17 +45,8 @@ def web(ctx: click.Context, host: str | None, port: int | None, config_path: str
     """Serve the web UI (jobs, live logs and charts) for this cluster, until Ctrl-C."""
     record = _record()
     if show_url:
-        from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
-        from incl.cli import stack as stack_mod  # noqa: PLC0415
-
-        stack = stack_mod.load(incl_home())
-        web = next((p for p in stack.procs if p.name == "web"), None) if stack is not None else None
-        if stack is not None and stack.web_url and web is not None and stack_mod.alive(web):
-            click.echo(stack.web_url)  # the one `incl up` started
-            return
-        try:
-            url = json.loads(record.read_text())["url"]
-        except (OSError, ValueError, KeyError):
+        url = running_url()
+        if url is None:
             fail(f"no web UI is running here (nothing in {record}); start one with `incl web`")
         click.echo(url)
         return

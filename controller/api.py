@@ -21,6 +21,7 @@ from incl.controller.models import Models
 from incl.controller.paging import page
 from incl.controller.policy import Principal
 from incl.controller.principals import Principals
+from incl.controller.shares import Shares
 from incl.controller.studies import Studies
 from incl.proto import subjects
 from incl.proto.audit import AuditRequest, UserChangedReply, UserChangedRequest
@@ -62,6 +63,16 @@ from incl.proto.registry import (
     ModelRef,
     RegisterModelReply,
     RegisterModelRequest,
+)
+from incl.proto.shares import (
+    CreateShareReply,
+    CreateShareRequest,
+    ListSharesReply,
+    ListSharesRequest,
+    ResolveShareReply,
+    ResolveShareRequest,
+    RevokeShareReply,
+    RevokeShareRequest,
 )
 from incl.proto.spec import JobSpec, check_spec
 from incl.proto.status import ControllerMember, StatusReply, StatusRequest
@@ -112,7 +123,7 @@ class ByCaller(NamedTuple):
 class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
                  models: Models, audit: Audit, store_url: str | None = None, page_bytes: int = 512 * 1024,
-                 principals: Principals | None = None) -> None:
+                 principals: Principals | None = None, shares: Shares | None = None) -> None:
         self._bus = bus
         self._audit = audit
         self._principals = principals or Principals(None)
@@ -124,6 +135,7 @@ class Api:
         self._watch = watch
         self._studies = studies
         self._models = models
+        self._shares = shares
         self._started = time.time()
         # Per kind of caller: an agent's credentials cannot submit, and a user's cannot register an agent.
         self.routes: dict[str, dict[str, tuple[Decoder[Any], Handler | ByCaller]]] = {
@@ -148,6 +160,10 @@ class Api:
                 subjects.AUDIT: (Decoder(AuditRequest), ByCaller(self._audit.read)),
                 subjects.USERS_ADDED: (Decoder(UserChangedRequest), ByCaller(self.users_changed)),
                 subjects.USERS_REMOVED: (Decoder(UserChangedRequest), ByCaller(self.users_changed)),
+                subjects.CREATE_SHARE: (Decoder(CreateShareRequest), ByCaller(self.create_share)),
+                subjects.LIST_SHARES: (Decoder(ListSharesRequest), ByCaller(self.list_shares)),
+                subjects.REVOKE_SHARE: (Decoder(RevokeShareRequest), ByCaller(self.revoke_share)),
+                subjects.RESOLVE_SHARE: (Decoder(ResolveShareRequest), self.resolve_share),
             },
             subjects.AGENT: {
                 subjects.REGISTER: (Decoder(RegisterRequest), self._agents.register),
@@ -304,6 +320,29 @@ class Api:
         records it, with who reported it). Only a cluster admin changes users, so only one may report it."""
         policy.check_admin(who, "changing users")
         return UserChangedReply()
+
+    # --- share links ---------------------------------------------------------------------------------------
+
+    def _shares_on(self) -> Shares:
+        if self._shares is None:
+            raise InclError("this controller serves no share links")
+        return self._shares
+
+    async def create_share(self, req: CreateShareRequest, who: Principal) -> CreateShareReply:
+        """A link to a job's output (the caller must be allowed to read the job) or to a model version."""
+        if req.target.job_id is not None:
+            job = self._jobs.records.require(req.target.job_id, "job")
+            policy.check_read(who, "job", job.id, job.user, job.spec.team)
+        return await self._shares_on().create(req, who.name)
+
+    async def list_shares(self, req: ListSharesRequest, who: Principal) -> ListSharesReply:
+        return ListSharesReply(shares=await self._shares_on().list(who.name))
+
+    async def revoke_share(self, req: RevokeShareRequest, who: Principal) -> RevokeShareReply:
+        return RevokeShareReply(share=await self._shares_on().revoke(req.share_id, who.name))
+
+    async def resolve_share(self, req: ResolveShareRequest) -> ResolveShareReply:
+        return await self._shares_on().resolve(req.token)
 
     async def ping(self, req: PingRequest) -> PingReply:
         return PingReply(controller_id=self._id, store_url=self._store_url)

@@ -18,6 +18,7 @@ from incl.controller.notify import ClusterNotify, NotifierConfig
 from incl.controller.pacing import PacingConfig
 from incl.controller.providers.catalog import AwsConfig
 from incl.controller.reconcile import ReconcileConfig
+from incl.controller.shares import ShareConfig
 from incl.proto.messages import Resources
 
 
@@ -91,6 +92,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # The key that encrypts job secrets at rest in the jobs bucket (incl.auth.sealing.Vault), made on first start,
     # mode 0600. Every controller of a cluster must read the same file. None: $INCL_HOME/controller/secrets.key.
     secrets_key_file: str | None = None
+    shares: ShareConfig = ShareConfig()  # share links: their signing key (`shares.key_file`) and how long they live
 
     # Who the users are (teams, team admins, cluster admins: `incl.controller.policy`): the identities registry
     # the NATS server's configuration is rendered from, read again whenever it changes. None: with `creds` set

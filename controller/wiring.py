@@ -43,6 +43,7 @@ from incl.controller.providers import Provider
 from incl.controller.provision import Provisioner
 from incl.controller.quota import load_quota_config
 from incl.controller.scheduler import Shapes
+from incl.controller.shares import Shares, load_key
 from incl.controller.store import Records
 from incl.controller.studies import Studies
 from incl.proto import subjects
@@ -129,8 +130,10 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     models = Models(buckets[subjects.MODELS_BUCKET], stores.jobs, bus, cfg.store_url, fence=stores.jobs.fence)
     audit = Audit(bus, cfg.audit, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max,
                   page_bytes=bus.max_payload // 2, fence=stores.jobs.fence)
+    shares = Shares(buckets[subjects.SHARES_BUCKET], stores.jobs, models, cfg.store_url,
+                    load_key(cfg.shares.key_path()), cfg.shares, fence=stores.jobs.fence)
     api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, audit, cfg.store_url,
-              page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()))
+              page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()), shares=shares)
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
                  provider=provider, studies=studies)
 

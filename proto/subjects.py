@@ -26,6 +26,10 @@ REGISTER_MODEL = "models.register"
 LIST_MODELS = "models.list"
 GET_MODEL = "models.get"
 ALIAS_MODEL = "models.alias"
+CREATE_SHARE = "shares.create"
+LIST_SHARES = "shares.list"
+REVOKE_SHARE = "shares.revoke"
+RESOLVE_SHARE = "shares.resolve"  # a link's token -> what it opens (the web server asks, for anyone with the link)
 # What agents ask.
 REGISTER = "agents.register"
 HEARTBEAT = "agents.heartbeat"
@@ -69,6 +73,7 @@ IDLE_BUCKET = "incl_idle"  # job id -> its idle-GPU episode already alerted (del
 LEADER_BUCKET = "incl_leader"  # the controllers' lease (`leader`) and who runs (`member.<id>`); entries expire
 NOTICES_BUCKET = "incl_notices"  # notice id -> a Slack notice not yet delivered (deleted once it is)
 MODELS_BUCKET = "incl_models"  # <model>/v/<N> -> a registered version, <model>/a/<alias> -> where an alias points
+SHARES_BUCKET = "incl_shares"  # share id -> its record (proto/shares.py), kept after it expires or is revoked
 
 
 def assign(agent_id: str) -> str:

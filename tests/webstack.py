@@ -44,7 +44,7 @@ def web_stack(tmp: Path, agents: int = 1, **web_cfg: Any) -> Iterator[WebStack]:
         cfg.write_text(yaml.safe_dump({**WEB_CFG, **web_cfg, "nats_url": nats.url, "port": port}))
         web = Daemon("web", [sys.executable, "-m", "incl.web", "--config", str(cfg)], tmp / "web.log",
                      cluster.env).start()
-        wait_listening(web, port)
+        wait_listening(web, port, timeout=30.0)  # a loaded machine imports slowly
         yield WebStack(cluster, web, port)
     finally:
         if web is not None:

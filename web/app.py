@@ -12,7 +12,7 @@ from aiohttp import web
 from incl.bus.client import Client
 from incl.bus.connection import masked
 from incl.proto.errors import InclError
-from incl.web import api, errors, guard, pages, views
+from incl.web import api, errors, files, guard, pages, shares, views
 from incl.web.config import WebConfig
 from incl.web.snapshot import JobsSnapshot
 
@@ -41,6 +41,10 @@ def make_app(cfg: WebConfig) -> web.Application:
     app.on_response_prepare.append(pages.secure_headers)
     app.add_routes(api.routes)
     app.add_routes(views.routes)  # Compare, Study, Cluster
+    # Outputs and share links (incl.web.files, incl.web.shares): the store is opened once, closed with the app.
+    app.cleanup_ctx.append(files.lifespan)
+    app.add_routes(files.routes)
+    app.add_routes(shares.routes)
     pages.add_routes(app)
     return app
 

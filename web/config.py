@@ -19,6 +19,9 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # Host headers the server answers besides its own address and localhost (a DNS name it is published under).
     # A page on another site cannot pass the checks by pointing its own name at this address (DNS rebinding).
     allowed_hosts: list[str] = []
+    # The address people reach this server at (`https://incl.example.com`), for the share links it makes; None:
+    # the address the request that asks for one came to.
+    public_url: str | None = None
     log_level: str = "info"
 
     request_timeout: float = 10.0  # one request to the controller

@@ -151,3 +151,60 @@ DOCUMENT["paths"].update({
             "the cluster"),
     }},
 })
+
+
+# --- outputs and share links (incl.web.files, incl.web.shares) ------------------------------------------------
+
+_ATTEMPT = _query("attempt", "another attempt's outputs (default: the last one that left some)", "integer")
+_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "a file or folder in the outputs, e.g. ckpt/best.pt"}
+_SHARE = {"type": "object", "description": "the share's record (proto/shares.py): id, kind (output, folder, model), "
+          "target, created_by, created_at, expires_at, revoked, files, bytes"}
+_DOWNLOAD = {"200": {"description": "streamed, with its Content-Length: a file's bytes, or a folder as a tar archive",
+                     "content": {"application/octet-stream": {}, "application/x-tar": {}}}}
+_POST_ONLY = {"name": "X-INCL", "in": "header", "required": True, "schema": {"type": "string"}}
+_CROSS_SITE = {"403": {**_ERROR, "description": "a cross-site request, or the caller may not"}}
+
+DOCUMENT["paths"].update({
+    "/api/jobs/{job_id}/outputs": {"get": {
+        "summary": "The job's stored outputs: every file, folder and link, sorted by path",
+        "parameters": [_JOB_ID, _ATTEMPT],
+        "responses": {**_json({"type": "object", "properties": {
+            "attempt": {"type": ["integer", "null"], "description": "whose outputs; null: the job left none"},
+            "bytes": {"type": "integer"},
+            "files": {"type": "array", "items": {"type": "object", "properties": {
+                "path": {"type": "string"}, "size": {"type": "integer"},
+                "kind": {"type": "string", "enum": ["file", "dir", "symlink"]}}}},
+        }}, "the outputs"), **_NOT_FOUND, **_BAD_QUERY},
+    }},
+    "/api/jobs/{job_id}/outputs/{path}": {"get": {
+        "summary": "One output file, or a folder of them as <folder>.tar, streamed",
+        "parameters": [_JOB_ID, _PATH, _ATTEMPT], "responses": {**_DOWNLOAD, **_NOT_FOUND},
+    }},
+    "/api/jobs/{job_id}/outputs.tar": {"get": {
+        "summary": "Every output as <job>.tar, streamed", "parameters": [_JOB_ID, _ATTEMPT],
+        "responses": {**_DOWNLOAD, **_NOT_FOUND},
+    }},
+    "/api/shares": {
+        "post": {"summary": "A share link to an output, a folder or a model version",
+                 "parameters": [_POST_ONLY],
+                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                     "job": {"type": "string"}, "path": {"type": "string", "description": "\"\": every output"},
+                     "model": {"type": "string"}, "version": {"type": "integer"},
+                     "expires": {"type": ["string", "number"], "description": "24h, 7d, or seconds (default 7d)"},
+                 }}}}},
+                 "responses": {**_json({"type": "object", "properties": {"share": _SHARE, "url": {
+                     "type": "string", "description": "the link: <web url>/s/<id>.<signature>"}}}, "the share"),
+                     **_NOT_FOUND, **_CROSS_SITE}},
+        "get": {"summary": "The shares this server's identity made, newest first",
+                "responses": _json({"type": "object", "properties": {"shares": {"type": "array", "items": _SHARE}}},
+                                   "the shares")},
+    },
+    "/api/shares/{share_id}/revoke": {"post": {
+        "summary": "Revoke a share: its link stops opening at once",
+        "parameters": [{"name": "share_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                       _POST_ONLY],
+        "responses": {**_json({"type": "object", "properties": {"share": _SHARE}}, "the share, revoked"),
+                      **_NOT_FOUND, **_CROSS_SITE},
+    }},
+})

@@ -21,7 +21,8 @@ print("loaded:", *[m for m in {heavy!r} if m in sys.modules])
 
 
 @pytest.mark.parametrize("args", [["--help"], ["submit", "--help"], ["status", "--help"], ["download", "--help"],
-                                  ["study", "--help"], ["gc", "--help"]])
+                                  ["study", "--help"], ["gc", "--help"],
+                                  ["share", "--help"]])
 def test_help_imports_none_of_the_heavy_libraries(args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True,
                          timeout=60, check=True).stdout

@@ -13,6 +13,7 @@ from incl.proto import PROTOCOL_VERSION, errors
 from incl.proto import audit as au
 from incl.proto import messages as m
 from incl.proto import registry as rg
+from incl.proto import shares as sh
 from incl.proto import status as status_
 from incl.proto import studies as st_
 from incl.proto.codec import Decoder, encode
@@ -296,6 +297,29 @@ def test_an_envelope_from_before_the_audit_trail_still_decodes() -> None:
     """A client that sends no origin (older than the audit trail) is understood."""
     old = {k: v for k, v in ENV_PLAIN.items() if k != "origin"}
     assert Decoder(m.PingRequest).decode(msgpack.packb(_msg(m.PingRequest, meta=old))) == m.PingRequest(meta=ENV)
+
+# Share links (proto/shares.py).
+TARGET, TARGET_PLAIN = sh.ShareTarget(job_id="j1", path="ckpt"), {"job_id": "j1", "path": "ckpt", "model": None,
+                                                                  "version": None}
+SHARE = sh.Share(id="sh-0123456789abcdef", kind="folder", target=TARGET, trees=[sh.SharedTree(folder="",
+                 digest="ab" * 32)], created_by="ann", created_at=1.0, expires_at=2.0, files=3, bytes=40)
+SHARE_PLAIN = {"id": "sh-0123456789abcdef", "kind": "folder", "target": TARGET_PLAIN,
+               "trees": [{"folder": "", "digest": "ab" * 32}], "created_by": "ann", "created_at": 1.0,
+               "expires_at": 2.0, "files": 3, "bytes": 40, "revoked": False, "revoked_at": None, "revoked_by": None}
+SAMPLES += [
+    (sh.CreateShareRequest(meta=ENV, target=TARGET, expires_in=60.0),
+     _msg(sh.CreateShareRequest, meta=ENV_PLAIN, target=TARGET_PLAIN, expires_in=60.0)),
+    (sh.CreateShareReply(share=SHARE, token="sh-0123456789abcdef.sig"),
+     _msg(sh.CreateShareReply, share=SHARE_PLAIN, token="sh-0123456789abcdef.sig")),
+    (sh.ListSharesRequest(meta=ENV), _msg(sh.ListSharesRequest, meta=ENV_PLAIN)),
+    (sh.ListSharesReply(shares=[SHARE]), _msg(sh.ListSharesReply, shares=[SHARE_PLAIN])),
+    (sh.RevokeShareRequest(meta=ENV, share_id=SHARE.id), _msg(sh.RevokeShareRequest, meta=ENV_PLAIN,
+                                                               share_id=SHARE.id)),
+    (sh.RevokeShareReply(share=SHARE), _msg(sh.RevokeShareReply, share=SHARE_PLAIN)),
+    (sh.ResolveShareRequest(meta=ENV, token="t"), _msg(sh.ResolveShareRequest, meta=ENV_PLAIN, token="t")),
+    (sh.ResolveShareReply(state="expired", ended_at=2.0),
+     _msg(sh.ResolveShareReply, state="expired", share=None, ended_at=2.0)),
+]
 
 
 def _leaves(cls: type) -> list[type]:

@@ -23,3 +23,11 @@ export async function post(path) {
 export function num(v) {
   return typeof v === "number" ? v : null;
 }
+
+// A state-changing request with a JSON body (making a share link).
+export async function postJson(path, body) {
+  return answer(await fetch(path, {
+    method: "POST", body: JSON.stringify(body),
+    headers: { "X-INCL": "1", "Content-Type": "application/json", Accept: "application/json" },
+  }));
+}

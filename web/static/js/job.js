@@ -4,10 +4,12 @@ import { get, post } from "./api.js";
 import { Charts } from "./charts.js";
 import { clear, duration, el, showError, stateBadge, when } from "./dom.js";
 import { LogView } from "./logview.js";
+import { Outputs } from "./outputs.js";
 
 const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
 const ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"];
 let current = null;
+let outputs = null;
 
 function render(job) {
   current = job;
@@ -30,6 +32,9 @@ function render(job) {
   renderAttempts(job.attempts);
   renderSpec(job.spec);
   renderParams(job);
+  // Outputs are uploaded when an attempt ends: list them again when one has.
+  const ended = job.attempts.filter((a) => a.ended_at).length;
+  if (outputs && outputs.ends !== ended) { outputs.ends = ended; outputs.load(); }
 }
 
 function renderAttempts(attempts) {
@@ -113,6 +118,9 @@ async function main() {
     return;
   }
   setupCancel();
+  outputs = new Outputs(jobId);
+  outputs.ends = current.attempts.filter((a) => a.ended_at).length;
+  outputs.load();
   const logs = new LogView(document.getElementById("log"), document.getElementById("follow"), document.getElementById("lognote"));
   const charts = new Charts(document.getElementById("charts"), document.getElementById("nometrics"), jobId);
   let batches = 0;
