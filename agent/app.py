@@ -462,8 +462,9 @@ class Agent:
         """How far the previous agent process got shipping this attempt's output (the streams are the truth)."""
         resume = Resume()
         attempt = assign.attempt
-        for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(assign), LogBatch),
-                                     (subjects.METRICS_STREAM, subjects.metrics(assign), MetricBatch)):
+        key = assign.output_key
+        for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(assign, key), LogBatch),
+                                     (subjects.METRICS_STREAM, subjects.metrics(assign, key), MetricBatch)):
             data = await self._retry("last_batch", lambda s=stream, subj=subject: self._bus.last(s, subj))
             if data is None:
                 continue

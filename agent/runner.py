@@ -137,9 +137,9 @@ class Runner:
                       timeout=cfg.request_timeout, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max)
         self.rank = a.gang.rank if a.gang is not None else 0
         tag = f"{a.job_id}.{a.attempt}" + (f".r{self.rank}" if self.rank else "")  # each rank's own dedup ids
-        self._logs = Shipper(bus, subjects.logs(a), f"{tag}.log", self._log_batch,
+        self._logs = Shipper(bus, subjects.logs(a, a.output_key), f"{tag}.log", self._log_batch,
                              first_seq=resume.log_seq, **common)
-        self._metrics = Shipper(bus, subjects.metrics(a), f"{tag}.metric",
+        self._metrics = Shipper(bus, subjects.metrics(a, a.output_key), f"{tag}.metric",
                                 lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, points=pts,
                                                              rank=self.rank),
                                 first_seq=resume.metric_seq, **common)

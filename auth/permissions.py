@@ -47,10 +47,11 @@ def _stream_reader(stream: str) -> list[str]:
 
 
 def output_scopes(identity: Identity) -> list[str]:
-    """The `<team>.<owner>.<job>` subjects (wildcards) of the jobs whose output a user may read."""
+    """The `<team>.<owner>.<job>.<key>` subjects (wildcards) of the jobs whose output a user may read."""
     if identity.admin:
         return [">"]
-    return [f"*.{identity.name}.*", *(f"{team}.*.*" for team in sorted(set(identity.teams) | set(identity.team_admin)))]
+    teams = sorted(set(identity.teams) | set(identity.team_admin))
+    return [f"*.{identity.name}.*.*", *(f"{team}.*.*.*" for team in teams)]
 
 
 def _output_reader(stream: str, prefix: str, scopes: list[str]) -> list[str]:

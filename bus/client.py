@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -413,9 +413,10 @@ class Client:
 
     # --- streams ------------------------------------------------------------------------------------------
 
-    async def _read(self, stream: str, subject: str, type_: Any, follow_job: str | None,
+    async def _read(self, stream: str, subject: str, type_: Any, over: Callable[[], Awaitable[bool]] | None,
                     poll: float = 0.25) -> AsyncIterator[Any]:
-        """Every message on `subject`, in order; with `follow_job`, until that job has ended and all is read."""
+        """Every message on `subject`, in order, up to the end of the stream; with `over`, on until `over()` says
+        the writing is over and all is read (asked each time the reader has caught up and waited `poll`)."""
         decoder: Decoder[Any] = Decoder(type_)
         caught_up_at_end = False
         async with contextlib.aclosing(self.bus.follow(stream, subject, poll)) as items:
@@ -425,25 +426,42 @@ class Client:
                         yield decoder.decode(item.data)
                     if item.pending > 0:
                         continue
-                # Caught up with the stream: done, unless following a job that has not ended.
-                if follow_job is None:
+                # Caught up with the stream: done, unless the writing may go on.
+                if over is None:
                     return
                 if item is None:
                     if caught_up_at_end:
                         return
-                    caught_up_at_end = (await self.job(follow_job)).state in TERMINAL
+                    caught_up_at_end = await over()
 
     async def has_messages(self, subject: str, stream: str) -> bool:
         return await self.bus.last(stream, subject) is not None
 
     async def _output(self, job: Job | str, stream: str, type_: Any, follow: bool,
                       poll: float) -> AsyncGenerator[Any, None]:
-        """A job's batches on `stream` (its subject names the job's team and owner: the record says them, and
-        asking for it is where a caller who may not read the job is told so)."""
+        """A job's batches on `stream`, attempt after attempt: each attempt writes to its own subject, named by the
+        job's team and owner and the attempt's output key (`subjects.logs`), which the record says (asking for it
+        is where a caller who may not read the job is told so). With `follow`, the last attempt is followed until
+        the job has ended or a later attempt began, and so on until the job has ended and all is read."""
         record = job if isinstance(job, Job) else await self.job(job)
-        subject = subjects.logs(record) if stream == subjects.LOGS_STREAM else subjects.metrics(record)
-        async for batch in self._read(stream, subject, type_, record.id if follow else None, poll):
-            yield batch
+        n = 0  # attempts read to their end
+        while True:
+            if n < len(record.attempts):
+                subject = subjects.output(stream, record, record.attempts[n].output_key)
+                over = None
+                if follow and n == len(record.attempts) - 1 and record.state not in TERMINAL:
+                    async def over(n: int = n) -> bool:
+                        nonlocal record
+                        record = await self.job(record.id)
+                        return record.state in TERMINAL or len(record.attempts) > n + 1
+                async for batch in self._read(stream, subject, type_, over, poll):
+                    yield batch
+                n += 1
+                continue
+            if not follow or record.state in TERMINAL:
+                return
+            await asyncio.sleep(poll)  # no attempt yet (queued), or the next one not begun
+            record = await self.job(record.id)
 
     async def log_batches(self, job: Job | str, follow: bool, poll: float = 0.25) -> AsyncGenerator[LogBatch, None]:
         """The job's log batches from the first; with `follow`, until the job has ended and all is read (waking

@@ -459,6 +459,16 @@ class Bus:
     async def purge(self, stream: str) -> None:
         await self._js.purge_stream(stream)
 
+    async def read_all(self, stream: str, subject: str, poll: float) -> AsyncGenerator[bytes, None]:
+        """Every message on `subject` of `stream` now, in order (what `follow` reads, up to the stream's end)."""
+        async with contextlib.aclosing(self.follow(stream, subject, poll)) as items:
+            async for item in items:
+                if item is None:
+                    return
+                yield item.data
+                if item.pending == 0:
+                    return
+
     async def follow(self, stream: str, subject: str, poll: float) -> AsyncGenerator[Followed | None, None]:
         """Every message on `subject` of `stream` from the first, in order; None each `poll` seconds with nothing
         new. Ends (with nothing) if the stream does not exist. (`incl.bus.follow`: scoped by subject.)"""

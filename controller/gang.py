@@ -51,9 +51,9 @@ def node_of(job: Job, agent_id: str) -> Node | None:
     return next((n for n in cur.nodes if n.agent_id == agent_id), None)
 
 
-def assign(job: Job, agents: list[AgentInfo], now: float) -> Job:
-    """A new attempt with rank k on agents[k]."""
-    job = state.assign(job, agents[0].agent_id, now, agents[0])
+def assign(job: Job, agents: list[AgentInfo], now: float, output_key: str = "") -> Job:
+    """A new attempt with rank k on agents[k] (every rank writes to the attempt's output subjects)."""
+    job = state.assign(job, agents[0].agent_id, now, agents[0], output_key)
     assert job.current is not None
     nodes = [Node(rank=k, agent_id=a.agent_id, state=S.ASSIGNED, instance_id=a.instance_id,
                   instance_type=a.instance_type, market=a.market, address=a.address)

@@ -317,7 +317,8 @@ class Jobs:
     async def dispatch(self, job_id: str, agent_id: str, instance: AgentInfo | None = None) -> None:
         if self._refuse_keyless(job_id, [agent_id]):
             return
-        job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time(), instance))
+        key = secrets.token_hex(12)
+        job = await self._update(job_id, lambda j: state.assign(j, agent_id, time.time(), instance, key))
         assert job.current is not None  # state.assign starts an attempt
         with bound_contextvars(attempt=job.current.number):
             log.info("job_assigned", job_id=job.id, attempt=job.current.number, agent_id=agent_id)
@@ -327,7 +328,8 @@ class Jobs:
         """A multi-node attempt, rank k on agents[k]: each agent gets its rank's assignment."""
         if self._refuse_keyless(job_id, [a.agent_id for a in agents]):
             return
-        job = await self._update(job_id, lambda j: gang.assign(j, agents, time.time()))
+        key = secrets.token_hex(12)
+        job = await self._update(job_id, lambda j: gang.assign(j, agents, time.time(), key))
         assert job.current is not None
         with bound_contextvars(attempt=job.current.number):
             log.info("gang_assigned", job_id=job.id, attempt=job.current.number, agents=[a.agent_id for a in agents])
@@ -364,7 +366,8 @@ class Jobs:
         assert job.current is not None
         spec, sealed = jobsecrets.sealed_for(job, self._vault, agent_id, self._agent_key(agent_id))
         return Assign(job_id=job.id, attempt=job.current.number, spec=spec, env=job_env(job), code=job.code,
-                      gang=rank, sealed=sealed, owner=job.user)
+                      gang=rank, sealed=sealed, owner=job.user,
+                      output_key=job.current.output_key)
 
     async def resend_stale_assignments(self, older_than: float) -> None:
         """Re-send ASSIGNED attempts not started since `older_than` (the controller may have died between

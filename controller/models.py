@@ -202,16 +202,14 @@ class Models:
     async def _final_metrics(self, job: Job) -> dict[str, float]:
         """The last value of each metric the job logged, read in order batch by batch (an attempt's exit event
         comes after its metrics, so an ended job's are all in the stream)."""
-        subject = subjects.metrics(job)
         last: dict[str, float] = {}
         decoder: Decoder[MetricBatch] = Decoder(MetricBatch)
-        async with contextlib.aclosing(self._bus.follow(subjects.METRICS_STREAM, subject, self._metric_poll)) as items:
-            async for item in items:
-                if item is None:
-                    break
-                with contextlib.suppress(DecodeError):
-                    last = final_metrics([decoder.decode(item.data)], last)
-                if item.pending == 0:
-                    break
+        for attempt in job.attempts:  # each attempt's own subject, in order
+            subject = subjects.metrics(job, attempt.output_key)
+            async with contextlib.aclosing(self._bus.read_all(subjects.METRICS_STREAM, subject,
+                                                              self._metric_poll)) as items:
+                async for data in items:
+                    with contextlib.suppress(DecodeError):
+                        last = final_metrics([decoder.decode(data)], last)
         return last
 

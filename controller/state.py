@@ -51,12 +51,13 @@ def with_attempt(job: Job, attempt: Attempt, **job_fields: object) -> Job:
 _with_attempt = with_attempt
 
 
-def assign(job: Job, agent_id: str, now: float, instance: AgentInfo | None = None) -> Job:
+def assign(job: Job, agent_id: str, now: float, instance: AgentInfo | None = None, output_key: str = "") -> Job:
+    """A new attempt on `agent_id`; `output_key`: the last token of its output subjects (random: see Attempt)."""
     _check(job, S.ASSIGNED)
     attempt = Attempt(number=len(job.attempts) + 1, agent_id=agent_id, state=S.ASSIGNED, assigned_at=now,
                       instance_id=instance.instance_id if instance else None,
                       instance_type=instance.instance_type if instance else None,
-                      market=instance.market if instance else None)
+                      market=instance.market if instance else None, output_key=output_key)
     return structs.replace(job, state=S.ASSIGNED, attempts=[*_old_tails_dropped(job.attempts), attempt], updated_at=now,
                            reason=None)
 

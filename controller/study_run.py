@@ -269,14 +269,12 @@ class StudyRun:
         attempt's exit only after its metrics, so the series is whole once the job has ended)."""
         out: list[tuple[int, float]] = []
         count = [0]
-        async with contextlib.aclosing(self._bus.follow(subjects.METRICS_STREAM, subjects.metrics(job),
-                                                        self._cfg.metric_poll)) as items:
-            async for item in items:
-                if item is None:
-                    break
-                out += self._points(item.data, metric, count)
-                if item.pending == 0:
-                    break
+        for attempt in job.attempts:  # each attempt's own subject, in order
+            subject = subjects.metrics(job, attempt.output_key)
+            async with contextlib.aclosing(self._bus.read_all(subjects.METRICS_STREAM, subject,
+                                                              self._cfg.metric_poll)) as items:
+                async for data in items:
+                    out += self._points(data, metric, count)
         return out
 
     def _follow(self, tg: asyncio.TaskGroup, number: int, job: Job) -> None:
@@ -295,31 +293,51 @@ class StudyRun:
 
     async def _follow_metric(self, number: int, job: Job) -> None:
         """The trial's intermediate values, as the job logs them (in batches, at most every `report_interval`);
-        when the pruner says so, the trial is PRUNED and its job cancelled."""
+        when the pruner says so, the trial is PRUNED and its job cancelled. Each attempt writes to a subject of its
+        own: the follower waits for the job's attempt, follows it, and moves to the next should the job be run
+        again (preempted, lost)."""
         hpo = self.study.spec.hpo
         assert hpo is not None and hpo.metric is not None and self.engine is not None
         pending: list[tuple[int, float]] = []
         count = [0]
         next_report = 0.0
+        followed = 0  # the attempt followed last
         try:
-            async with contextlib.aclosing(self._bus.follow(subjects.METRICS_STREAM, subjects.metrics(job),
-                                                            self._cfg.metric_poll)) as items:
-                async for item in items:
-                    if item is not None:
-                        pending += self._points(item.data, hpo.metric, count)
-                        if time.monotonic() < next_report:
-                            continue  # reported soon: at the next batch past the interval, or the next quiet poll
-                    if not pending:
-                        continue
-                    points, pending = pending, []
-                    next_report = time.monotonic() + self._cfg.report_interval
-                    if await self.call(self.engine.report, number, points):
-                        await self._prune(number, job.id, points[-1][0])
-                        return
+            while True:
+                record = self._jobs.records.get(job.id)
+                if record is None or record.state in TERMINAL:
+                    return
+                if record.current is None or record.current.number == followed:
+                    await asyncio.sleep(self._cfg.metric_poll)
+                    continue
+                followed = record.current.number
+                subject = subjects.metrics(record, record.current.output_key)
+                async with contextlib.aclosing(self._bus.follow(subjects.METRICS_STREAM, subject,
+                                                                self._cfg.metric_poll)) as items:
+                    async for item in items:
+                        if item is not None:
+                            pending += self._points(item.data, hpo.metric, count)
+                            if time.monotonic() < next_report:
+                                continue  # reported soon: at the next batch past the interval, or a quiet poll
+                        elif not pending and self._superseded(job.id, followed):
+                            break
+                        if not pending:
+                            continue
+                        points, pending = pending, []
+                        next_report = time.monotonic() + self._cfg.report_interval
+                        if await self.call(self.engine.report, number, points):
+                            await self._prune(number, job.id, points[-1][0])
+                            return
         except asyncio.CancelledError:
             raise
         except Exception:  # one trial's metric must never stop the study
             log.exception("trial_follow_failed", study_id=self.study_id, trial=number, job_id=job.id)
+
+    def _superseded(self, job_id: str, attempt: int) -> bool:
+        """The job has ended, or runs an attempt after `attempt`: its follower moves on."""
+        record = self._jobs.records.get(job_id)
+        return record is None or record.state in TERMINAL or (record.current is not None
+                                                              and record.current.number != attempt)
 
     async def _prune(self, number: int, job_id: str, step: int) -> None:
         assert self.engine is not None

@@ -137,6 +137,10 @@ class Attempt(_Struct, frozen=True):
     outputs: TreeRef | None = None  # what the attempt left in $INCL_OUTPUT_DIR, uploaded when it ended
     nodes: list[Node] = []  # a multi-node attempt's ranks, in rank order (`agent_id` above is rank 0's)
     stopping: Stopping | None = None
+    # The last token of the attempt's output subjects (`subjects.logs`): random, told only to the agents that run
+    # the attempt (in their assignment) and to those who may read the job, so that no other agent can write
+    # where readers read. "": an attempt from before it (its subjects end in `_`).
+    output_key: str = ""
 
 
 class TrialRef(_Struct, frozen=True):
@@ -391,6 +395,7 @@ class Assign(Message, frozen=True):
     # names with empty values. None: no secrets, or an assignment from an older controller (values in the spec).
     sealed: dict[str, bytes] | None = None
     owner: str = ""  # who submitted the job: with `spec.team`, it names the job's output subjects
+    output_key: str = ""  # the attempt's (`Attempt.output_key`): the last token of those subjects
 
     @property
     def team(self) -> str | None:

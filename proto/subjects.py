@@ -48,9 +48,11 @@ EVENTS_STREAM = "INCL_EVENTS"
 EVENTS_PREFIX = "incl.events"
 EVENTS_CONSUMER = "controller"
 
-# Agent -> readers: log lines and metric points, one subject per job, `incl.logs.<team>.<owner>.<job>`: the team
-# and the owner in the subject let the NATS server's permissions give each user their own jobs' output and their
-# teams' (`incl.auth.permissions`), and nobody else's. A job of no team has the team token NO_TEAM.
+# Agent -> readers: log lines and metric points, one subject per attempt, `incl.logs.<team>.<owner>.<job>.<key>`:
+# the team and the owner in the subject let the NATS server's permissions give each user their own jobs' output
+# and their teams' (`incl.auth.permissions`), and nobody else's; the attempt's random key (`Attempt.output_key`)
+# is known only to the agents running it and to its readers, so another agent cannot write where they read. A job
+# of no team has the team token NO_TEAM.
 LOGS_STREAM = "INCL_LOGS"
 LOGS_PREFIX = "incl.logs"
 METRICS_STREAM = "INCL_METRICS"
@@ -107,12 +109,18 @@ def scope(owner: str, team: str | None) -> str:
     return f"{name_token(team) if team else NO_TEAM}.{name_token(owner) if owner else NO_TEAM}"
 
 
-def logs(job: Owned) -> str:
-    return f"{LOGS_PREFIX}.{scope(job.owner, job.team)}.{job.job_id}"
+def logs(job: Owned, key: str) -> str:
+    """The log subject of one attempt of `job`, whose output key is `key` (`Attempt.output_key`)."""
+    return f"{LOGS_PREFIX}.{scope(job.owner, job.team)}.{job.job_id}.{name_token(key) if key else NO_TEAM}"
 
 
-def metrics(job: Owned) -> str:
-    return f"{METRICS_PREFIX}.{scope(job.owner, job.team)}.{job.job_id}"
+def metrics(job: Owned, key: str) -> str:
+    return f"{METRICS_PREFIX}.{scope(job.owner, job.team)}.{job.job_id}.{name_token(key) if key else NO_TEAM}"
+
+
+def output(stream: str, job: Owned, key: str) -> str:
+    """The subject of one attempt's batches in `stream` (LOGS_STREAM or METRICS_STREAM)."""
+    return logs(job, key) if stream == LOGS_STREAM else metrics(job, key)
 
 
 def dead(source: str) -> str:

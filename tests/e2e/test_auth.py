@@ -22,7 +22,7 @@ from incl.bus.streams import StreamLimits, ensure_buckets, ensure_streams
 from incl.proto import subjects
 from incl.proto.codec import encode
 from incl.proto.errors import InclError, NotAllowed
-from incl.proto.messages import Envelope, Job, JobState, LogBatch, LogLine, SubmitReply, SubmitRequest
+from incl.proto.messages import Attempt, Envelope, Job, JobState, LogBatch, LogLine, SubmitReply, SubmitRequest
 from incl.proto.spec import load_spec
 
 
@@ -130,7 +130,13 @@ async def test_a_user_cannot_forge_events_sniff_assignments_or_read_the_buckets(
 
 def _job(job_id: str, user: str, team: str | None) -> Job:
     spec = load_spec({"run": "true", **({"team": team} if team else {})})
-    return Job(id=job_id, spec=spec, user=user, state=JobState.SUCCEEDED, submitted_at=1.0, updated_at=1.0)
+    attempt = Attempt(number=1, agent_id="a1", state=JobState.SUCCEEDED, assigned_at=1.0, output_key=f"k{job_id[2:]}")
+    return Job(id=job_id, spec=spec, user=user, state=JobState.SUCCEEDED, submitted_at=1.0, updated_at=1.0,
+               attempts=[attempt])
+
+
+def _out(job: Job, stream: str = subjects.LOGS_STREAM) -> str:
+    return subjects.output(stream, job, job.attempts[0].output_key)
 
 
 async def test_a_user_reads_their_own_and_their_teams_output_and_nobody_elses(auth_nats: AuthNats,
@@ -141,7 +147,7 @@ async def test_a_user_reads_their_own_and_their_teams_output_and_nobody_elses(au
             "other": _job("j-3", "alice", "vision"), "own-in-other-team": _job("j-4", "bob", "vision")}
     async with await dial(auth_nats, "agent", "a1") as agent:
         for name, job in jobs.items():
-            for subject in (subjects.logs(job), subjects.metrics(job)):
+            for subject in (_out(job), _out(job, subjects.METRICS_STREAM)):
                 await agent.publish_durable(subject, encode(LogBatch(job_id=job.id, attempt=1, seq=0, lines=[
                     LogLine(stream=1, data=name.encode(), ts=1.0)])))
     async with Client(auth_nats.url, creds=auth_nats.creds("user", "bob")) as bob:
@@ -152,18 +158,37 @@ async def test_a_user_reads_their_own_and_their_teams_output_and_nobody_elses(au
             with pytest.raises(NotAllowed, match="refused these credentials"):
                 [b async for b in read(jobs["other"], follow=False)]
         # A consumer named for his own subject whose payload asks for alice's: the server refuses the mismatch.
-        own, other = subjects.logs(jobs["own"]), subjects.logs(jobs["other"])
+        own, other = _out(jobs["own"]), _out(jobs["other"])
         config = {"stream_name": subjects.LOGS_STREAM, "config": {
             "name": "sneaky", "filter_subject": other, "ack_policy": "none", "deliver_policy": "all"}}
         reply = json.loads(await bob.bus.request_raw(f"$JS.API.CONSUMER.CREATE.{subjects.LOGS_STREAM}.sneaky.{own}",
                                                      json.dumps(config).encode(), timeout=5))
         assert "error" in reply, reply
         # Wildcards in the filter token match only what the rights match literally.
-        for filter_ in ("incl.logs.>", "incl.logs.*.*.*", "incl.logs.vision.>"):
+        for filter_ in ("incl.logs.>", "incl.logs.*.*.*.*", "incl.logs.vision.>"):
             with pytest.raises(NotAllowed, match="refused"):
                 await bob.bus.request_raw(f"$JS.API.CONSUMER.CREATE.{subjects.LOGS_STREAM}.w.{filter_}", b"{}", 5)
     async with Client(auth_nats.url, creds=auth_nats.creds("user", "alice")) as alice:  # a cluster admin
         assert [b.lines[0].data async for b in alice.log_batches(jobs["team"], follow=False)] == [b"team"]
+
+
+async def test_another_agent_cannot_write_where_a_jobs_readers_read(auth_nats: AuthNats, controller_bus: Bus) -> None:
+    """An attempt's output subjects end in its random key, told only to the agents running it (in their own
+    assignment) and to the job's readers: another agent's forgeries, under every key it could guess, are never
+    read."""
+    job = _job("j-9", "bob", "nlp")
+    batch = LogBatch(job_id=job.id, attempt=1, seq=0, lines=[LogLine(stream=1, data=b"real", ts=1.0)])
+    async with await dial(auth_nats, "agent", "a1") as a1:
+        await a1.publish_durable(_out(job), encode(batch))
+    forged = LogBatch(job_id=job.id, attempt=1, seq=1, lines=[LogLine(stream=1, data=b"forged", ts=2.0)])
+    async with await dial(auth_nats, "agent", "a2") as a2:
+        for key in ("", "_", "k1", "*", ">"):
+            subject = f"{subjects.LOGS_PREFIX}.nlp.bob.{job.id}" + (f".{key}" if key else "")
+            with contextlib.suppress(Exception):  # a wildcard subject is not publishable at all
+                await a2.publish_durable(subject, encode(forged))
+    async with Client(auth_nats.url, creds=auth_nats.creds("user", "bob")) as bob:
+        assert [line.data for b in [b async for b in bob.log_batches(job, follow=False)] for line in b.lines] \
+            == [b"real"]
 
 
 async def test_an_agent_cannot_submit_or_take_another_agents_assignments(auth_nats: AuthNats,

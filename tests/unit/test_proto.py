@@ -58,6 +58,7 @@ ATTEMPT_PLAIN = {
     "outputs": None,
     "nodes": [],
     "stopping": None,
+    "output_key": "",
 }
 
 JOB = m.Job(
@@ -165,7 +166,7 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
     (m.AssignmentReply(current=True), _msg(m.AssignmentReply, current=True, cancel_requested=False)),
     (m.Assign(job_id="j1", attempt=2, spec=SPEC, env={"INCL_JOB_ID": "j1"}, sealed={"TOKEN": b"\x00sealed"}),
      _msg(m.Assign, job_id="j1", attempt=2, spec=SPEC_PLAIN, env={"INCL_JOB_ID": "j1"}, code=None,
-          gang=None, sealed={"TOKEN": b"\x00sealed"}, owner="")),
+          gang=None, sealed={"TOKEN": b"\x00sealed"}, owner="", output_key="")),
     (m.CancelJob(job_id="j1", attempt=2, grace=10.0), _msg(m.CancelJob, job_id="j1", attempt=2, grace=10.0)),
     (m.GangStart(job_id="j1", attempt=2, env={"MASTER_PORT": "29500"}),
      _msg(m.GangStart, job_id="j1", attempt=2, env={"MASTER_PORT": "29500"})),
