@@ -70,8 +70,14 @@ def write_creds(path: Path, kind: str, name: str, seed: str) -> Path:
 
 def read_creds(path: Path) -> Creds:
     """The seed in `path` and the identity its header names; ValueError if it holds no seed."""
+    return parse_creds(path.read_text(), str(path))
+
+
+def parse_creds(text: str, source: str) -> Creds:
+    """The seed in a credential file's `text` and the identity its header names; ValueError naming `source` if it
+    holds no seed."""
     kind = name = seed = None
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line.startswith(HEADER + " "):
             parts = line.split()
@@ -80,5 +86,5 @@ def read_creds(path: Path) -> Creds:
         elif line.startswith("SU"):
             seed = line
     if seed is None:
-        raise ValueError(f"{path} holds no nkey seed")
+        raise ValueError(f"{source} holds no nkey seed")
     return Creds(kind=kind, name=name, seed=seed)

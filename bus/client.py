@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from incl.auth.keys import read_creds
+from incl.auth.keys import Creds, read_creds
 from incl.bus import health
 from incl.bus.connection import AuthFailed, Bus, TlsFailed, connect, masked
 from incl.proto import subjects
@@ -166,7 +166,7 @@ class Client:
     """INCL's client library: what the CLI, the benchmarks, the tests (and the web UI and HPO service to come)
     use to talk to a cluster. `async with Client(url) as client: await client.jobs()`."""
 
-    def __init__(self, url: str, timeout: float = 10.0, name: str = "incl-cli", *, creds: Path | None = None,
+    def __init__(self, url: str, timeout: float = 10.0, name: str = "incl-cli", *, creds: Path | Creds | None = None,
                  user: str | None = None, tls_ca: Path | None = None) -> None:
         """`creds`: the user's credential file (default: `resolve_creds`); `tls_ca`: the CA certificate a TLS
         server's is verified against (default: `resolve_ca`); `user`: whom this client speaks for
@@ -175,10 +175,12 @@ class Client:
         self.url = url
         self.timeout = timeout
         self._name = name
-        self.creds = resolve_creds(creds)
+        self.creds = creds if isinstance(creds, Creds) else resolve_creds(creds)  # Creds: held, not in a file
         self.tls_ca = resolve_ca(tls_ca)
         named = None
-        if self.creds is not None:
+        if isinstance(self.creds, Creds):
+            named = self.creds.name
+        elif self.creds is not None:
             try:
                 named = read_creds(self.creds).name
             except (OSError, ValueError) as exc:

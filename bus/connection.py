@@ -27,7 +27,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
 
-from incl.auth.keys import read_creds
+from incl.auth.keys import Creds, read_creds
 from incl.bus.follow import Followed, Follower
 from incl.bus.kv import Bucket
 from incl.proto import errors, subjects
@@ -570,7 +570,7 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
                   max_reconnect_attempts: int = -1,
                   on_disconnect: Callable[[], Awaitable[None]] | None = None,
                   on_reconnect: Callable[[], Awaitable[None]] | None = None,
-                  quiet: bool = False, creds: Path | None = None, inbox_prefix: str | None = None,
+                  quiet: bool = False, creds: Path | Creds | None = None, inbox_prefix: str | None = None,
                   tls_ca: Path | None = None) -> Bus:
     """The one connect path, to any of `servers` (the nodes of a cluster; nats-py also learns the others from the
     one it reaches, and reconnects across them all). Daemons keep reconnecting for ever; the CLI
@@ -615,7 +615,7 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
     if on_reconnect is not None:
         kwargs["reconnected_cb"] = on_reconnect
     if creds is not None:
-        held = read_creds(creds)
+        held = creds if isinstance(creds, Creds) else read_creds(creds)
         kwargs["nkeys_seed_str"] = held.seed
         inbox_prefix = inbox_prefix or _inbox_of(held.kind, held.name)
     if inbox_prefix is not None:

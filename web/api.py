@@ -17,20 +17,14 @@ import math
 import msgspec
 from aiohttp import web
 
-from incl.bus.client import Client
 from incl.proto import errors
 from incl.proto.messages import Job
 from incl.web import listing, openapi
 from incl.web import metrics as charts
-from incl.web.config import WebConfig
 from incl.web.errors import BadQuery
 from incl.web.logtext import LogText
-from incl.web.snapshot import JobsSnapshot
+from incl.web.sessions import CONFIG, client_of, snapshot_of
 from incl.web.stream import JobStream, parse_since
-
-CLIENT = web.AppKey("client", Client)
-CONFIG = web.AppKey("config", WebConfig)
-SNAPSHOT = web.AppKey("snapshot", JobsSnapshot)
 
 routes = web.RouteTableDef()
 
@@ -43,7 +37,7 @@ async def _job(request: web.Request) -> Job:
     """The job the path names; NotFound (404) saying so when the controller has none by that id."""
     job_id = request.match_info["job_id"]
     try:
-        return await request.app[CLIENT].job(job_id)
+        return await client_of(request).job(job_id)
     except errors.NotFound:
         raise errors.NotFound(f"no job {job_id}") from None
 
@@ -52,7 +46,7 @@ async def _job(request: web.Request) -> Job:
 async def jobs(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     query = listing.parse(request.query, cfg.page_default, cfg.page_max)
-    page = listing.select(await request.app[SNAPSHOT].rows(), query)
+    page = listing.select(await snapshot_of(request).rows(), query)
     return _json({"jobs": page.rows, "total": page.total, "next": page.next})
 
 
@@ -60,7 +54,7 @@ async def jobs(request: web.Request) -> web.Response:
 async def job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     try:
-        reply = await request.app[CLIENT].job_reply(job_id)
+        reply = await client_of(request).job_reply(job_id)
     except errors.NotFound:
         raise errors.NotFound(f"no job {job_id}") from None
     return _json({"job": reply.job, "gpu_util": reply.gpu_util, "gpu_idle_since": reply.gpu_idle_since})
@@ -70,7 +64,7 @@ async def job(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     try:
-        return _json({"job": await request.app[CLIENT].cancel(job_id)})
+        return _json({"job": await client_of(request).cancel(job_id)})
     except errors.NotFound:
         raise errors.NotFound(f"no job {job_id}") from None
 
@@ -79,7 +73,7 @@ async def cancel(request: web.Request) -> web.Response:
 async def logs(request: web.Request) -> web.StreamResponse:
     """The whole log, one batch at a time from the stream to the socket: never whole in memory."""
     found = await _job(request)
-    client = request.app[CLIENT]
+    client = client_of(request)
     resp = web.StreamResponse(headers={
         "Content-Type": "text/plain; charset=utf-8",
         "Content-Disposition": f'attachment; filename="{found.id}.log"',
@@ -122,7 +116,7 @@ async def metrics(request: web.Request) -> web.Response:
     lo, hi = _bound(request, "from"), _bound(request, "to")
     found = await _job(request)
     collector = charts.Collector(by_time=x == "time")
-    async with contextlib.aclosing(request.app[CLIENT].metric_batches(found)) as read:
+    async with contextlib.aclosing(client_of(request).metric_batches(found)) as read:
         async for batch in read:
             collector.add(batch)
     return _json({"x": x, "batches": collector.batches,
@@ -134,7 +128,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     since = parse_since(request.headers.get("Last-Event-ID"), "Last-Event-ID") \
         if "Last-Event-ID" in request.headers else parse_since(request.query.get("since"), "since")
     found = await _job(request)
-    return await JobStream(request.app[CLIENT], request.app[CONFIG], found.id, since).run(request)
+    return await JobStream(client_of(request), request.app[CONFIG], found.id, since).run(request)
 
 
 @routes.get("/api/openapi.json")

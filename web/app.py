@@ -12,7 +12,7 @@ from aiohttp import web
 from incl.bus.client import Client
 from incl.bus.connection import masked
 from incl.proto.errors import InclError
-from incl.web import api, errors, files, guard, pages, shares, views
+from incl.web import api, errors, files, guard, pages, sessions, shares, views
 from incl.web.config import WebConfig
 from incl.web.snapshot import JobsSnapshot
 
@@ -21,8 +21,8 @@ log = structlog.get_logger()
 
 def make_app(cfg: WebConfig) -> web.Application:
     app = web.Application(middlewares=[guard.middleware(guard.host_names(cfg.host, cfg.allowed_hosts)),
-                                       errors.middleware])
-    app[api.CONFIG] = cfg
+                                       errors.middleware, sessions.middleware])
+    app[sessions.CONFIG] = cfg
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         """The bus client lives as long as the application: connected before the first request, closed after
@@ -31,13 +31,15 @@ def make_app(cfg: WebConfig) -> web.Application:
                           creds=Path(cfg.creds) if cfg.creds else None,
                           tls_ca=Path(cfg.tls_ca) if cfg.tls_ca else None) as client:
             snapshot = JobsSnapshot(client, cfg.jobs_cache_ttl)
-            app[api.CLIENT], app[api.SNAPSHOT] = client, snapshot
+            app[sessions.CLIENT], app[sessions.SNAPSHOT] = client, snapshot
             try:
                 yield
             finally:
                 await snapshot.close()
 
     app.cleanup_ctx.append(lifespan)
+    app.cleanup_ctx.append(sessions.lifespan)  # the signed-in people's connections (sign_in)
+    app.add_routes(sessions.routes)
     app.on_response_prepare.append(pages.secure_headers)
     app.add_routes(api.routes)
     app.add_routes(views.routes)  # Compare, Study, Cluster

@@ -9,6 +9,8 @@ import msgspec
 
 from incl.bus import daemon
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
@@ -23,6 +25,11 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # the address the request that asks for one came to.
     public_url: str | None = None
     log_level: str = "info"
+    # Sign people in (incl.web.sessions): each acts with their own rights, through a bus connection of their own.
+    # Off: every request acts as the server's own identity (`creds`), which is for one person on loopback only.
+    sign_in: bool = False
+    session_idle: float = 8 * 3600.0  # a session unused this long is closed (its connection and key dropped)
+    sessions_max: int = 256  # at most this many at once (the oldest makes room)
 
     request_timeout: float = 10.0  # one request to the controller
     # The jobs listing is read whole from the controller (its pages are oldest first, with no text filter) and
@@ -46,6 +53,11 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # The Compare, Study and Cluster pages (incl.web.views).
     compare_max: int = 10  # jobs one /api/compare may name
     cluster_idle_reads: int = 16  # job records read at once to find idle GPUs for /api/cluster
+
+    def __post_init__(self) -> None:
+        if not self.sign_in and self.host not in LOOPBACK:
+            raise ValueError(f"host {self.host!r} lets other hosts reach the web UI, and without sign_in every one "
+                             "of them would act as the server's own identity: set sign_in: true (--sign-in)")
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> WebConfig:

@@ -27,8 +27,9 @@ from incl.artifacts.store import ArtifactStore, open_store
 from incl.proto import errors
 from incl.proto.messages import Attempt, Job
 from incl.proto.outputs import attempt_with_outputs, rank_trees
-from incl.web.api import CLIENT, _job, _json
+from incl.web.api import _job, _json
 from incl.web.errors import BadQuery
+from incl.web.sessions import client_of
 
 log = structlog.get_logger()
 
@@ -63,7 +64,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
 
 
 async def store_of(request: web.Request) -> ArtifactStore:
-    return await request.app[STORES].get(await request.app[CLIENT].store_url())
+    return await request.app[STORES].get(await client_of(request).store_url())
 
 
 def disposition(name: str) -> str:

@@ -208,3 +208,25 @@ DOCUMENT["paths"].update({
                       **_NOT_FOUND, **_CROSS_SITE},
     }},
 })
+
+# --- signing in (incl.web.sessions) ----------------------------------------------------------------------------
+
+_WHO = {"type": "object", "properties": {"user": {"type": ["string", "null"]}, "sign_in": {"type": "boolean"}}}
+DOCUMENT["paths"].update({
+    "/api/session": {
+        "get": {"summary": "Whom requests act as: the signed-in person (null: nobody yet), or the server's own "
+                           "identity when it signs nobody in",
+                "responses": _json(_WHO, "who")},
+        "post": {"summary": "Sign in with an INCL credential file (its text, or JSON {\"creds\": text}): sets the "
+                            "session cookie (HttpOnly, SameSite=Strict); every request then acts with that user's "
+                            "rights. 401 on any other /api/ request without a session",
+                 "parameters": [{"name": "X-INCL", "in": "header", "required": True, "schema": {"type": "string"}}],
+                 "responses": {**_json({"type": "object", "properties": {"user": {"type": "string"}}}, "signed in"),
+                               "403": {**_ERROR, "description": "not a user's credentials, refused by the NATS "
+                                                                "server, or a cross-site request"}}},
+        "delete": {"summary": "Sign out: the session's connection and key are dropped",
+                   "parameters": [{"name": "X-INCL", "in": "header", "required": True,
+                                   "schema": {"type": "string"}}],
+                   "responses": _json({"type": "object"}, "signed out")},
+    },
+})

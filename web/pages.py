@@ -51,4 +51,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/studies", _page("studies.html"))
     app.router.add_get("/studies/{study_id}", _page("study.html"))
     app.router.add_get("/cluster", _page("cluster.html"))
+    app.router.add_get("/login", _page("login.html"))  # signing in (incl.web.sessions)
     app.router.add_static("/static/", STATIC)

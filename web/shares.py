@@ -29,8 +29,9 @@ from incl.artifacts import errors as store_errors
 from incl.proto import errors
 from incl.proto.shares import Share, ShareTarget, parse_duration
 from incl.web import files
-from incl.web.api import CLIENT, CONFIG, _json
+from incl.web.api import _json
 from incl.web.pages import STATIC
+from incl.web.sessions import CONFIG, client_of
 
 routes = web.RouteTableDef()
 PAGE = Template((STATIC / "share.html").read_text())  # $title and $body, both escaped by the caller
@@ -59,18 +60,18 @@ async def create(request: web.Request) -> web.Response:
     expires = None if new.expires is None else (
         parse_duration(new.expires) if isinstance(new.expires, str) else float(new.expires))
     target = ShareTarget(job_id=new.job, path=new.path, model=new.model, version=new.version)
-    made = await request.app[CLIENT].create_share(target, expires)
+    made = await client_of(request).create_share(target, expires)
     return _json({"share": made.share, "url": link(request, made.token)})
 
 
 @routes.get("/api/shares")
 async def listing(request: web.Request) -> web.Response:
-    return _json({"shares": await request.app[CLIENT].shares()})
+    return _json({"shares": await client_of(request).shares()})
 
 
 @routes.post("/api/shares/{share_id}/revoke")
 async def revoke(request: web.Request) -> web.Response:
-    return _json({"share": await request.app[CLIENT].revoke_share(request.match_info["share_id"])})
+    return _json({"share": await client_of(request).revoke_share(request.match_info["share_id"])})
 
 
 # --- the links --------------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def _size(n: int) -> str:
 async def _open(request: web.Request) -> Share:
     """The share the link's token names, if it is active; Closed (404 or 410) otherwise."""
     try:
-        found = await request.app[CLIENT].resolve_share(request.match_info["token"])
+        found = await client_of(request).resolve_share(request.match_info["token"])
     except errors.NotFound:
         raise Closed(404, "No such link", "This share link does not exist: it may be mistyped or cut short.") from None
     if found.share is None:

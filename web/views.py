@@ -17,8 +17,9 @@ from incl.bus.client import Client
 from incl.proto import errors
 from incl.proto.messages import Job
 from incl.web import cluster, compare
-from incl.web.api import CLIENT, CONFIG, _json
+from incl.web.api import _json
 from incl.web.metrics import Collector
+from incl.web.sessions import CONFIG, client_of
 
 routes = web.RouteTableDef()
 
@@ -40,7 +41,7 @@ async def _finals(client: Client, job_id: str) -> dict[str, compare.Final]:
 
 @routes.get("/api/compare")
 async def compare_jobs(request: web.Request) -> web.Response:
-    client, cfg = request.app[CLIENT], request.app[CONFIG]
+    client, cfg = client_of(request), request.app[CONFIG]
     ids = compare.job_ids(request.query.get("jobs"), cfg.compare_max)
     jobs = await asyncio.gather(*(_job(client, i) for i in ids))
     finals = await asyncio.gather(*(_finals(client, j.id) for j in jobs))
@@ -51,7 +52,7 @@ async def compare_jobs(request: web.Request) -> web.Response:
 
 @routes.get("/api/studies")
 async def studies(request: web.Request) -> web.Response:
-    found = await request.app[CLIENT].studies(user=request.query.get("user") or None)
+    found = await client_of(request).studies(user=request.query.get("user") or None)
     return _json({"studies": sorted(found, key=lambda s: s.study.created_at, reverse=True)})
 
 
@@ -59,7 +60,7 @@ async def studies(request: web.Request) -> web.Response:
 async def study(request: web.Request) -> web.Response:
     study_id = request.match_info["study_id"]
     try:
-        reply = await request.app[CLIENT].study(study_id)
+        reply = await client_of(request).study(study_id)
     except errors.NotFound:
         raise errors.NotFound(f"no study {study_id}") from None
     return _json({"summary": reply.summary, "trials": reply.trials, "best_so_far": reply.best_so_far,
@@ -68,4 +69,4 @@ async def study(request: web.Request) -> web.Response:
 
 @routes.get("/api/cluster")
 async def cluster_view(request: web.Request) -> web.Response:
-    return _json(await cluster.read(request.app[CLIENT], request.app[CONFIG].cluster_idle_reads))
+    return _json(await cluster.read(client_of(request), request.app[CONFIG].cluster_idle_reads))

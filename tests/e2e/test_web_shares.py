@@ -188,7 +188,11 @@ async def test_a_folder_share_fails_after_revocation_and_a_short_one_after_expir
         assert b"expired" in page and job["files"]["metrics.json"] not in page
     async with stack.cluster.client() as client:
         listed = {s.id: s for s in await client.shares()}
+        trail = await client.audit(since=folder.share.created_at - 1)  # making and revoking links is on record
     assert listed[folder.share.id].revoked and not listed[short.share.id].revoked
+    made = {(e.verb, e.target, e.detail.get("what")) for e in trail if e.outcome == "ok"}
+    assert {("shares.create", folder.share.id, f"{job['id']}:ckpt/best"), ("shares.revoke", folder.share.id, None),
+            ("shares.create", short.share.id, f"{job['id']}:metrics.json")} <= made, trail
 
 
 async def test_share_requests_are_checked_and_cross_site_ones_refused(stack: WebStack, job: dict[str, Any],

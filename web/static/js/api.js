@@ -6,6 +6,9 @@ export class ApiError extends Error {
 
 async function answer(resp) {
   const body = await resp.json().catch(() => ({}));
+  if (resp.status === 401) {  // a server that signs people in, and no session (or it expired): sign in, come back
+    location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
+  }
   if (!resp.ok) throw new ApiError(resp.status, body.error || `${resp.status} ${resp.statusText}`);
   return body;
 }
