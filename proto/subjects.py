@@ -25,6 +25,7 @@ STOP_STUDY = "studies.stop"
 REGISTER_MODEL = "models.register"
 LIST_MODELS = "models.list"
 GET_MODEL = "models.get"
+LIST_VERSIONS = "models.versions"
 ALIAS_MODEL = "models.alias"
 # What agents ask.
 REGISTER = "agents.register"
