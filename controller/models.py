@@ -19,6 +19,7 @@ worst a kept tree and never a version whose files may be collected.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import time
 from collections.abc import Callable
@@ -174,7 +175,7 @@ class Models:
                                     aliases=aliases))
         return out
 
-    async def versions(self, name: str | None = None, job_id: str | None = None) -> list[ModelVersion]:
+    async def versions(self, name: str | None = None, job_id: str | None = None) -> builtins.list[ModelVersion]:
         """Every version of `name` (NotFound if it has none), or of every model; only those made from `job_id`
         if given. Reads each version's record: the bucket's keys do not say which job made it."""
         keys = await self._kv.keys()

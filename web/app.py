@@ -12,7 +12,7 @@ from aiohttp import web
 from incl.bus.client import Client
 from incl.bus.connection import masked
 from incl.proto.errors import InclError
-from incl.web import api, errors, guard, pages, views
+from incl.web import api, errors, guard, models, pages, views
 from incl.web.config import WebConfig
 from incl.web.snapshot import JobsSnapshot
 
@@ -41,6 +41,7 @@ def make_app(cfg: WebConfig) -> web.Application:
     app.on_response_prepare.append(pages.secure_headers)
     app.add_routes(api.routes)
     app.add_routes(views.routes)  # Compare, Study, Cluster
+    app.add_routes(models.routes)  # Models
     pages.add_routes(app)
     return app
 
