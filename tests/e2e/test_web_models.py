@@ -30,13 +30,15 @@ out = pathlib.Path(os.environ["INCL_OUTPUT_DIR"])
 incl.log({"loss": 0.5, "grad_norm": 1.0}, step=1)
 incl.log({"loss": 0.25, "grad_norm": math.nan}, step=2)
 """
-NOTE = "lr 0.1 <b>bold</b>"
+NOTE = "lr 0.1, 90 epochs"
+MARKUP = "<b>bold</b> <img src=x onerror=alert(1)>"
 
 
 class Registered(NamedTuple):
     stack: WebStack
-    job_id: str  # the job both versions were made from
+    job_id: str  # the job both versions of resnet were made from
     other_id: str  # a finished job nothing was registered from
+    markup_id: str  # a job named with markup: model `markup`, whose note is markup too
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +49,18 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
     (proj / "train.py").write_text(TRAIN)
     with web_stack(tmp) as s:
         async def setup() -> Registered:
-            job = await s.cluster.submit(f"{wb.PY} train.py", workdir=str(proj), env={"LR": "0.1"}, name=wb.XSS,
-                                         user="bob")
+            job = await s.cluster.submit(f"{wb.PY} train.py", workdir=str(proj), env={"LR": "0.1"},
+                                         name="resnet-50 lr=0.1", user="bob")
             other = await s.cluster.submit("true", name="nothing-kept")
-            for j in (job, other):
+            markup = await s.cluster.submit(f"{wb.PY} train.py", workdir=str(proj), name=wb.XSS)
+            for j in (job, other, markup):
                 done = await s.cluster.wait_done(j.id)
                 assert done.state is JobState.SUCCEEDED, (done.reason, done.current and done.current.tail, s.dump())
             async with Client(s.cluster.nats.url, timeout=5.0, user="ann") as c:
+                await c.register_model("markup", markup.id, note=MARKUP)
                 await c.register_model("resnet", job.id, alias="production", note=NOTE)
-                await c.register_model("resnet", job.id, paths=["model.pt"], alias="staging")
-            return Registered(s, job.id, other.id)
+                await c.register_model("resnet", job.id, paths=["model.pt"], alias="staging", note="weights only")
+            return Registered(s, job.id, other.id, markup.id)
 
         yield wb.on_own_loop(setup)
 
@@ -76,8 +80,9 @@ async def get_json(http: aiohttp.ClientSession, path: str, status: int = 200) ->
 
 async def test_models_list_shows_each_model_with_its_latest_version_and_aliases(
         reg: Registered, http: aiohttp.ClientSession) -> None:
-    [m] = (await get_json(http, "/api/models"))["models"]
+    m, markup = (await get_json(http, "/api/models"))["models"]  # the most recently registered first
     assert (m["name"], m["versions"], m["aliases"]) == ("resnet", 2, {"production": 1, "staging": 2})
+    assert (markup["name"], markup["versions"], markup["aliases"]) == ("markup", 1, {})
     assert m["latest"]["version"] == 2 and m["updated_at"] == m["latest"]["registered_at"]
     assert m["latest"]["lineage"]["job_id"] == reg.job_id and m["latest"]["registered_by"] == "ann"
 
@@ -91,7 +96,7 @@ async def test_model_has_every_version_with_its_lineage_newest_first(reg: Regist
     assert (v1["version"], v1["paths"], v1["tree"]["files"], v1["note"]) == (1, [], 2, NOTE)
     lineage = v1["lineage"]
     assert (lineage["job_id"], lineage["job_name"], lineage["user"], lineage["job_state"]) == (
-        reg.job_id, wb.XSS, "bob", "SUCCEEDED")
+        reg.job_id, "resnet-50 lr=0.1", "bob", "SUCCEEDED")
     assert lineage["env"] == {"LR": "0.1"} and lineage["code"]["files"] == 1 and lineage["image"] is None
     # The last value of each metric; a NaN as the string JSON can carry.
     assert lineage["metrics"] == {"loss": 0.25, "grad_norm": "NaN"}
@@ -105,7 +110,7 @@ async def test_unknown_model_is_404_and_an_impossible_name_400(http: aiohttp.Cli
 
 async def test_a_job_lists_the_versions_made_from_it(reg: Registered, http: aiohttp.ClientSession) -> None:
     versions = (await get_json(http, f"/api/jobs/{reg.job_id}/models"))["versions"]
-    assert [(v["name"], v["version"]) for v in versions] == [("resnet", 1), ("resnet", 2)]
+    assert [(v["name"], v["version"]) for v in versions] == [("resnet", 1), ("resnet", 2)]  # not markup's
     assert (await get_json(http, f"/api/jobs/{reg.other_id}/models")) == {"versions": []}
     assert await get_json(http, "/api/jobs/j-nothere/models", 404) == {"error": "no job j-nothere"}
 
@@ -159,7 +164,6 @@ def test_models_page_links_versions_to_their_job_and_the_job_back(reg: Registere
     v1 = page.locator("tr#v1")
     assert v1.locator("a.tag").all_text_contents() == ["production"]
     assert NOTE in v1.locator("td.note").inner_text()
-    assert wb.XSS in v1.inner_text() and page.locator("#versions img, #versions b").count() == 0
     assert "loss 0.25" in v1.inner_text() and "grad_norm NaN" in v1.inner_text() and "$LR 0.1" in v1.inner_text()
     page.screenshot(path=str(shots / "web-models.png"), full_page=True)
 
@@ -167,6 +171,7 @@ def test_models_page_links_versions_to_their_job_and_the_job_back(reg: Registere
     page.wait_for_url(f"**/jobs/{reg.job_id}")
     page.wait_for_selector("#models a")
     assert page.locator("#models a").all_text_contents() == ["resnet v1", "resnet v2"]
+    page.screenshot(path=str(shots / "web-job-models.png"))
     page.click("#models a:text('resnet v1')")
     page.wait_for_url("**/models/resnet#v1")
     page.wait_for_function("document.body.dataset.ready === '1'")
@@ -174,3 +179,17 @@ def test_models_page_links_versions_to_their_job_and_the_job_back(reg: Registere
     page.wait_for_function("document.body.dataset.ready === '1'")
     page.screenshot(path=str(shots / "web-models-list.png"))
     assert not dialogs
+
+
+def test_a_job_name_and_a_note_of_markup_are_shown_as_text(reg: Registered, page: Any) -> None:
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{reg.stack.url}/models/markup")
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    v1 = page.locator("tr#v1")
+    assert v1.locator("td.note").inner_text() == MARKUP and wb.XSS in v1.inner_text()
+    assert page.locator("main img, main b").count() == 0
+    page.goto(f"{reg.stack.url}/models")
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    assert wb.XSS in page.locator("tr[data-model='markup']").inner_text()
+    assert page.locator("main img, main b").count() == 0 and not dialogs

@@ -25,13 +25,13 @@ function row(v, aliases) {
   const metrics = Object.entries(l.metrics || {}).sort().map(([k, x]) => [k, typeof x === "number" ? fmt(x) : x]);
   const params = [...Object.entries(l.params || {}).sort().map(([k, x]) => [k, typeof x === "number" ? fmt(x) : String(x)]),
     ...Object.entries(l.env || {}).sort().map(([k, x]) => [`$${k}`, x])];
-  const code = l.code ? `snapshot ${l.code.digest.slice(0, 12)} (${l.code.files} files)` : "no snapshot";
+  const code = l.code ? `snapshot ${l.code.digest.slice(0, 12)} (${l.code.files} file${l.code.files === 1 ? "" : "s"})` : "no snapshot";
   return el("tr", { id: `v${v.version}`, "data-version": v.version },
     el("td", { class: "id" }, el("strong", { text: `v${v.version}` }), " ", ...aliasTags(v.name, aliases, v.version)),
     el("td", {}, jobLink(l), l.study_id ? el("div", { class: "small" }, el("a", { href: `/studies/${encodeURIComponent(l.study_id)}`, text: l.study_id })) : null,
       el("div", { class: "small muted", text: `attempt ${l.attempt} · by ${l.user}` })),
     el("td", {}, el("div", { text: v.registered_by }), el("div", { class: "small muted", title: when(v.registered_at), text: ago(v.registered_at) })),
-    el("td", {}, el("div", { text: `${v.tree.files} files · ${size(v.tree.bytes)}` }),
+    el("td", { class: "files" }, el("div", { text: `${v.tree.files} file${v.tree.files === 1 ? "" : "s"} · ${size(v.tree.bytes)}` }),
       ...(v.paths || []).map((p) => el("div", { class: "small mono", text: p }))),
     el("td", { class: "small mono" }, ...lines(metrics)),
     el("td", { class: "small mono" }, ...lines(params)),
@@ -52,7 +52,8 @@ async function main() {
   const latest = model.versions[0];
   const box = document.getElementById("aliases");
   box.append(...aliasTags(name, model.aliases));
-  document.getElementById("subtitle").textContent = `${model.versions.length} version${model.versions.length === 1 ? "" : "s"} · latest v${latest.version}, registered by ${latest.registered_by} ${when(latest.registered_at)} · download: incl model download ${name}:v${latest.version}`;
+  document.getElementById("subtitle").append(`${model.versions.length} version${model.versions.length === 1 ? "" : "s"} · latest v${latest.version}, registered by ${latest.registered_by} ${when(latest.registered_at)} · `,
+    el("code", { text: `incl model download ${name}:v${latest.version} --to DIR` }));
   const body = document.getElementById("versions");
   clear(body);
   body.append(...model.versions.map((v) => row(v, model.aliases)));

@@ -12,7 +12,7 @@ export function aliasTags(name, aliases, version) {
 
 // The job a version was made from: its id linked, its name and (when it did not succeed) its state.
 export function jobLink(lineage) {
-  const span = el("span", {}, el("a", { class: "id", href: jobHref(lineage.job_id), text: lineage.job_id }));
+  const span = el("span", {}, el("a", { class: "mono", href: jobHref(lineage.job_id), text: lineage.job_id }));
   if (lineage.job_name && lineage.job_name !== lineage.job_id) span.append(" ", el("span", { class: "muted", text: lineage.job_name }));
   if (lineage.job_state !== "SUCCEEDED") span.append(" ", el("span", { class: `state ${lineage.job_state}`, text: lineage.job_state }));
   return span;
