@@ -57,6 +57,8 @@ from incl.proto.registry import (
     GetModelRequest,
     ListModelsReply,
     ListModelsRequest,
+    ListVersionsReply,
+    ListVersionsRequest,
     ModelRef,
     ModelSummary,
     ModelVersion,
@@ -360,6 +362,11 @@ class Client:
 
     async def models(self) -> list[ModelSummary]:
         return (await self._call(subjects.LIST_MODELS, ListModelsRequest(meta=self._meta()), ListModelsReply)).models
+
+    async def model_versions(self, name: str | None = None, job_id: str | None = None) -> list[ModelVersion]:
+        """Every version of model `name` (or of every model), only those made from `job_id` if given."""
+        req = ListVersionsRequest(meta=self._meta(), name=name, job_id=job_id)
+        return (await self._call(subjects.LIST_VERSIONS, req, ListVersionsReply)).versions
 
     async def model(self, ref: ModelRef) -> GetModelReply:
         """The version `ref` names (its latest without a version or alias), with the model's versions and aliases."""

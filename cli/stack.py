@@ -300,8 +300,11 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
         controller_cfg.write_text(yaml.safe_dump({"provider_shapes": [{"cpus": cpus, "memory": memory}],
                                                   "store_url": f"file://{home / 'store'}"}))
     py = sys.executable
+    web = web_port(web) if web is not None else None
+    web_url = f"http://127.0.0.1:{web}/" if web is not None else None  # also the links in Slack notices
     procs.append(_spawn("controller", [py, "-P", "-m", "incl.controller", "--config", str(controller_cfg),
-                                       "--nats", url, *_creds_args(creds, "controller"), *ca_args],
+                                       "--nats", url, *_creds_args(creds, "controller"), *ca_args,
+                                       *(["--web-url", web_url] if web_url else [])],
                         f"incl.controller --config {controller_cfg} ", logs))
     for i in range(agents):
         agent_id = f"local-{i}"
@@ -310,13 +313,10 @@ def start(home: Path, *, nats_url: str | None, port: int, agents: int, agent_cpu
                 "--cpus", str(cpus), *_creds_args(creds, agent_id), *ca_args]
         procs.append(_spawn(agent_id, argv, f"incl.agent --id {agent_id} --nats {url} --work-dir {work_dir} ",
                             logs))
-    web_url = None
     if web is not None:
-        web = web_port(web)
         procs.append(_spawn("web", [py, "-P", "-m", "incl.web", "--nats", url, "--port", str(web),
                                     *_creds_args(creds, "user"), *ca_args],
                             f"incl.web --nats {url} --port {web} ", logs))
-        web_url = f"http://127.0.0.1:{web}/"
     stack = Stack(nats_url=url, embedded_nats=nats_url is None, procs=procs, started_at=time.time(), web_url=web_url,
                   tls_ca=ca, listen=listen)
     save(home, stack)

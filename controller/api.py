@@ -60,6 +60,8 @@ from incl.proto.registry import (
     GetModelRequest,
     ListModelsReply,
     ListModelsRequest,
+    ListVersionsReply,
+    ListVersionsRequest,
     ModelRef,
     RegisterModelReply,
     RegisterModelRequest,
@@ -156,6 +158,7 @@ class Api:
                 subjects.REGISTER_MODEL: (Decoder(RegisterModelRequest), ByCaller(self.register_model)),
                 subjects.LIST_MODELS: (Decoder(ListModelsRequest), self.list_models),
                 subjects.GET_MODEL: (Decoder(GetModelRequest), self.get_model),
+                subjects.LIST_VERSIONS: (Decoder(ListVersionsRequest), self.list_versions),
                 subjects.ALIAS_MODEL: (Decoder(AliasModelRequest), ByCaller(self.alias_model)),
                 subjects.AUDIT: (Decoder(AuditRequest), ByCaller(self._audit.read)),
                 subjects.USERS_ADDED: (Decoder(UserChangedRequest), ByCaller(self.users_changed)),
@@ -308,6 +311,9 @@ class Api:
 
     async def list_models(self, req: ListModelsRequest) -> ListModelsReply:
         return ListModelsReply(models=await self._models.list())
+
+    async def list_versions(self, req: ListVersionsRequest) -> ListVersionsReply:
+        return ListVersionsReply(versions=await self._models.versions(req.name, req.job_id))
 
     async def get_model(self, req: GetModelRequest) -> GetModelReply:
         return await self._models.get(ModelRef(req.name, req.version, req.alias))

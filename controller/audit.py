@@ -29,13 +29,15 @@ from incl.proto.codec import Decoder
 from incl.proto.errors import DecodeError, InclError, NotAllowed, Unavailable
 from incl.proto.messages import CancelReply, CancelRequest, ErrorReply, Origin, SubmitReply, SubmitRequest
 from incl.proto.registry import AliasModelReply, AliasModelRequest, RegisterModelReply, RegisterModelRequest
+from incl.proto.shares import CreateShareReply, CreateShareRequest, RevokeShareReply, RevokeShareRequest
 from incl.proto.studies import StopStudyReply, StopStudyRequest, SubmitStudyReply, SubmitStudyRequest
 
 log = structlog.get_logger()
 
 # The user verbs that change something (reads are not recorded).
 AUDITED = frozenset({subjects.SUBMIT, subjects.CANCEL, subjects.SUBMIT_STUDY, subjects.STOP_STUDY,
-                     subjects.REGISTER_MODEL, subjects.ALIAS_MODEL, subjects.USERS_ADDED, subjects.USERS_REMOVED})
+                     subjects.REGISTER_MODEL, subjects.ALIAS_MODEL, subjects.USERS_ADDED, subjects.USERS_REMOVED,
+                     subjects.CREATE_SHARE, subjects.REVOKE_SHARE})
 
 
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -47,7 +49,8 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 _replies: Decoder[Any] = Decoder(SubmitReply | CancelReply | SubmitStudyReply | StopStudyReply | RegisterModelReply
-                                 | AliasModelReply | audit.UserChangedReply | ErrorReply)
+                                 | AliasModelReply | audit.UserChangedReply | CreateShareReply | RevokeShareReply
+                                 | ErrorReply)
 
 
 def outcome_of(reply: object) -> tuple[Outcome, str | None]:
@@ -82,6 +85,12 @@ def described(req: object, reply: object) -> tuple[str | None, dict[str, str]]:
             target, detail = f"{name}:v{version}", {"alias": alias}
             if isinstance(reply, AliasModelReply) and reply.previous is not None:
                 detail["previous"] = f"v{reply.previous}"
+        case CreateShareRequest(target=shared, expires_in=expires_in):
+            what = f"{shared.model}:v{shared.version}" if shared.model else f"{shared.job_id}:{shared.path or '/'}"
+            target = reply.share.id if isinstance(reply, CreateShareReply) else None
+            detail = {"what": what, "expires_in": f"{expires_in:g}s" if expires_in else None}
+        case RevokeShareRequest(share_id=share_id):
+            target = share_id
         case UserChangedRequest(name=name, teams=teams, admin=admin):
             target, detail = name, {"teams": ",".join(teams) or None, "admin": "yes" if admin else None}
     return target, {k: audit.cut(str(v), audit.DETAIL_MAX_CHARS) for k, v in detail.items() if v is not None}

@@ -19,6 +19,7 @@ worst a kept tree and never a version whose files may be collected.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import time
 from collections.abc import Callable
@@ -173,6 +174,18 @@ class Models:
             out.append(ModelSummary(name=name, versions=len(versions), latest=await self._version(name, versions[-1]),
                                     aliases=aliases))
         return out
+
+    async def versions(self, name: str | None = None, job_id: str | None = None) -> builtins.list[ModelVersion]:
+        """Every version of `name` (NotFound if it has none), or of every model; only those made from `job_id`
+        if given. Reads each version's record: the bucket's keys do not say which job made it."""
+        keys = await self._kv.keys()
+        if name is not None:
+            check_name(name)
+            names = [name] if known(keys, name) else []
+        else:
+            names = names_in(keys)
+        found = [await self._version(n, v) for n in names for v in versions_in(keys, n)]
+        return [v for v in found if job_id is None or v.lineage.job_id == job_id]
 
     async def get(self, ref: ModelRef) -> GetModelReply:
         check_name(ref.name)

@@ -24,6 +24,9 @@ Spec (`incl.yaml`, `proto.spec.Notify`, validated at submit), over the cluster d
     notify: {webhook: https://hooks.slack.com/services/..., events: [failed, idle]}
     notify: {channel: ml-alerts}          # a channel the admin mapped to a webhook (checked at admission)
     notify: false                         # nothing for this job (events: [])
+
+With the web UI's public URL configured (`notify: {web_url: https://incl.example.com}` in the controller's
+config; `incl up` passes its own web UI's), each notice's job name and id link to the job's page there.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import re
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import msgspec
@@ -84,9 +87,11 @@ class ClusterNotify(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     webhook: str | None = None
     channels: dict[str, str] = {}  # channel name -> webhook URL
     events: frozenset[Kind] = EVENTS
+    web_url: str | None = None  # the web UI's public address: notices link to the job's page there; None: no link
 
     def __repr__(self) -> str:
-        return f"ClusterNotify(webhook={_mask(self.webhook)}, channels={sorted(self.channels)}, events=...)"
+        return (f"ClusterNotify(webhook={_mask(self.webhook)}, channels={sorted(self.channels)}, events=..., "
+                f"web_url={self.web_url!r})")
 
 
 class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -222,14 +227,24 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def format_message(notice: Notice, log_lines: int = 20) -> dict[str, Any]:
-    """The Slack payload: a plain `text` fallback and Block Kit blocks."""
+def job_page(web_url: str, job_id: str) -> str:
+    """The job's page in the web UI at `web_url`, escaped for a Slack link (`<url|text>`)."""
+    return _esc(f"{web_url.rstrip('/')}/jobs/{quote(job_id, safe='')}").replace("|", "%7C")
+
+
+def format_message(notice: Notice, log_lines: int = 20, web_url: str | None = None) -> dict[str, Any]:
+    """The Slack payload: a plain `text` fallback and Block Kit blocks. `web_url`: the web UI's public address;
+    the job's name and id then link to its page."""
     emoji, verb = _HEADLINE[notice.kind]
     name = _esc(notice.job_name)
+    job = f"`{_esc(notice.job_id)}`"
+    if web_url:
+        page = job_page(web_url, notice.job_id)
+        name, job = f"<{page}|{name}>", f"<{page}|{_esc(notice.job_id)}>"
     headline = f"{emoji} *{name}* {verb}"
     if notice.detail:
         headline += f"\n{_esc(notice.detail)}"
-    facts = [("Job", f"`{_esc(notice.job_id)}`" + (f" (attempt {notice.attempt})" if notice.attempt else ""))]
+    facts = [("Job", job + (f" (attempt {notice.attempt})" if notice.attempt else ""))]
     facts += [("User", _esc(notice.user)), ("State", notice.state)]
     if notice.duration is not None:
         facts.append(("Duration", format_duration(notice.duration)))
@@ -367,7 +382,7 @@ class Notifier:
     async def _deliver(self, client: AsyncWebhookClient, where: Route, notice: Notice, next_post: float) -> float:
         """Post one notice with retries; returns the earliest time the next post to this webhook may start."""
         cfg = self._config
-        payload = format_message(notice, cfg.log_lines)
+        payload = format_message(notice, cfg.log_lines, self._cluster.web_url)
         fields = {"job_id": notice.job_id, "kind": str(notice.kind), "webhook": where.label}
         for attempt in range(1, cfg.max_attempts + 1):
             await asyncio.sleep(max(0.0, next_post - time.monotonic()))

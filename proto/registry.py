@@ -125,6 +125,16 @@ class ListModelsReply(Reply, frozen=True):
     models: list[ModelSummary]
 
 
+class ListVersionsRequest(Request, frozen=True):
+    """Every version of `name`, or of every model, made from `job_id` if given (the job's page asks this)."""
+    name: str | None = None
+    job_id: str | None = None
+
+
+class ListVersionsReply(Reply, frozen=True):
+    versions: list[ModelVersion]  # by model name, then number
+
+
 class GetModelRequest(Request, frozen=True):
     name: str
     version: int | None = None  # neither this nor `alias`: the latest version

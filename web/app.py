@@ -12,7 +12,7 @@ from aiohttp import web
 from incl.bus.client import Client
 from incl.bus.connection import masked
 from incl.proto.errors import InclError
-from incl.web import api, errors, files, guard, pages, sessions, shares, views
+from incl.web import api, errors, files, guard, models, pages, sessions, shares, views
 from incl.web.config import WebConfig
 from incl.web.snapshot import JobsSnapshot
 
@@ -47,6 +47,7 @@ def make_app(cfg: WebConfig) -> web.Application:
     app.cleanup_ctx.append(files.lifespan)
     app.add_routes(files.routes)
     app.add_routes(shares.routes)
+    app.add_routes(models.routes)  # Models
     pages.add_routes(app)
     return app
 

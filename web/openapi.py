@@ -230,3 +230,34 @@ DOCUMENT["paths"].update({
                    "responses": _json({"type": "object"}, "signed out")},
     },
 })
+
+# The Models pages (incl.web.models).
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": "resnet"}
+_VERSION = {"type": "object", "description": "a registered version, as `incl model show --json` prints it "
+                                             "(lineage.metrics: NaN and infinities as strings)"}
+DOCUMENT["paths"].update({
+    "/api/models": {"get": {
+        "summary": "Every model, the most recently registered first: its latest version, how many versions, its "
+                   "aliases (alias -> version) and `updated_at` (the latest version's registration)",
+        "responses": _json({"type": "object", "properties": {"models": {"type": "array", "items": {
+            "type": "object", "properties": {
+                "name": {"type": "string"}, "versions": {"type": "integer"}, "updated_at": {"type": "number"},
+                "aliases": {"type": "object", "additionalProperties": {"type": "integer"}}, "latest": _VERSION}}}}},
+            "the models"),
+    }},
+    "/api/models/{name}": {"get": {
+        "summary": "One model: every version, newest first, each with its files, lineage (job, code, image, "
+                   "params, final metrics), who registered it and when, and its note; its aliases",
+        "parameters": [_NAME],
+        "responses": {**_json({"type": "object", "properties": {
+            "name": {"type": "string"}, "versions": {"type": "array", "items": _VERSION},
+            "aliases": {"type": "object", "additionalProperties": {"type": "integer"}}}}, "the model"),
+            "404": {**_ERROR, "description": "no model by that name"}},
+    }},
+    "/api/jobs/{job_id}/models": {"get": {
+        "summary": "The model versions made from this job",
+        "parameters": [_JOB_ID],
+        "responses": {**_json({"type": "object", "properties": {
+            "versions": {"type": "array", "items": _VERSION}}}, "the versions"), **_NOT_FOUND},
+    }},
+})

@@ -52,4 +52,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/studies/{study_id}", _page("study.html"))
     app.router.add_get("/cluster", _page("cluster.html"))
     app.router.add_get("/login", _page("login.html"))  # signing in (incl.web.sessions)
+    # Models
+    app.router.add_get("/models", _page("models.html"))
+    app.router.add_get("/models/{name}", _page("model.html"))
     app.router.add_static("/static/", STATIC)

@@ -18,6 +18,7 @@ from conftest import Cluster, NatsServer
 
 from incl.bus.client import Client
 from incl.cli.models import model
+from incl.proto.errors import NotFound
 from incl.proto.messages import JobState
 
 PY = sys.executable
@@ -150,6 +151,25 @@ def test_concurrent_registrations_of_one_name_get_distinct_numbers(stack: Stack)
 
     assert sorted(asyncio.run(race())) == [1, 2, 3, 4, 5, 6]
     assert stack.json("show", "race")["versions"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_versions_of_a_model_or_of_a_job_come_in_one_request(stack: Stack) -> None:
+    """models.versions, what the web UI's Models and Job pages read: a model's records in order, or every model's
+    made from one job; none from a job nothing was registered from; NotFound for a model never registered."""
+    async def read() -> tuple[list[Any], list[Any], list[Any]]:
+        async with stack.client() as c:
+            await c.register_model("lineage", stack.job_id, ["model.pt"])
+            await c.register_model("lineage", stack.job_id, note="all of it")
+            with pytest.raises(NotFound):
+                await c.model_versions("nobody")
+            return (await c.model_versions("lineage"), await c.model_versions(job_id=stack.job_id),
+                    await c.model_versions(job_id=stack.running_id))
+
+    of_model, of_job, of_running = asyncio.run(read())
+    assert [(v.name, v.version, v.paths, v.note) for v in of_model] == [
+        ("lineage", 1, ["model.pt"], None), ("lineage", 2, [], "all of it")]
+    assert {("lineage", 1), ("lineage", 2)} <= {(v.name, v.version) for v in of_job}
+    assert all(v.lineage.job_id == stack.job_id for v in of_job) and of_running == []
 
 
 def test_bad_input_gets_one_line_and_registers_nothing(stack: Stack) -> None:

@@ -47,6 +47,8 @@ async def test_up_twice_submit_down_stops_exactly_what_it_started(tmp_path: Path
         state = json.loads((home / "stack.json").read_text())
         pids = [p["pid"] for p in state["procs"]]
         assert [p["name"] for p in state["procs"]] == ["nats", "controller", "local-0", "local-1", "web"]
+        # Slack notices link to the job pages of the web UI it started.
+        assert state["procs"][1]["argv"][-2:] == ["--web-url", f"http://127.0.0.1:{web}/"]
         again = incl(home, "up", "--port", str(port))
         assert again.returncode == 0 and "already running" in again.stdout and f":{web}/" in again.stdout
         sub = incl(home, "submit", "--follow", "--", "echo", "from the embedded stack")

@@ -138,6 +138,23 @@ async def test_failure_message_has_what_the_user_needs(webhook: Webhook) -> None
     assert body["text"] == "train-resnet (alice) failed: exit code 1"
 
 
+async def test_notices_link_to_the_job_page_when_the_web_url_is_configured(webhook: Webhook) -> None:
+    """With the web UI's public URL, the posted message links the job's name and id to its page; without it,
+    the message names the job and links nowhere."""
+    n = Notifier(ClusterNotify(webhook=webhook.url(), web_url="https://incl.example.com/"), FAST)
+    plain = Notifier(ClusterNotify(webhook=webhook.url("plain")), FAST)
+    async with running(n), running(plain):
+        assert n.notify(notice(Kind.SUCCEEDED, job="j-3f2a", job_name="train <v2>", reason=None))
+        assert plain.notify(notice(Kind.SUCCEEDED, job="j-3f2a", reason=None))
+        [(_, body)] = await webhook.wait("hook", 1)
+        [(_, bare)] = await webhook.wait("plain", 1)
+    link = "https://incl.example.com/jobs/j-3f2a"
+    assert body["blocks"][0]["text"]["text"] == f":white_check_mark: *<{link}|train &lt;v2&gt;>* succeeded"
+    assert f"*Job*\n<{link}|j-3f2a> (attempt 2)" in all_text(body)
+    assert "<http" not in all_text(bare) and "`j-3f2a` (attempt 2)" in all_text(bare)
+    assert "https://incl.example.com" in repr(ClusterNotify(web_url="https://incl.example.com"))
+
+
 def test_every_event_kind_has_its_own_headline() -> None:
     heads = {k: format_message(notice(k, reason=None))["blocks"][0]["text"]["text"] for k in Kind}
     assert len(set(heads.values())) == len(Kind)

@@ -5,6 +5,7 @@ import { Charts } from "./charts.js";
 import { clear, duration, el, showError, stateBadge, when } from "./dom.js";
 import { LogView } from "./logview.js";
 import { Outputs } from "./outputs.js";
+import { modelHref } from "./registry.js";
 
 const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
 const ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"];
@@ -85,6 +86,16 @@ function renderParams(job) {
   if (!pairs.length) document.getElementById("params").append(el("dd", { class: "muted", text: "none" }));
 }
 
+// The model versions registered from this job (only an ended job's outputs can be), each linked to its model.
+async function showModels() {
+  const { versions } = await get(`/api/jobs/${encodeURIComponent(jobId)}/models`);
+  const box = document.getElementById("models");
+  for (const v of versions) {
+    box.append(" ", el("a", { class: "tag", href: modelHref(v.name, v.version), text: `${v.name} v${v.version}` }));
+  }
+  box.hidden = !versions.length;
+}
+
 function setupCancel() {
   const button = document.getElementById("cancel");
   let armed = false;
@@ -121,6 +132,9 @@ async function main() {
   outputs = new Outputs(jobId);
   outputs.ends = current.attempts.filter((a) => a.ended_at).length;
   outputs.load();
+  if (ENDED.includes(current.state)) {
+    showModels().catch((err) => showError(`Could not load model versions: ${err.message}`));
+  }
   const logs = new LogView(document.getElementById("log"), document.getElementById("follow"), document.getElementById("lognote"));
   const charts = new Charts(document.getElementById("charts"), document.getElementById("nometrics"), jobId);
   let batches = 0;
