@@ -1,6 +1,6 @@
 """The JSON API under /api/: what the pages show and do, read and done through the bus client.
 
-    GET  /api/jobs                 the jobs list: ?user=&state=&q=&sort=&limit=&cursor= (cursor pages)
+    GET  /api/jobs                 the jobs list: ?user=&team=&study=&state=&q=&sort=&limit=&cursor= (cursor pages)
     GET  /api/jobs/{id}            the job with its attempts (its secrets masked, as the controller masks them)
     GET  /api/jobs/{id}/logs       the whole log, streamed as a text download
     GET  /api/jobs/{id}/metrics    points per metric: ?points=&from=&to=&x=step|time

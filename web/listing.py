@@ -35,18 +35,22 @@ class Row(msgspec.Struct, frozen=True):
     reason: str | None = None
     study: str | None = None
     gpu_util: float | None = None
+    team: str | None = None
 
 
 def row(job: Job, gpu_util: float | None) -> Row:
     return Row(id=job.id, name=job.spec.name or "", user=job.user, state=str(job.state),
                submitted_at=job.submitted_at, updated_at=job.updated_at, attempts=len(job.attempts),
                recoveries=max(len(job.attempts) - 1, 0), run=job.spec.run[:200], exit_code=job.exit_code,
-               reason=job.reason, study=job.trial.study_id if job.trial else None, gpu_util=gpu_util)
+               reason=job.reason, study=job.trial.study_id if job.trial else None, gpu_util=gpu_util,
+               team=job.spec.team)
 
 
 class Query(NamedTuple):
     users: frozenset[str]
     states: frozenset[str]
+    teams: frozenset[str]
+    studies: frozenset[str]
     text: str
     sort: str  # one of SORTS
     descending: bool
@@ -71,7 +75,8 @@ def parse(params: Mapping[str, str], page_default: int, page_max: int) -> Query:
     if not 1 <= limit <= page_max:
         raise BadQuery("limit", f"must be between 1 and {page_max}")
     cursor = params.get("cursor")
-    return Query(users=_list(params.get("user")), states=states, text=params.get("q", "").strip().lower(),
+    return Query(users=_list(params.get("user")), states=states, teams=_list(params.get("team")),
+                 studies=_list(params.get("study")), text=params.get("q", "").strip().lower(),
                  sort=field, descending=sort.startswith("-"), after=decode_cursor(cursor) if cursor else None,
                  limit=limit)
 
@@ -105,9 +110,13 @@ def matches(r: Row, q: Query) -> bool:
         return False
     if q.states and r.state not in q.states:
         return False
+    if q.teams and r.team not in q.teams:
+        return False
+    if q.studies and r.study not in q.studies:
+        return False
     if not q.text:
         return True
-    return any(q.text in field.lower() for field in (r.id, r.name, r.user, r.run, r.study or ""))
+    return any(q.text in field.lower() for field in (r.id, r.name, r.user, r.run, r.study or "", r.team or ""))
 
 
 class Page(NamedTuple):

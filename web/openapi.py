@@ -47,6 +47,8 @@ DOCUMENT: dict[str, Any] = {
             "summary": "Jobs, a page at a time",
             "parameters": [
                 _query("user", "only these users' jobs (comma-separated)"),
+                _query("team", "only these teams' jobs (comma-separated)"),
+                _query("study", "only the trials of these HPO studies (comma-separated)"),
                 _query("state", "only jobs in these states (comma-separated)"),
                 _query("q", "text in the id, name, user, command or study"),
                 _query("sort", "submitted, updated, name, user or state; a leading - for descending "

@@ -61,8 +61,8 @@ async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, str]]:
 
 async def test_jobs_list_pages_newest_first_filters_and_refuses_bad_queries(stack: WebStack,
                                                                             http: aiohttp.ClientSession) -> None:
-    ids = [(await stack.cluster.submit("true", user=user, name=name)).id
-           for user, name in [("ann", "alpha"), ("bob", "beta"), ("ann", "gamma-search")]]
+    ids = [(await stack.cluster.submit("true", user=user, name=name, **({"team": team} if team else {}))).id
+           for user, name, team in [("ann", "alpha", None), ("bob", "beta", "nlp"), ("ann", "gamma-search", None)]]
     for job_id in ids:
         await stack.cluster.wait_done(job_id)
 
@@ -78,6 +78,8 @@ async def test_jobs_list_pages_newest_first_filters_and_refuses_bad_queries(stac
     assert [r["name"] for r in ann["jobs"]] == ["alpha", "gamma-search"]
     assert [r["id"] for r in (await get_json(http, "/api/jobs?q=GAMMA"))["jobs"]] == [ids[2]]
     assert (await get_json(http, "/api/jobs?state=RUNNING,QUEUED"))["total"] == 0
+    assert [r["id"] for r in (await get_json(http, "/api/jobs?team=nlp"))["jobs"]] == [ids[1]]
+    assert (await get_json(http, "/api/jobs?team=nlp,vision&user=ann"))["total"] == 0
     for query, parameter in [("state=DONE", "state"), ("limit=0", "limit"), ("limit=x", "limit"),
                              ("sort=colour", "sort"), ("cursor=%%%", "cursor")]:
         bad = await get_json(http, f"/api/jobs?{query}", 400)

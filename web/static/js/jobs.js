@@ -8,6 +8,8 @@ const url = new URL(location.href);
 const view = {
   q: url.searchParams.get("q") || "",
   user: url.searchParams.get("user") || "",
+  team: url.searchParams.get("team") || "",
+  study: url.searchParams.get("study") || "",
   state: url.searchParams.get("state") || "",
   sort: url.searchParams.get("sort") || "-submitted",
   cursors: [""], // the cursor of each page seen, for "First"
@@ -18,7 +20,7 @@ const COMPARE_MAX = 10;
 
 function syncUrl() {
   const u = new URL(location.href);
-  for (const key of ["q", "user", "state", "sort"]) {
+  for (const key of ["q", "user", "team", "study", "state", "sort"]) {
     if (view[key] && !(key === "sort" && view[key] === "-submitted")) u.searchParams.set(key, view[key]);
     else u.searchParams.delete(key);
   }
@@ -65,7 +67,10 @@ async function load() {
   clearTimeout(timer);
   const cursor = view.cursors[view.cursors.length - 1];
   try {
-    const page = await get("/api/jobs", { q: view.q, user: view.user, state: view.state, sort: view.sort, cursor, limit: PAGE });
+    const page = await get("/api/jobs", {
+      q: view.q, user: view.user, team: view.team, study: view.study, state: view.state, sort: view.sort, cursor,
+      limit: PAGE,
+    });
     const body = document.getElementById("rows");
     clear(body);
     body.append(...page.jobs.map(row));
@@ -103,6 +108,8 @@ function restart() {
 
 document.getElementById("q").value = view.q;
 document.getElementById("user").value = view.user;
+document.getElementById("team").value = view.team;
+document.getElementById("study").value = view.study;
 document.getElementById("state").value = view.state;
 let typing = null;
 document.getElementById("filters").addEventListener("input", (e) => {
