@@ -372,7 +372,7 @@ class Agent:
                resume: Resume | None = None) -> None:
         runner = Runner(self.cfg, self._bus, self.publish, assign, launcher=self.launcher, docker=self.docker,
                         store=self.store, gpus=gpus, job_pids=self.job_pids, resume=resume, key=self.seal_key,
-                        job_users=self.job_users)
+                        job_users=self.job_users, gpu_readings=self.sampler.latest)
         self.runners[(assign.job_id, assign.attempt)] = runner
         self._tg.create_task(self._run(runner, adopt))
 

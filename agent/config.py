@@ -63,6 +63,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # GPU telemetry (NVML; no GPU or no driver means no GPUs, never a crash).
     gpu_sample_interval: float = 1.0
     gpu_recording: str | None = None  # play back recorded NVML readings (YAML/JSON) instead of NVML: tests
+    # A running job's GPUs, as metric points of its own (`sys/gpu_util` %, `sys/gpu_mem_gib`), this often: its
+    # charts show them over time beside what it logs. 0: never.
+    gpu_metrics_interval: float = 10.0
 
     # Shipping logs and metrics.
     flush_interval: float = 0.05

@@ -29,7 +29,7 @@ from incl.agent.docker import ContainerHandle, ContainerSpec, DockerRuntime, Mou
 from incl.agent.execution import ContainerExecution, Execution, Outcome, ProcessExecution
 from incl.agent.jobuser import JobUsers
 from incl.agent.shipper import LineSplitter, Shipper
-from incl.agent.telemetry import ProcessTreeJobs
+from incl.agent.telemetry import GpuReading, ProcessTreeJobs
 from incl.agent.workspace import JobFiles, Workspace, link_data
 from incl.artifacts.store import ArtifactStore
 from incl.auth.sealing import AgentKey, SealError, seal
@@ -109,9 +109,11 @@ class Runner:
                  launcher: runtime.Launcher, docker: DockerRuntime | None = None,
                  store: ArtifactStore | None = None, gpus: list[int] | None = None,
                  job_pids: ProcessTreeJobs | None = None, resume: Resume | None = None,
-                 key: AgentKey | None = None, job_users: JobUsers | None = None) -> None:
+                 key: AgentKey | None = None, job_users: JobUsers | None = None,
+                 gpu_readings: Callable[[list[int]], list[GpuReading]] | None = None) -> None:
         self.cfg = cfg
         self._job_users = job_users
+        self._gpu_readings = gpu_readings  # the newest reading of GPUs by index (the agent's sampler)
         self._uid: int | None = None  # a process job's own user (incl.agent.jobuser), None: the agent's
         self._launcher, self._docker, self._store = launcher, docker, store
         self._gpus = gpus  # None: this host has no GPUs to hand out
@@ -329,6 +331,29 @@ class Runner:
         await self._publish(self._event(JobRunning, pid=pid))
 
     @contextlib.asynccontextmanager
+    async def _gpu_series(self) -> AsyncIterator[None]:
+        """While the job runs, its GPUs' utilization and memory every `gpu_metrics_interval`, as metric points of
+        its own (`sys/...`), so the job's charts show them over time (no step: by time)."""
+        every, read, gpus = self.cfg.gpu_metrics_interval, self._gpu_readings, self._gpus
+        if every <= 0 or read is None or not gpus:
+            yield
+            return
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                if values := gpu_values(read(gpus)):
+                    await self._on_metric(MetricPoint(ts=time.time(), step=None, values=values))
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @contextlib.asynccontextmanager
     async def _checkpointing(self, files: JobFiles | None) -> AsyncIterator[None]:
         """Sync the checkpoint dir every `checkpoint.sync_every` while the job runs."""
         every = self.assign.spec.checkpoint.sync_every
@@ -415,7 +440,7 @@ class Runner:
                 self._exec.stop(self._grace)
             async with MetricChannel(str(self._socket_dir() / "m.sock"), self._on_metric, self._system,
                                      owner=self._uid), \
-                    self._checkpointing(files):
+                    self._checkpointing(files), self._gpu_series():
                 if isinstance(self._exec, ContainerExecution):
                     return await self._exec.run(_noop if adopt else self._running, adopt=adopt)
                 return await self._exec.run(self._running)
@@ -528,3 +553,15 @@ def _registry_auth(secrets: dict[str, str]) -> dict[str, str] | None:
     if "REGISTRY_USERNAME" in secrets and "REGISTRY_PASSWORD" in secrets:
         return {"username": secrets["REGISTRY_USERNAME"], "password": secrets["REGISTRY_PASSWORD"]}
     return None
+
+
+def gpu_values(readings: list[GpuReading]) -> dict[str, float]:
+    """A job's GPUs as one metric point: mean utilization (%), memory used in all (GiB); what NVML could say."""
+    utils = [r.util_gpu for r in readings if r.util_gpu is not None]
+    memory = [r.memory_used for r in readings if r.memory_used is not None]
+    values = {}
+    if utils:
+        values["sys/gpu_util"] = round(sum(utils) / len(utils), 1)
+    if memory:
+        values["sys/gpu_mem_gib"] = round(sum(memory) / 2**30, 3)
+    return values

@@ -326,6 +326,7 @@ class GpuSampler:
         self._interval, self._event_wait = interval, event_wait
         self._job_of_pid, self._clock = job_of_pid, clock
         self._lock = threading.Lock()
+        self._latest: dict[int, GpuReading] = {}  # index -> its newest reading (`latest`)
         self._gpus: list[GpuInfo] | None = None
         self._windows: dict[int, _Window] = {}
         self._unhealthy: dict[int, str] = {}
@@ -358,6 +359,7 @@ class GpuSampler:
         events = self._source.events(self._event_wait)
         jobs = {index: self._jobs(r.pids or ()) for index, r in readings.items()}
         with self._lock:
+            self._latest.update(readings)
             for index, reading in readings.items():
                 if index in self._windows:
                     self._windows[index].add(reading, jobs[index])
@@ -385,6 +387,11 @@ class GpuSampler:
                 await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
         finally:
             self._source.close()
+
+    def latest(self, indices: Iterable[int]) -> list[GpuReading]:
+        """The newest reading of each of these GPUs (those read at least once), without ending a window."""
+        with self._lock:
+            return [self._latest[i] for i in indices if i in self._latest]
 
     def snapshot(self, assigned: Mapping[int, str] | None = None) -> GpuTelemetry:
         """Stats per GPU since the last snapshot, then start a new window.
