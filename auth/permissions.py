@@ -10,7 +10,7 @@ subjects, `$JS.API.<verb>.<stream>[.<consumer>[.<filter>]]`, so allowing a verb 
   (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`: the server refuses a payload whose filter differs) and by
   direct gets whose subject names the subject read; the forms that carry what they read in the payload
   (`CONSUMER.CREATE.<stream>`, `STREAM.MSG.GET`, `DIRECT.GET.<stream>` by sequence, `STREAM.INFO`) are denied.
-  Studies' journals (`incl.hpo.storage`) are read the way the journal reads them. Replies only on their own inbox.
+  Studies' journals (`incl.hpo.storage`) are scoped the same way. Replies only on their own inbox.
   Never events, assignments, the KV buckets (`$KV.>`, the `KV_*` streams, direct gets) or any other stream.
 - An agent: requests under its own id; its own events subject; log and metric batches (of any job for now: narrowing
   to the jobs assigned to it needs per-job credentials); its own dead letters; its own assignment consumer only,
@@ -30,28 +30,14 @@ JS = "$JS.API"
 OUTPUT = ((subjects.LOGS_STREAM, subjects.LOGS_PREFIX), (subjects.METRICS_STREAM, subjects.METRICS_PREFIX))
 
 
-def _stream_reader(stream: str) -> list[str]:
-    """The JetStream API calls that read `stream` through consumers the reader makes itself, and gets."""
-    return [
-        f"{JS}.STREAM.INFO.{stream}",
-        f"{JS}.STREAM.MSG.GET.{stream}",
-        f"{JS}.DIRECT.GET.{stream}",
-        f"{JS}.DIRECT.GET.{stream}.>",
-        f"{JS}.CONSUMER.CREATE.{stream}",  # an unnamed (ordered, push) consumer
-        f"{JS}.CONSUMER.CREATE.{stream}.>",  # a named one, with or without its filter
-        f"{JS}.CONSUMER.INFO.{stream}.*",
-        f"{JS}.CONSUMER.DELETE.{stream}.*",
-        f"{JS}.CONSUMER.MSG.NEXT.{stream}.*",
-        f"$JS.FC.{stream}.>",  # flow-control answers of a push consumer
-    ]
-
-
-def output_scopes(identity: Identity) -> list[str]:
-    """The `<team>.<owner>.<job>.<key>` subjects (wildcards) of the jobs whose output a user may read."""
+def output_scopes(identity: Identity, rest: int = 2) -> list[str]:
+    """The `<team>.<owner>.<...>` subjects (wildcards) a user may read: `rest` tokens after the owner (a job's
+    output: `<job>.<key>`; a study's journal: `<study>`)."""
     if identity.admin:
         return [">"]
     teams = sorted(set(identity.teams) | set(identity.team_admin))
-    return [f"*.{identity.name}.*.*", *(f"{team}.*.*.*" for team in teams)]
+    tail = ".*" * rest
+    return [f"*.{identity.name}{tail}", *(f"{team}.*{tail}" for team in teams)]
 
 
 def _output_reader(stream: str, prefix: str, scopes: list[str]) -> list[str]:
@@ -67,7 +53,8 @@ def _user(identity: Identity) -> dict[str, Any]:
     publish = [f"{subjects.API_PREFIX}.{subjects.USER}.{name}.>", f"{JS}.STREAM.NAMES"]
     for stream, prefix in OUTPUT:
         publish += _output_reader(stream, prefix, output_scopes(identity))
-    publish += _stream_reader(subjects.STUDIES_STREAM)
+    # Studies' journals (`incl.hpo.storage`), scoped as the output: a named consumer, a direct get by subject.
+    publish += _output_reader(subjects.STUDIES_STREAM, subjects.STUDIES_PREFIX, output_scopes(identity, rest=1))
     return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{subjects.user_inbox(name)}.>"]}}
 
 

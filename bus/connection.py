@@ -366,9 +366,17 @@ class Bus:
             raise
         return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
 
-    async def last_seq(self, stream: str, subject: str, timeout: float) -> int:
+    async def last_seq(self, stream: str, subject: str, timeout: float, direct: bool = False) -> int:
         """The stream sequence of the newest message on `subject`, 0 if it has none: one request, the cheap way to
-        learn whether a reader is behind."""
+        learn whether a reader is behind. `direct`: a direct get whose subject names `subject` (what a reader whose
+        rights are scoped by subject may ask; in a cluster, any replica answers it)."""
+        if direct:
+            try:
+                got = await self.refusable(f"$JS.API.DIRECT.GET.{stream}.{subject}",
+                                           self._js.get_last_msg(stream, subject, direct=True))
+            except NotFoundError:
+                return 0
+            return int(got.seq or 0)
         request = json.dumps({"last_by_subj": subject}).encode()
         try:
             msg = await self._nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", request, timeout=timeout)

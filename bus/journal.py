@@ -50,6 +50,7 @@ class JournalConfig(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout: float = 10.0  # `connect` only: the first connection (later ones are retried for ever)
     reconnect_wait: float = 0.5  # `connect` only
     close_timeout: float = 5.0  # `connect` only: closing its connection and loop
+    direct: bool = False  # probe the last sequence by a direct get (a reader whose rights are scoped by subject)
 
 
 class JournalUnavailable(Exception):
@@ -115,7 +116,7 @@ class Journal:
         """The entries from number `start` on (0: all), including every append acknowledged before the call."""
         async with self._deadline("read"), self._lock:
             last = await self._retry("journal_probe", lambda: self._bus.last_seq(
-                self._stream, self._subject, self._cfg.request_timeout))
+                self._stream, self._subject, self._cfg.request_timeout, direct=self._cfg.direct))
             if last > self._seq:
                 await self._catch_up(None)
             return self._entries[start:]
@@ -242,24 +243,31 @@ def over(bus: Bus, loop: asyncio.AbstractEventLoop, stream: str, subject: str, *
     return SyncJournal(Journal(bus, stream, subject, config, accept), loop)
 
 
-def connect(url: str, stream: str, subject: str, *, config: JournalConfig | None = None,
-            accept: Accept | None = None, name: str = "incl-journal", creds: Path | None = None,
-            tls_ca: Path | None = None) -> SyncJournal:
+def connect(url: str, stream: str, subject: str | Callable[[Bus], Awaitable[str]], *,
+            config: JournalConfig | None = None, accept: Accept | None = None, name: str = "incl-journal",
+            creds: Path | None = None, tls_ca: Path | None = None) -> SyncJournal:
     """A journal with its own NATS connection (reconnecting for ever, with the identity in `creds`, a TLS server
-    verified against `tls_ca`) on its own loop in a daemon thread; `close()` it when done."""
+    verified against `tls_ca`) on its own loop in a daemon thread; `close()` it when done. `subject`: the journal's,
+    or what asks for it on the new connection (the controller knows where a study's journal is)."""
     cfg = config or JournalConfig()
     runner = _LoopThread()
 
-    async def dial() -> Bus:
-        return await asyncio.wait_for(
+    async def dial() -> tuple[Bus, str]:
+        bus = await asyncio.wait_for(
             bus_connect(url, name, connect_timeout=cfg.connect_timeout, reconnect_wait=cfg.reconnect_wait,
                         request_timeout=cfg.request_timeout, max_reconnect_attempts=-1, quiet=True, creds=creds,
                         tls_ca=tls_ca),
             cfg.connect_timeout)
+        try:
+            return bus, subject if isinstance(subject, str) else await subject(bus)
+        except BaseException:
+            await bus.close()
+            raise
 
     try:
-        bus = asyncio.run_coroutine_threadsafe(dial(), runner.loop).result(cfg.connect_timeout + cfg.close_timeout)
+        bus, found = asyncio.run_coroutine_threadsafe(dial(), runner.loop).result(
+            cfg.connect_timeout + cfg.request_timeout + cfg.close_timeout)
     except BaseException:
         runner.stop(cfg.close_timeout)
         raise
-    return SyncJournal(Journal(bus, stream, subject, cfg, accept), runner.loop, owned=(runner, bus))
+    return SyncJournal(Journal(bus, stream, found, cfg, accept), runner.loop, owned=(runner, bus))

@@ -55,7 +55,8 @@ def stream_configs(limits: StreamLimits, replicas: int = 1) -> list[api.StreamCo
         _stream(subjects.DEAD_STREAM, subjects.DEAD_PREFIX, limits, replicas, retention=keep,
                 max_bytes=limits.dead_max_bytes, max_age=limits.dead_max_age),
         # A journal must never lose its oldest entries: past the limit, new appends are refused, not old dropped.
-        _stream(subjects.STUDIES_STREAM, subjects.STUDIES_PREFIX, limits, replicas, retention=keep,
+        _stream(subjects.STUDIES_STREAM, subjects.STUDIES_PREFIX, limits, replicas, tokens=">", retention=keep,
+                allow_direct=True,
                 max_bytes=limits.studies_max_bytes, discard=api.DiscardPolicy.NEW),
         # `incl.audit.<kind>.<name>.<verb>`, the verb of one or more tokens
         _stream(subjects.AUDIT_STREAM, subjects.AUDIT_PREFIX, limits, replicas, tokens=">", retention=keep,

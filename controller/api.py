@@ -295,7 +295,7 @@ class Api:
     async def get_study(self, req: GetStudyRequest, who: Principal) -> GetStudyReply:
         study = self._studies.records.require(req.study_id, "study")
         policy.check_read(who, "study", study.id, study.user, study.spec.team)
-        return await self._studies.get(req.study_id)
+        return await self._studies.get(req.study_id, req.brief)
 
     async def stop_study(self, req: StopStudyRequest, who: Principal) -> StopStudyReply:
         study = self._studies.records.require(req.study_id, "study")

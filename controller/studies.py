@@ -23,6 +23,7 @@ from incl.controller.config import StudyConfig
 from incl.controller.jobs import Jobs
 from incl.controller.paging import page
 from incl.controller.store import Records
+from incl.proto import subjects
 from incl.proto.errors import Conflict, SpecInvalid
 from incl.proto.messages import Job, TreeRef
 from incl.proto.spec import JobSpec
@@ -157,7 +158,7 @@ class Studies:
         now = time.time()
         seed = hpo.seed if hpo.seed is not None else secrets.randbelow(2**31)
         study = Study(id=study_id, spec=spec, user=user, state=StudyState.RUNNING, created_at=now, updated_at=now,
-                      seed=seed, code=code)
+                      seed=seed, code=code, journal=subjects.study_journal(study_id, user, spec.team))
         await self.records.create(study)
         log.info("study_submitted", study_id=study.id, user=user, trials=hpo.trials, parallel=hpo.parallel,
                  sampler=hpo.sampler)
@@ -228,8 +229,11 @@ class Studies:
         chosen, cursor = page(studies, lambda s: f"{s.created_at:020.6f}/{s.id}", after, limit, page_bytes)
         return [await self.summary(s) for s in chosen], cursor
 
-    async def get(self, study_id: str) -> GetStudyReply:
+    async def get(self, study_id: str, brief: bool = False) -> GetStudyReply:
+        """The study with its trials, curve and importances; `brief`: its summary alone (no journal read)."""
         study = self.records.require(study_id, "study")
+        if brief:
+            return GetStudyReply(summary=await self.summary(study), trials=[])
         trials, importances = await self._read(study, importances=True)
         jobs = self._jobs.of_study(study_id)
         direction = study.spec.hpo.direction if study.spec.hpo else "minimize"

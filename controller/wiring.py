@@ -101,7 +101,7 @@ def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLo
 
     def open_engine(study: Study) -> StudyEngine:
         assert study.spec.hpo is not None
-        storage = JournalStorage(backend_over(bus, loop, study.id))
+        storage = JournalStorage(backend_over(bus, loop, study.journal_subject))
         return StudyEngine(storage, study.id, study.spec.hpo, study.seed)
 
     return open_engine

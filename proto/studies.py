@@ -14,6 +14,7 @@ import enum
 
 import msgspec
 
+from incl.proto import subjects
 from incl.proto.hpo import Choice
 from incl.proto.messages import JobState, Reply, Request, TreeRef
 from incl.proto.spec import JobSpec
@@ -45,6 +46,11 @@ class Study(_Struct, frozen=True):
     reason: str | None = None  # why it stopped starting trials, or ended
     ended_at: float | None = None
     cancel_running: bool = False  # `incl study stop --cancel`: the running trials are cancelled too
+    journal: str = ""  # its journal's subject (`subjects.study_journal`); "": a study from before, on the old one
+
+    @property
+    def journal_subject(self) -> str:
+        return self.journal or subjects.study_journal(self.id)
 
     @property
     def name(self) -> str:
@@ -105,6 +111,7 @@ class ListStudiesReply(Reply, frozen=True):
 
 class GetStudyRequest(Request, frozen=True):
     study_id: str
+    brief: bool = False  # the summary only (no trials, curve or importances): where its journal is, what it is
 
 
 class GetStudyReply(Reply, frozen=True):

@@ -128,8 +128,11 @@ def dead(source: str) -> str:
     return f"{DEAD_PREFIX}.{source}"
 
 
-def study_journal(study_id: str) -> str:
-    return f"{STUDIES_PREFIX}.{study_id}"
+def study_journal(study_id: str, owner: str = "", team: str | None = None) -> str:
+    """A study's journal: `incl.studies.<team>.<owner>.<study>`, scoped as jobs' output is (a study's reader may
+    read its owner's and teams' only); without an owner, the subject of a study from before (`incl.studies.<id>`),
+    which only the controller and cluster admins read."""
+    return f"{STUDIES_PREFIX}.{scope(owner, team)}.{study_id}" if owner else f"{STUDIES_PREFIX}.{study_id}"
 
 
 class Caller(NamedTuple):

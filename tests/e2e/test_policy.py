@@ -3,6 +3,7 @@ it: own jobs, the team's (read; cancel only for team admins), cluster admins eve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from authstack import AuthNats
-from conftest import Cluster
+from conftest import Cluster, wait_for
 from test_bad_input import GARBAGE, USER_VERBS
 
 from incl.auth import identities
@@ -132,3 +133,35 @@ async def test_garbage_and_oversized_messages_from_an_authenticated_user_never_s
     assert cluster.controller is not None and cluster.controller.proc is not None
     assert cluster.controller.proc.poll() is None and all(a.proc is not None and a.proc.poll() is None
                                                           for a in cluster.agents.values())
+
+
+async def test_a_studys_journal_is_read_by_its_owner_and_team_and_refused_to_others(
+        cluster: Cluster, team_nats: AuthNats) -> None:
+    """`incl.hpo.storage` asks the controller where the journal is (the policy's refusal, in one line) and the NATS
+    server lets each read only their own and their teams' journals."""
+    import optuna
+    from webpages import STUDY
+
+    from incl.hpo import storage
+
+    await cluster.wait_agents(1)
+    spec = {**STUDY, "hpo": {**STUDY["hpo"], "trials": 2, "parallel": 2}}
+    async with as_user(team_nats, "alice") as alice:
+        study = await alice.submit_study(load_spec(spec))
+    assert study.journal.startswith("incl.studies.vision.alice.")
+
+    def load(name: str) -> int:
+        got = storage(team_nats.url, study.id, creds=team_nats.creds("user", name), timeout=5)
+        return len(optuna.load_study(study_name=study.id, storage=got).trials)
+
+    async def finished() -> bool:
+        async with as_user(team_nats, "alice") as alice:
+            return (await alice.study(study.id)).summary.study.state != "RUNNING"
+
+    await wait_for(finished, 60, "the study to end")
+    assert await asyncio.to_thread(load, "carol") == 2  # same team
+    with pytest.raises(NotAllowed, match=re.escape(f"not allowed: study {study.id} belongs to alice (team vision)")):
+        await asyncio.to_thread(load, "bob")
+    async with as_user(team_nats, "bob") as bob:  # and the server itself refuses him the journal's subject
+        with pytest.raises(NotAllowed, match="refused"):
+            await bob.bus.last_seq(subjects.STUDIES_STREAM, study.journal, 5, direct=True)

@@ -187,7 +187,7 @@ def test_garbage_on_the_subject_is_skipped_with_a_warning(url: str, opened: list
 
 def optuna_study(url: str, study_id: str) -> tuple[optuna.Study, JetStreamJournalBackend]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    log_backend = backend(url, study_id, timeout=8.0)
+    log_backend = backend(url, study_id, timeout=8.0, journal_subject=subjects.study_journal(study_id))
     study = optuna.create_study(study_name=study_id, storage=optuna.storages.JournalStorage(log_backend))
     study.optimize(lambda t: (t.suggest_float("x", -3, 3) - 1) ** 2 + t.suggest_int("n", 0, 3), n_trials=20,
                    n_jobs=4)
@@ -203,13 +203,14 @@ def test_plain_optuna_runs_a_study_and_loads_it_from_a_new_connection_and_anothe
     Python, see exactly those 20 with the same params and values."""
     study, log_backend = optuna_study(url, "e2e")
     try:
-        reopened = storage(url, "e2e")
+        reopened = storage(url, "e2e", journal_subject=subjects.study_journal("e2e"))
         loaded = optuna.load_study(study_name="e2e", storage=reopened)
         assert len(loaded.trials) == 20
         assert summary(loaded) == summary(study)
         assert {t.state.name for t in loaded.trials} == {"COMPLETE"}
         script = ("import json, optuna, incl.hpo; optuna.logging.set_verbosity(optuna.logging.WARNING); "
-                  f"s = optuna.load_study(study_name='e2e', storage=incl.hpo.storage({url!r}, 'e2e')); "
+                  "s = optuna.load_study(study_name='e2e', storage=incl.hpo.storage("
+                  f"{url!r}, 'e2e', journal_subject='incl.studies.e2e')); "
                   "print(json.dumps(sorted([t.number, t.params, t.value] for t in s.trials)))")
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
@@ -221,7 +222,7 @@ def test_plain_optuna_runs_a_study_and_loads_it_from_a_new_connection_and_anothe
 async def test_the_controllers_flavour_runs_on_its_own_bus_from_a_worker_thread(bus: Bus) -> None:
     """Over the controller's connection and loop: usable from a worker thread, refused (not hung) on the loop."""
     await ensure_streams(bus, StreamLimits())
-    log_backend = backend_over(bus, asyncio.get_running_loop(), "ctl", config=FAST)
+    log_backend = backend_over(bus, asyncio.get_running_loop(), subjects.study_journal("ctl"), config=FAST)
     await asyncio.to_thread(log_backend.append_logs, [entry("w", 0)])
     assert await asyncio.to_thread(log_backend.read_logs, 0) == [entry("w", 0)]
     with pytest.raises(RuntimeError, match="own event loop"):
@@ -235,8 +236,8 @@ def test_optuna_dashboard_serves_the_study(url: str, tmp_path: Any) -> None:
     _, log_backend = optuna_study(url, "dash")
     log_backend.close()
     port = free_port()
-    script = (f"import optuna_dashboard, incl.hpo; optuna_dashboard.run_server(incl.hpo.storage({url!r}, 'dash'), "
-              f"host='127.0.0.1', port={port})")
+    script = ("import optuna_dashboard, incl.hpo; optuna_dashboard.run_server(incl.hpo.storage("
+              f"{url!r}, 'dash', journal_subject='incl.studies.dash'), host='127.0.0.1', port={port})")
     with open(tmp_path / "dashboard.log", "wb") as out:
         server = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT)
     try:

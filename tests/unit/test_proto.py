@@ -199,7 +199,8 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
 
 STUDY = st_.Study(id="s1", spec=SPEC, user="ann", state=st_.StudyState.RUNNING, created_at=1.0, updated_at=2.0, seed=7)
 STUDY_PLAIN = {"id": "s1", "spec": SPEC_PLAIN, "user": "ann", "state": "RUNNING", "created_at": 1.0,
-               "updated_at": 2.0, "seed": 7, "code": None, "reason": None, "ended_at": None, "cancel_running": False}
+               "updated_at": 2.0, "seed": 7, "code": None, "reason": None, "ended_at": None, "cancel_running": False,
+               "journal": ""}
 SUMMARY = st_.StudySummary(study=STUDY, counts={"COMPLETE": 2}, best_value=0.5, best_trial=1, gpu_hours=0.25)
 SUMMARY_PLAIN = {"study": STUDY_PLAIN, "counts": {"COMPLETE": 2}, "best_value": 0.5, "best_trial": 1,
                  "gpu_hours": 0.25}
@@ -215,7 +216,8 @@ SAMPLES += [
     (st_.ListStudiesRequest(meta=ENV, user="ann"),
      _msg(st_.ListStudiesRequest, meta=ENV_PLAIN, user="ann", after=None, limit=None)),
     (st_.ListStudiesReply(studies=[SUMMARY], next="c"), _msg(st_.ListStudiesReply, studies=[SUMMARY_PLAIN], next="c")),
-    (st_.GetStudyRequest(meta=ENV, study_id="s1"), _msg(st_.GetStudyRequest, meta=ENV_PLAIN, study_id="s1")),
+    (st_.GetStudyRequest(meta=ENV, study_id="s1"), _msg(st_.GetStudyRequest, meta=ENV_PLAIN, study_id="s1",
+                                                        brief=False)),
     (st_.GetStudyReply(summary=SUMMARY, trials=[TRIAL], best_so_far=[0.5], importances={"LR": 1.0}),
      _msg(st_.GetStudyReply, summary=SUMMARY_PLAIN, trials=[TRIAL_PLAIN], best_so_far=[0.5],
           importances={"LR": 1.0})),
