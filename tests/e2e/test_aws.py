@@ -5,6 +5,7 @@ simulator, with its own IMDSv2 fake), jobs run, spot instances are interrupted a
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import botocore.session
 import pytest
 import yaml
-from conftest import Cluster, Daemon, wait_for
+from conftest import CONTROLLER_CFG, Cluster, Daemon, wait_for
 from ec2boot import BootSimulator
 from imds import FakeImds
 from motoserver import MotoServer
@@ -431,3 +432,48 @@ async def test_efa_on_a_job_no_efa_type_fits_is_refused_at_submit(world: World) 
         await world.cluster.submit("true", resources={"gpus": "A10G:1", "nodes": 2, "efa": True})
     assert caught.value.field == "resources.efa" and "no instance type that fits has EFA" in str(caught.value)
     assert world.instances() == []
+
+
+async def test_the_leader_killed_mid_provisioning_its_standby_launches_nothing_twice_and_leaks_nothing(
+        world: World) -> None:
+    """Two controllers on moto: kill -9 of the leader right after its first launch; the standby takes over
+    within the lease, every job runs once, no attempt gets two instances, and every instance goes in the end."""
+    from test_standby import lease_holder
+
+    ami = world.ec2.register_image(Name="incl-gpu", RootDeviceName="/dev/sda1")["ImageId"]
+    cluster = world.cluster
+    common = {**CONTROLLER_CFG, "nats_url": cluster.nats.url, "store_url": "s3://incl-store/t", "provider": "aws",
+              "metrics_port": None,
+              "aws": {"endpoint_url": world.sim.ec2_url, "ami": ami, "catalog": CATALOG, "api_max_attempts": 1},
+              "reconcile": {"cluster": "t", "interval": 0.3, "boot_timeout": 8.0, "idle_timeout": 1.5}}
+    daemons = {cid: Daemon(cid, [sys.executable, "-m", "incl.controller", "--config",
+                                 str(cluster._config(f"controller-{cid}", {**common, "controller_id": cid}))],
+                           cluster.tmp / f"controller-{cid}.log", cluster.env).start() for cid in ("c1", "c2")}
+    try:
+        async with cluster.client() as client:
+            leading = await wait_for(lambda: lease_holder(client.bus), 30, "a leader")
+            standby = "c2" if leading == "c1" else "c1"
+            jobs = [await cluster.submit(f"echo job {i}", resources={"gpus": "A10G:1"}) for i in range(3)]
+            await wait_for(lambda: len(world.instances()) >= 1, 20, "a first launch")
+            daemons[leading].kill()
+            killed_at = time.monotonic()
+            await wait_for(lambda: _holds(client, standby, lease_holder), 15, "the standby to take over")
+            took = time.monotonic() - killed_at
+            print(f"takeover {took:.2f} s after kill -9 of {leading}")
+            assert took <= 5.0 + 1.0  # the lease (2.5 s) and a poll, with the test's margin
+        for job in jobs:
+            assert (await cluster.wait_done(job.id, timeout=60)).state == "SUCCEEDED", daemons[standby].output()
+        per_attempt: dict[tuple[str, str], int] = {}
+        for inst in world.instances():
+            tags = _tags(inst)
+            key = (tags["incl:job"], tags["incl:attempt"])
+            per_attempt[key] = per_attempt.get(key, 0) + 1
+        assert set(per_attempt) <= {(j.id, "1") for j in jobs} and set(per_attempt.values()) == {1}, per_attempt
+        await wait_for(lambda: world.live() == [], 30, "every instance terminated")
+    finally:
+        for daemon in daemons.values():
+            daemon.stop()
+
+
+async def _holds(client: Any, controller_id: str, holder: Any) -> bool:
+    return await holder(client.bus) == controller_id
