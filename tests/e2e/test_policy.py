@@ -19,7 +19,7 @@ from incl.auth import identities
 from incl.bus.client import Client
 from incl.proto import subjects
 from incl.proto.errors import NotAllowed, SpecInvalid
-from incl.proto.messages import JobState
+from incl.proto.messages import Envelope, JobState, SubmitReply, SubmitRequest
 from incl.proto.spec import load_spec
 
 # name: (teams, team_admin, admin)
@@ -129,6 +129,12 @@ async def test_garbage_and_oversized_messages_from_an_authenticated_user_never_s
         for _ in range(200):
             await bob.bus.publish(subjects.user_api("bob", subjects.SUBMIT), b"\xc1" * 60_000)
         job = await bob.submit(load_spec({"run": "echo still here"}))
+        # The same submit replayed (same idempotency key, sent again as it was): one job.
+        replay = SubmitRequest(meta=Envelope.new("cli:bob", idempotency_key="bob-replay-1"),
+                               spec=load_spec({"run": "true"}), user="bob")
+        ids = {(await bob.bus.request(subjects.user_api("bob", subjects.SUBMIT), replay, SubmitReply, 5)).job.id
+               for _ in range(3)}
+        assert len(ids) == 1 and len([j for j in await bob.jobs() if j.id in ids]) == 1
     assert (await cluster.wait_done(job.id)).state is JobState.SUCCEEDED
     assert cluster.controller is not None and cluster.controller.proc is not None
     assert cluster.controller.proc.poll() is None and all(a.proc is not None and a.proc.poll() is None
