@@ -281,22 +281,12 @@ class Bus:
 
     async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
         """The reply's data; NotAllowed at once if the server refuses this connection to publish on `subject`."""
-        with self._refusals.watch(subject) as refused:
-            asked = asyncio.ensure_future(self._nc.request(subject, data, timeout=timeout))
-            try:
-                await asyncio.wait((asked, refused), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not asked.done():
-                    asked.cancel()
-            if refused.done() and not (asked.done() and not asked.cancelled() and asked.exception() is None):
-                raise errors.NotAllowed(f"not allowed: the NATS server refused these credentials a request on "
-                                        f"{subject}")
-            try:
-                msg = asked.result()
-            except NoRespondersError:
-                raise errors.NoResponders(f"nothing is serving {subject}") from None
-            except NatsTimeout:
-                raise errors.Unavailable(f"no reply on {subject} within {timeout:g}s") from None
+        try:
+            msg = await self.refusable(subject, self._nc.request(subject, data, timeout=timeout))
+        except NoRespondersError:
+            raise errors.NoResponders(f"nothing is serving {subject}") from None
+        except NatsTimeout:
+            raise errors.Unavailable(f"no reply on {subject} within {timeout:g}s") from None
         return bytes(msg.data)
 
     async def serve(self, subject: str, queue: str, handler: Handler) -> Callable[[], Awaitable[None]]:

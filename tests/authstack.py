@@ -54,3 +54,13 @@ def make_identities(home: Path) -> None:
         identities.add(home, "user", user, teams=teams, admin=admin)
     for agent in AGENTS:
         identities.add(home, "agent", agent)
+
+
+def make_people(home: Path, people: dict[str, tuple[list[str], list[str], bool]], agents: tuple[str, ...] = ("a1",)
+                ) -> None:
+    """The controller, `agents`, and users as `people` says: name -> (teams, teams they administer, cluster admin)."""
+    identities.add(home, "controller", "controller")
+    for agent in agents:
+        identities.add(home, "agent", agent)
+    for name, (teams, team_admin, admin) in people.items():
+        identities.add(home, "user", name, teams=teams, team_admin=team_admin, admin=admin)

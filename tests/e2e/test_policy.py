@@ -11,11 +11,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from authstack import AuthNats
+from authstack import AuthNats, make_people
 from conftest import Cluster, wait_for
 from test_bad_input import GARBAGE, USER_VERBS
 
-from incl.auth import identities
 from incl.bus.client import Client
 from incl.proto import subjects
 from incl.proto.errors import NotAllowed, SpecInvalid
@@ -30,10 +29,7 @@ PEOPLE = {"alice": (["vision"], [], False), "carol": (["vision"], [], False), "d
 @pytest.fixture
 def team_nats(tmp_path: Path) -> Iterator[AuthNats]:
     home = tmp_path / "home"
-    identities.add(home, "controller", "controller")
-    identities.add(home, "agent", "a1")
-    for name, (teams, team_admin, admin) in PEOPLE.items():
-        identities.add(home, "user", name, teams=teams, team_admin=team_admin, admin=admin)
+    make_people(home, PEOPLE)
     server = AuthNats(home, tmp_path).start()
     yield server
     server.kill()

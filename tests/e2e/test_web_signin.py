@@ -10,26 +10,22 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from authstack import AuthNats
+from authstack import AuthNats, make_people
 from conftest import Cluster, Daemon, free_port, wait_listening
 
-from incl.auth import identities
 from incl.bus.client import Client
 from incl.proto.messages import JobState
 from incl.proto.spec import load_spec
 from incl.web.config import WebConfig
 
-PEOPLE = {"alice": (["vision"], False), "bob": (["nlp"], False), "root": ([], True)}
+PEOPLE = {"alice": (["vision"], [], False), "bob": (["nlp"], [], False), "root": ([], [], True)}
 X = {"X-INCL": "1"}
 
 
 @pytest.fixture
 def signin_nats(tmp_path: Path) -> Iterator[AuthNats]:
     home = tmp_path / "home"
-    identities.add(home, "controller", "controller")
-    identities.add(home, "agent", "a1")
-    for name, (teams, admin) in PEOPLE.items():
-        identities.add(home, "user", name, teams=teams, admin=admin)
+    make_people(home, PEOPLE)
     server = AuthNats(home, tmp_path).start()
     yield server
     server.kill()
