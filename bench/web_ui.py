@@ -292,12 +292,16 @@ def main() -> None:
     p.add_argument("--peers", default="tensorboard,mlflow")
     p.add_argument("--peers-python", default=str(HERE.parent / ".peers" / "bin" / "python"))
     p.add_argument("--out", default=str(HERE / "results" / "web_ui.json"))
+    p.add_argument("--shots", default=None, help="a folder for screenshots of the pages at the end of each part")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     res: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                            "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     work = Path(tempfile.mkdtemp(prefix="incl-webui-", dir="/tmp"))
-    with Browser(HERE / "web_ui_hook.js") as browser:
+    shots = Path(args.shots) if args.shots else None
+    if shots:
+        shots.mkdir(parents=True, exist_ok=True)
+    with Browser(HERE / "web_ui_hook.js", shots) as browser:
         if parts & {"chart", "live", "logs"}:
             with WebStack() as ws:
                 for name, fn in (("chart", chart_part), ("live", live_part), ("logs", logs_part)):

@@ -14,8 +14,9 @@ VIEWPORT = {"width": 1280, "height": 900}
 
 
 class Browser:
-    def __init__(self, hook: Path) -> None:
+    def __init__(self, hook: Path, shots: Path | None = None) -> None:
         self.hook = hook.read_text()
+        self.shots = shots
 
     def __enter__(self) -> Browser:
         from playwright.sync_api import sync_playwright
@@ -112,8 +113,10 @@ class Browser:
             ended = page.evaluate("document.body.dataset.streamEnded === '1'")
             page.wait_for_timeout(500)
             b = page.evaluate("[window.__bench.gaps, window.__bench.longtasks, performance.now()]")
-            shown = page.locator("#log span").count()
+            # A line is an element, or in a fast log's frames one of the newline-separated lines of one.
+            lines = page.evaluate("[...document.querySelectorAll('#log > span')].flatMap(s => s.textContent.split('\\n'))")
             note = page.locator("#lognote").text_content() or ""
+            page.screenshot(path=str(self.shots / "logs.png")) if self.shots else None
         finally:
             context.close()
         gaps, tasks = b[0][start[1]:], [t for t in b[1] if t[0] >= start[0]]
@@ -125,7 +128,8 @@ class Browser:
                 "frames_over_50ms": sum(g > 50 for g in gaps), "frames_over_200ms": sum(g > 200 for g in gaps),
                 "longtasks": len(tasks), "longtask_max_ms": round(max((t[1] for t in tasks), default=0), 1),
                 "longtask_total_ms": round(sum(t[1] for t in tasks), 1),
-                "page_lines_kept": shown, "page_lines_received": shown + dropped}
+                "page_lines_kept": len(lines), "page_lines_received": len(lines) + dropped,
+                "page_first_line": lines[0] if lines else None, "page_last_lines": lines[-2:]}
 
     # -------------------------------------------------------------------------------------------- peers
 
