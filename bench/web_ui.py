@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -236,19 +237,27 @@ def peers_part(args: argparse.Namespace, browser: Browser, work: Path) -> dict:
             if "url" not in ready:
                 raise RuntimeError(f"{peer} did not start")
             log(f"{peer}: {ready}")
-            runs = [browser.peer_load(peer, ready) for _ in range(args.runs)]
-            log(f"{peer} loads: {runs}")
-            out[peer] = {**ready, "loads": runs,
-                         "stable_ms_median": statistics.median(r["stable_ms"] for r in runs)}
+            runs = []
+            for _ in range(args.runs):
+                try:
+                    runs.append(browser.peer_load(peer, ready))
+                except Exception as exc:  # noqa: BLE001  (a peer that never settles is a result, not a crash)
+                    runs.append({"error": f"{type(exc).__name__}: {exc}"[:300]})
+                log(f"{peer} load: {runs[-1]}")
+            ok = [r["stable_ms"] for r in runs if "stable_ms" in r]
+            out[peer] = {**ready, "loads": runs, "stable_ms_median": statistics.median(ok) if ok else None}
         finally:
             os.killpg(proc.pid, signal.SIGTERM)  # mlflow ui's huey consumers outlive their parent: the group
             time.sleep(3)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(20)
     return out
+
+
+def save(res: dict, out: Path) -> None:
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
 
 
 def table(res: dict) -> str:
@@ -256,7 +265,7 @@ def table(res: dict) -> str:
     c, p = res.get("chart", {}), res.get("peers", {})
 
     def ms(x: float | None) -> str:
-        return "–" if x is None else f"{x:,.0f} ms"
+        return "-" if x is None else f"{x:,.0f} ms"
 
     inc = c.get("stable_ms_median")
     tb = p.get("tensorboard", {}).get("stable_ms_median")
@@ -309,13 +318,13 @@ def main() -> None:
                         res[name] = fn(ws, browser, args, work)
                         res[f"load_after_{name}"] = os.getloadavg()
                         log(name, json.dumps(res[name])[:2000])
+                        save(res, Path(args.out))
         if "peers" in parts:
             res["peers"] = peers_part(args, browser, work)
     res["load_after"] = os.getloadavg()
     subprocess.run(["rm", "-rf", str(work)], check=False)
     out = Path(args.out)
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    save(res, out)
     print(table(res))
     print(f"(JSON: {out})")
 
