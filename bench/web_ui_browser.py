@@ -48,6 +48,11 @@ class Browser:
             first = page.evaluate("window.__bench.draws.find(d => d.n > 0)")
             page.wait_for_timeout(300)
             out = {"drawn_ms": round(first["t"], 1), "drawn_points": first["n"]}
+            # Where the time went: the /metrics request as the page made it (Resource Timing, page time).
+            rt = page.evaluate("performance.getEntriesByType('resource').filter(e => e.name.includes('/metrics'))"
+                               ".map(e => [e.startTime, e.responseStart, e.responseEnd])")
+            if rt:
+                out["metrics_sent_ms"], out["metrics_first_byte_ms"], out["metrics_done_ms"] = (round(x, 1) for x in rt[0])
             # Drag 12 px in the middle of the plot (about 3% of x), then 8 px inside that range (full resolution).
             for k, (at, width) in enumerate(((0.5, 12), (0.5, 8)), 1):
                 ms, n, note = self._drag(page, at, width)
