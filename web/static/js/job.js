@@ -11,6 +11,7 @@ const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1]
 const ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"];
 let current = null;
 let outputs = null;
+let logs = null;
 
 function render(job) {
   current = job;
@@ -31,6 +32,7 @@ function render(job) {
   const cancel = document.getElementById("cancel");
   cancel.hidden = ENDED.includes(job.state) || job.cancel_requested;
   renderAttempts(job.attempts);
+  if (logs) offerAttempts(job.attempts.map((a) => a.number));
   renderSpec(job.spec);
   renderParams(job);
   // Outputs are uploaded when an attempt ends: list them again when one has.
@@ -119,6 +121,49 @@ function setupCancel() {
   });
 }
 
+// The log's search (as one types, a moment after the last key) and its attempt filter.
+function setupLogControls(view) {
+  const search = document.getElementById("logsearch");
+  let timer = 0;
+  search.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => view.search(search.value), 120);
+  });
+  const pick = document.getElementById("attempt");
+  pick.addEventListener("change", () => view.showAttempt(pick.value ? Number(pick.value) : null));
+}
+
+// The attempt filter lists every attempt the job record or the log has named; it shows once there are two.
+function offerAttempts(numbers) {
+  const pick = document.getElementById("attempt");
+  const known = new Set([...pick.options].map((o) => o.value).filter(Boolean).map(Number));
+  for (const n of numbers) {
+    if (known.has(n)) continue;
+    known.add(n);
+    const after = [...pick.options].find((o) => o.value && Number(o.value) > n);
+    pick.insertBefore(el("option", { value: n, text: `Attempt ${n}` }), after ?? null);
+  }
+  pick.hidden = known.size < 2;
+}
+
+// x by step or time, log scale and smoothing: for every chart of the job.
+function setupChartControls(charts) {
+  const x = document.getElementById("xaxis");
+  const logy = document.getElementById("logy");
+  const smoothing = document.getElementById("smoothing");
+  const shown = document.getElementById("smoothing-value");
+  x.addEventListener("change", () => charts.setX(x.value).catch((err) => showError(`Could not load metrics: ${err.message}`)));
+  logy.addEventListener("change", () => charts.setLog(logy.checked));
+  smoothing.addEventListener("input", () => {
+    shown.textContent = Number(smoothing.value).toFixed(2).replace(/\.?0+$/, "") || "0";
+    charts.setSmoothing(Number(smoothing.value));
+  });
+  charts.onLogAllowed = (allowed, why) => {
+    logy.disabled = !allowed;
+    document.getElementById("logy-label").title = allowed ? "a log scale on y, for the charts whose values are all above 0" : why;
+  };
+}
+
 async function main() {
   document.getElementById("download").href = `/api/jobs/${encodeURIComponent(jobId)}/logs`;
   try {
@@ -135,8 +180,12 @@ async function main() {
   if (ENDED.includes(current.state)) {
     showModels().catch((err) => showError(`Could not load model versions: ${err.message}`));
   }
-  const logs = new LogView(document.getElementById("log"), document.getElementById("follow"), document.getElementById("lognote"));
+  logs = new LogView(document.getElementById("log"), document.getElementById("follow"), document.getElementById("lognote"),
+    document.getElementById("logcount"));
+  setupLogControls(logs);
+  offerAttempts(current.attempts.map((a) => a.number));
   const charts = new Charts(document.getElementById("charts"), document.getElementById("nometrics"), jobId);
+  setupChartControls(charts);
   let batches = 0;
   try {
     batches = await charts.load();
@@ -144,7 +193,11 @@ async function main() {
     showError(`Could not load metrics: ${err.message}`);
   }
   const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/stream?since=0.${batches}`);
-  events.addEventListener("log", (e) => logs.add(JSON.parse(e.data)));
+  events.addEventListener("log", (e) => {
+    const batch = JSON.parse(e.data);
+    offerAttempts([batch.attempt]);
+    logs.add(batch);
+  });
   events.addEventListener("metric", (e) => charts.add(JSON.parse(e.data)));
   events.addEventListener("job", (e) => render(JSON.parse(e.data)));
   events.addEventListener("end", () => { events.close(); document.body.dataset.streamEnded = "1"; });
