@@ -1,8 +1,9 @@
 """The Job page's log view and charts in a real browser (Debian's chromium through Playwright) against a real
 stack: terminal colours shown as colours with no escape text left, a sequence cut between two batches still read
 whole, search narrowing the log to marked matches, the attempt filter, and the charts' options (log scale,
-smoothing, x by time) read from uPlot's own state. The ANSI parser and the smoothing are also checked as
-functions, imported into the page. Screenshots go to the test's temporary directory."""
+smoothing, x by time) read from uPlot's own state and kept in the page's address. The ANSI parser and the
+smoothing are also checked as functions, imported into the page. Screenshots go to the test's temporary
+directory."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_web_browser import CHROMIUM, PY, _playwright, on_own_loop, submit
+from test_web_browser import CHROMIUM, PY, _playwright, submit
 from webstack import WebStack, web_stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -225,4 +226,11 @@ def test_chart_log_scale_smoothing_and_x_by_time(stack: WebStack, page: Any, sho
     values = loss.locator(".u-legend .u-series .u-value").all_text_contents()
     assert len(values) == 3 and all(v not in ("", "--") for v in values), values
     page.screenshot(path=shots / "job.png", full_page=True)
-    on_own_loop(lambda: stack.cluster.wait_done(job_id))
+    assert page.url.endswith(f"/jobs/{job_id}?log=1&smooth=0.6")  # the view is in the address
+    page.goto(f"{stack.url}/jobs/{job_id}?x=time&log=1&smooth=0.5&q=EPOCH")  # a link shows the same view
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    loss = chart_state(page, "loss")
+    assert (loss["x"], loss["distr"], loss["series"]) == ("time", "3", "2")
+    assert page.input_value("#smoothing") == "0.5" and page.is_checked("#logy")
+    assert page.input_value("#xaxis") == "time" and page.input_value("#logsearch") == "EPOCH"
+    page.wait_for_function("() => document.querySelectorAll('#log mark').length === 6")

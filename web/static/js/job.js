@@ -121,16 +121,37 @@ function setupCancel() {
   });
 }
 
+// The page's address keeps the log's search and attempt and the charts' options, so a link shows the same view.
+const options = new URLSearchParams(location.search);
+
+function remember(key, value, unset = "") {
+  const u = new URL(location.href);
+  if (value === unset || value === null) u.searchParams.delete(key);
+  else u.searchParams.set(key, value);
+  history.replaceState(null, "", u);
+}
+
 // The log's search (as one types, a moment after the last key) and its attempt filter.
 function setupLogControls(view) {
   const search = document.getElementById("logsearch");
   let timer = 0;
   search.addEventListener("input", () => {
     clearTimeout(timer);
-    timer = setTimeout(() => view.search(search.value), 120);
+    timer = setTimeout(() => { view.search(search.value); remember("q", search.value); }, 120);
   });
   const pick = document.getElementById("attempt");
-  pick.addEventListener("change", () => view.showAttempt(pick.value ? Number(pick.value) : null));
+  pick.addEventListener("change", () => {
+    view.showAttempt(pick.value ? Number(pick.value) : null);
+    remember("attempt", pick.value);
+  });
+  search.value = options.get("q") || "";
+  if (search.value) view.search(search.value);
+  const attempt = parseInt(options.get("attempt"), 10);
+  if (attempt > 0) {
+    offerAttempts([attempt]);
+    pick.value = String(attempt);
+    view.showAttempt(attempt);
+  }
 }
 
 // The attempt filter lists every attempt the job record or the log has named; it shows once there are two.
@@ -152,12 +173,23 @@ function setupChartControls(charts) {
   const logy = document.getElementById("logy");
   const smoothing = document.getElementById("smoothing");
   const shown = document.getElementById("smoothing-value");
-  x.addEventListener("change", () => charts.setX(x.value).catch((err) => showError(`Could not load metrics: ${err.message}`)));
-  logy.addEventListener("change", () => charts.setLog(logy.checked));
+  const showWeight = () => { shown.textContent = Number(smoothing.value).toFixed(2).replace(/\.?0+$/, "") || "0"; };
+  x.addEventListener("change", () => {
+    remember("x", x.value, "step");
+    charts.setX(x.value).catch((err) => showError(`Could not load metrics: ${err.message}`));
+  });
+  logy.addEventListener("change", () => { remember("log", logy.checked ? "1" : ""); charts.setLog(logy.checked); });
   smoothing.addEventListener("input", () => {
-    shown.textContent = Number(smoothing.value).toFixed(2).replace(/\.?0+$/, "") || "0";
+    showWeight();
+    remember("smooth", smoothing.value, "0");
     charts.setSmoothing(Number(smoothing.value));
   });
+  // Options from the address apply before the first reading (the charts are made with them).
+  charts.x = x.value = options.get("x") === "time" ? "time" : "step";
+  charts.log = logy.checked = options.get("log") === "1";
+  smoothing.value = String(Math.min(0.99, Math.max(0, Number(options.get("smooth")) || 0)));
+  charts.smoothing = Number(smoothing.value);
+  showWeight();
   charts.onLogAllowed = (allowed, why) => {
     logy.disabled = !allowed;
     document.getElementById("logy-label").title = allowed ? "a log scale on y, for the charts whose values are all above 0" : why;
@@ -182,8 +214,8 @@ async function main() {
   }
   logs = new LogView(document.getElementById("log"), document.getElementById("follow"), document.getElementById("lognote"),
     document.getElementById("logcount"));
-  setupLogControls(logs);
   offerAttempts(current.attempts.map((a) => a.number));
+  setupLogControls(logs);
   const charts = new Charts(document.getElementById("charts"), document.getElementById("nometrics"), jobId);
   setupChartControls(charts);
   let batches = 0;
