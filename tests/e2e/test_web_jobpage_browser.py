@@ -231,6 +231,8 @@ def test_chart_log_scale_smoothing_and_x_by_time(stack: WebStack, page: Any, sho
     page.wait_for_function("document.body.dataset.ready === '1'")
     loss = chart_state(page, "loss")
     assert (loss["x"], loss["distr"], loss["series"]) == ("time", "3", "2")
+    assert chart_state(page, "delta")["distr"] == "1"  # made with log y from the address, then seen to go below 0
     assert page.input_value("#smoothing") == "0.5" and page.is_checked("#logy")
     assert page.input_value("#xaxis") == "time" and page.input_value("#logsearch") == "EPOCH"
     page.wait_for_function("() => document.querySelectorAll('#log mark').length === 6")
+    page.screenshot(path=shots / "job-time.png", full_page=True)

@@ -48,6 +48,7 @@ export class Charts {
       chart.downsampled = c.downsampled;
       chart.positive = chart.y.every((v) => v === null || v > 0);
       chart.zoomed = false;
+      if (chart.logY !== (this.log && chart.positive)) this.make(chart); // made before its values were known
       this.dirty(chart);
     }
     if (!this.loaded) this.seen = body.batches; // the stream opens after the first reading, from there
@@ -135,7 +136,7 @@ export class Charts {
 
   // A chart's uPlot, made anew for the options (a scale's kind and the series are fixed when it is made).
   make(chart) {
-    const logY = this.log && chart.positive;
+    const logY = chart.logY = this.log && chart.positive;
     const smooth = this.smoothing > 0;
     const time = this.x === "time";
     const series = [{ label: time ? "time" : "step" },
