@@ -11,6 +11,7 @@ const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1]
 const ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"];
 let current = null;
 let outputs = null;
+let logs = null;
 
 function render(job) {
   current = job;
@@ -31,6 +32,7 @@ function render(job) {
   const cancel = document.getElementById("cancel");
   cancel.hidden = ENDED.includes(job.state) || job.cancel_requested;
   renderAttempts(job.attempts);
+  if (logs) offerAttempts(job.attempts.map((a) => a.number));
   renderSpec(job.spec);
   renderParams(job);
   // Outputs are uploaded when an attempt ends: list them again when one has.
@@ -119,6 +121,81 @@ function setupCancel() {
   });
 }
 
+// The page's address keeps the log's search and attempt and the charts' options, so a link shows the same view.
+const options = new URLSearchParams(location.search);
+
+function remember(key, value, unset = "") {
+  const u = new URL(location.href);
+  if (value === unset || value === null) u.searchParams.delete(key);
+  else u.searchParams.set(key, value);
+  history.replaceState(null, "", u);
+}
+
+// The log's search (as one types, a moment after the last key) and its attempt filter.
+function setupLogControls(view) {
+  const search = document.getElementById("logsearch");
+  let timer = 0;
+  search.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => { view.search(search.value); remember("q", search.value); }, 120);
+  });
+  const pick = document.getElementById("attempt");
+  pick.addEventListener("change", () => {
+    view.showAttempt(pick.value ? Number(pick.value) : null);
+    remember("attempt", pick.value);
+  });
+  search.value = options.get("q") || "";
+  if (search.value) view.search(search.value);
+  const attempt = parseInt(options.get("attempt"), 10);
+  if (attempt > 0) {
+    offerAttempts([attempt]);
+    pick.value = String(attempt);
+    view.showAttempt(attempt);
+  }
+}
+
+// The attempt filter lists every attempt the job record or the log has named; it shows once there are two.
+function offerAttempts(numbers) {
+  const pick = document.getElementById("attempt");
+  const known = new Set([...pick.options].map((o) => o.value).filter(Boolean).map(Number));
+  for (const n of numbers) {
+    if (known.has(n)) continue;
+    known.add(n);
+    const after = [...pick.options].find((o) => o.value && Number(o.value) > n);
+    pick.insertBefore(el("option", { value: n, text: `Attempt ${n}` }), after ?? null);
+  }
+  pick.hidden = known.size < 2;
+}
+
+// x by step or time, log scale and smoothing: for every chart of the job.
+function setupChartControls(charts) {
+  const x = document.getElementById("xaxis");
+  const logy = document.getElementById("logy");
+  const smoothing = document.getElementById("smoothing");
+  const shown = document.getElementById("smoothing-value");
+  const showWeight = () => { shown.textContent = Number(smoothing.value).toFixed(2).replace(/\.?0+$/, "") || "0"; };
+  x.addEventListener("change", () => {
+    remember("x", x.value, "step");
+    charts.setX(x.value).catch((err) => showError(`Could not load metrics: ${err.message}`));
+  });
+  logy.addEventListener("change", () => { remember("log", logy.checked ? "1" : ""); charts.setLog(logy.checked); });
+  smoothing.addEventListener("input", () => {
+    showWeight();
+    remember("smooth", smoothing.value, "0");
+    charts.setSmoothing(Number(smoothing.value));
+  });
+  // Options from the address apply before the first reading (the charts are made with them).
+  charts.x = x.value = options.get("x") === "time" ? "time" : "step";
+  charts.log = logy.checked = options.get("log") === "1";
+  smoothing.value = String(Math.min(0.99, Math.max(0, Number(options.get("smooth")) || 0)));
+  charts.smoothing = Number(smoothing.value);
+  showWeight();
+  charts.onLogAllowed = (allowed, why) => {
+    logy.disabled = !allowed;
+    document.getElementById("logy-label").title = allowed ? "a log scale on y, for the charts whose values are all above 0" : why;
+  };
+}
+
 async function main() {
   document.getElementById("download").href = `/api/jobs/${encodeURIComponent(jobId)}/logs`;
   try {
@@ -135,8 +212,12 @@ async function main() {
   if (ENDED.includes(current.state)) {
     showModels().catch((err) => showError(`Could not load model versions: ${err.message}`));
   }
-  const logs = new LogView(document.getElementById("log"), document.getElementById("follow"), document.getElementById("lognote"));
+  logs = new LogView(document.getElementById("log"), document.getElementById("follow"), document.getElementById("lognote"),
+    document.getElementById("logcount"));
+  offerAttempts(current.attempts.map((a) => a.number));
+  setupLogControls(logs);
   const charts = new Charts(document.getElementById("charts"), document.getElementById("nometrics"), jobId);
+  setupChartControls(charts);
   let batches = 0;
   try {
     batches = await charts.load();
@@ -144,7 +225,11 @@ async function main() {
     showError(`Could not load metrics: ${err.message}`);
   }
   const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/stream?since=0.${batches}`);
-  events.addEventListener("log", (e) => logs.add(JSON.parse(e.data)));
+  events.addEventListener("log", (e) => {
+    const batch = JSON.parse(e.data);
+    offerAttempts([batch.attempt]);
+    logs.add(batch);
+  });
   events.addEventListener("metric", (e) => charts.add(JSON.parse(e.data)));
   events.addEventListener("job", (e) => render(JSON.parse(e.data)));
   events.addEventListener("end", () => { events.close(); document.body.dataset.streamEnded = "1"; });
