@@ -114,6 +114,7 @@ class Jobs:
                  agent_key: Callable[[str], bytes | None] = lambda _: None) -> None:
         self._cfg = cfg
         self._vault = vault or Vault.load(cfg.secrets_key_path())
+        self.vault = self._vault  # studies lock their specs' secrets with it too
         self._agent_key = agent_key
         self._refusal = refusal  # the provider's: why a job could never be launched (resources.efa without EFA)
         self._submits = submits  # idempotency keys of submits -> job ids

@@ -38,6 +38,20 @@ def values(job: Job, vault: Vault) -> dict[str, str]:
     return {name: vault.unlock(data) for name, data in job.locked_secrets.items()}
 
 
+def lock_spec(spec: JobSpec, vault: Vault) -> tuple[JobSpec, dict[str, bytes] | None]:
+    """A spec as a record other than a job's keeps it (a study's): names only, and the values locked."""
+    if not spec.secrets:
+        return spec, None
+    return _names_only(spec), {name: vault.lock(value) for name, value in spec.secrets.items()}
+
+
+def unlocked_spec(spec: JobSpec, locked: dict[str, bytes] | None, vault: Vault) -> JobSpec:
+    """The spec with its secret values back, in memory (a record from before locking has them already)."""
+    if locked is None:
+        return spec
+    return structs.replace(spec, secrets={name: vault.unlock(data) for name, data in locked.items()})
+
+
 def sealed_for(job: Job, vault: Vault, agent_id: str, key: bytes | None) -> tuple[JobSpec, dict[str, bytes] | None]:
     """The spec an assignment carries (names only) and the values sealed to the agent's `key`."""
     if not job.spec.secrets:

@@ -19,6 +19,7 @@ import structlog
 from msgspec import structs
 
 from incl.bus.connection import Bus
+from incl.controller import jobsecrets
 from incl.controller.config import StudyConfig
 from incl.controller.jobs import Jobs
 from incl.controller.paging import page
@@ -157,8 +158,10 @@ class Studies:
             return existing
         now = time.time()
         seed = hpo.seed if hpo.seed is not None else secrets.randbelow(2**31)
-        study = Study(id=study_id, spec=spec, user=user, state=StudyState.RUNNING, created_at=now, updated_at=now,
-                      seed=seed, code=code, journal=subjects.study_journal(study_id, user, spec.team))
+        names_only, locked = jobsecrets.lock_spec(spec, self._jobs.vault)  # no clear value in the bucket
+        study = Study(id=study_id, spec=names_only, user=user, state=StudyState.RUNNING, created_at=now,
+                      updated_at=now, seed=seed, code=code, journal=subjects.study_journal(study_id, user, spec.team),
+                      locked_secrets=locked)
         await self.records.create(study)
         log.info("study_submitted", study_id=study.id, user=user, trials=hpo.trials, parallel=hpo.parallel,
                  sampler=hpo.sampler)

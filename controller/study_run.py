@@ -30,6 +30,7 @@ from optuna.trial import TrialState as OptunaState
 
 from incl.bus.connection import Bus
 from incl.bus.daemon import wait_event
+from incl.controller import jobsecrets
 from incl.controller.config import StudyConfig
 from incl.controller.jobs import Jobs
 from incl.controller.state import IllegalTransition
@@ -211,7 +212,8 @@ class StudyRun:
         study = self.study
         ref = TrialRef(study_id=study.id, number=ticket.number, params=ticket.params)
         try:
-            job = await self._jobs.submit(trial_spec(study, ticket), study.user, study.code,
+            spec = jobsecrets.unlocked_spec(trial_spec(study, ticket), study.locked_secrets, self._jobs.vault)
+            job = await self._jobs.submit(spec, study.user, study.code,
                                           key=f"study:{study.id}:trial:{ticket.number}", trial=ref)
         except BadRequest as exc:
             why = limits.bound_reason(f"trial {ticket.number} could not be submitted: {exc}")

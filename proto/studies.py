@@ -47,6 +47,9 @@ class Study(_Struct, frozen=True):
     ended_at: float | None = None
     cancel_running: bool = False  # `incl study stop --cancel`: the running trials are cancelled too
     journal: str = ""  # its journal's subject (`subjects.study_journal`); "": a study from before, on the old one
+    # The values of `spec.secrets`, encrypted with the controller's vault key (as a job's `locked_secrets`); the
+    # spec keeps the names with empty values. None: no secrets, or a record from before (values in the spec).
+    locked_secrets: dict[str, bytes] | None = None
 
     @property
     def journal_subject(self) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import stat
+import sys
 
-from conftest import Cluster
+from conftest import Cluster, wait_for
 
 from incl.bus.connection import Bus
 from incl.proto import subjects
-from incl.proto.messages import JobState
+from incl.proto.messages import TERMINAL, Job, JobState
+from incl.proto.spec import load_spec
 
 SECRET = "tok-5f3a9c1e"
 
@@ -59,3 +61,29 @@ async def test_a_secret_reaches_the_job_and_nowhere_else_in_clear(cluster: Clust
         assert entry is not None and SECRET.encode() not in entry[0] and b"API_KEY" in entry[0]
     finally:
         await stop()
+
+
+async def test_a_studys_secret_is_locked_in_its_record_and_reaches_each_trial(cluster: Cluster, bus: Bus) -> None:
+    """A study keeps its spec's secret values encrypted in the studies bucket, as a job does; each trial's job is
+    given them (and locks them in its own record)."""
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    digest = hashlib.sha256(SECRET.encode()).hexdigest()
+    trial = (f'[ "$(printf %s "$API_KEY" | sha256sum | cut -c1-64)" = {digest} ] || exit 3; '
+             f'{sys.executable} -c "import incl; incl.log({{\'loss\': float($X)}})"')
+    await cluster.wait_controller()
+    async with cluster.client() as c:
+        study = await c.submit_study(load_spec({
+            "run": trial, "secrets": {"API_KEY": SECRET},
+            "hpo": {"metric": "loss", "trials": 2, "parallel": 2, "sampler": "random", "seed": 1,
+                    "params": {"X": {"type": "float", "low": 0.0, "high": 1.0}}}}), user="tester")
+    entry = await (await bus.bucket(subjects.STUDIES_BUCKET)).get(study.id)
+    assert entry is not None and SECRET.encode() not in entry[0] and b"API_KEY" in entry[0]
+
+    async def trials_done() -> list[Job] | None:
+        async with cluster.client() as c:
+            jobs = await c.jobs(study=study.id)
+        return jobs if len(jobs) == 2 and all(j.state in TERMINAL for j in jobs) else None
+
+    jobs = await wait_for(trials_done, 60, "both trials to end")
+    assert {j.state for j in jobs} == {JobState.SUCCEEDED}, [j.reason for j in jobs]  # exit 3 without the value
