@@ -200,7 +200,7 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
 STUDY = st_.Study(id="s1", spec=SPEC, user="ann", state=st_.StudyState.RUNNING, created_at=1.0, updated_at=2.0, seed=7)
 STUDY_PLAIN = {"id": "s1", "spec": SPEC_PLAIN, "user": "ann", "state": "RUNNING", "created_at": 1.0,
                "updated_at": 2.0, "seed": 7, "code": None, "reason": None, "ended_at": None, "cancel_running": False,
-               "journal": ""}
+               "journal": "", "locked_secrets": None}
 SUMMARY = st_.StudySummary(study=STUDY, counts={"COMPLETE": 2}, best_value=0.5, best_trial=1, gpu_hours=0.25)
 SUMMARY_PLAIN = {"study": STUDY_PLAIN, "counts": {"COMPLETE": 2}, "best_value": 0.5, "best_trial": 1,
                  "gpu_hours": 0.25}
