@@ -127,8 +127,12 @@ function sequenceEnd(text, i) {
   return -1;
 }
 
+// What parse reads specially: escape sequences, `\r`, other control characters (a tab is text).
+const SPECIAL = /[\x00-\x08\x0a-\x1f\x7f\x9b]/;
+
 // A line's text from `style` on: {runs: [{text, style}], style (after it), rest (a cut sequence at its end)}.
 export function parse(text, style = PLAIN) {
+  if (!SPECIAL.test(text)) return { runs: text ? [{ text, style }] : [], style, rest: "" }; // the usual line
   let runs = [], shown = [];
   let buf = "", start = 0;
   const push = () => {
