@@ -46,10 +46,12 @@ class Collector:
         self._by_time = by_time
         self._out: dict[tuple[int, str], Series] = {}
         self.batches = 0
+        self.points = 0  # held in all series
 
     def add(self, batch: MetricBatch) -> None:
         self.batches += 1
         for p in batch.points:
+            self.points += len(p.values)
             for name, value in p.values.items():
                 s = self._out.get((batch.rank, name))
                 if s is None:
