@@ -43,3 +43,8 @@ def test_points_without_a_step_or_with_other_metrics_count_per_metric() -> None:
 def test_ranks_are_series_of_their_own() -> None:
     out = collected([batch([(1.0, 0, {"a": 1.0})], rank=0), batch([(1.0, 0, {"a": 2.0})], rank=1)])
     assert out == {"a [rank 0]": ([0.0], [1.0], True), "a [rank 1]": ([0.0], [2.0], True)}
+
+
+def test_points_with_as_many_metrics_but_other_names_are_taken_point_by_point() -> None:
+    out = collected([batch([(1.0, 0, {"a": 1.0, "b": 2.0}), (2.0, 1, {"a": 3.0, "c": 4.0})])])
+    assert out == {"a": ([0.0, 1.0], [1.0, 3.0], True), "b": ([0.0], [2.0], True), "c": ([1.0], [4.0], True)}
