@@ -21,7 +21,6 @@ from aiohttp import web
 from incl.proto import errors
 from incl.proto.messages import Job, MetricBatch
 from incl.web import listing, openapi
-from incl.web import metrics as charts
 from incl.web.errors import BadQuery
 from incl.web.logtext import LogText
 from incl.web.pointcache import PointCache
@@ -123,9 +122,8 @@ async def metrics(request: web.Request) -> web.Response:
     def read(job: Job, attempt: int, seq: int) -> AsyncGenerator[tuple[int, int, MetricBatch], None]:
         return client.metric_batches_after(job, attempt, seq, batch=cfg.metric_pull_batch)
 
-    async with request.app[POINTS].series(found, x == "time", read) as collector:
-        return _json({"x": x, "batches": collector.batches,
-                      "metrics": {name: charts.chart(s, points, lo, hi) for name, s in collector.series().items()}})
+    async with request.app[POINTS].series(found, x == "time", read) as held:
+        return _json({"x": x, "batches": held.collector.batches, "metrics": held.charts(points, lo, hi)})
 
 
 @routes.get("/api/jobs/{job_id}/stream")

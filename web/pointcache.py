@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from incl.proto.messages import TERMINAL, Job, MetricBatch
-from incl.web.metrics import Collector
+from incl.web.metrics import Chart, Collector, chart
 
 # (attempt index, stream sequence) -> the batches after it, each with its own (attempt, sequence)
 Reader = Callable[[Job, int, int], AsyncGenerator[tuple[int, int, MetricBatch], None]]
@@ -39,10 +39,22 @@ class Entry:
     seq: int = 0  # that batch's stream sequence (0: none read)
     final: bool = False  # read to the end after the job had ended: it cannot change
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The last whole-range answer (`points` per metric), until new batches come: a reload costs no reduction.
+    whole: tuple[int, dict[str, Chart]] | None = None
 
     @property
     def points(self) -> int:
-        return self.collector.points
+        kept = sum(len(c.x) for c in self.whole[1].values()) if self.whole else 0
+        return self.collector.points + kept
+
+    def charts(self, points: int, lo: float | None, hi: float | None) -> dict[str, Chart]:
+        """Each metric's chart of the range (reduced to `points`)."""
+        if lo is None and hi is None and self.whole is not None and self.whole[0] == points:
+            return self.whole[1]
+        out = {name: chart(s, points, lo, hi) for name, s in self.collector.series().items()}
+        if lo is None and hi is None:
+            self.whole = (points, out)
+        return out
 
 
 class PointCache:
@@ -59,9 +71,9 @@ class PointCache:
         return len(self._entries)
 
     @contextlib.asynccontextmanager
-    async def series(self, job: Job, by_time: bool, read: Reader) -> AsyncIterator[Collector]:
-        """The job's collected points, brought up to date with `read` unless they are final; held (no other
-        request changes them) until the block ends."""
+    async def series(self, job: Job, by_time: bool, read: Reader) -> AsyncIterator[Entry]:
+        """The job's collected points (`.collector`, `.charts()`), brought up to date with `read` unless they are
+        final; held (no other request changes them) until the block ends."""
         key = (job.id, by_time)
         keys = tuple(a.output_key for a in job.attempts)
         entry = self._entries.get(key)
@@ -77,12 +89,13 @@ class PointCache:
                     async for attempt, seq, batch in batches:
                         entry.collector.add(batch)
                         entry.attempt, entry.seq = attempt, seq
+                        entry.whole = None
                 entry.keys = keys
                 entry.final = ended
             self._entries[key] = entry
             self._entries.move_to_end(key)
             self._evict(keep=key)
-            yield entry.collector
+            yield entry
 
     def _evict(self, keep: tuple[str, bool]) -> None:
         total = self.points

@@ -38,8 +38,8 @@ class Stream:
 
 
 async def points(cache: PointCache, record: Job, stream: Stream) -> list[float]:
-    async with cache.series(record, False, stream.read) as collected:
-        return list(collected.series()["loss"].y) if collected.series() else []
+    async with cache.series(record, False, stream.read) as held:
+        return list(held.collector.series()["loss"].y) if held.collector.series() else []
 
 
 async def test_an_ended_job_is_read_once_then_served_without_a_read() -> None:
@@ -75,8 +75,8 @@ async def test_the_batch_count_is_that_of_all_batches_read() -> None:
     running = job("j1", JobState.RUNNING)
     await points(cache, running, stream)
     stream.write(0, 3, start=3)
-    async with cache.series(running, False, stream.read) as collected:
-        assert collected.batches == 2
+    async with cache.series(running, False, stream.read) as held:
+        assert held.collector.batches == 2
 
 
 async def test_the_bound_drops_the_least_recently_used_job() -> None:
@@ -110,7 +110,7 @@ async def test_step_and_time_are_kept_apart() -> None:
     stream.write(0, 2)
     record = job("j1", JobState.SUCCEEDED)
     async with cache.series(record, True, stream.read) as by_time:
-        assert list(by_time.series()["loss"].x) == [0.0, 1.0]
+        assert list(by_time.collector.series()["loss"].x) == [0.0, 1.0]
     await points(cache, record, stream)
     assert len(stream.reads) == 2 and len(cache) == 2
 
@@ -133,3 +133,17 @@ async def test_a_read_that_fails_midway_keeps_what_it_read_and_goes_on_from_ther
         pass
     assert await points(cache, running, stream) == [0, 1, 2, 3]
     assert stream.reads[-1] == (0, 10)
+
+
+async def test_the_whole_range_reduced_is_kept_until_new_points_come() -> None:
+    stream, cache = Stream(), PointCache(1000)
+    stream.write(0, 30)
+    running = job("j1", JobState.RUNNING)
+    async with cache.series(running, False, stream.read) as held:
+        first = held.charts(9, None, None)
+        assert first["loss"].downsampled and held.charts(9, None, None) is first
+        assert held.charts(9, 3.0, 5.0)["loss"].x == [3.0, 4.0, 5.0]
+        assert held.points == 30 + len(first["loss"].x)  # counted against the bound
+    stream.write(0, 10, start=30)
+    async with cache.series(running, False, stream.read) as held:
+        assert held.charts(9, None, None)["loss"].total == 40
