@@ -140,8 +140,9 @@ class Follower:
         deadline = loop.time() + self._poll + self._timeout
         delivered = 0
         while delivered < self._batch:
-            try:
-                msg = await asyncio.wait_for(self._inbox.get(), max(deadline - loop.time(), 0.0))
+            try:  # one already come is taken without a timer (a task each on Python 3.11: a cold read's 2,000)
+                msg = self._inbox.get_nowait() if not self._inbox.empty() else \
+                    await asyncio.wait_for(self._inbox.get(), max(deadline - loop.time(), 0.0))
             except TimeoutError:
                 self._consumer = None  # no answer at all: the consumer (or its server) is gone
                 return
