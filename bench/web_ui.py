@@ -5,9 +5,11 @@ MLflow's UIs on the same 1,000,000-point metric side by side.
     PYTHONPATH=... python bench/web_ui.py [--parts chart,live,logs,peers] [--points 1000000] [--runs 5]
 
 * chart: a job logs one metric of `--points` points (one `incl.log` call each: the SDK has no batch call);
-  then `--runs` cold loads of its Job page: navigation start -> the chart drawn (uPlot's `draw` hook with the
-  server's reduced points), and the same moment as the peers get it (the chart's pixels stop changing); then
-  two drags on the chart, each timed from the mouse-up to the redraw with the range the server sent.
+  then the first load of its Job page after the job ended (cold: the server reads the metric stream) and
+  `--runs` loads after it (a fresh browser context each, the server keeping the points it read):
+  navigation start -> the chart drawn (uPlot's `draw` hook with the server's reduced points), and the same
+  moment as the peers get it (the chart's pixels stop changing); then two drags on the chart, each timed from
+  the mouse-up to the redraw with the range the server sent.
 * live: a job logs its own `time.time()` every `--live-interval` s with the page open; per point, the delay
   from that time to the draw that first shows it (one clock: one host).
 * logs: a job prints `--rate` lines/s for `--seconds` s with the page open and following; the longest gap
