@@ -58,10 +58,11 @@ class Entry:
 
 
 class PointCache:
+    """Entries by (job id, x by time), least recently used first; at most `max_points` points in all."""
+
     def __init__(self, max_points: int) -> None:
         self.max_points = max_points
         self._entries: OrderedDict[tuple[str, bool], Entry] = OrderedDict()
-        self.reads = 0  # NATS reads made (for tests and logs)
 
     @property
     def points(self) -> int:
@@ -84,7 +85,6 @@ class PointCache:
                 entry = Entry(keys=keys, collector=Collector(by_time))
             if not entry.final:
                 ended = job.state in TERMINAL  # as read before the stream: all it wrote is there by now
-                self.reads += 1
                 async with contextlib.aclosing(read(job, entry.attempt, entry.seq)) as batches:
                     async for attempt, seq, batch in batches:
                         entry.collector.add(batch)
