@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from incl.auth.keys import Creds, read_creds
 from incl.bus import health
 from incl.bus.connection import AuthFailed, Bus, TlsFailed, connect, masked
+from incl.bus.follow import PULL_BATCH
 from incl.proto import subjects
 from incl.proto.audit import AuditEntry, AuditReply, AuditRequest, UserChangedReply, UserChangedRequest
 from incl.proto.codec import Decoder
@@ -426,13 +427,26 @@ class Client:
                     poll: float = 0.25) -> AsyncIterator[Any]:
         """Every message on `subject`, in order, up to the end of the stream; with `over`, on until `over()` says
         the writing is over and all is read (asked each time the reader has caught up and waited `poll`)."""
+        async for _, value in self._read_at(stream, subject, type_, over, poll):
+            if value is not None:
+                yield value
+
+    async def _read_at(self, stream: str, subject: str, type_: Any, over: Callable[[], Awaitable[bool]] | None,
+                       poll: float = 0.25, from_seq: int = 1,
+                       batch: int = PULL_BATCH) -> AsyncIterator[tuple[int, Any]]:
+        """`_read` from stream sequence `from_seq` on, each message with its sequence (its value None when it
+        cannot be decoded: skipped, but read)."""
         decoder: Decoder[Any] = Decoder(type_)
         caught_up_at_end = False
-        async with contextlib.aclosing(self.bus.follow(stream, subject, poll)) as items:
+        async with contextlib.aclosing(self.bus.follow(stream, subject, poll, from_seq=from_seq,
+                                                       batch=batch)) as items:
             async for item in items:
                 if item is not None:
-                    with contextlib.suppress(DecodeError):
-                        yield decoder.decode(item.data)
+                    try:
+                        value = decoder.decode(item.data)
+                    except DecodeError:
+                        value = None
+                    yield item.seq, value
                     if item.pending > 0:
                         continue
                 # Caught up with the stream: done, unless the writing may go on.
@@ -489,3 +503,16 @@ class Client:
         """The job's metric batches, as `log_batches` reads its log."""
         async for batch in self._output(job, subjects.METRICS_STREAM, MetricBatch, follow, poll):
             yield batch
+
+    async def metric_batches_after(self, job: Job, attempt: int = 0, seq: int = 0, *,
+                                   batch: int = PULL_BATCH) -> AsyncGenerator[tuple[int, int, MetricBatch], None]:
+        """The job's metric batches now (not following) after stream sequence `seq` of its attempt `attempt` (an
+        index into `job.attempts`; 0 and 0: all of them), each with its attempt and sequence: where a reader that
+        keeps what it read goes on from next time. `batch`: messages per pull request."""
+        for n in range(attempt, len(job.attempts)):
+            subject = subjects.output(subjects.METRICS_STREAM, job, job.attempts[n].output_key)
+            start = seq + 1 if n == attempt else 1
+            async for at, value in self._read_at(subjects.METRICS_STREAM, subject, MetricBatch, None,
+                                                 from_seq=start, batch=batch):
+                if value is not None:
+                    yield n, at, value

@@ -28,7 +28,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
 
 from incl.auth.keys import Creds, read_creds
-from incl.bus.follow import Followed, Follower
+from incl.bus.follow import PULL_BATCH, Followed, Follower
 from incl.bus.kv import Bucket
 from incl.proto import errors, subjects
 from incl.proto.codec import Decoder, encode
@@ -467,11 +467,13 @@ class Bus:
                 if item.pending == 0:
                     return
 
-    async def follow(self, stream: str, subject: str, poll: float) -> AsyncGenerator[Followed | None, None]:
-        """Every message on `subject` of `stream` from the first, in order; None each `poll` seconds with nothing
-        new. Ends (with nothing) if the stream does not exist. (`incl.bus.follow`: scoped by subject.)"""
+    async def follow(self, stream: str, subject: str, poll: float, *, from_seq: int = 1,
+                     batch: int = PULL_BATCH) -> AsyncGenerator[Followed | None, None]:
+        """Every message on `subject` of `stream` from stream sequence `from_seq` (the first) on, in order; None
+        each `poll` seconds with nothing new. Ends (with nothing) if the stream does not exist. `batch`: messages
+        per pull request. (`incl.bus.follow`: scoped by subject.)"""
         follower = Follower(self._nc, self._js, stream, subject, poll=poll, timeout=self.request_timeout,
-                            guard=self.refusable)
+                            guard=self.refusable, from_seq=from_seq, batch=batch)
         async with contextlib.aclosing(follower.run()) as items:
             async for item in items:
                 yield item

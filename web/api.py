@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import AsyncGenerator
 
 import msgspec
 from aiohttp import web
 
 from incl.proto import errors
-from incl.proto.messages import Job
+from incl.proto.messages import Job, MetricBatch
 from incl.web import listing, openapi
-from incl.web import metrics as charts
 from incl.web.errors import BadQuery
 from incl.web.logtext import LogText
+from incl.web.pointcache import PointCache
 from incl.web.sessions import CONFIG, client_of, snapshot_of
 from incl.web.stream import JobStream, parse_since
 
 routes = web.RouteTableDef()
+POINTS = web.AppKey("points", PointCache)  # jobs' collected metric points, shared by every request
 
 
 def _json(value: object) -> web.Response:
@@ -114,13 +116,14 @@ async def metrics(request: web.Request) -> web.Response:
     if not 3 <= points <= cfg.metric_points_max:
         raise BadQuery("points", f"must be between 3 and {cfg.metric_points_max}")
     lo, hi = _bound(request, "from"), _bound(request, "to")
-    found = await _job(request)
-    collector = charts.Collector(by_time=x == "time")
-    async with contextlib.aclosing(client_of(request).metric_batches(found)) as read:
-        async for batch in read:
-            collector.add(batch)
-    return _json({"x": x, "batches": collector.batches,
-                  "metrics": {name: charts.chart(s, points, lo, hi) for name, s in collector.series().items()}})
+    found = await _job(request)  # first: one who may not read the job is refused here, whatever is cached
+    client = client_of(request)
+
+    def read(job: Job, attempt: int, seq: int) -> AsyncGenerator[tuple[int, int, MetricBatch], None]:
+        return client.metric_batches_after(job, attempt, seq, batch=cfg.metric_pull_batch)
+
+    async with request.app[POINTS].series(found, x == "time", read) as held:
+        return _json({"x": x, "batches": held.collector.batches, "metrics": held.charts(points, lo, hi)})
 
 
 @routes.get("/api/jobs/{job_id}/stream")

@@ -14,6 +14,7 @@ from incl.bus.connection import masked
 from incl.proto.errors import InclError
 from incl.web import api, errors, files, guard, models, pages, sessions, shares, views
 from incl.web.config import WebConfig
+from incl.web.pointcache import PointCache
 from incl.web.snapshot import JobsSnapshot
 
 log = structlog.get_logger()
@@ -23,6 +24,7 @@ def make_app(cfg: WebConfig) -> web.Application:
     app = web.Application(middlewares=[guard.middleware(guard.host_names(cfg.host, cfg.allowed_hosts)),
                                        errors.middleware, sessions.middleware])
     app[sessions.CONFIG] = cfg
+    app[api.POINTS] = PointCache(cfg.metric_cache_points)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         """The bus client lives as long as the application: connected before the first request, closed after

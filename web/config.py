@@ -39,6 +39,10 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     page_max: int = 500
     metric_points: int = 2000  # above this, a metric's points are reduced to min/max per bucket
     metric_points_max: int = 20000  # the most a client may ask for with ?points=
+    # Jobs' collected metric points are kept between requests (incl.web.pointcache), at most this many in all
+    # (16 bytes each: 80 MB), the least recently used job going first; 0 keeps none.
+    metric_cache_points: int = 5_000_000
+    metric_pull_batch: int = 1024  # metric batches one pull request of a chart's read may carry
 
     # Live events (server-sent events): each client has its own queue of at most `stream_queue_bytes` of events; a
     # client that leaves it full for `slow_client_after` seconds is dropped (it reconnects with Last-Event-ID).

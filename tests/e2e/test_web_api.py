@@ -140,6 +140,32 @@ async def test_metrics_are_downsampled_keeping_extremes_and_full_resolution_in_a
         assert (await get_json(http, f"/api/jobs/{job.id}/metrics?{query}", 400))["parameter"] == parameter
 
 
+async def test_a_running_job_s_chart_gets_the_points_logged_since_and_all_once_it_has_ended(
+        stack: WebStack, http: aiohttp.ClientSession) -> None:
+    """The server keeps what it read of a running job's metrics and reads only what came after: nothing is
+    missed or counted twice."""
+    script = ("import incl, time\n"
+              "for s in range(300):\n"
+              "    incl.log({'loss': s}, step=s)\n"
+              "    if s in (99, 199):\n"
+              "        time.sleep(2)\n")
+    job = await stack.cluster.submit(f"{PY} -c \"{script}\"")
+    seen: list[int] = []
+    for _ in range(400):
+        body = await get_json(http, f"/api/jobs/{job.id}/metrics")
+        total = body["metrics"]["loss"]["total"] if body["metrics"] else 0
+        assert body["metrics"] == {} or body["metrics"]["loss"]["x"] == [float(s) for s in range(total)]
+        seen.append(total)
+        if total == 300:
+            break
+        await asyncio.sleep(0.05)
+    assert seen == sorted(seen) and 300 in seen and len({t for t in seen if 0 < t < 300}) >= 1
+    await stack.cluster.wait_done(job.id)
+    for x in ("step", "time"):
+        body = await get_json(http, f"/api/jobs/{job.id}/metrics?x={x}")
+        assert body["metrics"]["loss"]["y"] == [float(s) for s in range(300)]
+
+
 LIVE = ("import incl, sys, time\n"
         "i = 0\n"
         "while True:\n"

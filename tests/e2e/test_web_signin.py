@@ -3,6 +3,7 @@ each their own bus connection, so the controller and the NATS server apply their
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -106,6 +107,38 @@ async def test_each_person_sees_and_changes_what_their_rights_allow_and_nothing_
         await alice_web.close()
     async with Client(signin_nats.url, creds=signin_nats.creds("user", "root")) as root:
         assert (await root.job(job.id)).state in (JobState.CANCELLED, JobState.RUNNING)  # cancelled by alice
+
+
+async def test_a_job_s_cached_points_are_refused_to_one_who_may_not_read_it(
+        stack: str, signin_nats: AuthNats) -> None:
+    """The server keeps a chart's points between requests (incl.web.pointcache); bob still gets 403 for alice's."""
+    script = "import incl\nfor s in range(50):\n    incl.log({'loss': s}, step=s)\n"
+    async with Client(signin_nats.url, creds=signin_nats.creds("user", "alice")) as alice:
+        job = await alice.submit(load_spec({"run": f"{sys.executable} -c \"{script}\"", "name": "alices"}))
+        for _ in range(300):
+            if (await alice.job(job.id)).state == JobState.SUCCEEDED:
+                break
+            await asyncio.sleep(0.1)
+    bob, alice_web = await _signed_in(stack, signin_nats, "bob"), await _signed_in(stack, signin_nats, "alice")
+    try:
+        for _ in range(2):  # the second is served from the cache
+            async with alice_web.get(f"/api/jobs/{job.id}/metrics") as resp:
+                assert resp.status == 200 and (await resp.json())["metrics"]["loss"]["total"] == 50
+        async with bob.get(f"/api/jobs/{job.id}/metrics") as resp:
+            assert resp.status == 403 and "metrics" not in await resp.json()
+        async with bob.get(f"/api/jobs/{job.id}/metrics?x=time") as resp:
+            assert resp.status == 403
+    finally:
+        await bob.close()
+        await alice_web.close()
+
+
+async def _signed_in(stack: str, signin_nats: AuthNats, name: str) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(stack, cookie_jar=aiohttp.CookieJar(unsafe=True))  # an IP host
+    async with session.post("/api/session", json={"creds": signin_nats.creds("user", name).read_text()},
+                            headers=X) as resp:
+        assert resp.status == 200
+    return session
 
 
 def test_a_server_reachable_from_other_hosts_must_sign_people_in() -> None:
