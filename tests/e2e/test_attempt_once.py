@@ -13,10 +13,11 @@ assignment is current), so the redelivery is exact, not left to a race.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
-from conftest import Cluster, wait_for
+from conftest import AGENT_CFG, Cluster, Daemon, wait_for
 
 from incl.bus.connection import Bus
 from incl.bus.streams import StreamLimits, ensure_buckets, ensure_streams
@@ -47,6 +48,14 @@ async def fake_controller(bus: Bus, store: Path) -> None:
         await bus.serve(f"{subjects.API_PREFIX}.{subjects.AGENT}.*.{subject}", "fake-controller", answer)
 
 
+async def stale_pull_gone(restarted: Daemon) -> None:
+    """Until the next agent process is up and the killed one's last pull request has expired: a copy published
+    sooner may be handed to that dead request, and it waits out the ack wait (60 s) before anyone else gets it
+    (seen in CI). The request lives `assign_fetch_timeout` at most."""
+    await wait_for(lambda: "agent_registered" in restarted.output(), what="the next agent process")
+    await asyncio.sleep(AGENT_CFG["assign_fetch_timeout"] + 0.5)
+
+
 async def events(bus: Bus, agent_id: str) -> list[AgentEvent]:
     """The agent's events so far (the events stream is a work queue: read as the controller would)."""
     decoder: Decoder[AgentEvent] = Decoder(AgentEvent)  # type: ignore[arg-type]
@@ -67,8 +76,9 @@ async def test_a_redelivered_assignment_of_an_attempt_a_killed_process_started_i
     await wait_for(lambda: runs.exists() and runs.read_text(), what="the attempt to start")
 
     agent.kill()  # its job dies with it; the assignment was acked, so the copy below stands for a lost ack
+    restarted = cluster.start_agent("a1")
+    await stale_pull_gone(restarted)
     await bus.publish_durable(subjects.assign("a1"), encode(assign))
-    cluster.start_agent("a1")
 
     seen: list[AgentEvent] = []
 
@@ -112,9 +122,7 @@ async def test_a_copy_of_an_assignment_that_ended_and_was_cleaned_up_is_not_run_
 
     agent.kill()
     restarted = cluster.start_agent("a1")
-    # The copy goes out once the next process pulls: published sooner, the server may still hand it to the dead
-    # process's last pull request, and it would wait out the ack wait (60 s) before reaching the new one.
-    await wait_for(lambda: "agent_registered" in restarted.output(), what="the next agent process")
+    await stale_pull_gone(restarted)
     await bus.publish_durable(subjects.assign("a1"), encode(assign))
 
     # Its report of the copy carries the attempt's exit message id: the events stream keeps the real exit only.
