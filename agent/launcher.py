@@ -418,15 +418,21 @@ def serve(sock, agent, cgroups):
                     os.close(fd)
                 _send(sock, {"id": request.get("id"), "error": "expected two file descriptors"})
                 continue
+            # The guard is born with its signals blocked: one sent to it before it blocks them itself (the lease's
+            # SIGUSR2) would otherwise kill it by their default action, and its job would seem to have failed.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, GUARD_SIGNALS)
             pid = os.fork()
             if pid == 0:  # the guard keeps the socket for its report on the job's leftovers
                 os.close(wake_r)
                 os.close(wake_w)
                 _guard(request["argv"], request["cwd"], request["env"], fds[0], fds[1], agent, me, sock,
                        cgroups, request.get("uid"))
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             guards.add(pid)
             for fd in fds:
                 os.close(fd)
+            if lease is not None and lease.stage >= 1:  # started after the lease ran out: stopped with the rest
+                _send(sock, {"fenced": [pid], "containers": []})
             _send(sock, {"id": request["id"], "pid": pid})
 
 

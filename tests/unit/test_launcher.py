@@ -186,3 +186,23 @@ async def test_a_lease_that_runs_out_stops_the_jobs_and_tells_the_agent_which(tm
             status = await handle.wait(1.0)
         assert status == -signal.SIGTERM
         assert handle.pid in launcher.fenced
+
+
+async def test_a_job_started_after_the_lease_ran_out_is_stopped_with_the_rest_and_counted_fenced(
+        tmp_path: Path) -> None:
+    """A start the agent asked for just before it froze, served after the lease ran out: the job is stopped with
+    the others and the agent is told it was fenced (not that it failed) before its exit (seen in the chaos test:
+    a job reported 'killed by signal 12')."""
+    out = Output()
+    async with Launcher(cgroups=False) as launcher:
+        first = await launcher.start(["/bin/sh", "-c", "sleep 30"], str(tmp_path), {"PATH": os.environ["PATH"]},
+                                     out.sink)
+        launcher.renew(0.2, 0.3, None, [], str(tmp_path / "agent.lock"))
+        await asyncio.sleep(0.35)  # past the lease's end: SIGTERM sent, the kill due 0.3 s later
+        late = await launcher.start(["/bin/sh", "-c", "trap '' TERM; sleep 30"], str(tmp_path),
+                                    {"PATH": os.environ["PATH"]}, out.sink)
+        async with asyncio.timeout(10):
+            await first.wait(1.0)
+            status = await late.wait(1.0)
+        assert late.pid in launcher.fenced and first.pid in launcher.fenced
+        assert status != 0
