@@ -17,6 +17,7 @@ import dockerd
 import pytest
 import structlog
 import yaml
+from browserkit import browser, page, shots  # noqa: F401 - the browser tests' fixtures, for every module
 
 from incl.bus.client import Client
 from incl.bus.connection import Bus, connect

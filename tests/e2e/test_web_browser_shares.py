@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_web_browser import CHROMIUM, _playwright, on_own_loop
+from test_web_browser import on_own_loop
 from webstack import WebStack, web_stack
 
 from incl.proto.shares import ShareTarget
@@ -36,20 +36,6 @@ out = pathlib.Path(os.environ["INCL_OUTPUT_DIR"])
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
     with web_stack(tmp_path_factory.mktemp("webshare")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_playwright = _playwright()
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_web_browser import CHROMIUM, PY, _playwright, submit
+from test_web_browser import PY, submit
 from webstack import WebStack, web_stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,29 +23,6 @@ pytestmark = pytest.mark.timeout(120)
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
     with web_stack(tmp_path_factory.mktemp("webjob")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_playwright = _playwright()
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("screenshots")
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)  # Playwright's waits
-    p = context.new_page()
-    p.set_default_timeout(15000)
-    yield p
-    context.close()
 
 
 def visible_lines(page: Any) -> list[str]:

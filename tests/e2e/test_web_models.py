@@ -125,15 +125,6 @@ def test_models_pages_are_served_under_the_security_policy(reg: Registered) -> N
 # --- in the browser ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_playwright = wb._playwright()
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(wb.CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 720}, bypass_csp=True)

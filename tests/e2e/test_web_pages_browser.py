@@ -27,32 +27,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_playwright = wb._playwright()
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(wb.CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("screenshots")
-
-
-@pytest.fixture(scope="module")
 def study_id(stack: WebStack, browser: Any) -> str:
     """A tiny study, submitted first so that it runs while the other pages are tested."""
     return wb.on_own_loop(lambda: submit_study(stack.cluster)).id
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-    p = context.new_page()
-    p.set_default_timeout(20000)
-    yield p
-    context.close()
 
 
 # How many pixels of each colour a chart's canvas holds: a series drawn is a colour present.
