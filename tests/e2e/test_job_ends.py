@@ -12,9 +12,12 @@ from incl.proto.messages import JobState, Stream
 
 
 def daemon(pids: Path) -> str:
-    """Shell that starts `sleep 1000` in a session of its own and waits until it has left the job's group."""
-    return (f"setsid sleep 1000 & echo $! > {pids}; "
-            'until [ "$(cat /proc/$!/comm 2>/dev/null)" = sleep ]; do sleep 0.01; done; ')
+    """Shell that starts `sleep 1000` in a session of its own, waits until it has left the job's group, then
+    writes its pid (written sooner, a test could stop the job while the daemon was still in its group, and it
+    would die with it: no leftover to report, seen in CI)."""
+    return ("setsid sleep 1000 & daemon=$!; "
+            'until [ "$(cat /proc/$daemon/comm 2>/dev/null)" = sleep ]; do sleep 0.01; done; '
+            f"echo $daemon > {pids}; ")
 
 
 async def system_lines(cluster: Cluster, job_id: str) -> list[str]:
