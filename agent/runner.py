@@ -330,49 +330,24 @@ class Runner:
     async def _running(self, pid: int | None) -> None:
         await self._publish(self._event(JobRunning, pid=pid))
 
-    @contextlib.asynccontextmanager
-    async def _gpu_series(self) -> AsyncIterator[None]:
+    def _gpu_series(self) -> contextlib.AbstractAsyncContextManager[None]:
         """While the job runs, its GPUs' utilization and memory every `gpu_metrics_interval`, as metric points of
         its own (`sys/...`), so the job's charts show them over time (no step: by time)."""
-        every, read, gpus = self.cfg.gpu_metrics_interval, self._gpu_readings, self._gpus
-        if every <= 0 or read is None or not gpus:
-            yield
-            return
+        read, gpus = self._gpu_readings, self._gpus
+        if read is None or not gpus:
+            return contextlib.nullcontext()
 
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(every)
-                if values := gpu_values(read(gpus)):
-                    await self._on_metric(MetricPoint(ts=time.time(), step=None, values=values))
+        async def sample() -> None:
+            if values := gpu_values(read(gpus)):
+                await self._on_metric(MetricPoint(ts=time.time(), step=None, values=values))
 
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return every(self.cfg.gpu_metrics_interval, sample)
 
-    @contextlib.asynccontextmanager
-    async def _checkpointing(self, files: JobFiles | None) -> AsyncIterator[None]:
+    def _checkpointing(self, files: JobFiles | None) -> contextlib.AbstractAsyncContextManager[None]:
         """Sync the checkpoint dir every `checkpoint.sync_every` while the job runs."""
-        every = self.assign.spec.checkpoint.sync_every
-        if files is None or every <= 0 or self.rank != 0:
-            yield
-            return
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(every)
-                await self._sync_checkpoints(files)
-
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if files is None or self.rank != 0:
+            return contextlib.nullcontext()
+        return every(self.assign.spec.checkpoint.sync_every, lambda: self._sync_checkpoints(files))
 
     async def _sync_checkpoints(self, files: JobFiles, final: bool = False) -> None:
         started = time.monotonic()
@@ -565,3 +540,24 @@ def gpu_values(readings: list[GpuReading]) -> dict[str, float]:
     if memory:
         values["sys/gpu_mem_gib"] = round(sum(memory) / 2**30, 3)
     return values
+
+
+@contextlib.asynccontextmanager
+async def every(seconds: float, act: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """`act()` every `seconds` while the block runs (never, for 0 or less); stopped when it ends."""
+    if seconds <= 0:
+        yield
+        return
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await act()
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
