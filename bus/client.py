@@ -457,9 +457,6 @@ class Client:
                         return
                     caught_up_at_end = await over()
 
-    async def has_messages(self, subject: str, stream: str) -> bool:
-        return await self.bus.last(stream, subject) is not None
-
     async def _output(self, job: Job | str, stream: str, type_: Any, follow: bool,
                       poll: float) -> AsyncGenerator[Any, None]:
         """A job's batches on `stream`, attempt after attempt: each attempt writes to its own subject, named by the

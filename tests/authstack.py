@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from conftest import NATS_SERVER, Daemon, free_port, wait_listening
 
@@ -64,3 +67,21 @@ def make_people(home: Path, people: dict[str, tuple[list[str], list[str], bool]]
         identities.add(home, "agent", agent)
     for name, (teams, team_admin, admin) in people.items():
         identities.add(home, "user", name, teams=teams, team_admin=team_admin, admin=admin)
+
+
+@contextmanager
+def people_nats(tmp: Path, people: dict[str, tuple[list[str], list[str], bool]]) -> Iterator[AuthNats]:
+    """A server whose identities are the controller, agent a1 and `people` (see `make_people`)."""
+    home = tmp / "home"
+    make_people(home, people)
+    server = AuthNats(home, tmp).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def start_with_creds(cluster: Any, server: AuthNats) -> None:
+    """The cluster's controller and agent a1, each with its own credentials from `server`'s home."""
+    cluster.start_controller(creds=str(server.creds("controller", "controller")))
+    cluster.start_agent("a1", creds=str(server.creds("agent", "a1")))

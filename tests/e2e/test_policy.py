@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from authstack import AuthNats, make_people
+from authstack import AuthNats, people_nats, start_with_creds
 from conftest import Cluster, wait_for
 from test_bad_input import GARBAGE, USER_VERBS
 
@@ -28,19 +28,15 @@ PEOPLE = {"alice": (["vision"], [], False), "carol": (["vision"], [], False), "d
 
 @pytest.fixture
 def team_nats(tmp_path: Path) -> Iterator[AuthNats]:
-    home = tmp_path / "home"
-    make_people(home, PEOPLE)
-    server = AuthNats(home, tmp_path).start()
-    yield server
-    server.kill()
+    with people_nats(tmp_path, PEOPLE) as server:
+        yield server
 
 
 @pytest.fixture
 async def cluster(team_nats: AuthNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
     monkeypatch.setenv("INCL_HOME", str(team_nats.home))
     cluster = Cluster(tmp_path, team_nats)  # type: ignore[arg-type]  # an AuthNats serves as its NatsServer
-    cluster.start_controller(creds=str(team_nats.creds("controller", "controller")))
-    cluster.start_agent("a1", creds=str(team_nats.creds("agent", "a1")))
+    start_with_creds(cluster, team_nats)
     yield cluster
     cluster.close()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from authstack import AuthNats, make_people
+from authstack import AuthNats, people_nats, start_with_creds
 from conftest import Cluster, Daemon, free_port, wait_listening
 
 from incl.bus.client import Client
@@ -25,19 +25,15 @@ X = {"X-INCL": "1"}
 
 @pytest.fixture
 def signin_nats(tmp_path: Path) -> Iterator[AuthNats]:
-    home = tmp_path / "home"
-    make_people(home, PEOPLE)
-    server = AuthNats(home, tmp_path).start()
-    yield server
-    server.kill()
+    with people_nats(tmp_path, PEOPLE) as server:
+        yield server
 
 
 @pytest.fixture
 async def stack(signin_nats: AuthNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
     monkeypatch.setenv("INCL_HOME", str(signin_nats.home))
     cluster = Cluster(tmp_path, signin_nats)  # type: ignore[arg-type]  # an AuthNats serves as its NatsServer
-    cluster.start_controller(creds=str(signin_nats.creds("controller", "controller")))
-    cluster.start_agent("a1", creds=str(signin_nats.creds("agent", "a1")))
+    start_with_creds(cluster, signin_nats)
     port = free_port()
     cfg = tmp_path / "web.yaml"
     cfg.write_text(yaml.safe_dump({"nats_url": signin_nats.url, "port": port, "sign_in": True,
