@@ -47,6 +47,7 @@ from incl.proto.messages import (
     LogBatch,
     LogLine,
     MetricBatch,
+    MetricColumns,
     MetricPoint,
     Stream,
     TreeRef,
@@ -142,7 +143,8 @@ class Runner:
         self._logs = Shipper(bus, subjects.logs(a, a.output_key), f"{tag}.log", self._log_batch,
                              first_seq=resume.log_seq, **common)
         self._metrics = Shipper(bus, subjects.metrics(a, a.output_key), f"{tag}.metric",
-                                lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq, points=pts,
+                                lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq,
+                                                             points=MetricColumns.of(pts),
                                                              rank=self.rank),
                                 first_seq=resume.metric_seq, **common)
         self._released = asyncio.Event()  # a multi-node rank: every rank is ready (GangStart)
