@@ -197,6 +197,7 @@ function setupChartControls(charts) {
 }
 
 async function main() {
+  const early = Charts.request(jobId, options.get("x") === "time" ? "time" : "step"); // read beside the job's record
   document.getElementById("download").href = `/api/jobs/${encodeURIComponent(jobId)}/logs`;
   try {
     render((await get(`/api/jobs/${encodeURIComponent(jobId)}`)).job);
@@ -220,7 +221,7 @@ async function main() {
   setupChartControls(charts);
   let batches = 0;
   try {
-    batches = await charts.load();
+    batches = await charts.load(early);
   } catch (err) {
     showError(`Could not load metrics: ${err.message}`);
   }
