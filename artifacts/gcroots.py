@@ -2,7 +2,8 @@
 
 A job is kept while it is queued or running and for `retention` seconds after it ended: its code snapshot, each
 attempt's outputs and every ref under refs/jobs/<job>/ (outputs per attempt, checkpoints). A study keeps its code
-snapshot the same way.
+snapshot the same way. A share link keeps what it opens until it expires or is revoked, however old its job: a
+link someone was sent must not turn into a 404 while it is still valid.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from incl.proto.messages import TERMINAL, Job
+from incl.proto.shares import Share
 from incl.proto.studies import STUDY_ENDED, Study
 
 
@@ -27,8 +29,12 @@ def job_ended(job: Job) -> float | None:
     return max(ends, default=job.updated_at)
 
 
-def kept_roots(jobs: Iterable[Job], studies: Iterable[Study], now: float, retention: float) -> Roots:
+def kept_roots(jobs: Iterable[Job], studies: Iterable[Study], now: float, retention: float,
+               shares: Iterable[Share] = ()) -> Roots:
     roots = Roots(set(), set())
+    for share in shares:
+        if share.state(now) == "active":
+            roots.trees.update(t.digest for t in share.trees)
     for job in jobs:
         ended = job_ended(job)
         if ended is not None and now - ended > retention:

@@ -409,8 +409,10 @@ class Client:
         req = CreateShareRequest(meta=self._meta(), target=target, expires_in=expires_in)
         return await self._call(subjects.CREATE_SHARE, req, CreateShareReply)
 
-    async def shares(self) -> list[Share]:
-        return (await self._call(subjects.LIST_SHARES, ListSharesRequest(meta=self._meta()), ListSharesReply)).shares
+    async def shares(self, everyone: bool = False) -> list[Share]:
+        """The caller's share links; `everyone`: every user's (cluster admins only)."""
+        req = ListSharesRequest(meta=self._meta(), everyone=everyone)
+        return (await self._call(subjects.LIST_SHARES, req, ListSharesReply)).shares
 
     async def revoke_share(self, share_id: str) -> Share:
         req = RevokeShareRequest(meta=self._meta(), share_id=share_id)

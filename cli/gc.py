@@ -53,9 +53,12 @@ def gc(ctx: click.Context, dry_run: bool, grace: float | None, retention: float 
             url = store_url or await client.store_url()
             async with open_store(url) as store:
                 async def records(now: float) -> Roots:  # called once the store is listed (see collect)
+                    # Every user's links first: only a cluster admin may list them, and only one sees every job
+                    # (anyone else's roots would miss the jobs they may not see, and delete those jobs' files).
+                    shares = await client.shares(everyone=True)
                     jobs = await client.jobs()
                     studies = [s.study for s in await client.studies()]
-                    return kept_roots(jobs, studies, now, config.retention)
+                    return kept_roots(jobs, studies, now, config.retention, shares)
 
                 return await collect(store, records, config=config, dry_run=dry_run, keys=show_keys)
 

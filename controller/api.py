@@ -342,7 +342,9 @@ class Api:
         return await self._shares_on().create(req, who.name)
 
     async def list_shares(self, req: ListSharesRequest, who: Principal) -> ListSharesReply:
-        return ListSharesReply(shares=await self._shares_on().list(who.name))
+        if req.everyone:
+            policy.check_admin(who, "listing every user's share links")
+        return ListSharesReply(shares=await self._shares_on().list(None if req.everyone else who.name))
 
     async def revoke_share(self, req: RevokeShareRequest, who: Principal) -> RevokeShareReply:
         return RevokeShareReply(share=await self._shares_on().revoke(req.share_id, who.name))

@@ -166,12 +166,12 @@ class Shares:
 
     # --- reads --------------------------------------------------------------------------------------------
 
-    async def list(self, caller: str) -> list[Share]:
-        """The caller's shares, newest first, whatever their state."""
+    async def list(self, caller: str | None) -> list[Share]:
+        """The caller's shares (None: everyone's), newest first, whatever their state."""
         mine = []
         for key in await self._kv.keys():
             share = await self._get(key)
-            if share is not None and share.created_by == caller:
+            if share is not None and (caller is None or share.created_by == caller):
                 mine.append(share)
         return sorted(mine, key=lambda s: s.created_at, reverse=True)
 

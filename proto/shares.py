@@ -92,11 +92,11 @@ class CreateShareReply(Reply, frozen=True):
 
 
 class ListSharesRequest(Request, frozen=True):
-    pass
+    everyone: bool = False  # every user's links (cluster admins only: a garbage collection keeps what they open)
 
 
 class ListSharesReply(Reply, frozen=True):
-    shares: list[Share]  # the caller's, newest first
+    shares: list[Share]  # the caller's (or everyone's), newest first
 
 
 class RevokeShareRequest(Request, frozen=True):

@@ -10,6 +10,7 @@ import pytest
 from conftest import Cluster
 
 from incl.artifacts.store import open_store
+from incl.proto.shares import ShareTarget
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +61,28 @@ async def test_gc_collects_an_ended_jobs_trees_keeps_a_running_ones_and_jobs_sti
     after = await cluster.submit("sh main.sh", workdir=str(project(tmp_path / "p3", "third\n")))
     assert (await cluster.wait_done(after.id)).state == "SUCCEEDED"
     assert b"third" in b"".join(await cluster.log_lines(after.id))
+
+
+async def test_gc_keeps_what_a_live_share_link_opens_and_collects_it_once_revoked(cluster: Cluster,
+                                                                                  tmp_path: Path) -> None:
+    """A link to an old job's outputs still opens after a collection with no retention; revoked, its files go."""
+    cluster.start_controller()
+    cluster.start_agent("a1")
+    await cluster.wait_agents(1)
+    job = await cluster.submit("sh main.sh", workdir=str(project(tmp_path / "p1", "shared\n")))
+    assert (await cluster.wait_done(job.id)).state == "SUCCEEDED"
+    async with cluster.client() as client:
+        made = await client.create_share(ShareTarget(job_id=job.id, path="out.txt"))
+        outputs = (await client.job(job.id)).attempts[-1].outputs
+        assert outputs is not None
+        manifest = tmp_path / "store" / "manifests" / outputs.digest
+        out = cluster.cli("gc", "--grace", "0s", "--retention", "0s", "--json")
+        assert out.returncode == 0, out.stderr
+        assert manifest.exists()  # the link opens what it did
+        assert (await client.resolve_share(made.token)).state == "active"
+        assert job.code is not None and not (tmp_path / "store" / "manifests" / job.code.digest).exists()
+
+        await client.revoke_share(made.share.id)
+        out = cluster.cli("gc", "--grace", "0s", "--retention", "0s", "--json")
+        assert out.returncode == 0, out.stderr
+        assert not manifest.exists()

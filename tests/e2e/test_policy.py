@@ -66,15 +66,19 @@ async def test_own_team_and_admin_rights_each_refusal_one_line(cluster: Cluster,
         with pytest.raises(SpecInvalid, match="bob is not in team vision") as bad:  # nor submit as the team
             await bob.submit(load_spec({"run": "true", "team": "vision"}))
         assert bad.value.field == "team"
-        for admins_only in (bob.dead_letters(), bob.audit()):
+        for admins_only in (bob.dead_letters(), bob.audit(), bob.shares(everyone=True)):
             with pytest.raises(NotAllowed, match="cluster admins"):
                 await admins_only
 
     async with as_user(team_nats, "carol") as carol:  # the same team: reads, but may not cancel
         assert [j.id for j in await carol.jobs()] == [job.id]
-        lines = b"".join(line.data for b in [b async for b in carol.log_batches(job.id, follow=False)]
-                         for line in b.lines)
-        assert b"secret-result-of-alice" in lines
+
+        async def lines() -> bytes | None:  # the agent ships the line within its flush interval
+            read = b"".join(line.data for b in [b async for b in carol.log_batches(job.id, follow=False)]
+                            for line in b.lines)
+            return read if b"secret-result-of-alice" in read else None
+
+        await wait_for(lines, what="alice's line, read by carol")
         with pytest.raises(NotAllowed) as refused:
             await carol.cancel(job.id)
         assert str(refused.value) == f"{belongs}; only team vision's admins may change it"
@@ -85,11 +89,12 @@ async def test_own_team_and_admin_rights_each_refusal_one_line(cluster: Cluster,
 
     async with as_user(team_nats, "root") as root:  # a cluster admin sees all, bob's too
         async with as_user(team_nats, "bob") as bob:
-            own = await bob.submit(load_spec({"run": "echo bobs"}))
+            own = await bob.submit(load_spec({"run": 'echo bobs | tee "$INCL_OUTPUT_DIR/bobs.txt"'}))
             assert own.spec.team == "nlp"
             assert [j.id for j in await bob.jobs()] == [own.id]
         assert {j.id for j in await root.jobs()} == {job.id, own.id}
         await root.dead_letters()
+        assert await root.shares(everyone=True) == []
         trail = await root.audit(user="bob")  # bob's refusals are on record, with who and what
         assert any(e.verb == "jobs.cancel" and e.target == job.id and e.outcome == "refused" for e in trail), trail
 
@@ -98,6 +103,14 @@ async def test_own_team_and_admin_rights_each_refusal_one_line(cluster: Cluster,
     assert [j["id"] for j in json.loads(listed.stdout)] == [own.id]
     shown = cluster.cli("logs", job.id, env={"INCL_CREDS": str(team_nats.creds("user", "bob"))})
     assert shown.returncode != 0 and belongs in shown.stderr and "Traceback" not in shown.stderr, shown.stderr
+    # gc keeps what every job and link needs, which only a cluster admin can see: anyone else's run stops before it
+    # deletes anything (the store is listed first: it is there)
+    assert (await cluster.wait_done(own.id)).state is JobState.SUCCEEDED
+    before = sorted(p for p in (cluster.tmp / "store").rglob("*") if p.is_file())  # bob's output, among others
+    collected = cluster.cli("gc", "--grace", "0s", "--retention", "0s",
+                            env={"INCL_CREDS": str(team_nats.creds("user", "bob"))})
+    assert collected.returncode != 0 and "cluster admins" in collected.stderr, collected.stderr
+    assert before and sorted(p for p in (cluster.tmp / "store").rglob("*") if p.is_file()) == before
     assert cluster.controller is not None
     refusals = [line for line in cluster.controller.output().splitlines() if "api_refused" in line]
     assert refusals and not any("SU" in line for line in refusals)  # logged, and never a seed (seeds start SU)

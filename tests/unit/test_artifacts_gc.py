@@ -18,6 +18,7 @@ from incl.artifacts.gcroots import Roots, kept_roots
 from incl.artifacts.gcrun import collect
 from incl.artifacts.store import ArtifactStore, ObjectInfo
 from incl.proto.messages import Attempt, Job, JobState, TreeRef
+from incl.proto.shares import Share, SharedTree, ShareTarget
 from incl.proto.spec import load_spec
 
 DAY = 24 * 3600.0
@@ -187,3 +188,18 @@ async def test_collection_during_concurrent_pushes_loses_nothing_they_need(tmp_p
             out = tmp_path / "pulled" / j.id
             await pull_tree(store, j.code.digest, out, blob_cache=BlobCache(tmp_path / f"cache-{j.id}"))  # type: ignore[union-attr]
             assert (out / "lib" / "7.py").read_bytes() == b"lib 7\n" * 100
+
+
+def test_an_active_share_keeps_what_it_opens_past_its_jobs_retention() -> None:
+    now = 100 * DAY
+    old = job("old", JobState.SUCCEEDED, now - 90 * DAY, "c1", outputs="o1")
+
+    def share(share_id: str, digest: str, expires_at: float, revoked: bool = False) -> Share:
+        target = ShareTarget(job_id="old")
+        return Share(id=share_id, kind="folder", target=target, trees=[SharedTree(folder="", digest=digest)],
+                     created_by="u", created_at=now - DAY, expires_at=expires_at, revoked=revoked)
+
+    shares = [share("sh-1", "o1", now + DAY), share("sh-2", "gone-expired", now - 1),
+              share("sh-3", "gone-revoked", now + DAY, revoked=True)]
+    roots = kept_roots([old], [], now, 30 * DAY, shares)
+    assert roots.jobs == set() and roots.trees == {"o1"}  # the job is past retention; its shared outputs stay
