@@ -62,4 +62,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except web.HTTPException as exc:
         if not api or exc.status < 400:
             raise
-        return json_error(exc.status, exc.text or exc.reason)
+        resp = json_error(exc.status, exc.text or exc.reason)
+        for name in ("Content-Range", "Allow", "Retry-After"):  # what the status means depends on them
+            if name in exc.headers:
+                resp.headers[name] = exc.headers[name]
+        return resp

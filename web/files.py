@@ -79,19 +79,53 @@ async def send(request: web.Request, store: ArtifactStore, chosen: list[browse.I
     `mtime`: a manifest keeps no times); streamed."""
     if len(chosen) == 1 and chosen[0].kind == "file" and chosen[0].path == root and root:
         item = chosen[0]
-        return await _stream(request, browse.read(store, item), item.size, name, "application/octet-stream")
+        etag = f'"{item.entry.digest}"'  # the file's SHA-256: the same bytes, whichever job or link serves them
+        headers = {"Accept-Ranges": "bytes", "ETag": etag}
+        part = byte_range(request, item.size, etag)
+        if part is None:
+            return await _stream(request, browse.read(store, item), item.size, name, "application/octet-stream",
+                                 headers)
+        start, end = part
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{item.size}"
+        return await _stream(request, browse.read_part(store, item, start, end - start), end - start,
+                             name, "application/octet-stream", headers, status=206)
     archive = browse.Archive(chosen, root, name, mtime)
     return await _stream(request, archive.chunks(store), archive.size, f"{name}.tar", "application/x-tar")
 
 
+def byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+    """The part of a file a resumed download asks for (`Range: bytes=start-[end]` or `bytes=-suffix`), as
+    [start, end); None for the whole file: no Range, one this server does not serve (several ranges, another
+    unit: RFC 9110 lets a server ignore them), or an `If-Range` that names other bytes than these. A range that
+    starts past the end is a 416 naming the size."""
+    if "Range" not in request.headers:
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range != etag:  # the file changed since the part held was fetched: start over
+        return None
+    try:
+        part = request.http_range
+    except ValueError:  # malformed, or several ranges
+        return None
+    start, stop = part.start, part.stop
+    if start is None:
+        return None
+    if start < 0:  # the last -start bytes
+        return (max(size + start, 0), size) if size else None
+    if start >= size:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, size if stop is None else min(stop, size)
+
+
 async def _stream(request: web.Request, chunks: AsyncGenerator[bytes, None], size: int, filename: str,
-                  content_type: str) -> web.StreamResponse:
+                  content_type: str, extra: dict[str, str] | None = None, status: int = 200) -> web.StreamResponse:
     """The first chunk is read before anything is sent, so a missing object is still a clean 404; a failure
     later (corrupt bytes, the store gone) cuts the connection short of its Content-Length."""
-    headers = {"Content-Type": content_type, "Content-Disposition": disposition(filename), "Cache-Control": "no-store"}
+    headers = {"Content-Type": content_type, "Content-Disposition": disposition(filename), "Cache-Control": "no-store",
+               **(extra or {})}
     if request.method == "HEAD":  # what a GET would send, without reading a byte of it
         await chunks.aclose()
-        resp = web.StreamResponse(headers=headers)
+        resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = size
         await resp.prepare(request)
         return resp
@@ -102,7 +136,7 @@ async def _stream(request: web.Request, chunks: AsyncGenerator[bytes, None], siz
             raise errors.NotFound(f"the stored files are gone from the artifact store ({exc.path})") from None
         except store_errors.ArtifactError as exc:  # corrupt, or the store unreachable: nothing sent yet
             raise errors.InclError(str(exc)) from None
-        resp = web.StreamResponse(headers=headers)
+        resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = size
         await resp.prepare(request)
         try:

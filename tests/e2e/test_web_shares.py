@@ -107,6 +107,33 @@ async def test_outputs_are_listed_and_each_file_downloads_byte_identical(job: di
     assert (await body(http, "/api/jobs/j-nothere/outputs", 404))[0]
 
 
+async def test_a_cut_download_resumes_with_a_range_of_the_same_bytes(job: dict[str, Any],
+                                                                  http: aiohttp.ClientSession) -> None:
+    """A file answers Range requests (a browser or `curl -C -` resuming a cut download), the ETag is its digest, and
+    a resume against other bytes (If-Range) or past the end gets the whole file or a 416, never wrong bytes."""
+    for path in ["ckpt/shard-1.bin", "ckpt/best/model.pt", "metrics.json"]:  # a large blob, a small one, a tiny one
+        data = job["files"][path]
+        url = f"/api/jobs/{job['id']}/outputs/{path}"
+        async with http.get(url) as resp:
+            assert resp.headers["Accept-Ranges"] == "bytes"
+            etag = resp.headers["ETag"]
+            assert etag == f'"{hashlib.sha256(data).hexdigest()}"' and await resp.read() == data
+        size = len(data)
+        for asked, part in [("bytes=3-9", data[3:10]), (f"bytes={size // 2}-", data[size // 2:]),
+                            ("bytes=-5", data[-5:]), (f"bytes=0-{size * 2}", data)]:
+            async with http.get(url, headers={"Range": asked, "If-Range": etag}) as resp:
+                got = await resp.read()
+                assert resp.status == 206 and got == part, (path, asked, resp.status)
+                first = size - len(part) if asked.startswith("bytes=-") else int(asked[6:].split("-")[0])
+                assert resp.headers["Content-Range"] == f"bytes {first}-{first + len(part) - 1}/{size}"
+        async with http.get(url, headers={"Range": "bytes=3-9", "If-Range": '"other"'}) as resp:
+            assert resp.status == 200 and await resp.read() == data  # changed since: the whole file again
+        async with http.get(url, headers={"Range": "bytes=0-1,5-6"}) as resp:
+            assert resp.status == 200 and await resp.read() == data  # several ranges: served whole
+        async with http.get(url, headers={"Range": f"bytes={size}-"}) as resp:
+            assert resp.status == 416 and resp.headers["Content-Range"] == f"bytes */{size}"
+
+
 async def test_a_folder_is_a_streamed_tar_of_every_file_and_the_server_never_holds_it(
         stack: WebStack, job: dict[str, Any], http: aiohttp.ClientSession) -> None:
     assert stack.web.proc is not None
@@ -152,6 +179,8 @@ async def test_a_share_link_opens_without_an_account_and_serves_only_its_file(
             assert resp.status == 200 and "model.pt" in page and 'href="/s/' in page
         async with stranger.get(url + "/download") as resp:
             assert await resp.read() == job["files"]["ckpt/best/model.pt"]
+        async with stranger.get(url + "/download", headers={"Range": "bytes=1000-"}) as resp:  # resumed too
+            assert resp.status == 206 and await resp.read() == job["files"]["ckpt/best/model.pt"][1000:]
         for other in ["secret.txt", "../secret.txt", "..%2F..%2Fsecret.txt", "x"]:
             async with stranger.get(f"{url}/files/{other}") as resp:
                 assert resp.status == 404 and b"not shared" not in await resp.read()
