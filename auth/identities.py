@@ -27,6 +27,7 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     team_admin: list[str] = []  # teams whose jobs this user may cancel (a team admin is in the team)
     admin: bool = False  # a cluster admin: may do anything
     created_at: float = 0.0
+    rotated_at: float = 0.0  # when its key was last replaced (`incl admin user rotate`); 0: never
 
 
 class Registry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -92,6 +93,21 @@ def ensure(home: Path, kind: str, name: str, *, admin: bool = False) -> Path:
         return path
     remove(home, kind, name)  # a half-made identity (a file without its entry, or the reverse) is made again
     return add(home, kind, name, admin=admin)
+
+
+def rotate(home: Path, kind: str, name: str) -> Path:
+    """A fresh key for an existing identity, its rights unchanged: the credential file is replaced (atomically) and the
+    registry names the new public key, so once the server reloads, the old key is refused and its connections
+    closed. Returns the file. ValueError if there is no such identity."""
+    registry = load(home)
+    old = registry.find(kind, name)
+    if old is None:
+        raise ValueError(f"no {kind} {name}")
+    seed = keys.new_seed()
+    path = keys.write_creds(creds_file(home, kind, name), kind, name, seed)
+    new = msgspec.structs.replace(old, public_key=keys.public_key(seed), rotated_at=time.time())
+    save(home, Registry(identities=[new if i is old else i for i in registry.identities]))
+    return path
 
 
 def remove(home: Path, kind: str, name: str) -> bool:

@@ -397,8 +397,8 @@ class Client:
         return entries
 
     async def users_changed(self, verb: str, name: str, teams: list[str] | None = None, admin: bool = False) -> None:
-        """Tell the controller of a change `incl admin user` made to the registry (`verb`: subjects.USERS_ADDED or
-        USERS_REMOVED), so that the audit trail records it."""
+        """Tell the controller of a change `incl admin user` made to the registry (`verb`: subjects.USERS_ADDED,
+        USERS_REMOVED or USERS_ROTATED), so that the audit trail records it."""
         req = UserChangedRequest(meta=self._meta(), name=name, teams=teams or [], admin=admin)
         await self._call(verb, req, UserChangedReply)
 

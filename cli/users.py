@@ -1,4 +1,4 @@
-"""`incl admin user add|remove|ls`: who may use the embedded stack, with what rights.
+"""`incl admin user add|remove|rotate|ls`: who may use the embedded stack, with what rights.
 
 The registry and the credential files live under `$INCL_HOME` on the machine that runs the embedded NATS server
 (`incl.auth`); a change re-renders the server's configuration and reloads the running server, so a removed user is
@@ -71,6 +71,28 @@ def remove(ctx: click.Context, name: str) -> None:
     _report(ctx, "removed", name, [], False)
 
 
+@user.command("rotate")
+@click.argument("name")
+@click.pass_context
+@handles_errors
+def rotate(ctx: click.Context, name: str) -> None:
+    """Give NAME a new key (a leaked credential file, a person who left a shared laptop, a routine change): the old
+    file stops working at once; the new one is written where the old one was, to hand to NAME privately."""
+    from incl.auth import identities  # noqa: PLC0415 - lazy: its key library
+    from incl.bus.client import incl_home  # noqa: PLC0415 - lazy: nats, structlog
+    from incl.cli import stack  # noqa: PLC0415 - lazy
+    home = incl_home()
+    try:
+        path = identities.rotate(home, identities.USER, name)
+    except ValueError as exc:
+        raise InclError(f"no user {name}") from exc
+    console.print(f"user {name} has a new key; credentials in {path} (mode 0600): give them to {name}, who runs "
+                  f"`incl login --creds FILE`; the old ones are refused: {_applied(stack.reload_auth(home))}",
+                  markup=False, highlight=False)
+    user = identities.load(home).find(identities.USER, name)
+    _report(ctx, "rotated", name, user.teams if user else [], bool(user and user.admin))
+
+
 REPORT_TIMEOUT = 5.0  # seconds the controller is given to record a change
 
 
@@ -81,7 +103,7 @@ def _report(ctx: click.Context, change: str, name: str, teams: list[str], admin:
     from incl.bus.client import Client, resolve_url  # noqa: PLC0415 - lazy: nats, structlog
     from incl.proto import subjects  # noqa: PLC0415
 
-    verb = subjects.USERS_ADDED if change == "added" else subjects.USERS_REMOVED
+    verb = {"added": subjects.USERS_ADDED, "removed": subjects.USERS_REMOVED, "rotated": subjects.USERS_ROTATED}[change]
 
     async def go() -> None:
         async with Client(resolve_url(ctx.obj["nats_url"] if ctx.obj else None), timeout=REPORT_TIMEOUT) as client:

@@ -163,6 +163,7 @@ class Api:
                 subjects.AUDIT: (Decoder(AuditRequest), ByCaller(self._audit.read)),
                 subjects.USERS_ADDED: (Decoder(UserChangedRequest), ByCaller(self.users_changed)),
                 subjects.USERS_REMOVED: (Decoder(UserChangedRequest), ByCaller(self.users_changed)),
+                subjects.USERS_ROTATED: (Decoder(UserChangedRequest), ByCaller(self.users_changed)),
                 subjects.CREATE_SHARE: (Decoder(CreateShareRequest), ByCaller(self.create_share)),
                 subjects.LIST_SHARES: (Decoder(ListSharesRequest), ByCaller(self.list_shares)),
                 subjects.REVOKE_SHARE: (Decoder(RevokeShareRequest), ByCaller(self.revoke_share)),
@@ -322,7 +323,7 @@ class Api:
         return await self._models.alias(req.name, req.version, req.alias, who.name)
 
     async def users_changed(self, req: UserChangedRequest, who: Principal) -> UserChangedReply:
-        """`incl admin user add|remove` reports a change it made to the registry: answering is all (`answer`
+        """`incl admin user add|remove|rotate` reports a change it made to the registry: answering is all (`answer`
         records it, with who reported it). Only a cluster admin changes users, so only one may report it."""
         policy.check_admin(who, "changing users")
         return UserChangedReply()

@@ -37,7 +37,7 @@ log = structlog.get_logger()
 # The user verbs that change something (reads are not recorded).
 AUDITED = frozenset({subjects.SUBMIT, subjects.CANCEL, subjects.SUBMIT_STUDY, subjects.STOP_STUDY,
                      subjects.REGISTER_MODEL, subjects.ALIAS_MODEL, subjects.USERS_ADDED, subjects.USERS_REMOVED,
-                     subjects.CREATE_SHARE, subjects.REVOKE_SHARE})
+                     subjects.USERS_ROTATED, subjects.CREATE_SHARE, subjects.REVOKE_SHARE})
 
 
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -68,7 +68,7 @@ class AuditReply(Reply, frozen=True):
 
 
 class UserChangedRequest(Request, frozen=True):
-    """`incl admin user add|remove` tells the controller what it changed in the registry, so that it is recorded
+    """`incl admin user add|remove|rotate` tells the controller what it changed in the registry, so that it is recorded
     (the registry is a file the CLI writes, not something the controller is asked to change)."""
     name: str
     teams: list[str] = msgspec.field(default_factory=list)

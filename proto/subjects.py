@@ -175,9 +175,10 @@ def agent_inbox(agent_id: str) -> str:
 
 
 # The audit trail (incl.proto.audit): entries on `incl.audit.<kind>.<name>.<verb>`, written by the controller only;
-# `admin.audit` reads them, `users.added` / `users.removed` report a change of the identity registry.
+# `admin.audit` reads them, `users.added` / `users.removed` / `users.rotated` report a change of the identity registry.
 AUDIT_STREAM = "INCL_AUDIT"
 AUDIT_PREFIX = "incl.audit"
 AUDIT = "admin.audit"
 USERS_ADDED = "users.added"
 USERS_REMOVED = "users.removed"
+USERS_ROTATED = "users.rotated"

@@ -245,7 +245,7 @@ async def test_a_stack_with_auth_runs_a_job_as_the_user_its_credentials_name(aut
     assert authed_cluster.controller is not None and "api_refused" in authed_cluster.controller.output()
 
 
-async def test_admin_user_add_lets_a_user_in_and_remove_cuts_them_off_at_once(auth_nats: AuthNats,
+async def test_admin_user_add_lets_a_user_in_rotate_and_remove_cut_the_old_key_off_at_once(auth_nats: AuthNats,
                                                                                tmp_path: Path) -> None:
     """The CLI's path: the registry changes, the config is rendered again, the server `incl up` recorded reloads."""
     import msgspec
@@ -275,7 +275,21 @@ async def test_admin_user_add_lets_a_user_in_and_remove_cuts_them_off_at_once(au
             return await dial(auth_nats, None, None, creds=carol_file, dropped=closed)
         return None
 
-    async with await wait_for(let_in, 10, "carol to be let in"):
+    async with await wait_for(let_in, 10, "carol to be let in"):  # a new key: the old one is out at once
+        old_seed = carol_file.read_text()
+        assert "the old ones are refused: the running server reloaded it" in incl("admin", "user", "rotate", "carol")
+        await asyncio.wait_for(closed.wait(), 10)
+    rotated = identities.load(auth_nats.home).find("user", "carol")
+    assert rotated is not None and rotated.teams == ["vision"] and rotated.rotated_at > 0
+    new_seed = carol_file.read_text()
+    assert new_seed != old_seed and carol_file.stat().st_mode & 0o777 == 0o600
+    carol_file.write_text(old_seed)
+    with pytest.raises(AuthFailed):
+        await dial(auth_nats, None, None, creds=carol_file)
+    carol_file.write_text(new_seed)
+    closed = asyncio.Event()
+
+    async with await wait_for(let_in, 10, "carol to be let in with her new key"):
         seed = carol_file.read_text()
         assert "the running server reloaded it" in incl("admin", "user", "remove", "carol")
         await asyncio.wait_for(closed.wait(), 10)

@@ -35,8 +35,8 @@ USER_VERBS = (subjects.SUBMIT, subjects.LIST_JOBS, subjects.GET_JOB, subjects.CA
               subjects.PING, subjects.STATUS, subjects.QUOTA, subjects.DEAD_LETTERS, subjects.SUBMIT_STUDY,
               subjects.LIST_STUDIES, subjects.GET_STUDY, subjects.STOP_STUDY, subjects.REGISTER_MODEL,
               subjects.LIST_MODELS, subjects.GET_MODEL, subjects.LIST_VERSIONS, subjects.ALIAS_MODEL, subjects.AUDIT,
-              subjects.USERS_ADDED, subjects.USERS_REMOVED, subjects.CREATE_SHARE, subjects.LIST_SHARES,
-              subjects.REVOKE_SHARE, subjects.RESOLVE_SHARE)
+              subjects.USERS_ADDED, subjects.USERS_REMOVED, subjects.USERS_ROTATED, subjects.CREATE_SHARE,
+              subjects.LIST_SHARES, subjects.REVOKE_SHARE, subjects.RESOLVE_SHARE)
 AGENT_VERBS = (subjects.REGISTER, subjects.HEARTBEAT, subjects.ASSIGNMENT)
 API = [*(subjects.user_api("tester", verb) for verb in USER_VERBS),
        *(subjects.agent_api("a1", verb) for verb in AGENT_VERBS)]
