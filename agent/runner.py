@@ -28,6 +28,7 @@ from incl.agent.config import AgentConfig
 from incl.agent.docker import ContainerHandle, ContainerSpec, DockerRuntime, Mount
 from incl.agent.execution import ContainerExecution, Execution, Outcome, ProcessExecution
 from incl.agent.jobuser import JobUsers
+from incl.agent.metricsummary import Summary
 from incl.agent.shipper import LineSplitter, Shipper
 from incl.agent.telemetry import GpuReading, ProcessTreeJobs
 from incl.agent.workspace import JobFiles, Workspace, link_data
@@ -49,6 +50,7 @@ from incl.proto.messages import (
     MetricBatch,
     MetricColumns,
     MetricPoint,
+    MetricSummary,
     Stream,
     TreeRef,
 )
@@ -142,6 +144,11 @@ class Runner:
         tag = f"{a.job_id}.{a.attempt}" + (f".r{self.rank}" if self.rank else "")  # each rank's own dedup ids
         self._logs = Shipper(bus, subjects.logs(a, a.output_key), f"{tag}.log", self._log_batch,
                              first_seq=resume.log_seq, **common)
+        self._bus, self._tag = bus, tag
+        # The attempt's metrics reduced as they come, written after the last batch (agent/metricsummary.py): not
+        # for a rank of a multi-node job (ranks share the subject, and a reader takes its last message), nor for an
+        # attempt re-adopted after a crash (the points shipped before it are not in this process's summary).
+        self._summary = Summary() if a.gang is None and not resume.metric_seq else None
         self._metrics = Shipper(bus, subjects.metrics(a, a.output_key), f"{tag}.metric",
                                 lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq,
                                                              points=MetricColumns.of(pts),
@@ -203,7 +210,29 @@ class Runner:
         await self._ship_lines([LogLine(ts=time.time(), stream=Stream.SYSTEM, data=text.encode())])
 
     async def _on_metric(self, point: MetricPoint) -> None:
+        if self._summary is not None:
+            self._summary.add(point)
         await self._metrics.add([point], 32 + 24 * len(point.values))
+
+    async def _write_summary(self) -> None:
+        """The metric summary after the last batch; best effort: without it a chart reads every point. At most
+        half a message: coarser (fewer buckets per metric) when there are many metrics, none below 64."""
+        if not self._summary:
+            return
+        a = self.assign
+        for at_most in (None, 512, 256, 128, 64):
+            data = encode(MetricSummary(job_id=a.job_id, attempt=a.attempt, batches=self._metrics.seq,
+                                        series=self._summary.series(at_most), rank=self.rank))
+            if len(data) <= self._bus.max_payload // 2:
+                break
+        else:
+            log.info("metric_summary_too_large", size=len(data))
+            return
+        try:
+            await self._bus.publish_durable(subjects.metrics(a, a.output_key), data, msg_id=f"{self._tag}.summary",
+                                            timeout=self.cfg.request_timeout)
+        except Exception as exc:  # noqa: BLE001 - a chart reads every point instead; the attempt goes on ending
+            log.warning("metric_summary_not_written", error=repr(exc))
 
     # --- preparing ----------------------------------------------------------------------------------------
 
@@ -393,6 +422,7 @@ class Runner:
             await self._system(f"incl: {reason}")
         await self._logs.close()
         await self._metrics.close()
+        await self._write_summary()
         await self._exited(outcome, outputs)
         if self._store is not None:
             self.ws.remove()

@@ -49,6 +49,11 @@ class Shipper:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
+    @property
+    def seq(self) -> int:
+        """The sequence number the next batch gets: how many this subject has had, counting from the first."""
+        return self._seq
+
     async def add(self, items: list[Any], nbytes: int) -> None:
         if self._bytes > self._buffer_max:
             async with self._room:

@@ -39,6 +39,7 @@ from incl.proto.messages import (
     ListJobsRequest,
     LogBatch,
     MetricBatch,
+    MetricSummary,
     Origin,
     PingReply,
     PingRequest,
@@ -502,6 +503,21 @@ class Client:
         """The job's metric batches, as `log_batches` reads its log."""
         async for batch in self._output(job, subjects.METRICS_STREAM, MetricBatch, follow, poll):
             yield batch
+
+    async def metric_summary(self, job: Job, attempt: int) -> MetricSummary | None:
+        """The summary of the job's attempt `attempt` (an index into `job.attempts`) that its agent wrote after its
+        last metric batch (agent/metricsummary.py); an empty one for an attempt that wrote no metrics; None when
+        the attempt's last message is not a summary: still running, a multi-node or re-adopted attempt, or an agent
+        from before summaries."""
+        att = job.attempts[attempt]
+        data = await self.bus.last(subjects.METRICS_STREAM, subjects.output(subjects.METRICS_STREAM, job,
+                                                                            att.output_key))
+        if data is None:
+            return MetricSummary(job_id=job.id, attempt=att.number, batches=0, series=[])
+        try:
+            return Decoder(MetricSummary).decode(data)
+        except DecodeError:
+            return None
 
     async def metric_batches_after(self, job: Job, attempt: int = 0, seq: int = 0, *,
                                    batch: int = PULL_BATCH) -> AsyncGenerator[tuple[int, int, MetricBatch], None]:

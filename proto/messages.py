@@ -581,6 +581,27 @@ class MetricBatch(Message, frozen=True):
     rank: int = 0
 
 
+class SeriesSummary(_Struct, array_like=True, frozen=True, gc=False):
+    """One metric of an attempt as a chart of the whole run draws it: of each bucket of consecutive points, the
+    lowest, the highest and the first NaN or infinity, in the order they were logged."""
+    name: str
+    points: int  # how many the metric has (a step-less series' numbering goes on from here in a later attempt)
+    index: list[int]  # each kept point's place in the metric's points
+    ts: list[float]
+    steps: list[int | None]
+    values: list[float]
+
+
+class MetricSummary(Message, frozen=True):
+    """An attempt's metrics reduced, written by its agent on the attempt's metric subject after its last batch, so
+    that the first chart of a long run that has ended reads one message, not every point (incl.web.summary)."""
+    job_id: str
+    attempt: int
+    batches: int  # the attempt's batches before it: all of them
+    series: list[SeriesSummary]
+    rank: int = 0
+
+
 # --- messages a consumer could not handle ------------------------------------------------------------------
 
 

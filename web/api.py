@@ -20,7 +20,7 @@ from aiohttp import web
 
 from incl.proto import errors
 from incl.proto.messages import Job, MetricBatch
-from incl.web import listing, openapi
+from incl.web import listing, openapi, summary
 from incl.web.errors import BadQuery
 from incl.web.logtext import LogText
 from incl.web.pointcache import PointCache
@@ -122,8 +122,16 @@ async def metrics(request: web.Request) -> web.Response:
     def read(job: Job, attempt: int, seq: int) -> AsyncGenerator[tuple[int, int, MetricBatch], None]:
         return client.metric_batches_after(job, attempt, seq, batch=cfg.metric_pull_batch)
 
-    async with request.app[POINTS].series(found, x == "time", read) as held:
-        return _json({"x": x, "batches": held.collector.batches, "metrics": held.charts(points, lo, hi)})
+    cache, by_time = request.app[POINTS], x == "time"
+    if lo is None and hi is None and not cache.final(found.id, by_time):  # the first chart of an ended run
+        reduced = await summary.summaries(client, found)
+        if reduced is not None:
+            cache.fill(found, by_time, read)  # for the zooms that follow
+            return _json({"x": x, "batches": sum(s.batches for s in reduced), "read": "summary",
+                          "metrics": summary.charts(reduced, by_time, points)})
+    async with cache.series(found, by_time, read) as held:
+        return _json({"x": x, "batches": held.collector.batches, "read": "points",
+                      "metrics": held.charts(points, lo, hi)})
 
 
 @routes.get("/api/jobs/{job_id}/stream")

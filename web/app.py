@@ -37,6 +37,7 @@ def make_app(cfg: WebConfig) -> web.Application:
             try:
                 yield
             finally:
+                await app[api.POINTS].close()  # its background reads use the client
                 await snapshot.close()
 
     app.cleanup_ctx.append(lifespan)

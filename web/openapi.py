@@ -83,6 +83,9 @@ DOCUMENT: dict[str, Any] = {
             "responses": {**_json({"type": "object", "properties": {
                 "x": {"type": "string"}, "batches": {"type": "integer",
                                                      "description": "metric batches read: `since` for /stream"},
+                "read": {"type": "string", "enum": ["summary", "points"],
+                         "description": "from the attempts' metric summaries (the whole run of an ended job, the "
+                                        "first time) or from the points themselves"},
                 "metrics": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Chart"}},
             }}, "the metrics"), **_NOT_FOUND, **_BAD_QUERY},
         }},

@@ -23,8 +23,12 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import structlog
+
 from incl.proto.messages import TERMINAL, Job, MetricBatch
 from incl.web.metrics import Chart, Collector, chart
+
+log = structlog.get_logger()
 
 # (attempt index, stream sequence) -> the batches after it, each with its own (attempt, sequence)
 Reader = Callable[[Job, int, int], AsyncGenerator[tuple[int, int, MetricBatch], None]]
@@ -63,10 +67,35 @@ class PointCache:
     def __init__(self, max_points: int) -> None:
         self.max_points = max_points
         self._entries: OrderedDict[tuple[str, bool], Entry] = OrderedDict()
+        self._filling: set[asyncio.Task[None]] = set()
 
     @property
     def points(self) -> int:
         return sum(e.points for e in self._entries.values())
+
+    def final(self, job_id: str, by_time: bool) -> bool:
+        """Whether the job's points are held, read to the end of an ended job."""
+        entry = self._entries.get((job_id, by_time))
+        return entry is not None and entry.final
+
+    def fill(self, job: Job, by_time: bool, read: Reader) -> None:
+        """Read the job's points into the cache in the background (after a chart was answered from summaries: for
+        the zooms that follow); a failure is logged, nothing else."""
+        async def go() -> None:
+            try:
+                async with self.series(job, by_time, read):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - the next request reads them itself
+                log.warning("web_points_fill_failed", job_id=job.id, error=repr(exc))
+
+        task = asyncio.create_task(go())
+        self._filling.add(task)
+        task.add_done_callback(self._filling.discard)
+
+    async def close(self) -> None:
+        for task in list(self._filling):
+            task.cancel()
+        await asyncio.gather(*self._filling, return_exceptions=True)
 
     def __len__(self) -> int:
         return len(self._entries)
