@@ -195,7 +195,24 @@ SAMPLES: list[tuple[m.Message, dict[str, Any]]] = [
      ]),
      _msg(m.MetricBatch, job_id="j1", attempt=2, seq=8,
           points=[[1.0, 10, {"loss": 0.25}], [2.0, None, {"acc": 0.5, "lr": 1e-4}]], rank=0)),
+    (m.MetricSummary(job_id="j1", attempt=2, batches=9, series=[
+        m.SeriesSummary(name="loss", points=1000, index=[0, 999], ts=[1.0, 2.0], steps=[10, None], values=[0.5, 0.1]),
+     ]),
+     _msg(m.MetricSummary, job_id="j1", attempt=2, batches=9,
+          series=[["loss", 1000, [0, 999], [1.0, 2.0], [10, None], [0.5, 0.1]]], rank=0)),
 ]  # fmt: skip
+
+
+def test_agents_write_metric_points_as_columns_which_read_as_the_points() -> None:
+    """The form agents write: runs of columns, a new run where the metrics or the use of a step change."""
+    points = [m.MetricPoint(ts=1.0, step=10, values={"loss": 0.25}),
+              m.MetricPoint(ts=1.5, step=11, values={"loss": 0.2}),
+              m.MetricPoint(ts=2.0, step=None, values={"acc": 0.5, "lr": 1e-4})]
+    batch = m.MetricBatch(job_id="j1", attempt=2, seq=8, points=m.MetricColumns.of(points))
+    assert msgpack.unpackb(encode(batch)) == _msg(m.MetricBatch, job_id="j1", attempt=2, seq=8, rank=0, points={
+        "runs": [[["loss"], [1.0, 1.5], [10, 11], [[0.25, 0.2]]], [["acc", "lr"], [2.0], None, [[0.5], [1e-4]]]]})
+    read = Decoder(m.MetricBatch).decode(encode(batch))
+    assert read.points == points and list(read.points) == points and len(read.points) == 3
 
 STUDY = st_.Study(id="s1", spec=SPEC, user="ann", state=st_.StudyState.RUNNING, created_at=1.0, updated_at=2.0, seed=7)
 STUDY_PLAIN = {"id": "s1", "spec": SPEC_PLAIN, "user": "ann", "state": "RUNNING", "created_at": 1.0,
@@ -317,7 +334,7 @@ SAMPLES += [
      _msg(sh.CreateShareRequest, meta=ENV_PLAIN, target=TARGET_PLAIN, expires_in=60.0)),
     (sh.CreateShareReply(share=SHARE, token="sh-0123456789abcdef.sig"),
      _msg(sh.CreateShareReply, share=SHARE_PLAIN, token="sh-0123456789abcdef.sig")),
-    (sh.ListSharesRequest(meta=ENV), _msg(sh.ListSharesRequest, meta=ENV_PLAIN)),
+    (sh.ListSharesRequest(meta=ENV), _msg(sh.ListSharesRequest, meta=ENV_PLAIN, everyone=False)),
     (sh.ListSharesReply(shares=[SHARE]), _msg(sh.ListSharesReply, shares=[SHARE_PLAIN])),
     (sh.RevokeShareRequest(meta=ENV, share_id=SHARE.id), _msg(sh.RevokeShareRequest, meta=ENV_PLAIN,
                                                                share_id=SHARE.id)),
