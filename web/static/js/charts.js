@@ -30,21 +30,12 @@ export class Charts {
     this.resize.observe(container);
   }
 
-  // The request for a job's whole run so far, by x; the page sends it first thing, before anything else it
-  // needs, since a cold read of a long run is the slowest answer the page waits for.
-  static request(jobId, x) {
-    const answer = get(`/api/jobs/${encodeURIComponent(jobId)}/metrics`, { points: POINTS, x });
-    answer.catch(() => {}); // handled where it is awaited; not "unhandled" while the page is still starting
-    return { x, answer };
-  }
-
-  // The whole run so far (`early`: that request, if already sent for this x); returns how many metric batches
-  // that covered (where the live stream takes over).
-  async load(early) {
+  // The whole run so far; returns how many metric batches that covered (where the live stream takes over).
+  async load() {
     this.queued = [];
     let body;
     try {
-      body = await (early && early.x === this.x ? early.answer : Charts.request(this.jobId, this.x).answer);
+      body = await get(`/api/jobs/${encodeURIComponent(this.jobId)}/metrics`, { points: POINTS, x: this.x });
     } catch (err) {
       this.replay();
       throw err;

@@ -197,7 +197,12 @@ function setupChartControls(charts) {
 }
 
 async function main() {
-  const early = Charts.request(jobId, options.get("x") === "time" ? "time" : "step"); // read beside the job's record
+  // The charts first: their reading of a long run is the slowest answer the page waits for, so it goes out before
+  // the job's record, and they draw as soon as it comes, whatever else the page is still doing.
+  const charts = new Charts(document.getElementById("charts"), document.getElementById("nometrics"), jobId);
+  setupChartControls(charts); // the options from the address, before the reading (it is for their x)
+  let failed = null;
+  const drawn = charts.load().catch((err) => { failed = err; return 0; });
   document.getElementById("download").href = `/api/jobs/${encodeURIComponent(jobId)}/logs`;
   try {
     render((await get(`/api/jobs/${encodeURIComponent(jobId)}`)).job);
@@ -217,14 +222,8 @@ async function main() {
     document.getElementById("logcount"));
   offerAttempts(current.attempts.map((a) => a.number));
   setupLogControls(logs);
-  const charts = new Charts(document.getElementById("charts"), document.getElementById("nometrics"), jobId);
-  setupChartControls(charts);
-  let batches = 0;
-  try {
-    batches = await charts.load(early);
-  } catch (err) {
-    showError(`Could not load metrics: ${err.message}`);
-  }
+  const batches = await drawn;
+  if (failed) showError(`Could not load metrics: ${failed.message}`);
   const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/stream?since=0.${batches}`);
   events.addEventListener("log", (e) => {
     const batch = JSON.parse(e.data);
