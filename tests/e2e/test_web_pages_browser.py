@@ -87,6 +87,31 @@ def test_compare_overlays_two_runs_and_marks_the_param_that_differs(stack: WebSt
     assert not page.locator("tr[data-key='env:MODE']").is_visible()
 
 
+SLOW = ("import incl, time\n"
+        "for s in range(40):\n"
+        "    incl.log({'loss': 1.0 / (s + 1)}, step=s)\n"
+        "    time.sleep(0.2)\n")
+
+
+def test_compare_follows_a_running_job_until_it_ends(stack: WebStack, page: Any, shots: Path) -> None:
+    """Its state, final metrics and line follow without a reload, and the page stops asking once it has ended."""
+    done = wb.submit(stack, f"{PY} -c \"{RUN}\"", name="finished", env={"LR": "0.5"})
+    wb.on_own_loop(lambda: stack.cluster.wait_done(done))
+    running = wb.submit(stack, f"{PY} -c \"{SLOW}\"", name="running")
+    wb.on_own_loop(lambda: stack.cluster.wait_state(running, {"RUNNING"}))
+    page.goto(f"{stack.url}/compare?jobs={done},{running}")
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    assert page.evaluate("document.body.dataset.following") == "1"
+    loss = page.locator(".chart", has=page.locator("h3", has_text="loss"))
+    loss.locator("canvas").wait_for()
+    page.wait_for_function("document.body.dataset.following === '0'", timeout=60000)
+    assert "SUCCEEDED" in page.locator("#legend .chip", has_text="running").text_content()
+    assert page.locator("tr[data-key='metric:loss'] td").nth(1).text_content() == "0.025"  # its last value, 1/40
+    drawn = page.evaluate(PIXELS, [loss.locator("canvas").element_handle(), ["#2563eb", "#dc2626"]])
+    assert all(n > 50 for n in drawn), drawn  # both lines, the followed one drawn to its end
+    page.screenshot(path=shots / "compare-followed.png", full_page=True)
+
+
 def test_cluster_page_lists_the_agents_gpu_readings_and_the_idle_job(stack: WebStack, study_id: str, page: Any,
                                                                      shots: Path) -> None:
     wb.on_own_loop(lambda: stack.cluster.wait_agents(2))  # the GPU agent registered (the fixture only started it)

@@ -1,13 +1,18 @@
 // The Compare page: the jobs named in ?jobs=a,b overlaid on one chart per metric (one series per job, drawn from
-// each job's reduced points), and their params, env and final metrics side by side, differences marked.
+// each job's reduced points), and their params, env and final metrics side by side, differences marked. While
+// one of them runs, the page reads again every few seconds: its states, final metrics and charts follow (a
+// zoomed chart stays as it is until a double-click brings it back to the whole runs).
 import { get, num } from "./api.js";
 import { clear, el, showError, stateBadge } from "./dom.js";
 import { PALETTE, chartBox, chartWidth, fitOnResize, joined, overlay } from "./plots.js";
 
 const POINTS = 1000;
+const REFRESH_MS = 3000; // how often a comparison with a running job reads again
+const ENDED = ["SUCCEEDED", "FAILED", "CANCELLED"];
 const KINDS = { job: "Job", param: "HPO params", env: "Environment", metric: "Final metrics (the last value logged)" };
 const ids = (new URL(location.href).searchParams.get("jobs") || "").split(",").map((s) => s.trim()).filter(Boolean);
 const charts = [];
+let fitting = false;
 
 const colour = (i) => PALETTE[i % PALETTE.length];
 let label = (job) => job.name || job.id;
@@ -51,9 +56,11 @@ function chart(container, width, name, jobs, bodies) {
   const { box, plot } = chartBox(container, name, whole);
   const note = box.querySelector(".note");
   let asked = 0; // the latest zoom: an older answer that comes late is dropped
+  let zoomed = false;
   const zoom = {
     // A dragged range, fetched again for every job: at full resolution once few enough points fall in it.
     async range(u, lo, hi) {
+      zoomed = true;
       const mine = ++asked;
       note.textContent = "zooming…";
       try {
@@ -69,11 +76,22 @@ function chart(container, width, name, jobs, bodies) {
     },
     reset(u) {
       asked += 1;
+      zoomed = false;
       u.setData(joined(series));
       note.textContent = whole;
     },
   };
-  return overlay(plot, width, series, { zoom });
+  const u = overlay(plot, width, series, { zoom });
+  // The whole runs again (`fresh`: a body per job, null for one not read again): redrawn unless zoomed. False,
+  // changing nothing, when a job logs this metric for the first time (it needs a series of its own).
+  u.follow = (fresh) => {
+    const found = fresh.map((b, i) => [b && b.metrics[name], series.find((s) => s.job === jobs[i])]);
+    if (found.some(([c, s]) => c && !s)) return false;
+    for (const [c, s] of found) if (c) Object.assign(s, { x: c.x, y: c.y.map(num), downsampled: c.downsampled });
+    if (!zoomed) u.setData(joined(series));
+    return true;
+  };
+  return u;
 }
 
 async function draw(jobs) {
@@ -86,7 +104,38 @@ async function draw(jobs) {
   if (names.length) clear(container);
   const width = chartWidth(container);
   for (const name of names) charts.push(chart(container, width, name, jobs, bodies));
-  fitOnResize(container, charts);
+  if (!fitting) fitOnResize(container, charts); // once: it resizes whatever `charts` holds then
+  fitting = true;
+  return names;
+}
+
+// While a job runs: its record (state, final metrics: the table) and its charts again, every REFRESH_MS. A metric
+// none of the jobs had logged before draws the charts anew.
+function follow(jobs, names) {
+  const timer = setInterval(async () => {
+    try {
+      const body = await get("/api/compare", { jobs: ids.join(",") });
+      legend(body.jobs);
+      table(body.jobs, body.rows);
+      const fresh = await Promise.all(body.jobs.map((job, i) =>
+        ENDED.includes(jobs[i].state) ? null : metricsOf(job, {}).catch(() => null)));
+      const known = new Set(names);
+      const added = fresh.some((b) => b && Object.keys(b.metrics).some((n) => !known.has(n)));
+      if (added || !charts.every((u) => u.follow(fresh))) {
+        charts.forEach((u) => u.destroy());
+        charts.length = 0;
+        names = await draw(body.jobs);
+      }
+      jobs = body.jobs;
+      if (jobs.every((job) => ENDED.includes(job.state))) {
+        clearInterval(timer);
+        document.body.dataset.following = "0";
+      }
+    } catch (err) {
+      showError(`Could not refresh: ${err.message}`);
+    }
+  }, REFRESH_MS);
+  document.body.dataset.following = "1";
 }
 
 async function main() {
@@ -108,7 +157,8 @@ async function main() {
     if (new Set(names).size < names.length) label = (job) => (job.name ? `${job.name} · ${job.id}` : job.id);
     legend(body.jobs);
     table(body.jobs, body.rows);
-    await draw(body.jobs);
+    const metrics = await draw(body.jobs);
+    if (!body.jobs.every((job) => ENDED.includes(job.state))) follow(body.jobs, metrics);
   } catch (err) {
     showError(err.message);
   }
