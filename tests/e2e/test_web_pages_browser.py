@@ -151,6 +151,24 @@ def test_study_page_shows_its_trials_and_charts(stack: WebStack, study_id: str, 
     assert page.locator("#parallel polyline").count() == 5
     assert page.locator("#importances .barrow").count() >= 1
     page.screenshot(path=shots / "study.png", full_page=True)
+    # Brushing: a drag along the value's axis keeps the trials in that range, a click on it clears the range.
+    area = page.locator("#parallel g.brush").last.locator("rect.area")
+    area.scroll_into_view_if_needed()
+    value_axis = area.bounding_box()
+    middle = value_axis["x"] + value_axis["width"] / 2
+    page.mouse.move(middle, value_axis["y"] + value_axis["height"] / 2)  # from half way up past the top
+    page.mouse.down()
+    page.mouse.move(middle, value_axis["y"] - 20, steps=5)
+    page.mouse.up()
+    dim = page.locator("#parallel polyline.dim").count()
+    values = [float(v) for v in page.evaluate("() => [...document.querySelectorAll('#trials tr')]"
+                                              ".map(tr => tr.children[2].textContent)")]
+    high = (max(values) + min(values)) / 2
+    assert dim == sum(1 for v in values if v < high - 1e-6 * abs(high)), (dim, values)  # those below half way
+    assert f"{5 - dim} of 5 trials" in page.locator("#parallel p").text_content()
+    page.screenshot(path=shots / "study-brushed.png", full_page=True)
+    page.mouse.click(middle, value_axis["y"] + value_axis["height"] / 4)
+    assert page.locator("#parallel polyline.dim").count() == 0
     # A trial's job links back to its study from the Jobs page.
     page.goto(f"{stack.url}/jobs?q={study_id}")
     page.locator("a.tag", has_text=study_id).first.click()
