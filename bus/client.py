@@ -170,13 +170,17 @@ class Client:
     use to talk to a cluster. `async with Client(url) as client: await client.jobs()`."""
 
     def __init__(self, url: str, timeout: float = 10.0, name: str = "incl-cli", *, creds: Path | Creds | None = None,
-                 user: str | None = None, tls_ca: Path | None = None) -> None:
+                 user: str | None = None, tls_ca: Path | None = None, hedge_after: float | None = 0.25) -> None:
         """`creds`: the user's credential file (default: `resolve_creds`); `tls_ca`: the CA certificate a TLS
         server's is verified against (default: `resolve_ca`); `user`: whom this client speaks for
         (default: the user the credentials name, else `current_user`). On a server with authentication the two
-        must agree: the server lets these credentials ask only under their own name."""
+        must agree: the server lets these credentials ask only under their own name. `hedge_after`: a read the
+        leader has not answered within this many seconds (or that nothing serves: no leader now) is asked of any
+        controller too, a standby included, whose copy may lag the leader's by milliseconds; None: reads wait for
+        the leader (every answer reflects every write acknowledged before it)."""
         self.url = url
         self.timeout = timeout
+        self.hedge_after = hedge_after
         self._name = name
         self.creds = creds if isinstance(creds, Creds) else resolve_creds(creds)  # Creds: held, not in a file
         self.tls_ca = resolve_ca(tls_ca)
@@ -225,11 +229,34 @@ class Client:
 
     async def _call(self, verb: str, req: Request, reply_type: type[R], as_user: str | None = None) -> R:
         """Ask the controller `verb`, under this client's user (or `as_user`: a submit names its user)."""
-        subject = subjects.user_api(as_user or self.user, verb)
+        user = as_user or self.user
+        subject = subjects.user_api(user, verb)
         try:
+            if verb in subjects.READS and self.hedge_after is not None:
+                return await self._hedged(subject, subjects.user_api_any(user, verb), req, reply_type)
             return await self.bus.request(subject, req, reply_type, self.timeout)
-        except Unavailable:
-            raise Unavailable(f"no controller is answering at {masked(self.url)}; start one with `incl up`") from None
+        except Unavailable as exc:
+            raise type(exc)(f"no controller is answering at {masked(self.url)}; start one with `incl up`") from None
+
+    async def _hedged(self, leader: str, anyone: str, req: Request, reply_type: type[R]) -> R:
+        """Ask the leader; once it has not answered within `hedge_after`, or nothing serves its subject, ask any
+        controller as well, and take the first answer (an error answered is an answer; silence is not)."""
+        asked = [asyncio.ensure_future(self.bus.request(leader, req, reply_type, self.timeout))]
+        try:
+            done, _ = await asyncio.wait(asked, timeout=self.hedge_after)
+            if done and not isinstance(asked[0].exception(), Unavailable):
+                return asked[0].result()
+            asked.append(asyncio.ensure_future(self.bus.request(anyone, req, reply_type, self.timeout)))
+            pending = {a for a in asked if not a.done()}
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for answered in done:
+                    if not isinstance(answered.exception(), Unavailable):
+                        return answered.result()
+            return asked[-1].result()  # no controller answered: that request's error
+        finally:
+            for request in asked:
+                request.cancel()
 
     async def ping(self) -> PingReply:
         return await self._call(subjects.PING, PingRequest(meta=self._meta()), PingReply)
