@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from incl.bus.follow import PULL_BATCH
 from incl.proto import subjects
 from incl.proto.audit import AuditEntry, AuditReply, AuditRequest, UserChangedReply, UserChangedRequest
 from incl.proto.codec import Decoder
-from incl.proto.errors import DecodeError, InclError, Unavailable
+from incl.proto.errors import DecodeError, InclError, NoResponders, Unavailable
 from incl.proto.messages import (
     TERMINAL,
     AgentView,
@@ -289,17 +290,23 @@ class Client:
         return (await self._retried(subjects.SUBMIT_STUDY, req, SubmitStudyReply, attempts, user)).study
 
     async def _retried(self, verb: str, req: Request, reply_type: type[R], attempts: int, as_user: str) -> R:
-        """A request whose answer may be lost (the controller restarting), sent again as it is, key and all."""
-        delay = 0.5
-        for attempt in range(attempts):
+        """A request whose answer may be lost (the controller restarting), sent again as it is, key and all, up to
+        `attempts` times; while nothing serves it (no leader: a standby takes over within seconds), sent again
+        until `timeout` has passed."""
+        delay, tries = 0.5, 0
+        deadline = time.monotonic() + self.timeout
+        while True:
             try:
                 return await self._call(verb, req, reply_type, as_user)
-            except Unavailable:
-                if attempt == attempts - 1:
+            except NoResponders:
+                if time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+            except Unavailable:
+                tries += 1
+                if tries >= attempts:
+                    raise
+            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
 
     async def store_url(self) -> str:
         url = (await self.ping()).store_url
