@@ -241,20 +241,26 @@ class Client:
 
     async def _hedged(self, leader: str, anyone: str, req: Request, reply_type: type[R]) -> R:
         """Ask the leader; once it has not answered within `hedge_after`, or nothing serves its subject, ask any
-        controller as well, and take the first answer (an error answered is an answer; silence is not)."""
-        asked = [asyncio.ensure_future(self.bus.request(leader, req, reply_type, self.timeout))]
+        controller as well, and take the first answer (an error answered is an answer; silence is not). An answer
+        of any controller's that is a bare internal error (what a controller from before `any.` answers) is taken
+        only if the leader never answers."""
+        first = asyncio.ensure_future(self.bus.request(leader, req, reply_type, self.timeout))
+        asked = [first]
         try:
             done, _ = await asyncio.wait(asked, timeout=self.hedge_after)
-            if done and not isinstance(asked[0].exception(), Unavailable):
-                return asked[0].result()
-            asked.append(asyncio.ensure_future(self.bus.request(anyone, req, reply_type, self.timeout)))
+            if done and not isinstance(first.exception(), Unavailable):
+                return first.result()
+            second = asyncio.ensure_future(self.bus.request(anyone, req, reply_type, self.timeout))
+            asked.append(second)
             pending = {a for a in asked if not a.done()}
             while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for answered in done:
-                    if not isinstance(answered.exception(), Unavailable):
-                        return answered.result()
-            return asked[-1].result()  # no controller answered: that request's error
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if first.done() and not isinstance(first.exception(), Unavailable):
+                    return first.result()
+                if second.done() and type(error := second.exception()) is not InclError \
+                        and not isinstance(error, Unavailable):
+                    return second.result()
+            return second.result()  # the leader never answered: any controller's error, or its silence
         finally:
             for request in asked:
                 request.cancel()
