@@ -11,6 +11,10 @@ nothing).
                  leader paused (SIGSTOP, a lease long enough that nobody takes over) answered by the standby, by a
                  client with the default `hedge_after` (0.25 s: the leader is given that long) and by one with 0
                  (asks any controller at once: what the standby's answer itself takes).
+    watch lag    one connection writes a key `--puts` times (10 ms apart), another follows the bucket's watch (what a
+                 standby's copy follows): the time from sending each write to its arrival at the watch, against the
+                 writer's own round trip for its acknowledgement; how often, and by how much, the watch saw a write
+                 only after the writer had its acknowledgement (then a read sent at once could miss it).
     kill -9      a reader sends `jobs.get` back to back (2 s timeout each); the leader is killed; "unanswered" is the
                  longest time between two answers around the kill, "takeover" when the lease changed hands.
 """
@@ -38,7 +42,9 @@ from conftest import CONTROLLER_CFG, Cluster, Daemon, NatsServer, wait_for  # no
 from stats import median  # noqa: E402
 
 from incl.bus.client import Client  # noqa: E402
+from incl.bus.connection import connect  # noqa: E402
 from incl.bus.kv import Bucket  # noqa: E402
+from incl.bus.streams import ensure_buckets  # noqa: E402
 from incl.controller import leader  # noqa: E402
 from incl.proto import subjects  # noqa: E402
 
@@ -137,6 +143,7 @@ async def kill_gap(tmp: Path) -> dict[str, float]:
                         answered.append(time.monotonic())
                     except Exception:  # noqa: BLE001 - counted: a read that got no answer
                         failed += 1
+                        await asyncio.sleep(0.01)  # NATS says at once that nothing serves: no busy loop
 
             task = asyncio.create_task(reader())
             await asyncio.sleep(1.0)
@@ -154,6 +161,44 @@ async def kill_gap(tmp: Path) -> dict[str, float]:
     return {"takeover_s": took, "unanswered_s": max(gaps), "failed_reads": failed}
 
 
+async def watch_lag(tmp: Path, puts: int) -> dict[str, float]:
+    nats = NatsServer(tmp).start()
+    try:
+        async with await connect(nats.url, "writer", connect_timeout=2, reconnect_wait=0.1, request_timeout=5) as w, \
+                await connect(nats.url, "watcher", connect_timeout=2, reconnect_wait=0.1, request_timeout=5) as r:
+            writer = (await ensure_buckets(w))[subjects.JOBS_BUCKET]
+            watched = (await ensure_buckets(r))[subjects.JOBS_BUCKET]
+            arrived: dict[str, float] = {}
+            caught_up = asyncio.Event()
+
+            async def follow() -> None:
+                async for change in watched.watch():
+                    if change is None:
+                        caught_up.set()
+                    else:
+                        arrived[change.key] = time.perf_counter()
+
+            following = asyncio.create_task(follow())
+            await caught_up.wait()
+            sent: dict[str, float] = {}
+            acked: dict[str, float] = {}
+            for n in range(puts):
+                sent[f"k{n}"] = time.perf_counter()
+                await writer.put(f"k{n}", b"x" * 2000)
+                acked[f"k{n}"] = time.perf_counter()
+                await asyncio.sleep(0.01)
+            await wait_for(lambda: len(arrived) >= puts, what="every write watched")
+            following.cancel()
+    finally:
+        nats.stop()
+    from_send = [(arrived[k] - sent[k]) * 1e3 for k in sent]
+    past_ack = [(arrived[k] - acked[k]) * 1e3 for k in acked]
+    return {"put_to_watch_median_ms": median(from_send), "put_to_watch_max_ms": max(from_send),
+            "ack_round_trip_median_ms": median([(acked[k] - sent[k]) * 1e3 for k in sent]),
+            "watched_after_ack_share": sum(1 for x in past_ack if x > 0) / len(past_ack),
+            "watched_after_ack_max_ms": max(past_ack)}
+
+
 async def _is(c: Client, cid: str) -> bool:
     return await holder(c) == cid
 
@@ -162,15 +207,21 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reads", type=int, default=200)
     ap.add_argument("--kills", type=int, default=3)
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--puts", type=int, default=0, help="measure the watch lag over this many writes")
     ap.add_argument("--base", action="store_true", help="the code on PYTHONPATH predates standby reads")
     args = ap.parse_args()
     out: dict[str, Any] = {"host": platform.node(), "load": os.getloadavg(), "base": args.base}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if not args.base:
+        if not args.base and not args.no_latency:
             (tmp / "latency").mkdir()
             out["latency"] = await latency(tmp / "latency", args.reads)
             print(json.dumps(out["latency"]), flush=True)
+        if args.puts:
+            (tmp / "lag").mkdir()
+            out["watch"] = await watch_lag(tmp / "lag", args.puts)
+            print(json.dumps(out["watch"]), flush=True)
         kills = []
         for k in range(args.kills):
             sub = tmp / f"kill-{k}"
@@ -178,7 +229,8 @@ async def main() -> None:
             kills.append(await kill_gap(sub))
             print(json.dumps(kills[-1]), flush=True)
         out["kills"] = kills
-        out["kill_median"] = {key: median([k[key] for k in kills]) for key in kills[0]}
+        if kills:
+            out["kill_median"] = {key: median([k[key] for k in kills]) for key in kills[0]}
     out["load_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
 

@@ -146,7 +146,7 @@ class Controller:
                  provider=cfg.provider)
         # No queue group: a leader paused past its lease still holds its subscription until NATS drops the
         # connection (minutes), and a queue group would hand it half the requests, unanswered. Without one, each
-        # request reaches every controller that serves; the live leader answers first, a deposed one is fenced.
+        # request reaches every controller that serves it; the live leader answers, a deposed one does not.
         async def answer(subject: str, data: bytes) -> bytes | None:
             # Past its lease (woken from a pause, cut off), its records may be stale and its writes are fenced:
             # it answers nothing, and the requester takes a live controller's answer or retries.
