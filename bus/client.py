@@ -298,21 +298,19 @@ class Client:
     async def _retried(self, verb: str, req: Request, reply_type: type[R], attempts: int, as_user: str) -> R:
         """A request whose answer may be lost (the controller restarting), sent again as it is, key and all, up to
         `attempts` times; while nothing serves it (no leader: a standby takes over within seconds), sent again
-        until `timeout` has passed."""
+        until `timeout` has passed as well."""
         delay, tries = 0.5, 0
         deadline = time.monotonic() + self.timeout
         while True:
             try:
                 return await self._call(verb, req, reply_type, as_user)
-            except NoResponders:
-                if time.monotonic() >= deadline:
-                    raise
-            except Unavailable:
+            except Unavailable as exc:
                 tries += 1
-                if tries >= attempts:
+                left = deadline - time.monotonic()
+                if tries >= attempts and not (isinstance(exc, NoResponders) and left > 0):
                     raise
-            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-            delay = min(delay * 2, 2.0)
+                await asyncio.sleep(delay if tries < attempts else min(delay, left))
+                delay *= 2
 
     async def store_url(self) -> str:
         url = (await self.ping()).store_url
