@@ -48,6 +48,7 @@ from incl.controller.shares import Shares, load_key
 from incl.controller.store import Records
 from incl.controller.studies import Studies
 from incl.proto import subjects
+from incl.proto.errors import Unavailable
 from incl.proto.messages import AgentRecord, Job, JobState
 from incl.proto.studies import Study
 
@@ -106,8 +107,13 @@ def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLo
     def open_engine(study: Study) -> StudyEngine:
         assert study.spec.hpo is not None
         backend = backend_over(bus, loop, study.journal_subject)
-        storage = JournalStorage(ReadOnly(backend) if read_only else backend)
-        return StudyEngine(storage, study.id, study.spec.hpo, study.seed)
+        if not read_only:
+            return StudyEngine(JournalStorage(backend), study.id, study.spec.hpo, study.seed)
+        try:
+            return StudyEngine(JournalStorage(ReadOnly(backend)), study.id, study.spec.hpo, study.seed, create=False)
+        except KeyError:
+            raise Unavailable("this study's journal is not begun yet (a standby controller answered): ask "
+                              "again") from None
 
     return open_engine
 

@@ -56,7 +56,8 @@ class JetStreamJournalBackend(BaseJournalBackend):
 
 
 class ReadOnly(BaseJournalBackend):
-    """A journal read, never written: a standby controller's (it answers reads; only the leader drives studies)."""
+    """A journal read, never written: a standby controller's (it answers reads; only the leader drives studies).
+    Open studies over it with `optuna.load_study`: Optuna's create-or-load appends even for a study that exists."""
 
     def __init__(self, inner: JetStreamJournalBackend) -> None:
         self._inner = inner
@@ -65,7 +66,7 @@ class ReadOnly(BaseJournalBackend):
         return self._inner.read_logs(log_number_from)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        raise Unavailable("this study's journal is not begun yet (a standby controller answered): ask again")
+        raise Unavailable("a standby controller writes nothing to a study's journal")
 
     def close(self) -> None:
         self._inner.close()
