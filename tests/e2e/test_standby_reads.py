@@ -189,3 +189,33 @@ async def test_a_standby_refuses_what_the_leader_refuses_in_the_same_words(
         for daemon in pair.running.values():
             daemon.stop()
         cluster.close()
+
+
+@pytest.mark.timeout(180)
+async def test_a_standby_shows_a_study_and_its_trials_while_the_leader_is_paused(
+        cluster: Cluster, controllers: Controllers, bus: Bus, tmp_path: Path) -> None:
+    """studies.get and studies.list from the standby read the study's journal without writing to it."""
+    from test_hpo import QUADRATIC, study_spec, submit_study, wait_study
+
+    first, other = await controllers.pair(bus, **LONG_LEASE)
+    cluster.start_agent("a1", cpus=2)
+    await cluster.wait_agents(1)
+    spec = study_spec("python trial.py", trials=2, parallel=2,
+                      params={"X": {"type": "float", "low": -4, "high": 4},
+                              "Y": {"type": "float", "low": -4, "high": 4}})
+    created = await submit_study(cluster, spec, tmp_path, QUADRATIC)
+    by_leader = await wait_study(cluster, created.id)
+    paused = controllers.running[first].proc
+    assert paused is not None
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        async with Client(cluster.nats.url, timeout=10.0) as c:
+            assert (await c.ping()).controller_id == other
+            by_standby = await c.study(created.id)
+            assert [s.study.id for s in await c.studies()] == [created.id]
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    assert by_standby.summary.study.state == by_leader.summary.study.state
+    assert [(t.number, t.state, t.value) for t in by_standby.trials] == [
+        (t.number, t.state, t.value) for t in by_leader.trials]
+    assert len(by_standby.trials) == 2 and by_standby.summary.best_value == by_leader.summary.best_value
