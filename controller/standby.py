@@ -19,7 +19,8 @@ connection is dropped (minutes), and a queue group would hand it its share of th
 
 Staleness. A standby's records lag the bucket by the watch's delivery time (milliseconds: docs/reliability.md).
 A standby answers only a read the leader did not answer in time, so a user sees its copy only while the leader is
-gone or slow; a write the leader acknowledged before the read was sent is in that copy unless the watch stalled.
+gone or slow; a write the leader acknowledged before the read was sent is in that copy, unless it was acknowledged
+within about a millisecond of the read (measured) or the watch stalled.
 After a reconnect to NATS the watches start afresh (`Controller` restarts `serve`); nats-py re-creates a watch that
 missed two heartbeats (10 s). A client that must read its own writes or nothing sets `hedge_after=None`.
 """
