@@ -120,7 +120,6 @@ Handler = Callable[[Any], Awaitable[Reply]]
 # users.added/removed (each recorded in the audit trail, `audit.AUDITED`); every agent verb (register, heartbeat,
 # assignment: liveness and dispatch are the leader's).
 
-
 class ByCaller(NamedTuple):
     """A handler told who asks: the user the subject names, as the identities registry has them (their teams and
     rights, `incl.controller.policy`); the payload is never asked."""

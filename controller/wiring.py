@@ -12,6 +12,7 @@
     Studies   records, Jobs, bus, a study's Optuna storage   Jobs' changes wake the study whose trial changed
     Audit     bus                                        the API records state-changing requests in it
     Api       Jobs, Agents, GpuWatch, Studies, Audit, bus
+    reader    a standby's Api: the same classes over records the buckets' watches keep (`incl.controller.standby`)
 
 The cycles of old (Jobs needing the agents' shapes, the watch needing Jobs and Jobs telling the watch) are cut
 by the two small objects built first: `Shapes` reads the agent records, not the registry; `JobChanges` is
@@ -97,8 +98,8 @@ def records(buckets: Mapping[str, Bucket], fence: Callable[[], None] = lambda: N
 def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLoop,
                   read_only: bool = False) -> Callable[[Study], StudyEngine]:
     """Opens a study's Optuna side over its journal on the controller's connection (called in a worker thread);
-    `read_only`: a journal that refuses every append (a standby's: opening a study whose journal the leader has
-    not begun would otherwise begin it)."""
+    `read_only`: a standby's, which loads the study (Unavailable while the leader has not begun its journal) over
+    a journal that refuses every append."""
     from optuna.storages import JournalStorage  # noqa: PLC0415 - Optuna loads with the first study
 
     from incl.hpo.backend import ReadOnly, backend_over  # noqa: PLC0415 - Optuna's too
