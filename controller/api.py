@@ -115,7 +115,7 @@ async def logs_expired(bus: Bus, job: Job) -> str | None:
 
 Handler = Callable[[Any], Awaitable[Reply]]
 
-# Which verbs are reads (any controller answers them, a standby too) and which writes (the leader only):
+# Which verbs are reads (a standby answers them too, asked as `any.<verb>`) and which writes (the leader only):
 # `subjects.READS`. Writes: submit, jobs.cancel, studies.submit/stop, models.register/alias, shares.create/revoke,
 # users.added/removed (each recorded in the audit trail, `audit.AUDITED`); every agent verb (register, heartbeat,
 # assignment: liveness and dispatch are the leader's).

@@ -149,8 +149,12 @@ class Controller:
         # request reaches every controller that serves it; the live leader answers, a deposed one does not.
         async def answer(subject: str, data: bytes) -> bytes | None:
             # Past its lease (woken from a pause, cut off), its records may be stale and its writes are fenced:
-            # it answers nothing, and the requester takes a live controller's answer or retries.
-            return await g.api.answer(subject, data) if leadership.leading else None
+            # it answers nothing, and the requester takes a live controller's answer or retries. A read asked of
+            # any controller is the standbys' to answer: its client asked the leader too, and answering both
+            # would do the work twice just when the leader is slow.
+            if not leadership.leading or subjects.asks_any(subject):
+                return None
+            return await g.api.answer(subject, data)
 
         stop_serving = await bus.serve(f"{subjects.API_PREFIX}.>", "", answer)
         on_serving()

@@ -13,9 +13,9 @@ long as it leads, serves `incl.api.>`: every verb. A standby serves only `incl.a
 `subjects.READS`: a write never reaches it, and neither does a plain request, which is the leader's alone. The client
 (`incl.bus.client`) asks the leader first; when nothing serves the leader's subject (it died: NATS says so at once,
 and while a new leader loads its records), or the leader has not answered within `hedge_after` (0.25 s: paused,
-cut off, overloaded), it asks `any.` too, which every controller answers (the leader as well), and takes the first
-answer. No queue group anywhere: a controller paused by SIGSTOP keeps its subscriptions in NATS until its
-connection is dropped (minutes), and a queue group would hand it its share of the requests, unanswered.
+cut off, overloaded), it asks `any.` too, which the standbys answer (the leader, asked already, leaves it), and
+takes the first answer. No queue group anywhere: a controller paused by SIGSTOP keeps its subscriptions in NATS
+until its connection is dropped (minutes), and a queue group would hand it its share of the requests, unanswered.
 
 Staleness. A standby's records lag the bucket by the watch's delivery time (milliseconds: docs/reliability.md).
 A standby answers only a read the leader did not answer in time, so a user sees its copy only while the leader is

@@ -159,6 +159,12 @@ def user_api_any(user: str, verb: str) -> str:
     return f"{API_PREFIX}.{USER}.{name_token(user)}.{ANY}.{verb}"
 
 
+def asks_any(subject: str) -> bool:
+    """Whether `subject` is a read asked of any controller (`user_api_any`)."""
+    who = caller(subject)
+    return who is not None and who.kind == USER and who.verb.startswith(f"{ANY}.")
+
+
 def every_user_api_any(verb: str) -> str:
     """Every user's `user_api_any` requests of `verb` (what a standby subscribes to)."""
     return f"{API_PREFIX}.{USER}.*.{ANY}.{verb}"
@@ -192,10 +198,10 @@ AUDIT = "admin.audit"
 USERS_ADDED = "users.added"
 USERS_REMOVED = "users.removed"
 
-# The verbs users ask that change nothing. Any controller may answer them, a standby from the records it keeps warm
+# The verbs users ask that change nothing. A standby answers them too, from the records it keeps warm
 # (`incl.controller.standby`), when asked as `incl.api.user.<name>.any.<verb>` (`user_api_any`): the client asks the
-# leader first and any controller once the leader has not answered within a moment (`incl.bus.client`). Every
-# other verb (each a write the audit trail records) and every agent verb reaches the leader only.
+# leader first and the standbys once the leader has not answered within a moment (`incl.bus.client`). Every other
+# verb (each a write the audit trail records) and every agent verb reaches the leader only.
 READS = frozenset({
     LIST_JOBS, GET_JOB, LIST_AGENTS, PING, STATUS, QUOTA, DEAD_LETTERS, LIST_STUDIES, GET_STUDY, LIST_MODELS,
     GET_MODEL, LIST_VERSIONS, LIST_SHARES, RESOLVE_SHARE, AUDIT,
