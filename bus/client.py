@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from incl.bus.follow import PULL_BATCH
 from incl.proto import subjects
 from incl.proto.audit import AuditEntry, AuditReply, AuditRequest, UserChangedReply, UserChangedRequest
 from incl.proto.codec import Decoder
-from incl.proto.errors import DecodeError, InclError, Unavailable
+from incl.proto.errors import DecodeError, InclError, NoResponders, Unavailable
 from incl.proto.messages import (
     TERMINAL,
     AgentView,
@@ -171,13 +172,17 @@ class Client:
     use to talk to a cluster. `async with Client(url) as client: await client.jobs()`."""
 
     def __init__(self, url: str, timeout: float = 10.0, name: str = "incl-cli", *, creds: Path | Creds | None = None,
-                 user: str | None = None, tls_ca: Path | None = None) -> None:
+                 user: str | None = None, tls_ca: Path | None = None, hedge_after: float | None = 0.25) -> None:
         """`creds`: the user's credential file (default: `resolve_creds`); `tls_ca`: the CA certificate a TLS
         server's is verified against (default: `resolve_ca`); `user`: whom this client speaks for
         (default: the user the credentials name, else `current_user`). On a server with authentication the two
-        must agree: the server lets these credentials ask only under their own name."""
+        must agree: the server lets these credentials ask only under their own name. `hedge_after`: a read the
+        leader has not answered within this many seconds (or that nothing serves: no leader now) is asked of any
+        controller too, a standby included, whose copy may lag the leader's by milliseconds; None: reads wait for
+        the leader (every answer reflects every write acknowledged before it)."""
         self.url = url
         self.timeout = timeout
+        self.hedge_after = hedge_after
         self._name = name
         self.creds = creds if isinstance(creds, Creds) else resolve_creds(creds)  # Creds: held, not in a file
         self.tls_ca = resolve_ca(tls_ca)
@@ -226,11 +231,40 @@ class Client:
 
     async def _call(self, verb: str, req: Request, reply_type: type[R], as_user: str | None = None) -> R:
         """Ask the controller `verb`, under this client's user (or `as_user`: a submit names its user)."""
-        subject = subjects.user_api(as_user or self.user, verb)
+        user = as_user or self.user
+        subject = subjects.user_api(user, verb)
         try:
+            if verb in subjects.READS and self.hedge_after is not None:
+                return await self._hedged(subject, subjects.user_api_any(user, verb), req, reply_type)
             return await self.bus.request(subject, req, reply_type, self.timeout)
-        except Unavailable:
-            raise Unavailable(f"no controller is answering at {masked(self.url)}; start one with `incl up`") from None
+        except Unavailable as exc:
+            raise type(exc)(f"no controller is answering at {masked(self.url)}; start one with `incl up`") from None
+
+    async def _hedged(self, leader: str, anyone: str, req: Request, reply_type: type[R]) -> R:
+        """Ask the leader; once it has not answered within `hedge_after`, or nothing serves its subject, ask any
+        controller as well, and take the first answer (an error answered is an answer; silence is not). An answer
+        of any controller's that is a bare internal error (what a controller from before `any.` answers) is taken
+        only if the leader never answers."""
+        first = asyncio.ensure_future(self.bus.request(leader, req, reply_type, self.timeout))
+        asked = [first]
+        try:
+            done, _ = await asyncio.wait(asked, timeout=self.hedge_after)
+            if done and not isinstance(first.exception(), Unavailable):
+                return first.result()
+            second = asyncio.ensure_future(self.bus.request(anyone, req, reply_type, self.timeout))
+            asked.append(second)
+            pending = {a for a in asked if not a.done()}
+            while pending:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if first.done() and not isinstance(first.exception(), Unavailable):
+                    return first.result()
+                if second.done() and type(error := second.exception()) is not InclError \
+                        and not isinstance(error, Unavailable):
+                    return second.result()
+            return second.result()  # the leader never answered: any controller's error, or its silence
+        finally:
+            for request in asked:
+                request.cancel()
 
     async def ping(self) -> PingReply:
         return await self._call(subjects.PING, PingRequest(meta=self._meta()), PingReply)
@@ -263,17 +297,21 @@ class Client:
         return (await self._retried(subjects.SUBMIT_STUDY, req, SubmitStudyReply, attempts, user)).study
 
     async def _retried(self, verb: str, req: Request, reply_type: type[R], attempts: int, as_user: str) -> R:
-        """A request whose answer may be lost (the controller restarting), sent again as it is, key and all."""
-        delay = 0.5
-        for attempt in range(attempts):
+        """A request whose answer may be lost (the controller restarting), sent again as it is, key and all, up to
+        `attempts` times; while nothing serves it (no leader: a standby takes over within seconds), sent again
+        until `timeout` has passed as well."""
+        delay, tries = 0.5, 0
+        deadline = time.monotonic() + self.timeout
+        while True:
             try:
                 return await self._call(verb, req, reply_type, as_user)
-            except Unavailable:
-                if attempt == attempts - 1:
+            except Unavailable as exc:
+                tries += 1
+                left = deadline - time.monotonic()
+                if tries >= attempts and not (isinstance(exc, NoResponders) and left > 0):
                     raise
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay if tries < attempts else min(delay, left))
                 delay *= 2
-        raise AssertionError("unreachable")
 
     async def store_url(self) -> str:
         url = (await self.ping()).store_url

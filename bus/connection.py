@@ -16,7 +16,7 @@ import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import nats
 import structlog
@@ -106,6 +106,11 @@ class Pull:
 
 
 Handler = Callable[[str, bytes], Awaitable[bytes | None]]
+
+
+class Stop(Protocol):
+    """Stops serving a subject (`Bus.serve`): at once, or with `drain` once what was received is answered."""
+    async def __call__(self, drain: bool = False) -> None: ...
 
 
 class _Batches:
@@ -289,10 +294,11 @@ class Bus:
             raise errors.Unavailable(f"no reply on {subject} within {timeout:g}s") from None
         return bytes(msg.data)
 
-    async def serve(self, subject: str, queue: str, handler: Handler) -> Callable[[], Awaitable[None]]:
+    async def serve(self, subject: str, queue: str, handler: Handler) -> Stop:
         """Answer requests on `subject` (wildcards allowed) with `handler(subject, data)`; a reply over the payload
         limit is answered with an error saying so, and a reply that cannot be sent is dropped (the requester
-        went away). The handler must not raise. Returns what stops serving."""
+        went away). The handler must not raise. Returns what stops serving (with `drain`, once the requests
+        already received are answered)."""
         limit = self.max_payload
 
         async def on_msg(msg: Msg) -> None:
@@ -322,9 +328,9 @@ class Bus:
 
         sub = await self._nc.subscribe(subject, queue=queue, cb=on_msg)
 
-        async def stop() -> None:
+        async def stop(drain: bool = False) -> None:
             with contextlib.suppress(nats.errors.Error):  # the connection closed first: nothing to unsubscribe
-                await sub.unsubscribe()
+                await (sub.drain() if drain else sub.unsubscribe())  # type: ignore[no-untyped-call]  # nats-py: drain untyped
 
         return stop
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import NamedTuple
 
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
@@ -20,6 +23,13 @@ class KeyExists(Exception):
 
 class WrongRevision(Exception):
     """`update` of a key that changed since the revision given (another writer)."""
+
+
+class Change(NamedTuple):
+    """A key as a bucket's watch reports it: its value (None: deleted or purged) and its revision."""
+    key: str
+    value: bytes | None
+    revision: int
 
 
 class BucketUnreadable(Exception):
@@ -60,6 +70,22 @@ class Bucket:
         `incl.bus.streams.ensure_buckets`), so a bucket whose keys come and go does not fill with markers;
         elsewhere the marker stays."""
         await self._kv.purge(key, msg_ttl=marker_ttl)
+
+    async def watch(self) -> AsyncGenerator[Change | None, None]:
+        """Every key's current value, then None once (the watch has caught up with the bucket), then each change
+        as the server stores it, for as long as the caller reads: JetStream's own KV watch (an ordered consumer,
+        which nats-py re-creates from the last revision it delivered after a gap or two missed heartbeats)."""
+        watcher = await self._kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    yield None
+                    continue
+                deleted = entry.operation in ("DEL", "PURGE")
+                yield Change(entry.key, None if deleted else bytes(entry.value or b""), entry.revision or 0)
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be gone: nothing left to stop
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
     async def listing(self) -> list[str]:
         """The keys as one listing finds them, unchecked: for what is only shown (a short listing is possible)."""

@@ -115,6 +115,10 @@ async def logs_expired(bus: Bus, job: Job) -> str | None:
 
 Handler = Callable[[Any], Awaitable[Reply]]
 
+# Which verbs are reads (a standby answers them too, asked as `any.<verb>`) and which writes (the leader only):
+# `subjects.READS`. Writes: submit, jobs.cancel, studies.submit/stop, models.register/alias, shares.create/revoke,
+# users.added/removed (each recorded in the audit trail, `audit.AUDITED`); every agent verb (register, heartbeat,
+# assignment: liveness and dispatch are the leader's).
 
 class ByCaller(NamedTuple):
     """A handler told who asks: the user the subject names, as the identities registry has them (their teams and
@@ -125,8 +129,10 @@ class ByCaller(NamedTuple):
 class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
                  models: Models, audit: Audit, store_url: str | None = None, page_bytes: int = 512 * 1024,
-                 principals: Principals | None = None, shares: Shares | None = None) -> None:
+                 principals: Principals | None = None, shares: Shares | None = None,
+                 leading: Callable[[], bool] = lambda: True) -> None:
         self._bus = bus
+        self._leading = leading  # whether this controller holds the lease (a standby's API: never)
         self._audit = audit
         self._principals = principals or Principals(None)
         self._id = controller_id
@@ -188,6 +194,9 @@ class Api:
         """Decode, check the caller the subject names, serve, reply. A bad message is answered with its error and
         logged; nothing stops. (The bus answers a reply over the payload limit with an error saying so.)"""
         who = subjects.caller(subject)
+        if who is not None and who.kind == subjects.USER and who.verb.startswith(f"{subjects.ANY}."):
+            read = who.verb.removeprefix(f"{subjects.ANY}.")  # a read any controller may answer
+            who = who._replace(verb=read) if read in subjects.READS else None
         route = self.routes.get(who.kind, {}).get(who.verb) if who is not None else None
         if who is None or route is None:
             log.warning("api_unknown_subject", subject=subject)
@@ -359,11 +368,14 @@ class Api:
     async def status(self, req: StatusRequest) -> StatusReply:
         """The system at a glance (`incl status`): streams, agents and jobs by state, the newest dead letters."""
         letters = await deadletters.newest(self._bus, req.errors)
-        running = await leader.members(await self._bus.bucket(subjects.LEADER_BUCKET))
+        lease = await self._bus.bucket(subjects.LEADER_BUCKET)
+        holder = await leader.holder(lease)
+        leads = holder.controller_id if holder is not None else self._id if self._leading() else None
         members = [ControllerMember(controller_id=m.controller_id, started_at=m.started,
-                                    leader=m.controller_id == self._id) for m in running]
-        if not any(m.leader for m in members):  # not announced yet: this controller answers, so it leads
-            members.insert(0, ControllerMember(controller_id=self._id, started_at=self._started, leader=True))
+                                    leader=m.controller_id == leads) for m in await leader.members(lease)]
+        if self._id not in {m.controller_id for m in members}:  # not announced yet: it answers, so it runs
+            members.insert(0, ControllerMember(controller_id=self._id, started_at=self._started,
+                                               leader=self._id == leads))
         return StatusReply(controller_id=self._id, started_at=self._started, controllers=members,
                            jobs=dict(Counter(j.state.value for j in self._jobs.records)),
                            agents=dict(Counter(r.state.value for r in self._agents.records)),

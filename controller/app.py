@@ -27,6 +27,7 @@ from incl.controller.config import ControllerConfig
 from incl.controller.leader import Leadership, NotLeader
 from incl.controller.metrics import ControllerMetrics
 from incl.controller.providers import open_provider
+from incl.controller.standby import Standby
 from incl.controller.wiring import Graph
 from incl.proto import subjects
 from incl.proto.codec import Decoder
@@ -41,6 +42,7 @@ class Controller:
         self._wake = asyncio.Event()  # a scheduling pass now (set by submits, ended jobs, registrations)
         self._connected = asyncio.Event()
         self._reconnected = asyncio.Event()  # the liveness loop gives every agent a fresh deadline
+        self._rewatch = asyncio.Event()  # a standby's copy is made afresh (its watches may have missed changes)
         self._reserving: dict[str, float] = {}  # gangs holding agents while they wait for the rest (scheduler)
         self._planning = 0.0  # CPU seconds the last placement plan took (spaces the next: `schedule_duty`)
         self._fence: Callable[[], None] = lambda: None  # raises NotLeader once this controller may not act
@@ -79,34 +81,64 @@ class Controller:
             await bus.close()
 
     async def _lead_whenever_elected(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership) -> None:
-        """Stand by until elected, lead until the lease is lost, stand by again: for as long as the daemon runs."""
+        """Stand by until elected, lead until the lease is lost, stand by again: for as long as the daemon runs.
+        While it stands by, and until its term answers the API, it answers reads from a warm copy (`standby`)."""
         while True:
-            await leadership.acquire()
-            try:
-                await self._lead(bus, buckets, leadership)
-            except* NotLeader as lost:
-                log.warning("leadership_lost", reason=str(lost.exceptions[0]))
+            async with asyncio.TaskGroup() as tg:
+                handover = asyncio.Event()  # set once the term answers the API: the copy stops answering
+                reads = None if await leadership.take() else tg.create_task(self._stand_by(bus, buckets, handover))
+                try:
+                    if reads is not None:
+                        await leadership.acquire()
+                    await self._lead(bus, buckets, leadership, handover.set)
+                except* NotLeader as lost:
+                    log.warning("leadership_lost", reason=str(lost.exceptions[0]))
+                finally:
+                    if reads is not None:
+                        reads.cancel()  # already over, unless the term ended before it answered
             self._reserving = {}
 
-    async def _lead(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership) -> None:
-        """One term as the leader: the records read afresh (a standby's view is not kept), every loop run, the
+    async def _stand_by(self, bus: Bus, buckets: Mapping[str, Bucket], handover: asyncio.Event) -> None:
+        """Answer reads from a warm copy of the records until `handover`; the copy is made afresh after a reconnect
+        to NATS (a watch may have missed changes meanwhile) and after a failure (logged: reads are never worth a
+        term)."""
+        while not handover.is_set():
+            self._rewatch.clear()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    copy = tg.create_task(Standby(self.cfg, bus, buckets).serve(handover))
+                    rewatch = tg.create_task(self._rewatch.wait())
+                    await asyncio.wait([copy, rewatch], return_when=asyncio.FIRST_COMPLETED)
+                    copy.cancel()
+                    rewatch.cancel()
+            except Exception:  # logged with its traceback; the copy is made again
+                log.exception("standby_failed")
+                await asyncio.sleep(self.cfg.retry_max)
+
+    async def _lead(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership,
+                    on_serving: Callable[[], object]) -> None:
+        """One term as the leader: the records read afresh (a standby's copy is not reused), every loop run, the
         lease renewed beside them; NotLeader from the renewal, from any write, or from the check at the start of
-        each pass (a leader that wakes from a pause acts on nothing) ends the term."""
+        each pass (a leader that wakes from a pause acts on nothing) ends the term. `on_serving`: called once the
+        term answers the API."""
         self._fence = leadership.check
         async with asyncio.TaskGroup() as tg:
             tg.create_task(leadership.hold())  # renewed from the start: loading a large store takes a while
-            tg.create_task(self._term(bus, buckets, leadership))
+            tg.create_task(self._term(bus, buckets, leadership, on_serving))
 
-    async def _term(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership) -> None:
+    async def _term(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership,
+                    on_serving: Callable[[], object]) -> None:
         cfg = self.cfg
         stores = wiring.records(buckets, fence=leadership.check)
         await self._retry("load_records", stores.load)
         async with open_provider(cfg) as provider:
-            await self._run(bus, wiring.build(cfg, bus, buckets, stores, provider, self._wake, self.metrics))
+            graph = wiring.build(cfg, bus, buckets, stores, provider, self._wake, self.metrics,
+                                 leading=lambda: leadership.leading)
+            await self._run(bus, graph, leadership, on_serving)
 
-    async def _run(self, bus: Bus, g: Graph) -> None:
-        """Serve the API, then run every loop until cancelled (the API stops with them: a standby answers
-        nothing, so every request reaches the leader)."""
+    async def _run(self, bus: Bus, g: Graph, leadership: Leadership, on_serving: Callable[[], object]) -> None:
+        """Serve the API, then run every loop until cancelled (the API stops with them; a standby answers only
+        reads, `incl.controller.standby`)."""
         cfg = self.cfg
         g.agents.restore(time.time())
         log.info("controller_started", controller_id=cfg.controller_id, jobs=len(g.jobs.records),
@@ -114,8 +146,18 @@ class Controller:
                  provider=cfg.provider)
         # No queue group: a leader paused past its lease still holds its subscription until NATS drops the
         # connection (minutes), and a queue group would hand it half the requests, unanswered. Without one, each
-        # request reaches every controller that serves; the live leader answers first, a deposed one is fenced.
-        stop_serving = await bus.serve(f"{subjects.API_PREFIX}.>", "", g.api.answer)
+        # request reaches every controller that serves it; the live leader answers, a deposed one does not.
+        async def answer(subject: str, data: bytes) -> bytes | None:
+            # Past its lease (woken from a pause, cut off), its records may be stale and its writes are fenced:
+            # it answers nothing, and the requester takes a live controller's answer or retries. A read asked of
+            # any controller is the standbys' to answer: its client asked the leader too, and answering both
+            # would do the work twice just when the leader is slow.
+            if not leadership.leading or subjects.asks_any(subject):
+                return None
+            return await g.api.answer(subject, data)
+
+        stop_serving = await bus.serve(f"{subjects.API_PREFIX}.>", "", answer)
+        on_serving()
         try:
             await g.jobs.resend_stale_assignments(older_than=time.time())
             async with serving(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,
@@ -138,6 +180,7 @@ class Controller:
 
     async def _on_reconnect(self) -> None:
         self._reconnected.set()
+        self._rewatch.set()
         self._connected.set()
         self._wake.set()
         log.info("nats_reconnected")

@@ -147,6 +147,12 @@ class Jobs:
         if after.trial is not None:
             self._by_study.setdefault(after.trial.study_id, {})[after.trial.number] = after.id
 
+    def follow(self, before: Job | None, after: Job | None) -> None:
+        """A change another controller made (a standby's records follow the leader's writes): indexed, so the
+        queries below see it; nobody is told (a standby acts on nothing)."""
+        if after is not None:
+            self._index(before, after)
+
     def kick(self) -> None:
         """Ask for a scheduling pass now (something was submitted, ended or freed)."""
         self._wake.set()

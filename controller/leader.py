@@ -94,6 +94,7 @@ class Leadership:
         self._since = 0.0
         self._revision = 0
         self._deadline = 0.0  # monotonic: past it, this process does not act as the leader
+        self._waiting_on: str | None = None  # the leader this controller last said it stands by for
         self._decoder: Decoder[LeaseRecord] = Decoder(LeaseRecord)
 
     @property
@@ -111,30 +112,34 @@ class Leadership:
 
     async def acquire(self) -> None:
         """Stand by until this controller holds the lease."""
-        waiting_on: str | None = None
-        while True:
-            sent = time.monotonic()
-            self._since = time.time()
-            try:
-                self._took(await self._kv.create(LEADER_KEY, self._value()), sent)
-                return
-            except KeyExists:
-                holder = await self._holder()
-                if holder is not None and holder[0].controller_id == self.controller_id:
-                    try:  # our own previous process (ids are unique): it is dead; take the lease back now
-                        self._took(await self._kv.update(LEADER_KEY, self._value(), last=holder[1]), sent)
-                        return
-                    except WrongRevision:
-                        pass
-                if holder is not None and holder[0].controller_id != waiting_on:
-                    waiting_on = holder[0].controller_id
-                    log.info("standing_by", leader=waiting_on)
-            except TRANSIENT as exc:
-                log.debug("lease_unreachable", error=repr(exc))
+        while not await self.take():  # noqa: ASYNC110 - the lease is polled: nothing here could set an event
             await asyncio.sleep(self._times.poll)
+
+    async def take(self) -> bool:
+        """One try at the lease: True if this controller holds it now."""
+        sent = time.monotonic()
+        self._since = time.time()
+        try:
+            self._took(await self._kv.create(LEADER_KEY, self._value()), sent)
+            return True
+        except KeyExists:
+            holder = await self._holder()
+            if holder is not None and holder[0].controller_id == self.controller_id:
+                try:  # our own previous process (ids are unique): it is dead; take the lease back now
+                    self._took(await self._kv.update(LEADER_KEY, self._value(), last=holder[1]), sent)
+                    return True
+                except WrongRevision:
+                    pass
+            if holder is not None and holder[0].controller_id != self._waiting_on:
+                self._waiting_on = holder[0].controller_id
+                log.info("standing_by", leader=self._waiting_on)
+        except TRANSIENT as exc:
+            log.debug("lease_unreachable", error=repr(exc))
+        return False
 
     def _took(self, revision: int, sent: float) -> None:
         self._revision = revision
+        self._waiting_on = None
         self._deadline = sent + self._times.ttl - self._times.margin
         log.info("leader_elected", controller_id=self.controller_id, instance=self.instance, revision=revision)
 

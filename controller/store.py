@@ -1,6 +1,7 @@
 """Job and agent records in JetStream KV, cached in memory, every write a revision compare-and-set.
 
-The controller rebuilds the cache from the buckets at start; it never holds the only copy of anything.
+The controller rebuilds the cache from the buckets at start; it never holds the only copy of anything. A standby
+keeps a cache that writes nothing, fed by the bucket's watch (`observe`, `incl.controller.standby`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Generic, TypeVar
 import msgspec
 import structlog
 
-from incl.bus.kv import Bucket, WrongRevision
+from incl.bus.kv import Bucket, Change, WrongRevision
 from incl.proto.codec import Decoder, encode
 from incl.proto.errors import DecodeError, NotFound
 
@@ -60,6 +61,24 @@ class Records(Generic[T]):
             value = upgraded
         self._items[key] = (value, revision)
         return value
+
+    def observe(self, change: Change) -> tuple[T | None, T | None]:
+        """A change another controller made, as the bucket's watch reported it: (the record before, after; None
+        where there is none). A value that cannot be read is logged and leaves the record as it was."""
+        before = self.get(change.key)
+        if change.value is None:
+            self._items.pop(change.key, None)
+            return before, None
+        try:
+            value = self._decoder.decode(change.value)
+        except DecodeError as exc:
+            upgraded = self._upgraded(change.key, change.value)
+            if upgraded is None:
+                log.error("record_undecodable", key=change.key, error=str(exc))
+                return before, before
+            value = upgraded
+        self._items[change.key] = (value, change.revision)
+        return before, value
 
     def _upgraded(self, key: str, data: bytes) -> T | None:
         if self._upgrade is None:

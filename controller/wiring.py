@@ -12,6 +12,7 @@
     Studies   records, Jobs, bus, a study's Optuna storage   Jobs' changes wake the study whose trial changed
     Audit     bus                                        the API records state-changing requests in it
     Api       Jobs, Agents, GpuWatch, Studies, Audit, bus
+    reader    a standby's Api: the same classes over records the buckets' watches keep (`incl.controller.standby`)
 
 The cycles of old (Jobs needing the agents' shapes, the watch needing Jobs and Jobs telling the watch) are cut
 by the two small objects built first: `Shapes` reads the agent records, not the registry; `JobChanges` is
@@ -40,6 +41,7 @@ from incl.controller.models import Models
 from incl.controller.notify import Notice, Notifier, kinds_for
 from incl.controller.principals import Principals
 from incl.controller.providers import Provider
+from incl.controller.providers.local import LocalProvider
 from incl.controller.provision import Provisioner
 from incl.controller.quota import load_quota_config
 from incl.controller.scheduler import Shapes
@@ -47,6 +49,7 @@ from incl.controller.shares import Shares, load_key
 from incl.controller.store import Records
 from incl.controller.studies import Studies
 from incl.proto import subjects
+from incl.proto.errors import Unavailable
 from incl.proto.messages import AgentRecord, Job, JobState
 from incl.proto.studies import Study
 
@@ -92,25 +95,35 @@ def records(buckets: Mapping[str, Bucket], fence: Callable[[], None] = lambda: N
     )
 
 
-def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLoop) -> Callable[[Study], StudyEngine]:
-    """Opens a study's Optuna side over its journal on the controller's connection (called in a worker thread)."""
+def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLoop,
+                  read_only: bool = False) -> Callable[[Study], StudyEngine]:
+    """Opens a study's Optuna side over its journal on the controller's connection (called in a worker thread);
+    `read_only`: a standby's, which loads the study (Unavailable while the leader has not begun its journal) over
+    a journal that refuses every append."""
     from optuna.storages import JournalStorage  # noqa: PLC0415 - Optuna loads with the first study
 
-    from incl.hpo.backend import backend_over  # noqa: PLC0415 - Optuna's too
+    from incl.hpo.backend import ReadOnly, backend_over  # noqa: PLC0415 - Optuna's too
     from incl.hpo.engine import StudyEngine  # noqa: PLC0415
 
     def open_engine(study: Study) -> StudyEngine:
         assert study.spec.hpo is not None
-        storage = JournalStorage(backend_over(bus, loop, study.journal_subject))
-        return StudyEngine(storage, study.id, study.spec.hpo, study.seed)
+        backend = backend_over(bus, loop, study.journal_subject)
+        if not read_only:
+            return StudyEngine(JournalStorage(backend), study.id, study.spec.hpo, study.seed)
+        try:
+            return StudyEngine(JournalStorage(ReadOnly(backend)), study.id, study.spec.hpo, study.seed, create=False)
+        except KeyError:
+            raise Unavailable("this study's journal is not begun yet (a standby controller answered): ask "
+                              "again") from None
 
     return open_engine
 
 
 def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores: Stores, provider: Provider,
-          wake: asyncio.Event, metrics: ControllerMetrics) -> Graph:
+          wake: asyncio.Event, metrics: ControllerMetrics, leading: Callable[[], bool] = lambda: True) -> Graph:
     """`wake`: set to start a scheduling pass; `provider`: entered already (its lifespan is the caller's);
-    `metrics`: told of job changes and heartbeats, and reads jobs and agents at scrape time."""
+    `metrics`: told of job changes and heartbeats, and reads jobs and agents at scrape time; `leading`: whether
+    this controller holds the lease now."""
     changes = JobChanges()
     shapes = Shapes(stores.agents, [*cfg.provider_shapes, *provider.shapes()])
     jobs = Jobs(cfg, stores.jobs, bus, shapes=shapes, wake=wake, changes=changes,
@@ -133,9 +146,31 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     shares = Shares(buckets[subjects.SHARES_BUCKET], stores.jobs, models, cfg.store_url,
                     load_key(cfg.shares.key_path()), cfg.shares, fence=stores.jobs.fence)
     api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, audit, cfg.store_url,
-              page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()), shares=shares)
+              page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()), shares=shares,
+              leading=leading)
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
                  provider=provider, studies=studies)
+
+
+def reader(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores: Stores) -> tuple[Jobs, Api]:
+    """A standby's API over `stores` (the records it keeps warm, whose fence refuses every write): the leader's
+    own `Api`, so the same checks of who may see what. What only the leader holds in memory (agents' heartbeats and
+    GPU readings, why a queued job waits) is empty here. Also the job service, told of each job change watched."""
+    never = stores.jobs.fence
+    jobs = Jobs(cfg, stores.jobs, bus, shapes=lambda: [], wake=asyncio.Event(), changes=JobChanges(),
+                quotas=load_quota_config(cfg.quota_file))
+    watch = GpuWatch(jobs, Notifier(cfg.notify, cfg.notifier), cfg.gpu_idle, stores.episodes)
+    agents = Agents(cfg, stores.agents, jobs, LocalProvider())
+    studies = Studies(cfg.studies, stores.studies, jobs, bus,
+                      study_engines(cfg, bus, asyncio.get_running_loop(), read_only=True))
+    models = Models(buckets[subjects.MODELS_BUCKET], stores.jobs, bus, cfg.store_url, fence=never)
+    audit = Audit(bus, cfg.audit, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max,
+                  page_bytes=bus.max_payload // 2, fence=never)
+    shares = Shares(buckets[subjects.SHARES_BUCKET], stores.jobs, models, cfg.store_url,
+                    load_key(cfg.shares.key_path()), cfg.shares, fence=never)
+    return jobs, Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, audit, cfg.store_url,
+                     page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()), shares=shares,
+                     leading=lambda: False)
 
 
 def seal_key(agents: Records[AgentRecord], agent_id: str) -> bytes | None:

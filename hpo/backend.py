@@ -25,6 +25,7 @@ from incl.bus import journal
 from incl.bus.client import current_user, resolve_ca, resolve_creds
 from incl.bus.connection import Bus
 from incl.proto import subjects
+from incl.proto.errors import Unavailable
 from incl.proto.messages import Envelope
 from incl.proto.studies import GetStudyReply, GetStudyRequest
 
@@ -52,6 +53,23 @@ class JetStreamJournalBackend(BaseJournalBackend):
 
     def close(self) -> None:
         self._log.close()
+
+
+class ReadOnly(BaseJournalBackend):
+    """A journal read, never written: a standby controller's (it answers reads; only the leader drives studies).
+    Open studies over it with `optuna.load_study`: Optuna's create-or-load appends even for a study that exists."""
+
+    def __init__(self, inner: JetStreamJournalBackend) -> None:
+        self._inner = inner
+
+    def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
+        return self._inner.read_logs(log_number_from)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        raise Unavailable("a standby controller writes nothing to a study's journal")
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def backend(nats_url: str, study_id: str, *, timeout: float = 10.0, creds: Path | None = None,

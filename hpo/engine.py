@@ -33,14 +33,18 @@ class Ticket:
 
 
 class StudyEngine:
-    def __init__(self, storage: optuna.storages.BaseStorage, study_id: str, hpo: Hpo, seed: int) -> None:
-        """Create the study in `storage`, or load it (a controller restart, a reader)."""
+    def __init__(self, storage: optuna.storages.BaseStorage, study_id: str, hpo: Hpo, seed: int,
+                 create: bool = True) -> None:
+        """Create the study in `storage`, or load it (a controller restart, a reader); with `create` False, only
+        load it (KeyError if it is not there): Optuna's create-or-load writes to the storage even when the study
+        exists, and a standby controller writes nothing."""
         self.hpo = hpo
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler, pruner = make_sampler(hpo, seed), make_pruner(hpo.pruner)
             self.study = optuna.create_study(storage=storage, study_name=study_id, direction=hpo.direction,
-                                             sampler=make_sampler(hpo, seed), pruner=make_pruner(hpo.pruner),
-                                             load_if_exists=True)
+                                             sampler=sampler, pruner=pruner, load_if_exists=True) if create \
+                else optuna.load_study(storage=storage, study_name=study_id, sampler=sampler, pruner=pruner)
 
     @property
     def _storage(self) -> optuna.storages.BaseStorage:

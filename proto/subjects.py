@@ -154,6 +154,22 @@ def user_api(user: str, verb: str) -> str:
     return f"{API_PREFIX}.{USER}.{name_token(user)}.{verb}"
 
 
+def user_api_any(user: str, verb: str) -> str:
+    """A read (`verb` in READS) that any controller, a standby too, may answer."""
+    return f"{API_PREFIX}.{USER}.{name_token(user)}.{ANY}.{verb}"
+
+
+def asks_any(subject: str) -> bool:
+    """Whether `subject` is a read asked of any controller (`user_api_any`)."""
+    who = caller(subject)
+    return who is not None and who.kind == USER and who.verb.startswith(f"{ANY}.")
+
+
+def every_user_api_any(verb: str) -> str:
+    """Every user's `user_api_any` requests of `verb` (what a standby subscribes to)."""
+    return f"{API_PREFIX}.{USER}.*.{ANY}.{verb}"
+
+
 def agent_api(agent_id: str, verb: str) -> str:
     return f"{API_PREFIX}.{AGENT}.{name_token(agent_id)}.{verb}"
 
@@ -182,3 +198,13 @@ AUDIT = "admin.audit"
 USERS_ADDED = "users.added"
 USERS_REMOVED = "users.removed"
 USERS_ROTATED = "users.rotated"
+
+# The verbs users ask that change nothing. A standby answers them too, from the records it keeps warm
+# (`incl.controller.standby`), when asked as `incl.api.user.<name>.any.<verb>` (`user_api_any`): the client asks the
+# leader first and the standbys once the leader has not answered within a moment (`incl.bus.client`). Every other
+# verb (each a write the audit trail records) and every agent verb reaches the leader only.
+READS = frozenset({
+    LIST_JOBS, GET_JOB, LIST_AGENTS, PING, STATUS, QUOTA, DEAD_LETTERS, LIST_STUDIES, GET_STUDY, LIST_MODELS,
+    GET_MODEL, LIST_VERSIONS, LIST_SHARES, RESOLVE_SHARE, AUDIT,
+})
+ANY = "any"  # the token before a read's verb that any controller may answer

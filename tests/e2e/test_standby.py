@@ -1,6 +1,6 @@
 """Two controllers: one leads, one stands by. The leader killed (-9) mid-burst is replaced within 5 s and no job
 is lost or run twice; a leader paused past its lease (SIGSTOP) finds on waking that it lost it, and writes
-nothing; a standby answers nothing, so every request reaches the leader."""
+nothing; only the leader takes writes (a standby answers reads: test_standby_reads.py)."""
 
 from __future__ import annotations
 

@@ -109,3 +109,36 @@ async def test_a_job_an_older_controller_wrote_is_read_with_its_spec_re_parsed(b
     assert job.spec.notify is not None and job.spec.notify.channel == "ml-alerts"
     assert not isinstance(job.spec.gpu_idle, bool) and job.spec.gpu_idle is not None
     assert job.spec.gpu_idle.window == 900.0
+
+
+async def test_a_copy_fed_by_the_watch_follows_every_write_and_delete(buckets: dict[str, Bucket]) -> None:
+    """A standby's records (`Records.observe` over `Bucket.watch`): the values already there, then a marker, then
+    each create, update and delete as another writer makes it, with the writer's revision; an undecodable value
+    leaves the record as it was."""
+    kv = buckets[subjects.JOBS_BUCKET]
+    writer = Records(kv, Item, key=lambda i: str(i.n))
+    await writer.create(Item(1))
+    await writer.create(Item(2))
+    copy = Records(kv, Item, key=lambda i: str(i.n), fence=lambda: pytest.fail("the copy wrote"))
+    changes = kv.watch()
+    seen = []
+    while (change := await anext(changes)) is not None:
+        seen.append(copy.observe(change))
+    assert sorted(copy, key=lambda i: i.n) == [Item(1), Item(2)] and (None, Item(1)) in seen
+
+    async def next_change() -> tuple[Item | None, Item | None]:
+        change = await anext(changes)
+        assert change is not None
+        return copy.observe(change)
+
+    await writer.update("1", lambda i: i)  # no change: no write, nothing watched
+    await kv.put("1", encode(Item(1)))
+    assert await next_change() == (Item(1), Item(1))
+    await kv.put("3", encode(Item(3)))
+    assert await next_change() == (None, Item(3))
+    await kv.put("3", b"\xc1 not msgpack")
+    assert await next_change() == (Item(3), Item(3))
+    await writer.delete("2")
+    assert await next_change() == (Item(2), None)
+    assert sorted(i.n for i in copy) == [1, 3]
+    await changes.aclose()

@@ -257,3 +257,32 @@ def test_optuna_dashboard_serves_the_study(url: str, tmp_path: Any) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_read_only_journal_reads_a_begun_study_and_never_begins_one(url: str,
+                                                                      opened: list[journal.SyncJournal]) -> None:
+    """A standby's journals (`ReadOnly`, studies loaded, not created): a study the leader began is read with its
+    trials; one whose journal is not begun is not there (KeyError), and nothing is written either way."""
+    from optuna.storages import JournalStorage
+
+    from incl.hpo.backend import ReadOnly
+    from incl.hpo.engine import StudyEngine
+    from incl.proto.errors import Unavailable
+    from incl.proto.spec import load_spec
+
+    hpo = load_spec({"run": "true", "hpo": {"metric": "loss", "trials": 2,
+                                            "params": {"x": {"type": "float", "low": 0, "high": 1}}}}).hpo
+    assert hpo is not None
+    leader = JournalStorage(JetStreamJournalBackend(open_journal(url, opened, "s1")))
+    optuna.create_study(storage=leader, study_name="s1").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    journal_s1 = open_journal(url, opened, "s1")
+    written = len(journal_s1.read(0))
+    standby = JournalStorage(ReadOnly(JetStreamJournalBackend(journal_s1)))
+    assert len(StudyEngine(standby, "s1", hpo, seed=1, create=False).trials()) == 2
+    assert len(journal_s1.read(0)) == written
+    fresh = open_journal(url, opened, "s2")
+    with pytest.raises(KeyError):
+        StudyEngine(JournalStorage(ReadOnly(JetStreamJournalBackend(fresh))), "s2", hpo, seed=1, create=False)
+    with pytest.raises(Unavailable):  # and were it asked to write, it would refuse
+        ReadOnly(JetStreamJournalBackend(fresh)).append_logs([entry("w", 0)])
+    assert fresh.read(0) == []
