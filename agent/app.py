@@ -511,7 +511,8 @@ class Agent:
         if len(data) > self._bus.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
             log.error("event_too_large", size=len(data), limit=self._bus.max_payload)
             data = encode(structs.replace(event, tail=["[tail dropped: the event was over the NATS limit]"]))
-        if isinstance(event, JobRunning):  # a new container: the fork server knows it before anyone else can
+        if isinstance(event, JobRunning) and (runner := self.runners.get((event.job_id, event.attempt))) is not None \
+                and runner.container_id is not None:  # a new container: the fork server knows it before anyone else can
             self._renewed(self._contact, self._lease)
         await self._retry("publish_event", lambda: self._bus.publish_durable(
             subjects.events(self.cfg.agent_id), data, msg_id=msg_id))

@@ -30,7 +30,7 @@ from incl.agent.execution import ContainerExecution, Execution, Outcome, Process
 from incl.agent.jobuser import JobUsers
 from incl.agent.shipper import LineSplitter, Shipper
 from incl.agent.telemetry import GpuReading, ProcessTreeJobs
-from incl.agent.workspace import JobFiles, Workspace, link_data
+from incl.agent.workspace import TRASH, JobFiles, Workspace, link_data
 from incl.artifacts.store import ArtifactStore
 from incl.auth.sealing import AgentKey, SealError, seal
 from incl.bus.connection import Bus
@@ -300,7 +300,7 @@ class Runner:
             if self._uid is not None:  # its own folders, home and tmp: nothing of root's or another job's
                 home, tmp = self.ws.dir / "home", self.ws.dir / "tmp"
                 jobuser.hand_over(self._uid, self.ws.dir, [self.ws.code, self.ws.outputs, self.ws.checkpoints,
-                                                           self.ws.run, home, tmp])
+                                                           home, tmp])
                 env.update(HOME=str(home), TMPDIR=str(tmp), USER=f"incl-{self._uid}", LOGNAME=f"incl-{self._uid}")
             return ProcessExecution(self._launcher, self.cfg.shell, spec.setup, spec.run, self.ws.code, env,
                                     self._on_output, on_pid, drain_timeout=self.cfg.output_drain_timeout,
@@ -394,6 +394,7 @@ class Runner:
         await self._exited(outcome, outputs)
         if self._store is not None:
             self.ws.remove()
+        TRASH.put(None, "", self._socket_dir())  # its metric socket's folder, empty now (kept if the agent stops)
 
     async def _attempt(self, files: JobFiles | None, adopt: ContainerHandle | None) -> Outcome:
         """Prepare (unless re-adopting) and run; every failure becomes the outcome's reason."""
