@@ -322,8 +322,9 @@ class Agent:
         sub = await self._retry("subscribe_assignments", lambda: self._bus.pull(
             subjects.ASSIGN_STREAM, subjects.assign(cfg.agent_id), subjects.assign_consumer(cfg.agent_id),
             ack_wait=cfg.assign_ack_wait))
+        # One job's commands in order; different jobs' side by side (each Assign asks the controller first).
         await consume(self._bus, sub, f"agent-{cfg.agent_id}", decoder, self._command, batch=16,
-                      timeout=cfg.assign_fetch_timeout, backoff=cfg.retry_max)
+                      timeout=cfg.assign_fetch_timeout, backoff=cfg.retry_max, lane=lambda c: c.job_id)
 
     async def _command(self, cmd: AgentCommand) -> None:
         key = (cmd.job_id, cmd.attempt)
