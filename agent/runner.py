@@ -124,6 +124,7 @@ class Runner:
         self.ref = JobRef(job_id=assign.job_id, attempt=assign.attempt)
         self.ws = Workspace(Path(cfg.work_dir), assign.job_id, assign.attempt)
         self._exec: Execution | None = None
+        self._sockets: Path | None = None  # the metric socket's folder (_socket_dir)
         self._stop_reason: str | None = None
         self._cancelled = self._preempted = False
         self._grace = cfg.cancel_grace
@@ -257,9 +258,12 @@ class Runner:
 
     def _socket_dir(self) -> Path:
         # Short (a unix socket path has ~100 bytes) and a folder of its own, so that a container that mounts it
-        # sees the socket a restarted agent re-creates.
-        rank = f"-r{self.rank}" if self.rank else ""  # the ranks of one job may share a host (local agents)
-        return Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" / f"{self.ref.job_id}-{self.ref.attempt}{rank}"
+        # sees the socket a restarted agent re-creates. Worked out once: asked three times per attempt.
+        if self._sockets is None:
+            rank = f"-r{self.rank}" if self.rank else ""  # the ranks of one job may share a host (local agents)
+            self._sockets = (Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" /
+                             f"{self.ref.job_id}-{self.ref.attempt}{rank}")
+        return self._sockets
 
     def _env(self, paths: dict[str, str], inherit: bool) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCL_")} if inherit else {}
