@@ -30,7 +30,7 @@ from incl.controller.providers import open_provider
 from incl.controller.wiring import Graph
 from incl.proto import subjects
 from incl.proto.codec import Decoder
-from incl.proto.messages import AgentEvent, AgentInterrupted
+from incl.proto.messages import ON_AGENT, AgentEvent, AgentInterrupted, JobState
 
 log = structlog.get_logger()
 
@@ -189,9 +189,11 @@ class Controller:
 
     async def _schedule_once(self, g: Graph) -> None:
         started = time.thread_time()  # the event loop's own CPU (not a study's worker threads)
-        queued = g.jobs.queued()
+        live = g.jobs.live()  # once per pass: the queued jobs, and those on agents (their resources)
+        queued = [j for j in live if j.state is JobState.QUEUED]
+        on_agent = [j for j in live if j.state in ON_AGENT]
         # Nothing queued (e.g. a burst of registrations): no placement pass at all.
-        plan = (scheduler.plan(queued, g.agents.slots(), quotas=g.jobs.quotas, running=g.jobs.on_agent(),
+        plan = (scheduler.plan(queued, g.agents.slots(on_agent), quotas=g.jobs.quotas, running=on_agent,
                                now=time.time(), reserved_since=self._reserving,
                                reserve_for=self.cfg.gang_reserve_for, held_for=self._held(g))
                 if queued else scheduler.Plan(placements=[], waiting={}))
