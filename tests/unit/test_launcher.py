@@ -226,3 +226,14 @@ async def test_a_command_starts_with_no_signal_blocked_no_stray_descriptor_and_a
         h = await launcher.start(["/bin/true"], str(tmp_path / "gone"), {}, err.sink)
         assert await h.wait(5.0) == 127
         assert err.data.startswith(b"incl: cannot run /bin/true: No such file or directory")
+
+
+async def test_an_environment_value_that_is_not_utf8_reaches_the_command_byte_for_byte(tmp_path: Path) -> None:
+    """os.environ keeps undecodable bytes as surrogates; the request to the fork server still carries them."""
+    out = Output()
+    async with Launcher() as launcher:
+        h = await launcher.start(["/bin/sh", "-c", 'printf %s "$ODD"'], str(tmp_path),
+                                 {"PATH": os.environ["PATH"], "ODD": b"a\xffb".decode(errors="surrogateescape")},
+                                 out.sink)
+        assert await h.wait(5.0) == 0
+        assert out.data == b"a\xffb"
