@@ -322,8 +322,9 @@ class Agent:
         sub = await self._retry("subscribe_assignments", lambda: self._bus.pull(
             subjects.ASSIGN_STREAM, subjects.assign(cfg.agent_id), subjects.assign_consumer(cfg.agent_id),
             ack_wait=cfg.assign_ack_wait))
+        # One job's commands in order; different jobs' side by side (each Assign asks the controller first).
         await consume(self._bus, sub, f"agent-{cfg.agent_id}", decoder, self._command, batch=16,
-                      timeout=cfg.assign_fetch_timeout, backoff=cfg.retry_max)
+                      timeout=cfg.assign_fetch_timeout, backoff=cfg.retry_max, lane=lambda c: c.job_id)
 
     async def _command(self, cmd: AgentCommand) -> None:
         key = (cmd.job_id, cmd.attempt)
@@ -511,7 +512,8 @@ class Agent:
         if len(data) > self._bus.max_payload and isinstance(event, JobExited):  # cannot happen once bounded
             log.error("event_too_large", size=len(data), limit=self._bus.max_payload)
             data = encode(structs.replace(event, tail=["[tail dropped: the event was over the NATS limit]"]))
-        if isinstance(event, JobRunning):  # a new container: the fork server knows it before anyone else can
+        if isinstance(event, JobRunning) and (runner := self.runners.get((event.job_id, event.attempt))) is not None \
+                and runner.container_id is not None:  # a new container: the fork server knows it before anyone else can
             self._renewed(self._contact, self._lease)
         await self._retry("publish_event", lambda: self._bus.publish_durable(
             subjects.events(self.cfg.agent_id), data, msg_id=msg_id))

@@ -36,6 +36,7 @@ only until the lease ends (below): so the controller can run a job again elsewhe
 import contextlib
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import select
@@ -210,12 +211,7 @@ def _wait_for(pid, agent, launcher):
     """The command's wait status, acting on the guard's signals meanwhile (only from whom they are meant to
     come: a job that signals its own group does not end itself by it); orphans are reaped as they end."""
     while True:
-        info = signal.sigwaitinfo(GUARD_SIGNALS)
-        if info.si_signo == signal.SIGUSR1 and info.si_pid == agent:
-            _kill_all()
-        elif info.si_signo == signal.SIGUSR2 and info.si_pid == launcher:
-            _die_with_launcher()
-        while True:
+        while True:  # first: the command may have ended before its SIGCHLD could be waited for
             try:
                 child, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -224,12 +220,65 @@ def _wait_for(pid, agent, launcher):
                 break
             if child == pid:
                 return status
+        info = signal.sigwaitinfo(GUARD_SIGNALS)
+        if info.si_signo == signal.SIGUSR1 and info.si_pid == agent:
+            _kill_all()
+        elif info.si_signo == signal.SIGUSR2 and info.si_pid == launcher:
+            _die_with_launcher()
+
+
+def _spawn(argv, cwd, env, out, err, uid):
+    """Start the command; its pid in `_command`. With posix_spawn (clone-vfork and exec in C: no Python runs in the
+    child, whose copy-on-write faults cost more than the rest of a job's start), its signal mask emptied in the
+    child, so that the guard's signals stay blocked here without a gap. The guard moves to the job's folder first
+    (the child starts there) and resolves argv[0] on the job's PATH, as execvpe does. A job of its own user is
+    forked and switches user in Python, which posix_spawn cannot do."""
+    global _command  # noqa: PLW0603 - the guard's own state, as in _guard
+    if uid is not None:
+        _command = _fork_exec(argv, cwd, env, out, err, uid)
+        return
+    os.chdir(cwd)
+    actions = [(os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2), (os.POSIX_SPAWN_CLOSE, out),
+               (os.POSIX_SPAWN_CLOSE, err), (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    paths = [argv[0]] if os.sep in argv[0] else [os.path.join(d, argv[0]) for d in os.get_exec_path(env)]
+    failed: OSError | None = None
+    for path in paths:
+        try:
+            _command = os.posix_spawn(path, argv, env, file_actions=actions, setsigmask=())
+            return
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            failed = failed if isinstance(failed, PermissionError) else exc
+        except PermissionError as exc:  # as execvpe: a later folder may hold one it may run
+            failed = exc
+    raise failed or FileNotFoundError(2, os.strerror(2), argv[0])
+
+
+def _fork_exec(argv, cwd, env, out, err, uid):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, GUARD_SIGNALS)
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.closerange(3, 65536)
+            os.setgroups([])  # the job's own user: no groups of root's, and no way back
+            os.setgid(uid)
+            os.setuid(uid)
+            os.chdir(cwd)
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(2, f"incl: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        os._exit(127)
+    return pid
 
 
 def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups, uid=None):
     """In the forked child: lead a new group, run argv in it, end the job as it exits. Never returns."""
-    global _cgroup, _command  # noqa: PLW0603 - the forked child's signal handlers read them
+    global _cgroup  # noqa: PLW0603 - the forked child's signal handlers read it
     try:
+        gc.disable()  # a short-lived process: no collection need touch (and copy) the launcher's pages
         signal.set_wakeup_fd(-1)
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -237,25 +286,12 @@ def _guard(argv, cwd, env, out, err, agent, launcher, sock, cgroups, uid=None):
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         if not _die_with_parent(signal.SIGUSR2, launcher):
             _die_with_launcher()
-        pid = os.fork()
-        if pid == 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, GUARD_SIGNALS)
-            os.dup2(out, 1)
-            os.dup2(err, 2)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.closerange(3, 65536)
-            try:
-                if uid is not None:  # the job's own user: no groups of root's, and no way back
-                    os.setgroups([])
-                    os.setgid(uid)
-                    os.setuid(uid)
-                os.chdir(cwd)
-                os.execvpe(argv[0], argv, env)
-            except OSError as exc:
-                os.write(2, f"incl: cannot run {argv[0]}: {exc.strerror}\n".encode())
-                os._exit(127)
-        _command = pid
+        try:
+            _spawn(argv, cwd, env, out, err, uid)
+        except OSError as exc:  # the command could not start: like the shell's 127
+            os.write(err, f"incl: cannot run {argv[0]}: {exc.strerror}\n".encode())
+            os._exit(127)
+        pid = _command
         os.close(out)
         os.close(err)
         _cgroup = _make_cgroup(cgroups)
@@ -375,6 +411,7 @@ def _docker(socket_path, method, path):
 
 
 def serve(sock, agent, cgroups):
+    gc.freeze()  # a guard's collections leave the launcher's objects alone: fewer copy-on-write faults per job
     me = os.getpid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -438,6 +475,7 @@ def serve(sock, agent, cgroups):
 
 def main(argv):
     sock = socket.socket(fileno=int(argv[1]))
+    sock.set_inheritable(False)  # the agent passed it open across exec; no job's command may hold it
     if os.getppid() != int(argv[2]):  # the agent died before we started
         sys.exit(1)
     serve(sock, int(argv[2]), None if "nocgroup" in argv[3:] else cgroup_parent())

@@ -31,7 +31,7 @@ from incl.agent.jobuser import JobUsers
 from incl.agent.metricsummary import Summary
 from incl.agent.shipper import LineSplitter, Shipper
 from incl.agent.telemetry import GpuReading, ProcessTreeJobs
-from incl.agent.workspace import JobFiles, Workspace, link_data
+from incl.agent.workspace import TRASH, JobFiles, Workspace, link_data
 from incl.artifacts.store import ArtifactStore
 from incl.auth.sealing import AgentKey, SealError, seal
 from incl.bus.connection import Bus
@@ -127,6 +127,7 @@ class Runner:
         self.ref = JobRef(job_id=assign.job_id, attempt=assign.attempt)
         self.ws = Workspace(Path(cfg.work_dir), assign.job_id, assign.attempt)
         self._exec: Execution | None = None
+        self._sockets: Path | None = None  # the metric socket's folder (_socket_dir)
         self._stop_reason: str | None = None
         self._cancelled = self._preempted = False
         self._grace = cfg.cancel_grace
@@ -288,9 +289,12 @@ class Runner:
 
     def _socket_dir(self) -> Path:
         # Short (a unix socket path has ~100 bytes) and a folder of its own, so that a container that mounts it
-        # sees the socket a restarted agent re-creates.
-        rank = f"-r{self.rank}" if self.rank else ""  # the ranks of one job may share a host (local agents)
-        return Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" / f"{self.ref.job_id}-{self.ref.attempt}{rank}"
+        # sees the socket a restarted agent re-creates. Worked out once: asked three times per attempt.
+        if self._sockets is None:
+            rank = f"-r{self.rank}" if self.rank else ""  # the ranks of one job may share a host (local agents)
+            self._sockets = (Path(tempfile.gettempdir()) / f"incl-{os.getuid()}" /
+                             f"{self.ref.job_id}-{self.ref.attempt}{rank}")
+        return self._sockets
 
     def _env(self, paths: dict[str, str], inherit: bool) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCL_")} if inherit else {}
@@ -331,7 +335,7 @@ class Runner:
             if self._uid is not None:  # its own folders, home and tmp: nothing of root's or another job's
                 home, tmp = self.ws.dir / "home", self.ws.dir / "tmp"
                 jobuser.hand_over(self._uid, self.ws.dir, [self.ws.code, self.ws.outputs, self.ws.checkpoints,
-                                                           self.ws.run, home, tmp])
+                                                           home, tmp])
                 env.update(HOME=str(home), TMPDIR=str(tmp), USER=f"incl-{self._uid}", LOGNAME=f"incl-{self._uid}")
             return ProcessExecution(self._launcher, self.cfg.shell, spec.setup, spec.run, self.ws.code, env,
                                     self._on_output, on_pid, drain_timeout=self.cfg.output_drain_timeout,
@@ -426,6 +430,7 @@ class Runner:
         await self._exited(outcome, outputs)
         if self._store is not None:
             self.ws.remove()
+        TRASH.put(None, "", self._socket_dir())  # its metric socket's folder, empty now (kept if the agent stops)
 
     async def _attempt(self, files: JobFiles | None, adopt: ContainerHandle | None) -> Outcome:
         """Prepare (unless re-adopting) and run; every failure becomes the outcome's reason."""

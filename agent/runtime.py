@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from incl.proto.messages import Stream
@@ -72,6 +73,18 @@ class ProcessHandle:
                     os.killpg(self.pid, sig)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._ended), timeout=grace)
+
+
+_JSON = msgspec.json.Decoder()
+
+
+def _packet(request: dict[str, Any]) -> bytes:
+    """A request as the fork server's JSON, encoded in C (the job's environment is most of it). A string that is
+    not valid UTF-8 (an environment variable's undecodable bytes, kept as surrogates) goes through json.dumps."""
+    try:
+        return msgspec.json.encode(request)
+    except (msgspec.EncodeError, UnicodeEncodeError):
+        return json.dumps(request).encode()
 
 
 def _killed_note(report: dict[str, Any]) -> str:
@@ -144,7 +157,7 @@ class Launcher:
     async def _read(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while data := await loop.sock_recv(sock, MAX_PACKET):
-            msg = json.loads(data)
+            msg = _JSON.decode(data)
             if "fenced" in msg:  # the lease ran out while the agent could not act: before the exits that follow
                 self.fenced.update(msg["fenced"])
                 self.fenced.update(msg["containers"])
@@ -202,7 +215,7 @@ class Launcher:
         reply = self._replies[request_id] = loop.create_future()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        packet = json.dumps({"id": request_id, "argv": argv, "cwd": cwd, "env": env, "uid": uid}).encode()
+        packet = _packet({"id": request_id, "argv": argv, "cwd": cwd, "env": env, "uid": uid})
         try:
             while True:
                 try:

@@ -44,10 +44,15 @@ class Shipper:
         self._full = asyncio.Event()
         self._room = asyncio.Condition()
         self._closing = False
+        self._started = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        """Ship from now on. The shipping task itself starts with the first item: most jobs log no metric, and
+        many print nothing, and an idle task still wakes every flush interval."""
+        self._started = True
+        if self._items:
+            self._task = asyncio.create_task(self._run())
 
     @property
     def seq(self) -> int:
@@ -61,6 +66,8 @@ class Shipper:
         per = nbytes // max(len(items), 1)
         self._items.extend((item, per) for item in items)
         self._bytes += nbytes
+        if self._task is None and self._started:
+            self._task = asyncio.create_task(self._run())
         if len(self._items) >= self._max_items or self._bytes >= self._max_bytes:
             self._full.set()
 
@@ -68,6 +75,8 @@ class Shipper:
         """Ship everything buffered, then stop."""
         self._closing = True
         self._full.set()
+        if self._task is None and self._items:  # added before start(): shipped now
+            self._task = asyncio.create_task(self._run())
         if self._task is not None:
             await self._task
 

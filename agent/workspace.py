@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import shutil
 import threading
 import uuid
@@ -84,16 +85,23 @@ class Workspace:
         """assign.msgpack, mode 0600 from its first byte: only the agent's user reads which job ran here, and the
         secrets in it are sealed besides."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.ran.parent.mkdir(exist_ok=True)
-        self.ran.touch()
+        try:
+            self.ran.touch()
+        except FileNotFoundError:  # the first attempt this work dir has seen
+            self.ran.parent.mkdir(exist_ok=True)
+            self.ran.touch()
         fd = os.open(self.assignment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         self.assignment.chmod(0o600)  # a file an older agent left (0644) keeps its mode through O_CREAT
 
     def create(self) -> Workspace:
-        for d in (self.code, self.run, self.outputs, self.checkpoints, self.cache):
+        """The folders a process job's command finds when it starts: its working directory (`code`), `outputs` and
+        `checkpoints`. `run` is made by whoever writes into it (a container's entry scripts)."""
+        for d in (self.code, self.outputs, self.checkpoints):
             d.mkdir(parents=True, exist_ok=True)
+        if not self.cache.is_dir():
+            self.cache.mkdir(parents=True, exist_ok=True)
         return self
 
     @property
@@ -101,15 +109,20 @@ class Workspace:
         return sdk_dir(self.root)
 
     def remove(self) -> None:
-        """Gone at once (one rename into trash/); the files themselves are deleted by a worker thread, since
-        100,000 unlinks would hold up the event loop, and with it the heartbeats, for seconds."""
+        """Gone at once (one rename into trash/); the files themselves, and the job's folder once its last attempt
+        here is gone, are deleted by the trash thread, since 100,000 unlinks would hold up the event loop, and with
+        it the heartbeats, for seconds (and on a busy disk one rmdir takes a millisecond)."""
         trash = self.root / "trash"
-        trash.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(self.dir, trash / f"{self.job_id}-{self.attempt}-{uuid.uuid4().hex[:8]}")
-        with contextlib.suppress(OSError):  # the job's folder, once its last attempt here is gone
-            self.dir.parent.rmdir()
-        threading.Thread(target=_empty_trash, args=(trash,), name="incl-trash", daemon=True).start()
+        name = f"{self.job_id}-{self.attempt}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.dir, trash / name)
+        except FileNotFoundError:
+            if not self.dir.exists():
+                name = ""
+            else:  # no trash/ yet
+                trash.mkdir(parents=True, exist_ok=True)
+                os.rename(self.dir, trash / name)
+        TRASH.put(trash, name, self.dir.parent)
 
 
 class JobFiles:
@@ -190,7 +203,6 @@ class JobFiles:
         return path
 
 
-_trash_lock = threading.Lock()
 RAN = "ran"  # under the work dir: one empty file per attempt started here, `<job>.<attempt>`
 
 
@@ -207,11 +219,75 @@ def prune_ran(work_dir: Path, older_than: float) -> int:
     return gone
 
 
-def _empty_trash(trash: Path) -> None:
-    """Delete everything in trash/ (also what an agent killed mid-delete left there); one thread at a time."""
-    with _trash_lock, contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(trash):
+class Trash:
+    """One long-lived worker thread that deletes removed folders, woken once per removal (a thread started per
+    removal cost the agent a third of its time deleting). `put` never blocks; the thread starts on first use."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Path | None, str, Path | None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._swept: set[Path] = set()  # trash folders emptied of what an agent killed mid-delete left there
+
+    def put(self, trash: Path | None, name: str, then_rmdir: Path | None = None) -> None:
+        """Delete `trash/name` (nothing, for ""), then remove `then_rmdir` if it is an empty folder by then."""
+        self._queue.put((trash, name, then_rmdir))
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="incl-trash", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            trash, name, then_rmdir = self._queue.get()
+            try:
+                if trash is None:
+                    pass
+                elif trash not in self._swept:
+                    self._swept.add(trash)
+                    with contextlib.suppress(FileNotFoundError), os.scandir(trash) as entries:
+                        for entry in entries:
+                            _delete(entry.path)
+                elif name:
+                    _delete(str(trash / name))
+                if then_rmdir is not None:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(then_rmdir)
+            except Exception:  # the thread must live on; what is left is swept by a later agent
+                log.exception("trash_delete_failed", name=name)
+
+
+TRASH = Trash()
+
+
+def _delete(path: str) -> None:
+    """A folder and everything in it. An attempt's folder mostly holds empty folders and one small file, each
+    removed with one call here; anything deeper goes through shutil.rmtree."""
+    try:
+        entries = list(os.scandir(path))
+    except NotADirectoryError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                os.rmdir(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a folder with files in it
             shutil.rmtree(entry.path, ignore_errors=True)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # something was added meanwhile
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _pin_view(attempt_dir: Path, view: Path) -> None:

@@ -245,9 +245,21 @@ class CpuMeter:
         idle = f[3] + (f[4] if len(f) > 4 else 0)
         return sum(f) - idle, sum(f)
 
+    def writes(self) -> dict[str, int]:
+        """Write syscalls (socket sends included) each stack process made since it started, /proc/PID/io."""
+        out = {}
+        for name, pid in self.stack.pids.items():
+            try:
+                io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+            except (OSError, ValueError):
+                continue
+            out[name] = int(io["syscw"])
+        return out
+
     def start(self) -> None:
         self.t = time.time()
         self.a = self.stack.cpu_times()
+        self.w = self.writes()
         self.me = time.process_time()
         self.h = self.host_jiffies()
 
@@ -259,7 +271,9 @@ class CpuMeter:
         agents = [k for k in own if k.startswith("local-")]
         hb, ht = self.host_jiffies()
         busy = (hb - self.h[0]) / max(ht - self.h[1], 1)
+        w = self.writes()
         return {"wall_s": round(wall, 2), "host_busy": round(busy, 3),
+                "write_syscalls": {k: w[k] - self.w[k] for k in w if k in self.w},
                 "host_busy_cores": round(busy * (os.cpu_count() or 1), 2),
                 "client": round(time.process_time() - self.me, 2),
                 "nats": own.get("nats"), "controller": own.get("controller"),
@@ -374,7 +388,8 @@ async def throughput_once(client: Client, n: int, conc: int, poll: float, user: 
         if now - last_log > 5:
             last_log = now
             log(f"throughput c={conc}: {len(ids) - pending}/{len(ids)} done ({now - t_first:.1f}s)")
-    final = await client.jobs(user=user)
+    mine = set(ids)  # the warm-up jobs ran as the same user: not counted
+    final = [j for j in await client.jobs(user=user) if j.id in mine]
     states: dict[str, int] = {}
     ends = []
     for j in final:

@@ -91,11 +91,12 @@ class Agents:
     def alive(self) -> list[AgentRecord]:
         return [r for r in self.records if r.state is AgentState.ALIVE]
 
-    def slots(self) -> list[Slot]:
+    def slots(self, on_agent: list[Job] | None = None) -> list[Slot]:
+        """Each usable agent's free resources; `on_agent`: the jobs on agents, when the caller has them already."""
         slots = {r.info.agent_id: Slot(agent_id=r.info.agent_id, free=self._usable(r),
                                        runtimes=frozenset(r.info.runtimes), seals=r.info.seal_key is not None)
                  for r in self.alive() if r.info.agent_id not in self.interrupted}
-        for job in self._jobs.on_agent():
+        for job in self._jobs.on_agent() if on_agent is None else on_agent:
             for agent_id in gang.agents_of(job):  # each rank of a multi-node job holds one node's resources
                 slot = slots.get(agent_id)
                 if slot is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 
 import structlog
@@ -31,7 +31,7 @@ from incl.controller.standby import Standby
 from incl.controller.wiring import Graph
 from incl.proto import subjects
 from incl.proto.codec import Decoder
-from incl.proto.messages import AgentEvent, AgentInterrupted
+from incl.proto.messages import ON_AGENT, AgentEvent, AgentInterrupted, JobState
 
 log = structlog.get_logger()
 
@@ -201,8 +201,10 @@ class Controller:
             with bound_contextvars(**ids):
                 await self._retry("apply_event", lambda: self._apply(g, event))
 
-        await consume(bus, sub, "controller-events", decoder, handle,
-                      batch=cfg.events_fetch_batch, timeout=cfg.events_fetch_timeout, backoff=cfg.retry_max)
+        # One job's events in order, different jobs' side by side: their record writes overlap.
+        await consume(bus, sub, "controller-events", decoder, handle, batch=cfg.events_fetch_batch,
+                      timeout=cfg.events_fetch_timeout, backoff=cfg.retry_max,
+                      lane=lambda e: e.agent_id if isinstance(e, AgentInterrupted) else e.job_id)
 
     async def _apply(self, g: Graph, event: AgentEvent) -> None:
         if isinstance(event, AgentInterrupted):
@@ -230,18 +232,20 @@ class Controller:
 
     async def _schedule_once(self, g: Graph) -> None:
         started = time.thread_time()  # the event loop's own CPU (not a study's worker threads)
-        queued = g.jobs.queued()
+        live = g.jobs.live()  # once per pass: the queued jobs, and those on agents (their resources)
+        queued = [j for j in live if j.state is JobState.QUEUED]
+        on_agent = [j for j in live if j.state in ON_AGENT]
         # Nothing queued (e.g. a burst of registrations): no placement pass at all.
-        plan = (scheduler.plan(queued, g.agents.slots(), quotas=g.jobs.quotas, running=g.jobs.on_agent(),
+        plan = (scheduler.plan(queued, g.agents.slots(on_agent), quotas=g.jobs.quotas, running=on_agent,
                                now=time.time(), reserved_since=self._reserving,
                                reserve_for=self.cfg.gang_reserve_for, held_for=self._held(g))
                 if queued else scheduler.Plan(placements=[], waiting={}))
         self._reserving = dict(plan.reserving)
         g.jobs.waiting = g.provisioner.waiting(plan.waiting)  # the reasons, with each job's last launch failure
         self._planning = time.thread_time() - started
-        for job_id, agent_id in plan.placements:
-            with bound_contextvars(job_id=job_id, agent_id=agent_id):
-                await self._dispatch(g, job_id, agent_id)
+        step = self.cfg.dispatch_in_flight
+        for i in range(0, len(plan.placements), step):
+            await _together([self._dispatch(g, job_id, agent_id) for job_id, agent_id in plan.placements[i:i + step]])
         for job_id, agent_ids in plan.gangs:
             with bound_contextvars(job_id=job_id):
                 await self._dispatch_gang(g, job_id, agent_ids)
@@ -250,7 +254,8 @@ class Controller:
     async def _dispatch(self, g: Graph, job_id: str, agent_id: str) -> None:
         record = g.agents.records.get(agent_id)
         try:
-            await g.jobs.dispatch(job_id, agent_id, record.info if record else None)
+            with bound_contextvars(job_id=job_id, agent_id=agent_id):
+                await g.jobs.dispatch(job_id, agent_id, record.info if record else None)
         except state.IllegalTransition as exc:  # cancelled meanwhile
             log.info("dispatch_skipped", job_id=job_id, reason=str(exc))
         except TRANSIENT:
@@ -301,3 +306,13 @@ class Controller:
                 await agents.expire(time.time())
             except TRANSIENT as exc:
                 log.warning("liveness_pass_failed", error=repr(exc))
+
+
+async def _together(dispatches: list[Coroutine[object, object, None]]) -> None:
+    """Run side by side; once all are done, re-raise the first failure (a transient one: the pass is retried)."""
+    if len(dispatches) == 1:
+        await dispatches[0]
+        return
+    for outcome in await asyncio.gather(*dispatches, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome

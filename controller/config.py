@@ -69,6 +69,9 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # longer, and passes are spaced out so that submits, events and heartbeats still get their turn.
     schedule_duty: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     assign_resend_after: float = 15.0  # an ASSIGNED attempt that has not started is re-sent (deduplicated)
+    # The placements of one pass are written and published this many at a time, side by side: their round trips
+    # to NATS overlap, and their commands share socket writes.
+    dispatch_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 32
     cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
     gang_reserve_for: float = 120.0  # a multi-node job first in its class holds fitting agents this long for the rest
     idempotency_ttl: float = 86400.0  # a submit retried with the same key within this returns the same job

@@ -81,17 +81,27 @@ async def test_submit_progress_is_plain_lines_when_stderr_is_not_a_terminal(
 
 
 async def test_removing_an_attempt_folder_is_immediate_and_its_files_are_deleted_later(tmp_path: Path) -> None:
-    """An attempt's folder disappears at once (the runner calls remove() on the event loop); its files are
-    deleted by a worker thread, and nothing is left in the work dir after."""
+    """An attempt's folder disappears at once (the runner calls remove() on the event loop); its files, and the
+    job's folder once its last attempt is gone, are deleted by the trash thread, and nothing is left after.
+    One thread serves every removal: a second one is deleted by the same."""
+    import threading
+
     from incl.agent.workspace import Workspace
 
-    ws = Workspace(tmp_path, "j1", 1).create()
-    for i in range(2000):
-        (ws.code / f"f{i}").write_bytes(b"x")
-    ws.remove()
-    assert not ws.dir.exists() and not (tmp_path / "jobs" / "j1").exists()
+    removed = [Workspace(tmp_path, "j1", 1).create(), Workspace(tmp_path, "j2", 1).create()]
+    for ws in removed:
+        for i in range(2000):
+            (ws.code / f"f{i}").write_bytes(b"x")
+        (ws.outputs / "deep" / "er").mkdir(parents=True)
+        (ws.outputs / "link").symlink_to(tmp_path / "kept")
+    (tmp_path / "kept").mkdir()
+    for ws in removed:
+        ws.remove()
+        assert not ws.dir.exists()
     for _ in range(500):
-        if not any((tmp_path / "trash").iterdir()):
+        if not any((tmp_path / "trash").iterdir()) and not any((tmp_path / "jobs").iterdir()):
             break
         await asyncio.sleep(0.02)
-    assert list((tmp_path / "trash").iterdir()) == []
+    assert list((tmp_path / "trash").iterdir()) == [] and list((tmp_path / "jobs").iterdir()) == []
+    assert (tmp_path / "kept").is_dir()  # a symlink is removed, never followed
+    assert [t.name for t in threading.enumerate()].count("incl-trash") == 1

@@ -49,6 +49,36 @@ async def test_a_failing_handler_parks_its_message_and_the_next_ones_are_handled
     assert (await bus.state(subjects.EVENTS_STREAM)).messages == 0  # nothing left to redeliver into a crash loop
 
 
+async def test_with_lanes_one_lane_is_handled_in_order_and_lanes_side_by_side(bus: Bus) -> None:
+    """The controller's events: one job's in order, different jobs' round trips overlapping; all acked."""
+    await ensure_streams(bus, StreamLimits())
+    handled: list[int] = []
+    running, most = 0, 0
+
+    async def handle(item: Item) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05 if item.n < 2 else 0)  # the first of each lane is the slowest
+        handled.append(item.n)
+        running -= 1
+
+    for n in range(6):
+        await bus.publish_durable(subjects.events("a1"), encode(Item(n)))
+    pull = await bus.pull(subjects.EVENTS_STREAM, f"{subjects.EVENTS_PREFIX}.*", "test", ack_wait=5)
+    loop = asyncio.create_task(consume(bus, pull, "test", Decoder(Item), handle, batch=10, timeout=0.2,
+                                       backoff=0.1, lane=lambda item: item.n % 2))
+    try:
+        while len(handled) < 6:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+    finally:
+        loop.cancel()
+    assert [n for n in handled if n % 2 == 0] == [0, 2, 4] and [n for n in handled if n % 2] == [1, 3, 5]
+    assert most == 2
+    assert (await bus.state(subjects.EVENTS_STREAM)).messages == 0
+
+
 SIBLING_FAILS = """
 import asyncio
 from incl.bus.daemon import wait_event

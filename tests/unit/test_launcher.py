@@ -206,3 +206,34 @@ async def test_a_job_started_after_the_lease_ran_out_is_stopped_with_the_rest_an
             status = await late.wait(1.0)
         assert late.pid in launcher.fenced and first.pid in launcher.fenced
         assert status != 0
+
+
+async def test_a_command_starts_with_no_signal_blocked_no_stray_descriptor_and_a_missing_folder_is_a_127(
+        tmp_path: Path) -> None:
+    """The guard blocks its signals to wait for them; the command it spawns (in C, no Python in the child) must not
+    inherit that mask, or it would never see SIGTERM, its "checkpoint now"; nor any descriptor but its three."""
+    out = Output()
+    async with Launcher() as launcher:
+        h = await launcher.start(["grep", "^SigBlk", "/proc/self/status"], str(tmp_path),  # a shell would unblock
+                                 {"PATH": os.environ["PATH"]}, out.sink)
+        assert await h.wait(5.0) == 0
+        assert out.data.decode().split() == ["SigBlk:", "0" * 16]
+        fds = Output()  # nothing of the launcher's or the guard's is left open in it (3: ls's own, of the folder)
+        h = await launcher.start(["ls", "/proc/self/fd"], str(tmp_path), {"PATH": os.environ["PATH"]}, fds.sink)
+        assert await h.wait(5.0) == 0
+        assert fds.data.split() == [b"0", b"1", b"2", b"3"]
+        err = Output()
+        h = await launcher.start(["/bin/true"], str(tmp_path / "gone"), {}, err.sink)
+        assert await h.wait(5.0) == 127
+        assert err.data.startswith(b"incl: cannot run /bin/true: No such file or directory")
+
+
+async def test_an_environment_value_that_is_not_utf8_reaches_the_command_byte_for_byte(tmp_path: Path) -> None:
+    """os.environ keeps undecodable bytes as surrogates; the request to the fork server still carries them."""
+    out = Output()
+    async with Launcher() as launcher:
+        h = await launcher.start(["/bin/sh", "-c", 'printf %s "$ODD"'], str(tmp_path),
+                                 {"PATH": os.environ["PATH"], "ODD": b"a\xffb".decode(errors="surrogateescape")},
+                                 out.sink)
+        assert await h.wait(5.0) == 0
+        assert out.data == b"a\xffb"
