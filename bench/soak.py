@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -75,10 +76,8 @@ def dir_kib(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):  # gone meanwhile
                 total += os.stat(os.path.join(root, f)).st_blocks * 512
-            except OSError:
-                pass
     return total // 1024
 
 
@@ -119,10 +118,8 @@ class Soak:
     async def sampler(self, client: Client, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.sample(client)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.args.sample)
-            except TimeoutError:
-                pass
 
     async def submit_all(self, client: Client) -> None:
         spec = load_spec({"run": "true"})
