@@ -14,6 +14,10 @@ per stack process (controller, local-0.., nats, web, and this client) its VmRSS 
 in KiB, and its count of open fds; the jobs submitted, not yet terminal (one `jobs(states=not terminal)` call),
 and done (submitted - not terminal); the size of the JetStream store on disk; the host's load average.
 
+With `--restart`, the controller is then stopped and started again on the same buckets (`incl up` restarts
+what died) and its RSS sampled three times, 20 s apart: a fresh process holding the same records, so what the
+long run left behind beyond them shows.
+
 At the end it waits for the last jobs, lists them all (page by page) and checks that every one is SUCCEEDED
 with exactly one attempt; then it writes a summary line: per process the RSS after warm-up (minute
 `--warmup`, default 10, or a third of a shorter run), the mean of the last three samples, the least-squares
@@ -160,7 +164,30 @@ class Soak:
                 stop.set()
             await self.sample(client)
             check = await self.check(client)
-        return self.summary(check)
+        out = self.summary(check)
+        if self.args.restart:
+            out["restarted_controller"] = await self.restarted()
+            self.write({"restart": out["restarted_controller"]})
+        return out
+
+    async def restarted(self) -> dict:
+        """The controller's RSS before and after a restart on the same buckets: what it holds for the jobs it has
+        records of (rebuilt at start) against what a long run alone left behind."""
+        name = "controller"
+        before = proc_sample(self.stack.pids[name])
+        os.kill(self.stack.pids[name], signal.SIGTERM)
+        while proc_sample(self.stack.pids[name]) is not None:
+            await asyncio.sleep(0.2)
+        p = await asyncio.to_thread(self.stack._incl, "up", "--web-port", "0", timeout=180)
+        state = json.loads((self.stack.home / "stack.json").read_text())
+        self.stack.pids = {proc["name"]: proc["pid"] for proc in state["procs"]}
+        log(f"controller restarted ({p.returncode}): {p.stdout.strip()[-200:]}")
+        after = []
+        for _ in range(3):
+            await asyncio.sleep(20)
+            after.append(proc_sample(self.stack.pids[name]))
+            log(f"restarted controller: {after[-1]}")
+        return {"before": before, "after": after}
 
     async def check(self, client: Client) -> dict:
         jobs = await client.jobs(user=USER)
@@ -221,6 +248,8 @@ def main() -> int:
     p.add_argument("--drain", type=float, default=600.0, help="seconds to wait for the last jobs")
     p.add_argument("--out", default=str(HERE / "results" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
     p.add_argument("--keep", action="store_true", help="keep the stack's INCL_HOME")
+    p.add_argument("--restart", action="store_true",
+                   help="at the end, restart the controller on the same buckets and sample its RSS again")
     args = p.parse_args()
 
     def _term(signum, _frame):  # run the `finally` (incl down) on SIGTERM/SIGHUP too
