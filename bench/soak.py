@@ -14,10 +14,6 @@ per stack process (controller, local-0.., nats, web, and this client) its VmRSS 
 in KiB, and its count of open fds; the jobs submitted, not yet terminal (one `jobs(states=not terminal)` call),
 and done (submitted - not terminal); the size of the JetStream store on disk; the host's load average.
 
-With `--restart`, the controller is then stopped and started again on the same buckets (`incl up` restarts
-what died) and its RSS sampled three times, 20 s apart: a fresh process holding the same records, so what the
-long run left behind beyond them shows.
-
 At the end it waits for the last jobs, lists them all (page by page) and checks that every one is SUCCEEDED
 with exactly one attempt; then it writes a summary line: per process the RSS after warm-up (minute
 `--warmup`, default 10, or a third of a shorter run), the mean of the last three samples, the least-squares
@@ -25,6 +21,10 @@ slope of RSS against jobs done after warm-up (MiB per 10,000 jobs) and a verdict
 growth over the whole run after warm-up is under 5 MiB or 5% of the warm RSS, else "GROWS". The nats-server
 holds the JetStream store, which grows with the jobs by design: its verdict is reported, but read it as that.
 The summary is also printed on stdout as one JSON object.
+
+With `--restart`, the controller is then stopped and started again on the same buckets (`incl up` restarts
+what died) and its RSS sampled three times, 20 s apart: a fresh process holding the same records, so what the
+long run left behind beyond them shows.
 """
 
 from __future__ import annotations
