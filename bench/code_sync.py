@@ -51,7 +51,7 @@ from motoserver import MotoServer  # noqa: E402  (tests/ holds the moto helper)
 from incl.artifacts import BlobCache, HashCache, TreeLimits, open_store, pull_tree, push_tree  # noqa: E402
 
 PY = sys.executable
-AWS = str(Path(PY).parent / "aws")
+AWS = str(Path(PY).parent / "aws")  # awscli in this venv; else --aws names one (an `aws` on PATH)
 BUCKET = "bench"
 MB = 1_000_000
 
@@ -137,7 +137,7 @@ class Bench:
         self.edits = 0
 
     def aws_sync(self, dest: str) -> float:
-        return timed_run([AWS, "s3", "sync", str(self.tree), f"s3://{BUCKET}/{dest}/", "--endpoint-url",
+        return timed_run([self.args.aws, "s3", "sync", str(self.tree), f"s3://{BUCKET}/{dest}/", "--endpoint-url",
                           self.moto.url, "--only-show-errors"], self.env)[0]
 
     def edit_one(self) -> None:
@@ -302,7 +302,11 @@ async def main() -> None:
     p.add_argument("--seed", type=int, default=20261126)
     p.add_argument("--strategies", action="store_true", help="compare ways to find the blobs a store lacks")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--aws", default=AWS if Path(AWS).exists() else shutil.which("aws"),
+                   help="the aws CLI to run (default: this venv's, else the one on PATH)")
     args = p.parse_args()
+    if not args.aws:
+        p.error("no aws CLI: install awscli in this venv or pass --aws PATH")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     import incl.artifacts.s3api  # in-process figures leave out the one-time import (measured apart)
 
@@ -313,10 +317,11 @@ async def main() -> None:
             b = Bench(args, work, moto)
             log("generating the tree...")
             b.info = make_tree(b.tree, args.files, args.mb, args.seed)
-            subprocess.run([AWS, "s3", "mb", f"s3://{BUCKET}", "--endpoint-url", moto.url], env=b.env, check=True,
+            subprocess.run([args.aws, "s3", "mb", f"s3://{BUCKET}", "--endpoint-url", moto.url], env=b.env, check=True,
                            capture_output=True)
             tree = {k: v for k, v in b.info.items() if k != "small_paths"}
-            host = {"cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()]}
+            host = {"cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()], "aws": args.aws,
+                    "aws_version": subprocess.run([args.aws, "--version"], capture_output=True, text=True).stdout.strip()}
             result: dict[str, Any]
             if args.strategies:
                 result = {"when": time.time(), "tree": tree, "host": host, "strategies": await strategies(b)}
