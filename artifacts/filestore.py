@@ -4,8 +4,10 @@ into place, so readers and concurrent writers never see a partial object."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,6 +88,9 @@ class FileStore(ArtifactStore):
     async def delete(self, key: str) -> None:
         await self._run(self._path(key).unlink, True)
 
+    async def delete_unchanged(self, info: ObjectInfo) -> bool:
+        return await self._run(_delete_unchanged, self._path(info.key), info.etag)
+
     def _copy_in(self, src: Path, fd: int | None, target: Path, sha256: str | None) -> None:
         digest = hashlib.sha256()
 
@@ -127,6 +132,29 @@ def _write(target: Path, chunks: Iterable[bytes], fsync: bool) -> None:
             out.write(chunk)
 
 
+def _delete_unchanged(path: Path, etag: str) -> bool:
+    """Move the object aside (a rename: atomic, and a name listings skip), then look at what was moved: written
+    again since the listing, it goes back unless a newer one took its place meanwhile. A writer that renames its
+    copy into place either does so before (and is moved aside, then back) or after (and stays): no window."""
+    aside = path.with_name(f"{TEMP_PREFIX}gc-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    st = os.stat(aside)
+    if _etag(st) != etag:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+        os.unlink(aside)
+        return False
+    os.unlink(aside)
+    return True
+
+
+def _etag(st: os.stat_result) -> str:
+    return f"{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
 def _list(root: Path, base: Path, prefix: str) -> list[ObjectInfo]:
     """Objects under `root` whose key starts with `prefix`, walking only the folder `base`."""
     found = []
@@ -142,6 +170,6 @@ def _list(root: Path, base: Path, prefix: str) -> list[ObjectInfo]:
                     st = os.stat(path)
                 except FileNotFoundError:  # deleted meanwhile
                     continue
-                found.append(ObjectInfo(key, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime))
+                found.append(ObjectInfo(key, st.st_size, _etag(st), st.st_mtime))
     found.sort()
     return found

@@ -7,10 +7,12 @@ Mark and sweep with a grace period, so that a push running at the same time lose
     young       an object written less than `grace` ago is never a candidate: a push in progress uploads its
                 blobs before the manifest that names them, and its job record comes after both
     candidate   an object neither live nor young, recorded with the time it was first seen so (in the store,
-                gc/candidates, so that every run of `incl gc` from anywhere shares them)
-    deleted     a candidate first seen at least `grace` ago, not written since, and still not live now
+                gc/candidates, so that every run of `incl gc` from anywhere shares them: gcmarks.py)
+    deleted     a candidate first seen at least `grace` ago, not written since, and still not live now; and not
+                written since this run listed it (the store re-checks as it deletes: delete_unchanged)
 
-An object written again after it became a candidate (a push that uploaded it anew) starts over. Deletions go
+An object written again after it became a candidate (a push that uploaded it anew) starts over. A push never
+reuses a candidate: it uploads it again (push.py), which is what closes the race with a sweep. Deletions go
 refs first, then manifests, then blobs and packs: a stored manifest keeps implying that its blobs are there.
 """
 
@@ -25,7 +27,6 @@ from incl.artifacts.store import ObjectInfo
 
 AREAS = ("refs/", "manifests/", "packs/", "blobs/")  # what gc looks after, in the order it deletes
 MODEL_REFS = "refs/models/"  # the model registry's refs: always roots (the hook for registered models)
-CANDIDATES = "gc/candidates"
 
 
 class Plan(NamedTuple):

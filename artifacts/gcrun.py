@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import structlog
 
-from incl.artifacts import gc
+from incl.artifacts import gc, gcmarks
 from incl.artifacts.batches import each, run_all
 from incl.artifacts.config import GcConfig
 from incl.artifacts.errors import InvalidManifest, NotFound
@@ -35,12 +35,9 @@ class Report(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     live: int
     young: int
     missing: list[str]  # trees a root names that the store lacks (listed, at most 20)
+    spared: int = 0  # doomed objects written again since the listing (a push reused them): kept
     seconds: float
     keys: list[str] = []  # the deleted keys, with `keys=True`
-
-
-class _Candidates(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    first_seen: dict[str, float]  # key → when gc first found it unreferenced
 
 
 async def collect(store: ArtifactStore, read_roots: Callable[[float], Awaitable[Roots]], *,
@@ -52,20 +49,35 @@ async def collect(store: ArtifactStore, read_roots: Callable[[float], Awaitable[
     listing = [o for part in await run_all(store.list(area) for area in gc.AREAS) for o in part]
     roots = await read_roots(now)
     live, missing = await _mark(store, listing, roots, now, config)
-    previous = await _previous(store)
+    previous = await gcmarks.read(store)
     plan = gc.plan(listing, live, previous, now, config.grace)
+    gone = plan.delete
     if not dry_run:
-        await each(plan.delete, lambda o: store.delete(o.key), config.deletes)
-        await store.put_bytes(gc.CANDIDATES, msgspec.json.encode(_Candidates(plan.candidates)))
+        gone = await _sweep(store, plan.delete, config)
+        await gcmarks.write(store, plan.candidates)
     deleted: dict[str, int] = {}
-    for o in plan.delete:
+    for o in gone:
         area = o.key.split("/", 1)[0]
         deleted[area] = deleted.get(area, 0) + 1
-    report = Report(dry_run=dry_run, deleted=deleted, deleted_bytes=plan.bytes, candidates=len(plan.candidates),
+    report = Report(dry_run=dry_run, deleted=deleted, deleted_bytes=sum(o.size for o in gone),
+                    spared=len(plan.delete) - len(gone), candidates=len(plan.candidates),
                     live=plan.live, young=plan.young, missing=sorted(missing)[:20],
-                    seconds=round(time.monotonic() - started, 3), keys=[o.key for o in plan.delete] if keys else [])
+                    seconds=round(time.monotonic() - started, 3), keys=[o.key for o in gone] if keys else [])
     log.info("store_collected", store=store.url, **msgspec.structs.asdict(report) | {"keys": len(report.keys)})
     return report
+
+
+async def _sweep(store: ArtifactStore, doomed: list[ObjectInfo], config: GcConfig) -> list[ObjectInfo]:
+    """Delete what the plan says, area by area, each object only if it is as the listing saw it: a push that
+    uploaded a candidate again meanwhile (it never reuses one) keeps it. The objects deleted."""
+    gone: set[str] = set()
+
+    async def one(o: ObjectInfo) -> None:
+        if await store.delete_unchanged(o):
+            gone.add(o.key)
+
+    await each(doomed, one, config.deletes)
+    return [o for o in doomed if o.key in gone]
 
 
 async def _mark(store: ArtifactStore, listing: list[ObjectInfo], roots: Roots, now: float,
@@ -102,14 +114,4 @@ async def _target(store: ArtifactStore, key: str) -> str | None:
         return None
 
 
-async def _previous(store: ArtifactStore) -> dict[str, float]:
-    try:
-        data = await store.get_bytes(gc.CANDIDATES)
-    except NotFound:
-        return {}
-    try:
-        return msgspec.json.decode(data, type=_Candidates).first_seen
-    except msgspec.ValidationError:
-        log.warning("gc_candidates_unreadable", store=store.url)  # start over: nothing is deleted this run
-        return {}
 

@@ -3,9 +3,10 @@ store lacks.
 
     walk (snapshot.py) → hash what the hash cache does not know, each file from one open file (reading.py)
     → group small files into packs if there are thousands (packs.py) → manifest → if the store is known or
-    found to hold the manifest, stop → find the blobs and packs it lacks → upload them (small files' bytes as
-    they were read; big files read again from the same open file, checked against their hash) → upload the
-    manifest → move the ref
+    found to hold the manifest, stop → read what garbage collection marked (gcmarks.py) → find the blobs and
+    packs the store lacks → upload them, and the marked ones it holds (small files' bytes as they were read;
+    big files read again from the same open file, checked against their hash) → upload the manifest → check
+    that the marked ones are still there (else upload them again) → move the ref
 
 The snapshot holds each file as its one open file read it: a file replaced by rename meanwhile goes up as the
 version that was hashed. A file that keeps changing in place refuses the push (FileChanged), or, with
@@ -33,6 +34,7 @@ from typing import Literal
 import msgspec
 import structlog
 
+from incl.artifacts import gcmarks
 from incl.artifacts import manifest as mf
 from incl.artifacts import packs as pk
 from incl.artifacts.batches import each, in_threads, run_all
@@ -68,6 +70,7 @@ class _Sent:
     def __init__(self) -> None:
         self.blobs = self.bytes = 0
         self.seen: set[str] = set()  # digests the store was seen to hold during this push
+        self.uploaded: set[str] = set()  # those this push uploaded
 
 
 class _Held:
@@ -108,6 +111,7 @@ async def push_tree(store: ArtifactStore, root: Path, *, gitignore: bool = False
     held, sent = _Held(limits.open_files), _Sent()
     carried: list[mf.Entry] = []
     hashed: dict[str, str] = {}
+    done = False
     try:
         found, digests, hashed, changing = await _hash(real_root, found, cached, phase, contents, held, limits,
                                                        unsettled == "refuse")
@@ -116,17 +120,20 @@ async def push_tree(store: ArtifactStore, root: Path, *, gitignore: bool = False
             log.warning("files_unsettled", root=str(root), ref=ref, files=changing[:10], count=len(changing),
                         kept_previous=len(carried))
         data, digest, packs = await asyncio.to_thread(_manifest, found, digests, carried, limits)
-        if digest not in known and await _send(store, real_root, found, digests, digest, packs, contents, held,
-                                               known, sent, progress, limits):
-            await store.put_bytes(manifest_key(digest), data)  # last: a stored manifest implies its blobs
+        if digest not in known:
+            await _send(store, real_root, found, digests, digest, data, packs, contents, held, known, sent, progress,
+                        limits)
         sent.seen.add(digest)
+        done = True
         if ref is not None:
             await write_ref(store, ref, digest)
     finally:
         held.close()
         if hash_cache is not None:
+            # What the store was seen to hold is safe to trust later only once a manifest names it (gcmarks.py);
+            # a push that failed before that remembers only what it uploaded itself.
             await asyncio.to_thread(_remember, hash_cache, real_root, found, cached, hashed, store.identity,
-                                    sent.seen, walked_at - int(limits.racy_window * 1e9))
+                                    sent.seen if done else sent.uploaded, walked_at - int(limits.racy_window * 1e9))
     files = [f for f in found if f.kind == "file"]
     result = PushResult(digest=digest, files=len(files) + len(carried),
                         bytes=sum(f.stat.size for f in files) + sum(e.size for e in carried),
@@ -249,9 +256,13 @@ def _entries(found: list[Found], digests: dict[str, str], where: dict[str, tuple
 
 
 async def _send(store: ArtifactStore, real_root: str, found: list[Found], digests: dict[str, str], digest: str,
-                packs: list[pk.Pack], contents: dict[str, bytes], held: _Held, known: set[str], sent: _Sent,
-                progress: Progress | None, limits: TreeLimits) -> bool:
-    """Upload the blobs and packs the store lacks; False when it turns out to hold the whole tree already."""
+                data: bytes, packs: list[pk.Pack], contents: dict[str, bytes], held: _Held, known: set[str],
+                sent: _Sent, progress: Progress | None, limits: TreeLimits) -> None:
+    """Upload the blobs and packs the store lacks, then the manifest (unless the store holds the tree already).
+
+    What a collection marked for deletion (gcmarks.py) is never reused: it goes up again, so that a sweep running
+    now spares it (it deletes only what is as it listed it), and is looked for once more after the manifest is
+    written: a sweep that deleted it in between (S3 has no conditional delete) has it uploaded a third time."""
     blobs: dict[str, Found] = {}
     for f in found:
         if f.kind == "file":
@@ -260,17 +271,26 @@ async def _send(store: ArtifactStore, real_root: str, found: list[Found], digest
     unknown = {d: f for d, f in blobs.items() if d not in known and d not in packed}
     unknown_packs = [p for p in packs if p.id not in known]
     if not unknown and not unknown_packs:
-        return True
+        await store.put_bytes(manifest_key(digest), data)
+        return
     # Pushed before, from here or elsewhere? Then its blobs are there. Worth a request only when it could
-    # save more than a few small PUTs.
+    # save more than a few small PUTs (else every unknown blob is PUT unasked: nothing stored is relied on).
     worth_asking = unknown_packs or len(unknown) >= limits.blobs_per_list_page or any(
         f.stat.size > limits.blind_put_max for f in unknown.values())
-    if worth_asking and await store.exists(manifest_key(digest)):
+    # Read before the store is asked anything: what it holds then and is not marked cannot go before the next
+    # collection marks it, a grace period earlier than it deletes it.
+    marked = await gcmarks.read(store) if worth_asking else {}
+    if worth_asking and manifest_key(digest) not in marked and await store.exists(manifest_key(digest)):
         sent.seen |= blobs.keys() - packed
         sent.seen |= {p.id for p in packs}
-        return False
+        return
     missing = await _missing(store, unknown, sent, limits)
     missing_packs = await _missing_packs(store, unknown_packs, sent, limits)
+    again = {d: f for d, f in unknown.items() if d not in missing and blob_key(d) in marked}
+    lacking = {p.id for p in missing_packs}
+    again_packs = [p for p in unknown_packs if p.id not in lacking and pack_key(p.id) in marked]
+    missing |= again
+    missing_packs += again_packs
     total = sum(f.stat.size for f in missing.values()) + sum(p.size for p in missing_packs)
     if progress is not None:
         progress(0, total)
@@ -283,12 +303,34 @@ async def _send(store: ArtifactStore, real_root: str, found: list[Found], digest
         except FileNotFoundError:
             raise FileChanged(f"{path} was deleted while it was uploaded", path=str(path)) from None
 
-    await run_all([
-        each(missing_packs, lambda p: _put_pack(store, p, contents, reread, sent, progress, total), limits.io_workers),
-        each(missing.items(), lambda item: _put_blob(store, Path(real_root, item[1].rel), item[0], item[1].stat.size,
-                                                      contents.get(item[0]), held.fds.get(item[1].rel), sent,
-                                                      progress, total), limits.transfers)])
-    return True
+    async def upload(blobs: dict[str, Found], packs: list[pk.Pack]) -> None:
+        await run_all([
+            each(packs, lambda p: _put_pack(store, p, contents, reread, sent, progress, total), limits.io_workers),
+            each(blobs.items(), lambda item: _put_blob(store, Path(real_root, item[1].rel), item[0],
+                                                       item[1].stat.size, contents.get(item[0]),
+                                                       held.fds.get(item[1].rel), sent, progress, total),
+                 limits.transfers)])
+
+    await upload(missing, missing_packs)
+    await store.put_bytes(manifest_key(digest), data)  # last: a stored manifest implies its blobs
+    if again or again_packs:
+        lost = await _lost(store, again, again_packs, limits)
+        if lost[0] or lost[1]:
+            log.warning("tree_objects_collected_meanwhile", digest=digest, blobs=len(lost[0]), packs=len(lost[1]))
+            await upload(*lost)
+
+
+async def _lost(store: ArtifactStore, blobs: dict[str, Found], packs: list[pk.Pack],
+                limits: TreeLimits) -> tuple[dict[str, Found], list[pk.Pack]]:
+    """Which of these uploaded objects the store no longer holds."""
+    there: dict[str, bool] = {}
+
+    async def ask(key: str) -> None:
+        there[key] = await store.exists(key)
+
+    await each([blob_key(d) for d in blobs] + [pack_key(p.id) for p in packs], ask, limits.transfers)
+    return ({d: f for d, f in blobs.items() if not there[blob_key(d)]},
+            [p for p in packs if not there[pack_key(p.id)]])
 
 
 async def _missing_packs(store: ArtifactStore, unknown: list[pk.Pack], sent: _Sent,
@@ -310,6 +352,7 @@ async def _put_pack(store: ArtifactStore, pack: pk.Pack, contents: dict[str, byt
     data = await asyncio.to_thread(pk.build, pack, contents, reread)
     await store.put_bytes(pack_key(pack.id), data)
     sent.seen.add(pack.id)
+    sent.uploaded.add(pack.id)
     sent.blobs += 1
     sent.bytes += len(data)
     if progress is not None:
@@ -356,6 +399,7 @@ async def _put_blob(store: ArtifactStore, path: Path, digest: str, size: int, da
     except PermissionError as exc:
         raise UnreadableFile(f"{path}: cannot read it ({exc.strerror})", path=str(path)) from None
     sent.seen.add(digest)
+    sent.uploaded.add(digest)
     sent.blobs += 1
     sent.bytes += size
     if progress is not None:

@@ -193,6 +193,26 @@ class S3Store(ArtifactStore):
 
         await self.call(f"DELETE {key} in", delete)
 
+    async def delete_unchanged(self, info: ObjectInfo) -> bool:
+        """A HEAD, then the DELETE if the object's date is the listing's (S3 dates to the second; an ETag is the
+        content's, the same for a blob uploaded again). S3 has no conditional DELETE: a PUT landing between the two
+        requests is lost, which a push's check after its manifest write (push.py) repairs."""
+        async def head() -> float | None:
+            client = await self.client()
+            try:
+                got = await client.head_object(Bucket=self.bucket, Key=self.key(info.key))
+            except ClientError as exc:
+                if error_code(exc)[0] in MISSING:
+                    return None
+                raise
+            return float(got["LastModified"].timestamp())
+
+        mtime = await self.call(f"HEAD {info.key} in", head)
+        if mtime is None or int(mtime) != int(info.mtime):
+            return False
+        await self.delete(info.key)
+        return True
+
 
 def _read_checked(path: Path, fd: int | None, sha256: str | None) -> bytes:
     """The file's bytes, which must hash to `sha256`: what goes up is exactly what was hashed."""

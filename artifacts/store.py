@@ -72,6 +72,11 @@ class ArtifactStore(abc.ABC):
     async def delete(self, key: str) -> None:
         """Remove the object; no error when there is none."""
 
+    @abc.abstractmethod
+    async def delete_unchanged(self, info: ObjectInfo) -> bool:
+        """Remove the object `info` (from a listing) describes only if it was not written since: True when it went,
+        False when it was written again meanwhile (kept) or is gone already. The collector's delete."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 

@@ -18,6 +18,8 @@ Steps, each repeated `--reps` times (medians reported):
         resubmit / edit: push_tree of the unchanged tree / after a one-file edit, with the warm hash cache;
                  both in-process and as a whole process
         pull:    pull_tree into a new folder from a cold, then a warm blob cache (bytes downloaded: target 0)
+  submit (--submit): the real `incl submit --workdir TREE -- true`, a whole process, against an `incl up` stack
+          (no agent) whose store is the same moto: first, unchanged resubmits, one-file edits
   import: wall time of `python -c pass`, `import incl.artifacts` and `import incl.artifacts.s3api`
           (aiobotocore), so that a whole-process figure can be split into start-up and work.
 
@@ -51,7 +53,7 @@ from motoserver import MotoServer  # noqa: E402  (tests/ holds the moto helper)
 from incl.artifacts import BlobCache, HashCache, TreeLimits, open_store, pull_tree, push_tree  # noqa: E402
 
 PY = sys.executable
-AWS = str(Path(PY).parent / "aws")
+AWS = str(Path(PY).parent / "aws")  # awscli in this venv; else --aws names one (an `aws` on PATH)
 BUCKET = "bench"
 MB = 1_000_000
 
@@ -137,7 +139,7 @@ class Bench:
         self.edits = 0
 
     def aws_sync(self, dest: str) -> float:
-        return timed_run([AWS, "s3", "sync", str(self.tree), f"s3://{BUCKET}/{dest}/", "--endpoint-url",
+        return timed_run([self.args.aws, "s3", "sync", str(self.tree), f"s3://{BUCKET}/{dest}/", "--endpoint-url",
                           self.moto.url, "--only-show-errors"], self.env)[0]
 
     def edit_one(self) -> None:
@@ -207,6 +209,36 @@ class Bench:
                 "cold_downloaded_blobs": cold.downloaded_blobs, "warm_s": warm, "warm_downloaded_bytes": downloaded,
                 "files": cold.files, "bytes": cold.bytes}
 
+    def run_submits(self) -> dict[str, Any]:
+        """The real `incl submit --workdir TREE -- true`, a whole process each, against a stack (`incl up`, no
+        agent: the job stays queued) whose store is this moto: a first submit (empty hash cache), then `--reps`
+        unchanged resubmits and `--reps` one-file edits. Each includes the CLI's start-up, its NATS connection and
+        the controller's reply, which the push-only process above does not."""
+        sys.path.insert(0, str(REPO / "bench"))
+        from incl_side import Stack  # the benches' `incl up` stack, only for this step
+
+        stack = Stack(0, 1, keep=False)
+        stack.env.update(self.moto.env())
+        (stack.home / "controller.yaml").write_text(json.dumps({
+            "provider_shapes": [{"cpus": 1.0, "memory": 2**30}], "store_url": f"s3://{BUCKET}/submit"}))
+        argv = [PY, "-m", "incl.cli", "submit", "--workdir", str(self.tree), "--", "true"]
+        env = {**self.env, "INCL_HOME": str(stack.home)}
+        out: dict[str, Any] = {"first": [], "resubmit": [], "edit": []}
+        try:
+            stack.up()
+            out["first"].append(timed_run(argv, env)[0])
+            for _ in range(self.args.reps):
+                out["resubmit"].append(timed_run(argv, env)[0])
+            for _ in range(self.args.reps):
+                self.edit_one()
+                out["edit"].append(timed_run(argv, env)[0])
+            out["help_s"] = med([timed_run([PY, "-m", "incl.cli", "submit", "--help"], env)[0]
+                                 for _ in range(max(3, self.args.reps))])
+        finally:
+            stack.down()
+        log(f"incl submit: first {out['first']}, resubmit {out['resubmit']}, edit {out['edit']}")
+        return out
+
     def run_imports(self) -> dict[str, float]:
         stmts = {"python_startup": "pass", "import_incl_artifacts": "import incl.artifacts",
                  "import_s3_client": "import incl.artifacts, incl.artifacts.s3api"}
@@ -226,6 +258,13 @@ def summarize(aws: dict[str, list[float]], incl: dict[str, Any], imports: dict[s
             row[label] = med(incl[k])
             row[label.replace("_s", "_speedup_vs_aws")] = round(a / med(incl[k]), 1)
         s[name] = row
+    if "submit" in incl:
+        for name, aws_key, key in (("resubmit unchanged", "resync", "resubmit"),
+                                   ("resubmit one small file changed", "edit", "edit")):
+            s[name]["incl_submit_s"] = med(incl["submit"][key])
+            s[name]["incl_submit_speedup_vs_aws"] = round(med(aws[aws_key]) / med(incl["submit"][key]), 1)
+        s["first upload"]["incl_submit_s"] = incl["submit"]["first"][0]
+        s["submit_help_s"] = incl["submit"]["help_s"]
     s["pull warm cache"] = {"incl_in_process_s": med(incl["pull"]["warm_s"]),
                             "downloaded_bytes": incl["pull"]["warm_downloaded_bytes"]}
     s["pull cold cache"] = {"incl_in_process_s": incl["pull"]["cold_s"],
@@ -242,7 +281,7 @@ def render(result: dict[str, Any]) -> str:
              f"medians of {result['reps']}",
              "", f"{'step':34} {'aws s3 sync':>12} {'incl in-proc':>13} {'x aws':>7} {'incl process':>13} {'x aws':>7}"]
     for name, row in result["summary"].items():
-        if "aws_s" in row:
+        if isinstance(row, dict) and "aws_s" in row:
             lines.append(f"{name:34} {row['aws_s']:>10.3f} s {row['incl_in_process_s']:>11.3f} s "
                          f"{row['incl_in_process_speedup_vs_aws']:>6}x {row['incl_process_s']:>11.3f} s "
                          f"{row['incl_process_speedup_vs_aws']:>6}x")
@@ -250,6 +289,13 @@ def render(result: dict[str, Any]) -> str:
         row = result["summary"][name]
         lines.append(f"{name:34} {'':>12} {row['incl_in_process_s']:>11.3f} s   downloaded bytes: "
                      f"{row['downloaded_bytes']}")
+    if "submit_help_s" in result["summary"]:
+        lines.append("")
+        for name, row in result["summary"].items():
+            if isinstance(row, dict) and "incl_submit_s" in row:
+                ratio = f"{row['incl_submit_speedup_vs_aws']:>6}x" if "incl_submit_speedup_vs_aws" in row else ""
+                lines.append(f"{'incl submit: ' + name:47} {row['incl_submit_s']:>11.3f} s {ratio}")
+        lines.append(f"{'incl submit --help':47} {result['summary']['submit_help_s']:>11.3f} s")
     imp = result["summary"]["imports_s"]
     lines += ["", f"process start-up: python {imp['python_startup']:.3f} s, with import incl.artifacts "
                   f"{imp['import_incl_artifacts']:.3f} s, with the S3 client too (aiobotocore) "
@@ -302,7 +348,13 @@ async def main() -> None:
     p.add_argument("--seed", type=int, default=20261126)
     p.add_argument("--strategies", action="store_true", help="compare ways to find the blobs a store lacks")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--submit", action="store_true",
+                   help="also time the real `incl submit` as a whole process, against an `incl up` stack")
+    p.add_argument("--aws", default=AWS if Path(AWS).exists() else shutil.which("aws"),
+                   help="the aws CLI to run (default: this venv's, else the one on PATH)")
     args = p.parse_args()
+    if not args.aws:
+        p.error("no aws CLI: install awscli in this venv or pass --aws PATH")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     import incl.artifacts.s3api  # in-process figures leave out the one-time import (measured apart)
 
@@ -313,10 +365,11 @@ async def main() -> None:
             b = Bench(args, work, moto)
             log("generating the tree...")
             b.info = make_tree(b.tree, args.files, args.mb, args.seed)
-            subprocess.run([AWS, "s3", "mb", f"s3://{BUCKET}", "--endpoint-url", moto.url], env=b.env, check=True,
+            subprocess.run([args.aws, "s3", "mb", f"s3://{BUCKET}", "--endpoint-url", moto.url], env=b.env, check=True,
                            capture_output=True)
             tree = {k: v for k, v in b.info.items() if k != "small_paths"}
-            host = {"cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()]}
+            host = {"cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()], "aws": args.aws,
+                    "aws_version": subprocess.run([args.aws, "--version"], capture_output=True, text=True).stdout.strip()}
             result: dict[str, Any]
             if args.strategies:
                 result = {"when": time.time(), "tree": tree, "host": host, "strategies": await strategies(b)}
@@ -324,6 +377,8 @@ async def main() -> None:
                 text = render_strategies(result)
             else:
                 aws, incl = await b.run()
+                if args.submit:
+                    incl["submit"] = b.run_submits()
                 imports = b.run_imports()
                 result = {"when": time.time(), "reps": args.reps, "tree": tree, "host": host, "aws": aws,
                           "incl": incl, "summary": summarize(aws, incl, imports)}

@@ -77,6 +77,9 @@ def _summary(report: Report) -> None:
                   markup=False)
     console.print(f"kept {report.live:,} referenced, {report.young:,} recent; {report.candidates:,} unreferenced "
                   f"waiting out the grace period; took {report.seconds:.1f}s", markup=False)
+    if report.spared:
+        console.print(f"spared {plural(report.spared, 'object')} written again since the listing (a push reused them)",
+                      markup=False)
     if report.missing:
         console.print(f"referenced but missing from the store: {', '.join(report.missing)}", markup=False)
     for key in report.keys:

@@ -248,13 +248,13 @@ class Jobs:
         """A new QUEUED job. A submit retried with the same idempotency `key` (the client's answer was lost)
         returns the job the first one created, however far that one got before a crash."""
         self.check(spec, user, code)
-        job_id = await self.claim(user, key, new_job_id()) if key else None
+        job_id = await self.claim(user, key, self._fresh_id()) if key else None
         if job_id is not None and (existing := self.records.get(job_id)) is not None:
             log.info("submit_repeated", job_id=job_id, user=user)
             return existing
         now = time.time()
         while True:
-            job = jobsecrets.locked(Job(id=job_id or new_job_id(), spec=spec, user=user, state=JobState.QUEUED,
+            job = jobsecrets.locked(Job(id=job_id or self._fresh_id(), spec=spec, user=user, state=JobState.QUEUED,
                                         submitted_at=now, updated_at=now, code=code, trial=trial), self._vault)
             try:
                 await self.records.create(job)
@@ -269,6 +269,13 @@ class Jobs:
         self._changes.publish(None, job)
         self.kick()
         return job
+
+    def _fresh_id(self) -> str:
+        """A random id no job has (the records hold every job). Ids are 32 bits: among 100,000 jobs a draw repeats
+        one about once, and a key claimed for a taken id would answer with that other job as this submit's."""
+        while self.records.get(job_id := new_job_id()) is not None:
+            pass
+        return job_id
 
     async def claim(self, user: str, key: str, new_id: str) -> str:
         """The id for this user's idempotency key: `new_id`, or the one an earlier submit claimed (a job's or a

@@ -13,7 +13,7 @@ from motoserver import MotoServer
 
 from incl.artifacts import BlobCache, open_store, pull_tree, push_tree
 from incl.artifacts import gc as gcplan
-from incl.artifacts.config import GcConfig
+from incl.artifacts.config import GcConfig, TreeLimits
 from incl.artifacts.gcroots import Roots, kept_roots
 from incl.artifacts.gcrun import collect
 from incl.artifacts.store import ArtifactStore, ObjectInfo
@@ -203,3 +203,88 @@ def test_an_active_share_keeps_what_it_opens_past_its_jobs_retention() -> None:
               share("sh-3", "gone-revoked", now + DAY, revoked=True)]
     roots = kept_roots([old], [], now, 30 * DAY, shares)
     assert roots.jobs == set() and roots.trees == {"o1"}  # the job is past retention; its shared outputs stay
+
+
+@pytest.mark.parametrize("reuse", ["same tree", "shared blob"])
+async def test_a_push_that_reuses_a_doomed_object_while_a_sweep_runs_keeps_its_tree_whole(
+        store_url: str, tmp_path: Path, reuse: str) -> None:
+    """The documented race, made deterministic: a tree nothing has referenced for longer than the grace period is
+    marked; while the sweep that deletes it runs (after its listing, before its deletes), a push finds that tree's
+    manifest or a blob of it already in the store and relies on it; the job naming the new tree is recorded after
+    the sweep read its roots. The new tree must still pull back whole."""
+    config = GcConfig(grace=GRACE, retention=30 * DAY)
+    limits = TreeLimits(blind_put_max=0)  # ask the store about every blob: reuse what it holds, upload the rest
+    old = write(tmp_path / "old", {"weights.bin": b"old weights" * 100})
+    new = old if reuse == "same tree" else write(tmp_path / "new", {"weights.bin": b"old weights" * 100,
+                                                                    "main.py": b"print('new')\n"})
+    records: list[Job] = []
+    pushed: list[str] = []
+    async with open_store(store_url) as store:
+        await push_tree(store, old, limits=limits)
+        start = time.time()
+        await asyncio.sleep(1.1)  # S3 dates objects to the second: the racing push's writes must be datable apart
+
+        async def roots(now: float) -> Roots:
+            return kept_roots(list(records), [], now, config.retention)
+
+        async def roots_while_a_push_runs(now: float) -> Roots:
+            pushed.append((await push_tree(store, new, limits=limits)).digest)  # its job is not recorded yet
+            return await roots(now)
+
+        marked = await collect(store, roots, config=config, now=start + 2 * GRACE)
+        assert marked.candidates == 2  # the old tree's manifest and blob
+        await collect(store, roots_while_a_push_runs, config=config, now=start + 3 * GRACE)
+        records.append(job("j", JobState.QUEUED, None, pushed[0]))
+        out = tmp_path / "pulled"
+        await pull_tree(store, pushed[0], out, blob_cache=BlobCache(tmp_path / "cache"))
+        assert (out / "weights.bin").read_bytes() == b"old weights" * 100
+        await collect(store, roots, config=config, now=start + 4 * GRACE)  # the next run keeps it: a job names it
+        await pull_tree(store, pushed[0], tmp_path / "again", blob_cache=BlobCache(tmp_path / "cache2"))
+
+
+async def test_the_sweep_keeps_an_object_written_again_after_its_listing(store_url: str) -> None:
+    """delete_unchanged: an object as listed goes; one written again since the listing (a push that uploaded a
+    candidate anew) stays, and one gone already is no error."""
+    async with open_store(store_url) as store:
+        await store.put_bytes("blobs/aa/same", b"x")
+        await store.put_bytes("blobs/aa/again", b"y")
+        listed = {o.key: o for o in await store.list("blobs/")}
+        await asyncio.sleep(1.1)  # S3 dates objects to the second
+        await store.put_bytes("blobs/aa/again", b"y")  # the same bytes: only its date says it was written again
+        assert await store.delete_unchanged(listed["blobs/aa/same"])
+        assert not await store.delete_unchanged(listed["blobs/aa/again"])
+        assert not await store.delete_unchanged(listed["blobs/aa/same"])
+        assert [o.key for o in await store.list("blobs/")] == ["blobs/aa/again"]
+        assert await store.get_bytes("blobs/aa/again") == b"y"
+
+
+async def test_a_push_uploads_a_marked_blob_again_when_a_sweep_deleted_it_before_the_manifest_went_up(
+        store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 has no conditional delete: a sweep's DELETE can land just after a push uploaded a marked blob again. The
+    push looks for what it uploaded of the marked objects once its manifest is written, and uploads it again."""
+    config = GcConfig(grace=GRACE, retention=30 * DAY)
+    limits = TreeLimits(blind_put_max=0)
+    data = b"old weights" * 100
+    old = write(tmp_path / "old", {"weights.bin": data})
+    new = write(tmp_path / "new", {"weights.bin": data, "main.py": b"print('new')\n"})
+    async with open_store(store_url) as store:
+        await push_tree(store, old, limits=limits)
+
+        async def no_roots(now: float) -> Roots:
+            return Roots(set(), set())
+
+        await collect(store, no_roots, config=config, now=time.time() + 2 * GRACE)
+        blob = next(o.key for o in await store.list("blobs/"))
+        put_bytes = store.put_bytes
+
+        async def sweep_lands_first(key: str, data: bytes) -> None:
+            if key.startswith("manifests/"):
+                await store.delete(blob)
+            await put_bytes(key, data)
+
+        monkeypatch.setattr(store, "put_bytes", sweep_lands_first)
+        pushed = await push_tree(store, new, limits=limits)
+        monkeypatch.undo()
+        out = tmp_path / "pulled"
+        await pull_tree(store, pushed.digest, out, blob_cache=BlobCache(tmp_path / "cache"))
+        assert (out / "weights.bin").read_bytes() == data
