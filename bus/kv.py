@@ -87,6 +87,32 @@ class Bucket:
             with contextlib.suppress(Exception):  # the connection may be gone: nothing left to stop
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
+    async def snapshot(self, attempts: int = 5, pause: float = 0.2) -> list[Change]:
+        """Every key's current value, read in one pass (the watch's first part: one consumer delivering the last
+        value of each subject, not a request per key), deleted keys left out. Checked against the bucket's own
+        message count as `keys` is (a short pass is read again); then, rather than pass for a store with fewer
+        records, the keys are read one by one."""
+        expected = 0
+        for attempt in range(attempts):
+            expected = (await self._kv.status()).stream_info.state.messages  # history 1: one per key or marker
+            seen: list[Change] = []
+            if expected:
+                async with contextlib.aclosing(self.watch()) as changes:
+                    async for change in changes:
+                        if change is None:
+                            break
+                        seen.append(change)
+            if len(seen) >= expected:
+                return [c for c in seen if c.value is not None]
+            log.warning("bucket_snapshot_short", seen=len(seen), expected=expected, attempt=attempt)
+            await asyncio.sleep(pause * 2 ** attempt)
+        out = []
+        for key in await self.keys():
+            entry = await self.get(key)
+            if entry is not None:
+                out.append(Change(key, *entry))
+        return out
+
     async def listing(self) -> list[str]:
         """The keys as one listing finds them, unchecked: for what is only shown (a short listing is possible)."""
         try:

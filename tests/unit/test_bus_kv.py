@@ -75,9 +75,58 @@ async def test_loading_never_takes_a_short_listing_for_an_empty_store(buckets: d
     for n in range(3):
         await kv.put(f"k{n}", encode(Item(n)))
     kv._kv = flaky = ShortListing(kv._kv, failures=1, error=error)  # type: ignore[assignment]
+    assert sorted(await kv.keys(pause=0.01)) == ["k0", "k1", "k2"] and flaky.calls == 2
+
+
+class ShortWatch:
+    """A bucket's nats KeyValue whose first `failures` watches end their first part early, having delivered only
+    `deliver` of the values (the same failure as a short listing, in the one-pass read)."""
+
+    def __init__(self, real: Any, failures: int, deliver: int = 0) -> None:
+        self._real, self._left, self._deliver = real, failures, deliver
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def watchall(self) -> Any:
+        self.calls += 1
+        real = await self._real.watchall()
+        if not self._left:
+            return real
+        self._left -= 1
+        deliver = self._deliver
+
+        class Short:
+            async def __aiter__(self) -> Any:
+                n = 0
+                async for entry in real:
+                    if entry is None or n == deliver:
+                        break
+                    n += 1
+                    yield entry
+                yield None
+
+            async def stop(self) -> None:
+                await real.stop()
+
+        return Short()
+
+
+@pytest.mark.parametrize("failures", [0, 1, 99])
+async def test_records_load_in_one_pass_and_never_from_a_short_one(buckets: dict[str, Bucket], failures: int) -> None:
+    """Every record as it is now (a deleted one absent), whether the one-pass read is whole at once, after a short
+    pass, or never (then key by key)."""
+    kv = buckets[subjects.JOBS_BUCKET]
+    for n in range(5):
+        await kv.put(f"k{n}", encode(Item(n)))
+    await kv.put("k1", encode(Item(11)))
+    await kv.delete("k3")
+    kv._kv = flaky = ShortWatch(kv._kv, failures=failures, deliver=2)  # type: ignore[assignment]
     records: Records[Item] = Records(kv, Item, key=lambda i: f"k{i.n}")
     await records.load()
-    assert sorted(i.n for i in records) == [0, 1, 2] and flaky.calls == 2
+    assert sorted(i.n for i in records) == [0, 2, 4, 11]
+    assert flaky.calls == (1 if failures == 0 else 2 if failures == 1 else 5)
 
 
 async def test_a_bucket_whose_records_never_list_is_unreadable_not_empty(buckets: dict[str, Bucket]) -> None:
