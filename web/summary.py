@@ -12,7 +12,7 @@ them meanwhile, so the zoom that follows is quick too.
 from __future__ import annotations
 
 from incl.bus.client import Client
-from incl.proto.messages import TERMINAL, Job, MetricSummary
+from incl.proto.messages import TERMINAL, Job, MetricSummary, SeriesSummary
 from incl.web.metrics import Chart, Series, downsample, json_number
 
 
@@ -23,10 +23,19 @@ async def summaries(client: Client, job: Job) -> list[MetricSummary] | None:
     out = []
     for n in range(len(job.attempts)):
         summary = await client.metric_summary(job, n)
-        if summary is None:
+        if summary is None or not all(whole(s) for s in summary.series):
             return None
         out.append(summary)
     return out
+
+
+def whole(s: SeriesSummary) -> bool:
+    """Whether a series holds what an agent writes: as many of each column as kept points, no more than were
+    logged, in the order they were logged (a message that decodes but is not so is read around, not drawn)."""
+    n = len(s.index)
+    ordered = all(a < b for a, b in zip(s.index, s.index[1:], strict=False))
+    return (len(s.ts) == len(s.steps) == len(s.values) == n <= s.points and ordered
+            and (not n or 0 <= s.index[0] <= s.index[-1] < s.points))
 
 
 def charts(found: list[MetricSummary], by_time: bool, points: int) -> dict[str, Chart]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import random
 
+import msgspec
+
 from incl.agent.metricsummary import Summary
 from incl.proto.codec import Decoder, encode
 from incl.proto.messages import MetricBatch, MetricPoint, MetricSummary
@@ -86,3 +88,13 @@ def test_a_summary_fits_a_message_by_merging_buckets() -> None:
         s.add(p)
     sizes = [len(encode(s.series(at_most))) for at_most in (None, 512, 256, 64)]
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 8
+
+
+def test_a_summary_that_is_not_as_an_agent_writes_it_is_not_drawn() -> None:
+    good = summarized(points(300)).series[0]
+    assert summary.whole(good)
+    for bad in [msgspec.structs.replace(good, values=good.values[:-1]),  # a column short
+                msgspec.structs.replace(good, points=len(good.index) - 1),  # more kept than logged
+                msgspec.structs.replace(good, index=list(reversed(good.index))),  # out of order
+                msgspec.structs.replace(good, index=[i + good.points for i in good.index])]:  # past the end
+        assert not summary.whole(bad)
