@@ -126,7 +126,8 @@ async def metrics(request: web.Request) -> web.Response:
     if lo is None and hi is None and not cache.final(found.id, by_time):  # the first chart of an ended run
         reduced = await summary.summaries(client, found)
         if reduced is not None:
-            cache.fill(found, by_time, read)  # for the zooms that follow
+            if sum(s.points for r in reduced for s in r.series) <= cache.max_points:  # else it would not be kept
+                cache.fill(found, by_time, read)  # for the zooms that follow
             return _json({"x": x, "batches": sum(s.batches for s in reduced), "read": "summary",
                           "metrics": summary.charts(reduced, by_time, points)})
     async with cache.series(found, by_time, read) as held:
