@@ -29,7 +29,7 @@ def make_app(cfg: WebConfig) -> web.Application:
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         """The bus client lives as long as the application: connected before the first request, closed after
         the last."""
-        async with Client(cfg.nats_url, timeout=cfg.request_timeout, name="incl-web",
+        async with Client(cfg.nats_url, timeout=cfg.request_timeout, name="incl-web", hedge_after=cfg.hedge_after,
                           creds=Path(cfg.creds) if cfg.creds else None,
                           tls_ca=Path(cfg.tls_ca) if cfg.tls_ca else None) as client:
             snapshot = JobsSnapshot(client, cfg.jobs_cache_ttl)

@@ -32,6 +32,9 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     sessions_max: int = 256  # at most this many at once (the oldest makes room)
 
     request_timeout: float = 10.0  # one request to the controller
+    # A read the leading controller has not answered within this long is asked of any controller too (a standby
+    # answers from its warm copy: incl.controller.standby); None asks the leader only (read-your-writes).
+    hedge_after: float | None = 0.25
     # The jobs listing is read whole from the controller (its pages are oldest first, with no text filter) and
     # shared by every request for this long, so that many tabs refreshing cost one read.
     jobs_cache_ttl: float = 2.0

@@ -85,6 +85,7 @@ class Sessions:
         if len(self._by_id) >= self._cfg.sessions_max:
             await self.expire(force_oldest=True)
         client = Client(self._cfg.nats_url, timeout=self._cfg.request_timeout, name=f"incl-web-{creds.name}",
+                        hedge_after=self._cfg.hedge_after,
                         creds=creds, tls_ca=Path(self._cfg.tls_ca) if self._cfg.tls_ca else None)
         try:
             await client.__aenter__()
