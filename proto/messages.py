@@ -11,6 +11,7 @@ import enum
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import overload
 
 import msgspec
 
@@ -552,7 +553,15 @@ class MetricColumns(_Struct, frozen=True, gc=False):
             for i in range(len(run)):
                 yield run.point(i)
 
-    def __getitem__(self, index: int) -> MetricPoint:
+    @overload
+    def __getitem__(self, index: int) -> MetricPoint: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[MetricPoint]: ...
+
+    def __getitem__(self, index: int | slice) -> MetricPoint | list[MetricPoint]:
+        if isinstance(index, slice):
+            return list(self)[index]
         if index < 0:
             index += len(self)
         for run in self.runs:

@@ -213,6 +213,7 @@ def test_agents_write_metric_points_as_columns_which_read_as_the_points() -> Non
         "runs": [[["loss"], [1.0, 1.5], [10, 11], [[0.25, 0.2]]], [["acc", "lr"], [2.0], None, [[0.5], [1e-4]]]]})
     read = Decoder(m.MetricBatch).decode(encode(batch))
     assert read.points == points and list(read.points) == points and len(read.points) == 3
+    assert read.points[-1] == points[-1] and read.points[1:] == points[1:]
 
 STUDY = st_.Study(id="s1", spec=SPEC, user="ann", state=st_.StudyState.RUNNING, created_at=1.0, updated_at=2.0, seed=7)
 STUDY_PLAIN = {"id": "s1", "spec": SPEC_PLAIN, "user": "ann", "state": "RUNNING", "created_at": 1.0,
