@@ -203,8 +203,10 @@ def test_bad_input_gets_one_line_and_registers_nothing(stack: Stack) -> None:
 
 def test_gc_keeps_a_registered_versions_files_after_the_jobs_outputs_are_collected(stack: Stack,
                                                                                       tmp_path: Path) -> None:
-    """Runs last in the file: it collects every ended job's trees."""
+    """Runs last in the file: it collects every ended job's trees. It registers what it checks itself, so that it
+    does not depend on the tests before it having run on the same stack."""
     stack.ok("register", "kept", "--job", stack.job_id, "--path", "ckpt/")
+    stack.ok("register", "whole", "--job", stack.job_id)
     out = stack.cluster.cli("gc", "--grace", "0s", "--retention", "0s", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["deleted_bytes"] > 0
@@ -212,5 +214,5 @@ def test_gc_keeps_a_registered_versions_files_after_the_jobs_outputs_are_collect
     assert not any(p.is_file() for p in job_refs.rglob("*"))  # the job's own outputs ref is collected
     stack.ok("download", "kept", "--to", str(tmp_path / "kept"))
     assert tree_of(tmp_path / "kept") == {k: v for k, v in stack.outputs.items() if k.startswith("ckpt/")}
-    stack.ok("download", "resnet:v1", "--to", str(tmp_path / "v1"))
+    stack.ok("download", "whole:v1", "--to", str(tmp_path / "v1"))
     assert tree_of(tmp_path / "v1") == stack.outputs
