@@ -125,15 +125,6 @@ def test_models_pages_are_served_under_the_security_policy(reg: Registered) -> N
 # --- in the browser ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 720}, bypass_csp=True)
-    p = context.new_page()
-    p.set_default_timeout(15000)
-    yield p
-    context.close()
-
-
 def test_models_page_links_versions_to_their_job_and_the_job_back(reg: Registered, page: Any,
                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     """Models -> resnet -> v1's job -> back to resnet by the job's link; the job's markup name and the note stay
