@@ -28,3 +28,20 @@ def test_help_imports_none_of_the_heavy_libraries(args: list[str]) -> None:
                          timeout=60, check=True).stdout
     assert "Usage:" in out  # the help itself was printed
     assert out.splitlines()[-1] == "loaded:", out
+
+
+NATS_PROBE = """
+import sys
+import incl.bus.connection
+print("aiohttp" in sys.modules)
+import aiohttp  # what the S3 client uses: still importable, in full
+print(aiohttp.ClientSession.__name__)
+"""
+
+
+def test_the_nats_client_comes_without_aiohttp_which_stays_importable() -> None:
+    """nats-py imports aiohttp only for WebSocket servers, which INCL does not use; that import was half of a short
+    command's start-up (`incl.bus.deferred`)."""
+    out = subprocess.run([sys.executable, "-c", NATS_PROBE], capture_output=True, text=True, timeout=60,
+                         check=True).stdout.split()
+    assert out == ["False", "ClientSession"]
