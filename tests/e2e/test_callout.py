@@ -6,7 +6,6 @@ AWS's). Each refusal is the server's, at connect; the static identities never de
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,44 +14,19 @@ from typing import Any
 
 import msgspec
 import pytest
-from authstack import AuthNats, make_identities
+from authstack import make_identities
+from calloutstack import AUTH_TIMEOUT, CalloutNats, certificate, signing_key
 from conftest import wait_for
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from imds import FakeImds, Instance
 from structlog.testing import capture_logs
 
 from incl.agent.metadata import MetadataConfig, MetadataError, connect_token
-from incl.auth import callout, identities, instancedoc, serverconf
+from incl.auth import callout, instancedoc
 from incl.bus.connection import AuthFailed, Bus, connect
 from incl.proto import subjects
 
 GENUINE, STRANGER, GONE = "i-0a11ce", "i-0b0b", "i-0dead"
 IMDS = MetadataConfig(timeout=1.0, attempts=2, retry_initial=0.01, retry_max=0.02)
-AUTH_TIMEOUT = 1.0  # the server's wait for the callout's answer (kept short: one test waits it out)
-
-
-def certificate(key: rsa.RSAPrivateKey, tmp: Path, name: str) -> Path:
-    """A self-signed certificate for `key`, standing for AWS's public certificate of the identity signature."""
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    path = tmp / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
-class CalloutNats(AuthNats):
-    """The server as INCL renders it, with the auth callout on (its issuer made under the home)."""
-
-    def render(self) -> None:
-        issuer = callout.ensure_issuer(callout.issuer_file(self.home))
-        serverconf.write(self.conf, identities.load(self.home), host="127.0.0.1", port=self.port,
-                         store_dir=self.home / "nats", callout_issuer=issuer, auth_timeout=AUTH_TIMEOUT)
 
 
 @dataclass
@@ -96,7 +70,7 @@ def server(tmp_path: Path) -> Iterator[CalloutNats]:
 
 @pytest.fixture
 async def stack(server: CalloutNats, tmp_path: Path) -> AsyncIterator[Stack]:
-    aws, forged = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    aws, forged = signing_key(), signing_key()
     cert = certificate(aws, tmp_path, "aws")
     states = {GENUINE: "running", GONE: "terminated"}
 
