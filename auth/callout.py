@@ -55,6 +55,9 @@ class CalloutConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     regions: list[str] = []  # documents of these regions only; empty: any
     timeout: float = 1.5  # one decision, describing instances included; keep it under the server's auth timeout
     records_ttl: float = 5.0  # the cluster's instances as last described are reused this long
+    # An instance not in the last describe is looked for afresh, but at most this often: a stream of connects
+    # with documents of instances not ours (another account's) costs EC2 one describe per this many seconds.
+    refresh_min: float = 1.0
 
 
 class Refusal(Exception):
@@ -71,20 +74,21 @@ class Observed(Protocol):
 
 class Launched:
     """The instances the controller launched, as its provider describes them (tagged with the cluster, any state):
-    one describe serves every connect for `ttl` seconds; an instance not in it is looked for once more afresh (it may
-    have been launched since), with concurrent lookups sharing that describe."""
+    one describe serves every connect for `ttl` seconds; an instance not in it is looked for afresh (it may have
+    been launched since), at most once per `refresh_min` seconds, concurrent lookups sharing that describe."""
 
-    def __init__(self, describe: Callable[[], Awaitable[Iterable[Observed]]], ttl: float,
+    def __init__(self, describe: Callable[[], Awaitable[Iterable[Observed]]], ttl: float, refresh_min: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._describe, self._ttl, self._clock = describe, ttl, clock
+        self._describe, self._ttl, self._refresh_min, self._clock = describe, ttl, refresh_min, clock
         self._states: dict[str, str] = {}
         self._at = -float("inf")
         self._lock = asyncio.Lock()
 
     async def state(self, instance_id: str) -> str | None:
         """EC2's state of the instance (pending, running, ..., terminated); None: never launched by this cluster."""
-        if instance_id in self._states and self._clock() - self._at < self._ttl:
-            return self._states[instance_id]
+        age = self._clock() - self._at
+        if age < self._ttl and (instance_id in self._states or age < self._refresh_min):
+            return self._states.get(instance_id)
         asked = self._clock()
         async with self._lock:
             if self._at < asked:  # nobody described since this lookup began
@@ -226,7 +230,7 @@ def open_callout(cfg: CalloutConfig, issuer: Path, describe: Callable[[], Awaita
             certificates.append(instancedoc.load_certificate(Path(path)))
         except (OSError, ValueError) as exc:
             raise ValueError(f"callout.aws_certificates: cannot read a PEM certificate from {path}: {exc}") from None
-    return Callout(cfg, read_issuer(issuer), certificates, Launched(describe, cfg.records_ttl))
+    return Callout(cfg, read_issuer(issuer), certificates, Launched(describe, cfg.records_ttl, cfg.refresh_min))
 
 
 async def serve(bus: Bus, callout: Callout) -> None:
