@@ -221,7 +221,8 @@ def _request(data: bytes) -> dict[str, Any]:
 
 def open_callout(cfg: CalloutConfig, issuer: Path, describe: Callable[[], Awaitable[Iterable[Observed]]]) -> Callout:
     """The callout from its configuration: the issuer's seed from `issuer`, AWS's certificates from their files
-    (ValueError naming the file when one cannot be read), the launched instances from `describe`."""
+    (ValueError naming the file when one cannot be read: the controller ends with it, as on any bad config), the
+    launched instances from `describe`."""
     if not cfg.aws_certificates:
         raise ValueError("callout.aws_certificates names no certificate: no instance identity could be verified")
     certificates = []
@@ -230,7 +231,12 @@ def open_callout(cfg: CalloutConfig, issuer: Path, describe: Callable[[], Awaita
             certificates.append(instancedoc.load_certificate(Path(path)))
         except (OSError, ValueError) as exc:
             raise ValueError(f"callout.aws_certificates: cannot read a PEM certificate from {path}: {exc}") from None
-    return Callout(cfg, read_issuer(issuer), certificates, Launched(describe, cfg.records_ttl, cfg.refresh_min))
+    try:
+        seed = read_issuer(issuer)
+    except OSError as exc:
+        raise ValueError(f"callout: cannot read the issuer's seed from {issuer} ({exc.strerror}): make it with "
+                         "incl.auth.callout.ensure_issuer (its public key is the servers' issuer)") from None
+    return Callout(cfg, seed, certificates, Launched(describe, cfg.records_ttl, cfg.refresh_min))
 
 
 async def serve(bus: Bus, callout: Callout) -> None:
