@@ -101,6 +101,7 @@ async def received(controller: Bus, subject: str, publish: Any) -> bytes:
         got.put_nowait(data)
 
     stop = await controller.serve(subject, "test", hear)
+    await controller.publish("test.flush", b"")  # its publish flushes: the server has the subscription after it
     try:
         await publish()
         return await asyncio.wait_for(got.get(), 5)
