@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,10 +104,3 @@ def verify(text: str, certificates: list[Certificate]) -> Document:
     except msgspec.DecodeError:
         raise Refused("the signed identity document is not JSON") from None
 
-
-def parse_json(text: str) -> dict[str, object]:
-    """An identity document's fields (for the agent: which instance it is), without verifying anything."""
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise Refused("the identity document is not a JSON object")
-    return data

@@ -21,9 +21,10 @@ from imds import FakeImds, Instance
 from structlog.testing import capture_logs
 
 from incl.agent.metadata import MetadataConfig, MetadataError, connect_token
-from incl.auth import callout, instancedoc
+from incl.auth import callout, instancedoc, jwt
 from incl.bus.connection import AuthFailed, Bus, connect
 from incl.proto import subjects
+from incl.proto.errors import NotAllowed
 
 GENUINE, STRANGER, GONE = "i-0a11ce", "i-0b0b", "i-0dead"
 IMDS = MetadataConfig(timeout=1.0, attempts=2, retry_initial=0.01, retry_max=0.02)
@@ -156,6 +157,21 @@ async def test_forged_unknown_terminated_and_garbage_tokens_are_refused_at_conne
     server_log = stack.nats.output()
     assert "Auth callout service returned an error: the instance identity signature does not verify" in server_log
     assert signature not in server_log and document not in server_log
+
+
+async def test_only_the_server_sends_requests_and_anything_else_is_logged_and_dropped(stack: Stack) -> None:
+    """No client may publish on the callout's subject (the server refuses even the controller, whose permissions
+    are `>`); and what is not a server's signed request, were it to arrive, gets no answer and a log line."""
+    with pytest.raises(NotAllowed):
+        await stack.controller.request_raw(callout.SUBJECT, b"forged", timeout=2)
+    seed = callout.read_issuer(callout.issuer_file(stack.nats.home))  # an account key, not a server's
+    claims = {"aud": callout.REQUEST_AUDIENCE, "nats": {"type": "authorization_request", "user_nkey": "U"}}
+    for garbage in (b"\xff\x00 not a jwt", b"a.b.c", jwt.encode(claims, seed).encode()):
+        with capture_logs() as logs:
+            assert await stack.service.answer(callout.SUBJECT, garbage) is None
+        assert [e["event"] for e in logs] == ["callout_request_invalid"]
+    async with await stack.as_instance(GENUINE):
+        pass
 
 
 async def test_the_account_and_region_are_checked_when_configured(stack: Stack, server: CalloutNats,
