@@ -21,7 +21,7 @@ from msgspec import structs
 from incl.agent.config import AgentConfig
 from incl.agent.docker import ContainerHandle, DockerRuntime
 from incl.agent.jobuser import JobUsers
-from incl.agent.metadata import InstanceIdentity, open_metadata
+from incl.agent.metadata import InstanceIdentity, connect_token, open_metadata
 from incl.agent.runner import Resume, Runner
 from incl.agent.runtime import Launcher
 from incl.agent.spotwatch import Interruption, Rebalance, SpotNotice, SpotWatcher
@@ -161,11 +161,12 @@ class Agent:
 
     async def _serve(self) -> None:
         cfg = self.cfg
+        token = await connect_token(cfg.metadata, cfg.agent_id) if cfg.nats_identity == "instance" else None
         self._bus = await self._retry("connect", lambda: connect(
             cfg.nats_url, f"incl-agent-{cfg.agent_id}", connect_timeout=cfg.connect_timeout,
             reconnect_wait=cfg.reconnect_wait, request_timeout=cfg.request_timeout,
             creds=Path(cfg.creds) if cfg.creds else None, inbox_prefix=subjects.agent_inbox(cfg.agent_id),
-            tls_ca=Path(cfg.tls_ca) if cfg.tls_ca else None))
+            tls_ca=Path(cfg.tls_ca) if cfg.tls_ca else None, token=token))
         try:
             await self.sampler.open()
             self.job_users.announce()

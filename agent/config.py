@@ -25,6 +25,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     agent_id: str = msgspec.field(default_factory=_default_id)
     nats_url: Servers = "nats://127.0.0.1:4222"  # a cluster's nodes: a list, or URLs separated by commas
     creds: str | None = None  # this agent's credential file (incl.auth.keys); None: a server without authentication
+    # How the agent proves who it is to NATS: "creds" (the file above, or nothing) or "instance" (on EC2: its signed
+    # instance identity document from IMDS, which the controllers' auth callout checks; agent_id must then be the
+    # instance id, as the AWS provider's user-data writes it: incl.auth.callout).
+    nats_identity: Literal["creds", "instance"] = "creds"
     tls_ca: str | None = None  # the CA certificate the NATS server's is verified against (None: the system's CAs)
     work_dir: str = str(Path.home() / ".incl" / "agent")
     provider: str = "local"

@@ -1,8 +1,9 @@
 """What the agent knows about the machine it runs on: EC2 instance metadata through IMDSv2, or local values.
 
 `Imds` (aiohttp): a session token from `PUT /latest/api/token`, renewed `token_refresh_before` seconds before it
-expires and once more when a read is refused with 401; then GETs under `/latest/meta-data/`. Connection errors,
-timeouts, 429 and 5xx are retried (`attempts`, backing off); what still fails raises `MetadataError`.
+expires and once more when a read is refused with 401; then GETs under `/latest/meta-data/` (and the signed
+instance identity document under `/latest/dynamic/`, the agent's connect token when its config says so).
+Connection errors, timeouts, 429 and 5xx are retried (`attempts`, backing off); what still fails raises `MetadataError`.
 `LocalMetadata` gives hostname-based values with no HTTP, so the agent's code path is the same off EC2.
 """
 
@@ -122,11 +123,11 @@ class Imds:
                 log.debug("imds_token", ttl=self.cfg.token_ttl)
             return self._token
 
-    async def _get_once(self, path: str) -> str | None:
+    async def _get_once(self, path: str, root: str) -> str | None:
         assert self._http is not None, "use Imds as an async context manager"
         token = await self._session_token()
         for renewed in (False, True):
-            async with self._http.get(f"/latest/meta-data/{path}", headers={TOKEN_HEADER: token}) as r:
+            async with self._http.get(f"/latest/{root}/{path}", headers={TOKEN_HEADER: token}) as r:
                 if r.status == 200:
                     return await r.text()
                 if r.status == 404:
@@ -139,8 +140,8 @@ class Imds:
             token = await self._session_token(stale=token)
         raise AssertionError("unreachable")
 
-    async def get(self, path: str) -> str | None:
-        """The text at `meta-data/<path>`; None when there is none (404)."""
+    async def get(self, path: str, root: str = "meta-data") -> str | None:
+        """The text at `<root>/<path>` (`meta-data/...`, `dynamic/...`); None when there is none (404)."""
         cfg = self.cfg
         try:
             async for attempt in AsyncRetrying(
@@ -149,16 +150,22 @@ class Imds:
                 retry=retry_if_exception_type((_Transient, aiohttp.ClientError, TimeoutError)),
             ):
                 with attempt:
-                    return await self._get_once(path)
+                    return await self._get_once(path, root)
         except (_Transient, aiohttp.ClientError, TimeoutError) as exc:
             raise MetadataError(f"IMDS {path}: {exc!r} after {cfg.attempts} tries") from exc
         raise AssertionError("unreachable")
 
-    async def _require(self, path: str) -> str:
-        value = await self.get(path)
+    async def _require(self, path: str, root: str = "meta-data") -> str:
+        value = await self.get(path, root)
         if value is None:
-            raise MetadataError(f"IMDS has no meta-data/{path}")
+            raise MetadataError(f"IMDS has no {root}/{path}")
         return value
+
+    async def identity_document(self) -> tuple[str, str]:
+        """The instance identity document (JSON, exactly as served: its signature covers these bytes) and AWS's
+        base64 signature of it (RSA SHA-256, checked with AWS's public certificate: `incl.auth.instancedoc`)."""
+        return (await self._require("instance-identity/document", "dynamic"),
+                await self._require("instance-identity/signature", "dynamic"))
 
     async def identity(self) -> InstanceIdentity:
         lifecycle = await self._require("instance-life-cycle")
@@ -202,6 +209,24 @@ class LocalMetadata:
 
     async def rebalance(self) -> datetime | None:
         return None
+
+
+async def connect_token(cfg: MetadataConfig, agent_id: str) -> str:
+    """The NATS connect token of an EC2 agent: this instance's signed identity document (`incl.auth.instancedoc`),
+    whose instance id must be `agent_id` (the controllers' auth callout grants the rights of that agent id only).
+    MetadataError if IMDS has no document or it names another instance."""
+    from incl.auth import instancedoc  # noqa: PLC0415 - only agents that connect this way need it
+
+    async with Imds(cfg) as imds:
+        document, signature = await imds.identity_document()
+    instance_id = _json(document).get("instanceId")
+    if instance_id != agent_id:
+        raise MetadataError(f"the instance identity document is for {instance_id!r}, but this agent's id is "
+                            f"{agent_id!r}: with nats_identity: instance, agent_id must be the instance id")
+    try:
+        return instancedoc.token(document, signature)
+    except instancedoc.Refused as exc:
+        raise MetadataError(str(exc)) from None
 
 
 def open_metadata(provider: str, cfg: MetadataConfig = MetadataConfig()) -> Imds | LocalMetadata:  # noqa: B008 (frozen)

@@ -12,6 +12,11 @@ before the next `incl up` makes the key; nats-server 2.15 then encrypts the exis
 
 With a certificate (`incl.auth.tls`), the server requires TLS of every client: one that does not speak TLS, or does
 not trust the certificate, never gets as far as presenting its credentials.
+
+With an auth callout issuer (`incl.auth.callout`), every client the registry does not name (an EC2 agent with its
+instance identity document) is sent to the controllers to decide; the registry's identities are its `auth_users`,
+so they connect as before, even while no controller answers. `auth_timeout`: seconds the server waits for a client's
+credentials, and for the callout's answer.
 """
 
 from __future__ import annotations
@@ -32,11 +37,18 @@ STORE_KEY = "jetstream.key"
 
 
 def render(registry: Registry, *, host: str, port: int, store_dir: Path, server_name: str = "incl",
-           store_key: str | None = None, tls: TlsFiles | None = None, tls_timeout: float = 5.0) -> str:
+           store_key: str | None = None, tls: TlsFiles | None = None, tls_timeout: float = 5.0,
+           callout_issuer: str | None = None, auth_timeout: float = 2.0) -> str:
     """The configuration text. Values are written as JSON, which nats-server's configuration format accepts.
     `store_key`: encrypt the JetStream store with it (None: unencrypted). `tls`: require TLS of clients, with this
-    certificate and key; `tls_timeout`: seconds a client has to finish its TLS handshake."""
+    certificate and key; `tls_timeout`: seconds a client has to finish its TLS handshake. `callout_issuer`: the
+    account public key (`A...`) that signs the callout's answers (None: no callout)."""
     users = [{"nkey": i.public_key, "permissions": permissions(i)} for i in registry.identities]
+    authorization: dict[str, object] = {"users": users}
+    if callout_issuer is not None:
+        authorization["timeout"] = auth_timeout
+        authorization["auth_callout"] = {"issuer": callout_issuer,
+                                         "auth_users": [i.public_key for i in registry.identities]}
     jetstream = f"store_dir: {json.dumps(str(store_dir))}"
     if store_key is not None:
         jetstream += f", cipher: chachapoly, key: {json.dumps(store_key)}"
@@ -47,7 +59,7 @@ def render(registry: Registry, *, host: str, port: int, store_dir: Path, server_
         f"port: {port}",
         f"jetstream: {{{jetstream}}}",
         *([_tls_block(tls, tls_timeout)] if tls is not None else []),
-        f"authorization: {{users: {json.dumps(users, indent=2)}}}",
+        f"authorization: {json.dumps(authorization, indent=2)}",
         "",
     ])
 
@@ -58,12 +70,13 @@ def _tls_block(tls: TlsFiles, timeout: float) -> str:
 
 
 def write(path: Path, registry: Registry, *, host: str, port: int, store_dir: Path, tls: TlsFiles | None = None,
-          tls_timeout: float = 5.0) -> Path:
+          tls_timeout: float = 5.0, callout_issuer: str | None = None, auth_timeout: float = 2.0) -> Path:
     """Render into `path` (mode 0600: it lists who may connect and holds the store's key)."""
     keys.private_dir(path.parent)
     store_key = _store_key(path.parent / STORE_KEY, first_render=not path.exists())
     keys.write_private(path, render(registry, host=host, port=port, store_dir=store_dir, store_key=store_key, tls=tls,
-                                    tls_timeout=tls_timeout))
+                                    tls_timeout=tls_timeout, callout_issuer=callout_issuer,
+                                    auth_timeout=auth_timeout))
     return path
 
 

@@ -577,12 +577,14 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
                   on_disconnect: Callable[[], Awaitable[None]] | None = None,
                   on_reconnect: Callable[[], Awaitable[None]] | None = None,
                   quiet: bool = False, creds: Path | Creds | None = None, inbox_prefix: str | None = None,
-                  tls_ca: Path | None = None) -> Bus:
+                  tls_ca: Path | None = None, token: str | None = None) -> Bus:
     """The one connect path, to any of `servers` (the nodes of a cluster; nats-py also learns the others from the
     one it reaches, and reconnects across them all). Daemons keep reconnecting for ever; the CLI
     (`max_reconnect_attempts=0`) does not, and with `quiet` nats-py's own tracebacks for a failed connect are not
     printed. `creds`: the identity's credential file (`incl.auth.keys`); `inbox_prefix`: where its replies come
-    (the server lets an identity subscribe only to its own). A server that refuses the credentials raises
+    (the server lets an identity subscribe only to its own); `token`: a connect token instead (an EC2 agent's
+    instance identity, which the controllers' auth callout checks, `incl.auth.callout`). A server that refuses the
+    credentials raises
     AuthFailed at once, for daemons too: retrying the same key cannot help.
 
     TLS: a server that requires it is verified against the CA certificate in `tls_ca` (None: the system's CAs),
@@ -624,6 +626,8 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
         held = creds if isinstance(creds, Creds) else read_creds(creds)
         kwargs["nkeys_seed_str"] = held.seed
         inbox_prefix = inbox_prefix or _inbox_of(held.kind, held.name)
+    if token is not None:
+        kwargs["token"] = token
     if inbox_prefix is not None:
         kwargs["inbox_prefix"] = inbox_prefix
     # nats-py's `connect` says int seconds; it waits float seconds. Passed as kwargs, as `nats.connect` passes them.
@@ -656,7 +660,8 @@ async def connect(servers: Servers, name: str, *, connect_timeout: float, reconn
     if refused.is_set() or isinstance(connecting.exception() if not connecting.cancelled() else None,
                                       nats.errors.AuthorizationError):
         raise AuthFailed(f"authentication failed: the NATS server at {masked(servers)} refused "
-                         + (f"the credentials in {creds}" if creds else "a connection without credentials")
+                         + (f"the credentials in {creds}" if creds else "this instance's identity document" if token
+                            else "a connection without credentials")
                          + "; `incl login --creds FILE` stores yours")
     connecting.result()  # any other failure to connect, raised as nats-py raised it
     if any(url.startswith("tls://") for url in urls) and not nc._server_info.get("tls_required"):

@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from incl.auth import callout
 from incl.bus import probe
 from incl.bus.connection import Bus, connect, masked
 from incl.bus.consume import consume
@@ -74,11 +75,22 @@ class Controller:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(leadership.announce())
                 tg.create_task(self._lead_whenever_elected(bus, buckets, leadership))
+                if cfg.callout.enabled:
+                    tg.create_task(self._serve_callout(bus))
         finally:
             if leadership is not None:
                 with contextlib.suppress(Exception):  # a clean stop hands over at once; a failed one by the TTL
                     await asyncio.wait_for(leadership.release(), timeout=cfg.request_timeout)
             await bus.close()
+
+    async def _serve_callout(self, bus: Bus) -> None:
+        """The NATS auth callout (`incl.auth.callout`), leader or standby alike, over a provider of its own (which
+        instances this cluster launched)."""
+        cfg = self.cfg
+        async with open_provider(cfg) as provider:
+            service = callout.open_callout(cfg.callout, cfg.callout_issuer_path(),
+                                           lambda: provider.describe(cfg.reconcile.cluster))
+            await callout.serve(bus, service)
 
     async def _lead_whenever_elected(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership) -> None:
         """Stand by until elected, lead until the lease is lost, stand by again: for as long as the daemon runs.

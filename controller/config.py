@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from incl.auth.callout import CalloutConfig
 from incl.bus import daemon as _daemon
 from incl.bus.connection import Servers
 from incl.bus.streams import StreamLimits
@@ -113,11 +114,19 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     aws: AwsConfig = AwsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     agent_nats_url: Servers | None = None  # the NATS URL(s) instances' agents dial (None: `nats_url`)
+    # One NATS identity per EC2 instance (`incl.auth.callout`): every controller, leader or standby, answers the
+    # server's auth callout for agents that connect with their signed instance identity document. Off by default.
+    callout: CalloutConfig = CalloutConfig()
 
     def secrets_key_path(self) -> Path:
         if self.secrets_key_file is not None:
             return Path(self.secrets_key_file)
         return Path(os.environ.get("INCL_HOME", Path.home() / ".incl")) / "controller" / "secrets.key"
+
+    def callout_issuer_path(self) -> Path:
+        if self.callout.issuer_seed is not None:
+            return Path(self.callout.issuer_seed)
+        return Path(os.environ.get("INCL_HOME", Path.home() / ".incl")) / "auth" / "callout.nk"
 
     def identities_path(self) -> Path | None:
         if self.identities_file is not None:

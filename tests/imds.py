@@ -12,6 +12,9 @@ One fake serves several instances, one port each: `endpoint = await imds.add(Ins
   `{"action": "terminate", "time": <notice + 120 s>}` with that fixed time in ISO 8601, Z;
   `meta-data/events/recommendations/rebalance` is 404 until `rebalance(instance_id)`, then `{"noticeTime": ...}`.
 - `instance-id`, `instance-type`, `local-ipv4`, `placement/availability-zone`, `instance-life-cycle`.
+- With `signer` (an RSA private key, the test's stand-in for AWS's), `dynamic/instance-identity/document` (the JSON
+  AWS serves: instanceId, accountId, region, ...) and `dynamic/instance-identity/signature` (its bytes signed,
+  PKCS#1 v1.5 SHA-256, base64 in lines of 64 as AWS serves it); without one, both are 404.
 
 Faults to inject: `throttle(instance_id, n)` answers the next n requests with 429; `stall(instance_id, s)`
 delays answers by s seconds; `revoke(instance_id)` invalidates the tokens handed out so far; `reject_tokens`
@@ -22,6 +25,7 @@ refuses every token. Time comes from `clock` (epoch seconds), so tests move it i
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
@@ -30,9 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 TOKEN_PATH = "/latest/api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -53,6 +59,18 @@ class Instance:
     throttled: int = 0
     stall: float = 0.0
     generation: int = 0  # tokens handed out before the last revoke() are invalid
+    account_id: str = "123456789012"
+    image_id: str = "ami-0123456789abcdef0"
+    pending_time: str = "2023-11-14T22:13:20Z"
+
+    def document(self) -> str:
+        """The instance identity document, laid out as IMDS serves it."""
+        return json.dumps({
+            "accountId": self.account_id, "architecture": "x86_64", "availabilityZone": self.availability_zone,
+            "billingProducts": None, "devpayProductCodes": None, "marketplaceProductCodes": None,
+            "imageId": self.image_id, "instanceId": self.instance_id, "instanceType": self.instance_type,
+            "kernelId": None, "pendingTime": self.pending_time, "privateIp": self.local_ipv4, "ramdiskId": None,
+            "region": self.availability_zone[:-1], "version": "2017-09-30"}, indent=2)
 
 
 class Request(NamedTuple):
@@ -88,8 +106,10 @@ class FakeClock:
 
 
 class FakeImds:
-    def __init__(self, *, tokens_required: bool = True, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, tokens_required: bool = True, clock: Callable[[], float] = time.time,
+                 signer: Any = None) -> None:
         self.tokens_required = tokens_required
+        self.signer = signer  # an RSA private key (cryptography's) signing identity documents, as AWS's does
         self.clock = clock
         self.reject_tokens = False
         self.requests: list[Request] = []
@@ -171,8 +191,10 @@ class FakeImds:
             return web.Response(status=405, text="Method Not Allowed")
         if not self._authorized(inst, request.headers.get(TOKEN_HEADER)):
             return web.Response(status=401, text="Unauthorized")
-        body = self._meta(inst, request.path.removeprefix("/latest/meta-data/")) \
-            if request.path.startswith("/latest/meta-data/") else None
+        if request.path.startswith("/latest/meta-data/"):
+            body = self._meta(inst, request.path.removeprefix("/latest/meta-data/"))
+        else:
+            body = self._dynamic(inst, request.path.removeprefix("/latest/dynamic/"))
         if body is None:
             return web.Response(status=404, text="Not Found")
         return web.Response(text=body)
@@ -196,6 +218,15 @@ class FakeImds:
         held = self._tokens.get(token)
         return (held is not None and not self.reject_tokens and held.instance_id == inst.instance_id
                 and held.generation == inst.generation and self.clock() < held.expires)
+
+    def _dynamic(self, inst: Instance, path: str) -> str | None:
+        if self.signer is None or path not in ("instance-identity/document", "instance-identity/signature"):
+            return None
+        document = inst.document()
+        if path.endswith("document"):
+            return document
+        signed = base64.b64encode(self.signer.sign(document.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
+        return "\n".join(signed[i:i + 64] for i in range(0, len(signed), 64))
 
     def _meta(self, inst: Instance, path: str) -> str | None:
         values = {

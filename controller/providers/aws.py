@@ -114,15 +114,18 @@ _REGION = re.compile(r"[a-z0-9-]+")
 
 
 def render_user_data(template: str, *, nats_url: str, store_url: str, agent_secret: str | None = None,
-                     region: str = "us-east-1") -> str:
+                     region: str = "us-east-1", nats_identity: str = "creds") -> str:
     """The boot script. URLs go in as JSON strings, which YAML reads as quoted scalars; the secret's id and the
-    region go in single quotes, so they are checked to hold nothing the shell would read."""
+    region go in single quotes, so they are checked to hold nothing the shell would read. `nats_identity`: how the
+    agent proves who it is to NATS (`instance`: its signed identity document, for the controllers' auth callout)."""
+    if nats_identity not in ("creds", "instance"):
+        raise LaunchFailed(f"nats_identity {nats_identity!r} is neither creds nor instance")
     if not _SECRET_ID.fullmatch(agent_secret or ""):
         raise LaunchFailed(f"aws.agent_secret {agent_secret!r} is not a Secrets Manager name or ARN")
     if not _REGION.fullmatch(region):
         raise LaunchFailed(f"aws.region {region!r} is not a region name")
     text = _UserData(template).substitute(nats_url=json.dumps(nats_url), store_url=json.dumps(store_url),
-                                          agent_secret=agent_secret or "", region=region)
+                                          agent_secret=agent_secret or "", region=region, nats_identity=nats_identity)
     if len(text.encode()) > USER_DATA_LIMIT:
         raise LaunchFailed(f"user-data is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")
     return text
@@ -168,11 +171,13 @@ class AwsProvider:
 
     provisions = True
 
-    def __init__(self, cfg: AwsConfig, *, nats_url: str, store_url: str, session: AioSession | None = None) -> None:
+    def __init__(self, cfg: AwsConfig, *, nats_url: str, store_url: str, session: AioSession | None = None,
+                 nats_identity: str = "creds") -> None:
         self.cfg = cfg
         template = Path(cfg.user_data_template) if cfg.user_data_template else DEFAULT_TEMPLATE
         self.user_data = render_user_data(template.read_text(), nats_url=nats_url, store_url=store_url,
-                                          agent_secret=cfg.agent_secret, region=cfg.region)
+                                          agent_secret=cfg.agent_secret, region=cfg.region,
+                                          nats_identity=nats_identity)
         self._session = session or get_session()
         self._stack = AsyncExitStack()
         self._ec2: Any = None
@@ -180,9 +185,10 @@ class AwsProvider:
     @classmethod
     def from_config(cls, cfg: ControllerConfig) -> AwsProvider:
         """Instances' agents dial `agent_nats_url` (else the controller's own `nats_url`), as one comma-separated
-        string of URLs."""
+        string of URLs; with the auth callout on, each connects as itself with its instance identity document."""
         nats_url = ",".join(server_list(cfg.agent_nats_url or cfg.nats_url))
-        return cls(cfg.aws, nats_url=nats_url, store_url=cfg.store_url)
+        return cls(cfg.aws, nats_url=nats_url, store_url=cfg.store_url,
+                   nats_identity="instance" if cfg.callout.enabled else "creds")
 
     def shapes(self) -> list[Resources]:
         return catalog_shapes(self.cfg.catalog)

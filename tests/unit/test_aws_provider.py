@@ -403,8 +403,8 @@ async def test_user_data_configures_the_agent_from_imdsv2(aws: Aws, tmp_path: Pa
         assert [(r.method, r.path, r.status) for r in imds.requests] == [
             ("PUT", "/latest/api/token", 200), ("GET", "/latest/meta-data/instance-id", 200)]
     config = yaml.safe_load((tmp_path / "etc" / "agent.yaml").read_text())
-    assert config == {"agent_id": "i-0abc123", "provider": "aws", "nats_url": NATS_URL, "store_url": STORE_URL,
-                      "work_dir": "/var/lib/incl/agent"}
+    assert config == {"agent_id": "i-0abc123", "provider": "aws", "nats_identity": "creds", "nats_url": NATS_URL,
+                      "store_url": STORE_URL, "work_dir": "/var/lib/incl/agent"}
     assert (tmp_path / "etc" / "agent.yaml").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "systemctl.calls").read_text() == "restart incl-agent.service\n"
 
