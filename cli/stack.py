@@ -218,7 +218,19 @@ def render_conf(home: Path, port: int, listen: str = LOOPBACK) -> Path:
     choice = load_tls(home)
     return serverconf.write(server_conf(home), identities.load(home), host=listen, port=port,
                             store_dir=home / "nats", tls=_tls_files(choice),
-                            tls_timeout=choice.timeout if choice else 5.0)
+                            tls_timeout=choice.timeout if choice else 5.0, callout_issuer=_callout_issuer(home))
+
+
+def _callout_issuer(home: Path) -> str | None:
+    """The public key the controllers sign the auth callout's answers with, when the home's controller config turns
+    the callout on (EC2 instances connecting with their identity documents, `incl.auth.callout`); else None."""
+    cfg_file = home / "controller.yaml"
+    if not cfg_file.exists() or "callout" not in cfg_file.read_text():
+        return None
+    from incl.auth import callout  # noqa: PLC0415 - lazy: only a stack with the callout on needs it
+    from incl.controller.config import load_config  # noqa: PLC0415 - lazy, as above
+    cfg = load_config(cfg_file)
+    return callout.ensure_issuer(cfg.callout_issuer_path()) if cfg.callout.enabled else None
 
 
 def ensure_identities(home: Path, agents: int) -> dict[str, Path]:
