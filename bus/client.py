@@ -551,6 +551,8 @@ class Client:
         metrics; None when the attempt's last message is not a summary: still running, a multi-node or re-adopted
         attempt, or an agent from before summaries."""
         att = job.attempts[attempt]
+        if att.nodes:
+            return None  # a gang's ranks write no summary (and rank 0's subject holds only its own points)
         data = None
         if not att.agent_subjects:  # from before the agent token: the summary was on the attempt's old subject
             data = await self.bus.last(subjects.METRICS_STREAM,

@@ -141,14 +141,17 @@ async def test_a_batch_an_agent_writes_under_its_own_id_on_a_job_not_its_own_is_
 
 async def test_every_rank_of_a_gang_is_read_and_nothing_else(auth_nats: AuthNats, controller_bus: Bus) -> None:
     """A two-node attempt on a1 and a2: each rank's agent writes under its own id, and the reader shows every line
-    of both, in the order they were stored."""
+    of both, in the order they were stored, and the metrics of the rank that logged some (rank 1 here)."""
     j = job("j-3", "a1", "a2")
     async with await dial(auth_nats, "agent", "a1") as a1, await dial(auth_nats, "agent", "a2") as a2:
         for seq in range(3):
             await a1.publish_durable(out(LOGS, j, "a1"), log_batch(j, f"rank0-{seq}", seq=seq))
             await a2.publish_durable(out(LOGS, j, "a2"), log_batch(j, f"rank1-{seq}", seq=seq, rank=1))
+            await a2.publish_durable(out(METRICS, j, "a2"), metric_batch(j, 3.0, seq=seq))  # rank 1's only
     async with Client(auth_nats.url, creds=auth_nats.creds("user", "bob")) as bob:
         assert await lines(bob, j) == [f"rank{r}-{s}".encode() for s in range(3) for r in range(2)]
+        assert await losses(bob, j) == [3.0] * 3
+        assert await bob.metric_summary(j, 0) is None  # a gang has no summary: a chart reads the points
     alone = job("j-3", "a1")  # the same subjects read as an attempt on a1 only: a2's lines are not its
     async with Client(auth_nats.url, creds=auth_nats.creds("user", "bob")) as bob:
         assert await lines(bob, alone) == [f"rank0-{s}".encode() for s in range(3)]
