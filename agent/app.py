@@ -464,9 +464,9 @@ class Agent:
         """How far the previous agent process got shipping this attempt's output (the streams are the truth)."""
         resume = Resume()
         attempt = assign.attempt
-        key = assign.output_key
-        for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(assign, key), LogBatch),
-                                     (subjects.METRICS_STREAM, subjects.metrics(assign, key), MetricBatch)):
+        key, me = assign.output_key, self.cfg.agent_id  # its own subjects: the only ones it may read the last of
+        for stream, subject, cls in ((subjects.LOGS_STREAM, subjects.logs(assign, key, me), LogBatch),
+                                     (subjects.METRICS_STREAM, subjects.metrics(assign, key, me), MetricBatch)):
             data = await self._retry("last_batch", lambda s=stream, subj=subject: self._bus.last(s, subj))
             if data is None:
                 continue

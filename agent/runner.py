@@ -143,14 +143,15 @@ class Runner:
                       timeout=cfg.request_timeout, retry_initial=cfg.retry_initial, retry_max=cfg.retry_max)
         self.rank = a.gang.rank if a.gang is not None else 0
         tag = f"{a.job_id}.{a.attempt}" + (f".r{self.rank}" if self.rank else "")  # each rank's own dedup ids
-        self._logs = Shipper(bus, subjects.logs(a, a.output_key), f"{tag}.log", self._log_batch,
+        me = cfg.agent_id  # the last token of what it writes: the server refuses it under any other agent's name
+        self._logs = Shipper(bus, subjects.logs(a, a.output_key, me), f"{tag}.log", self._log_batch,
                              first_seq=resume.log_seq, **common)
         self._bus, self._tag = bus, tag
         # The attempt's metrics reduced as they come, written after the last batch (agent/metricsummary.py): not
-        # for a rank of a multi-node job (ranks share the subject, and a reader takes its last message), nor for an
+        # for a rank of a multi-node job (a reader takes the last message of rank 0's subject), nor for an
         # attempt re-adopted after a crash (the points shipped before it are not in this process's summary).
         self._summary = Summary() if a.gang is None and not resume.metric_seq else None
-        self._metrics = Shipper(bus, subjects.metrics(a, a.output_key), f"{tag}.metric",
+        self._metrics = Shipper(bus, subjects.metrics(a, a.output_key, me), f"{tag}.metric",
                                 lambda seq, pts: MetricBatch(job_id=a.job_id, attempt=a.attempt, seq=seq,
                                                              points=MetricColumns.of(pts),
                                                              rank=self.rank),
@@ -229,8 +230,9 @@ class Runner:
         else:
             log.info("metric_summary_too_large", size=len(data))
             return
+        subject = subjects.metrics(a, a.output_key, self.cfg.agent_id)
         try:
-            await self._bus.publish_durable(subjects.metrics(a, a.output_key), data, msg_id=f"{self._tag}.summary",
+            await self._bus.publish_durable(subject, data, msg_id=f"{self._tag}.summary",
                                             timeout=self.cfg.request_timeout)
         except Exception as exc:  # noqa: BLE001 - a chart reads every point instead; the attempt goes on ending
             log.warning("metric_summary_not_written", error=repr(exc))

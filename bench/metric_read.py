@@ -30,7 +30,8 @@ async def measure(url: str, job_id: str, batches: list[int], repeat: int) -> dic
     out: dict = {}
     async with Client(url, timeout=30.0) as client:
         job = await client.job(job_id)
-        subject = subjects.output(subjects.METRICS_STREAM, job, job.attempts[0].output_key)
+        att = job.attempts[0]
+        subject = subjects.output(subjects.METRICS_STREAM, job, att.output_key, subjects.ANY_AGENT)
         datas: list[bytes] = []
         for batch in batches:
             times = []

@@ -18,6 +18,7 @@ from incl.auth.keys import Creds, read_creds
 from incl.bus import health
 from incl.bus.connection import AuthFailed, Bus, TlsFailed, connect, masked
 from incl.bus.follow import PULL_BATCH
+from incl.bus.output import follow_attempt
 from incl.proto import subjects
 from incl.proto.audit import AuditEntry, AuditReply, AuditRequest, UserChangedReply, UserChangedRequest
 from incl.proto.codec import Decoder
@@ -25,6 +26,7 @@ from incl.proto.errors import DecodeError, InclError, NoResponders, Unavailable
 from incl.proto.messages import (
     TERMINAL,
     AgentView,
+    Attempt,
     CancelReply,
     CancelRequest,
     Envelope,
@@ -464,23 +466,24 @@ class Client:
 
     # --- streams ------------------------------------------------------------------------------------------
 
-    async def _read(self, stream: str, subject: str, type_: Any, over: Callable[[], Awaitable[bool]] | None,
-                    poll: float = 0.25) -> AsyncIterator[Any]:
-        """Every message on `subject`, in order, up to the end of the stream; with `over`, on until `over()` says
-        the writing is over and all is read (asked each time the reader has caught up and waited `poll`)."""
-        async for _, value in self._read_at(stream, subject, type_, over, poll):
+    async def _read(self, stream: str, job: Job, attempt: Attempt, type_: Any,
+                    over: Callable[[], Awaitable[bool]] | None, poll: float = 0.25) -> AsyncIterator[Any]:
+        """Every batch of `job`'s `attempt` in `stream`, in order, up to the end of the stream (only those its
+        assigned agents wrote: `incl.bus.output`); with `over`, on until `over()` says the writing is over and all
+        is read (asked each time the reader has caught up and waited `poll`)."""
+        async for _, value in self._read_at(stream, job, attempt, type_, over, poll):
             if value is not None:
                 yield value
 
-    async def _read_at(self, stream: str, subject: str, type_: Any, over: Callable[[], Awaitable[bool]] | None,
-                       poll: float = 0.25, from_seq: int = 1,
+    async def _read_at(self, stream: str, job: Job, attempt: Attempt, type_: Any,
+                       over: Callable[[], Awaitable[bool]] | None, poll: float = 0.25, from_seq: int = 1,
                        batch: int = PULL_BATCH) -> AsyncIterator[tuple[int, Any]]:
         """`_read` from stream sequence `from_seq` on, each message with its sequence (its value None when it
         cannot be decoded: skipped, but read)."""
         decoder: Decoder[Any] = Decoder(type_)
         caught_up_at_end = False
-        async with contextlib.aclosing(self.bus.follow(stream, subject, poll, from_seq=from_seq,
-                                                       batch=batch)) as items:
+        async with contextlib.aclosing(follow_attempt(self.bus, stream, job, attempt, poll, from_seq=from_seq,
+                                                      batch=batch)) as items:
             async for item in items:
                 if item is not None:
                     try:
@@ -500,22 +503,22 @@ class Client:
 
     async def _output(self, job: Job | str, stream: str, type_: Any, follow: bool,
                       poll: float) -> AsyncGenerator[Any, None]:
-        """A job's batches on `stream`, attempt after attempt: each attempt writes to its own subject, named by the
-        job's team and owner and the attempt's output key (`subjects.logs`), which the record says (asking for it
-        is where a caller who may not read the job is told so). With `follow`, the last attempt is followed until
-        the job has ended or a later attempt began, and so on until the job has ended and all is read."""
+        """A job's batches on `stream`, attempt after attempt: each attempt writes to its own subjects, named by the
+        job's team and owner, the attempt's output key and each writing agent (`subjects.logs`), which the record
+        says (asking for it is where a caller who may not read the job is told so). With `follow`, the last attempt
+        is followed until the job has ended or a later attempt began, and so on until the job has ended and all is
+        read."""
         record = job if isinstance(job, Job) else await self.job(job)
         n = 0  # attempts read to their end
         while True:
             if n < len(record.attempts):
-                subject = subjects.output(stream, record, record.attempts[n].output_key)
                 over = None
                 if follow and n == len(record.attempts) - 1 and record.state not in TERMINAL:
                     async def over(n: int = n) -> bool:
                         nonlocal record
                         record = await self.job(record.id)
                         return record.state in TERMINAL or len(record.attempts) > n + 1
-                async for batch in self._read(stream, subject, type_, over, poll):
+                async for batch in self._read(stream, record, record.attempts[n], type_, over, poll):
                     yield batch
                 n += 1
                 continue
@@ -544,12 +547,19 @@ class Client:
 
     async def metric_summary(self, job: Job, attempt: int) -> MetricSummary | None:
         """The summary of the job's attempt `attempt` (an index into `job.attempts`) that its agent wrote after its
-        last metric batch (agent/metricsummary.py); an empty one for an attempt that wrote no metrics; None when
-        the attempt's last message is not a summary: still running, a multi-node or re-adopted attempt, or an agent
-        from before summaries."""
+        last metric batch (agent/metricsummary.py) on its own subject; an empty one for an attempt that wrote no
+        metrics; None when the attempt's last message is not a summary: still running, a multi-node or re-adopted
+        attempt, or an agent from before summaries."""
         att = job.attempts[attempt]
-        data = await self.bus.last(subjects.METRICS_STREAM, subjects.output(subjects.METRICS_STREAM, job,
-                                                                            att.output_key))
+        if att.nodes:
+            return None  # a gang's ranks write no summary (and rank 0's subject holds only its own points)
+        data = None
+        if not att.agent_subjects:  # from before the agent token: the summary was on the attempt's old subject
+            data = await self.bus.last(subjects.METRICS_STREAM,
+                                       subjects.legacy_output(subjects.METRICS_STREAM, job, att.output_key))
+        if data is None:
+            data = await self.bus.last(subjects.METRICS_STREAM, subjects.output(subjects.METRICS_STREAM, job,
+                                                                                att.output_key, att.agent_id))
         if data is None:
             return MetricSummary(job_id=job.id, attempt=att.number, batches=0, series=[])
         try:
@@ -563,9 +573,8 @@ class Client:
         index into `job.attempts`; 0 and 0: all of them), each with its attempt and sequence: where a reader that
         keeps what it read goes on from next time. `batch`: messages per pull request."""
         for n in range(attempt, len(job.attempts)):
-            subject = subjects.output(subjects.METRICS_STREAM, job, job.attempts[n].output_key)
             start = seq + 1 if n == attempt else 1
-            async for at, value in self._read_at(subjects.METRICS_STREAM, subject, MetricBatch, None,
+            async for at, value in self._read_at(subjects.METRICS_STREAM, job, job.attempts[n], MetricBatch, None,
                                                  from_seq=start, batch=batch):
                 if value is not None:
                     yield n, at, value

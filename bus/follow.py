@@ -41,11 +41,12 @@ class Guard(Protocol):
 
 @dataclass(frozen=True)
 class Followed:
-    """A message read from a stream in order, its stream sequence, and how many more the stream held when it was
-    read."""
+    """A message read from a stream in order, its stream sequence, how many more the stream held when it was
+    read, and the subject it was stored on (a follow of a wildcard reads several)."""
     data: bytes
     pending: int
     seq: int = 0
+    subject: str = ""
 
 
 def ack_position(reply: str) -> tuple[int, int]:
@@ -155,7 +156,7 @@ class Follower:
                     continue  # a late copy of what was read already (a request that was given up on)
                 self._next_seq = seq + 1
                 delivered += 1
-                yield Followed(data=bytes(msg.data), pending=pending, seq=seq)
+                yield Followed(data=bytes(msg.data), pending=pending, seq=seq, subject=msg.subject)
             elif status == "100":
                 continue  # an idle heartbeat
             elif status in ("404", "408"):

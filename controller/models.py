@@ -33,6 +33,7 @@ from incl.artifacts.select import select
 from incl.artifacts.store import open_store
 from incl.bus.connection import Bus
 from incl.bus.kv import Bucket, KeyExists
+from incl.bus.output import read_attempt
 from incl.controller.lineage import final_metrics, lineage, outputs_of
 from incl.controller.store import Records
 from incl.proto import subjects
@@ -217,10 +218,9 @@ class Models:
         comes after its metrics, so an ended job's are all in the stream)."""
         last: dict[str, float] = {}
         decoder: Decoder[MetricBatch] = Decoder(MetricBatch)
-        for attempt in job.attempts:  # each attempt's own subject, in order
-            subject = subjects.metrics(job, attempt.output_key)
-            async with contextlib.aclosing(self._bus.read_all(subjects.METRICS_STREAM, subject,
-                                                              self._metric_poll)) as items:
+        for attempt in job.attempts:  # each attempt's own subjects, in order (its assigned agents' batches only)
+            async with contextlib.aclosing(read_attempt(self._bus, subjects.METRICS_STREAM, job, attempt,
+                                                        self._metric_poll)) as items:
                 async for data in items:
                     with contextlib.suppress(DecodeError):
                         last = final_metrics([decoder.decode(data)], last)

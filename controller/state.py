@@ -57,7 +57,8 @@ def assign(job: Job, agent_id: str, now: float, instance: AgentInfo | None = Non
     attempt = Attempt(number=len(job.attempts) + 1, agent_id=agent_id, state=S.ASSIGNED, assigned_at=now,
                       instance_id=instance.instance_id if instance else None,
                       instance_type=instance.instance_type if instance else None,
-                      market=instance.market if instance else None, output_key=output_key)
+                      market=instance.market if instance else None, output_key=output_key,
+                      agent_subjects=True)
     return structs.replace(job, state=S.ASSIGNED, attempts=[*_old_tails_dropped(job.attempts), attempt], updated_at=now,
                            reason=None)
 

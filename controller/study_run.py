@@ -30,6 +30,7 @@ from optuna.trial import TrialState as OptunaState
 
 from incl.bus.connection import Bus
 from incl.bus.daemon import wait_event
+from incl.bus.output import follow_attempt, read_attempt
 from incl.controller import jobsecrets
 from incl.controller.config import StudyConfig
 from incl.controller.jobs import Jobs
@@ -271,10 +272,9 @@ class StudyRun:
         attempt's exit only after its metrics, so the series is whole once the job has ended)."""
         out: list[tuple[int, float]] = []
         count = [0]
-        for attempt in job.attempts:  # each attempt's own subject, in order
-            subject = subjects.metrics(job, attempt.output_key)
-            async with contextlib.aclosing(self._bus.read_all(subjects.METRICS_STREAM, subject,
-                                                              self._cfg.metric_poll)) as items:
+        for attempt in job.attempts:  # each attempt's own subjects, in order (its assigned agents' batches only)
+            async with contextlib.aclosing(read_attempt(self._bus, subjects.METRICS_STREAM, job, attempt,
+                                                        self._cfg.metric_poll)) as items:
                 async for data in items:
                     out += self._points(data, metric, count)
         return out
@@ -313,9 +313,8 @@ class StudyRun:
                     await asyncio.sleep(self._cfg.metric_poll)
                     continue
                 followed = record.current.number
-                subject = subjects.metrics(record, record.current.output_key)
-                async with contextlib.aclosing(self._bus.follow(subjects.METRICS_STREAM, subject,
-                                                                self._cfg.metric_poll)) as items:
+                async with contextlib.aclosing(follow_attempt(self._bus, subjects.METRICS_STREAM, record,
+                                                              record.current, self._cfg.metric_poll)) as items:
                     async for item in items:
                         if item is not None:
                             pending += self._points(item.data, hpo.metric, count)

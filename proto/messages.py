@@ -144,6 +144,14 @@ class Attempt(_Struct, frozen=True):
     # the attempt (in their assignment) and to those who may read the job, so that no other agent can write
     # where readers read. "": an attempt from before it (its subjects end in `_`).
     output_key: str = ""
+    # Whether the attempt's agents write subjects that end in their own ids (`subjects.output`); False: an attempt
+    # from before, whose batches may also lie on `subjects.legacy_output` (read as well, see `incl.bus.output`).
+    agent_subjects: bool = False
+
+    @property
+    def writers(self) -> frozenset[str]:
+        """The agents the controller assigned the attempt: the only ones whose batches its readers keep."""
+        return frozenset([self.agent_id, *(n.agent_id for n in self.nodes)])
 
 
 class TrialRef(_Struct, frozen=True):

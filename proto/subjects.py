@@ -49,11 +49,14 @@ EVENTS_STREAM = "INCL_EVENTS"
 EVENTS_PREFIX = "incl.events"
 EVENTS_CONSUMER = "controller"
 
-# Agent -> readers: log lines and metric points, one subject per attempt, `incl.logs.<team>.<owner>.<job>.<key>`:
-# the team and the owner in the subject let the NATS server's permissions give each user their own jobs' output
-# and their teams' (`incl.auth.permissions`), and nobody else's; the attempt's random key (`Attempt.output_key`)
-# is known only to the agents running it and to its readers, so another agent cannot write where they read. A job
-# of no team has the team token NO_TEAM.
+# Agent -> readers: log lines and metric points, one subject per attempt and writing agent,
+# `incl.logs.<team>.<owner>.<job>.<key>.<agent>`: the team and the owner in the subject let the NATS server's
+# permissions give each user their own jobs' output and their teams' (`incl.auth.permissions`), and nobody else's;
+# the attempt's random key (`Attempt.output_key`) is known only to the agents running it and to its readers; the last
+# token is the agent that wrote the batch, and an agent may publish only subjects ending in its own id, so the server
+# refuses a batch written under another agent's name. Readers read `<key>.*` and keep only the batches of the agents
+# the controller assigned the attempt (`incl.bus.output`). A job of no team has the team token NO_TEAM. Attempts from
+# before the agent token (`Attempt.agent_subjects` False) also have batches on `<...>.<key>` (`legacy_output`).
 LOGS_STREAM = "INCL_LOGS"
 LOGS_PREFIX = "incl.logs"
 METRICS_STREAM = "INCL_METRICS"
@@ -110,18 +113,46 @@ def scope(owner: str, team: str | None) -> str:
     return f"{name_token(team) if team else NO_TEAM}.{name_token(owner) if owner else NO_TEAM}"
 
 
-def logs(job: Owned, key: str) -> str:
-    """The log subject of one attempt of `job`, whose output key is `key` (`Attempt.output_key`)."""
-    return f"{LOGS_PREFIX}.{scope(job.owner, job.team)}.{job.job_id}.{name_token(key) if key else NO_TEAM}"
+ANY_AGENT = "*"  # the agent token of a reader's filter: every agent's batches (the reader keeps the assigned ones')
 
 
-def metrics(job: Owned, key: str) -> str:
-    return f"{METRICS_PREFIX}.{scope(job.owner, job.team)}.{job.job_id}.{name_token(key) if key else NO_TEAM}"
+def _agent_token(agent: str) -> str:
+    return agent if agent == ANY_AGENT else name_token(agent)
 
 
-def output(stream: str, job: Owned, key: str) -> str:
-    """The subject of one attempt's batches in `stream` (LOGS_STREAM or METRICS_STREAM)."""
-    return logs(job, key) if stream == LOGS_STREAM else metrics(job, key)
+def _attempt(prefix: str, job: Owned, key: str) -> str:
+    return f"{prefix}.{scope(job.owner, job.team)}.{job.job_id}.{name_token(key) if key else NO_TEAM}"
+
+
+def logs(job: Owned, key: str, agent: str) -> str:
+    """The log subject `agent` writes for one attempt of `job`, whose output key is `key` (`Attempt.output_key`);
+    `agent` ANY_AGENT: every agent's (a reader's filter)."""
+    return f"{_attempt(LOGS_PREFIX, job, key)}.{_agent_token(agent)}"
+
+
+def metrics(job: Owned, key: str, agent: str) -> str:
+    return f"{_attempt(METRICS_PREFIX, job, key)}.{_agent_token(agent)}"
+
+
+def output(stream: str, job: Owned, key: str, agent: str) -> str:
+    """The subject of one attempt's batches that `agent` writes in `stream` (LOGS_STREAM or METRICS_STREAM)."""
+    return logs(job, key, agent) if stream == LOGS_STREAM else metrics(job, key, agent)
+
+
+def legacy_output(stream: str, job: Owned, key: str) -> str:
+    """The subject of one attempt's batches in `stream` as agents from before the agent token wrote them
+    (`<...>.<job>.<key>`): no agent may publish there any more, so what it holds is what they wrote."""
+    return _attempt(LOGS_PREFIX if stream == LOGS_STREAM else METRICS_PREFIX, job, key)
+
+
+_OUTPUT_TOKENS = 7  # incl.logs.<team>.<owner>.<job>.<key>.<agent>
+
+
+def output_writer(subject: str) -> str | None:
+    """The agent that wrote a batch, as its output subject names it; None for a subject from before the agent
+    token (`legacy_output`)."""
+    tokens = subject.split(".")
+    return tokens[-1] if len(tokens) == _OUTPUT_TOKENS else None
 
 
 def dead(source: str) -> str:

@@ -130,13 +130,15 @@ async def test_a_user_cannot_forge_events_sniff_assignments_or_read_the_buckets(
 
 def _job(job_id: str, user: str, team: str | None) -> Job:
     spec = load_spec({"run": "true", **({"team": team} if team else {})})
-    attempt = Attempt(number=1, agent_id="a1", state=JobState.SUCCEEDED, assigned_at=1.0, output_key=f"k{job_id[2:]}")
+    attempt = Attempt(number=1, agent_id="a1", state=JobState.SUCCEEDED, assigned_at=1.0, output_key=f"k{job_id[2:]}",
+                      agent_subjects=True)
     return Job(id=job_id, spec=spec, user=user, state=JobState.SUCCEEDED, submitted_at=1.0, updated_at=1.0,
                attempts=[attempt])
 
 
 def _out(job: Job, stream: str = subjects.LOGS_STREAM) -> str:
-    return subjects.output(stream, job, job.attempts[0].output_key)
+    att = job.attempts[0]
+    return subjects.output(stream, job, att.output_key, att.agent_id)
 
 
 async def test_a_user_reads_their_own_and_their_teams_output_and_nobody_elses(auth_nats: AuthNats,
@@ -165,7 +167,7 @@ async def test_a_user_reads_their_own_and_their_teams_output_and_nobody_elses(au
                                                      json.dumps(config).encode(), timeout=5))
         assert "error" in reply, reply
         # Wildcards in the filter token match only what the rights match literally.
-        for filter_ in ("incl.logs.>", "incl.logs.*.*.*.*", "incl.logs.vision.>"):
+        for filter_ in ("incl.logs.>", "incl.logs.*.*.*.*", "incl.logs.*.*.*.*.*", "incl.logs.vision.>"):
             with pytest.raises(NotAllowed, match="refused"):
                 await bob.bus.request_raw(f"$JS.API.CONSUMER.CREATE.{subjects.LOGS_STREAM}.w.{filter_}", b"{}", 5)
     async with Client(auth_nats.url, creds=auth_nats.creds("user", "alice")) as alice:  # a cluster admin

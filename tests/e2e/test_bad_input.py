@@ -60,8 +60,8 @@ async def test_garbage_on_every_subject_is_dropped_and_both_daemons_keep_serving
         for payload in GARBAGE:
             await bus.publish_durable(subjects.assign("a1"), payload)
             await bus.publish_durable(subjects.events("a1"), payload)
-            await bus.publish_durable(subjects.logs(NO_SUCH_JOB, "k"), payload)
-            await bus.publish_durable(subjects.metrics(NO_SUCH_JOB, "k"), payload)
+            await bus.publish_durable(subjects.logs(NO_SUCH_JOB, "k", "a1"), payload)
+            await bus.publish_durable(subjects.metrics(NO_SUCH_JOB, "k", "a1"), payload)
             await bus.publish(subjects.agent_api("a1", subjects.HEARTBEAT), payload)  # no reply subject at all
         # Garbage on a verb that changes something is in the audit trail, as an error of the caller the subject names.
         recorded = await client.audit(user="tester", verb=subjects.SUBMIT, limit=100)

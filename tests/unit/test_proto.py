@@ -59,6 +59,7 @@ ATTEMPT_PLAIN = {
     "nodes": [],
     "stopping": None,
     "output_key": "",
+    "agent_subjects": False,
 }
 
 JOB = m.Job(
