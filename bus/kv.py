@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
-from typing import NamedTuple
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, NamedTuple
 
 import structlog
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
@@ -88,29 +90,66 @@ class Bucket:
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
     async def snapshot(self, attempts: int = 5, pause: float = 0.2) -> list[Change]:
-        """Every key's current value, read in one pass (the watch's first part: one consumer delivering the last
-        value of each subject, not a request per key), deleted keys left out. Checked against the bucket's own
-        message count as `keys` is (a short pass is read again); then, rather than pass for a store with fewer
-        records, the keys are read one by one."""
-        expected = 0
+        """Every key's current value, read in one pass (`scan`), deleted keys left out."""
+        out: list[Change] = []
+        await self.scan(out.clear, out.append, attempts, pause)
+        return out
+
+    async def scan(self, begin: Callable[[], None], each: Callable[[Change], Any], attempts: int = 5,
+                   pause: float = 0.2) -> None:
+        """Every key's current value handed to `each` as it arrives, never all held at once (the watch's first
+        part: one consumer delivering the last value of each subject, not a request per key), deleted keys left
+        out; `begin` is called before each pass, which starts over. Checked against the bucket's own message count
+        as `keys` is (a short pass is read again); then, rather than pass for a store with fewer records, the keys
+        are read one by one."""
         for attempt in range(attempts):
             expected = (await self._kv.status()).stream_info.state.messages  # history 1: one per key or marker
-            seen: list[Change] = []
+            seen = 0
+            begin()
             if expected:
                 async with contextlib.aclosing(self.watch()) as changes:
                     async for change in changes:
                         if change is None:
                             break
-                        seen.append(change)
-            if len(seen) >= expected:
-                return [c for c in seen if c.value is not None]
-            log.warning("bucket_snapshot_short", seen=len(seen), expected=expected, attempt=attempt)
+                        seen += 1
+                        if change.value is not None:
+                            each(change)
+            if seen >= expected:
+                return
+            log.warning("bucket_snapshot_short", seen=seen, expected=expected, attempt=attempt)
             await asyncio.sleep(pause * 2 ** attempt)
-        out = []
+        begin()
         for key in await self.keys():
             entry = await self.get(key)
             if entry is not None:
-                out.append(Change(key, *entry))
+                each(Change(key, *entry))
+
+    async def last_revision(self) -> int:
+        """The revision the bucket's latest write got (0: none yet)."""
+        return int((await self._kv.status()).stream_info.state.last_seq or 0)
+
+    async def since(self, after: int, limit: int, timeout: float) -> list[Change]:
+        """At most `limit` keys whose current value was written after revision `after`, in revision order (deleted
+        ones as None). The bucket keeps one value per key, so reading its stream from a revision on reads current
+        values only: a page of old records costs one short-lived consumer, not a listing of every key. With nothing
+        written after `after`, it answers [] after `timeout`."""
+        kv = self._kv
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1,
+                                ack_policy=AckPolicy.NONE, inactive_threshold=max(timeout * 4, 5.0),
+                                mem_storage=True, num_replicas=1)
+        sub = await kv._js.pull_subscribe(f"{kv._pre}>", stream=kv._stream, config=config)
+        try:
+            msgs = await sub.fetch(limit, timeout=timeout)
+        except NatsTimeout:  # nothing written after `after`
+            msgs = []
+        finally:
+            with contextlib.suppress(Exception):  # it expires by itself when this fails
+                await sub.unsubscribe()
+        out = []
+        for msg in msgs:
+            deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
+            out.append(Change(msg.subject[len(kv._pre):], None if deleted else bytes(msg.data),
+                              msg.metadata.sequence.stream))
         return out
 
     async def listing(self) -> list[str]:
