@@ -129,7 +129,7 @@ class Controller:
     async def _term(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership,
                     on_serving: Callable[[], object]) -> None:
         cfg = self.cfg
-        stores = wiring.records(buckets, fence=leadership.check)
+        stores = wiring.records(buckets, fence=leadership.check, ended_jobs=cfg.ended_jobs_in_memory)
         await self._retry("load_records", stores.load)
         async with open_provider(cfg) as provider:
             graph = wiring.build(cfg, bus, buckets, stores, provider, self._wake, self.metrics,
