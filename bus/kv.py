@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, NamedTuple
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
@@ -131,26 +131,21 @@ class Bucket:
     async def since(self, after: int, limit: int, timeout: float) -> list[Change]:
         """At most `limit` keys whose current value was written after revision `after`, in revision order (deleted
         ones as None). The bucket keeps one value per key, so reading its stream from a revision on reads current
-        values only: a page of old records costs one short-lived consumer, not a listing of every key. With nothing
-        written after `after`, it answers [] after `timeout`."""
+        values only: a page of old records costs one short-lived consumer (made, asked once for its whole batch,
+        the messages gathered by a callback as `Bus.read_subject` does, deleted), not a listing of every key."""
         kv = self._kv
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1,
-                                ack_policy=AckPolicy.NONE, inactive_threshold=max(timeout * 4, 5.0),
-                                mem_storage=True, num_replicas=1)
-        sub = await kv._js.pull_subscribe(f"{kv._pre}>", stream=kv._stream, config=config)
+        js = kv._js
+        nc = js._nc
+        name = nc.new_inbox().rsplit(".", 1)[-1]
+        config = ConsumerConfig(name=name, filter_subject=f"{kv._pre}>", ack_policy=AckPolicy.NONE,
+                                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1,
+                                inactive_threshold=max(timeout * 4, 5.0), mem_storage=True, num_replicas=1)
+        info = await js.add_consumer(kv._stream, config, timeout=timeout)
         try:
-            msgs = await sub.fetch(limit, timeout=timeout)
-        except NatsTimeout:  # nothing written after `after`
-            msgs = []
-        finally:
-            with contextlib.suppress(Exception):  # it expires by itself when this fails
-                await sub.unsubscribe()
-        out = []
-        for msg in msgs:
-            deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
-            out.append(Change(msg.subject[len(kv._pre):], None if deleted else bytes(msg.data),
-                              msg.metadata.sequence.stream))
-        return out
+            want = min(int(info.num_pending or 0), limit)
+            return await _gathered(nc, kv._stream, name, kv._pre, want, timeout) if want else []
+        finally:  # without waiting for the reply: `inactive_threshold` removes it should this be lost
+            await nc.publish(f"$JS.API.CONSUMER.DELETE.{kv._stream}.{name}", b"")
 
     async def listing(self) -> list[str]:
         """The keys as one listing finds them, unchecked: for what is only shown (a short listing is possible)."""
@@ -179,3 +174,33 @@ class Bucket:
             raise BucketUnreadable(f"the bucket holds {expected} records and listing them returned none "
                                    f"{attempts} times")
         return keys  # short but not empty: deleted keys leave markers the count includes
+
+
+async def _gathered(nc: Any, stream: str, consumer: str, prefix: str, want: int, timeout: float) -> list[Change]:
+    """`want` messages of a consumer of a bucket's stream, as changes (fewer if the server has fewer: a 404)."""
+    got: list[Change] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg: Any) -> None:
+        headers = msg.headers or {}
+        if "Status" in headers:  # 404/408: fewer than asked (a purge, an expiry meanwhile)
+            done.set()
+            return
+        # the ack subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<...> (9 tokens), or with
+        # <domain>.<account hash> after ACK (12 tokens)
+        tokens = msg.reply.split(".")
+        deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
+        got.append(Change(msg.subject[len(prefix):], None if deleted else bytes(msg.data),
+                          int(tokens[5] if len(tokens) == 9 else tokens[7])))
+        if len(got) >= want:
+            done.set()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=2 * want + 16, pending_bytes_limit=-1)
+    try:
+        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+                         json.dumps({"batch": want, "no_wait": True}).encode(), reply=inbox)
+        await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        await sub.unsubscribe()
+    return got

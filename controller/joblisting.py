@@ -19,7 +19,6 @@ from collections.abc import Callable
 from incl.controller.paging import page
 from incl.controller.store import Records
 from incl.proto import limits
-from incl.proto.codec import encode
 from incl.proto.errors import BadRequest
 from incl.proto.messages import Job
 
@@ -74,7 +73,7 @@ async def _from_bucket(records: Records[Job], keep: Callable[[Job], bool], start
                 return chosen, None
             job = None if change.value is None else records.decode(change.key, change.value)
             if job is not None and keep(job):
-                size += len(encode(job))
+                size += len(change.value or b"")  # as stored: the view sent is no larger (secrets masked)
                 if chosen and size > max_bytes:
                     return chosen, reached
                 chosen.append(job)
