@@ -62,6 +62,9 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     leader_renew: float = 0.5
     leader_poll: float = 0.2
     leader_margin: float = 0.5
+    # A controller that leads again within this many seconds of its last term brings that term's records up to date
+    # (the records written since, from the buckets' streams) instead of reading every one again; 0: always reads.
+    catch_up_within: Annotated[float, msgspec.Meta(ge=0)] = 300.0
 
     # Scheduling and dispatch.
     schedule_interval: float = 2.0  # periodic pass, besides the pass every submit and event triggers

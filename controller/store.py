@@ -7,6 +7,10 @@ A cache may be bounded (`Retention`): records that will not change again (ended 
 of the most recently written ones; older ones are read from the bucket when asked for (`read`, `need`, and
 `update`, which reads first). `get` and iteration see the records held only. A `Tally` is told of every record
 the cache takes in, held or not (counts over the whole store, kept without the records).
+
+A cache knows the revision up to which it has seen every write (`seen`): a controller that leads again after a
+short lapse brings its cache up to date from there (`catch_up`: the records written since, one pass over the
+bucket's stream from that revision) instead of reading every record again.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class Records(Generic[T]):
         self._done: dict[str, None] = {}  # keys of the records held that will not change, oldest write first
         self.tally = tally
         self.evicted = 0  # records dropped from memory since the last load (0: memory holds every record)
+        self.seen = 0  # every write up to this revision is reflected here
+        self._ahead: set[int] = set()  # revisions taken in past a gap (another writer's write, not seen yet)
 
     @property
     def bucket(self) -> Bucket:
@@ -69,11 +75,55 @@ class Records(Generic[T]):
         """Read every record, in one pass over the bucket (`Bucket.scan`: a request per record took a minute for
         90,000 jobs, which a leader retaking its lease paid again each time), each taken in as it arrives: with a
         retention, the ones past its window are never all in memory at once."""
-        await self._kv.scan(self._forget_all, self.observe)
+        start = await self._kv.last_revision()  # every write up to it is in the pass that follows
 
+        def begin() -> None:
+            self._forget_all()
+            self._reflects(start)
+
+        await self._kv.scan(begin, self.observe)
+
+    async def catch_up(self, timeout: float, chunk: int = 1000) -> int:
+        """Take in every record written since revision `seen` (how many were), read from the bucket's stream: all
+        a cache that was once complete needs to be complete again. A key deleted meanwhile is seen only while its
+        marker lives (`incl.bus.kv.MARKER_TTL`): for records that are never deleted (jobs, agents, studies)."""
+        end = await self._kv.last_revision()
+        taken = 0
+        while self.seen < end:
+            changes = await self._kv.since(self.seen, chunk, timeout)
+            if not changes:
+                break
+            for change in changes:
+                self.observe(change)
+            self._reflects(changes[-1].revision)  # the writes between were overwritten since: their keys came later
+            taken += len(changes)
+        return taken
+
+    def _saw(self, revision: int) -> None:
+        """The write at `revision` is reflected (ours, or a change watched): `seen` moves past it once nothing
+        before it is missing."""
+        if revision == self.seen + 1:
+            self.seen = revision
+            self._follow_on()
+        elif revision > self.seen and len(self._ahead) < 100_000:  # else forgotten: a catch-up reads it again
+            self._ahead.add(revision)
+
+    def _reflects(self, revision: int) -> None:
+        """Every write up to `revision` is reflected (a load's start, a page of a catch-up)."""
+        if revision > self.seen:
+            self.seen = revision
+            self._ahead = {r for r in self._ahead if r > revision}
+            self._follow_on()
+
+    def _follow_on(self) -> None:
+        while self.seen + 1 in self._ahead:
+            self._ahead.remove(self.seen + 1)
+            self.seen += 1
     def _forget_all(self) -> None:
         self._items.clear()
         self._done.clear()
+        self._ahead.clear()
+        self.seen = 0
         self.evicted = 0
         if self.tally is not None:
             self.tally.reset()
@@ -82,6 +132,7 @@ class Records(Generic[T]):
         """Take in `value` (`before`: the record held before it, if any); with a retention, the oldest record
         past its window leaves memory."""
         self._items[key] = (value, revision)
+        self._saw(revision)
         if self.tally is not None:
             self.tally.seen(before, value)
         if self._retention is None:
@@ -161,6 +212,7 @@ class Records(Generic[T]):
         before = self.get(change.key)
         if change.value is None:
             self._drop(change.key)
+            self._saw(change.revision)
             return before, None
         value = self.decode(change.key, change.value)
         if value is None:

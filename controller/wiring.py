@@ -89,6 +89,17 @@ class Stores:
         # ones later replaced are still freed, by their reference counts.
         gc.freeze()
 
+    async def catch_up(self, timeout: float) -> int:
+        """Bring records loaded in an earlier term up to date (a controller leading again after a short lapse):
+        those never deleted from the revision each had seen on (`Records.catch_up`), the small buckets whose keys
+        come and go read afresh (a deletion's marker may have expired meanwhile). How many records changed."""
+        changed = 0
+        for records in (self.jobs, self.agents, self.studies):
+            changed += await records.catch_up(timeout)
+        await self.episodes.load()
+        await self.outbox.load()
+        return changed
+
 
 def records(buckets: Mapping[str, Bucket], fence: Callable[[], None] = lambda: None,
             ended_jobs: int | None = None) -> Stores:
