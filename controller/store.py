@@ -119,6 +119,7 @@ class Records(Generic[T]):
         while self.seen + 1 in self._ahead:
             self._ahead.remove(self.seen + 1)
             self.seen += 1
+
     def _forget_all(self) -> None:
         self._items.clear()
         self._done.clear()
@@ -202,7 +203,8 @@ class Records(Generic[T]):
         if found is None:
             self._drop(key)
             return None
-        if key in self._items:  # one a retention let go is not taken back in
+        retention = self._retention
+        if key in self._items or retention is None or not retention.done(found[0]):  # an ended one let go stays out
             self._hold(key, self.get(key), *found)
         return found[0]
 
@@ -216,6 +218,7 @@ class Records(Generic[T]):
             return before, None
         value = self.decode(change.key, change.value)
         if value is None:
+            self._saw(change.revision)  # read, if not understood: a catch-up would read it again for nothing
             return before, before
         self._hold(change.key, before, value, change.revision)
         return before, value
