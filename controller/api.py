@@ -236,7 +236,9 @@ class Api:
 
     async def list_jobs(self, req: ListJobsRequest, who: Principal) -> ListJobsReply:
         """Oldest first, in pages, of the jobs the caller may see. Asked for states of jobs not over only (a
-        poller's "what is still running"), it reads the jobs not over, not every record the cluster kept."""
+        poller's "what is still running"), it reads the jobs not over, not every record the cluster kept; asked for
+        a study's trials, the records held (every trial is); else every record, those memory let go read from the
+        bucket (`incl.controller.joblisting`)."""
         live_only = bool(req.states) and not TERMINAL.intersection(req.states or ())
 
         def keep(j: Job) -> bool:
@@ -244,9 +246,9 @@ class Api:
                     and (req.study is None or (j.trial is not None and j.trial.study_id == req.study))
                     and policy.may_read(who, j.user, j.spec.team))
 
-        if live_only:  # every job not over is held in memory
-            chosen, cursor = page([j for j in self._jobs.live() if keep(j)], job_key, req.after, req.limit,
-                                  self._page_bytes)
+        if live_only or req.study is not None:  # every job not over, and every trial, is held in memory
+            held = self._jobs.live() if live_only else self._jobs.records
+            chosen, cursor = page([j for j in held if keep(j)], job_key, req.after, req.limit, self._page_bytes)
         else:
             chosen, cursor = await list_page(self._jobs.records, keep, req.after, req.limit, self._page_bytes,
                                              self._read_timeout)
