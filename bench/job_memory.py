@@ -8,7 +8,8 @@ For each round, for each tree in turn (alternating: HEAD, new, HEAD, new...), a 
 from that tree (`TREE/build/pkg` first on its path). The child runs, in process, what a controller does with each
 job: the job service's own submit (`Jobs.submit`), then one compare-and-set write that takes the job through
 ASSIGNED, RUNNING and SUCCEEDED with a ten-line tail (the records of the soak's trivial jobs, about 1.6 KB each in
-memory), `--in-flight` jobs side by side, and samples its VmRSS every quarter of `--n`. A second child, a fresh
+memory), `--in-flight` jobs side by side, with a scheduling pass's `Jobs.live()` every 1,000 jobs (the
+controller's index of jobs not over is pruned there), and samples its VmRSS every quarter of `--n`. A second child, a fresh
 process, then loads the store as a new leader does (`Stores.load`: the records a restart holds; RSS before and
 after), and pages through every job as `incl ls` does (page after page of the API's listing code, 500 a page),
 timed. The tree's config decides
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
+PASS = 1000  # jobs between two scheduling passes of the bench (the controller's run at every submit and event)
 
 
 def rss_mib() -> float:
@@ -82,9 +84,11 @@ async def child(url: str, n: int, in_flight: int) -> dict[str, object]:
 
     started = time.monotonic()
     step = max(n // 4, 1)
-    for k in range(0, n, step):
-        await asyncio.gather(*(one() for _ in range(min(step, n - k))))
-        samples.append((min(k + step, n), rss_mib()))
+    for k in range(0, n, PASS):
+        await asyncio.gather(*(one() for _ in range(min(PASS, n - k))))
+        jobs.live()  # a scheduling pass, as the controller runs at every submit and event (it prunes its index)
+        if (k + PASS) // step > k // step or k + PASS >= n:
+            samples.append((min(k + PASS, n), rss_mib()))
     run_s = time.monotonic() - started
     await bus.close()
     return {"bounded": bounded, "n": n, "run_s": round(run_s, 1), "held_after_run": len(stores.jobs),
