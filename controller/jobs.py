@@ -130,8 +130,8 @@ class Jobs:
         self._resend_checked = 0.0  # when resend_stale_assignments last looked
         self._by_agent: dict[str, set[str]] = {}  # agent id -> ids of the jobs on it (ON_AGENT states)
         self._by_study: dict[str, dict[int, str]] = {}  # study id -> trial number -> the job that runs it
-        # Ids of the jobs not over (a superset: one that ended leaves at the next `live()`). A scheduling pass runs
-        # at every submit and event: over every record, its cost grew with every job the cluster ever ran.
+        # Ids of the jobs not over (a superset: one seen ending leaves at once, any other at the next `live()`). A
+        # scheduling pass runs at every submit and event: over every record, its cost grew with every job ever run.
         self._live: dict[str, None] = {}
         for job in records:
             self._index(None, job)
@@ -151,6 +151,8 @@ class Jobs:
     def _index(self, before: Job | None, after: Job) -> None:
         if after.state not in TERMINAL:
             self._live[after.id] = None
+        else:  # at once: a standby runs no `live()` to prune it, and its index would keep every id it ever saw
+            self._live.pop(after.id, None)
         if before is not None and before.state in ON_AGENT:
             for agent_id in gang.agents_of(before):
                 self._by_agent.get(agent_id, set()).discard(before.id)
