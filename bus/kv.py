@@ -89,12 +89,6 @@ class Bucket:
             with contextlib.suppress(Exception):  # the connection may be gone: nothing left to stop
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
-    async def snapshot(self, attempts: int = 5, pause: float = 0.2) -> list[Change]:
-        """Every key's current value, read in one pass (`scan`), deleted keys left out."""
-        out: list[Change] = []
-        await self.scan(out.clear, out.append, attempts, pause)
-        return out
-
     async def scan(self, begin: Callable[[], None], each: Callable[[Change], Any], attempts: int = 5,
                    pause: float = 0.2) -> None:
         """Every key's current value handed to `each` as it arrives, never all held at once (the watch's first
