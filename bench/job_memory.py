@@ -57,7 +57,8 @@ async def child(url: str, n: int, in_flight: int) -> dict[str, object]:
     from incl.controller.jobs import JobChanges, Jobs
     from incl.proto.spec import load_spec
 
-    cfg = ControllerConfig(secrets_key_file=tempfile.mktemp(prefix="jobmem-key-"))
+    keys = tempfile.mkdtemp(prefix="jobmem-key-")  # the vault's key file, removed with the run
+    cfg = ControllerConfig(secrets_key_file=str(Path(keys) / "secrets.key"))
     bounded = "ended_jobs" in inspect.signature(wiring.records).parameters
     kw = {"ended_jobs": cfg.ended_jobs_in_memory} if bounded else {}
     bus = await connect(url, "jobmem", connect_timeout=5, reconnect_wait=0.5, request_timeout=10)
@@ -91,6 +92,7 @@ async def child(url: str, n: int, in_flight: int) -> dict[str, object]:
             samples.append((min(k + PASS, n), rss_mib()))
     run_s = time.monotonic() - started
     await bus.close()
+    shutil.rmtree(keys, ignore_errors=True)
     return {"bounded": bounded, "n": n, "run_s": round(run_s, 1), "held_after_run": len(stores.jobs),
             "rss_mib": [(k, round(r, 1)) for k, r in samples], "growth_mib": round(samples[-1][1] - base, 1)}
 
