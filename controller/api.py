@@ -16,6 +16,7 @@ from incl.controller import audit, callers, deadletters, gang, leader, policy, q
 from incl.controller.agents import Agents
 from incl.controller.audit import Audit
 from incl.controller.gpuwatch import GpuWatch
+from incl.controller.joblisting import job_key, list_page
 from incl.controller.jobs import Jobs
 from incl.controller.models import Models
 from incl.controller.paging import page
@@ -92,9 +93,6 @@ from incl.proto.studies import (
 log = structlog.get_logger()
 
 
-def _job_key(job: Job) -> str:
-    """Submission order, then id: a stable cursor for `incl ls` pages."""
-    return f"{job.submitted_at:020.6f}/{job.id}"
 
 async def logs_expired(bus: Bus, job: Job) -> str | None:
     """Why `job`, which has nothing left in the logs stream, has nothing there: its lines expired, said with the
@@ -130,8 +128,9 @@ class Api:
     def __init__(self, controller_id: str, jobs: Jobs, agents: Agents, watch: GpuWatch, bus: Bus, studies: Studies,
                  models: Models, audit: Audit, store_url: str | None = None, page_bytes: int = 512 * 1024,
                  principals: Principals | None = None, shares: Shares | None = None,
-                 leading: Callable[[], bool] = lambda: True) -> None:
+                 leading: Callable[[], bool] = lambda: True, read_timeout: float = 5.0) -> None:
         self._bus = bus
+        self._read_timeout = read_timeout  # a page of old job records read from the bucket
         self._leading = leading  # whether this controller holds the lease (a standby's API: never)
         self._audit = audit
         self._principals = principals or Principals(None)
@@ -237,19 +236,28 @@ class Api:
 
     async def list_jobs(self, req: ListJobsRequest, who: Principal) -> ListJobsReply:
         """Oldest first, in pages, of the jobs the caller may see. Asked for states of jobs not over only (a
-        poller's "what is still running"), it reads the jobs not over, not every record the cluster kept."""
+        poller's "what is still running"), it reads the jobs not over, not every record the cluster kept; asked for
+        a study's trials, the records held (every trial is); else every record, those memory let go read from the
+        bucket (`incl.controller.joblisting`)."""
         live_only = bool(req.states) and not TERMINAL.intersection(req.states or ())
-        jobs = [j for j in (self._jobs.live() if live_only else self._jobs.records)
-                if (not req.states or j.state in req.states) and (req.user is None or j.user == req.user)
-                and (req.study is None or (j.trial is not None and j.trial.study_id == req.study))
-                and policy.may_read(who, j.user, j.spec.team)]
-        chosen, cursor = page(jobs, _job_key, req.after, req.limit, self._page_bytes)
+
+        def keep(j: Job) -> bool:
+            return ((not req.states or j.state in req.states) and (req.user is None or j.user == req.user)
+                    and (req.study is None or (j.trial is not None and j.trial.study_id == req.study))
+                    and policy.may_read(who, j.user, j.spec.team))
+
+        if live_only or req.study is not None:  # every job not over, and every trial, is held in memory
+            held = self._jobs.live() if live_only else self._jobs.records
+            chosen, cursor = page([j for j in held if keep(j)], job_key, req.after, req.limit, self._page_bytes)
+        else:
+            chosen, cursor = await list_page(self._jobs.records, keep, req.after, req.limit, self._page_bytes,
+                                             self._read_timeout)
         views = [self._jobs.view(j) for j in chosen]
         util = {j.id: self._watch.util[j.id] for j in views if j.id in self._watch.util}
         return ListJobsReply(jobs=views, gpu_util=util, next=cursor)
 
     async def get_job(self, req: GetJobRequest, who: Principal) -> GetJobReply:
-        job = self._jobs.view(self._jobs.records.require(req.job_id, "job"))
+        job = self._jobs.view(await self._jobs.records.need(req.job_id, "job"))
         policy.check_read(who, "job", job.id, job.user, job.spec.team)
         expired = await logs_expired(self._bus, job) if req.why_no_logs else None
         return GetJobReply(job=job, gpu_util=self._watch.util.get(job.id),
@@ -260,7 +268,7 @@ class Api:
         return QuotaReply(lines=quota.report(self._jobs.quotas, held))
 
     async def cancel(self, req: CancelRequest, who: Principal) -> CancelReply:
-        job = self._jobs.records.require(req.job_id, "job")
+        job = await self._jobs.records.need(req.job_id, "job")
         policy.check_change(who, "job", job.id, job.user, job.spec.team)
         return CancelReply(job=await self._jobs.cancel(req.job_id))
 
@@ -315,7 +323,7 @@ class Api:
     # --- the model registry -------------------------------------------------------------------------------
 
     async def register_model(self, req: RegisterModelRequest, who: Principal) -> RegisterModelReply:
-        job = self._jobs.records.require(req.job_id, "job")  # a version is made of the job's outputs: read them
+        job = await self._jobs.records.need(req.job_id, "job")  # a version is made of the job's outputs: read them
         policy.check_read(who, "job", job.id, job.user, job.spec.team)
         return RegisterModelReply(version=await self._models.register(req, who.name))
 
@@ -347,7 +355,7 @@ class Api:
     async def create_share(self, req: CreateShareRequest, who: Principal) -> CreateShareReply:
         """A link to a job's output (the caller must be allowed to read the job) or to a model version."""
         if req.target.job_id is not None:
-            job = self._jobs.records.require(req.target.job_id, "job")
+            job = await self._jobs.records.need(req.target.job_id, "job")
             policy.check_read(who, "job", job.id, job.user, job.spec.team)
         return await self._shares_on().create(req, who.name)
 
@@ -377,7 +385,7 @@ class Api:
             members.insert(0, ControllerMember(controller_id=self._id, started_at=self._started,
                                                leader=self._id == leads))
         return StatusReply(controller_id=self._id, started_at=self._started, controllers=members,
-                           jobs=dict(Counter(j.state.value for j in self._jobs.records)),
+                           jobs=self._jobs.tally.by_state(),
                            agents=dict(Counter(r.state.value for r in self._agents.records)),
                            streams=await health.streams(self._bus), dead_letters=letters.total,
                            errors=letters.letters[:max(req.errors, 0)])

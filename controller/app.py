@@ -47,6 +47,7 @@ class Controller:
         self._reserving: dict[str, float] = {}  # gangs holding agents while they wait for the rest (scheduler)
         self._planning = 0.0  # CPU seconds the last placement plan took (spaces the next: `schedule_duty`)
         self._fence: Callable[[], None] = lambda: None  # raises NotLeader once this controller may not act
+        self._kept: tuple[wiring.Stores, float] | None = None  # the last term's records, and when that term ended
         self.metrics = ControllerMetrics()
 
     def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
@@ -129,7 +130,8 @@ class Controller:
 
     async def _lead(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership,
                     on_serving: Callable[[], object]) -> None:
-        """One term as the leader: the records read afresh (a standby's copy is not reused), every loop run, the
+        """One term as the leader: the records read afresh, or the last term's brought up to date after a short lapse
+        (a standby's copy is not reused), every loop run, the
         lease renewed beside them; NotLeader from the renewal, from any write, or from the check at the start of
         each pass (a leader that wakes from a pause acts on nothing) ends the term. `on_serving`: called once the
         term answers the API."""
@@ -141,12 +143,35 @@ class Controller:
     async def _term(self, bus: Bus, buckets: Mapping[str, Bucket], leadership: Leadership,
                     on_serving: Callable[[], object]) -> None:
         cfg = self.cfg
-        stores = wiring.records(buckets, fence=leadership.check)
+        stores = await self._records(buckets, leadership)
+        try:
+            async with open_provider(cfg) as provider:
+                graph = wiring.build(cfg, bus, buckets, stores, provider, self._wake, self.metrics,
+                                     leading=lambda: leadership.leading)
+                await self._run(bus, graph, leadership, on_serving)
+        finally:
+            self._kept = (stores, time.monotonic())
+
+    async def _records(self, buckets: Mapping[str, Bucket], leadership: Leadership) -> wiring.Stores:
+        """The term's records: the last term's brought up to date when it ended less than `catch_up_within` ago
+        (a short lapse: a pause, a partition), else read afresh."""
+        cfg = self.cfg
+        kept, self._kept = self._kept, None
+        started = time.monotonic()
+        if kept is not None and started - kept[1] <= cfg.catch_up_within:
+            stores = kept[0]
+            try:
+                changed = await stores.catch_up(cfg.request_timeout)
+            except TRANSIENT as exc:
+                log.warning("records_catch_up_failed", error=repr(exc))
+            else:
+                log.info("records_caught_up", changed=changed, jobs=len(stores.jobs),
+                         seconds=round(time.monotonic() - started, 3))
+                return stores
+        stores = wiring.records(buckets, fence=leadership.check, ended_jobs=cfg.ended_jobs_in_memory)
         await self._retry("load_records", stores.load)
-        async with open_provider(cfg) as provider:
-            graph = wiring.build(cfg, bus, buckets, stores, provider, self._wake, self.metrics,
-                                 leading=lambda: leadership.leading)
-            await self._run(bus, graph, leadership, on_serving)
+        log.info("records_loaded", jobs=len(stores.jobs), seconds=round(time.monotonic() - started, 3))
+        return stores
 
     async def _run(self, bus: Bus, g: Graph, leadership: Leadership, on_serving: Callable[[], object]) -> None:
         """Serve the API, then run every loop until cancelled (the API stops with them; a standby answers only

@@ -63,6 +63,9 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     leader_renew: float = 0.5
     leader_poll: float = 0.2
     leader_margin: float = 0.5
+    # A controller that leads again within this many seconds of its last term brings that term's records up to date
+    # (the records written since, from the buckets' streams) instead of reading every one again; 0: always reads.
+    catch_up_within: Annotated[float, msgspec.Meta(ge=0)] = 300.0
 
     # Scheduling and dispatch.
     schedule_interval: float = 2.0  # periodic pass, besides the pass every submit and event triggers
@@ -76,6 +79,10 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     cancel_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
     gang_reserve_for: float = 120.0  # a multi-node job first in its class holds fitting agents this long for the rest
     idempotency_ttl: float = 86400.0  # a submit retried with the same key within this returns the same job
+    # Memory stays flat however many jobs ran (Nomad's job_gc_threshold, as a count): jobs not over, and trials of
+    # studies, are always held; of the jobs over, the most recently ended this many. Older ones are read from the
+    # jobs bucket when asked for (a job, a page of `incl ls`), at about 1.6 KB of memory each saved.
+    ended_jobs_in_memory: Annotated[int, msgspec.Meta(ge=0)] = 2000
 
     # NATS.
     connect_timeout: float = 5.0

@@ -20,6 +20,7 @@ from incl.bus.kv import Bucket, KeyExists
 from incl.bus.retry import TRANSIENT, forever
 from incl.controller import gang, jobsecrets, quota, state
 from incl.controller.config import ControllerConfig
+from incl.controller.jobtally import JobTally
 from incl.controller.notify import check_channel
 from incl.controller.scheduler import could_ever_fit
 from incl.controller.store import Records
@@ -129,15 +130,29 @@ class Jobs:
         self._resend_checked = 0.0  # when resend_stale_assignments last looked
         self._by_agent: dict[str, set[str]] = {}  # agent id -> ids of the jobs on it (ON_AGENT states)
         self._by_study: dict[str, dict[int, str]] = {}  # study id -> trial number -> the job that runs it
-        # Ids of the jobs not over (a superset: one that ended leaves at the next `live()`). A scheduling pass runs
-        # at every submit and event: over every record, its cost grew with every job the cluster ever ran.
+        # Ids of the jobs not over (a superset: one seen ending leaves at once, any other at the next `live()`). A
+        # scheduling pass runs at every submit and event: over every record, its cost grew with every job ever run.
         self._live: dict[str, None] = {}
         for job in records:
             self._index(None, job)
+        tally = records.tally
+        if not isinstance(tally, JobTally):  # records made without one: a tally of those held from now on
+            tally = JobTally()
+            for job in records:
+                tally.seen(None, job)
+            records.tally = tally
+        self.tally = tally  # every job record's state, and each agent's last ended attempt, held or not
+
+    @property
+    def ended_on(self) -> dict[str, float]:
+        """Per agent, when its last attempt ended (of every job record read, not only those still held)."""
+        return self.tally.ended_on
 
     def _index(self, before: Job | None, after: Job) -> None:
         if after.state not in TERMINAL:
             self._live[after.id] = None
+        else:  # at once: a standby runs no `live()` to prune it, and its index would keep every id it ever saw
+            self._live.pop(after.id, None)
         if before is not None and before.state in ON_AGENT:
             for agent_id in gang.agents_of(before):
                 self._by_agent.get(agent_id, set()).discard(before.id)
@@ -248,32 +263,40 @@ class Jobs:
         """A new QUEUED job. A submit retried with the same idempotency `key` (the client's answer was lost)
         returns the job the first one created, however far that one got before a crash."""
         self.check(spec, user, code)
-        job_id = await self.claim(user, key, self._fresh_id()) if key else None
-        if job_id is not None and (existing := self.records.get(job_id)) is not None:
+        job_id = await self.claim(user, key, await self._fresh_id()) if key else None
+        if job_id is not None and (existing := await self.records.read(job_id)) is not None:
             log.info("submit_repeated", job_id=job_id, user=user)
             return existing
         now = time.time()
         while True:
-            job = jobsecrets.locked(Job(id=job_id or self._fresh_id(), spec=spec, user=user, state=JobState.QUEUED,
+            job = jobsecrets.locked(Job(id=job_id or self._drawn_id(), spec=spec, user=user, state=JobState.QUEUED,
                                         submitted_at=now, updated_at=now, code=code, trial=trial), self._vault)
             try:
                 await self.records.create(job)
                 break
             except KeyExists:
-                if job_id is None:  # a random id that exists already (vanishingly rare): draw another
+                if job_id is None:  # a random id that exists already (an old job's, held or not): draw another
                     continue
                 # The same key's first submit created it meanwhile: that is the answer.
-                return await self.records.refresh(job_id) or job
+                return await self.records.read(job_id) or job
         log.info("job_submitted", job_id=job.id, user=user)
         self._index(None, job)
         self._changes.publish(None, job)
         self.kick()
         return job
 
-    def _fresh_id(self) -> str:
-        """A random id no job has (the records hold every job). Ids are 32 bits: among 100,000 jobs a draw repeats
-        one about once, and a key claimed for a taken id would answer with that other job as this submit's."""
+    def _drawn_id(self) -> str:
+        """A random id no job held in memory has; the bucket's create, a compare-and-set, refuses one an older job
+        took (its record let go from memory)."""
         while self.records.get(job_id := new_job_id()) is not None:
+            pass
+        return job_id
+
+    async def _fresh_id(self) -> str:
+        """A random id no job has, held in memory or only in the bucket, for an idempotency key to claim before its
+        job is created. Ids are 32 bits: among 100,000 jobs a draw repeats one about once, and a key claimed for a
+        taken id would answer with that other job as this submit's."""
+        while await self.records.exists(job_id := self._drawn_id()):
             pass
         return job_id
 
@@ -301,7 +324,7 @@ class Jobs:
                               "(large values belong in files in the workdir or in data:)", field="spec")
 
     async def cancel(self, job_id: str, reason: str | None = None) -> Job:
-        self.records.require(job_id, "job")
+        await self.records.need(job_id, "job")
         job = await self._update(job_id, lambda j: state.cancel(j, time.time(), reason))
         log.info("job_cancel_requested", job_id=job_id, state=job.state)
         if job.state in ON_AGENT and job.current:

@@ -110,7 +110,7 @@ class Models:
             check_name(req.alias, "alias")
         if req.note is not None and len(req.note) > MAX_NOTE:
             raise BadRequest(f"the note is {len(req.note)} characters; at most {MAX_NOTE}")
-        job = self._jobs.require(req.job_id, "job")
+        job = await self._jobs.need(req.job_id, "job")
         attempt, outputs = outputs_of(job)
         tree = await self._store_tree(name, job.id, outputs, req.paths)
         metrics = await self._final_metrics(job)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 
@@ -26,11 +26,13 @@ from incl.proto.messages import ON_AGENT, TERMINAL, AgentRecord, AgentState, Job
 log = structlog.get_logger()
 
 
-def idle_since(records: Iterable[AgentRecord], jobs: Iterable[Job]) -> dict[str, float | None]:
+def idle_since(records: Iterable[AgentRecord], jobs: Iterable[Job],
+               ended_on: Mapping[str, float] | None = None) -> dict[str, float | None]:
     """Per agent, when it last became empty (None while it runs something): the end of its last attempt, or
-    its registration if it never ran one. One pass over the jobs."""
+    its registration if it never ran one. One pass over the jobs; `ended_on`: when each agent's last attempt
+    ended, of the jobs no longer in `jobs` too."""
     busy: set[str] = set()
-    ended: dict[str, float] = {}
+    ended: dict[str, float] = dict(ended_on or {})
     for job in jobs:
         if job.state in ON_AGENT and job.current is not None:
             busy.add(job.current.agent_id)
@@ -74,7 +76,7 @@ class Provisioner:
 
     def _registered(self, jobs: list[Job]) -> list[reconcile.RegisteredAgent]:
         cloud = [r for r in self._agents.records if r.info.instance_id is not None]
-        since = idle_since(cloud, jobs)
+        since = idle_since(cloud, jobs, self._jobs.ended_on)
         return [reconcile.RegisteredAgent(agent_id=r.info.agent_id, instance_id=r.info.instance_id or "",
                                           alive=r.state is AgentState.ALIVE,
                                           running=0 if since[r.info.agent_id] is not None else 1,

@@ -123,7 +123,7 @@ class Shares:
         return CreateShareReply(share=share, token=f"{share.id}.{sign(self._key, share.id)}")
 
     async def _output(self, target: ShareTarget) -> tuple[ShareKind, list[SharedTree], int, int]:
-        job = self._jobs.require(str(target.job_id), "job")
+        job = await self._jobs.need(str(target.job_id), "job")
         # Whether the caller may read the job was checked by the API (`Api.create_share`, `policy.check_read`).
         att = attempt_with_outputs(job, None)
         if att is None:

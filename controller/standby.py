@@ -70,7 +70,7 @@ class Standby:
         self._cfg = cfg
         self._bus = bus
         self._buckets = buckets
-        self.stores = wiring.records(buckets, fence=refuse_write)
+        self.stores = wiring.records(buckets, fence=refuse_write, ended_jobs=cfg.ended_jobs_in_memory)
         self._jobs: Jobs | None = None  # the job service over the records, once built (it keeps indexes)
 
     async def serve(self, handover: asyncio.Event) -> None:

@@ -36,6 +36,7 @@ from incl.controller.config import ControllerConfig
 from incl.controller.gpuwatch import GpuWatch
 from incl.controller.idle import Episode
 from incl.controller.jobs import JobChanges, Jobs, Listener
+from incl.controller.jobtally import JobTally
 from incl.controller.metrics import ControllerMetrics
 from incl.controller.migrate import upgrade_job
 from incl.controller.models import Models
@@ -47,11 +48,11 @@ from incl.controller.provision import Provisioner
 from incl.controller.quota import load_quota_config
 from incl.controller.scheduler import Shapes
 from incl.controller.shares import Shares, load_key
-from incl.controller.store import Records
+from incl.controller.store import Records, Retention
 from incl.controller.studies import Studies
 from incl.proto import subjects
 from incl.proto.errors import Unavailable
-from incl.proto.messages import AgentRecord, Job, JobState
+from incl.proto.messages import TERMINAL, AgentRecord, Job, JobState
 from incl.proto.studies import Study
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Graph:
 class Stores:
     """The controller's records over their buckets."""
     jobs: Records[Job]
+    tally: JobTally  # over every job record, those the jobs' retention let go included
     agents: Records[AgentRecord]
     studies: Records[Study]
     episodes: Records[Episode]  # idle episodes already alerted
@@ -87,17 +89,40 @@ class Stores:
         # ones later replaced are still freed, by their reference counts.
         gc.freeze()
 
+    async def catch_up(self, timeout: float) -> int:
+        """Bring records loaded in an earlier term up to date (a controller leading again after a short lapse):
+        those never deleted from the revision each had seen on (`Records.catch_up`), the small buckets whose keys
+        come and go read afresh (a deletion's marker may have expired meanwhile). How many records changed."""
+        changed = 0
+        for records in (self.jobs, self.agents, self.studies):
+            changed += await records.catch_up(timeout)
+        await self.episodes.load()
+        await self.outbox.load()
+        return changed
 
-def records(buckets: Mapping[str, Bucket], fence: Callable[[], None] = lambda: None) -> Stores:
+
+def records(buckets: Mapping[str, Bucket], fence: Callable[[], None] = lambda: None,
+            ended_jobs: int | None = None) -> Stores:
     """The job, agent and study records over their buckets (not yet loaded); `fence` is called before every
-    write (the leader's lease check: a deposed leader writes nothing)."""
+    write (the leader's lease check: a deposed leader writes nothing); `ended_jobs`: of the jobs over, how many
+    stay in memory (`ControllerConfig.ended_jobs_in_memory`; None: every one)."""
+    tally = JobTally()
+    retention = None if ended_jobs is None else Retention(done=ended, keep=ended_jobs)
     return Stores(
-        jobs=Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id, upgrade=upgrade_job, fence=fence),
+        jobs=Records(buckets[subjects.JOBS_BUCKET], Job, key=lambda j: j.id, upgrade=upgrade_job, fence=fence,
+                     retention=retention, tally=tally),
+        tally=tally,
         agents=Records(buckets[subjects.AGENTS_BUCKET], AgentRecord, key=lambda a: a.info.agent_id, fence=fence),
         studies=Records(buckets[subjects.STUDIES_BUCKET], Study, key=lambda s: s.id, fence=fence),
         episodes=Records(buckets[subjects.IDLE_BUCKET], Episode, key=lambda e: e.job_id, fence=fence),
         outbox=Records(buckets[subjects.NOTICES_BUCKET], Notice, key=lambda n: n.id, fence=fence),
     )
+
+
+def ended(job: Job) -> bool:
+    """A job record that will not change again, and that no study reads (a study sums its trials' GPU hours and
+    resubmits a trial it finds no job for: its trials stay held)."""
+    return job.state in TERMINAL and job.trial is None
 
 
 def study_engines(cfg: ControllerConfig, bus: Bus, loop: asyncio.AbstractEventLoop,
@@ -140,7 +165,7 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
     changes.subscribe(unwatch_unless_running(watch))
     changes.subscribe(metrics.job_changed)
     agents = Agents(cfg, stores.agents, jobs, provider, on_telemetry=watch.observe, on_beat=metrics.beat)
-    metrics.watch(lambda: (j.state for j in jobs.records), lambda: (r.state for r in agents.records),
+    metrics.watch(stores.tally.states.elements, lambda: (r.state for r in agents.records),
                   lambda: ((r.info.agent_id, agents.telemetry.get(r.info.agent_id)) for r in agents.alive()))
     provisioner = Provisioner(cfg.reconcile, provider, jobs, agents)
     studies = Studies(cfg.studies, stores.studies, jobs, bus, study_engines(cfg, bus, asyncio.get_running_loop()))
@@ -152,7 +177,7 @@ def build(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], stores
                     load_key(cfg.shares.key_path()), cfg.shares, fence=stores.jobs.fence)
     api = Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, audit, cfg.store_url,
               page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()), shares=shares,
-              leading=leading)
+              leading=leading, read_timeout=cfg.request_timeout)
     return Graph(jobs=jobs, agents=agents, notifier=notifier, watch=watch, provisioner=provisioner, api=api,
                  provider=provider, studies=studies)
 
@@ -175,7 +200,7 @@ def reader(cfg: ControllerConfig, bus: Bus, buckets: Mapping[str, Bucket], store
                     load_key(cfg.shares.key_path()), cfg.shares, fence=never)
     return jobs, Api(cfg.controller_id, jobs, agents, watch, bus, studies, models, audit, cfg.store_url,
                      page_bytes=bus.max_payload // 2, principals=Principals(cfg.identities_path()), shares=shares,
-                     leading=lambda: False)
+                     leading=lambda: False, read_timeout=cfg.request_timeout)
 
 
 def seal_key(agents: Records[AgentRecord], agent_id: str) -> bytes | None:

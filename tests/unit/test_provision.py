@@ -39,7 +39,7 @@ async def test_a_launch_that_lands_while_a_pass_reads_the_provider_is_not_launch
     landed (nothing tagged yet): the launch is over by the time pass 2 plans, and pass 2 still launches nothing."""
     gang = Job(id="g", spec=load_spec({"run": "true", "resources": {"gpus": 1, "nodes": 2}}), user="u",
                state=JobState.QUEUED, submitted_at=0, updated_at=0)
-    jobs = SimpleNamespace(waiting={"g"}, queued=lambda: [gang], records=[gang])
+    jobs = SimpleNamespace(waiting={"g"}, queued=lambda: [gang], records=[gang], ended_on={})
     agents = SimpleNamespace(records=[])
     landed, reading = asyncio.Event(), asyncio.Event()
     launches: list[int] = []
