@@ -58,6 +58,10 @@ class CalloutConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # An instance not in the last describe is looked for afresh, but at most this often: a stream of connects
     # with documents of instances not ours (another account's) costs EC2 one describe per this many seconds.
     refresh_min: float = 1.0
+    # A server's request expires whole seconds after it is made (its `exp` is truncated to the second): forgiven this
+    # much, for a server whose clock runs ahead of ours or a request that waited on a loaded host. The server gives
+    # up on the client after its own auth timeout anyway, so a late answer grants nothing.
+    clock_skew: float = 2.0
 
 
 class Refusal(Exception):
@@ -155,7 +159,7 @@ class Callout:
 
     async def answer(self, subject: str, data: bytes) -> bytes | None:
         try:
-            request = _request(data)
+            request = _request(data, self.cfg.clock_skew)
         except jwt.InvalidJwt as exc:  # not from a server: nobody to answer
             log.warning("callout_request_invalid", subject=subject, size=len(data), error=str(exc))
             return None
@@ -206,10 +210,11 @@ class Callout:
         return document.instance_id
 
 
-def _request(data: bytes) -> dict[str, Any]:
-    """The claims of an authorization request, signed by a server (its key is `N...`)."""
+def _request(data: bytes, leeway: float) -> dict[str, Any]:
+    """The claims of an authorization request, signed by a server (its key is `N...`); `leeway`: seconds of clock
+    skew forgiven on its expiry."""
     try:
-        claims = jwt.decode(data.decode())
+        claims = jwt.decode(data.decode(), leeway=leeway)
     except UnicodeDecodeError:
         raise jwt.InvalidJwt("not text") from None
     nats = claims.get("nats")

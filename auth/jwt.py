@@ -64,9 +64,9 @@ def encode(claims: dict[str, Any], seed: str) -> str:
         pair.wipe()
 
 
-def decode(token: str) -> dict[str, Any]:
-    """The claims of `token`, once its signature verifies against its own issuer and it has not expired.
-    The caller checks that the issuer is one it trusts. InvalidJwt otherwise."""
+def decode(token: str, leeway: float = 0.0) -> dict[str, Any]:
+    """The claims of `token`, once its signature verifies against its own issuer and it has not expired (`leeway`:
+    seconds of clock skew forgiven). The caller checks that the issuer is one it trusts. InvalidJwt otherwise."""
     parts = token.split(".")
     if len(parts) != 3:
         raise InvalidJwt("a JWT has three parts")
@@ -85,6 +85,6 @@ def decode(token: str) -> dict[str, Any]:
     except (nacl.exceptions.BadSignatureError, ValueError) as exc:
         raise InvalidJwt(f"the JWT's signature does not verify against its issuer {issuer}") from exc
     expires = claims.get("exp")
-    if isinstance(expires, int | float) and expires and expires < time.time():
+    if isinstance(expires, int | float) and expires and expires + leeway < time.time():
         raise InvalidJwt("the JWT has expired")
     return claims

@@ -34,9 +34,15 @@ def certificate(key: rsa.RSAPrivateKey, tmp: Path, name: str) -> Path:
 
 
 class CalloutNats(AuthNats):
-    """The server as INCL renders it, with the auth callout on (its issuer made under the home)."""
+    """The server as INCL renders it, with the auth callout on (its issuer made under the home). `auth_timeout`: its
+    wait for an answer; a test that needs the callout to answer in time on a loaded host sets it longer."""
+
+    def __init__(self, home: Path, tmp: Path, auth_timeout: float = AUTH_TIMEOUT) -> None:
+        self.auth_timeout = auth_timeout
+        super().__init__(home, tmp)
 
     def render(self) -> None:
         issuer = callout.ensure_issuer(callout.issuer_file(self.home))
         serverconf.write(self.conf, identities.load(self.home), host="127.0.0.1", port=self.port,
-                         store_dir=self.home / "nats", callout_issuer=issuer, auth_timeout=AUTH_TIMEOUT)
+                         store_dir=self.home / "nats", callout_issuer=issuer,
+                         auth_timeout=self.auth_timeout)

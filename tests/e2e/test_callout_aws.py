@@ -29,7 +29,8 @@ async def test_a_launched_instance_joins_with_its_identity_document_and_runs_a_j
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     make_identities(home)
-    nats = CalloutNats(home, tmp_path).start()
+    # the controller decides in time on a loaded host (the default is 1 s)
+    nats = CalloutNats(home, tmp_path, auth_timeout=5.0).start()
     moto = MotoServer(tmp_path / "moto.log").start()
     cluster = Cluster(tmp_path, nats)  # type: ignore[arg-type]  # it needs only the server's url
     try:

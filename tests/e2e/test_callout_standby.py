@@ -37,7 +37,8 @@ def start(nats: CalloutNats, tmp: Path, controller_id: str, cert: Path) -> Daemo
 async def test_a_standby_decides_connects_once_the_leader_is_gone(tmp_path: Path) -> None:
     home = tmp_path / "home"
     make_identities(home)
-    nats = CalloutNats(home, tmp_path).start()
+    # a standby on a loaded host decides in time (the default is 1 s)
+    nats = CalloutNats(home, tmp_path, auth_timeout=5.0).start()
     aws = signing_key()
     cert = certificate(aws, tmp_path, "aws")
     leader = standby = None
@@ -52,11 +53,12 @@ async def test_a_standby_decides_connects_once_the_leader_is_gone(tmp_path: Path
             endpoint = await imds.add(Instance(instance_id="i-0abc"))
             token = await connect_token(msgspec.structs.replace(MetadataConfig(), endpoint=endpoint), "i-0abc")
         with pytest.raises(AuthFailed):  # decided: the local provider launched nothing
-            await connect(nats.url, "agent", connect_timeout=3, reconnect_wait=0.1, request_timeout=3,
+            await connect(nats.url, "agent", connect_timeout=8, reconnect_wait=0.1, request_timeout=3,
                           max_reconnect_attempts=0, quiet=True, token=token)
         assert "instance i-0abc was not launched by this cluster" in standby.output()
         assert "leader_elected" not in standby.output()  # it answered as a standby
-        assert "Auth callout service returned an error: instance i-0abc was not launched" in nats.output()
+        await wait_for(lambda: "Auth callout service returned an error: instance i-0abc was not launched"
+                       in nats.output(), 5, "the server to log the standby's refusal")
     finally:
         for daemon in (leader, standby, nats):
             if daemon is not None:
