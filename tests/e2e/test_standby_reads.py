@@ -67,6 +67,9 @@ async def test_reads_answer_from_the_standby_between_a_kill_of_the_leader_and_th
         await wait_for(lambda: len(answered) >= 5, what="reads answered by the leader")
         first = await lease_holder(bus) or first  # a loaded host may have moved the lease since `pair`
         other = "c2" if first == "c1" else "c1"
+        # Its warm copy answers once it has read the buckets (a loaded host has taken seconds over it).
+        await wait_for(lambda: "standby_serving_reads" in controllers.running[other].output(),
+                       what="the standby to serve reads")
         controllers.running[first].kill()
         killed = time.monotonic()
         listing = asyncio.create_task(asyncio.to_thread(cluster.cli, "ls", "--json"))
