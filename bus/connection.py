@@ -28,7 +28,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
 
 from incl.auth.keys import Creds, read_creds
-from incl.bus.follow import PULL_BATCH, Followed, Follower
+from incl.bus.follow import PULL_BATCH, Followed, Follower, to_end
 from incl.bus.kv import Bucket
 from incl.proto import errors, subjects
 from incl.proto.codec import Decoder, encode
@@ -465,13 +465,9 @@ class Bus:
 
     async def read_all(self, stream: str, subject: str, poll: float) -> AsyncGenerator[bytes, None]:
         """Every message on `subject` of `stream` now, in order (what `follow` reads, up to the stream's end)."""
-        async with contextlib.aclosing(self.follow(stream, subject, poll)) as items:
-            async for item in items:
-                if item is None:
-                    return
-                yield item.data
-                if item.pending == 0:
-                    return
+        async with contextlib.aclosing(to_end(self.follow(stream, subject, poll))) as data:
+            async for item in data:
+                yield item
 
     async def follow(self, stream: str, subject: str, poll: float, *, from_seq: int = 1,
                      batch: int = PULL_BATCH) -> AsyncGenerator[Followed | None, None]:

@@ -49,6 +49,17 @@ class Followed:
     subject: str = ""
 
 
+async def to_end(items: AsyncGenerator[Followed | None, None]) -> AsyncGenerator[bytes, None]:
+    """The data of `items` (what `follow` yields) up to the stream's end as it was when reached."""
+    async with contextlib.aclosing(items):
+        async for item in items:
+            if item is None:
+                return
+            yield item.data
+            if item.pending == 0:
+                return
+
+
 def ack_position(reply: str) -> tuple[int, int]:
     """The stream sequence and the count still pending of a delivered message, from its ack subject:
     `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>` (9 tokens), or with

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator
 import structlog
 
 from incl.bus.connection import Bus
-from incl.bus.follow import PULL_BATCH, Followed
+from incl.bus.follow import PULL_BATCH, Followed, to_end
 from incl.proto import subjects
 from incl.proto.messages import Attempt, Job
 
@@ -72,10 +72,6 @@ async def follow_attempt(bus: Bus, stream: str, job: Job, attempt: Attempt, poll
 
 async def read_attempt(bus: Bus, stream: str, job: Job, attempt: Attempt, poll: float) -> AsyncGenerator[bytes, None]:
     """Every batch of the attempt's output in `stream` now, in order (`follow_attempt` up to the stream's end)."""
-    async with contextlib.aclosing(follow_attempt(bus, stream, job, attempt, poll)) as items:
-        async for item in items:
-            if item is None:
-                return
-            yield item.data
-            if item.pending == 0:
-                return
+    async with contextlib.aclosing(to_end(follow_attempt(bus, stream, job, attempt, poll))) as data:
+        async for item in data:
+            yield item
