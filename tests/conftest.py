@@ -44,6 +44,22 @@ def _uncached_structlog() -> None:
 _uncached_structlog()
 
 
+def _bytecode_outside_the_tree() -> None:
+    """Where Python may not write bytecode next to the sources (PYTHONDONTWRITEBYTECODE, set to keep the tree
+    clean), every daemon, CLI call and pytest worker would compile the whole of incl again, and pytest would
+    rewrite every test module's asserts again in each worker (measured in docs/testing.md). Instead they cache it
+    under the tests' cache folder, outside the tree: this process from now on, and every process it starts."""
+    if not sys.dont_write_bytecode:
+        return
+    prefix = os.environ.get("PYTHONPYCACHEPREFIX") or str(dockerd.cache_dir() / "pycache")
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    sys.dont_write_bytecode, sys.pycache_prefix = False, prefix
+
+
+_bytecode_outside_the_tree()
+
+
 @pytest.fixture(autouse=True)
 def _structlog_defaults() -> None:
     """Each test starts from structlog's defaults: a CLI test that configured the level to `warning` would
