@@ -154,12 +154,7 @@ class Daemon:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_all([self])
 
     @property
     def running(self) -> bool:
@@ -167,6 +162,20 @@ class Daemon:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_all(daemons: list[Daemon], timeout: float = 10.0) -> None:
+    """SIGTERM to each daemon at once, then SIGKILL to any still running `timeout` seconds later: each shutdown
+    (an agent's gives its jobs their grace) overlaps the others' instead of following them."""
+    running = [d for d in daemons if d.proc is not None and d.proc.poll() is None]
+    for d in running:
+        d.proc.terminate()  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    for d in running:
+        try:
+            d.proc.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+        except subprocess.TimeoutExpired:
+            d.kill()
 
 
 def wait_listening(daemon: Daemon, port: int, timeout: float = 10.0) -> None:
@@ -283,9 +292,10 @@ class Cluster:
             return [p for b in [b async for b in c.metric_batches(job_id)] for p in b.points]
 
     def close(self) -> None:
-        for d in [*self.agents.values(), self.controller]:
-            if d is not None:
-                d.stop()
+        """The agents together, then the controller (an agent stopping may still report to it)."""
+        stop_all(list(self.agents.values()))
+        if self.controller is not None:
+            self.controller.stop()
 
     def dump(self) -> str:
         parts = []
