@@ -166,7 +166,7 @@ class Daemon:
 
 def stop_all(daemons: list[Daemon], timeout: float = 10.0) -> None:
     """SIGTERM to each daemon at once, then SIGKILL to any still running `timeout` seconds later: each shutdown
-    (an agent's gives its jobs their grace) overlaps the others' instead of following them."""
+    overlaps the others' instead of following them."""
     running = [d for d in daemons if d.proc is not None and d.proc.poll() is None]
     for d in running:
         d.proc.terminate()  # type: ignore[union-attr]
