@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import dockerd
 import pytest
 import structlog
+import xdistgroups
 import yaml
 from browserkit import browser, page, shots  # noqa: F401 - the browser tests' fixtures, for every module
 
@@ -41,6 +42,22 @@ def _uncached_structlog() -> None:
 
 
 _uncached_structlog()
+
+
+def _bytecode_outside_the_tree() -> None:
+    """Where Python may not write bytecode next to the sources (PYTHONDONTWRITEBYTECODE, set to keep the tree
+    clean), every daemon, CLI call and pytest worker would compile the whole of incl again, and pytest would
+    rewrite every test module's asserts again in each worker (measured in docs/testing.md). Instead they cache it
+    under the tests' cache folder, outside the tree: this process from now on, and every process it starts."""
+    if not sys.dont_write_bytecode:
+        return
+    prefix = os.environ.get("PYTHONPYCACHEPREFIX") or str(dockerd.cache_dir() / "pycache")
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    sys.dont_write_bytecode, sys.pycache_prefix = False, prefix
+
+
+_bytecode_outside_the_tree()
 
 
 @pytest.fixture(autouse=True)
@@ -137,12 +154,7 @@ class Daemon:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_all([self])
 
     @property
     def running(self) -> bool:
@@ -150,6 +162,20 @@ class Daemon:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_all(daemons: list[Daemon], timeout: float = 10.0) -> None:
+    """SIGTERM to each daemon at once, then SIGKILL to any still running `timeout` seconds later: each shutdown
+    overlaps the others' instead of following them."""
+    running = [d for d in daemons if d.proc is not None and d.proc.poll() is None]
+    for d in running:
+        d.proc.terminate()  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    for d in running:
+        try:
+            d.proc.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+        except subprocess.TimeoutExpired:
+            d.kill()
 
 
 def wait_listening(daemon: Daemon, port: int, timeout: float = 10.0) -> None:
@@ -266,9 +292,10 @@ class Cluster:
             return [p for b in [b async for b in c.metric_batches(job_id)] for p in b.points]
 
     def close(self) -> None:
-        for d in [*self.agents.values(), self.controller]:
-            if d is not None:
-                d.stop()
+        """The agents together, then the controller (an agent stopping may still report to it)."""
+        stop_all(list(self.agents.values()))
+        if self.controller is not None:
+            self.controller.stop()
 
     def dump(self) -> str:
         parts = []
@@ -305,14 +332,40 @@ DOCKER_FIXTURES = {"docker_engine", "busybox_image", "python_image"}
 _rootfs_build: dockerd.BackgroundRootfs | None = None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def xdist_group(item: pytest.Item) -> str:
+    """The worker a test runs on is its group's (tests/xdistgroups.py): every Docker test shares one (one dockerd,
+    one import of the python image), any other test its file's (its module fixtures start once)."""
+    return "docker" if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())) else item.nodeid.split("::")[0]
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    """A rough guess of a test's time, only to start the longest groups first: an end-to-end test starts processes
+    and waits on leases (seconds; more when marked slow), a Docker test starts containers, a unit test mostly
+    waits on nothing; a test allowed more than the usual 120 s is long."""
+    marker = item.get_closest_marker("timeout")
+    allowed = float(marker.args[0]) if marker and marker.args else 0.0
+    if "/e2e/" in f"/{item.nodeid}":
+        base = 8.0 if item.get_closest_marker("slow") else 5.0
+    else:
+        base = 3.0 if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())) else 0.05
+    return allowed / 8 if allowed > 120 else base
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    node.workerinput[xdistgroups.GROUPS_DIR] = str(xdistgroups.groups_dir(node.config))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return xdistgroups.make_scheduler(config, log) if config.getvalue("dist") == "loadgroup" else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With pytest-xdist (`scripts/test.sh` runs two workers, `--dist loadgroup`) each file runs whole on one
-    worker (its module fixtures, a moto server for instance, start once), and every Docker test on the same
-    worker (one dockerd, one import of the python image)."""
-    for item in items:
-        docker = DOCKER_FIXTURES & set(getattr(item, "fixturenames", ()))
-        item.add_marker(pytest.mark.xdist_group("docker" if docker else item.nodeid.split("::")[0]))
+    """Groups for pytest-xdist, the longest first; the Docker tests' per-test timeout counts the test body only."""
+    if hasattr(config, "workerinput"):
+        xdistgroups.order_longest_first(items, xdist_group, expected_seconds)
+        xdistgroups.write_groups(config, items, xdist_group)
     if not config.pluginmanager.hasplugin("timeout"):
         return
     for item in items:
@@ -342,6 +395,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    xdistgroups.remove_groups_dir(config)
     if _rootfs_build is not None:
         _rootfs_build.cancel()  # a run that ends first (-x, Ctrl-C) leaves no half build behind
 

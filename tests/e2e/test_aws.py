@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,17 @@ class World:
                                              store_url="s3://incl-store/t", **overrides)
 
 
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto server for the file (its start imports all of moto: seconds of CPU), emptied before each test."""
+    with MotoServer(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
 @pytest.fixture
-async def world(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
-    moto = MotoServer(tmp_path / "moto.log").start()
+async def world(cluster: Cluster, moto: MotoServer, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    moto.reset()  # no instance, image or bucket of an earlier test
     for key, value in moto.env().items():
         monkeypatch.setenv(key, value)
     cluster.env.update(moto.env())
@@ -81,14 +89,11 @@ async def world(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                                    spot={"poll_interval": 0.1}, spot_upload_reserve=1.0, docker={"enabled": False},
                                    gpu_recording=str(recording), gpu_sample_interval=0.05)
 
-    try:
-        async with FakeImds() as imds, BootSimulator(moto.url, imds, start_agent) as sim:
-            w = World(cluster, moto, sim, imds)
-            w.s3.create_bucket(Bucket="incl-store")
-            w.skip_boot = skip_boot  # type: ignore[attr-defined]
-            yield w
-    finally:
-        moto.stop()
+    async with FakeImds() as imds, BootSimulator(moto.url, imds, start_agent) as sim:
+        w = World(cluster, moto, sim, imds)
+        w.s3.create_bucket(Bucket="incl-store")
+        w.skip_boot = skip_boot  # type: ignore[attr-defined]
+        yield w
 
 
 async def test_a_gpu_job_gets_a_spot_instance_whose_agent_runs_it_and_the_idle_instance_goes(world: World) -> None:
