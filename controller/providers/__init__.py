@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from incl.controller.providers.aws import AwsProvider
 from incl.controller.providers.base import LaunchedInstance, LaunchFailed, Provider
 from incl.controller.providers.local import LocalProvider
 
@@ -16,9 +15,16 @@ if TYPE_CHECKING:
 
 __all__ = ["PROVIDERS", "LaunchFailed", "LaunchedInstance", "Provider", "open_provider"]
 
+def _aws(cfg: ControllerConfig) -> Provider:
+    # Imported here: aiobotocore and botocore are a fifth of a controller's start-up, and only EC2 needs them.
+    from incl.controller.providers.aws import AwsProvider  # noqa: PLC0415
+
+    return AwsProvider.from_config(cfg)
+
+
 PROVIDERS: dict[str, Callable[[ControllerConfig], Provider]] = {
     "local": LocalProvider.from_config,
-    "aws": AwsProvider.from_config,
+    "aws": _aws,
 }
 
 

@@ -45,3 +45,11 @@ def test_the_nats_client_comes_without_aiohttp_which_stays_importable() -> None:
     out = subprocess.run([sys.executable, "-c", NATS_PROBE], capture_output=True, text=True, timeout=60,
                          check=True).stdout.split()
     assert out == ["False", "ClientSession"]
+
+
+def test_a_controller_without_ec2_does_not_import_the_aws_sdk() -> None:
+    """aiobotocore and botocore were a fifth of every controller's start-up, local ones included."""
+    probe = ("import sys, incl.controller.app, incl.controller.__main__; "
+             "print(*[m for m in ('aiobotocore', 'botocore') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", out.stdout
