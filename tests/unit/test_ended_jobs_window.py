@@ -5,11 +5,13 @@ job-id check, `incl ls` pages, the counts by state, and a new leader's load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from itertools import chain, count
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from incl.bus.connection import Bus
 from incl.bus.streams import StreamLimits, ensure_buckets, ensure_streams
@@ -17,10 +19,11 @@ from incl.controller import jobs as jobs_mod
 from incl.controller.config import ControllerConfig
 from incl.controller.joblisting import list_page
 from incl.controller.jobs import JobChanges, Jobs
+from incl.controller.standby import Standby
 from incl.controller.wiring import Stores, records
 from incl.proto import subjects
 from incl.proto.errors import Conflict
-from incl.proto.messages import Job, JobState
+from incl.proto.messages import Envelope, GetJobReply, GetJobRequest, Job, JobState
 from incl.proto.spec import load_spec
 
 WINDOW = 3
@@ -88,3 +91,43 @@ async def test_ended_jobs_past_the_window_leave_memory_and_still_answer(bus: Bus
     assert restarted.tally.by_state() == {"CANCELLED": 13, "QUEUED": 2}
     assert (await restarted.jobs.need(ended[2])).spec.run == "step 2"
     assert sorted(await listed(restarted, limit=5)) == sorted(everyone)
+
+
+async def test_a_standby_holds_the_same_window_and_answers_for_what_it_let_go(bus: Bus, tmp_path: Path) -> None:
+    """The standby's warm copy (`incl.controller.standby`) is bounded as the leader's is, while it loads and while it
+    follows the leader's writes, and a read it answers for a job past its window comes from the bucket."""
+    await ensure_streams(bus, StreamLimits())
+    buckets = await ensure_buckets(bus)
+    leader = service(bus, buckets, records(buckets, ended_jobs=WINDOW), tmp_path)
+    ended = []
+    for n in range(8):
+        ended.append((await leader.submit(load_spec({"run": f"step {n}"}), "ann")).id)
+        await leader.cancel(ended[-1])
+    live = (await leader.submit(load_spec({"run": "serve"}), "ann")).id
+    cfg = ControllerConfig(secrets_key_file=str(tmp_path / "k"), ended_jobs_in_memory=WINDOW)
+    standby, handover = Standby(cfg, bus, buckets), asyncio.Event()
+    serving = asyncio.create_task(standby.serve(handover))
+    try:
+        async def ready() -> bool:
+            return standby.stores.jobs.get(live) is not None and standby._jobs is not None
+
+        await wait_for(ready, 10, "the standby to serve reads")
+        assert len(standby.stores.jobs) == WINDOW + 1
+        for n in range(8, 20):  # the leader goes on; the standby follows, still bounded
+            ended.append((await leader.submit(load_spec({"run": f"step {n}"}), "ann")).id)
+            await leader.cancel(ended[-1])
+
+        async def followed() -> bool:
+            return standby.stores.jobs.get(ended[-1]) is not None
+
+        await wait_for(followed, 10, "the standby to follow the leader's writes")
+        assert len(standby.stores.jobs) == WINDOW + 1
+        assert standby.stores.jobs.get(ended[0]) is None
+        reply = await bus.request(subjects.user_api_any("ann", subjects.GET_JOB),
+                                  GetJobRequest(meta=Envelope.new("cli:ann"), job_id=ended[0]), GetJobReply, 5.0)
+        assert (reply.job.id, reply.job.state, reply.job.spec.run) == (ended[0], JobState.CANCELLED, "step 0")
+    finally:
+        handover.set()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
