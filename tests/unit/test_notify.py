@@ -273,7 +273,10 @@ async def test_posts_to_one_webhook_are_rate_limited(webhook: Webhook) -> None:
         for i in range(3):
             n.notify(notice(job=f"j{i}"))
         times = [t for t, _ in await webhook.wait("hook", 3)]
-    assert all(b - a >= 0.18 for a, b in itertools.pairwise(times))
+    # 5 a second: 0.2 s apart as sent. Arrival times carry the loaded host's jitter, which can bring one pair closer
+    # (seen: under 0.18 s) but not squeeze the whole run: a burst would arrive within milliseconds.
+    assert times[-1] - times[0] >= 0.35, times
+    assert all(b - a >= 0.1 for a, b in itertools.pairwise(times)), times
 
 
 # --- routing -----------------------------------------------------------------------------------------------
