@@ -225,9 +225,14 @@ def _request(data: bytes, leeway: float) -> dict[str, Any]:
 
 
 def open_callout(cfg: CalloutConfig, issuer: Path, describe: Callable[[], Awaitable[Iterable[Observed]]]) -> Callout:
-    """The callout from its configuration: the issuer's seed from `issuer`, AWS's certificates from their files
-    (ValueError naming the file when one cannot be read: the controller ends with it, as on any bad config), the
-    launched instances from `describe`."""
+    """The callout from its configuration (`read_keys`), the launched instances from `describe`."""
+    seed, certificates = read_keys(cfg, issuer)
+    return Callout(cfg, seed, certificates, Launched(describe, cfg.records_ttl, cfg.refresh_min))
+
+
+def read_keys(cfg: CalloutConfig, issuer: Path) -> tuple[str, list[Certificate]]:
+    """The issuer's seed from `issuer` and AWS's certificates from their files; ValueError naming the field or the
+    file when one cannot be read (the controller checks this before it starts, and says it in one line)."""
     if not cfg.aws_certificates:
         raise ValueError("callout.aws_certificates names no certificate: no instance identity could be verified")
     certificates = []
@@ -241,7 +246,7 @@ def open_callout(cfg: CalloutConfig, issuer: Path, describe: Callable[[], Awaita
     except OSError as exc:
         raise ValueError(f"callout: cannot read the issuer's seed from {issuer} ({exc.strerror}): make it with "
                          "incl.auth.callout.ensure_issuer (its public key is the servers' issuer)") from None
-    return Callout(cfg, seed, certificates, Launched(describe, cfg.records_ttl, cfg.refresh_min))
+    return seed, certificates
 
 
 async def serve(bus: Bus, callout: Callout) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 import msgspec
 
+from incl.auth import callout
 from incl.bus.daemon import run_until_signalled
 from incl.bus.logsetup import configure
 from incl.controller.app import Controller
@@ -24,6 +25,11 @@ def main(config_path: str | None, nats_url: str | None, creds: str | None, tls_c
     cfg = load_config(config_path, nats_url=nats_url, creds=creds, tls_ca=tls_ca)
     if web_url and cfg.notify.web_url is None:  # an address the admin configured wins over the local UI's
         cfg = msgspec.structs.replace(cfg, notify=msgspec.structs.replace(cfg.notify, web_url=web_url))
+    if cfg.callout.enabled:  # a bad key or certificate file: one line now, not a traceback once connected
+        try:
+            callout.read_keys(cfg.callout, cfg.callout_issuer_path())
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     configure(cfg.log_level)
     run_until_signalled(Controller(cfg).serve)
 

@@ -3,6 +3,8 @@ config turns it on (EC2 instances joining a stack a user started), and only then
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,15 @@ def test_the_callout_block_follows_the_controller_config(tmp_path: Path, monkeyp
     issuer = callout.ensure_issuer(callout.issuer_file(tmp_path))  # made by the render, read back here
     assert "auth_callout" in rendered and issuer in rendered
     assert (callout.issuer_file(tmp_path).stat().st_mode & 0o777) == 0o600
+
+
+def test_a_controller_with_a_bad_callout_config_says_so_in_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "controller.yaml"
+    cfg.write_text(yaml.safe_dump({"callout": {"enabled": True, "aws_certificates": [str(tmp_path / "none.pem")],
+                                               "issuer_seed": str(tmp_path / "issuer.nk")}}))
+    done = subprocess.run([sys.executable, "-m", "incl.controller", "--config", str(cfg)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"Error: callout.aws_certificates: cannot read a PEM certificate from " \
+                                  f"{tmp_path / 'none.pem'}: [Errno 2] No such file or directory: " \
+                                  f"'{tmp_path / 'none.pem'}'", done.stderr
