@@ -21,9 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from incl.bus.connection import Bus, connect
+from incl.bus.follow import Followed, to_end
 from incl.bus.output import follow_attempt
 from incl.bus.streams import StreamLimits, ensure_streams
 from incl.proto import subjects
@@ -56,26 +58,19 @@ async def fill(bus: Bus, subject: str, n: int, foreign: str | None = None, every
 
 
 async def read_old(bus: Bus, subject: str) -> int:
-    count = 0
-    async with contextlib.aclosing(bus.follow(STREAM, subject, 0.25)) as items:
-        async for item in items:
-            if item is None:
-                break
-            count += 1
-            if item.pending == 0:
-                break
-    return count
+    return await counted(bus.follow(STREAM, subject, 0.25))
 
 
 async def read_new(bus: Bus, j: Job) -> int:
+    return await counted(follow_attempt(bus, STREAM, j, j.attempts[0], 0.25))
+
+
+async def counted(items: AsyncGenerator[Followed | None, None]) -> int:
+    """How many batches `items` holds up to the stream's end (`to_end`, as every reader stops)."""
     count = 0
-    async with contextlib.aclosing(follow_attempt(bus, STREAM, j, j.attempts[0], 0.25)) as items:
-        async for item in items:
-            if item is None:
-                break
+    async with contextlib.aclosing(to_end(items)) as data:
+        async for _ in data:
             count += 1
-            if item.pending == 0:
-                break
     return count
 
 
